@@ -176,3 +176,11 @@ def test_compute_flow_is_thread_safe():
         threaded = list(pool.map(lambda p: compute_flow(*p), pairs * 2))
     for i, flow in enumerate(threaded):
         np.testing.assert_array_equal(flow, serial[i % 4])
+
+
+def test_compute_flow_does_not_depend_on_earlier_calls():
+    a, b = shifted_pair(2.0, 0.0, seed=5)
+    fresh = compute_flow(a, b)
+    small_a, small_b = shifted_pair(1.0, 0.0, seed=6)
+    compute_flow(small_a[:24, :32], small_b[:24, :32])  # a different size in between
+    np.testing.assert_array_equal(compute_flow(a, b), fresh)
