@@ -25,7 +25,7 @@ import numpy as np
 
 from unflicker import io, synth
 from unflicker.baselines import ffmpeg_deflicker
-from unflicker.evaluation import evaluate
+from unflicker.evaluation import Evaluator
 from unflicker.pipeline import METHODS, RunConfig, deflicker_file
 
 ROOT = Path(__file__).resolve().parent
@@ -130,10 +130,11 @@ def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, wo
     cases = processed_cases(data) + real_cases(data) + synthetic_cases(data, work, n_frames, synth_side)
     rows = []
     for case in cases:
+        evaluator = Evaluator(case.reference, case.ground_truth, like=case.input, long_term=5, max_side=480)
         rows_methods = ["input"] + (["clean"] if case.floor else []) + ["ffmpeg"] + methods
         for method in rows_methods:
             result, seconds = run_method(case, method, work)
-            report = evaluate(result, case.reference, case.ground_truth, long_term=5, max_side=480)
+            report = evaluator.score(result)
             row = {"case": case.name, "method": method, **report, "seconds": seconds,
                    "fps": report["frames"] / seconds if seconds else None}
             rows.append(row)

@@ -51,26 +51,46 @@ def float_frames(info: io.VideoInfo) -> Iterator[np.ndarray]:
         yield io.to_float(frame.image)
 
 
+class Evaluator:
+    """Scores results against one reference; its flows are computed once for every result.
+
+    `like` is a sequence with the results' frame names (the input they came from): folders
+    are restricted to the frame names it shares with the reference and ground truth.
+    """
+
+    def __init__(self, reference: str | Path, ground_truth: str | Path | None = None,
+                 like: str | Path | None = None, long_term: int = 5, max_side: int | None = 480):
+        self._like, self._reference, self._truth = aligned_infos(
+            io.probe(like or reference), io.probe(reference), io.probe(ground_truth) if ground_truth else None)
+        self.long_term = long_term
+        self._short = metrics.ReferenceFlows.compute(float_frames(self._reference), step=1, max_side=max_side)
+        self._long = None
+        if long_term > 1 and self._reference.frame_count > long_term:
+            self._long = metrics.ReferenceFlows.compute(float_frames(self._reference), step=long_term,
+                                                        max_side=max_side)
+
+    def score(self, result: str | Path) -> dict[str, float]:
+        """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB."""
+        result_info = aligned_infos(io.probe(result), self._like)[0]
+        if (result_info.width, result_info.height) != (self._reference.width, self._reference.height):
+            raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
+                             f"{self._reference.width}x{self._reference.height}")
+        scale = metrics.WARP_ERROR_SCALE
+        report: dict[str, float] = {"frames": float(result_info.frame_count)}
+        report["warp_error"] = self._short.score(float_frames(result_info)) * scale
+        if self._long is not None:
+            report[f"warp_error_k{self.long_term}"] = self._long.score(float_frames(result_info)) * scale
+        report["flicker_index"] = metrics.flicker_index(float_frames(result_info))["luma"] * scale
+        if self._truth is not None:
+            report["psnr"] = metrics.sequence_psnr(float_frames(result_info), float_frames(self._truth))
+            report["ssim"] = metrics.sequence_ssim(float_frames(result_info), float_frames(self._truth))
+        return report
+
+
 def evaluate(result: str | Path, reference: str | Path, ground_truth: str | Path | None = None,
              long_term: int = 5, max_side: int | None = 480) -> dict[str, float]:
-    """All metrics of `result`; warping errors use flow on `reference`. Warping errors are x1e-3."""
-    infos = aligned_infos(io.probe(result), io.probe(reference), io.probe(ground_truth) if ground_truth else None)
-    result_info, reference_info, truth_info = infos
-    if (result_info.width, result_info.height) != (reference_info.width, reference_info.height):
-        raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
-                         f"{reference_info.width}x{reference_info.height}")
-    report: dict[str, float] = {"frames": float(result_info.frame_count)}
-    scale = metrics.WARP_ERROR_SCALE
-    short = metrics.ReferenceFlows.compute(float_frames(reference_info), step=1, max_side=max_side)
-    report["warp_error"] = short.score(float_frames(result_info)) * scale
-    if long_term > 1 and result_info.frame_count > long_term:
-        far = metrics.ReferenceFlows.compute(float_frames(reference_info), step=long_term, max_side=max_side)
-        report[f"warp_error_k{long_term}"] = far.score(float_frames(result_info)) * scale
-    report["flicker_index"] = metrics.flicker_index(float_frames(result_info))["luma"] * scale
-    if truth_info is not None:
-        report["psnr"] = metrics.sequence_psnr(float_frames(result_info), float_frames(truth_info))
-        report["ssim"] = metrics.sequence_ssim(float_frames(result_info), float_frames(truth_info))
-    return report
+    """All metrics of one result; warping errors use flow on `reference`."""
+    return Evaluator(reference, ground_truth, like=result, long_term=long_term, max_side=max_side).score(result)
 
 
 def format_report(report: dict[str, float]) -> str:
