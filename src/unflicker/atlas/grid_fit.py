@@ -1,0 +1,184 @@
+"""Fitting the fast atlas: global motion from flow, texture initialised by splatting, then Adam.
+
+Losses (same roles as the paper's stage 1, weights from LossWeights): colour MSE and 1-pixel
+gradient error of the reconstruction, rigidity of the residual warp p -> p + D(p, t) at a local and
+(first part of the fit) a global offset, flow consistency of atlas coordinates, and a small penalty
+on the flicker fields.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from unflicker.atlas.common import TrustedFlows, check_frames, prepare_flows, rigidity_energy
+from unflicker.atlas.config import AtlasConfig
+from unflicker.atlas.grid import GridAtlas, GridModel
+from unflicker.atlas.grid_init import chain_residuals, initial_state, texture_geometry
+from unflicker.atlas.motion import chain_transforms
+from unflicker.flow import FlowPair
+
+DEFAULT_STEPS = 300
+# The grid's learning rates in GridOptions are relative to this base rate.
+BASE_LR = 1e-2
+# Pixels of the forward-backward round trip above which a flow vector is not trusted.
+FLOW_THRESHOLD = 1.0
+
+
+def _cat(parts: list[np.ndarray], dtype, tail: tuple[int, ...]) -> torch.Tensor:
+    if not parts:
+        return torch.from_numpy(np.zeros((0, *tail), dtype))
+    return torch.from_numpy(np.concatenate(parts).astype(dtype))
+
+
+class _FlowSamples:
+    """Trusted flow correspondences: pixel src of frame src_t matches pixel dst of frame dst_t."""
+
+    def __init__(self, flows: TrustedFlows, stride: int):
+        src_t, dst_t, src, dst = [], [], [], []
+        for t in range(len(flows.forward)):
+            for flow, ok, a, b in ((flows.forward[t], flows.forward_ok[t], t, t + 1),
+                                   (flows.backward[t], flows.backward_ok[t], t + 1, t)):
+                ys, xs = np.nonzero(ok[::stride, ::stride])
+                ys, xs = ys * stride, xs * stride
+                p = np.stack([xs, ys], 1).astype(np.float32)
+                src.append(p)
+                dst.append(p + flow[ys, xs])
+                src_t.append(np.full(len(xs), a))
+                dst_t.append(np.full(len(xs), b))
+        self.src_t, self.dst_t = _cat(src_t, np.int64, ()), _cat(dst_t, np.int64, ())
+        self.src, self.dst = _cat(src, np.float32, (2,)), _cat(dst, np.float32, (2,))
+
+    def loss(self, model: GridModel, count: int, gen: torch.Generator) -> torch.Tensor:
+        if len(self.src) == 0:
+            return torch.zeros(())
+        idx = torch.randint(len(self.src), (count,), generator=gen)
+        t0, t1, p0, p1 = self.src_t[idx], self.dst_t[idx], self.src[idx], self.dst[idx]
+        uv0 = model.to_atlas(t0, p0, model.displacement_points(t0, p0))
+        uv1 = model.to_atlas(t1, p1, model.displacement_points(t1, p1))
+        return (uv1 - uv0).norm(dim=1).mean()
+
+
+def residual_rigidity(model: GridModel, k: int) -> torch.Tensor:
+    """Mean rigidity energy of p -> p + D(p, t) from node differences k cells apart."""
+    d = model.deform[0]  # (2, Tn, gy, gx)
+    gy, gx = d.shape[-2:]
+    if k >= gy or k >= gx:
+        return d.new_zeros(())
+    sx, sy = (model.w - 1) / (gx - 1), (model.h - 1) / (gy - 1)
+    ddx = ((d[..., k:] - d[..., :-k]) / (k * sx))[..., : gy - k, :]
+    ddy = ((d[..., k:, :] - d[..., :-k, :]) / (k * sy))[..., : gx - k]
+    jac = torch.stack((torch.stack((1 + ddx[0], ddy[0]), -1), torch.stack((ddx[1], 1 + ddy[1]), -1)), -2)
+    return rigidity_energy(jac).mean()
+
+
+def _image_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour MSE (summed over channels) and 1-pixel gradient error of (B, 3, h, w) images."""
+    rgb = ((pred - target) ** 2).sum(1).mean()
+    err = pred - target
+    gx = ((err[..., :, 1:] - err[..., :, :-1]) ** 2).sum(1).mean() if pred.shape[-1] > 1 else rgb * 0
+    gy = ((err[..., 1:, :] - err[..., :-1, :]) ** 2).sum(1).mean() if pred.shape[-2] > 1 else rgb * 0
+    return rgb, gx + gy
+
+
+def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random frames, each seen through a random crop: (t (B,), pixels (B, ch, cw, 2), target
+    (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
+    flicker fields and warp nodes a gradient at every step, which Adam needs."""
+    n, h, w = frames.shape[:3]
+    t = torch.randperm(n, generator=gen)[: opts.frames_per_step]
+    if opts.crop is None:
+        return t, model.frame_pixels(t), frames[t].permute(0, 3, 1, 2)
+    ch, cw = min(opts.crop[0], h), min(opts.crop[1], w)
+    y0 = torch.randint(h - ch + 1, (len(t),), generator=gen)
+    x0 = torch.randint(w - cw + 1, (len(t),), generator=gen)
+    ys = (y0[:, None] + torch.arange(ch))[:, :, None]
+    xs = (x0[:, None] + torch.arange(cw))[:, None, :]
+    target = frames[t[:, None, None], ys, xs].permute(0, 3, 1, 2)
+    return t, model.frame_pixels(t, y0, x0, (ch, cw)), target
+
+
+@contextmanager
+def _lazy(opt: torch.optim.Adam, params: list[torch.Tensor], rows: torch.Tensor) -> Iterator[None]:
+    """Undo an optimiser step (values and Adam moments) for rows (dim 0) other than `rows`.
+
+    Per-frame parameters seen in few steps would otherwise keep drifting on stale momentum.
+    """
+    keep = torch.ones(len(params[0]), dtype=torch.bool)
+    keep[rows] = False
+    saved = [(p.detach()[keep].clone(), {k: v[keep].clone() for k, v in opt.state.get(p, {}).items()
+                                         if torch.is_tensor(v) and v.dim() > 0}) for p in params]
+    yield
+    with torch.no_grad():
+        for p, (values, moments) in zip(params, saved):
+            p[keep] = values
+            for k, v in moments.items():
+                opt.state[p][k][keep] = v
+
+
+def _set_lr(opt: torch.optim.Optimizer, base: list[float], progress: float) -> None:
+    # Full rate for the first half, then linear decay to a tenth: settles texture and warp.
+    factor = 1.0 if progress < 0.5 else 1.0 - 1.8 * (progress - 0.5)
+    for group, lr in zip(opt.param_groups, base):
+        group["lr"] = lr * factor
+
+
+def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig) -> GridAtlas:
+    """Fit the fast atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None."""
+    start = time.monotonic()
+    frames = check_frames(frames)
+    n, h, w = frames.shape[:3]
+    opts, wts = config.grid, config.weights
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    trusted = prepare_flows(frames, flows, FLOW_THRESHOLD, config.flow_preset)
+    ref = n // 2
+    mats = chain_transforms(trusted, n, opts.motion, ref)
+    origin, texel, size = texture_geometry(mats, h, w, opts)
+    texture, log_gains = initial_state(frames, mats, origin, texel, size, opts.gain_grid)
+    model = GridModel(n, h, w, mats, origin, texel, texture, log_gains, opts)
+    if opts.init_residual and n > 1:
+        residual = chain_residuals(trusted, mats, tuple(model.deform.shape[-2:]), ref)
+        frames_of_nodes = np.minimum(np.arange(model.deform.shape[2]) * model.stride, n - 1)
+        with torch.no_grad():
+            model.deform.copy_(torch.from_numpy(residual[frames_of_nodes]).permute(1, 0, 2, 3)[None])
+    samples = _FlowSamples(trusted, max(1, opts.flow_stride))
+    target_all = torch.from_numpy(frames)
+    scale = (config.lr or BASE_LR) / BASE_LR
+    base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
+    opt = torch.optim.Adam([{"params": list(model.levels)}, {"params": [model.deform]},
+                            {"params": [model.gain, model.offset]}], lr=base[0])
+    steps = DEFAULT_STEPS if config.steps is None else config.steps
+    budget = config.time_budget_s
+    history: list[float] = []
+    for i in range(steps):
+        progress = i / steps
+        if budget is not None:
+            progress = max(progress, (time.monotonic() - start) / budget)
+        if progress >= 1.0:
+            break
+        _set_lr(opt, base, progress)
+        model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
+        t, pts, target = _batch(model, target_all, opts, gen)
+        _, pred, _ = model.render(t, pts)
+        rgb, grad = _image_loss(pred, target)
+        loss = wts.rgb * rgb + wts.gradient * grad + wts.rigidity * residual_rigidity(model, 1)
+        if progress <= config.global_rigidity_until:
+            cells = max(1, round(opts.global_offset / opts.deform_cell))
+            loss = loss + wts.global_rigidity * residual_rigidity(model, cells)
+        loss = loss + wts.flow * samples.loss(model, opts.flow_points, gen)
+        g = model.gain - model.gain.mean(0, keepdim=True)
+        o = model.offset - model.offset.mean(0, keepdim=True)
+        loss = loss + wts.gain * ((g**2).mean() + (o**2).mean())
+        opt.zero_grad()
+        loss.backward()
+        with _lazy(opt, [model.gain, model.offset], t):
+            opt.step()
+        history.append(float(loss.detach()))
+    model.unlocked = opts.levels
+    return GridAtlas(model, history)

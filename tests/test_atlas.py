@@ -1,0 +1,194 @@
+"""Tests for unflicker.atlas: a textured plane moving by a known shift under known global flicker."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from unflicker.atlas import (
+    AtlasConfig,
+    GridOptions,
+    MLPOptions,
+    fit,
+    fit_video,
+    shots_from_starts,
+    windows,
+)
+from unflicker.atlas.common import rigidity_energy
+from unflicker.atlas.mlp import CoordinateMLP
+from unflicker.errors import InputError
+from unflicker.metrics import flicker_index, warp_error
+
+H, W = 64, 96
+SHIFT = (1.5, 0.5)  # content motion per frame, pixels (x, y)
+M = 10  # interior margin: content entering the frame is not compared
+
+
+def texture(h, w, seed=0, sigma=2.0):
+    """(h, w, 3) float32 smooth random colour texture in [0.15, 0.75], detail size ~sigma pixels."""
+    noise = np.random.default_rng(seed).random((h, w, 3)).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), sigma)
+    noise = (noise - noise.min()) / (noise.max() - noise.min())
+    return 0.15 + 0.6 * noise
+
+
+def moving_plane(n, shift=SHIFT, seed=0, flicker_seed=1, sigma=2.0):
+    """(clean, flickering, gains): frame t shows the texture moved by t * shift, times gain_t."""
+    pad = int(np.ceil(max(abs(s) for s in shift) * n)) + 4
+    big = texture(H + 2 * pad, W + 2 * pad, seed, sigma)
+    clean = np.stack([
+        cv2.warpAffine(big, np.float32([[1, 0, shift[0] * t - pad], [0, 1, shift[1] * t - pad]]), (W, H),
+                       flags=cv2.INTER_LINEAR)
+        for t in range(n)
+    ])
+    gains = np.random.default_rng(flicker_seed).uniform(0.7, 1.3, n).astype(np.float32)
+    return clean, np.clip(clean * gains[:, None, None, None], 0, 1), gains
+
+
+def grid_config(**kw):
+    return AtlasConfig(steps=kw.pop("steps", 80), threads=1, **kw)
+
+
+def interior(x):
+    return x[..., M:-M, M:-M, :]
+
+
+@pytest.fixture(scope="module")
+def plane_fit():
+    clean, flick, _ = moving_plane(12)
+    atlas = fit(flick, None, grid_config())
+    rendered = np.stack([atlas.render(t) for t in range(len(flick))])
+    return clean, flick, atlas, rendered
+
+
+def test_grid_atlas_removes_global_flicker(plane_fit):
+    clean, flick, _, rendered = plane_fit
+    fi_in, fi_clean, fi_atlas = (flicker_index(x)["luma"] for x in (flick, clean, rendered))
+    assert fi_in > 0.05
+    assert fi_atlas < 0.05 * fi_in and fi_atlas < fi_clean + 2e-3
+    e_in, e_clean, e_atlas = (warp_error(interior(x), interior(clean)) for x in (flick, clean, rendered))
+    assert e_atlas < 0.05 * e_in
+    assert e_atlas < 3 * e_clean + 1e-4
+
+
+def test_grid_atlas_reconstructs_input_and_keeps_shape(plane_fit):
+    _, flick, atlas, rendered = plane_fit
+    assert rendered.shape == flick.shape and rendered.dtype == np.float32
+    assert rendered.min() >= 0 and rendered.max() <= 1
+    recon = np.stack([atlas.reconstruct(t) for t in range(len(flick))])
+    mse = np.mean((interior(recon) - interior(flick)) ** 2)
+    assert 10 * np.log10(1 / mse) > 32
+    assert atlas.losses[-1] < atlas.losses[0]
+
+
+def test_grid_mapping_follows_the_translation(plane_fit):
+    _, flick, atlas, _ = plane_fit
+    base = atlas.mapping(0)
+    assert base.shape == (H, W, 2)
+    for t in (3, 7, 11):
+        # Frame t at pixel p shows frame 0's content at p - t * shift.
+        offset = np.median((atlas.mapping(t) - base)[M:-M, M:-M].reshape(-1, 2), axis=0)
+        assert np.allclose(offset, -t * np.float32(SHIFT), atol=1.0), (t, offset)
+
+
+def test_windows_cover_and_overlap():
+    assert windows(50, 120, 20) == [range(0, 50)]
+    wins = windows(250, 120, 20)
+    assert wins[0].start == 0 and wins[-1].stop == 250
+    assert all(len(w) == 120 for w in wins)
+    assert all(a.stop - b.start >= 20 for a, b in zip(wins, wins[1:]))
+    with pytest.raises(InputError):
+        windows(10, 5, 5)
+
+
+def test_fit_video_crossfades_windows_continuously():
+    clean, _, _ = moving_plane(18)
+    # Flicker around a rising trend, so the two windows' atlases settle at different levels.
+    gains = np.random.default_rng(5).uniform(0.0, 0.3, 18) + np.where(np.arange(18) < 9, 0.6, 1.1)
+    flick = np.clip(clean * gains[:, None, None, None].astype(np.float32), 0, 1)
+    config = grid_config(steps=40, window=12, overlap=6)
+    assert windows(18, 12, 6) == [range(0, 12), range(6, 18)]
+    video = fit_video(flick, None, config)
+    rendered = np.stack([video.render(t) for t in range(len(flick))])
+    assert rendered.shape == flick.shape and rendered.dtype == np.float32
+
+    def level(x):
+        return float(interior(x).mean())
+
+    # The same fits on their own: what switching from one window to the next without a fade gives.
+    first, second = fit(flick[:12], None, config), fit(flick[6:], None, config)
+    hard_jump = abs(level(second.render(0)) - level(first.render(6)))
+    assert hard_jump > 0.03
+    assert np.allclose(rendered[5], first.render(5), atol=2e-3)
+    assert np.allclose(rendered[12], second.render(6), atol=2e-3)
+    jumps = np.abs(np.diff([level(x) for x in rendered]))
+    assert jumps.max() < 0.35 * hard_jump, (jumps, hard_jump)
+    input_jumps = np.abs(np.diff([level(x) for x in flick]))
+    assert jumps.max() < 0.2 * input_jumps.max()
+
+
+def test_one_frame_shot_is_the_frame_and_shots_are_checked():
+    clean, flick, _ = moving_plane(8)
+    shots = shots_from_starts([3, 4], 8)
+    assert shots == [range(0, 3), range(3, 4), range(4, 8)]
+    video = fit_video(flick, shots, grid_config(steps=10))
+    assert np.allclose(video.render(3), flick[3], atol=1e-3)
+    assert not np.allclose(video.render(2), flick[2], atol=1e-2)
+    with pytest.raises(InputError):
+        fit_video(flick, [range(0, 3), range(4, 8)], grid_config())
+    with pytest.raises(InputError):
+        fit_video(flick, [range(0, 9)], grid_config())
+
+
+def test_empty_and_malformed_inputs_raise():
+    with pytest.raises(InputError):
+        fit_video(np.zeros((0, H, W, 3), np.float32))
+    with pytest.raises(InputError):
+        fit(np.zeros((0, H, W, 3), np.float32))
+    with pytest.raises(InputError):
+        fit(np.zeros((4, H, W), np.float32))
+    with pytest.raises(InputError):
+        fit(np.zeros((4, H, W, 3), np.float32), [], grid_config())
+    with pytest.raises(InputError):
+        fit(np.zeros((4, H, W, 3), np.float32), None, AtlasConfig(backend="nope"))
+
+
+def test_single_frame_clip_fits():
+    _, flick, _ = moving_plane(1)
+    atlas = fit(flick, None, grid_config(steps=20))
+    assert atlas.render(0).shape == (H, W, 3)
+    assert np.abs(atlas.reconstruct(0) - flick[0]).mean() < 0.02
+
+
+def test_rigidity_energy_is_smallest_for_rotations():
+    angle = 0.3
+    rot = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float32)
+    e_rot = float(rigidity_energy(rot))
+    assert abs(e_rot - 2 * np.sqrt(2)) < 0.01
+    for other in (1.3 * rot, torch.tensor([[1.0, 0.4], [0.0, 1.0]]), torch.diag(torch.tensor([1.0, 0.5]))):
+        assert float(rigidity_energy(other)) > e_rot + 0.05
+
+
+def test_coordinate_mlp_layout():
+    net = CoordinateMLP(2, 3, width=16, layers=8, frequencies=10, skips=(4, 7))
+    assert net.layers[0].in_features == 40 and net.layers[4].in_features == 16 + 40
+    assert net.layers[7].in_features == 16 + 40 and net.layers[7].out_features == 3
+    assert torch.allclose(net.freqs, torch.tensor([2.0**j * np.pi for j in range(10)]))
+    out = net(torch.rand(5, 2))
+    assert out.shape == (5, 3) and out.abs().max() < 1
+
+
+def test_mlp_short_run_reduces_loss_and_reconstructs():
+    clean, _, _ = moving_plane(6, sigma=8.0)
+    small = np.stack([cv2.resize(f, (32, 24), interpolation=cv2.INTER_AREA) for f in clean])
+    opts = MLPOptions(mapping_width=64, atlas_width=64, batch=1024, pretrain_iters=3, global_offset=12.0)
+    config = AtlasConfig(backend="mlp", steps=100, lr=3e-3, mlp=opts, device="cpu", threads=1)
+    atlas = fit(small, None, config)
+    first, last = np.mean(atlas.losses[:10]), np.mean(atlas.losses[-10:])
+    assert last < 0.5 * first
+    rendered = np.stack([atlas.render(t) for t in range(len(small))])
+    assert rendered.shape == small.shape
+    mse = np.mean((rendered - small) ** 2)
+    baseline = np.mean((small - small.mean((0, 1, 2))) ** 2)
+    assert mse < 0.5 * baseline and 10 * np.log10(1 / mse) > 25
+    assert atlas.mapping(0).shape == (24, 32, 2)
