@@ -1,0 +1,198 @@
+"""Apply a trained neural filter to full-resolution frames; save and load its weights.
+
+Weights are a safetensors file plus a JSON file of the same stem beside it, holding the format
+version, the network config and the inference settings the weights were tuned with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from unflicker.errors import InputError, WeightsError
+from unflicker.filter.network import FilterNetConfig, FilterUNet
+from unflicker.filter.upsampling import UPSAMPLE_MODES, guided_coefficients, resize_coefficients
+
+FORMAT = "unflicker.filter"
+FORMAT_VERSION = 1
+PRECISIONS = ("fp32", "bf16")
+
+
+def default_weights_path() -> Path:
+    """The shipped weights: src/unflicker/weights/filter.safetensors (config in filter.json beside it)."""
+    return Path(__file__).resolve().parent.parent / "weights" / "filter.safetensors"
+
+
+@dataclass
+class FilterInferenceConfig:
+    """How the filter is run on a frame; stored with the weights, each field overridable at load."""
+
+    working_side: int = 512
+    """The net runs with the frame's longer side scaled down to at most this many pixels."""
+    upsample: str = "bilinear"
+    """How coefficients reach full resolution: 'bilinear' or 'guided' (see upsampling.py)."""
+    guided_radius: int = 2
+    """guided: window radius at the working resolution."""
+    guided_eps: float = 1e-4
+    """guided: regularisation of the local colour fits."""
+    precision: str = "fp32"
+    """'fp32' or 'bf16' (autocast for the net body; coefficients stay float32)."""
+
+
+def save_weights(net: FilterUNet, path: str | Path, inference: FilterInferenceConfig | None = None,
+                 extra: dict | None = None) -> Path:
+    """Write net's weights to `path` (.safetensors) and its config to the .json beside it; returns path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "network": net.config.to_dict(),
+        "inference": asdict(inference or FilterInferenceConfig()),
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    # Write-then-rename so a kill mid-write never leaves a torn file.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    json_tmp = path.with_suffix(".json.tmp")
+    json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    json_tmp.replace(path.with_suffix(".json"))
+    return path
+
+
+def load_network(path: str | Path | None = None) -> tuple[FilterUNet, dict]:
+    """Read weights + JSON config; returns (net in eval mode on CPU, metadata dict).
+
+    Raises WeightsError if either file is missing, the format or version differs, or a tensor is
+    missing, unexpected or of the wrong shape.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_weights_path()
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise WeightsError(f"filter weights not found: need {path} and {meta_path.name} beside it")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read filter config {meta_path}: {exc}") from exc
+    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        raise WeightsError(f"{meta_path} is not {FORMAT} version {FORMAT_VERSION} "
+                           f"(got {meta.get('format')!r} version {meta.get('version')!r})")
+    try:
+        net = FilterUNet(FilterNetConfig(**meta["network"]))
+    except (KeyError, TypeError) as exc:
+        raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read filter weights {path}: {exc}") from exc
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{path.name} does not match the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise WeightsError(f"{path.name}: tensor {k} has shape {tuple(tensors[k].shape)}, network needs {tuple(v.shape)}")
+    net.load_state_dict(tensors)
+    return net.eval(), meta
+
+
+def _as_frame(x: np.ndarray, name: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3 or min(x.shape[:2]) < 1:
+        raise InputError(f"expected {name} of shape (H, W, 3), got {getattr(x, 'shape', type(x))}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return x.astype(np.float32, copy=False)
+
+
+class NeuralFilter:
+    """O_t = F(I_t, A_t): the frame's structure with the atlas frame's appearance.
+
+    Build with `NeuralFilter.load()`; then `apply(frame, atlas_frame)` per frame.
+    """
+
+    def __init__(self, net: FilterUNet, config: FilterInferenceConfig | None = None, device: str | None = None):
+        self.config = config or FilterInferenceConfig()
+        if self.config.upsample not in UPSAMPLE_MODES:
+            raise InputError(f"unknown upsample mode {self.config.upsample!r}; choose from {UPSAMPLE_MODES}")
+        if self.config.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.config.precision!r}; choose from {PRECISIONS}")
+        if self.config.working_side < 8:
+            raise InputError(f"working_side must be >= 8, got {self.config.working_side}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.eval().to(self.device)
+        if self.config.precision == "bf16":
+            self.net = self.net.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | None = None, **overrides) -> NeuralFilter:
+        """Load weights (default: the shipped ones); `overrides` replace FilterInferenceConfig fields."""
+        net, meta = load_network(path)
+        settings = {**meta.get("inference", {}), **overrides}
+        try:
+            config = FilterInferenceConfig(**settings)
+        except TypeError as exc:
+            raise InputError(f"bad filter inference setting: {exc}") from exc
+        return cls(net, config, device)
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the net runs at for an (height, width) frame: longer side <= working_side."""
+        scale = min(1.0, self.config.working_side / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def coefficients(self, frame: np.ndarray, atlas_frame: np.ndarray) -> np.ndarray:
+        """Net coefficients at the working size: frame, atlas_frame (h, w, 3) same size -> (12, h, w) float32."""
+        to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(self.device)
+        i, a = to_t(frame), to_t(atlas_frame)
+        bf16 = self.config.precision == "bf16"
+        if bf16:
+            i, a = (t.contiguous(memory_format=torch.channels_last) for t in (i, a))
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            coeffs = self.net.coefficients(i, a)
+        return coeffs[0].float().cpu().numpy()
+
+    def apply(self, frame: np.ndarray, atlas_frame: np.ndarray) -> np.ndarray:
+        """Filter one frame.
+
+        frame: (H, W, 3) float32 in [0, 1] (uint8 accepted), full resolution.
+        atlas_frame: (h, w, 3) float32 in [0, 1] (uint8 accepted), any size (it is resized).
+        Returns (H, W, 3) float32 in [0, 1], always the frame's size.
+        """
+        frame = _as_frame(frame, "frame")
+        atlas_frame = _as_frame(atlas_frame, "atlas_frame")
+        h_full, w_full = frame.shape[:2]
+        h, w = self.working_size(h_full, w_full)
+        small = frame if (h, w) == (h_full, w_full) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        if atlas_frame.shape[:2] != (h, w):
+            shrink = atlas_frame.shape[0] * atlas_frame.shape[1] > h * w
+            atlas_frame = cv2.resize(atlas_frame, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        coeffs = self.coefficients(small, atlas_frame)
+        if self.config.upsample == "guided" and (h, w) != (h_full, w_full):
+            out_small = apply_coefficients_np(small, coeffs)
+            coeffs = guided_coefficients(small, out_small, self.config.guided_radius, self.config.guided_eps)
+        coeffs = resize_coefficients(coeffs, (h_full, w_full))
+        return np.clip(apply_coefficients_np(frame, coeffs), 0.0, 1.0)
+
+
+def apply_coefficients_np(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """NumPy twin of network.apply_coefficients: image (H, W, 3), coeffs (12, H, W) -> (H, W, 3) float32."""
+    out = np.empty(image.shape, np.float32)
+    planes = [image[..., j] for j in range(3)]
+    for i in range(3):
+        acc = coeffs[9 + i].copy()
+        for j in range(3):
+            acc += coeffs[3 * i + j] * planes[j]
+        out[..., i] = acc
+    return out

@@ -1,0 +1,362 @@
+"""Train the neural filter on still photographs with synthetic appearance / structure distortions.
+
+    python -m unflicker.filter.training --data ../shared/data/images --output train_runs/filter --steps 4000
+
+Writes under the output folder: checkpoint.pt (resumable), log.jsonl (one record per log line),
+and filter.safetensors + filter.json (the final weights, loadable by NeuralFilter.load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unflicker.errors import InputError, UnflickerError
+from unflicker.filter.distortions import DistortionConfig, make_pair
+from unflicker.filter.inference import FilterInferenceConfig, save_weights
+from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def _default_data_root() -> Path:
+    # The project's shared photographs sit beside the repository checkout.
+    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "images"
+
+
+@dataclass
+class FilterTrainConfig:
+    """Everything a filter training run depends on; saved into the checkpoint and the weights' JSON."""
+
+    data_root: Path = field(default_factory=_default_data_root)
+    """Folder holding the training and validation image folders."""
+    train_folders: tuple[str, ...] = ("bsds500/train", "bsds500/val", "urban100")
+    """Image folders (relative to data_root) to draw training crops from."""
+    val_folder: str = "bsds500/test"
+    """Held-out image folder (relative to data_root) for validation."""
+    val_images: int = 40
+    """Number of validation images (the first ones in sorted order)."""
+    val_crop: int = 256
+    """Validate on the central val_crop x val_crop window of each image (0: the whole image)."""
+    val_seed: int = 1_000_003
+    """Seed of the validation distortions (differs from any training seed)."""
+    output: Path = Path("train_runs/filter")
+    """Folder for the checkpoint, log and final weights."""
+    crop: int = 160
+    """Side of the square training crops, in pixels."""
+    min_scale: float = 0.5
+    """Crops are taken from the photo downscaled by a random factor in [min_scale, 1]."""
+    batch: int = 8
+    """Crops per optimisation step."""
+    steps: int = 4000
+    """Total optimisation steps."""
+    lr: float = 5e-4
+    """Adam learning rate at the start; cosine decay to lr * final_lr_fraction."""
+    final_lr_fraction: float = 0.05
+    """Learning rate at the last step, as a fraction of lr."""
+    net_scale: float = 0.5
+    """The net sees the crop downscaled by this factor (area) and its coefficients are bilinearly
+    upsampled back before they are applied, as at inference; 1 runs it at the crop size."""
+    grad_weight: float = 0.0
+    """Weight of an L1 loss on image gradients, added to the L1 loss on colours."""
+    network: FilterNetConfig = field(default_factory=FilterNetConfig)
+    """Shape of the UNet."""
+    distortion: DistortionConfig = field(default_factory=DistortionConfig)
+    """Strength of the synthetic training distortions."""
+    inference: FilterInferenceConfig = field(default_factory=FilterInferenceConfig)
+    """Inference settings written beside the final weights."""
+    seed: int = 0
+    """Seed of initialisation and of the training-data stream."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (a killed run resumes from the last one)."""
+    val_every: int = 500
+    """Steps between validations (and always at the last step)."""
+    log_every: int = 50
+    """Steps between log lines."""
+    stop_at: int = 0
+    """Stop (with a checkpoint) once this step is reached, to split a run into sessions; 0 runs to `steps`."""
+    resume: bool = True
+    """Continue from output/checkpoint.pt when it exists."""
+    threads: int = 0
+    """torch CPU threads; 0 keeps torch's default."""
+
+
+def load_images(folder: Path) -> list[np.ndarray]:
+    """All images in folder (sorted by name) as (H, W, 3) uint8 RGB arrays."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"image folder not found: {folder}")
+    images = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InputError(f"cannot read image {path}")
+        images.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    if not images:
+        raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return images
+
+
+def random_crop(image: np.ndarray, crop: int, min_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """(crop, crop, 3) float32 in [0, 1]: a random window of a randomly downscaled, flipped, rotated image."""
+    h, w = image.shape[:2]
+    scale = max(rng.uniform(min_scale, 1.0), crop / min(h, w))  # upscale only if the photo is too small
+    win = min(round(crop / scale), h, w)
+    y, x = int(rng.integers(0, h - win + 1)), int(rng.integers(0, w - win + 1))
+    flags = cv2.INTER_AREA if win > crop else cv2.INTER_LINEAR
+    out = cv2.resize(image[y : y + win, x : x + win], (crop, crop), interpolation=flags)
+    out = np.rot90(out, int(rng.integers(0, 4)))
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out).astype(np.float32) / np.float32(255.0)
+
+
+def center_crop(image: np.ndarray, side: int) -> np.ndarray:
+    """The central (min(side, H), min(side, W)) window of an (H, W, C) image; side 0 keeps it whole."""
+    if side <= 0:
+        return image
+    h, w = image.shape[:2]
+    y, x = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[y : y + side, x : x + side]
+
+
+def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy())
+
+
+def make_batch(images: list[np.ndarray], config: FilterTrainConfig,
+               rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(frame I', atlas A', target X), each (B, 3, crop, crop) float32, from random crops of images."""
+    triples = []
+    for _ in range(config.batch):
+        x = random_crop(images[int(rng.integers(len(images)))], config.crop, config.min_scale, rng)
+        triples.append(make_pair(x, rng, config.distortion))
+    return tuple(_to_tensor([t[k] for t in triples]) for k in range(3))
+
+
+def validation_set(images: list[np.ndarray], seed: int,
+                   distortion: DistortionConfig) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Fixed (I', A', X) triples at full image size; image i uses the generator seeded (seed, i)."""
+    return [make_pair(img, np.random.default_rng([seed, i]), distortion) for i, img in enumerate(images)]
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two arrays with values in [0, 1]."""
+    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def filter_batch(net: FilterUNet, frame: torch.Tensor, atlas: torch.Tensor, net_scale: float) -> torch.Tensor:
+    """Filter (B, 3, H, W) frames with the net run at net_scale times their size; returns (B, 3, H, W) unclipped.
+
+    Mirrors NeuralFilter.apply: area downscaling in, bilinear (half-pixel centres) coefficients out.
+    """
+    h, w = frame.shape[-2:]
+    size = (max(1, round(h * net_scale)), max(1, round(w * net_scale)))
+    if size == (h, w):
+        return net(frame, atlas)
+    coeffs = net.coefficients(F.interpolate(frame, size=size, mode="area"), F.interpolate(atlas, size=size, mode="area"))
+    return apply_coefficients(frame, F.interpolate(coeffs, size=(h, w), mode="bilinear", align_corners=False))
+
+
+@torch.inference_mode()
+def validate(net: FilterUNet, val: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+             net_scale: float = 1.0) -> dict[str, float]:
+    """Mean PSNR (dB) against X of the filter output and of the baselines I' (frame) and A' (atlas)."""
+    was_training = net.training
+    net.eval()
+    scores = {"filter": [], "frame": [], "atlas": []}
+    for frame, atlas, target in val:
+        out = filter_batch(net, _to_tensor([frame]), _to_tensor([atlas]), net_scale)
+        out = out[0].clamp(0, 1).numpy().transpose(1, 2, 0)
+        scores["filter"].append(psnr(out, target))
+        scores["frame"].append(psnr(frame, target))
+        scores["atlas"].append(psnr(atlas, target))
+    net.train(was_training)
+    return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.Tensor:
+    loss = (out - target).abs().mean()
+    if grad_weight > 0:
+        for dim in (-1, -2):
+            loss = loss + grad_weight * (out.diff(dim=dim) - target.diff(dim=dim)).abs().mean()
+    return loss
+
+
+def _lr_at(step: int, config: FilterTrainConfig) -> float:
+    t = min(step / max(config.steps, 1), 1.0)
+    lo = config.lr * config.final_lr_fraction
+    return lo + 0.5 * (config.lr - lo) * (1 + math.cos(math.pi * t))
+
+
+def _config_record(config: FilterTrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(config), default=str))
+
+
+def _save_checkpoint(path: Path, net, opt, step: int, rng_state: str, config: FilterTrainConfig,
+                     seconds: float) -> None:
+    state = {
+        "step": step,
+        "net": net.state_dict(),
+        "opt": opt.state_dict(),
+        "rng": rng_state,
+        "torch_rng": torch.get_rng_state(),
+        "network": asdict(config.network),
+        "seconds": seconds,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train(config: FilterTrainConfig) -> dict:
+    """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path)."""
+    out_dir = Path(config.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    for name in ("crop", "batch", "steps"):
+        if getattr(config, name) < 1:
+            raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    root = Path(config.data_root)
+    images = [img for folder in config.train_folders for img in load_images(root / folder)]
+    val_images = [center_crop(img, config.val_crop) for img in load_images(root / config.val_folder)[: config.val_images]]
+    val = validation_set(val_images, config.val_seed, config.distortion)
+
+    torch.manual_seed(config.seed)
+    net = FilterUNet(config.network)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    rng = np.random.default_rng(config.seed)
+    step, seconds = 0, 0.0
+    ckpt_path = out_dir / "checkpoint.pt"
+    if config.resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if state["network"] != asdict(config.network):
+            raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
+                             "use another output folder or --no-resume")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        step, seconds = state["step"], float(state.get("seconds", 0.0))
+        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+
+    log = (out_dir / "log.jsonl").open("a")
+    last_val: dict[str, float] = {}
+    net.train()
+    start, running = time.time(), []
+    # One worker thread makes the next batch while the net trains on this one. The generator state
+    # is read before each submission (the worker is idle then), so a checkpoint stores the state that
+    # regenerates exactly the next unseen batch.
+    pool = ThreadPoolExecutor(max_workers=1)
+    next_state = json.dumps(rng.bit_generator.state)
+    pending = pool.submit(make_batch, images, config, rng)
+    end = min(config.stop_at, config.steps) if config.stop_at > 0 else config.steps
+    try:
+        while step < end:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, config)
+            frame, atlas, target = pending.result()
+            next_state = json.dumps(rng.bit_generator.state)
+            pending = pool.submit(make_batch, images, config, rng)
+            loss = _loss(filter_batch(net, frame, atlas, config.net_scale), target, config.grad_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running.append(loss.item())
+            record = None
+            if step % config.log_every == 0 or step == end:
+                record = {"step": step, "loss": float(np.mean(running)), "lr": _lr_at(step, config),
+                          "elapsed_s": round(seconds + time.time() - start, 1)}
+                running = []
+            if step % config.val_every == 0 or step == end:
+                last_val = validate(net, val, config.net_scale)
+                record = {**(record or {"step": step}), "val_psnr": last_val}
+            if record:
+                print(json.dumps(record), flush=True)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if step % config.checkpoint_every == 0 or step == end:
+                _save_checkpoint(ckpt_path, net, opt, step, next_state, config, seconds + time.time() - start)
+    finally:
+        pending.cancel()
+        pool.shutdown(wait=True)
+        log.close()
+    if not last_val:
+        last_val = validate(net, val, config.net_scale)
+    weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
+        "training": {"config": _config_record(config), "steps": step, "val_psnr": last_val,
+                     "train_images": len(images), "val_images": len(val),
+                     "seconds": round(seconds + time.time() - start, 1)},
+    })
+    return {"steps": step, "seconds": round(seconds + time.time() - start, 1), "val_psnr": last_val,
+            "weights": str(weights)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = FilterTrainConfig()
+    p = argparse.ArgumentParser(prog="unflicker train-filter", description="Train the neural filter on photographs.")
+    p.add_argument("--data", type=Path, default=d.data_root, help="folder holding the image folders (default %(default)s)")
+    p.add_argument("--train-folders", nargs="+", default=list(d.train_folders), help="training folders under --data")
+    p.add_argument("--val-folder", default=d.val_folder, help="held-out folder under --data")
+    p.add_argument("--val-images", type=int, default=d.val_images)
+    p.add_argument("--val-crop", type=int, default=d.val_crop, help="central validation window (0: whole image)")
+    p.add_argument("--output", type=Path, default=d.output, help="run folder (default %(default)s)")
+    p.add_argument("--crop", type=int, default=d.crop)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--net-scale", type=float, default=d.net_scale, help="net input size / crop size")
+    p.add_argument("--grad-weight", type=float, default=d.grad_weight)
+    p.add_argument("--base-width", type=int, default=d.network.base_width)
+    p.add_argument("--depth", type=int, default=d.network.depth)
+    p.add_argument("--prior", choices=PRIORS, default=d.network.prior, help="starting point the net corrects")
+    p.add_argument("--prior-sigma", type=float, default=d.network.prior_sigma,
+                   help="stats prior window sigma, in net input pixels")
+    p.add_argument("--working-side", type=int, default=d.inference.working_side,
+                   help="inference working resolution written beside the weights")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--stop-at", type=int, default=0, help="stop at this step (resume later); 0: run to --steps")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, train, print a one-line JSON summary; returns the exit code."""
+    a = build_parser().parse_args(argv)
+    config = FilterTrainConfig(
+        data_root=a.data, train_folders=tuple(a.train_folders), val_folder=a.val_folder, val_images=a.val_images,
+        val_crop=a.val_crop,
+        output=a.output, crop=a.crop, batch=a.batch, steps=a.steps, lr=a.lr, net_scale=a.net_scale, grad_weight=a.grad_weight,
+        network=FilterNetConfig(base_width=a.base_width, depth=a.depth, prior=a.prior, prior_sigma=a.prior_sigma),
+        inference=FilterInferenceConfig(working_side=a.working_side), seed=a.seed,
+        checkpoint_every=a.checkpoint_every, val_every=a.val_every, log_every=a.log_every,
+        stop_at=a.stop_at, resume=not a.no_resume, threads=a.threads,
+    )
+    try:
+        print(json.dumps(train(config)))
+    except UnflickerError as exc:
+        print(f"unflicker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""Tests for unflicker.filter: network, distortions, training smoke run, weights I/O and inference."""
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from unflicker.errors import InputError, WeightsError
+from unflicker.filter import (
+    DistortionConfig,
+    FilterNetConfig,
+    FilterUNet,
+    NeuralFilter,
+    appearance_distortion,
+    apply_coefficients,
+    apply_coefficients_np,
+    default_weights_path,
+    load_network,
+    make_pair,
+    save_weights,
+    structure_distortion,
+)
+from unflicker.filter.distortions import warp_image
+from unflicker.filter.network import stats_prior
+from unflicker.filter.training import FilterTrainConfig, train
+from unflicker.filter.upsampling import guided_coefficients
+
+
+def texture(h, w, seed=0):
+    """(h, w, 3) float32 in [0.05, 0.95]: smooth colour noise plus a few hard-edged rectangles."""
+    rng = np.random.default_rng(seed)
+    x = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 2.0)
+    x = (x - x.min()) / (x.max() - x.min())
+    for _ in range(6):
+        y0, x0 = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        x[y0 : y0 + rng.integers(4, h // 2), x0 : x0 + rng.integers(4, w // 2)] = rng.random(3)
+    return (0.05 + 0.9 * x).astype(np.float32)
+
+
+def psnr(a, b):
+    return 10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def grad_mag(x):
+    y = x.mean(-1)
+    return np.hypot(cv2.Sobel(y, cv2.CV_32F, 1, 0), cv2.Sobel(y, cv2.CV_32F, 0, 1))[4:-4, 4:-4].ravel()
+
+
+# --- network -------------------------------------------------------------------------------------
+
+
+def test_network_shapes_and_identity_init():
+    net = FilterUNet(FilterNetConfig(base_width=4, depth=3, prior="none"))
+    frame, atlas = torch.rand(2, 3, 33, 17), torch.rand(2, 3, 33, 17)
+    coeffs = net.coefficients(frame, atlas)
+    assert coeffs.shape == (2, 12, 33, 17)
+    torch.testing.assert_close(net(frame, atlas), frame, atol=1e-6, rtol=0)
+
+
+def test_stats_prior_init_transfers_local_colour_statistics():
+    x = torch.from_numpy(texture(48, 64, seed=4).transpose(2, 0, 1))[None]
+    frame = 0.6 * x * torch.tensor([1.0, 0.8, 1.2]).view(1, 3, 1, 1) + 0.05  # global gain, white balance, offset
+    net = FilterUNet(FilterNetConfig(base_width=4, depth=3, prior="stats", prior_sigma=6.0))
+    out = net(frame, x)
+    torch.testing.assert_close(out, apply_coefficients(frame, stats_prior(frame, x, 6.0)))
+    assert (out - x).abs().mean() < 0.2 * (frame - x).abs().mean()
+    coeffs = net.coefficients(frame, x)
+    assert torch.all(coeffs[:, [1, 2, 3, 5, 6, 7]] == 0)  # the prior is per channel
+
+
+def test_apply_coefficients_function_module_and_numpy_agree():
+    g = torch.Generator().manual_seed(0)
+    image, coeffs = torch.rand(1, 3, 9, 11, generator=g), torch.randn(1, 12, 9, 11, generator=g)
+    out = apply_coefficients(image, coeffs)
+    m = coeffs[0, :9].reshape(3, 3, 9, 11)
+    by_hand = torch.einsum("ijhw,jhw->ihw", m, image[0]) + coeffs[0, 9:]
+    torch.testing.assert_close(out[0], by_hand)
+    np.testing.assert_allclose(apply_coefficients_np(image[0].permute(1, 2, 0).numpy(), coeffs[0].numpy()),
+                               out[0].permute(1, 2, 0).numpy(), atol=1e-5)
+    # A net whose head predicts these coefficients gives the same through forward().
+    net = FilterUNet(FilterNetConfig(base_width=4, depth=2))
+    torch.testing.assert_close(net(image, image), apply_coefficients(image, net.coefficients(image, image)))
+    with pytest.raises(InputError):
+        apply_coefficients(image, coeffs[:, :9])
+
+
+def test_network_rejects_mismatched_inputs():
+    net = FilterUNet(FilterNetConfig(base_width=4, depth=2))
+    with pytest.raises(InputError):
+        net(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 8))
+
+
+# --- distortions ---------------------------------------------------------------------------------
+
+
+def test_distortions_are_seeded():
+    x = texture(48, 64)
+    a1 = make_pair(x, np.random.default_rng(7))
+    a2 = make_pair(x, np.random.default_rng(7))
+    b = make_pair(x, np.random.default_rng(8))
+    for u, v in zip(a1, a2):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a1[0], b[0]) and not np.array_equal(a1[1], b[1])
+    for y in a1:
+        assert y.shape == x.shape and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
+    np.testing.assert_array_equal(a1[2], x)
+
+
+def test_appearance_keeps_structure_and_structure_keeps_colours():
+    x = texture(96, 128, seed=3)
+    g_x = grad_mag(x)
+    sorted_x = np.sort(x.reshape(-1, 3), 0)
+    app_corr, str_corr, app_hist, str_hist = [], [], [], []
+    for seed in range(12):
+        i = appearance_distortion(x, np.random.default_rng(seed), DistortionConfig(identity_prob=0))
+        a = structure_distortion(x, np.random.default_rng(seed))
+        app_corr.append(np.corrcoef(grad_mag(i), g_x)[0, 1])
+        str_corr.append(np.corrcoef(grad_mag(a), g_x)[0, 1])
+        # Colour distribution distance: mean gap between sorted channel values (1-D Wasserstein).
+        app_hist.append(np.abs(np.sort(i.reshape(-1, 3), 0) - sorted_x).mean())
+        str_hist.append(np.abs(np.sort(a.reshape(-1, 3), 0) - sorted_x).mean())
+    assert np.median(app_corr) > 0.85
+    assert np.median(str_corr) < np.median(app_corr) - 0.2
+    assert np.median(str_hist) < 0.03
+    assert np.median(app_hist) > 2 * np.median(str_hist)
+
+
+def test_structure_distortion_moves_pixels():
+    x = texture(64, 64, seed=1)
+    a = structure_distortion(x, np.random.default_rng(0), DistortionConfig(atlas_jitter=0))
+    assert np.abs(a - x).mean() > 0.02
+    flow = np.zeros((64, 64, 2), np.float32)
+    np.testing.assert_allclose(warp_image(x, flow), x, atol=1e-6)
+
+
+# --- guided upsampling ---------------------------------------------------------------------------
+
+
+def test_guided_coefficients_recover_a_global_colour_transform():
+    x = texture(40, 50, seed=2)
+    m = np.float32([[0.9, 0.1, 0.0], [0.05, 1.1, -0.1], [0.0, 0.2, 0.7]])
+    b = np.float32([0.02, -0.03, 0.05])
+    coeffs = guided_coefficients(x, x @ m.T + b, radius=2, eps=1e-6)
+    inner = coeffs[:, 5:-5, 5:-5]
+    np.testing.assert_allclose(np.median(inner[:9].reshape(9, -1), 1), m.ravel(), atol=0.02)
+    np.testing.assert_allclose(np.median(inner[9:].reshape(3, -1), 1), b, atol=0.02)
+
+
+# --- training, weights ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_data(tmp_path):
+    root = tmp_path / "images"
+    for folder, n in (("train", 4), ("val", 2)):
+        (root / folder).mkdir(parents=True)
+        for k in range(n):
+            img = (texture(40, 56, seed=10 * len(folder) + k) * 255).astype(np.uint8)
+            cv2.imwrite(str(root / folder / f"{k}.png"), img)
+    return root
+
+
+def tiny_config(data, out, steps, stop_at=0):
+    return FilterTrainConfig(stop_at=stop_at, data_root=data, train_folders=("train",), val_folder="val", val_images=2, val_crop=0,
+                             output=out, crop=32, batch=2, steps=steps, network=FilterNetConfig(4, 2),
+                             checkpoint_every=1, val_every=100, log_every=1, threads=1)
+
+
+def test_training_smoke_writes_loadable_weights_and_resumes(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny_config(tiny_data, out, steps=3, stop_at=2))
+    assert summary["steps"] == 2 and (out / "checkpoint.pt").is_file()
+    net, meta = load_network(out / "filter.safetensors")
+    assert meta["network"]["base_width"] == 4 and meta["network"]["depth"] == 2 and meta["training"]["steps"] == 2
+    # Resuming to step 3 equals an uninterrupted 3-step run: weights, optimiser and data stream are restored.
+    assert train(tiny_config(tiny_data, out, steps=3))["steps"] == 3
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_data, straight, steps=3))
+    resumed, _ = load_network(out / "filter.safetensors")
+    fresh, _ = load_network(straight / "filter.safetensors")
+    for (k, v), w in zip(resumed.state_dict().items(), fresh.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k)
+    assert not torch.equal(resumed.head.weight, FilterUNet(FilterNetConfig(4, 2)).head.weight)
+
+
+def test_load_rejects_missing_and_mismatched_weights(tmp_path):
+    with pytest.raises(WeightsError):
+        load_network(tmp_path / "nothing.safetensors")
+    path = save_weights(FilterUNet(FilterNetConfig(4, 2)), tmp_path / "w.safetensors")
+    load_network(path)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    for key, value in (("network", {"base_width": 8, "depth": 2}), ("version", 99)):
+        bad = tmp_path / f"bad_{key}.safetensors"
+        shutil.copy(path, bad)
+        bad.with_suffix(".json").write_text(json.dumps({**meta, key: value}))
+        with pytest.raises(WeightsError):
+            load_network(bad)
+
+
+# --- shipped filter ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    assert default_weights_path().is_file(), "shipped filter weights are missing"
+    return NeuralFilter.load(device="cpu")
+
+
+def test_shipped_filter_beats_both_inputs(shipped):
+    x = texture(96, 128, seed=5)
+    # Frame: the clean image with strong exposure, white-balance and smooth local flicker.
+    yy, xx = np.mgrid[0:96, 0:128] / 128.0
+    gain = (1.35 * np.float32([1.0, 0.85, 1.15]) * (1 + 0.2 * np.sin(3 * xx + 2 * yy))[..., None]).astype(np.float32)
+    frame = np.clip(x * gain, 0, 1) ** np.float32(0.9)
+    # Atlas: the clean image slightly warped (structure flaw) at a lower resolution.
+    flow = np.stack([2.5 * np.sin(yy * 4), 2.0 * np.cos(xx * 3)], -1).astype(np.float32)
+    atlas = cv2.resize(warp_image(x, flow), (96, 72), interpolation=cv2.INTER_AREA)
+    atlas_full = cv2.resize(atlas, (128, 96), interpolation=cv2.INTER_LINEAR)
+    out = shipped.apply(frame, atlas)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert psnr(out, x) > psnr(frame, x) + 3
+    assert psnr(out, x) > psnr(atlas_full, x) + 1
+
+
+@pytest.mark.parametrize("size", [(33, 17), (301, 203)])
+@pytest.mark.parametrize("upsample", ["bilinear", "guided"])
+def test_apply_keeps_odd_sizes(shipped, size, upsample):
+    f = NeuralFilter(shipped.net, shipped.config.__class__(working_side=64, upsample=upsample), device="cpu")
+    frame = texture(*size, seed=1)
+    atlas = texture(20, 11, seed=2)
+    out = f.apply(frame, atlas)
+    assert out.shape == (*size, 3) and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+    out_u8 = f.apply((frame * 255).astype(np.uint8), atlas)
+    assert np.abs(out_u8 - out).mean() < 0.01
+
+
+def test_apply_rejects_bad_frames(shipped):
+    with pytest.raises(InputError):
+        shipped.apply(np.zeros((10, 10), np.float32), np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(InputError):
+        shipped.apply(np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 4), np.float32))
