@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from unflicker import __version__
-from unflicker.errors import UnflickerError
+from unflicker.errors import OutputError, UnflickerError
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -25,9 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="deflicker a video file or a folder of frames")
     run.add_argument("input", type=Path, help="video file (anything FFmpeg reads) or folder of frames")
-    run.add_argument("-o", "--output", type=Path, required=True,
+    run.add_argument("-o", "--output", type=Path,
                      help="output .mp4 (H.264), .mkv (FFV1 lossless), .mov, or a folder of PNG frames")
-    run.add_argument("--method", choices=sorted(METHODS), default="classical", help="deflicker method")
+    run.add_argument("--method", choices=sorted(METHODS), default="classical",
+                     help="classical (fast statistics matching) or neural (atlas + filter, the paper's method)")
+    run.add_argument("--atlas", choices=("grid", "mlp"), default="grid",
+                     help="neural: atlas backend; mlp is the paper's (slow on a CPU)")
+    run.add_argument("--stop-after", choices=("atlas", "filter"),
+                     help="neural: stop after this stage; its frames go to --keep-work DIR, no output is written")
     run.add_argument("--crf", type=int, default=18, help="H.264 quality for .mp4/.mov (default 18)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run.add_argument("--keep-work", type=Path, metavar="DIR", help="keep each stage's frames in DIR/<stage>/")
@@ -55,8 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args) -> int:
     from unflicker.pipeline import RunConfig, deflicker_file
 
-    config = RunConfig(method=args.method, crf=args.crf, overwrite=args.overwrite, keep_work=args.keep_work,
-                       progress=not args.quiet)
+    if args.output is None and args.stop_after is None:
+        raise OutputError("give an output with -o (only --stop-after runs without one)")
+    config = RunConfig(method=args.method, atlas=args.atlas, stop_after=args.stop_after, crf=args.crf,
+                       overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet)
     print(deflicker_file(args.input, args.output, config).line())
     return 0
 

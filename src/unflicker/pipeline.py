@@ -6,9 +6,11 @@ a second pass processes full-resolution frames one at a time and hands them to t
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,22 +20,33 @@ from tqdm import tqdm
 
 from unflicker import io
 from unflicker.classical import ClassicalConfig, ClassicalDeflicker
+from unflicker.errors import OutputError
 from unflicker.metrics import flicker_index
 
 
 class Method(Protocol):
     """A deflicker method: `analyze` sees every frame once, then `process` maps frame t.
 
-    Frames are (H, W, 3) float32 RGB in [0, 1].
+    Frames are (H, W, 3) float32 RGB in [0, 1]. `process` returns the output frame, or a dict
+    of stage name -> frame whose last entry is the output (earlier ones are kept by --keep-work).
     """
 
     def analyze(self, frames: Iterable[np.ndarray]) -> None: ...
 
-    def process(self, index: int, frame: np.ndarray) -> np.ndarray: ...
+    def process(self, index: int, frame: np.ndarray) -> np.ndarray | dict[str, np.ndarray]: ...
 
 
-METHODS: dict[str, Callable[[], Method]] = {
-    "classical": lambda: ClassicalDeflicker(ClassicalConfig()),
+def _neural(config: RunConfig) -> Method:
+    from unflicker.atlas import AtlasConfig  # torch is imported only when a neural method runs
+    from unflicker.neural import NeuralConfig, NeuralDeflicker
+
+    atlas = AtlasConfig(backend=config.atlas, steps=config.atlas_steps)
+    return NeuralDeflicker(NeuralConfig(atlas=atlas, stop_after=config.stop_after))
+
+
+METHODS: dict[str, Callable[[RunConfig], Method]] = {
+    "classical": lambda config: ClassicalDeflicker(ClassicalConfig()),
+    "neural": _neural,
 }
 
 
@@ -43,12 +56,19 @@ class RunConfig:
 
     method: str = "classical"
     """Name in METHODS."""
+    atlas: str = "grid"
+    """neural: atlas backend, 'grid' (fast) or 'mlp' (the paper's, for GPUs)."""
+    atlas_steps: int | None = None
+    """neural: atlas optimisation steps (None: the backend's default)."""
+    stop_after: str | None = None
+    """neural: last stage to run ('atlas' or 'filter'); the output is then not written, only
+    the stages kept in keep_work."""
     crf: int = 18
     """H.264 quality for .mp4/.mov outputs (lower is better; 18 is visually lossless)."""
     overwrite: bool = False
     """Replace an existing output."""
     keep_work: Path | None = None
-    """Folder that keeps each stage's frames as PNG (DIR/<stage>/)."""
+    """Folder that keeps each stage's frames as PNG (DIR/<stage>/), same names as the input's."""
     progress: bool = True
     """Show progress bars on stderr."""
 
@@ -81,16 +101,21 @@ def _bar(total: int, desc: str, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-def deflicker_file(input_path: str | Path, output_path: str | Path, config: RunConfig | None = None) -> RunSummary:
+def deflicker_file(input_path: str | Path, output_path: str | Path | None,
+                   config: RunConfig | None = None) -> RunSummary:
     """Deflicker a video file or frame folder into `output_path` (video by extension, else a folder)."""
     config = config or RunConfig()
     if config.method not in METHODS:
         raise ValueError(f"unknown method {config.method!r}; choose from {', '.join(METHODS)}")
+    if config.stop_after and config.keep_work is None:
+        raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
     start = time.perf_counter()
     info = io.probe(input_path)
-    output = io.check_output(input_path, output_path, config.overwrite)
-    method = METHODS[config.method]()
-    if info.frame_count == 1:
+    write_output = config.stop_after is None
+    output = io.check_output(input_path, output_path, config.overwrite) if write_output else None
+    method = METHODS[config.method](config)
+    single = info.frame_count == 1
+    if single:
         warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
                       stacklevel=2)
     before: list[np.ndarray] = []
@@ -103,30 +128,47 @@ def deflicker_file(input_path: str | Path, output_path: str | Path, config: RunC
                 bar.update()
                 yield image
 
-    if info.frame_count > 1:
+    if not single:
         method.analyze(analysed())
-    stage_writer = _stage_writer(config, info)
-    with io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite) as writer, \
-            _bar(info.frame_count, "deflicker", config.progress) as bar:
+    with ExitStack() as stack:
+        writer = stack.enter_context(io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite)) \
+            if write_output else None
+        stages = _StageWriters(config.keep_work, info, stack)
+        bar = stack.enter_context(_bar(info.frame_count, "process", config.progress))
         for frame in io.read_frames(input_path, info):
             image = io.to_float(frame.image)
-            if info.frame_count > 1:
-                image = np.clip(method.process(frame.index, image), 0.0, 1.0)
-            else:
+            if single:
                 before.append(_channel_means(image))
-            after.append(_channel_means(image))
-            writer.write(image, frame.pts, frame.name)
-            if stage_writer is not None:
-                stage_writer.write(image, None, frame.name)
+                results = {config.method: image}
+            else:
+                results = method.process(frame.index, image)
+                results = results if isinstance(results, dict) else {config.method: results}
+            final = np.clip(list(results.values())[-1], 0.0, 1.0)
+            after.append(_channel_means(final))
+            if writer is not None:
+                writer.write(final, frame.pts, frame.name)
+            stages.write(results, frame.name)
             bar.update()
-    if stage_writer is not None:
-        stage_writer.close()
-    return RunSummary(output, writer.count, time.perf_counter() - start,
-                      flicker_index(before)["luma"], flicker_index(after)["luma"])
+    return RunSummary(output if write_output else config.keep_work, info.frame_count,
+                      time.perf_counter() - start, flicker_index(before)["luma"], flicker_index(after)["luma"])
 
 
-def _stage_writer(config: RunConfig, info: io.VideoInfo) -> io.VideoWriter | None:
-    if config.keep_work is None:
-        return None
-    config.keep_work.mkdir(parents=True, exist_ok=True)
-    return io.VideoWriter(config.keep_work / config.method, info, overwrite=True)
+class _StageWriters:
+    """One PNG-folder writer per stage under keep_work, opened at the first frame of each stage."""
+
+    def __init__(self, keep_work: Path | None, source: io.VideoInfo, stack: ExitStack):
+        self.keep_work, self.source, self.stack = keep_work, source, stack
+        self.writers: dict[str, io.VideoWriter] = {}
+        if keep_work is not None:
+            keep_work.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frames: dict[str, np.ndarray], name: str) -> None:
+        if self.keep_work is None:
+            return
+        for stage, image in frames.items():
+            if stage not in self.writers:
+                # Stage frames may be smaller than the source (the atlas resolution).
+                info = dataclasses.replace(self.source, height=image.shape[0], width=image.shape[1])
+                self.writers[stage] = self.stack.enter_context(
+                    io.VideoWriter(self.keep_work / stage, info, overwrite=True))
+            self.writers[stage].write(np.clip(image, 0.0, 1.0), None, name)

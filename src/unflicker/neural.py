@@ -1,0 +1,71 @@
+"""The paper's method as a pipeline method: neural atlas (stage 1) then neural filter (stage 2).
+
+Analysis keeps only low-resolution frames (the atlas resolution) for the whole video, fits
+one atlas per shot (cuts detected on flicker-invariant thumbnails) and renders A_t; processing
+filters each full-resolution frame against its A_t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from unflicker import cuts
+from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit_video
+
+STAGES = ("atlas", "filter")
+
+
+@dataclass
+class NeuralConfig:
+    """Stages of the neural method."""
+
+    atlas: AtlasConfig = field(default_factory=AtlasConfig)
+    """Stage 1 settings (backend 'grid' or 'mlp', resolution, steps...)."""
+    filter_weights: str | None = None
+    """Filter weights file (None: the shipped ones)."""
+    stop_after: str | None = None
+    """Last stage to run: 'atlas' or 'filter' (None: all)."""
+    device: str | None = None
+    """Torch device (None: CUDA when present, else CPU)."""
+
+
+class NeuralDeflicker:
+    """Pipeline method: `analyze` fits the atlas, `process` returns each stage's frame for t."""
+
+    def __init__(self, config: NeuralConfig | None = None, progress: Callable[[int, int], None] | None = None):
+        self.config = config or NeuralConfig()
+        if self.config.stop_after not in (None, *STAGES):
+            raise ValueError(f"unknown stage {self.config.stop_after!r}; choose from {', '.join(STAGES)}")
+        self.progress = progress
+        self.atlas: VideoAtlas | None = None
+        self._filter = None
+        if self.config.stop_after != "atlas":
+            from unflicker.filter import NeuralFilter
+
+            # Loaded up front so missing or mismatched weights fail before any long work.
+            self._filter = NeuralFilter.load(self.config.filter_weights, device=self.config.device)
+
+    def analyze(self, frames: Iterable[np.ndarray]) -> None:
+        low, thumbs = [], []
+        size = None
+        for frame in frames:
+            size = size or atlas_size(frame.shape[0], frame.shape[1], self.config.atlas.resolution)
+            small = downsample(frame, size)
+            low.append(small.astype(np.float16))  # halves the only per-frame memory kept
+            thumbs.append(cuts.thumbnail(small))
+        low_res = np.stack(low).astype(np.float32)
+        del low
+        shots = cuts.shots(len(low_res), cuts.detect_cuts(thumbs))
+        self.atlas = fit_video(low_res, shots, self.config.atlas, progress=self.progress)
+
+    def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """Stage name -> frame for t: 'atlas' (atlas resolution), then 'filter' (full resolution)."""
+        if self.atlas is None:
+            raise RuntimeError("process() before analyze()")
+        stages = {"atlas": self.atlas.render(t)}
+        if self._filter is not None:
+            stages["filter"] = self._filter.apply(frame, stages["atlas"])
+        return stages
