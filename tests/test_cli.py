@@ -104,3 +104,63 @@ def test_module_entry_point_runs(tmp_path, clips):
     result = subprocess.run([sys.executable, "-m", "unflicker", "info", str(flickering)],
                             capture_output=True, text=True, check=True)
     assert "12 frames" in result.stdout and "64x48" in result.stdout
+
+
+def test_compare_and_plot_beside_the_output_respect_overwrite(tmp_path, clips, capsys):
+    _, flickering = clips
+    output, compare, plot = tmp_path / "out.mp4", tmp_path / "compare.mp4", tmp_path / "brightness.png"
+    code, out, err = run_cli(capsys, "run", flickering, "-o", output, "--compare", compare, "--plot", plot, "--quiet")
+    assert code == 0 and err == ""
+    assert f"wrote {compare}" in out and f"wrote {plot}" in out
+    assert out.strip().splitlines()[-1].startswith(f"wrote {output}")  # the summary stays the last line
+    info = io.probe(compare)
+    assert (info.width, info.height, info.frame_count) == (128, 48, 12)
+    pair = io.to_float(next(io.read_frames(compare)).image)
+    left, right = pair[:, :64], pair[:, 64:]
+    assert np.abs(left - right).mean() > 0.005  # input and output differ: the flicker was removed
+    picture = cv2.imread(str(plot))
+    assert picture is not None and picture.ndim == 3 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 10
+    # An existing compare file stops a new run before any work, without --overwrite only.
+    stamp = compare.stat().st_mtime_ns
+    code, _, err = run_cli(capsys, "run", flickering, "-o", tmp_path / "other.mp4", "--compare", compare, "--quiet")
+    assert code == 3 and "exists" in err and len(err.strip().splitlines()) == 1
+    assert compare.stat().st_mtime_ns == stamp and not (tmp_path / "other.mp4").exists()
+    code, _, _ = run_cli(capsys, "run", flickering, "-o", output, "--compare", compare, "--plot", plot, "--quiet",
+                         "--overwrite")
+    assert code == 0
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith(".")] == []
+
+
+def test_run_options_reach_the_pipeline(tmp_path, clips, capsys, monkeypatch):
+    from unflicker import pipeline
+
+    seen = {}
+
+    def fake(input_path, output_path, config):
+        seen["config"] = config
+        return pipeline.RunSummary(output_path, 1, 1.0, 0.0, 0.0)
+
+    monkeypatch.setattr(pipeline, "deflicker_file", fake)
+    _, flickering = clips
+    code, _, _ = run_cli(capsys, "run", flickering, "-o", tmp_path / "o.mp4", "--method", "neural", "--preset", "fast",
+                         "--atlas-steps", "7", "--plot", tmp_path / "p.png", "--quiet")
+    config = seen["config"]
+    assert code == 0 and (config.preset, config.atlas_steps, config.atlas, config.progress) == ("fast", 7, None, False)
+    assert config.plot == tmp_path / "p.png" and config.compare is None
+    with pytest.raises(SystemExit):
+        main(["run", str(flickering), "-o", "x.mp4", "--preset", "slowest"])
+
+
+def test_training_subcommands_hand_over_their_arguments(capsys, monkeypatch):
+    import types
+
+    calls = []
+    fake = types.ModuleType("unflicker.filter.training")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "unflicker.filter.training", fake)
+    assert main(["train-filter", "--steps", "2", "--help"]) == 0
+    assert calls == [["--steps", "2", "--help"]]
+    monkeypatch.setitem(sys.modules, "unflicker.refine.training", None)  # as if not installed
+    code, _, err = run_cli(capsys, "train-refine", "--steps", "2")
+    assert code == 1 and err.strip() == ("unflicker: error: train-refine is not available in this installation "
+                                         "(unflicker.refine.training is missing)")

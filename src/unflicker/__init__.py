@@ -1,7 +1,23 @@
-"""unflicker: blind video deflickering (neural atlas, neural filter, local refinement)."""
+"""unflicker: blind video deflickering (neural atlas, neural filter, local refinement).
+
+    import unflicker
+    unflicker.deflicker("in.mp4", "out.mp4")              # -> RunSummary
+    clean = unflicker.deflicker(frames)                   # (T, H, W, 3) array -> same shape and dtype
+"""
 
 from unflicker.errors import InputError, OutputError, UnflickerError, WeightsError
 
 __version__ = "0.1.0"
 
-__all__ = ["InputError", "OutputError", "UnflickerError", "WeightsError", "__version__"]
+__all__ = ["InputError", "OutputError", "UnflickerError", "WeightsError", "__version__", "deflicker"]
+
+
+def deflicker(frames_or_path, output=None, method="classical", **options):
+    """Remove flicker from a video file, a frame folder, or an in-memory clip.
+
+    See `unflicker.api.deflicker` for the arguments. Imported on first call so that
+    `import unflicker` stays cheap (no video, OpenCV or torch libraries at import).
+    """
+    from unflicker.api import deflicker as _deflicker
+
+    return _deflicker(frames_or_path, output, method, **options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -16,8 +17,15 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"unflicker: warning: {message}", file=sys.stderr)
 
 
+# Subcommands that hand the rest of the command line to a training script's own parser.
+DELEGATES = {
+    "train-filter": ("unflicker.filter.training", "train the neural filter (see train-filter --help)"),
+    "train-refine": ("unflicker.refine.training", "train the local refinement network (see train-refine --help)"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from unflicker.pipeline import METHODS
+    from unflicker.pipeline import METHODS, PRESETS
 
     parser = argparse.ArgumentParser(prog="unflicker", description="Remove flicker from a video, blindly.")
     parser.add_argument("--version", action="version", version=f"unflicker {__version__}")
@@ -29,13 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output .mp4 (H.264), .mkv (FFV1 lossless), .mov, or a folder of PNG frames")
     run.add_argument("--method", choices=sorted(METHODS), default="classical",
                      help="classical (fast statistics matching) or neural (atlas + filter, the paper's method)")
-    run.add_argument("--atlas", choices=("grid", "mlp"), default="grid",
-                     help="neural: atlas backend; mlp is the paper's (slow on a CPU)")
-    run.add_argument("--stop-after", choices=("atlas", "filter"),
+    run.add_argument("--preset", choices=tuple(PRESETS),
+                     help="neural: fast (coarser, shorter atlas fit), balanced (default) or paper (MLP atlas, "
+                          "the paper's settings; slow on a CPU)")
+    run.add_argument("--atlas", choices=("grid", "mlp"),
+                     help="neural: atlas backend, overriding the preset's; mlp is the paper's (slow on a CPU)")
+    run.add_argument("--atlas-steps", type=int, metavar="N", help="neural: atlas optimisation steps (default: the "
+                                                                   "preset's)")
+    run.add_argument("--stop-after", choices=("atlas", "filter", "refine"),
                      help="neural: stop after this stage; its frames go to --keep-work DIR, no output is written")
     run.add_argument("--crf", type=int, default=18, help="H.264 quality for .mp4/.mov (default 18)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    run.add_argument("--keep-work", type=Path, metavar="DIR", help="keep each stage's frames in DIR/<stage>/")
+    run.add_argument("--keep-work", type=Path, metavar="DIR",
+                     help="keep each stage's frames in DIR/<stage>/; rerunning with the same DIR, input and "
+                          "atlas settings reuses the fitted atlas")
+    run.add_argument("--compare", type=Path, metavar="FILE", help="also write a side-by-side input | output video")
+    run.add_argument("--plot", type=Path, metavar="FILE.png",
+                     help="also write a plot of mean brightness per channel over time, input vs output")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     evaluate = commands.add_parser("eval", help="score a result: warping error, flicker index, PSNR/SSIM")
@@ -54,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", type=Path, default=Path("demo"))
     demo.add_argument("--frames", type=int, default=48)
     demo.add_argument("--method", choices=sorted(METHODS), default="classical")
+
+    for name, (_, text) in DELEGATES.items():
+        commands.add_parser(name, help=text, add_help=False)  # parsed by the training script itself
     return parser
 
 
@@ -62,10 +83,29 @@ def _run(args) -> int:
 
     if args.output is None and args.stop_after is None:
         raise OutputError("give an output with -o (only --stop-after runs without one)")
-    config = RunConfig(method=args.method, atlas=args.atlas, stop_after=args.stop_after, crf=args.crf,
-                       overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet)
-    print(deflicker_file(args.input, args.output, config).line())
+    config = RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
+                       stop_after=args.stop_after, crf=args.crf, overwrite=args.overwrite, keep_work=args.keep_work,
+                       compare=args.compare, plot=args.plot, progress=not args.quiet)
+    summary = deflicker_file(args.input, args.output, config)
+    for extra in summary.extras:
+        print(f"wrote {extra}")
+    print(summary.line())
     return 0
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    """Run a training script's main(argv); a missing optional module is one line, not a traceback."""
+    module_name = DELEGATES[command][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise  # something the module itself imports is missing: a real bug, keep its traceback
+        raise UnflickerError(f"{command} is not available in this installation ({module_name} is missing)") from None
+    entry = getattr(module, "main", None)
+    if entry is None:
+        raise UnflickerError(f"{command} is not available: {module_name} has no main(argv)")
+    return int(entry(argv) or 0)
 
 
 def _eval(args) -> int:
@@ -93,9 +133,14 @@ def _demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
-    handler = {"run": _run, "eval": _eval, "info": _info, "demo": _demo}[args.command]
+    if argv and argv[0] in DELEGATES:
+        # Not through argparse: it would claim options such as --help meant for the script.
+        handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]
+    else:
+        args = build_parser().parse_args(argv)
+        handler = {"run": _run, "eval": _eval, "info": _info, "demo": _demo}[args.command]
     try:
         return handler(args)
     except UnflickerError as exc:

@@ -3,6 +3,11 @@
 Layouts: frames come out of `read_frames` as `Frame.image`, an (H, W, 3) RGB array, uint8 for
 8-bit sources and uint16 for 16-bit ones (16-bit PNG/TIFF, 10/12/16-bit video). Processing
 code works on float32 in [0, 1]: `to_float` and `from_float` convert.
+
+Grey and alpha: grey frames are read as RGB with equal channels; a grey source (single-channel
+images, a gray* pixel format) is written back grey to PNG/TIFF folders and .mkv, as colour to
+H.264. The alpha of RGBA image frames is not deflickered: it rides along as `Frame.alpha`
+and is written back unchanged to PNG/TIFF folders; video outputs have no alpha.
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ VIDEO_FORMATS = {
     ".mkv": ("matroska", "ffv1"),
 }
 DEFAULT_FOLDER_FPS = Fraction(25)
+# (grey, alpha, bit depth) of a folder's first frame -> the FFmpeg name of that layout.
+_FOLDER_FORMATS = {
+    (False, False, 8): "rgb24", (False, False, 16): "rgb48", (False, True, 8): "rgba", (False, True, 16): "rgba64",
+    (True, False, 8): "gray", (True, False, 16): "gray16", (True, True, 8): "ya8", (True, True, 16): "ya16",
+}
 
 
 @dataclass(frozen=True)
@@ -51,22 +61,31 @@ class VideoInfo:
     time_base: Fraction | None = None
     frame_names: tuple[str, ...] = field(default=(), repr=False)
     """File names of a folder's frames in natural order (empty for a video)."""
+    grayscale: bool = False
+    """The source has one colour channel (its frames are still read as RGB)."""
+    has_alpha: bool = False
+    """A folder's first frame has an alpha channel (kept in `Frame.alpha`)."""
 
     def describe(self) -> str:
         kind = "folder" if self.is_folder else "video"
         audio = ", audio" if self.has_audio else ""
+        alpha = ", alpha" if self.has_alpha else ""
         return (f"{self.path.name}: {kind}, {self.frame_count} frames, {self.width}x{self.height}, "
-                f"{float(self.fps):.3g} fps, {self.pixel_format}, {self.bit_depth}-bit{audio}")
+                f"{float(self.fps):.3g} fps, {self.pixel_format}, {self.bit_depth}-bit{alpha}{audio}")
 
 
 @dataclass
 class Frame:
-    """One decoded frame: `image` (H, W, 3) RGB uint8/uint16, its index, file name and timestamp."""
+    """One decoded frame: `image` (H, W, 3) RGB uint8/uint16, its index, file name and timestamp.
+
+    `alpha` is the (H, W) alpha channel (same dtype) of an RGBA image frame, else None.
+    """
 
     index: int
     image: np.ndarray
     name: str
     pts: int | None = None
+    alpha: np.ndarray | None = None
 
 
 def natural_key(name: str) -> list:
@@ -96,20 +115,29 @@ def _list_frame_files(folder: Path) -> list[str]:
     return sorted(names, key=natural_key)
 
 
-def _read_image(path: Path) -> np.ndarray:
+def frame_name(info: VideoInfo, index: int) -> str:
+    """File name of frame `index` as `read_frames` names it (the folder's own names are kept)."""
+    return info.frame_names[index] if info.is_folder else f"frame_{index:06d}.png"
+
+
+def _read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """(RGB image, alpha or None, whether the file is single-channel grey)."""
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise InputError(f"cannot read image {path}")
     if image.dtype not in (np.uint8, np.uint16):
         raise InputError(f"{path.name}: unsupported sample type {image.dtype} (need 8 or 16 bit)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        # Alpha is not deflickered; dropping it is said once per run by the caller's probe.
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB), None, True
+    if image.shape[2] == 2:  # grey + alpha
+        return cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB), image[:, :, 1].copy(), True
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[:, :, 3].copy(), False
+    if image.shape[2] != 3:
+        raise InputError(f"{path.name}: unsupported {image.shape[2]}-channel image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None, False
 
 
 def _open_container(path: Path):
@@ -119,8 +147,15 @@ def _open_container(path: Path):
         raise InputError(f"cannot read {path}: not a video FFmpeg can decode ({exc.__class__.__name__})") from None
 
 
-def _high_bit_depth(pixel_format: str) -> bool:
-    return any(tag in pixel_format for tag in ("10", "12", "14", "16"))
+def _pixel_format(name: str) -> tuple[int, bool]:
+    """(8 or 16: the depth frames are read at, whether the format is grey) of an FFmpeg pixel format."""
+    try:
+        fmt = av.VideoFormat(name)
+    except (ValueError, av.error.FFmpegError):
+        return 8, False
+    deep = any(c.bits > 8 for c in fmt.components)
+    colour = [c for c in fmt.components if not c.is_alpha]
+    return (16 if deep else 8), len(colour) == 1 and not fmt.has_palette and not fmt.is_bayer
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -132,10 +167,11 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         names = _list_frame_files(path)
         if not names:
             raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
-        first = _read_image(path / names[0])
+        first, alpha, grey = _read_image(path / names[0])
         depth = 16 if first.dtype == np.uint16 else 8
         return VideoInfo(path, True, first.shape[1], first.shape[0], len(names), DEFAULT_FOLDER_FPS,
-                         f"rgb{3 * depth}", depth, False, None, tuple(names))
+                         _FOLDER_FORMATS[grey, alpha is not None, depth], depth, False, None, tuple(names),
+                         grey, alpha is not None)
     with _open_container(path) as container:
         if not container.streams.video:
             raise InputError(f"no video stream in {path}")
@@ -144,11 +180,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if count == 0:
             raise InputError(f"no frames in {path}")
         ctx = stream.codec_context
+        if not ctx.width or not ctx.height:
+            raise InputError(f"{path}: the video stream has no frame size (unsupported codec?)")
         fmt = ctx.format.name if ctx.format is not None else "unknown"
+        depth, grey = _pixel_format(fmt)
         fps = stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS
-        return VideoInfo(path, False, ctx.width, ctx.height, count, Fraction(fps), fmt,
-                         16 if _high_bit_depth(fmt) else 8, bool(container.streams.audio),
-                         Fraction(stream.time_base) if stream.time_base else None)
+        return VideoInfo(path, False, ctx.width, ctx.height, count, Fraction(fps), fmt, depth,
+                         bool(container.streams.audio), Fraction(stream.time_base) if stream.time_base else None,
+                         grayscale=grey)
 
 
 def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Iterator[Frame]:
@@ -156,13 +195,17 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
     info = info or probe(path)
     if info.is_folder:
         for index, name in enumerate(info.frame_names):
-            image = _read_image(info.path / name)
+            image, alpha, grey = _read_image(info.path / name)
             if image.shape[:2] != (info.height, info.width):
                 raise InputError(f"mixed frame sizes in {info.path}: {name} is {image.shape[1]}x{image.shape[0]}, "
                                  f"the first frame is {info.width}x{info.height}")
             if (image.dtype == np.uint16) != (info.bit_depth == 16):
                 raise InputError(f"mixed bit depths in {info.path}: {name}")
-            yield Frame(index, image, name)
+            if info.grayscale and not grey:
+                # The output is written grey like the first frame: a colour frame would lose its colour.
+                raise InputError(f"mixed grey and colour frames in {info.path}: {name} is colour, "
+                                 f"the first frame is grey")
+            yield Frame(index, image, name, None, alpha)
         return
     layout = "rgb48le" if info.bit_depth == 16 else "rgb24"
     with _open_container(info.path) as container:
@@ -170,7 +213,10 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
         stream.thread_type = "AUTO"
         try:
             for index, decoded in enumerate(container.decode(stream)):
-                yield Frame(index, decoded.to_ndarray(format=layout), f"frame_{index:06d}.png", decoded.pts)
+                if (decoded.width, decoded.height) != (info.width, info.height):
+                    raise InputError(f"{info.path}: the frame size changes from {info.width}x{info.height} to "
+                                     f"{decoded.width}x{decoded.height} at frame {index}; split the video there")
+                yield Frame(index, decoded.to_ndarray(format=layout), frame_name(info, index), decoded.pts)
         except av.error.FFmpegError as exc:
             raise InputError(f"{info.path}: decoding failed ({exc.__class__.__name__}: {exc})") from None
 
@@ -234,8 +280,11 @@ class VideoWriter:
             self._stream.codec_context.time_base = src.time_base
             self._stream.time_base = src.time_base
         if codec == "ffv1":
-            self._stream.pix_fmt = "gbrp16le" if src.bit_depth == 16 else "bgr0"
-            self._input_layout = "gbrp16le" if src.bit_depth == 16 else "bgr0"
+            if src.grayscale:
+                layout = "gray16le" if src.bit_depth == 16 else "gray"
+            else:
+                layout = "gbrp16le" if src.bit_depth == 16 else "bgr0"
+            self._stream.pix_fmt = self._input_layout = layout
             self._frame_layout = "rgb48le" if src.bit_depth == 16 else "rgb24"
         else:
             # x264's 4:2:0 needs even sizes; 4:4:4 keeps odd sizes exact instead of cropping.
@@ -247,24 +296,36 @@ class VideoWriter:
         if src.has_audio and not src.is_folder:
             self._audio = _AudioCopier(src.path, self._container)
 
-    def write(self, image: np.ndarray, pts: int | None = None, name: str | None = None) -> None:
-        """Append one frame: (H, W, 3) RGB, uint8/uint16 or float in [0, 1]."""
+    def write(self, image: np.ndarray, pts: int | None = None, name: str | None = None,
+              alpha: np.ndarray | None = None) -> None:
+        """Append one frame: (H, W, 3) RGB, uint8/uint16 or float in [0, 1].
+
+        alpha: optional (H, W) alpha (uint8/uint16 or float in [0, 1]), kept by folder outputs only.
+        """
         if image.shape != (self.source.height, self.source.width, 3):
             raise ValueError(f"frame shape {image.shape} != source {(self.source.height, self.source.width, 3)}")
         if self.to_folder:
-            self._write_image(image, name)
+            self._write_image(image, name, alpha)
         else:
             self._write_video_frame(image, pts)
         self.count += 1
 
-    def _write_image(self, image: np.ndarray, name: str | None) -> None:
+    def _write_image(self, image: np.ndarray, name: str | None, alpha: np.ndarray | None) -> None:
         depth = self.source.bit_depth
         stem = Path(name).stem if name else f"frame_{self.count:06d}"
         suffix = Path(name).suffix.lower() if name else ".png"
         if suffix not in (".png", ".tif", ".tiff"):
             suffix = ".png"  # never re-encode a lossy format
         data = from_float(image, depth)
-        if not cv2.imwrite(str(self._temp / f"{stem}{suffix}"), cv2.cvtColor(data, cv2.COLOR_RGB2BGR)):
+        if self.source.grayscale:
+            data = cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
+            if alpha is not None:  # cv2 writes no grey + alpha: such frames come back as RGBA
+                data = cv2.cvtColor(data, cv2.COLOR_GRAY2BGR)
+        else:
+            data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
+        if alpha is not None:
+            data = np.dstack([data, _to_depth(alpha, depth)])
+        if not cv2.imwrite(str(self._temp / f"{stem}{suffix}"), data):
             raise OutputError(f"cannot write frame {stem}{suffix} into {self.path}")
 
     def _write_video_frame(self, image: np.ndarray, pts: int | None) -> None:
@@ -357,6 +418,28 @@ class _AudioCopier:
 
     def close(self) -> None:
         self._input.close()
+
+
+def _to_depth(channel: np.ndarray, depth: int) -> np.ndarray:
+    """A single channel (uint8, uint16 or float in [0, 1]) at `depth` bits, values rescaled."""
+    if channel.dtype == np.uint8 and depth == 16:
+        return channel.astype(np.uint16) * 257
+    if channel.dtype == np.uint16 and depth == 8:
+        return (channel >> 8).astype(np.uint8)
+    return from_float(channel, depth)
+
+
+def write_file_atomically(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
+    """Write `data` to `path` under a temporary name, then rename it into place."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}{path.suffix}")
+    try:
+        temp.write_bytes(data)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    _replace(temp, path, overwrite)
+    return path
 
 
 def _replace(temp: Path, final: Path, overwrite: bool) -> None:

@@ -2,6 +2,7 @@
 
 Every method streams: a first pass lets it analyse the (decoded, downscaled by the method) video,
 a second pass processes full-resolution frames one at a time and hands them to the writer.
+Each pass, and a method's fit between them, shows a progress bar with an ETA on stderr.
 """
 
 from __future__ import annotations
@@ -9,19 +10,25 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
 from unflicker import io
 from unflicker.classical import ClassicalConfig, ClassicalDeflicker
-from unflicker.errors import OutputError
+from unflicker.errors import InputError, OutputError
 from unflicker.metrics import flicker_index
+
+if TYPE_CHECKING:
+    from unflicker.atlas import AtlasConfig
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): how far a method's fit has got, in frames."""
 
 
 class Method(Protocol):
@@ -36,16 +43,47 @@ class Method(Protocol):
     def process(self, index: int, frame: np.ndarray) -> np.ndarray | dict[str, np.ndarray]: ...
 
 
-def _neural(config: RunConfig) -> Method:
+# --preset of the neural method -> AtlasConfig fields; --atlas and --atlas-steps override them.
+PRESETS: dict[str, dict[str, object]] = {
+    "fast": {"backend": "grid", "resolution": 160, "steps": 100},
+    "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 300 steps
+    "paper": {"backend": "mlp"},  # the MLP backend's defaults are the paper's (10000 steps, lr 1e-4)
+}
+NEURAL_MIN_SIDE = 16
+"""Smallest frame side, at the input's and at the atlas resolution, the neural method accepts:
+OpenCV's DIS optical flow rejects smaller frames, and crashes on some wide ones under 16 rows."""
+
+
+def atlas_config(config: RunConfig) -> AtlasConfig:
+    """The neural method's atlas settings: the preset's, then explicit --atlas / --atlas-steps."""
     from unflicker.atlas import AtlasConfig  # torch is imported only when a neural method runs
+
+    fields = dict(PRESETS[config.preset or "balanced"])
+    if config.atlas is not None:
+        fields["backend"] = config.atlas
+    if config.atlas_steps is not None:
+        fields["steps"] = config.atlas_steps
+    return AtlasConfig(**fields)
+
+
+def _check_neural_size(height: int, width: int, config: RunConfig) -> None:
+    from unflicker.atlas import atlas_size
+
+    low_h, low_w = atlas_size(height, width, atlas_config(config).resolution)
+    if min(height, width, low_h, low_w) < NEURAL_MIN_SIDE:
+        raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its optical "
+                         f"flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, {low_w}x{low_h} "
+                         f"here): use the classical method")
+
+
+def _neural(config: RunConfig, progress: Progress | None) -> Method:
     from unflicker.neural import NeuralConfig, NeuralDeflicker
 
-    atlas = AtlasConfig(backend=config.atlas, steps=config.atlas_steps)
-    return NeuralDeflicker(NeuralConfig(atlas=atlas, stop_after=config.stop_after))
+    return NeuralDeflicker(NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after), progress=progress)
 
 
-METHODS: dict[str, Callable[[RunConfig], Method]] = {
-    "classical": lambda config: ClassicalDeflicker(ClassicalConfig()),
+METHODS: dict[str, Callable[[RunConfig, Progress | None], Method]] = {
+    "classical": lambda config, progress: ClassicalDeflicker(ClassicalConfig()),
     "neural": _neural,
 }
 
@@ -56,21 +94,47 @@ class RunConfig:
 
     method: str = "classical"
     """Name in METHODS."""
-    atlas: str = "grid"
-    """neural: atlas backend, 'grid' (fast) or 'mlp' (the paper's, for GPUs)."""
+    preset: str | None = None
+    """neural: name in PRESETS, 'fast', 'balanced' or 'paper' (None: balanced)."""
+    atlas: str | None = None
+    """neural: atlas backend, 'grid' (fast) or 'mlp' (the paper's, for GPUs); None: the preset's."""
     atlas_steps: int | None = None
-    """neural: atlas optimisation steps (None: the backend's default)."""
+    """neural: atlas optimisation steps (None: the preset's, else the backend's default)."""
     stop_after: str | None = None
     """neural: last stage to run ('atlas' or 'filter'); the output is then not written, only
     the stages kept in keep_work."""
     crf: int = 18
-    """H.264 quality for .mp4/.mov outputs (lower is better; 18 is visually lossless)."""
+    """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 is visually lossless)."""
     overwrite: bool = False
-    """Replace an existing output."""
+    """Replace an existing output (and existing compare / plot files)."""
     keep_work: Path | None = None
-    """Folder that keeps each stage's frames as PNG (DIR/<stage>/), same names as the input's."""
+    """Folder that keeps each stage's frames as PNG (DIR/<stage>/), same names as the input's.
+    A rerun with the same input and atlas settings reuses DIR/atlas/ instead of fitting again."""
+    compare: Path | None = None
+    """Also write a side-by-side (input | output) video (or PNG folder) here."""
+    plot: Path | None = None
+    """Also write a PNG plot of mean brightness per channel over time, input vs output, here."""
     progress: bool = True
     """Show progress bars on stderr."""
+
+    def check(self) -> None:
+        """Raise InputError / OutputError on options that cannot work together."""
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if not 0 <= self.crf <= 51:
+            raise InputError(f"--crf must be in 0..51, got {self.crf}")
+        if self.atlas_steps is not None and self.atlas_steps < 1:
+            raise InputError(f"--atlas-steps must be at least 1, got {self.atlas_steps}")
+        if self.method != "neural" and (self.stop_after or self.atlas or self.atlas_steps):
+            raise InputError("--stop-after, --atlas and --atlas-steps apply to --method neural only")
+        if self.stop_after and self.keep_work is None:
+            raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
+        if self.stop_after and (self.compare or self.plot):
+            raise OutputError("--compare and --plot need the output: drop --stop-after")
+        if self.plot is not None and Path(self.plot).suffix.lower() != ".png":
+            raise OutputError(f"--plot writes a PNG: name it *.png, not {Path(self.plot).name}")
 
 
 @dataclass
@@ -80,84 +144,218 @@ class RunSummary:
     seconds: float
     flicker_before: float
     flicker_after: float
+    resumed: tuple[str, ...] = ()
+    """Stages read back from keep_work instead of computed."""
+    extras: tuple[Path, ...] = ()
+    """Compare video and plot written beside the output."""
 
     def line(self) -> str:
+        reused = f", reused {' and '.join(self.resumed)} from the work folder" if self.resumed else ""
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
-                f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3)")
+                f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3){reused}")
 
 
-def _float_frames(frames: Iterator[io.Frame]) -> Iterator[np.ndarray]:
-    for frame in frames:
-        yield io.to_float(frame.image)
+class _Bars:
+    """tqdm bars on stderr: one per pass, and one for a method's fit fed by `fit(done, total)`."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._fit_bar: tqdm | None = None
+        self._fit_start: float | None = None
+
+    def frames(self, frames: Iterable, desc: str, total: int) -> Iterator:
+        with tqdm(total=total, desc=desc, unit="frame", disable=not self.enabled, leave=False,
+                  dynamic_ncols=True) as bar:
+            for frame in frames:
+                yield frame
+                bar.update()
+        # The pass has read every frame: whatever the method does before returning is its fit.
+        self._fit_start = time.time()
+
+    def fit(self, done: int, total: int) -> None:
+        if self._fit_bar is None:
+            # The first report comes after a whole fitting window, so the clock starts when the
+            # frames were all read; smoothing=0 makes the ETA the average rate since then.
+            self._fit_bar = tqdm(total=total, desc="atlas", unit="frame", disable=not self.enabled, leave=False,
+                                 dynamic_ncols=True, smoothing=0)
+            if self._fit_start is not None:
+                self._fit_bar.start_t = self._fit_bar.last_print_t = self._fit_start
+        self._fit_bar.update(done - self._fit_bar.n)
+        self._fit_bar.refresh()  # reports come seldom (one per window): show each at once
+
+    def close(self) -> None:
+        if self._fit_bar is not None:
+            self._fit_bar.close()
+            self._fit_bar = None
+
+    def __enter__(self) -> _Bars:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _channel_means(frame: np.ndarray) -> np.ndarray:
-    """(1, 1, 3) per-channel mean: the global flicker index needs nothing more per frame."""
-    return frame.reshape(-1, 3).mean(axis=0).reshape(1, 1, 3)
+    """(3,) per-channel mean: the global flicker index and the plot need nothing more per frame."""
+    return frame.reshape(-1, 3).mean(axis=0, dtype=np.float64)
 
 
-def _bar(total: int, desc: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="frame", disable=not enabled, leave=False, dynamic_ncols=True)
+def _flicker(means: list[np.ndarray]) -> float:
+    return flicker_index([m.reshape(1, 1, 3) for m in means])["luma"]
+
+
+def _final(results: np.ndarray | dict[str, np.ndarray], name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    results = results if isinstance(results, dict) else {name: results}
+    return results, np.clip(list(results.values())[-1], 0.0, 1.0)
+
+
+def _check_input(info: io.VideoInfo, output: Path | None, config: RunConfig) -> None:
+    """Refuse inputs the method cannot handle and say what will be lost, before any work starts."""
+    if config.method == "neural" and info.frame_count > 1:
+        _check_neural_size(info.height, info.width, config)
+    if config.preset is not None and config.method != "neural":
+        warnings.warn("--preset only affects --method neural; ignored", stacklevel=3)
+    if info.has_alpha and output is not None and not io.is_folder_output(output):
+        warnings.warn("the input's alpha channel is dropped: video outputs have none; write a folder of PNG "
+                      "frames to keep it", stacklevel=3)
+    if info.frame_count == 1:
+        warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
+                      stacklevel=3)
+
+
+def _check_extras(input_path: str | Path, output: Path | None, config: RunConfig) -> None:
+    for extra in (config.compare, config.plot):
+        if extra is None:
+            continue
+        if output is not None and Path(extra).resolve() == output.resolve():
+            raise OutputError(f"{extra} is also the output: choose another path")
+        io.check_output(input_path, extra, config.overwrite)
+    if config.compare is not None and config.plot is not None and \
+            Path(config.compare).resolve() == Path(config.plot).resolve():
+        raise OutputError("--compare and --plot name the same file")
 
 
 def deflicker_file(input_path: str | Path, output_path: str | Path | None,
                    config: RunConfig | None = None) -> RunSummary:
-    """Deflicker a video file or frame folder into `output_path` (video by extension, else a folder)."""
+    """Deflicker a video file or frame folder into `output_path` (video by extension, else a folder).
+
+    Everything that can be checked (options, input, output, compare and plot paths) is checked
+    before any work starts. Outputs appear only when complete; an error leaves none behind.
+    """
     config = config or RunConfig()
-    if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; choose from {', '.join(METHODS)}")
-    if config.stop_after and config.keep_work is None:
-        raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
+    config.check()
     start = time.perf_counter()
     info = io.probe(input_path)
     write_output = config.stop_after is None
     output = io.check_output(input_path, output_path, config.overwrite) if write_output else None
-    method = METHODS[config.method](config)
+    _check_extras(input_path, output, config)
+    _check_input(info, output, config)
     single = info.frame_count == 1
-    if single:
-        warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
-                      stacklevel=2)
     before: list[np.ndarray] = []
     after: list[np.ndarray] = []
-
-    def analysed() -> Iterator[np.ndarray]:
-        with _bar(info.frame_count, "analyse", config.progress) as bar:
-            for image in _float_frames(io.read_frames(input_path, info)):
-                before.append(_channel_means(image))
-                bar.update()
-                yield image
-
-    if not single:
-        method.analyze(analysed())
+    resumed: tuple[str, ...] = ()
     with ExitStack() as stack:
+        bars = stack.enter_context(_Bars(config.progress))
+        method = METHODS[config.method](config, bars.fit)
+        cache = _atlas_cache(method, info, config)
+        if not single:
+            if cache is not None and _restore_atlas(method, cache):
+                resumed = ("atlas",)
+            else:
+                frames = (io.to_float(frame.image) for frame in io.read_frames(input_path, info))
+                method.analyze(bars.frames(frames, "decode+analyse", info.frame_count))
+                bars.close()
+                if cache is not None:
+                    cache.save(method.atlas.rendered, method.atlas.shots)
         writer = stack.enter_context(io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite)) \
             if write_output else None
-        stages = _StageWriters(config.keep_work, info, stack)
-        bar = stack.enter_context(_bar(info.frame_count, "process", config.progress))
-        for frame in io.read_frames(input_path, info):
+        stages = _StageWriters(config.keep_work, info, stack, skip={"atlas"} if cache is not None else set())
+        for frame in bars.frames(io.read_frames(input_path, info), "process", info.frame_count):
             image = io.to_float(frame.image)
-            if single:
-                before.append(_channel_means(image))
-                results = {config.method: image}
-            else:
-                results = method.process(frame.index, image)
-                results = results if isinstance(results, dict) else {config.method: results}
-            final = np.clip(list(results.values())[-1], 0.0, 1.0)
+            before.append(_channel_means(image))
+            results, final = _final({config.method: image} if single else method.process(frame.index, image),
+                                    config.method)
             after.append(_channel_means(final))
             if writer is not None:
-                writer.write(final, frame.pts, frame.name)
+                writer.write(final, frame.pts, frame.name, frame.alpha)
             stages.write(results, frame.name)
-            bar.update()
-    return RunSummary(output if write_output else config.keep_work, info.frame_count,
-                      time.perf_counter() - start, flicker_index(before)["luma"], flicker_index(after)["luma"])
+    summary = RunSummary(output if write_output else config.keep_work, len(before), 0.0, _flicker(before),
+                         _flicker(after), resumed)
+    extras = []
+    if config.compare is not None:
+        extras.append(_write_compare(input_path, output, config))
+    if config.plot is not None:
+        from unflicker.visualize import write_brightness_plot
+
+        title = (f"mean brightness per channel: {Path(input_path).name} -> {output.name}, flicker index "
+                 f"{summary.flicker_before * 1e3:.2f} -> {summary.flicker_after * 1e3:.2f} (x1e-3)")
+        extras.append(write_brightness_plot(np.array(before), np.array(after), config.plot, title, config.overwrite))
+    return dataclasses.replace(summary, seconds=time.perf_counter() - start, extras=tuple(extras))
+
+
+def _write_compare(input_path: str | Path, output: Path, config: RunConfig) -> Path:
+    from unflicker.visualize import write_side_by_side
+
+    return write_side_by_side(input_path, output, config.compare, overwrite=config.overwrite,
+                              progress=config.progress)
+
+
+def _atlas_cache(method: Method, info: io.VideoInfo, config: RunConfig):
+    """The resumable atlas stage of keep_work, for methods that fit an atlas (else None)."""
+    if config.keep_work is None or not hasattr(method, "atlas") or info.frame_count < 2:
+        return None
+    from unflicker.resume import AtlasCache
+
+    return AtlasCache(config.keep_work, info, dataclasses.asdict(method.config.atlas))
+
+
+def _restore_atlas(method: Method, cache) -> bool:
+    loaded = cache.load()
+    if loaded is None:
+        return False
+    from unflicker.atlas import VideoAtlas
+
+    # Exactly what the method's analyze() leaves behind: the rendered A_t and the shots.
+    method.atlas = VideoAtlas(*loaded)
+    return True
+
+
+def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = None) -> Iterator[np.ndarray]:
+    """Deflicker an in-memory clip: yields each output frame, (H, W, 3) float32 in [0, 1], in order.
+
+    frames: a re-iterable sequence (list, (T, H, W, 3) array, or any object with len and
+    iteration) of (H, W, 3) float32 RGB frames in [0, 1]; it is read twice (analyse, process).
+    Only options that do not write files apply (method, preset, atlas, atlas_steps, progress).
+    """
+    config = config or RunConfig()
+    config.check()
+    n = len(frames)
+    if n == 0:
+        raise InputError("no frames to deflicker")
+    first = np.asarray(next(iter(frames)))
+    if first.ndim != 3 or first.shape[2] != 3:
+        raise InputError(f"expected frames of shape (H, W, 3), got {first.shape}")
+    if config.method == "neural" and n > 1:
+        _check_neural_size(first.shape[0], first.shape[1], config)
+    if n == 1:
+        yield np.clip(first, 0.0, 1.0).astype(np.float32)
+        return
+    with _Bars(config.progress) as bars:
+        method = METHODS[config.method](config, bars.fit)
+        method.analyze(bars.frames(frames, "analyse", n))
+        bars.close()
+        for t, frame in enumerate(bars.frames(frames, "process", n)):
+            if np.shape(frame) != first.shape:
+                raise InputError(f"frame {t} has shape {np.shape(frame)}, frame 0 has {first.shape}")
+            yield _final(method.process(t, frame), config.method)[1]
 
 
 class _StageWriters:
     """One PNG-folder writer per stage under keep_work, opened at the first frame of each stage."""
 
-    def __init__(self, keep_work: Path | None, source: io.VideoInfo, stack: ExitStack):
-        self.keep_work, self.source, self.stack = keep_work, source, stack
+    def __init__(self, keep_work: Path | None, source: io.VideoInfo, stack: ExitStack, skip: set[str]):
+        self.keep_work, self.source, self.stack, self.skip = keep_work, source, stack, skip
         self.writers: dict[str, io.VideoWriter] = {}
         if keep_work is not None:
             keep_work.mkdir(parents=True, exist_ok=True)
@@ -166,9 +364,11 @@ class _StageWriters:
         if self.keep_work is None:
             return
         for stage, image in frames.items():
+            if stage in self.skip:
+                continue  # written whole, right after the fit, so that a rerun can resume from it
             if stage not in self.writers:
                 # Stage frames may be smaller than the source (the atlas resolution).
-                info = dataclasses.replace(self.source, height=image.shape[0], width=image.shape[1])
+                info = dataclasses.replace(self.source, height=image.shape[0], width=image.shape[1], has_alpha=False)
                 self.writers[stage] = self.stack.enter_context(
                     io.VideoWriter(self.keep_work / stage, info, overwrite=True))
             self.writers[stage].write(np.clip(image, 0.0, 1.0), None, name)

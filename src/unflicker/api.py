@@ -1,0 +1,116 @@
+"""`unflicker.deflicker(...)`: one call for files and for in-memory clips."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from unflicker import io
+from unflicker.errors import InputError, OutputError
+from unflicker.pipeline import RunConfig, RunSummary, deflicker_file, deflicker_frames
+
+# RunConfig fields that only mean something when files are written.
+_FILE_OPTIONS = ("stop_after", "crf", "overwrite", "keep_work", "compare", "plot")
+
+
+def _config(method: str, options: dict) -> RunConfig:
+    names = {f.name for f in dataclasses.fields(RunConfig)} - {"method"}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise InputError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return RunConfig(method=method, **options)
+
+
+class _FloatFrames(Sequence):
+    """A clip's frames as (H, W, 3) float32 RGB in [0, 1], converted one at a time on access.
+
+    Accepts grey (H, W) or (H, W, 1), RGB (H, W, 3) and RGBA (H, W, 4) frames, uint8, uint16
+    or float; `restore` turns output frames back into the input's layout and dtype.
+    """
+
+    def __init__(self, frames):
+        self.frames = frames
+        first = np.asarray(frames[0])
+        if first.ndim == 2:
+            first = first[:, :, None]
+        if first.ndim != 3 or first.shape[2] not in (1, 3, 4):
+            raise InputError(f"expected frames of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
+                             f"got {np.shape(frames[0])}")
+        if not (np.issubdtype(first.dtype, np.floating) or first.dtype in (np.uint8, np.uint16)):
+            raise InputError(f"frames must be uint8, uint16 or float in [0, 1], got {first.dtype}")
+        self.shape, self.dtype = np.shape(frames[0]), first.dtype
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        frame = np.asarray(self.frames[t])
+        if frame.shape != self.shape or frame.dtype != self.dtype:
+            raise InputError(f"frame {t} is {frame.dtype} {frame.shape}, frame 0 is {self.dtype} {self.shape}")
+        frame = io.to_float(frame if frame.ndim == 3 else frame[:, :, None])
+        if frame.shape[2] == 1:
+            return np.repeat(frame, 3, axis=2)
+        return np.ascontiguousarray(frame[:, :, :3])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[t] for t in range(len(self)))
+
+    def restore(self, t: int, rgb: np.ndarray) -> np.ndarray:
+        """Output frame t ((H, W, 3) float in [0, 1]) in the input's layout and dtype (alpha copied)."""
+        channels = 1 if len(self.shape) == 2 else self.shape[2]
+        if channels == 1:
+            out = rgb.mean(axis=2, keepdims=True)  # grey in, equal channels out (to rounding)
+        elif channels == 4:
+            out = np.concatenate([rgb, io.to_float(np.asarray(self.frames[t])[:, :, 3:])], axis=2)
+        else:
+            out = rgb
+        out = out.reshape(self.shape)
+        if self.dtype in (np.uint8, np.uint16):
+            if channels == 4:  # the alpha is copied bit for bit, not through a float round trip
+                colour = io.from_float(out[:, :, :3], 16 if self.dtype == np.uint16 else 8)
+                return np.concatenate([colour, np.asarray(self.frames[t])[:, :, 3:]], axis=2)
+            return io.from_float(out, 16 if self.dtype == np.uint16 else 8)
+        return out.astype(self.dtype)
+
+
+def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: str = "classical",
+              **options) -> RunSummary | np.ndarray:
+    """Remove flicker from a video file, a frame folder, or an in-memory clip.
+
+    frames_or_path: a path (video file or folder of frames), or a clip: a (T, H, W, 3) array or
+    a list of (H, W, 3) frames, uint8, uint16 or float in [0, 1]. Grey (T, H, W) / (T, H, W, 1)
+    and RGBA (T, H, W, 4) clips work too; alpha is passed through unchanged.
+    output: for a path, where to write (video by extension, else a folder of PNG frames).
+    method: 'classical' or 'neural'.
+    options: RunConfig fields: preset, atlas, atlas_steps, progress; for files also crf,
+    overwrite, keep_work, stop_after, compare, plot.
+    Returns the RunSummary for a path, else the deflickered clip as an array with the input's
+    shape ((T, ...) for a list) and dtype.
+    """
+    config = _config(method, options)
+    if isinstance(frames_or_path, (str, os.PathLike)):
+        if output is None and config.stop_after is None:
+            raise OutputError("give an output path (only stop_after runs without one)")
+        return deflicker_file(Path(frames_or_path), output, config)
+    if output is not None:
+        raise OutputError("output= applies to a path input; an in-memory clip is returned as an array")
+    defaults = RunConfig()
+    set_options = [name for name in _FILE_OPTIONS if getattr(config, name) != getattr(defaults, name)]
+    if set_options:
+        raise InputError(f"option(s) {', '.join(set_options)} apply only to a path input")
+    if isinstance(frames_or_path, np.ndarray):
+        if frames_or_path.ndim not in (3, 4):
+            raise InputError(f"expected a (T, H, W, 3) clip, got an array of shape {frames_or_path.shape}")
+    elif not isinstance(frames_or_path, (list, tuple)):
+        raise InputError(f"expected a path, an array or a list of frames, got {type(frames_or_path).__name__}")
+    if len(frames_or_path) == 0:
+        raise InputError("no frames to deflicker")
+    clip = _FloatFrames(frames_or_path)
+    result = np.empty((len(clip), *clip.shape), clip.dtype)
+    for t, frame in enumerate(deflicker_frames(clip, config)):
+        result[t] = clip.restore(t, frame)
+    return result

@@ -1,0 +1,87 @@
+"""Resuming from a --keep-work folder: a fitted atlas stage is read back instead of fitted again.
+
+Right after the atlas fit the pipeline writes every A_t into DIR/atlas/ (16-bit PNG, the input's
+frame names) and then DIR/.unflicker-resume.json, naming the input (path, frame count, size,
+file sizes and modification times) and the resolved atlas settings. A rerun whose input and
+settings match reads A_t back (exact to 1/65535, finer than the float16 A_t is kept in);
+anything else fits afresh and rewrites both. The manifest is written last and removed before
+the stage is rewritten, so an interrupted write is never mistaken for a finished stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from unflicker import io
+from unflicker.errors import InputError
+
+MANIFEST = ".unflicker-resume.json"
+STAGE = "atlas"
+_VERSION = 1
+
+
+def input_fingerprint(info: io.VideoInfo) -> dict:
+    """What identifies an input's content cheaply: path, count, size, and its files' sizes and mtimes."""
+    files = [info.path / name for name in info.frame_names] if info.is_folder else [info.path]
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return {"path": str(info.path.resolve()), "frames": info.frame_count, "size": [info.width, info.height],
+            "files": digest.hexdigest()}
+
+
+class AtlasCache:
+    """The atlas stage of one work folder, for one input and one set of atlas settings.
+
+    settings: a JSON-able description of everything the fit depends on (e.g. asdict(AtlasConfig)).
+    """
+
+    def __init__(self, work: Path, info: io.VideoInfo, settings: dict):
+        self.work, self.info = Path(work), info
+        # A JSON round trip makes tuples lists, so a loaded key compares equal to a fresh one.
+        self.key = json.loads(json.dumps({"version": _VERSION, "input": input_fingerprint(info),
+                                          "settings": settings}))
+
+    @property
+    def folder(self) -> Path:
+        return self.work / STAGE
+
+    def load(self) -> tuple[np.ndarray, list[range]] | None:
+        """(A_t as (T, h, w, 3) float16, shots) if the folder holds this input's finished stage, else None."""
+        try:
+            manifest = json.loads((self.work / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(manifest, dict) or manifest.get("key") != self.key:
+            return None
+        try:
+            stage = io.probe(self.folder)
+            names = [io.frame_name(self.info, t) for t in range(self.info.frame_count)]
+            if stage.frame_count != len(names) or [Path(n).stem for n in stage.frame_names] != \
+                    [Path(n).stem for n in names]:
+                return None
+            rendered = np.stack([io.to_float(frame.image).astype(np.float16)
+                                 for frame in io.read_frames(self.folder, stage)])
+        except InputError:
+            return None
+        shots = [range(a, b) for a, b in manifest["shots"]]
+        return rendered, shots
+
+    def save(self, rendered: np.ndarray, shots: list[range]) -> None:
+        """Write A_t ((T, h, w, 3) in [0, 1]) into DIR/atlas/, then the manifest naming it."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        (self.work / MANIFEST).unlink(missing_ok=True)
+        t, h, w = rendered.shape[:3]
+        layout = dataclasses.replace(self.info, height=h, width=w, bit_depth=16, grayscale=False, has_alpha=False)
+        with io.VideoWriter(self.folder, layout, overwrite=True) as writer:
+            for index in range(t):
+                writer.write(np.clip(rendered[index].astype(np.float32), 0.0, 1.0), None,
+                             io.frame_name(self.info, index))
+        manifest = {"key": self.key, "shots": [[s.start, s.stop] for s in shots]}
+        io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)

@@ -1,0 +1,329 @@
+"""Awkward inputs through `unflicker run`: each gives a sensible output or one error line, never a traceback.
+
+Grey video and grey PNG frames, RGBA frames (alpha kept in folders, dropped with a warning for
+video), odd and tiny sizes, very dark, very bright, static and pure-noise clips, variable frame
+rate; then the neural method's size limit, resume from --keep-work, progress bars, presets, and
+the Python API `unflicker.deflicker`.
+"""
+
+import subprocess
+import sys
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+import unflicker
+from unflicker import io, metrics, pipeline
+from unflicker.cli import main
+from unflicker.errors import InputError
+from unflicker.pipeline import RunConfig, deflicker_file
+
+
+def clip(n=8, h=24, w=32, base=0.5, spread=0.25, flicker=0.3, seed=0):
+    """(n, h, w, 3) uint8: a smooth random texture around `base`, each frame times a random gain."""
+    rng = np.random.default_rng(seed)
+    texture = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 2)
+    texture = (texture - texture.min()) / (texture.max() - texture.min() + 1e-9)
+    gains = 1 + flicker * rng.uniform(-1, 1, n)
+    frames = (base + spread * (texture - 0.5))[None] * gains[:, None, None, None]
+    return np.clip(np.rint(frames * 255), 0, 255).astype(np.uint8)
+
+
+def write_pngs(folder, frames):
+    """Frames (H, W), (H, W, 3) RGB or (H, W, 4) RGBA, uint8 or uint16, as PNG files 0.png, 1.png..."""
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        if frame.ndim == 3:
+            frame = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR if frame.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+        cv2.imwrite(str(folder / f"{i}.png"), frame)
+    return folder
+
+
+def write_video(path, frames, codec="libx264", pix_fmt="yuv420p", pts=None):
+    """RGB uint8 frames (or (H, W) grey with pix_fmt gray) as a video; pts in 1/1000 s gives VFR."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=12)
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], pix_fmt
+        if codec == "libx264":
+            stream.options = {"crf": "8"}
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="gray" if image.ndim == 2 else "rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts[i], Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_clean(code, err, expect_code=0):
+    """The exit code, and stderr holding only one-line `unflicker:` messages (never a traceback)."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == expect_code, err
+    assert all(line.startswith("unflicker: ") for line in lines), err
+
+
+def read(path):
+    return np.stack([io.to_float(f.image) for f in io.read_frames(path)])
+
+
+def luma_flicker(frames):
+    return metrics.flicker_index(list(frames))["luma"]
+
+
+# --- grey, alpha, sizes -------------------------------------------------------------------------
+
+def test_grey_video_stays_grey_in_mkv(tmp_path, capsys):
+    frames = clip(6)[..., 1]  # (T, H, W) grey
+    source = write_video(tmp_path / "grey.mkv", list(frames), codec="ffv1", pix_fmt="gray")
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mkv", "--quiet")
+    assert_clean(code, err)
+    info = io.probe(tmp_path / "out.mkv")
+    assert (info.frame_count, info.width, info.height, info.pixel_format) == (6, 32, 24, "gray")
+    assert luma_flicker(read(tmp_path / "out.mkv")) < 0.5 * luma_flicker(read(source))
+
+
+def test_grey_png_folder_gives_grey_pngs_and_a_colour_mp4(tmp_path, capsys):
+    source = write_pngs(tmp_path / "grey", list(clip(6)[..., 0]))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    assert_clean(code, err)
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted(p.name for p in source.iterdir())
+    image = cv2.imread(str(tmp_path / "out" / "0.png"), cv2.IMREAD_UNCHANGED)
+    assert image.shape == (24, 32)  # one channel, as the input
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet")
+    assert_clean(code, err)
+    assert io.probe(tmp_path / "out.mp4").frame_count == 6
+
+
+def test_mixed_grey_and_colour_folder_is_one_error_line(tmp_path, capsys):
+    frames = clip(4)
+    source = write_pngs(tmp_path / "mixed", [frames[0, ..., 0], *frames[1:]])
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    assert_clean(code, err, expect_code=2)
+    assert "mixed grey and colour" in err and not (tmp_path / "out").exists()
+
+
+def test_rgba_frames_keep_alpha_in_a_folder_and_warn_for_video(tmp_path, capsys):
+    rgb = clip(5)
+    alpha = np.random.default_rng(1).integers(0, 256, rgb.shape[:3], dtype=np.uint8)
+    source = write_pngs(tmp_path / "rgba", list(np.concatenate([rgb, alpha[..., None]], axis=3)))
+    assert io.probe(source).has_alpha
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    assert_clean(code, err)
+    for i in range(5):
+        written = cv2.imread(str(tmp_path / "out" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+        assert written.shape == (24, 32, 4) and np.array_equal(written[..., 3], alpha[i])
+    assert luma_flicker(read(tmp_path / "out")) < 0.5 * luma_flicker(rgb / 255.0)
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet")
+    assert_clean(code, err)
+    assert "alpha channel is dropped" in err and io.probe(tmp_path / "out.mp4").frame_count == 5
+
+
+@pytest.mark.parametrize("output", ["out.mp4", "out"])
+def test_odd_tiny_size_is_kept(tmp_path, capsys, output):
+    source = write_pngs(tmp_path / "odd", list(clip(6, h=17, w=33)))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / output, "--quiet")
+    assert_clean(code, err)
+    result = read(tmp_path / output)
+    assert result.shape == (6, 17, 33, 3)
+
+
+# --- content extremes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("base", [0.02, 0.97], ids=["dark", "bright"])
+def test_very_dark_and_very_bright_clips_stay_so_with_less_flicker(tmp_path, capsys, base):
+    frames = clip(10, base=base, spread=0.02, flicker=0.02 / base)
+    source = write_pngs(tmp_path / "clip", list(frames))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    assert_clean(code, err)
+    result, before = read(tmp_path / "out"), frames / 255.0
+    assert result.shape == before.shape and np.isfinite(result).all()
+    assert abs(result.mean() - before.mean()) < 0.02
+    assert luma_flicker(result) <= luma_flicker(before)
+
+
+def test_static_clip_is_left_alone(tmp_path, capsys):
+    frames = np.repeat(clip(1, flicker=0), 8, axis=0)
+    source = write_pngs(tmp_path / "static", list(frames))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    assert_clean(code, err)
+    assert np.abs(read(tmp_path / "out") * 255 - frames).max() <= 2
+
+
+def test_pure_noise_clip_runs_and_keeps_its_level(tmp_path, capsys):
+    frames = np.random.default_rng(5).integers(0, 256, (8, 24, 32, 3), dtype=np.uint8)
+    source = write_pngs(tmp_path / "noise", list(frames))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mkv", "--quiet")
+    assert_clean(code, err)
+    result = read(tmp_path / "out.mkv")
+    assert result.shape == frames.shape and abs(result.mean() - frames.mean() / 255) < 0.05
+
+
+def test_variable_frame_rate_keeps_timestamps(tmp_path, capsys):
+    pts = [0, 40, 80, 200, 240, 400, 440, 480]
+    source = write_video(tmp_path / "vfr.mp4", list(clip(len(pts))), pts=pts)
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet")
+    assert_clean(code, err)
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        times = [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)]
+    assert times == [p / 1000 for p in pts]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--crf", "99"], "crf"),
+    (["--stop-after", "atlas", "--keep-work", "w"], "neural only"),
+    (["--plot", "plot.jpg"], "PNG"),
+])
+def test_bad_option_combinations_are_one_line(tmp_path, capsys, argv, message):
+    source = write_pngs(tmp_path / "clip", list(clip(3)))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet", *argv)
+    assert code != 0 and message in err
+    assert_clean(code, err, expect_code=code)
+
+
+# --- neural: size limit, tiny run, resume -------------------------------------------------------
+
+@pytest.mark.parametrize("h, w", [(9, 9), (20, 400)], ids=["tiny", "thin"])
+def test_neural_rejects_frames_too_small_for_its_flow(tmp_path, capsys, h, w):
+    # Not an OpenCV error nor a crash: DIS segfaults on frames under 16 rows that are wider than tall.
+    source = write_pngs(tmp_path / "tiny", list(clip(4, h=h, w=w)))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet", "--method", "neural")
+    assert_clean(code, err, expect_code=2)
+    assert "too small" in err
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")  # classical copes
+    assert_clean(code, err)
+
+
+def test_neural_odd_tiny_clip_through_the_filter(tmp_path):
+    source = write_pngs(tmp_path / "odd", list(clip(2, h=17, w=33)))
+    work = tmp_path / "work"
+    deflicker_file(source, None, RunConfig(method="neural", preset="fast", atlas_steps=3, stop_after="filter",
+                                           keep_work=work, progress=False))
+    filtered = read(work / "filter")
+    assert filtered.shape == (2, 17, 33, 3) and np.isfinite(filtered).all()
+
+
+def test_keep_work_resumes_from_a_finished_atlas(tmp_path, monkeypatch):
+    source = write_pngs(tmp_path / "clip", list(clip(4, h=20, w=28)))
+    work = tmp_path / "work"
+    config = RunConfig(method="neural", atlas_steps=3, stop_after="atlas", keep_work=work, progress=False)
+    first = deflicker_file(source, None, config)
+    atlas = read(work / "atlas")
+    assert first.resumed == () and atlas.shape[0] == 4
+
+    import unflicker.neural
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the atlas was fitted again")
+
+    monkeypatch.setattr(unflicker.neural, "fit_video", no_fit)
+    second = deflicker_file(source, None, config)
+    assert second.resumed == ("atlas",)
+    assert np.abs(read(work / "atlas") - atlas).max() < 1e-3
+    # Other atlas settings, or a changed input, mean a fresh fit.
+    with pytest.raises(AssertionError, match="fitted again"):
+        deflicker_file(source, None, RunConfig(method="neural", atlas_steps=4, stop_after="atlas", keep_work=work,
+                                               progress=False))
+    cv2.imwrite(str(source / "0.png"), np.zeros((20, 28, 3), np.uint8))
+    with pytest.raises(AssertionError, match="fitted again"):
+        deflicker_file(source, None, config)
+
+
+def test_presets_map_to_atlas_settings():
+    fast = pipeline.atlas_config(RunConfig(method="neural", preset="fast"))
+    balanced = pipeline.atlas_config(RunConfig(method="neural"))
+    paper = pipeline.atlas_config(RunConfig(method="neural", preset="paper"))
+    assert fast.resolution < balanced.resolution and fast.steps < 300 and balanced.steps is None
+    assert (balanced.backend, paper.backend) == ("grid", "mlp")
+    assert pipeline.atlas_config(RunConfig(method="neural", preset="paper", atlas="grid", atlas_steps=7)).steps == 7
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+class FittingMethod:
+    """A stand-in method that reports a two-window fit through the progress callback."""
+
+    def __init__(self, progress):
+        self.progress = progress
+
+    def analyze(self, frames):
+        n = sum(1 for _ in frames)
+        self.progress(n // 2, n)
+        self.progress(n, n)
+
+    def process(self, t, frame):
+        return frame
+
+
+def test_progress_bars_for_every_stage_unless_quiet(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(pipeline.METHODS, "classical", lambda config, progress: FittingMethod(progress))
+    source = write_pngs(tmp_path / "clip", list(clip(6)))
+    code, out, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--compare", tmp_path / "cmp.mp4")
+    assert code == 0
+    for stage in ("decode+analyse", "atlas", "process", "compare"):
+        assert f"{stage}: " in err
+    assert "/6 [" in err and "<" in err  # tqdm's done/total [elapsed<remaining (the ETA)
+    assert "atlas:  50%" in err or "atlas: 100%" in err
+    assert out.strip().splitlines()[-1].startswith("wrote") and "flicker index" in out
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out2", "--quiet")
+    assert code == 0 and err == ""
+
+
+# --- the Python API -----------------------------------------------------------------------------
+
+def test_api_on_arrays_keeps_dtype_and_shape(tmp_path):
+    frames = clip(8)
+    out = unflicker.deflicker(frames, progress=False)
+    assert out.dtype == np.uint8 and out.shape == frames.shape
+    assert luma_flicker(out / 255.0) < 0.5 * luma_flicker(frames / 255.0)
+    floats = [f.astype(np.float64) / 255 for f in frames]
+    out_f = unflicker.deflicker(floats, progress=False)
+    assert out_f.dtype == np.float64 and out_f.shape == frames.shape
+    assert np.abs(out_f * 255 - out).max() <= 1.01
+    grey = unflicker.deflicker(frames[..., 0], progress=False)
+    assert grey.shape == frames.shape[:3] and grey.dtype == np.uint8
+    alpha = np.random.default_rng(2).integers(0, 256, frames.shape[:3] + (1,), dtype=np.uint8)
+    rgba = unflicker.deflicker(np.concatenate([frames, alpha], axis=3), progress=False)
+    assert np.array_equal(rgba[..., 3:], alpha) and np.array_equal(rgba[..., :3], out)
+
+
+def test_api_on_files_returns_the_summary(tmp_path):
+    source = write_pngs(tmp_path / "clip", list(clip(6)))
+    summary = unflicker.deflicker(source, tmp_path / "out.mp4", plot=tmp_path / "plot.png", progress=False)
+    assert summary.frames == 6 and summary.flicker_after < summary.flicker_before
+    plot = cv2.imread(str(tmp_path / "plot.png"))
+    assert plot is not None and plot.shape[0] > 100 and (plot < 250).any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip", "out.mp4", "plot.png"]
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((np.zeros((0, 8, 8, 3), np.uint8),), {}),
+    ((np.zeros((4, 8, 8, 5), np.uint8),), {}),
+    ((np.zeros((4, 8, 8, 3), np.int64),), {}),
+    (([np.zeros((8, 8, 3)), np.zeros((9, 8, 3))],), {}),
+    ((np.zeros((4, 8, 8, 3)),), {"keep_work": "w"}),
+    ((np.zeros((4, 8, 8, 3)),), {"colour": 1}),
+    (("nothing.mp4", "out.mp4"), {}),
+])
+def test_api_bad_arguments_raise_input_errors(args, kwargs):
+    with pytest.raises(InputError):
+        unflicker.deflicker(*args, progress=False, **kwargs)
+
+
+def test_import_is_cheap():
+    code = "import sys, unflicker; print(sorted(m for m in ('torch', 'av', 'cv2') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
