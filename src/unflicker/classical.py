@@ -132,9 +132,12 @@ def tone_lut(src: np.ndarray, dst: np.ndarray, max_slope: float, levels: int = _
     mid = src.shape[1] // 2
     for k, (x, y) in enumerate(zip(src, dst)):
         # Ties (saturated or flat channels) would make infinite slopes: spread them minimally.
-        x = np.maximum.accumulate(x) + eps * np.arange(x.size)
+        x = np.maximum.accumulate(x)
+        tied = np.diff(x) < eps
+        x = x + eps * np.arange(x.size)
         dx = np.diff(x)
         slopes = np.clip(np.diff(y) / dx, 1.0 / max_slope, max_slope)
+        slopes[tied] = 1.0  # a tie says nothing about the slope: keep the input's
         y = np.concatenate([[0.0], np.cumsum(slopes * dx)])
         y += dst[k, mid] - y[mid]
         overall = np.clip((y[-1] - y[0]) / (x[-1] - x[0]), 1.0 / max_slope, max_slope)

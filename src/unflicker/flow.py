@@ -24,6 +24,10 @@ _PRESETS = {
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
 
+# Frames are padded to at least this many pixels per side before DIS.
+_MIN_FLOW_SIDE = 32
+
+
 def _dis(preset: str) -> cv2.DISOpticalFlow:
     # A fresh object per call (~12 us): a reused DIS object's result depends on the sizes it
     # saw before (measured: 0.12 px differences), and sharing one across threads races.
@@ -87,7 +91,13 @@ def compute_flow(
     a, b = gray(frame_a), gray(frame_b)
     if a.shape != b.shape:
         raise InputError(f"frames differ in size: {a.shape} vs {b.shape}")
-    flow = _dis(preset).calc(a, b, None)
+    h, w = a.shape
+    pad_y, pad_x = max(0, _MIN_FLOW_SIDE - h), max(0, _MIN_FLOW_SIDE - w)
+    if pad_y or pad_x:
+        # DIS crashes the process on some tiny frames (e.g. 12x40): flow a reflected border.
+        border = (0, pad_y, 0, pad_x, cv2.BORDER_REFLECT)
+        a, b = cv2.copyMakeBorder(a, *border), cv2.copyMakeBorder(b, *border)
+    flow = _dis(preset).calc(a, b, None)[:h, :w]
     return np.ascontiguousarray(flow, dtype=np.float32)
 
 
