@@ -1,8 +1,10 @@
-"""The paper's method as a pipeline method: neural atlas (stage 1) then neural filter (stage 2).
+"""The paper's method as a pipeline method: neural atlas (stage 1), neural filter (stage 2), local
+refinement (stage 3).
 
 Analysis keeps only low-resolution frames (the atlas resolution) for the whole video, fits
 one atlas per shot (cuts detected on flicker-invariant thumbnails) and renders A_t; processing
-filters each full-resolution frame against its A_t.
+filters each full-resolution frame against its A_t, then refines it against the previous output
+(recurrent within a shot, restarted at every cut).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 from unflicker import cuts
 from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit_video
 
-STAGES = ("atlas", "filter")
+STAGES = ("atlas", "filter", "refine")
 
 
 @dataclass
@@ -26,8 +28,10 @@ class NeuralConfig:
     """Stage 1 settings (backend 'grid' or 'mlp', resolution, steps...)."""
     filter_weights: str | None = None
     """Filter weights file (None: the shipped ones)."""
+    refine_weights: str | None = None
+    """Local refinement weights file (None: the shipped ones)."""
     stop_after: str | None = None
-    """Last stage to run: 'atlas' or 'filter' (None: all)."""
+    """Last stage to run: 'atlas', 'filter' or 'refine' (None: all)."""
     device: str | None = None
     """Torch device (None: CUDA when present, else CPU)."""
 
@@ -47,6 +51,12 @@ class NeuralDeflicker:
 
             # Loaded up front so missing or mismatched weights fail before any long work.
             self._filter = NeuralFilter.load(self.config.filter_weights, device=self.config.device)
+        self._refine = None
+        self._next_t: int | None = None
+        if self.config.stop_after not in ("atlas", "filter"):
+            from unflicker.refine import LocalRefiner
+
+            self._refine = LocalRefiner.load(self.config.refine_weights, device=self.config.device)
 
     def analyze(self, frames: Iterable[np.ndarray]) -> None:
         low, thumbs = [], []
@@ -62,10 +72,19 @@ class NeuralDeflicker:
         self.atlas = fit_video(low_res, shots, self.config.atlas, progress=self.progress)
 
     def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """Stage name -> frame for t: 'atlas' (atlas resolution), then 'filter' (full resolution)."""
+        """Stage name -> frame for t: 'atlas' (atlas resolution), 'filter', 'refine' (full resolution).
+
+        The refinement is recurrent: call for t = 0, 1, ... in order; its history restarts at
+        each shot's first frame (and whenever t does not follow the previous call's).
+        """
         if self.atlas is None:
             raise RuntimeError("process() before analyze()")
         stages = {"atlas": self.atlas.render(t)}
         if self._filter is not None:
             stages["filter"] = self._filter.apply(frame, stages["atlas"])
+        if self._refine is not None:
+            if t != self._next_t or any(t == shot.start for shot in self.atlas.shots):
+                self._refine.reset()
+            self._next_t = t + 1
+            stages["refine"] = self._refine.apply(stages["filter"])
         return stages

@@ -1,0 +1,192 @@
+"""Run the trained refinement net L over a shot frame by frame; save and load its weights.
+
+Weights are a safetensors file plus a JSON file of the same stem beside it, holding the format
+version, the network config and the inference settings the weights were trained for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from unflicker.errors import InputError, WeightsError
+from unflicker.filter.upsampling import resize_coefficients
+from unflicker.refine.align import align_previous
+from unflicker.refine.network import RefineNet, RefineNetConfig
+
+FORMAT = "unflicker.refine"
+FORMAT_VERSION = 1
+FLOW_PRESETS = ("ultrafast", "fast", "medium")
+
+
+def default_weights_path() -> Path:
+    """The shipped weights: src/unflicker/weights/refine.safetensors (config in refine.json beside it)."""
+    return Path(__file__).resolve().parent.parent / "weights" / "refine.safetensors"
+
+
+@dataclass
+class RefineInferenceConfig:
+    """How L is run; stored with the weights (training matches its scale), each field overridable at load."""
+
+    working_side: int = 320
+    """Flow, warping and the net run with the frame's longer side scaled down to at most this."""
+    flow_preset: str = "fast"
+    """DIS preset of the flow t -> t-1 on flicker-normalised filtered frames."""
+
+
+def save_weights(net: RefineNet, path: str | Path, inference: RefineInferenceConfig | None = None,
+                 extra: dict | None = None) -> Path:
+    """Write net's weights to `path` (.safetensors) and its config to the .json beside it; returns path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "network": net.config.to_dict(),
+        "inference": asdict(inference or RefineInferenceConfig()),
+        **(extra or {}),
+    }
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    # Write-then-rename so a kill mid-write never leaves a torn file.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    json_tmp = path.with_suffix(".json.tmp")
+    json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    json_tmp.replace(path.with_suffix(".json"))
+    return path
+
+
+def load_network(path: str | Path | None = None) -> tuple[RefineNet, dict]:
+    """Read weights + JSON config; returns (net in eval mode on CPU, metadata dict).
+
+    Raises WeightsError if either file is missing or unreadable, the format or version differs, or
+    a tensor is missing, unexpected or of the wrong shape.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else default_weights_path()
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise WeightsError(f"refine weights not found: need {path} and {meta_path.name} beside it")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read refine config {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
+        raise WeightsError(f"{meta_path} is not {FORMAT} version {FORMAT_VERSION} (got {got[0]!r} version {got[1]!r})")
+    try:
+        net = RefineNet(RefineNetConfig(**meta["network"]))
+    except (KeyError, TypeError, InputError) as exc:
+        raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read refine weights {path}: {exc}") from exc
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{path.name} does not match the network: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise WeightsError(f"{path.name}: tensor {k} has shape {tuple(tensors[k].shape)}, "
+                               f"network needs {tuple(v.shape)}")
+    net.load_state_dict(tensors)
+    return net.eval(), meta
+
+
+def _as_frame(x: np.ndarray) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3 or min(x.shape[:2]) < 1:
+        raise InputError(f"expected a frame of shape (H, W, 3), got {getattr(x, 'shape', type(x))}")
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / np.float32(255.0)
+    return x.astype(np.float32, copy=False)
+
+
+def _to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, C) or (H, W) numpy -> (1, C, H, W) float32 tensor."""
+    x = x[..., None] if x.ndim == 2 else x
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(device)
+
+
+class LocalRefiner:
+    """O_t = L(P_t, O_{t-1}, P_{t-1}): recurrent over the frames of a shot.
+
+    Build with `LocalRefiner.load()`; call `apply(P_t)` for t = 0, 1, ... in order and `reset()` at
+    every shot boundary. The first frame after a reset passes through unchanged (no history yet).
+    """
+
+    def __init__(self, net: RefineNet, config: RefineInferenceConfig | None = None, device: str | None = None):
+        self.config = config or RefineInferenceConfig()
+        if self.config.working_side < 16:
+            raise InputError(f"working_side must be >= 16, got {self.config.working_side}")
+        if self.config.flow_preset not in FLOW_PRESETS:
+            raise InputError(f"unknown flow preset {self.config.flow_preset!r}; choose from {FLOW_PRESETS}")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.net = net.eval().to(self.device)
+        self._prev_in: np.ndarray | None = None
+        self._prev_out: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, device: str | None = None, **overrides) -> LocalRefiner:
+        """Load weights (default: the shipped ones); `overrides` replace RefineInferenceConfig fields."""
+        net, meta = load_network(path)
+        try:
+            config = RefineInferenceConfig(**{**meta.get("inference", {}), **overrides})
+        except TypeError as exc:
+            raise InputError(f"bad refine inference setting: {exc}") from exc
+        return cls(net, config, device)
+
+    def reset(self) -> None:
+        """Forget the history (call at a shot boundary)."""
+        self._prev_in = self._prev_out = None
+
+    def working_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) flow and net run at for an (height, width) frame: longer side <= working_side."""
+        scale = min(1.0, self.config.working_side / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        """Refine the next filtered frame P_t.
+
+        frame: (H, W, 3) float32 in [0, 1] (uint8 accepted), full resolution, same size within a shot.
+        Returns O_t: (H, W, 3) float32 in [0, 1], the frame's size.
+        """
+        frame = _as_frame(frame)
+        h_full, w_full = frame.shape[:2]
+        h, w = self.working_size(h_full, w_full)
+        small = frame if (h, w) == (h_full, w_full) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        if self._prev_in is not None and self._prev_in.shape != small.shape:
+            self.reset()  # a size change cannot be a continuation of the same shot
+        if self._prev_in is None:
+            self._prev_in, self._prev_out = small, small
+            return frame.copy()
+        flow, mask = align_previous(small, self._prev_in, self.config.flow_preset)
+        d = self.device
+        with torch.inference_mode():
+            out, coeffs = self.net(_to_tensor(small, d), _to_tensor(self._prev_out, d), _to_tensor(self._prev_in, d),
+                                   _to_tensor(flow, d), _to_tensor(mask, d))
+        self._prev_in, self._prev_out = small, out[0].cpu().numpy().transpose(1, 2, 0)
+        coeffs = resize_coefficients(coeffs[0].float().cpu().numpy(), (h_full, w_full))
+        return apply_gain_offset_np(frame, coeffs)
+
+
+def apply_gain_offset_np(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """NumPy twin of network.apply_gain_offset, clipped: image (H, W, 3), coeffs (6, H, W) -> (H, W, 3) float32."""
+    if coeffs.shape != (6, *image.shape[:2]):
+        raise InputError(f"expected coeffs of shape {(6, *image.shape[:2])}, got {coeffs.shape}")
+    out = np.empty(image.shape, np.float32)
+    for c in range(3):
+        out[..., c] = image[..., c] * np.exp(coeffs[c]) + coeffs[3 + c]
+    return np.clip(out, 0.0, 1.0, out=out)

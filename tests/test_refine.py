@@ -1,0 +1,247 @@
+"""Tests for unflicker.refine: the net, weights I/O, the training script, inference and stage 3 of the method."""
+
+import json
+import shutil
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from unflicker import synth
+from unflicker.errors import InputError, WeightsError
+from unflicker.flow import warp
+from unflicker.refine import (
+    LocalRefiner,
+    RefineNet,
+    RefineNetConfig,
+    apply_gain_offset,
+    apply_gain_offset_np,
+    default_weights_path,
+    load_network,
+    save_weights,
+    warp_tensor,
+)
+from unflicker.refine.data import compose_to_first
+from unflicker.refine.training import main as train_main
+
+
+def texture(h, w, seed=0):
+    """(h, w, 3) float32 in [0.05, 0.95]: smooth colour noise plus hard-edged rectangles."""
+    rng = np.random.default_rng(seed)
+    x = cv2.GaussianBlur(rng.random((h, w, 3)).astype(np.float32), (0, 0), 1.5)
+    x = (x - x.min()) / (x.max() - x.min())
+    for _ in range(10):
+        y0, x0 = rng.integers(0, h - 8), rng.integers(0, w - 8)
+        x[y0 : y0 + rng.integers(4, h // 3), x0 : x0 + rng.integers(4, w // 3)] = rng.random(3)
+    return (0.05 + 0.9 * x).astype(np.float32)
+
+
+def translating_clip(n, h, w, dx=2, seed=0):
+    """(n, h, w, 3) clean frames of a texture moving dx px right per frame: frame t+1 (x) = frame t (x - dx)."""
+    big = texture(h, w + dx * n, seed)
+    return np.stack([big[:, dx * (n - t) : dx * (n - t) + w] for t in range(n)])
+
+
+def exact_warp_error(frames, dx):
+    """E_warp with the known flow t -> t+1 = (dx, 0): masked MSE of O_t and O_{t+1} warped back to t."""
+    h, w = frames.shape[1:3]
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[..., 0] = dx
+    valid = np.zeros((h, w), bool)
+    valid[:, : w - dx - 1] = True
+    return float(np.mean([np.mean((warp(b, flow) - a)[valid] ** 2) for a, b in zip(frames[:-1], frames[1:])]))
+
+
+def psnr(a, b):
+    return float(10 * np.log10(1.0 / np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+def refine_all(refiner, frames):
+    refiner.reset()
+    return np.stack([refiner.apply(f) for f in frames])
+
+
+# --- network ---------------------------------------------------------------------------------------
+
+
+def test_fresh_net_is_identity_and_coefficients_are_quarter_size():
+    net = RefineNet(RefineNetConfig(width=4))
+    p, o, q = torch.rand(2, 3, 37, 50), torch.rand(2, 3, 37, 50), torch.rand(2, 3, 37, 50)
+    out, coeffs = net(p, o, q, torch.zeros(2, 2, 37, 50), torch.ones(2, 1, 37, 50))
+    assert coeffs.shape == (2, 6, 10, 13)
+    torch.testing.assert_close(out, p, atol=1e-6, rtol=0)
+
+
+def test_warp_tensor_matches_numpy_warp():
+    rng = np.random.default_rng(1)
+    image = rng.random((20, 30, 3)).astype(np.float32)
+    flow = rng.uniform(-3, 3, (20, 30, 2)).astype(np.float32)
+    got = warp_tensor(torch.from_numpy(image.transpose(2, 0, 1))[None], torch.from_numpy(flow.transpose(2, 0, 1))[None])
+    np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), warp(image, flow), atol=1e-4)
+
+
+def test_gain_offset_numpy_twin_matches_torch():
+    rng = np.random.default_rng(2)
+    image = rng.random((9, 11, 3)).astype(np.float32)
+    coeffs = rng.normal(0, 0.2, (6, 9, 11)).astype(np.float32)
+    ref = apply_gain_offset(torch.from_numpy(image.transpose(2, 0, 1))[None], torch.from_numpy(coeffs)[None])
+    np.testing.assert_allclose(apply_gain_offset_np(image, coeffs), ref[0].clamp(0, 1).numpy().transpose(1, 2, 0),
+                               atol=1e-5)
+
+
+def test_compose_to_first_chains_translations():
+    flows = np.zeros((4, 20, 30, 2), np.float32)
+    flows[..., 0] = -2.0  # pixel x of frame t sits at x - 2 in frame t-1
+    masks = np.ones((4, 20, 30), bool)
+    long_flows, long_masks = compose_to_first(flows, masks)
+    np.testing.assert_allclose(long_flows[3, ..., 0], -6.0, atol=1e-5)
+    assert not long_masks[3][:, :6].any() and long_masks[3][:, 6:].all()
+
+
+# --- weights ----------------------------------------------------------------------------------------
+
+
+def test_shipped_weights_load():
+    net, meta = load_network()
+    assert isinstance(net, RefineNet) and not net.training
+    assert meta["format"] == "unflicker.refine" and meta["training"]["steps"] > 0
+    assert default_weights_path().stat().st_size < 20e6
+
+
+def test_missing_corrupt_and_mismatched_weights_raise(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_network(tmp_path / "none.safetensors")
+    path = tmp_path / "r.safetensors"
+    shutil.copy(default_weights_path(), path)
+    shutil.copy(default_weights_path().with_suffix(".json"), path.with_suffix(".json"))
+    meta = json.loads(path.with_suffix(".json").read_text())
+
+    path.with_suffix(".json").write_text(json.dumps({**meta, "network": {**meta["network"], "width": 5}}))
+    with pytest.raises(WeightsError, match="shape"):
+        load_network(path)
+    path.with_suffix(".json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(WeightsError, match="version"):
+        load_network(path)
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(WeightsError, match="cannot read"):
+        load_network(path)
+
+
+def test_saved_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = RefineNet(RefineNetConfig(width=4))
+    for p in net.parameters():
+        p.data.normal_()
+    path = save_weights(net, tmp_path / "w.safetensors")
+    loaded, meta = load_network(path)
+    assert meta["network"]["width"] == 4
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v)
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def make_video(path, frames):
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "12"}
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(np.round(image * 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys):
+    data = tmp_path / "clean"
+    data.mkdir()
+    make_video(data / "a.mp4", translating_clip(6, 48, 64, seed=1))
+    make_video(data / "held.mp4", translating_clip(4, 48, 64, seed=2))
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--val-clip", "held", "--output", str(out), "--cache-side", "64", "--length", "3",
+            "--crop", "32", "--batch", "1", "--width", "4", "--val-frames", "4", "--val-draws", "1", "--threads", "1",
+            "--checkpoint-every", "1", "--log-every", "1", "--val-every", "10"]
+    assert train_main([*args, "--steps", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and {"ewarp_before", "ewarp_after", "psnr_after"} <= set(summary["val"])
+    assert summary["val_full"]["size"] == [48, 64]
+    net, meta = load_network(out / "refine.safetensors")
+    assert meta["training"]["val_clip"] == "held" and "--steps 2" in meta["training"]["command"]
+    assert (out / "cache").is_dir() and (out / "checkpoint.pt").is_file()
+
+    assert train_main([*args, "--steps", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "at step 2" in printed
+    assert json.loads(printed.strip().splitlines()[-1])["steps"] == 3
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_training_rejects_missing_validation_clip(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    assert train_main(["--data", str(tmp_path), "--val-clip", "nope", "--output", str(tmp_path / "o")]) == 2
+
+
+# --- inference --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def refiner():
+    return LocalRefiner.load(device="cpu")
+
+
+def test_shipped_refiner_lowers_warp_error_without_losing_psnr(refiner):
+    clean = translating_clip(12, 96, 128, dx=2, seed=3)
+    flickered = synth.add_flicker(clean, kind="local", strength=1.0, seed=5)
+    out = refine_all(refiner, flickered)
+    before, after = exact_warp_error(flickered, 2), exact_warp_error(out, 2)
+    assert after < 0.7 * before
+    assert psnr(out, clean) >= psnr(flickered, clean) - 0.05
+
+
+def test_refiner_leaves_a_clean_clip_nearly_alone(refiner):
+    clean = translating_clip(6, 64, 80, dx=1, seed=4)
+    out = refine_all(refiner, clean)
+    assert psnr(out, clean) > 38
+
+
+@pytest.mark.parametrize("size, side", [((37, 53), 320), ((45, 71), 32)])
+def test_shape_is_preserved_at_odd_sizes(size, side):
+    refiner = LocalRefiner.load(device="cpu", working_side=side)
+    rng = np.random.default_rng(6)
+    frames = [rng.random((*size, 3)).astype(np.float32) for _ in range(3)]
+    out = [refiner.apply(f) for f in frames]
+    assert all(o.shape == (*size, 3) and o.dtype == np.float32 for o in out)
+    assert all(0.0 <= o.min() and o.max() <= 1.0 for o in out)
+    np.testing.assert_array_equal(out[0], frames[0])  # no history: the first frame passes through
+
+
+def test_refiner_rejects_bad_frames(refiner):
+    with pytest.raises(InputError):
+        refiner.apply(np.zeros((10, 10), np.float32))
+
+
+# --- stage 3 of the neural method ------------------------------------------------------------------
+
+
+def test_neural_method_runs_refine_third_and_restarts_at_shots():
+    from unflicker.atlas import VideoAtlas
+    from unflicker.neural import STAGES, NeuralConfig, NeuralDeflicker
+
+    assert STAGES == ("atlas", "filter", "refine")
+    assert NeuralDeflicker(NeuralConfig(stop_after="filter"))._refine is None
+    method = NeuralDeflicker(NeuralConfig(device="cpu"))
+    clean = translating_clip(6, 48, 64, dx=1, seed=7)
+    frames = synth.add_flicker(clean, kind="local", strength=1.0, seed=8)
+    method.atlas = VideoAtlas(clean.astype(np.float16), [range(0, 3), range(3, 6)])
+    results = [method.process(t, f) for t, f in enumerate(frames)]
+    assert all(list(r) == ["atlas", "filter", "refine"] for r in results)
+    # A shot's first frame has no history, so the refinement passes the filtered frame through.
+    for t in (0, 3):
+        np.testing.assert_array_equal(results[t]["refine"], results[t]["filter"])
+    assert not np.array_equal(results[4]["refine"], results[4]["filter"])
