@@ -6,7 +6,6 @@ version, the network config and the inference settings the weights were tuned wi
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import cv2
 import numpy as np
 import torch
 
-from unflicker.errors import InputError, WeightsError
+from unflicker import netfiles
+from unflicker.errors import InputError
 from unflicker.filter.network import FilterNetConfig, FilterUNet
 from unflicker.filter.upsampling import UPSAMPLE_MODES, guided_coefficients, resize_coefficients
 
@@ -47,66 +47,19 @@ class FilterInferenceConfig:
 def save_weights(net: FilterUNet, path: str | Path, inference: FilterInferenceConfig | None = None,
                  extra: dict | None = None) -> Path:
     """Write net's weights to `path` (.safetensors) and its config to the .json beside it; returns path."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "network": net.config.to_dict(),
-        "inference": asdict(inference or FilterInferenceConfig()),
-        **(extra or {}),
-    }
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    # Write-then-rename so a kill mid-write never leaves a torn file.
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
-    json_tmp = path.with_suffix(".json.tmp")
-    json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    json_tmp.replace(path.with_suffix(".json"))
-    return path
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "network": net.config.to_dict(),
+            "inference": asdict(inference or FilterInferenceConfig()), **(extra or {})}
+    return netfiles.save_network(net, path, meta)
 
 
 def load_network(path: str | Path | None = None) -> tuple[FilterUNet, dict]:
     """Read weights + JSON config; returns (net in eval mode on CPU, metadata dict).
 
-    Raises WeightsError if either file is missing, the format or version differs, or a tensor is
-    missing, unexpected or of the wrong shape.
+    Raises WeightsError if either file is missing or unreadable, the format or version differs, or
+    a tensor is missing, unexpected or of the wrong shape.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else default_weights_path()
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise WeightsError(f"filter weights not found: need {path} and {meta_path.name} beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot read filter config {meta_path}: {exc}") from exc
-    if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        raise WeightsError(f"{meta_path} is not {FORMAT} version {FORMAT_VERSION} "
-                           f"(got {meta.get('format')!r} version {meta.get('version')!r})")
-    try:
-        net = FilterUNet(FilterNetConfig(**meta["network"]))
-    except (KeyError, TypeError) as exc:
-        raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"cannot read filter weights {path}: {exc}") from exc
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(f"{path.name} does not match the network: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    for k, v in expected.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise WeightsError(f"{path.name}: tensor {k} has shape {tuple(tensors[k].shape)}, network needs {tuple(v.shape)}")
-    net.load_state_dict(tensors)
-    return net.eval(), meta
+    return netfiles.load_network(path, "filter", FORMAT, FORMAT_VERSION, lambda cfg: FilterUNet(FilterNetConfig(**cfg)))
 
 
 def _as_frame(x: np.ndarray, name: str) -> np.ndarray:

@@ -6,7 +6,6 @@ version, the network config and the inference settings the weights were trained 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import cv2
 import numpy as np
 import torch
 
-from unflicker.errors import InputError, WeightsError
+from unflicker import netfiles
+from unflicker.errors import InputError
 from unflicker.filter.upsampling import resize_coefficients
 from unflicker.refine.align import align_previous
 from unflicker.refine.network import RefineNet, RefineNetConfig
@@ -42,26 +42,9 @@ class RefineInferenceConfig:
 def save_weights(net: RefineNet, path: str | Path, inference: RefineInferenceConfig | None = None,
                  extra: dict | None = None) -> Path:
     """Write net's weights to `path` (.safetensors) and its config to the .json beside it; returns path."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "network": net.config.to_dict(),
-        "inference": asdict(inference or RefineInferenceConfig()),
-        **(extra or {}),
-    }
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    # Write-then-rename so a kill mid-write never leaves a torn file.
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
-    json_tmp = path.with_suffix(".json.tmp")
-    json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    json_tmp.replace(path.with_suffix(".json"))
-    return path
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "network": net.config.to_dict(),
+            "inference": asdict(inference or RefineInferenceConfig()), **(extra or {})}
+    return netfiles.save_network(net, path, meta)
 
 
 def load_network(path: str | Path | None = None) -> tuple[RefineNet, dict]:
@@ -70,40 +53,8 @@ def load_network(path: str | Path | None = None) -> tuple[RefineNet, dict]:
     Raises WeightsError if either file is missing or unreadable, the format or version differs, or
     a tensor is missing, unexpected or of the wrong shape.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path) if path is not None else default_weights_path()
-    meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise WeightsError(f"refine weights not found: need {path} and {meta_path.name} beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot read refine config {meta_path}: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
-        raise WeightsError(f"{meta_path} is not {FORMAT} version {FORMAT_VERSION} (got {got[0]!r} version {got[1]!r})")
-    try:
-        net = RefineNet(RefineNetConfig(**meta["network"]))
-    except (KeyError, TypeError, InputError) as exc:
-        raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise WeightsError(f"cannot read refine weights {path}: {exc}") from exc
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing or unexpected:
-        raise WeightsError(f"{path.name} does not match the network: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}")
-    for k, v in expected.items():
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise WeightsError(f"{path.name}: tensor {k} has shape {tuple(tensors[k].shape)}, "
-                               f"network needs {tuple(v.shape)}")
-    net.load_state_dict(tensors)
-    return net.eval(), meta
+    return netfiles.load_network(path, "refine", FORMAT, FORMAT_VERSION, lambda cfg: RefineNet(RefineNetConfig(**cfg)))
 
 
 def _as_frame(x: np.ndarray) -> np.ndarray:

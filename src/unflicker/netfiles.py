@@ -1,0 +1,77 @@
+"""Network weight files: safetensors tensors plus a JSON record beside them (shared by filter and refine).
+
+The JSON holds a format name and version, the network's config (to rebuild it) and whatever the
+trainer adds (training config, command, validation). Loading checks all of it and raises
+WeightsError with a one-line reason, so a wrong or damaged file never reaches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from unflicker.errors import UnflickerError, WeightsError
+
+
+def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
+    """Write net's tensors to `path` (.safetensors) and `meta` to the .json beside it; returns path."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    # Write-then-rename so a kill mid-write never leaves a torn file.
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    json_tmp = path.with_suffix(".json.tmp")
+    json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    json_tmp.replace(path.with_suffix(".json"))
+    return path
+
+
+def load_network(path: Path, what: str, fmt: str, version: int,
+                 build: Callable[[dict], torch.nn.Module]) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a network from `path` and its JSON; returns (net in eval mode on CPU, metadata).
+
+    what: name used in error messages ("filter", "refine"). fmt, version: what the JSON must say.
+    build: network config dict (meta["network"]) -> fresh network.
+    Raises WeightsError if a file is missing or unreadable, the format or version differs, the
+    config is bad, or a tensor is missing, unexpected or of the wrong shape.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise WeightsError(f"{what} weights not found: need {path} and {meta_path.name} beside it")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read {what} config {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("version") != version:
+        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
+        raise WeightsError(f"{meta_path} is not {fmt} version {version} (got {got[0]!r} version {got[1]!r})")
+    try:
+        net = build(meta["network"])
+    except (KeyError, TypeError, UnflickerError) as exc:
+        raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"cannot read {what} weights {path}: {exc}") from exc
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{path.name} does not match the network: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}")
+    for k, v in expected.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise WeightsError(f"{path.name}: tensor {k} has shape {tuple(tensors[k].shape)}, "
+                               f"network needs {tuple(v.shape)}")
+    net.load_state_dict(tensors)
+    return net.eval(), meta
