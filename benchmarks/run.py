@@ -13,6 +13,7 @@ Writes benchmarks/results/latest.md (the table) and latest.json.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import shutil
 import sys
@@ -102,6 +103,10 @@ def _output_path(case: Case, work: Path, method: str) -> Path:
     return work / stem if case.input.is_dir() else work / f"{stem}.mkv"
 
 
+def _work_dir(case: Case, work: Path, method: str) -> Path:
+    return work / (case.name.replace("/", "_") + f"-{method}-work")
+
+
 def run_ffmpeg(source: Path, output: Path) -> None:
     """ffmpeg's `deflicker` filter (libavfilter inside PyAV), default settings."""
     info = io.probe(source)
@@ -122,12 +127,17 @@ def run_method(case: Case, method: str, work: Path) -> tuple[Path, float]:
     if method == "ffmpeg":
         run_ffmpeg(case.input, output)
     else:
-        deflicker_file(case.input, output, RunConfig(method=method, overwrite=True, progress=False))
+        keep = _work_dir(case, work, method) if method == "neural" else None
+        deflicker_file(case.input, output, RunConfig(method=method, overwrite=True, progress=False, keep_work=keep))
     return output, time.perf_counter() - start
 
 
-def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, work: Path) -> list[dict]:
-    cases = processed_cases(data) + real_cases(data) + synthetic_cases(data, work, n_frames, synth_side)
+def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, work: Path,
+              patterns: list[str] | None = None) -> list[dict]:
+    selected = lambda name: not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)  # noqa: E731
+    cases = [c for c in processed_cases(data) + real_cases(data) if selected(c.name)]
+    if any(selected(f"synth/{Path(clip).stem}/{kind}") for clip in SYNTH_CLIPS for kind in SYNTH_KINDS):
+        cases += [c for c in synthetic_cases(data, work, n_frames, synth_side) if selected(c.name)]
     rows = []
     for case in cases:
         evaluator = Evaluator(case.reference, case.ground_truth, like=case.input, long_term=5, max_side=480)
@@ -139,6 +149,11 @@ def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, wo
                    "fps": report["frames"] / seconds if seconds else None}
             rows.append(row)
             print(_format_row(row), file=sys.stderr, flush=True)
+            if method == "neural":
+                # Ablation as in the paper: the filter's output before the local refinement.
+                report = evaluator.score(_work_dir(case, work, method) / "filter")
+                rows.append({"case": case.name, "method": "neural, no refine", **report, "seconds": None, "fps": None})
+                print(_format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -165,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=60, help="frames per synthetic clip")
     parser.add_argument("--synth-side", type=int, default=854, help="longer side of the synthetic clips")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
+    parser.add_argument("--cases", nargs="+", metavar="PATTERN", help="only cases matching these globs, e.g. 'synth/*'")
+    parser.add_argument("--name", default="latest", help="file stem of the written table (default %(default)s)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         parser.error(f"no data folder at {args.data}")
     work = Path(tempfile.mkdtemp(prefix="unflicker-bench-"))
     try:
         started = time.strftime("%Y-%m-%d %H:%M")
-        rows = benchmark(args.data, args.methods, args.frames, args.synth_side, work)
+        rows = benchmark(args.data, args.methods, args.frames, args.synth_side, work, args.cases)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -179,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`deflicker` defaults; synthetic clips: first {args.frames} frames at {args.synth_side} px). "
             "PSNR/SSIM: to the processed frames (processed/*), to the clean clip (synth/*). "
             "Seconds: decode + method + encode.\n\n")
-    (args.out / "latest.md").write_text(note + markdown_table(rows) + "\n")
-    (args.out / "latest.json").write_text(json.dumps(rows, indent=1))
+    (args.out / f"{args.name}.md").write_text(note + markdown_table(rows) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
     print(markdown_table(rows))
     return 0
 
