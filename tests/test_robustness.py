@@ -327,3 +327,15 @@ def test_import_is_cheap():
     code = "import sys, unflicker; print(sorted(m for m in ('torch', 'av', 'cv2') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_strength_blends_the_correction_with_the_input():
+    frames = clip(8).astype(np.float32) / 255
+    full = unflicker.deflicker(frames, progress=False)
+    none = unflicker.deflicker(frames, progress=False, strength=0.0)
+    half = unflicker.deflicker(frames, progress=False, strength=0.5)
+    assert np.abs(none - frames).max() < 1e-6
+    np.testing.assert_allclose(half, 0.5 * (frames + full), atol=1e-5)
+    assert luma_flicker(frames) > luma_flicker(half) > luma_flicker(full)
+    with pytest.raises(InputError):
+        unflicker.deflicker(frames, progress=False, strength=1.5)

@@ -103,6 +103,10 @@ class RunConfig:
     stop_after: str | None = None
     """neural: last stage to run ('atlas' or 'filter'); the output is then not written, only
     the stages kept in keep_work."""
+    strength: float = 1.0
+    """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input).
+    Below 1 keeps more of each frame's own look (e.g. a per-frame colorization) at the cost of
+    some flicker."""
     crf: int = 18
     """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 is visually lossless)."""
     overwrite: bool = False
@@ -123,6 +127,8 @@ class RunConfig:
             raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise InputError(f"--strength must be in 0..1, got {self.strength}")
         if not 0 <= self.crf <= 51:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
         if self.atlas_steps is not None and self.atlas_steps < 1:
@@ -205,9 +211,14 @@ def _flicker(means: list[np.ndarray]) -> float:
     return flicker_index([m.reshape(1, 1, 3) for m in means])["luma"]
 
 
-def _final(results: np.ndarray | dict[str, np.ndarray], name: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _final(results: np.ndarray | dict[str, np.ndarray], name: str, frame: np.ndarray,
+           strength: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(stage name -> frame, the output frame): the last stage, blended with the input by strength."""
     results = results if isinstance(results, dict) else {name: results}
-    return results, np.clip(list(results.values())[-1], 0.0, 1.0)
+    out = list(results.values())[-1]
+    if strength < 1.0:
+        out = frame + np.float32(strength) * (out - frame)
+    return results, np.clip(out, 0.0, 1.0)
 
 
 def _check_input(info: io.VideoInfo, output: Path | None, config: RunConfig) -> None:
@@ -275,7 +286,7 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
             image = io.to_float(frame.image)
             before.append(_channel_means(image))
             results, final = _final({config.method: image} if single else method.process(frame.index, image),
-                                    config.method)
+                                    config.method, image, config.strength)
             after.append(_channel_means(final))
             if writer is not None:
                 writer.write(final, frame.pts, frame.name, frame.alpha)
@@ -348,7 +359,7 @@ def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = No
         for t, frame in enumerate(bars.frames(frames, "process", n)):
             if np.shape(frame) != first.shape:
                 raise InputError(f"frame {t} has shape {np.shape(frame)}, frame 0 has {first.shape}")
-            yield _final(method.process(t, frame), config.method)[1]
+            yield _final(method.process(t, frame), config.method, io.to_float(frame), config.strength)[1]
 
 
 class _StageWriters:
