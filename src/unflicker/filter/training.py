@@ -26,20 +26,16 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
+from unflicker.training import config_record, cosine_lr, save_checkpoint, shared_data
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
-
-def _default_data_root() -> Path:
-    # The project's shared photographs sit beside the repository checkout.
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "images"
 
 
 @dataclass
 class FilterTrainConfig:
     """Everything a filter training run depends on; saved into the checkpoint and the weights' JSON."""
 
-    data_root: Path = field(default_factory=_default_data_root)
+    data_root: Path = field(default_factory=lambda: shared_data("images"))
     """Folder holding the training and validation image folders."""
     train_folders: tuple[str, ...] = ("bsds500/train", "bsds500/val", "urban100")
     """Image folders (relative to data_root) to draw training crops from."""
@@ -195,32 +191,6 @@ def _loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.
     return loss
 
 
-def _lr_at(step: int, config: FilterTrainConfig) -> float:
-    t = min(step / max(config.steps, 1), 1.0)
-    lo = config.lr * config.final_lr_fraction
-    return lo + 0.5 * (config.lr - lo) * (1 + math.cos(math.pi * t))
-
-
-def _config_record(config: FilterTrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(config), default=str))
-
-
-def _save_checkpoint(path: Path, net, opt, step: int, rng_state: str, config: FilterTrainConfig,
-                     seconds: float) -> None:
-    state = {
-        "step": step,
-        "net": net.state_dict(),
-        "opt": opt.state_dict(),
-        "rng": rng_state,
-        "torch_rng": torch.get_rng_state(),
-        "network": asdict(config.network),
-        "seconds": seconds,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def train(config: FilterTrainConfig) -> dict:
     """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path)."""
     out_dir = Path(config.output)
@@ -267,7 +237,7 @@ def train(config: FilterTrainConfig) -> dict:
     try:
         while step < end:
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, config)
+                group["lr"] = cosine_lr(step, config.steps, config.lr, config.final_lr_fraction)
             frame, atlas, target = pending.result()
             next_state = json.dumps(rng.bit_generator.state)
             pending = pool.submit(make_batch, images, config, rng)
@@ -279,7 +249,7 @@ def train(config: FilterTrainConfig) -> dict:
             running.append(loss.item())
             record = None
             if step % config.log_every == 0 or step == end:
-                record = {"step": step, "loss": float(np.mean(running)), "lr": _lr_at(step, config),
+                record = {"step": step, "loss": float(np.mean(running)), "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction),
                           "elapsed_s": round(seconds + time.time() - start, 1)}
                 running = []
             if step % config.val_every == 0 or step == end:
@@ -290,7 +260,7 @@ def train(config: FilterTrainConfig) -> dict:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == end:
-                _save_checkpoint(ckpt_path, net, opt, step, next_state, config, seconds + time.time() - start)
+                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network), seconds + time.time() - start)
     finally:
         pending.cancel()
         pool.shutdown(wait=True)
@@ -298,7 +268,7 @@ def train(config: FilterTrainConfig) -> dict:
     if not last_val:
         last_val = validate(net, val, config.net_scale)
     weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
-        "training": {"config": _config_record(config), "steps": step, "val_psnr": last_val,
+        "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
                      "train_images": len(images), "val_images": len(val),
                      "seconds": round(seconds + time.time() - start, 1)},
     })

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,18 +29,14 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-
-
-def _default_data_root() -> Path:
-    # The project's shared clean clips sit beside the repository checkout.
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "clean"
+from unflicker.training import config_record, cosine_lr, save_checkpoint, shared_data
 
 
 @dataclass
 class RefineTrainConfig:
     """Everything a refinement training run depends on; saved into the checkpoint and the weights' JSON."""
 
-    data_root: Path = field(default_factory=_default_data_root)
+    data_root: Path = field(default_factory=lambda: shared_data("clean"))
     """Folder of clean .mp4 clips (never flickering test data)."""
     val_clip: str = "davis-bear"
     """Stem of the clip held out for validation; every other .mp4 in data_root is trained on."""
@@ -212,25 +207,6 @@ def validate(net: RefineNet, clean: np.ndarray, flickered: list[np.ndarray], inf
     return result
 
 
-def _lr_at(step: int, config: RefineTrainConfig) -> float:
-    t = min(step / max(config.steps, 1), 1.0)
-    lo = config.lr * config.final_lr_fraction
-    return lo + 0.5 * (config.lr - lo) * (1 + math.cos(math.pi * t))
-
-
-def _config_record(config: RefineTrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(config), default=str))
-
-
-def _save_checkpoint(path: Path, net: RefineNet, opt, step: int, rng_state: str, config: RefineTrainConfig,
-                     seconds: float) -> None:
-    state = {"step": step, "net": net.state_dict(), "opt": opt.state_dict(), "rng": rng_state,
-             "torch_rng": torch.get_rng_state(), "network": asdict(config.network), "seconds": seconds}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
-
-
 def _check(config: RefineTrainConfig) -> None:
     for name in ("crop", "batch", "steps", "val_frames", "val_draws", "cache_side"):
         if getattr(config, name) < 1:
@@ -293,7 +269,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     try:
         while step < end:
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, config)
+                group["lr"] = cosine_lr(step, config.steps, config.lr, config.final_lr_fraction)
             batch = {k: v.to(device) for k, v in pending.result().items()}
             next_state = json.dumps(rng.bit_generator.state)
             pending = pool.submit(make_batch, clips, config, rng)
@@ -309,7 +285,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                 end, timed_out = step, True  # out of time: this step is the last one
             if step % config.log_every == 0 or step == end:
                 record = {"step": step, **{k: round(float(np.mean(v)), 5) for k, v in running.items()},
-                          "lr": _lr_at(step, config), "elapsed_s": round(seconds + time.time() - start, 1)}
+                          "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction), "elapsed_s": round(seconds + time.time() - start, 1)}
                 running = {}
             if step % config.val_every == 0 or step == end:
                 last_val = validate(net, val_clean, val, config.inference, str(device))
@@ -319,7 +295,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == end:
-                _save_checkpoint(ckpt_path, net, opt, step, next_state, config, seconds + time.time() - start)
+                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network), seconds + time.time() - start)
     finally:
         pending.cancel()
         pool.shutdown(wait=True)
@@ -336,7 +312,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                         config.inference, str(device))
         summary["val_full"] = {"size": list(full_clean.shape[1:3]), **full}
     weights = save_weights(net, out_dir / "refine.safetensors", config.inference, extra={
-        "training": {"config": _config_record(config), **summary,
+        "training": {"config": config_record(config), **summary,
                      "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
     })
     return {**summary, "weights": str(weights)}
