@@ -27,6 +27,7 @@ from unflicker.cuts import (
     thumbnail,
 )
 from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 
 # Tone maps are tabulated at this many input levels (error <= 1/8190 of full scale).
 _LUT_LEVELS = 4096
@@ -63,15 +64,6 @@ class ClassicalConfig:
             raise InputError(f"grid must be None or (rows, cols) >= 1, got {self.grid}")
         if self.analysis_size < 8 or self.max_slope < 1 or not self.cut_threshold > 0:
             raise InputError("analysis_size must be >= 8, max_slope >= 1 and cut_threshold > 0")
-
-
-def _as_frame(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise InputError(f"expected a frame of shape (H, W, 3), got {frame.shape}")
-    if frame.dtype == np.uint8:
-        return frame.astype(np.float32) / 255.0
-    return frame.astype(np.float32, copy=False)
 
 
 def _cell_bounds(n: int, cells: int) -> np.ndarray:
@@ -185,7 +177,7 @@ class ClassicalDeflicker:
         cfg = self.config
         whole, cells, distances, prev = [], [], [], None
         for frame in frames:
-            small = thumbnail(_as_frame(frame), cfg.analysis_size)
+            small = thumbnail(float_rgb(frame), cfg.analysis_size)
             w, c = frame_statistics(small, cfg.percentiles, cfg.grid)
             whole.append(w)
             cells.append(c)
@@ -220,7 +212,7 @@ class ClassicalDeflicker:
             raise InputError("call analyze() on the whole sequence before process()")
         if not 0 <= t < self.n_frames:
             raise InputError(f"frame index {t} outside the analysed 0..{self.n_frames - 1}")
-        x = _as_frame(frame)
+        x = float_rgb(frame)
         cfg = self.config
         # Channel-first copies keep every gather and store contiguous.
         idx = np.rint(np.clip(x, 0.0, 1.0) * (_LUT_LEVELS - 1)).astype(np.int32).transpose(2, 0, 1).copy()

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -36,22 +37,13 @@ CUT_THRESHOLD = 3.0
 MIN_CUT_DISTANCE = 0.7
 
 
-def _check_frame(frame: np.ndarray, what: str = "frame") -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise InputError(f"expected a {what} of shape (H, W, 3), got {frame.shape}")
-    if frame.dtype == np.uint8:
-        return frame.astype(np.float32) / 255.0
-    return frame.astype(np.float32, copy=False)
-
-
 def thumbnail(frame: np.ndarray, max_side: int = 64) -> np.ndarray:
     """Area-downscale a frame so its longer side is at most max_side.
 
     frame: (H, W, 3) float in [0, 1] or uint8. Returns (h, w, 3) float32 in [0, 1]; a frame
     already small enough is returned as float32 unchanged.
     """
-    frame = _check_frame(frame)
+    frame = float_rgb(frame)
     if max_side < 1:
         raise InputError(f"max_side must be >= 1, got {max_side}")
     h, w = frame.shape[:2]
@@ -68,7 +60,7 @@ def structure_descriptor(thumb: np.ndarray) -> np.ndarray:
     thumb: (h, w, 3) float in [0, 1] or uint8 (any size; a thumbnail() keeps it cheap).
     A flat image gives the zero vector (no structure to compare).
     """
-    thumb = _check_frame(thumb, "thumbnail")
+    thumb = float_rgb(thumb, "a thumbnail")
     luma = thumb @ _LUMA
     side = DESCRIPTOR_SIDE
     interp = cv2.INTER_AREA if min(luma.shape) >= side else cv2.INTER_LINEAR

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 from unflicker.flow import LUMA_WEIGHTS, flow_pair, warp
 
 # Warping errors are reported multiplied by this (the papers' "x 10^-3" tables).
@@ -21,14 +22,6 @@ WARP_ERROR_SCALE = 1e3
 
 # Half-width of the running median that removes slow brightness trends in flicker_index.
 FLICKER_TREND_RADIUS = 3
-
-
-def _frame(x: np.ndarray, what: str = "frame") -> np.ndarray:
-    """(H, W, 3) uint8 or float in [0, 1] -> (H, W, 3) float32 in [0, 1]."""
-    x = np.asarray(x)
-    if x.ndim != 3 or x.shape[2] != 3:
-        raise InputError(f"expected {what} of shape (H, W, 3), got {x.shape}")
-    return x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
 def _image(x: np.ndarray) -> np.ndarray:
@@ -135,7 +128,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for x in reference:
-                x = _frame(x, "a reference frame")
+                x = float_rgb(x, "a reference frame", allow_empty=True)
                 if shapes and x.shape != shapes[0]:
                     raise InputError(f"reference frames differ in size: {shapes[0]} vs {x.shape}")
                 shapes.append(x.shape)
@@ -156,7 +149,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for _, x in _zip_equal(range(self.n_frames), result, "result and reference"):
-                x = _frame(x, "a result frame")
+                x = float_rgb(x, "a result frame", allow_empty=True)
                 if x.shape != self.full_shape:
                     raise InputError(f"result frame {x.shape} does not match reference {self.full_shape}")
                 yield _resize(x, self.size)
@@ -188,7 +181,7 @@ def warp_error(
     def both() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         nonlocal size
         for r, o in _zip_equal(reference, result, "result and reference"):
-            r, o = _frame(r, "a reference frame"), _frame(o, "a result frame")
+            r, o = float_rgb(r, "a reference frame", allow_empty=True), float_rgb(o, "a result frame", allow_empty=True)
             if r.shape != o.shape:
                 raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
             size = size or _work_size(r.shape, max_side)
@@ -214,7 +207,7 @@ def flicker_index(frames: Iterable[np.ndarray]) -> dict[str, float]:
     Note: a strict period-2 alternation has its median at the opposite level, so its index is
     twice the raw jump. Returns: {"luma", "r", "g", "b"} -> float.
     """
-    means = [_frame(x).reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
+    means = [float_rgb(x, "frame", allow_empty=True).reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
     if not means:
         raise InputError("the sequence is empty")
     rgb = np.array(means)  # (T, 3)

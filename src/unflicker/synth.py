@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 
 KINDS = ("global", "colour", "local", "mains", "tone", "mixed")
 _COMPONENT_ID = {"global": 1, "colour": 2, "local": 3, "mains": 4, "tone": 5}
@@ -66,14 +67,6 @@ class FlickerConfig:
 
 # name -> config factory, e.g. FLICKER_KINDS["local"](strength=0.5); also feeds CLI choices.
 FLICKER_KINDS = {k: partial(FlickerConfig, kind=k) for k in KINDS}
-
-
-def _as_frame(frame: np.ndarray) -> np.ndarray:
-    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
-        raise InputError(f"expected a frame of shape (H, W, 3), got {getattr(frame, 'shape', type(frame))}")
-    if frame.dtype == np.uint8:
-        return frame.astype(np.float32) / 255.0
-    return frame.astype(np.float32, copy=False)
 
 
 def _smooth_interp_matrix(n_out: int, n_in: int) -> np.ndarray:
@@ -163,7 +156,7 @@ class Flicker:
         t = operator.index(t)
         if t < 0:
             raise InputError(f"frame index must be >= 0, got {t}")
-        x = _as_frame(frame)
+        x = float_rgb(frame, array_like=False, allow_empty=True)
         cfg = self.config
         mixed = cfg.kind == "mixed"
         scale = cfg.strength * (cfg.mixed_scale if mixed else 1.0)

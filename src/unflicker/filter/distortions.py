@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 
 
 @dataclass
@@ -28,14 +28,6 @@ class DistortionConfig:
     """Largest smooth displacement of A', in pixels at a 256-pixel longer side (scaled with the image)."""
     atlas_jitter: float = 1.0
     """Multiplies the small appearance jitter of A' (the atlas is consistent, not exact)."""
-
-
-def _as_image(x: np.ndarray) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3:
-        raise InputError(f"expected an image of shape (H, W, 3), got {getattr(x, 'shape', type(x))}")
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 255.0
-    return x.astype(np.float32, copy=False)
 
 
 def smooth_field(shape: tuple[int, int], grid: tuple[int, int], rng: np.random.Generator,
@@ -72,7 +64,7 @@ def appearance_distortion(x: np.ndarray, rng: np.random.Generator, config: Disto
     exposure, smooth spatial gain fields, haze / black-level offsets; sized to cover processing
     flicker (per-frame colourisation, enhancement, dehazing) and film flicker.
     """
-    x = _as_image(x)
+    x = float_rgb(x, "an image", array_like=False, allow_empty=True)
     cfg = config or DistortionConfig()
     s = float(cfg.appearance_strength)
     if s <= 0 or rng.random() < cfg.identity_prob:
@@ -167,7 +159,7 @@ def structure_distortion(x: np.ndarray, rng: np.random.Generator, config: Distor
     A smooth random warp (elastic, bumps, sinusoids, radial mirror, fine wobble), then maybe blur or
     lost resolution, ghosting (blend with a shifted copy), misplaced patches, and a small appearance jitter.
     """
-    x = _as_image(x)
+    x = float_rgb(x, "an image", array_like=False, allow_empty=True)
     cfg = config or DistortionConfig()
     h, w = x.shape[:2]
     scale = max(h, w) / 256.0
@@ -204,7 +196,7 @@ def structure_distortion(x: np.ndarray, rng: np.random.Generator, config: Distor
 def make_pair(x: np.ndarray, rng: np.random.Generator,
               config: DistortionConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training triple from a clean image x: (frame I', atlas A', target X), each (H, W, 3) float32."""
-    x = _as_image(x)
+    x = float_rgb(x, "an image", array_like=False, allow_empty=True)
     frame = appearance_distortion(x, rng, config)
     atlas = structure_distortion(x, rng, config)
     return frame, atlas, x

@@ -15,6 +15,7 @@ import torch
 
 from unflicker import netfiles
 from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 from unflicker.filter.network import FilterNetConfig, FilterUNet
 from unflicker.filter.upsampling import UPSAMPLE_MODES, guided_coefficients, resize_coefficients
 
@@ -60,14 +61,6 @@ def load_network(path: str | Path | None = None) -> tuple[FilterUNet, dict]:
     """
     path = Path(path) if path is not None else default_weights_path()
     return netfiles.load_network(path, "filter", FORMAT, FORMAT_VERSION, lambda cfg: FilterUNet(FilterNetConfig(**cfg)))
-
-
-def _as_frame(x: np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3 or min(x.shape[:2]) < 1:
-        raise InputError(f"expected {name} of shape (H, W, 3), got {getattr(x, 'shape', type(x))}")
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    return x.astype(np.float32, copy=False)
 
 
 class NeuralFilter:
@@ -123,8 +116,8 @@ class NeuralFilter:
         atlas_frame: (h, w, 3) float32 in [0, 1] (uint8 accepted), any size (it is resized).
         Returns (H, W, 3) float32 in [0, 1], always the frame's size.
         """
-        frame = _as_frame(frame, "frame")
-        atlas_frame = _as_frame(atlas_frame, "atlas_frame")
+        frame = float_rgb(frame, "frame", array_like=False)
+        atlas_frame = float_rgb(atlas_frame, "atlas_frame", array_like=False)
         h_full, w_full = frame.shape[:2]
         h, w = self.working_size(h_full, w_full)
         small = frame if (h, w) == (h_full, w_full) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)

@@ -15,6 +15,7 @@ import torch
 
 from unflicker import netfiles
 from unflicker.errors import InputError
+from unflicker.frames import float_rgb
 from unflicker.filter.upsampling import resize_coefficients
 from unflicker.refine.align import align_previous
 from unflicker.refine.network import RefineNet, RefineNetConfig
@@ -55,14 +56,6 @@ def load_network(path: str | Path | None = None) -> tuple[RefineNet, dict]:
     """
     path = Path(path) if path is not None else default_weights_path()
     return netfiles.load_network(path, "refine", FORMAT, FORMAT_VERSION, lambda cfg: RefineNet(RefineNetConfig(**cfg)))
-
-
-def _as_frame(x: np.ndarray) -> np.ndarray:
-    if not isinstance(x, np.ndarray) or x.ndim != 3 or x.shape[2] != 3 or min(x.shape[:2]) < 1:
-        raise InputError(f"expected a frame of shape (H, W, 3), got {getattr(x, 'shape', type(x))}")
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    return x.astype(np.float32, copy=False)
 
 
 def _to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -114,7 +107,7 @@ class LocalRefiner:
         frame: (H, W, 3) float32 in [0, 1] (uint8 accepted), full resolution, same size within a shot.
         Returns O_t: (H, W, 3) float32 in [0, 1], the frame's size.
         """
-        frame = _as_frame(frame)
+        frame = float_rgb(frame, array_like=False)
         h_full, w_full = frame.shape[:2]
         h, w = self.working_size(h_full, w_full)
         small = frame if (h, w) == (h_full, w_full) else cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)

@@ -1,0 +1,25 @@
+"""The one check-and-convert every stage applies to a frame it is handed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from unflicker.errors import InputError
+
+
+def float_rgb(frame, what: str = "a frame", *, array_like: bool = True, allow_empty: bool = False) -> np.ndarray:
+    """(H, W, 3) uint8 or float in [0, 1] -> (H, W, 3) float32 in [0, 1] (no copy if already float32).
+
+    what: how the error message names the argument ("a frame", "an image", ...).
+    array_like: accept anything np.asarray turns into such an array; False accepts only ndarrays.
+    allow_empty: accept H or W = 0.
+    Raises InputError on any other shape.
+    """
+    if array_like:
+        frame = np.asarray(frame)
+    if (not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3
+            or (not allow_empty and min(frame.shape[:2]) < 1)):
+        raise InputError(f"expected {what} of shape (H, W, 3), got {getattr(frame, 'shape', type(frame))}")
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float32) / np.float32(255.0)
+    return frame.astype(np.float32, copy=False)
