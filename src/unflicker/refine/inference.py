@@ -116,7 +116,10 @@ class LocalRefiner:
         if self._prev_in is None:
             self._prev_in, self._prev_out = small, small
             return frame.copy()
-        flow, mask = align_previous(small, self._prev_in, self.config.flow_preset)
+        if self.net.config.warp:
+            flow, mask = align_previous(small, self._prev_in, self.config.flow_preset)
+        else:  # the net ignores them: skip the two flow computations
+            flow, mask = np.zeros((h, w, 2), np.float32), np.ones((h, w), np.float32)
         d = self.device
         with torch.inference_mode():
             out, coeffs = self.net(_to_tensor(small, d), _to_tensor(self._prev_out, d), _to_tensor(self._prev_in, d),

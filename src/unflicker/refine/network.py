@@ -40,6 +40,9 @@ class RefineNetConfig:
     """Channels at 1/2 resolution; 2x at 1/4 and 4x at 1/8."""
     prior_sigma: float = 4.0
     """Gaussian window sigma (pixels at the working resolution) of the masked local means."""
+    warp: bool = True
+    """Warp O_{t-1} and P_{t-1} to t along the flow (False: feed them as they are, all pixels valid;
+    the ablation that measures what the flow buys)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,10 +149,14 @@ class RefineNet(nn.Module):
         """One recurrent step at the working resolution.
 
         frame: P_t (B, 3, H, W); prev_out: O_{t-1} and prev_in: P_{t-1}, (B, 3, H, W) not yet warped;
-        flow: (B, 2, H, W) flow t -> t-1 (pixels, x first); mask: (B, 1, H, W) validity of t's pixels.
+        flow: (B, 2, H, W) flow t -> t-1 (pixels, x first); mask: (B, 1, H, W) validity of t's pixels
+        (both ignored when config.warp is False).
         Returns (O_t (B, 3, H, W) clipped to [0, 1], coefficients (B, 6, ceil(H/4), ceil(W/4))).
         """
-        warped = warp_tensor(torch.cat([prev_out, prev_in], 1), flow)
+        if self.config.warp:
+            warped = warp_tensor(torch.cat([prev_out, prev_in], 1), flow)
+        else:
+            warped, mask = torch.cat([prev_out, prev_in], 1), torch.ones_like(mask)
         coeffs = self.coefficients(frame, warped[:, :3], warped[:, 3:], mask)
         out = apply_gain_offset(frame, upsample_coefficients(coeffs, tuple(frame.shape[-2:])))
         return out.clamp(0.0, 1.0), coeffs

@@ -121,7 +121,7 @@ def make_sample(clip: CachedClip, config: RefineTrainConfig, rng: np.random.Gene
     frames = np.stack([flicker.apply(t, x) for t, x in enumerate(clean)])
     in_flows = np.zeros_like(flows)
     in_masks = np.zeros(masks.shape, np.float32)
-    for t in range(1, len(frames)):
+    for t in range(1, len(frames) if config.network.warp else 0):
         in_flows[t], in_masks[t] = align_previous(frames[t], frames[t - 1], config.inference.flow_preset)
     lt_flows, lt_masks = compose_to_first(flows, masks)
     return {"frames": frames, "clean": clean, "in_flow": in_flows, "in_mask": in_masks,
@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long-term-weight", type=float, default=d.long_term_weight)
     p.add_argument("--width", type=int, default=d.network.width)
     p.add_argument("--prior-sigma", type=float, default=d.network.prior_sigma)
+    p.add_argument("--no-warp", action="store_true", help="feed O_{t-1}, P_{t-1} unwarped (ablation)")
     p.add_argument("--working-side", type=int, default=d.inference.working_side)
     p.add_argument("--flow-preset", choices=FLOW_PRESETS, default=d.inference.flow_preset)
     p.add_argument("--no-full-validation", action="store_true", help="skip the final full-resolution validation")
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir=a.cache_dir, cache_side=a.cache_side, max_frames=a.max_frames, length=a.length, crop=a.crop,
         batch=a.batch, steps=a.steps, lr=a.lr, fidelity_weight=a.fidelity_weight,
         short_term_weight=a.short_term_weight, long_term_weight=a.long_term_weight,
-        network=RefineNetConfig(width=a.width, prior_sigma=a.prior_sigma),
+        network=RefineNetConfig(width=a.width, prior_sigma=a.prior_sigma, warp=not a.no_warp),
         inference=RefineInferenceConfig(working_side=a.working_side, flow_preset=a.flow_preset),
         full_validation=not a.no_full_validation, seed=a.seed, checkpoint_every=a.checkpoint_every,
         val_every=a.val_every, log_every=a.log_every, threads=a.threads, device=a.device, stop_at=a.stop_at,
