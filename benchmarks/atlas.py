@@ -143,11 +143,11 @@ def _long_child(n_frames: int, steps: int, photo: str, queue) -> None:
     peaks: list[float] = []
 
     def progress(done: int, total: int) -> None:
-        # Per window: peak RSS beyond the frames and the A_t rendered so far (np.empty's pages
-        # only become resident once written); then start the next window's high-water mark afresh.
+        # Per window: peak RSS beyond the frames (the rendered A_t go to a file on disk); then
+        # start the next window's high-water mark afresh.
         peaks.append(_status_mb("VmHWM"))
         _reset_peak()
-        working.append(peaks[-1] - with_frames - done * frame_mb)
+        working.append(peaks[-1] - with_frames)
 
     working: list[float] = []
     start = time.monotonic()
@@ -155,7 +155,7 @@ def _long_child(n_frames: int, steps: int, photo: str, queue) -> None:
     seconds = time.monotonic() - start
     queue.put({"frames": n_frames, "windows": config.window, "overlap": config.overlap, "fit_s": seconds,
                "rss_base_mb": base, "rss_frames_mb": with_frames, "rss_peak_mb": max(peaks),
-               "frames_mb": frames.nbytes / 2**20, "rendered_mb": video.rendered.nbytes / 2**20,
+               "frames_mb": frames.nbytes / 2**20, "rendered_mb": len(video) * frame_mb,
                "working_per_window_mb": working})
 
 
@@ -282,7 +282,7 @@ def _goals(rows: list[dict]) -> list[str]:
 
 def _long_table(rows: list[dict]) -> str:
     head = ("| frames (144x256) | windows of | fit_video s | RSS after imports MB | frames MB | RSS with frames MB | "
-            "rendered A_t MB (float16) | peak RSS MB | working MB per window | max working MB |\n"
+            "A_t on disk MB (float16) | peak RSS MB | working MB per window | max working MB |\n"
             "|---|---|---|---|---|---|---|---|---|---|")
     body = [f"| {r['frames']} | {r['windows']} (overlap {r['overlap']}) | {r['fit_s']:.1f} | {r['rss_base_mb']:.0f} | "
             f"{r['frames_mb']:.0f} | {r['rss_frames_mb']:.0f} | {r['rendered_mb']:.0f} | {r['rss_peak_mb']:.0f} | "

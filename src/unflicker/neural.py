@@ -9,6 +9,9 @@ filters each full-resolution frame against its A_t, then refines it against the 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -16,6 +19,8 @@ import numpy as np
 
 from unflicker import cuts
 from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit_video
+from unflicker.errors import InputError
+from unflicker.framestore import FrameStore
 
 STAGES = ("atlas", "filter", "refine")
 
@@ -58,16 +63,36 @@ class NeuralDeflicker:
 
             self._refine = LocalRefiner.load(self.config.refine_weights, device=self.config.device)
 
+    @property
+    def stages(self) -> list[str]:
+        """The stages process() returns, in order."""
+        return list(STAGES[: STAGES.index(self.config.stop_after) + 1] if self.config.stop_after else STAGES)
+
+    def pass_fingerprint(self) -> dict:
+        """What process()'s frames depend on besides A_t and the input: its stages, and a digest of
+        each network's weights and inference settings (so --keep-work reuse notices new weights)."""
+        record: dict = {"stages": self.stages}
+        for name, stage in (("filter", self._filter), ("refine", self._refine)):
+            if stage is not None:
+                digest = hashlib.sha256(json.dumps(dataclasses.asdict(stage.config), sort_keys=True).encode())
+                for key, tensor in sorted(stage.net.state_dict().items()):
+                    digest.update(key.encode())
+                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+                record[name] = digest.hexdigest()
+        return record
+
     def analyze(self, frames: Iterable[np.ndarray]) -> None:
-        low, thumbs = [], []
-        size = None
+        low_res: FrameStore | None = None  # on disk: memory must not grow with the video's length
+        thumbs = []
         for frame in frames:
-            size = size or atlas_size(frame.shape[0], frame.shape[1], self.config.atlas.resolution)
+            if low_res is None:
+                size = atlas_size(frame.shape[0], frame.shape[1], self.config.atlas.resolution)
+                low_res = FrameStore((*size, 3), np.float16)
             small = downsample(frame, size)
-            low.append(small.astype(np.float16))  # halves the only per-frame memory kept
+            low_res.append(small)
             thumbs.append(cuts.thumbnail(small))
-        low_res = np.stack(low).astype(np.float32)
-        del low
+        if low_res is None:
+            raise InputError("the video has no frames")
         shots = cuts.shots(len(low_res), cuts.detect_cuts(thumbs))
         self.atlas = fit_video(low_res, shots, self.config.atlas, progress=self.progress)
 

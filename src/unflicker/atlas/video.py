@@ -1,7 +1,7 @@
 """Atlases for whole videos: one per shot, long shots as overlapping windows cross-faded linearly.
 
-Only the low-resolution frames and the rendered A_t (float16, same size) are held; each
-window's atlas is dropped once its frames are rendered.
+The rendered A_t (float16) go to a FrameStore on disk, so memory does not grow with the video's
+length; each window's atlas is dropped once its frames are rendered.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from unflicker.atlas.common import check_frames, check_index
 from unflicker.atlas.config import AtlasConfig
 from unflicker.errors import InputError
 from unflicker.flow import FlowPair
+from unflicker.framestore import FrameStore
 
 
 class VideoAtlas:
     """A_t of every frame of a video, rendered by per-shot, per-window atlases."""
 
-    def __init__(self, rendered: np.ndarray, shots: list[range]):
+    def __init__(self, rendered: np.ndarray | FrameStore, shots: list[range]):
         self.rendered = rendered
-        """(T, h, w, 3) float16 A_t in [0, 1]."""
+        """(T, h, w, 3) float16 A_t in [0, 1]: an array, or a FrameStore indexed alike."""
         self.shots = shots
         self.n_frames, self.shape = rendered.shape[0], rendered.shape[1:3]
 
@@ -72,7 +73,7 @@ def _check_shots(shots: Sequence[range], n: int) -> list[range]:
 
 
 def fit_video(
-    frames: np.ndarray,
+    frames: np.ndarray | FrameStore,
     shots: Sequence[range] | None = None,
     config: AtlasConfig | None = None,
     flows: Sequence[FlowPair] | None = None,
@@ -80,7 +81,8 @@ def fit_video(
 ) -> VideoAtlas:
     """Fit atlases over a whole (low-resolution) video and render A_t for every frame.
 
-    frames: (T, h, w, 3) float32 in [0, 1] (uint8 accepted) at the atlas resolution.
+    frames: (T, h, w, 3) float in [0, 1] (uint8 accepted) at the atlas resolution, an array or a
+    FrameStore (read one window at a time).
     shots: consecutive ranges partitioning range(T) (None: one shot); a 1-frame shot's A_t is
     the frame itself. Shots longer than config.window are fitted as windows overlapping by
     config.overlap frames, whose A_t are cross-faded linearly across each overlap.
@@ -88,14 +90,17 @@ def fit_video(
     progress: called as progress(frames_done, T) after each window.
     """
     config = config or AtlasConfig()
-    frames = np.asarray(frames)
-    if frames.ndim == 4 and frames.shape[0] == 0:
+    if not isinstance(frames, FrameStore):
+        frames = np.asarray(frames)
+    if len(frames.shape) != 4 or frames.shape[3] != 3:
+        raise InputError(f"expected frames of shape (T, h, w, 3), got {frames.shape}")
+    if frames.shape[0] == 0:
         raise InputError("no frames to fit an atlas on")
     n = len(frames)
     shots = _check_shots([range(n)] if shots is None else shots, n)
     if flows is not None and len(flows) != n - 1:
         raise InputError(f"expected {n - 1} flow pairs for {n} frames, got {len(flows)}")
-    out = np.empty(frames.shape, np.float16)
+    out = FrameStore(frames.shape[1:], np.float16)
     for shot in shots:
         if len(shot) == 1:
             out[shot.start] = check_frames(frames[shot.start : shot.stop])[0]

@@ -1,0 +1,84 @@
+"""Per-frame arrays of a whole video kept in an anonymous temporary file instead of in memory.
+
+The neural method needs two such arrays for every frame (the low-resolution frame the atlas is
+fitted on, and the rendered A_t). Held in memory they would make peak memory grow with the
+video's length; here they go to disk (plain reads and writes, not a memory map, so the pages do
+not count towards the process's memory) and are read back one frame or one window at a time.
+The file has no name and is gone when the store is closed or the process ends.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from unflicker.errors import InputError
+
+
+class FrameStore:
+    """A growable (T, *frame_shape) array of one dtype on disk; index like an array (ints, slices)."""
+
+    def __init__(self, frame_shape: tuple[int, ...], dtype=np.float16, directory: str | None = None):
+        self.frame_shape, self.dtype = tuple(int(s) for s in frame_shape), np.dtype(dtype)
+        if not self.frame_shape or min(self.frame_shape) < 1:
+            raise InputError(f"frame shape must be non-empty and positive, got {self.frame_shape}")
+        self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
+        self._file = tempfile.TemporaryFile(dir=directory)
+        self._length = 0
+
+    @classmethod
+    def like(cls, first: np.ndarray, dtype=np.float16, directory: str | None = None) -> FrameStore:
+        """An empty store for frames shaped like `first`."""
+        return cls(np.shape(first), dtype, directory)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self._length, *self.frame_shape)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def append(self, frame: np.ndarray) -> None:
+        self[self._length] = frame
+
+    def __setitem__(self, t: int, frame: np.ndarray) -> None:
+        """Write frame t (t may be the current length, which appends)."""
+        if not 0 <= t <= self._length:
+            raise IndexError(f"frame {t} outside [0, {self._length}]")
+        frame = np.asarray(frame)
+        if frame.shape != self.frame_shape:
+            raise InputError(f"expected a frame of shape {self.frame_shape}, got {frame.shape}")
+        data = np.ascontiguousarray(frame, dtype=self.dtype).tobytes()
+        os.pwrite(self._file.fileno(), data, t * self._frame_bytes)
+        self._length = max(self._length, t + 1)
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        """Frame t as an array, or frames[a:b] stacked (a copy either way)."""
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._length)
+            if step != 1:
+                raise IndexError("FrameStore slices take no step")
+            count = max(0, stop - start)
+            data = self._read(start, count)
+            return np.frombuffer(data, self.dtype).reshape(count, *self.frame_shape).copy()
+        t = int(index) + (self._length if int(index) < 0 else 0)
+        if not 0 <= t < self._length:
+            raise IndexError(f"frame {index} outside [0, {self._length})")
+        return np.frombuffer(self._read(t, 1), self.dtype).reshape(self.frame_shape).copy()
+
+    def _read(self, start: int, count: int) -> bytes:
+        size = count * self._frame_bytes
+        data = os.pread(self._file.fileno(), size, start * self._frame_bytes) if size else b""
+        if len(data) != size:
+            raise OSError(f"short read from the frame store: {len(data)} of {size} bytes")
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __del__(self) -> None:
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()

@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from unflicker.errors import InputError
+from unflicker.framestore import FrameStore
+
+
+def test_round_trip_frames_and_windows():
+    rng = np.random.default_rng(0)
+    frames = rng.random((7, 5, 6, 3), dtype=np.float32)
+    store = FrameStore((5, 6, 3), np.float16)
+    for frame in frames:
+        store.append(frame)
+    assert len(store) == 7 and store.shape == (7, 5, 6, 3)
+    assert np.array_equal(store[3], frames[3].astype(np.float16))
+    assert np.array_equal(store[-1], frames[-1].astype(np.float16))
+    assert np.array_equal(store[2:5], frames[2:5].astype(np.float16))
+    assert store[5:99].shape == (2, 5, 6, 3) and store[4:2].shape == (0, 5, 6, 3)
+
+
+def test_overwrite_keeps_other_frames():
+    store = FrameStore((2, 2, 3), np.float32)
+    for value in (0.1, 0.2, 0.3):
+        store.append(np.full((2, 2, 3), value, np.float32))
+    store[1] = np.full((2, 2, 3), 0.9, np.float32)
+    assert [float(store[t][0, 0, 0]) for t in range(3)] == pytest.approx([0.1, 0.9, 0.3])
+
+
+def test_bad_frames_and_indices_are_refused():
+    store = FrameStore((2, 2, 3))
+    with pytest.raises(InputError):
+        store.append(np.zeros((2, 3, 3)))
+    with pytest.raises(IndexError):
+        store[2] = np.zeros((2, 2, 3))  # a gap: only the next frame may be appended
+    with pytest.raises(IndexError):
+        store[0]
+    with pytest.raises(InputError):
+        FrameStore((0, 2, 3))
+
+
+def test_fit_video_reads_a_store_like_an_array():
+    from unflicker.atlas import AtlasConfig, fit_video
+
+    rng = np.random.default_rng(1)
+    base = rng.random((24, 32, 3), dtype=np.float32)
+    frames = np.stack([np.clip(base * g, 0, 1) for g in (1.0, 0.8, 1.1, 0.9, 1.0, 0.85)]).astype(np.float16)
+    store = FrameStore(frames.shape[1:], np.float16)
+    for frame in frames:
+        store.append(frame)
+    config = AtlasConfig(steps=5, threads=1)
+    from_array = fit_video(frames, None, config)
+    from_store = fit_video(store, None, config)
+    assert len(from_store) == 6
+    for t in range(6):
+        assert np.array_equal(from_array.render(t), from_store.render(t))
