@@ -6,12 +6,14 @@ rate; then the neural method's size limit, resume from --keep-work, progress bar
 the Python API `unflicker.deflicker`.
 """
 
+import dataclasses
 import subprocess
 import sys
 from fractions import Fraction
 
 import av
 import cv2
+
 import numpy as np
 import pytest
 
@@ -240,6 +242,58 @@ def test_keep_work_resumes_from_a_finished_atlas(tmp_path, monkeypatch):
     cv2.imwrite(str(source / "0.png"), np.zeros((20, 28, 3), np.uint8))
     with pytest.raises(AssertionError, match="fitted again"):
         deflicker_file(source, None, config)
+
+
+def test_keep_work_reuses_a_finished_pass_and_only_rewrites_the_output(tmp_path, monkeypatch):
+    source = write_pngs(tmp_path / "clip", list(clip(4, h=20, w=28)))
+    work = tmp_path / "work"
+    config = RunConfig(method="neural", atlas_steps=3, keep_work=work, progress=False)
+    first = deflicker_file(source, tmp_path / "out1", config)
+    assert first.resumed == ()
+    refined = read(work / "refine")
+
+    import unflicker.neural
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a frame was processed again")
+
+    monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", no_process)
+    second = deflicker_file(source, tmp_path / "out2", dataclasses.replace(config, strength=0.5))
+    assert second.resumed == ("atlas", "refine")
+    frames = read(source).astype(np.float32)
+    expected = np.clip(frames + 0.5 * (refined.astype(np.float32) - frames), 0, 255)
+    assert np.abs(read(tmp_path / "out2").astype(np.float32) - expected).max() <= 1.0
+    assert np.array_equal(read(work / "refine"), refined)  # left as it was
+    # Another pass (other stages here) is computed, not read back.
+    with pytest.raises(AssertionError, match="processed again"):
+        deflicker_file(source, None, dataclasses.replace(config, stop_after="filter"))
+
+
+def test_a_killed_pass_is_not_reused(tmp_path, monkeypatch):
+    source = write_pngs(tmp_path / "clip", list(clip(4, h=20, w=28)))
+    work = tmp_path / "work"
+    config = RunConfig(method="neural", atlas_steps=3, keep_work=work, progress=False)
+    deflicker_file(source, None, dataclasses.replace(config, stop_after="atlas"))
+
+    import unflicker.neural
+
+    calls = []
+    real_process = unflicker.neural.NeuralDeflicker.process
+
+    def dies_at_frame_2(self, t, frame):
+        calls.append(t)
+        if t == 2:
+            raise KeyboardInterrupt
+        return real_process(self, t, frame)
+
+    monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", dies_at_frame_2)
+    with pytest.raises(KeyboardInterrupt):
+        deflicker_file(source, tmp_path / "out2", config)
+    monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", real_process)
+    assert not (tmp_path / "out2").exists()
+    third = deflicker_file(source, tmp_path / "out3", config)
+    assert third.resumed == ("atlas",) and calls == [0, 1, 2]  # the pass ran again from A_t
+    assert read(work / "refine").shape[0] == 4
 
 
 def test_presets_map_to_atlas_settings():

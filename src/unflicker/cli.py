@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run.add_argument("--keep-work", type=Path, metavar="DIR",
                      help="keep each stage's frames in DIR/<stage>/; rerunning with the same DIR, input and "
-                          "atlas settings reuses the fitted atlas")
+                          "settings reuses the finished stages (the fitted atlas, then the filtered and "
+                          "refined frames), so a killed run restarts from its last finished stage")
     run.add_argument("--compare", type=Path, metavar="FILE", help="also write a side-by-side input | output video")
     run.add_argument("--plot", type=Path, metavar="FILE.png",
                      help="also write a plot of mean brightness per channel over time, input vs output")

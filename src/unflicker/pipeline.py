@@ -113,7 +113,8 @@ class RunConfig:
     """Replace an existing output (and existing compare / plot files)."""
     keep_work: Path | None = None
     """Folder that keeps each stage's frames as PNG (DIR/<stage>/), same names as the input's.
-    A rerun with the same input and atlas settings reuses DIR/atlas/ instead of fitting again."""
+    A rerun with the same input and atlas settings reuses DIR/atlas/ instead of fitting again, and
+    the filter/refine frames of a finished earlier pass with the same networks."""
     compare: Path | None = None
     """Also write a side-by-side (input | output) video (or PNG folder) here."""
     plot: Path | None = None
@@ -270,9 +271,12 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
         bars = stack.enter_context(_Bars(config.progress))
         method = METHODS[config.method](config, bars.fit)
         cache = _atlas_cache(method, info, config)
+        reuse = None  # the per-frame stage read back from keep_work instead of computed
         if not single:
             if cache is not None and _restore_atlas(method, cache):
                 resumed = ("atlas",)
+                reuse = _finished_stage(method, cache)
+                resumed += (reuse,) if reuse else ()
             else:
                 frames = (io.to_float(frame.image) for frame in io.read_frames(input_path, info))
                 method.analyze(bars.frames(frames, "decode+analyse", info.frame_count))
@@ -281,16 +285,27 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
                     cache.save(method.atlas.rendered, method.atlas.shots)
         writer = stack.enter_context(io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite)) \
             if write_output else None
-        stages = _StageWriters(config.keep_work, info, stack, skip={"atlas"} if cache is not None else set())
+        if cache is not None and reuse is None:
+            cache.forget_pass()  # the stage folders are about to be rewritten
+        stages = _StageWriters(config.keep_work, info, stack,
+                               skip={"atlas", *method.stages} if reuse else {"atlas"} if cache is not None else set())
+        kept = io.read_frames(config.keep_work / reuse) if reuse else None
         for frame in bars.frames(io.read_frames(input_path, info), "process", info.frame_count):
             image = io.to_float(frame.image)
             before.append(_channel_means(image))
-            results, final = _final({config.method: image} if single else method.process(frame.index, image),
-                                    config.method, image, config.strength)
+            if single:
+                results = {config.method: image}
+            elif kept is not None:
+                results = {reuse: io.to_float(next(kept).image)}
+            else:
+                results = method.process(frame.index, image)
+            results, final = _final(results, config.method, image, config.strength)
             after.append(_channel_means(final))
             if writer is not None:
                 writer.write(final, frame.pts, frame.name, frame.alpha)
             stages.write(results, frame.name)
+    if cache is not None and reuse is None and not single:
+        cache.record_pass(method.stages, method.pass_fingerprint())  # the stage folders are in place now
     summary = RunSummary(output if write_output else config.keep_work, len(before), 0.0, _flicker(before),
                          _flicker(after), resumed)
     extras = []
@@ -330,6 +345,14 @@ def _restore_atlas(method: Method, cache) -> bool:
     # Exactly what the method's analyze() leaves behind: the rendered A_t and the shots.
     method.atlas = VideoAtlas(*loaded)
     return True
+
+
+def _finished_stage(method: Method, cache) -> str | None:
+    """The last per-frame stage a finished earlier pass left in keep_work for this very run, else None."""
+    if len(method.stages) < 2:
+        return None  # only the atlas: nothing per frame to reuse
+    done = cache.finished_pass(method.pass_fingerprint())
+    return method.stages[-1] if done == method.stages else None
 
 
 def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = None) -> Iterator[np.ndarray]:

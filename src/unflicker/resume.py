@@ -1,4 +1,4 @@
-"""Resuming from a --keep-work folder: a fitted atlas stage is read back instead of fitted again.
+"""Resuming from a --keep-work folder: finished stages are read back instead of computed again.
 
 Right after the atlas fit the pipeline writes every A_t into DIR/atlas/ (16-bit PNG, the input's
 frame names) and then DIR/.unflicker-resume.json, naming the input (path, frame count, size,
@@ -6,6 +6,12 @@ file sizes and modification times) and the resolved atlas settings. A rerun whos
 settings match reads A_t back (exact to 1/65535, finer than the float16 A_t is kept in);
 anything else fits afresh and rewrites both. The manifest is written last and removed before
 the stage is rewritten, so an interrupted write is never mistaken for a finished stage.
+
+The per-frame stages (filter, refine) are written in one pass; a stage folder only appears once
+the pass has finished (see io.VideoWriter). The pass then records in the manifest which stages it
+wrote and a fingerprint of the networks and settings that made them. A rerun with the same atlas
+and fingerprint reads the last stage's frames back and only writes the output (a new --strength,
+--crf or output format costs no network time); a killed pass leaves no record and reruns from A_t.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 
 from unflicker import io
 from unflicker.errors import InputError
+from unflicker.framestore import FrameStore
 
 MANIFEST = ".unflicker-resume.json"
 STAGE = "atlas"
@@ -52,13 +59,10 @@ class AtlasCache:
     def folder(self) -> Path:
         return self.work / STAGE
 
-    def load(self) -> tuple[np.ndarray, list[range]] | None:
-        """(A_t as (T, h, w, 3) float16, shots) if the folder holds this input's finished stage, else None."""
-        try:
-            manifest = json.loads((self.work / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        if not isinstance(manifest, dict) or manifest.get("key") != self.key:
+    def load(self) -> tuple[FrameStore, list[range]] | None:
+        """(A_t as (T, h, w, 3) float16 on disk, shots) if the folder holds this input's finished stage, else None."""
+        manifest = self._manifest()
+        if manifest is None:
             return None
         try:
             stage = io.probe(self.folder)
@@ -66,12 +70,56 @@ class AtlasCache:
             if stage.frame_count != len(names) or [Path(n).stem for n in stage.frame_names] != \
                     [Path(n).stem for n in names]:
                 return None
-            rendered = np.stack([io.to_float(frame.image).astype(np.float16)
-                                 for frame in io.read_frames(self.folder, stage)])
+            rendered = FrameStore((stage.height, stage.width, 3), np.float16)
+            for frame in io.read_frames(self.folder, stage):
+                rendered.append(io.to_float(frame.image))
         except InputError:
             return None
         shots = [range(a, b) for a, b in manifest["shots"]]
         return rendered, shots
+
+    def _manifest(self) -> dict | None:
+        try:
+            manifest = json.loads((self.work / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) and manifest.get("key") == self.key else None
+
+    def finished_pass(self, fingerprint: dict) -> list[str]:
+        """Stages a finished per-frame pass with this fingerprint left in the folder ([] if none).
+
+        fingerprint: JSON-able description of what the pass's frames depend on beyond the atlas.
+        """
+        manifest = self._manifest()
+        record = (manifest or {}).get("pass")
+        if not isinstance(record, dict) or record.get("fingerprint") != json.loads(json.dumps(fingerprint)):
+            return []
+        stages = record.get("stages")
+        if not isinstance(stages, list) or not stages:
+            return []
+        try:  # every stage folder must hold every frame, by name
+            names = [Path(io.frame_name(self.info, t)).stem for t in range(self.info.frame_count)]
+            for stage in stages:
+                found = io.probe(self.work / stage)
+                if [Path(n).stem for n in found.frame_names] != names:
+                    return []
+        except (InputError, TypeError):
+            return []
+        return list(stages)
+
+    def record_pass(self, stages: list[str], fingerprint: dict) -> None:
+        """Note in the manifest that a per-frame pass wrote these stages (call once their folders are in place)."""
+        manifest = self._manifest()
+        if manifest is None:
+            return  # no finished atlas stage to build on
+        manifest["pass"] = {"stages": list(stages), "fingerprint": fingerprint}
+        io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)
+
+    def forget_pass(self) -> None:
+        """Drop the pass record before the stage folders are rewritten."""
+        manifest = self._manifest()
+        if manifest is not None and manifest.pop("pass", None) is not None:
+            io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)
 
     def save(self, rendered: np.ndarray, shots: list[range]) -> None:
         """Write A_t ((T, h, w, 3) in [0, 1]) into DIR/atlas/, then the manifest naming it."""
