@@ -49,6 +49,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 300 steps
     "paper": {"backend": "mlp"},  # the MLP backend's defaults are the paper's (10000 steps, lr 1e-4)
 }
+ANCHOR_SIGMA = 1.0
+"""Default --keep-slow: chosen on the processed benchmark clips (see README, "Keeping the look")."""
 NEURAL_MIN_SIDE = 16
 """Smallest frame side, at the input's and at the atlas resolution, the neural method accepts:
 OpenCV's DIS optical flow rejects smaller frames, and crashes on some wide ones under 16 rows."""
@@ -103,6 +105,10 @@ class RunConfig:
     stop_after: str | None = None
     """neural: last stage to run ('atlas' or 'filter'); the output is then not written, only
     the stages kept in keep_work."""
+    keep_slow: float | None = None
+    """neural: Gaussian sigma, in frames, of the changes of look kept from the input (see
+    unflicker.anchor); faster changes count as flicker. 0 gives every frame the atlas's look (the
+    paper's method); None: ANCHOR_SIGMA."""
     strength: float = 1.0
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input).
     Below 1 keeps more of each frame's own look (e.g. a per-frame colorization) at the cost of
@@ -134,8 +140,11 @@ class RunConfig:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
         if self.atlas_steps is not None and self.atlas_steps < 1:
             raise InputError(f"--atlas-steps must be at least 1, got {self.atlas_steps}")
-        if self.method != "neural" and (self.stop_after or self.atlas or self.atlas_steps):
-            raise InputError("--stop-after, --atlas and --atlas-steps apply to --method neural only")
+        if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0):
+            raise InputError(f"--keep-slow must be in 0..50 frames, got {self.keep_slow}")
+        if self.method != "neural" and (self.stop_after or self.atlas or self.atlas_steps
+                                        or self.keep_slow is not None):
+            raise InputError("--stop-after, --atlas, --atlas-steps and --keep-slow apply to --method neural only")
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
         if self.stop_after and (self.compare or self.plot):
@@ -212,14 +221,27 @@ def _flicker(means: list[np.ndarray]) -> float:
     return flicker_index([m.reshape(1, 1, 3) for m in means])["luma"]
 
 
-def _final(results: np.ndarray | dict[str, np.ndarray], name: str, frame: np.ndarray,
-           strength: float) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(stage name -> frame, the output frame): the last stage, blended with the input by strength."""
-    results = results if isinstance(results, dict) else {name: results}
-    out = list(results.values())[-1]
+def _as_stages(results: np.ndarray | dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """A method's process() result as stage name -> frame (the last entry is the output)."""
+    return results if isinstance(results, dict) else {name: results}
+
+
+def _blend(frame: np.ndarray, out: np.ndarray, strength: float) -> np.ndarray:
+    """The output frame: `out` blended with the input by strength, clipped."""
     if strength < 1.0:
         out = frame + np.float32(strength) * (out - frame)
-    return results, np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _anchor(method: Method, config: RunConfig, n_frames: int):
+    """The slow-look anchor after the method (sigma 0, a pass-through, for methods without an atlas)."""
+    from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
+
+    atlas = getattr(method, "atlas", None)
+    if atlas is None or n_frames < 2 or config.stop_after is not None:
+        return SlowAppearanceAnchor(AnchorConfig(sigma=0.0))
+    sigma = ANCHOR_SIGMA if config.keep_slow is None else config.keep_slow
+    return SlowAppearanceAnchor(AnchorConfig(sigma=sigma), [shot.start for shot in atlas.shots])
 
 
 def _check_input(info: io.VideoInfo, output: Path | None, config: RunConfig) -> None:
@@ -290,20 +312,25 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
         stages = _StageWriters(config.keep_work, info, stack,
                                skip={"atlas", *method.stages} if reuse else {"atlas"} if cache is not None else set())
         kept = io.read_frames(config.keep_work / reuse) if reuse else None
-        for frame in bars.frames(io.read_frames(input_path, info), "process", info.frame_count):
-            image = io.to_float(frame.image)
+
+        def processed():
+            for frame in bars.frames(io.read_frames(input_path, info), "process", info.frame_count):
+                image = io.to_float(frame.image)
+                if single:
+                    results = {config.method: image}
+                elif kept is not None:
+                    results = {reuse: io.to_float(next(kept).image)}
+                else:
+                    results = _as_stages(method.process(frame.index, image), config.method)
+                stages.write(results, frame.name)
+                yield (frame, image), image, list(results.values())[-1]
+
+        for (frame, image), out in _anchor(method, config, info.frame_count).stream(processed()):
+            final = _blend(image, out, config.strength)
             before.append(_channel_means(image))
-            if single:
-                results = {config.method: image}
-            elif kept is not None:
-                results = {reuse: io.to_float(next(kept).image)}
-            else:
-                results = method.process(frame.index, image)
-            results, final = _final(results, config.method, image, config.strength)
             after.append(_channel_means(final))
             if writer is not None:
                 writer.write(final, frame.pts, frame.name, frame.alpha)
-            stages.write(results, frame.name)
     if cache is not None and reuse is None and not single:
         cache.record_pass(method.stages, method.pass_fingerprint())  # the stage folders are in place now
     summary = RunSummary(output if write_output else config.keep_work, len(before), 0.0, _flicker(before),
@@ -379,10 +406,16 @@ def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = No
         method = METHODS[config.method](config, bars.fit)
         method.analyze(bars.frames(frames, "analyse", n))
         bars.close()
-        for t, frame in enumerate(bars.frames(frames, "process", n)):
-            if np.shape(frame) != first.shape:
-                raise InputError(f"frame {t} has shape {np.shape(frame)}, frame 0 has {first.shape}")
-            yield _final(method.process(t, frame), config.method, io.to_float(frame), config.strength)[1]
+
+        def processed():
+            for t, frame in enumerate(bars.frames(frames, "process", n)):
+                if np.shape(frame) != first.shape:
+                    raise InputError(f"frame {t} has shape {np.shape(frame)}, frame 0 has {first.shape}")
+                image = io.to_float(frame)
+                yield image, image, list(_as_stages(method.process(t, frame), config.method).values())[-1]
+
+        for image, out in _anchor(method, config, n).stream(processed()):
+            yield _blend(image, out, config.strength)
 
 
 class _StageWriters:

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
+from unflicker.errors import InputError
+
+
+def frames(n, h=12, w=20, seed=0):
+    return np.random.default_rng(seed).uniform(0.2, 0.8, (n, h, w, 3)).astype(np.float32)
+
+
+def run(anchor, inputs, outputs):
+    return list(anchor.stream((t, i, o) for t, (i, o) in enumerate(zip(inputs, outputs))))
+
+
+def test_sigma_zero_passes_outputs_through():
+    inputs, outputs = frames(5), frames(5, seed=1)
+    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=0)), inputs, outputs)
+    assert [t for t, _ in result] == list(range(5))
+    assert all(np.array_equal(o, outputs[t]) for t, o in result)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 17])
+def test_a_steady_correction_is_handed_back_to_the_input(n):
+    # A correction that does not change over time is a look, not flicker: the input comes back.
+    inputs = frames(n)
+    outputs = inputs + 0.1
+    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=1.5, grid_rows=4)), inputs, outputs)
+    assert [t for t, _ in result] == list(range(n))
+    for t, out in result:
+        assert np.abs(out - inputs[t]).max() < 1e-5
+
+
+def test_a_frame_to_frame_correction_is_mostly_kept():
+    inputs = frames(30)
+    sign = np.where(np.arange(30) % 2 == 0, 1.0, -1.0).astype(np.float32)[:, None, None, None]
+    outputs = inputs + 0.1 * sign  # removing alternating flicker: the correction flips every frame
+    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=2.0)), inputs, outputs)
+    for t, out in result[3:-3]:
+        kept = float(np.mean((out - inputs[t]) * sign[t]))
+        assert kept > 0.095  # a Gaussian of sigma 2 passes almost nothing of period 2
+
+
+def test_the_mean_never_crosses_a_cut():
+    inputs = frames(10)
+    outputs = inputs.copy()
+    outputs[:4] += 0.1  # two shots, each with its own steady correction
+    outputs[4:] -= 0.1
+    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=2.0, grid_rows=3), shot_starts=[4]), inputs, outputs)
+    assert all(np.abs(out - inputs[t]).max() < 1e-5 for t, out in result)
+    crossing = run(SlowAppearanceAnchor(AnchorConfig(sigma=2.0, grid_rows=3)), inputs, outputs)
+    assert np.abs(crossing[3][1] - inputs[3]).max() > 0.05  # without the cut the shots would mix
+
+
+def test_outputs_leave_radius_frames_late():
+    anchor = SlowAppearanceAnchor(AnchorConfig(sigma=1.0))
+    pulled = []
+
+    def items():
+        for t, image in enumerate(frames(12)):
+            pulled.append(t)
+            yield t, image, image
+
+    for t, _ in anchor.stream(items()):
+        assert pulled[-1] == min(t + anchor.config.radius, 11)
+
+
+@pytest.mark.parametrize("config", [AnchorConfig(sigma=-1), AnchorConfig(sigma=float("nan")),
+                                    AnchorConfig(grid_rows=0)])
+def test_bad_settings_are_refused(config):
+    with pytest.raises(InputError):
+        SlowAppearanceAnchor(config)
