@@ -13,9 +13,9 @@ def run(anchor, inputs, outputs):
     return list(anchor.stream((t, i, o) for t, (i, o) in enumerate(zip(inputs, outputs))))
 
 
-def test_sigma_zero_passes_outputs_through():
+def test_infinite_sigmas_pass_outputs_through():
     inputs, outputs = frames(5), frames(5, seed=1)
-    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=0)), inputs, outputs)
+    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=float("inf"), global_sigma=float("inf"))), inputs, outputs)
     assert [t for t, _ in result] == list(range(5))
     assert all(np.array_equal(o, outputs[t]) for t, o in result)
 
@@ -35,7 +35,7 @@ def test_a_frame_to_frame_correction_is_mostly_kept():
     inputs = frames(30)
     sign = np.where(np.arange(30) % 2 == 0, 1.0, -1.0).astype(np.float32)[:, None, None, None]
     outputs = inputs + 0.1 * sign  # removing alternating flicker: the correction flips every frame
-    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=2.0)), inputs, outputs)
+    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=2.0, global_sigma=2.0)), inputs, outputs)
     for t, out in result[3:-3]:
         kept = float(np.mean((out - inputs[t]) * sign[t]))
         assert kept > 0.095  # a Gaussian of sigma 2 passes almost nothing of period 2
@@ -65,7 +65,24 @@ def test_outputs_leave_radius_frames_late():
         assert pulled[-1] == min(t + anchor.config.radius, 11)
 
 
-@pytest.mark.parametrize("config", [AnchorConfig(sigma=-1), AnchorConfig(sigma=float("nan")),
+def test_global_and_local_parts_have_their_own_windows():
+    # A global correction swinging every 3 frames is flicker for global_sigma 8 (kept), while the
+    # same swing in the local part is a look for sigma 0.2 (handed back).
+    n = 40
+    inputs = np.full((n, 8, 8, 3), 0.5, np.float32)
+    swing = (0.1 * np.sin(np.arange(n) * 2 * np.pi / 3)).astype(np.float32)
+    glob = inputs + swing[:, None, None, None]
+    local = inputs.copy()
+    local[:, :, :4] += swing[:, None, None, None]
+    local[:, :, 4:] -= swing[:, None, None, None]
+    anchor = lambda: SlowAppearanceAnchor(AnchorConfig(sigma=0.2, global_sigma=8.0, grid_rows=8))  # noqa: E731
+    for t, out in run(anchor(), inputs, glob)[10:-10]:
+        assert abs(float(np.mean(out - inputs[t])) - swing[t]) < 0.01
+    for t, out in run(anchor(), inputs, local)[10:-10]:
+        assert np.abs(out - inputs[t]).max() < 0.01
+
+
+@pytest.mark.parametrize("config", [AnchorConfig(sigma=-1), AnchorConfig(global_sigma=float("nan")),
                                     AnchorConfig(grid_rows=0)])
 def test_bad_settings_are_refused(config):
     with pytest.raises(InputError):

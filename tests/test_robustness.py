@@ -296,6 +296,29 @@ def test_a_killed_pass_is_not_reused(tmp_path, monkeypatch):
     assert read(work / "refine").shape[0] == 4
 
 
+def test_keep_slow_off_is_the_refined_frames_and_default_stays_nearer_the_input(tmp_path, capsys):
+    source = write_pngs(tmp_path / "clip", list(clip(6, h=20, w=28)))
+    work = tmp_path / "work"
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "off", "--method", "neural", "--atlas-steps", "3",
+                           "--keep-work", work, "--keep-slow", "off", "--quiet")
+    assert_clean(code, err)
+    refined, frames = read(work / "refine"), read(source)
+    assert np.abs(read(tmp_path / "off") - refined).max() <= 1.01 / 255
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "default", "--method", "neural", "--atlas-steps",
+                           "3", "--keep-work", work, "--quiet")
+    assert_clean(code, err)
+    anchored = read(tmp_path / "default")
+    assert np.abs(anchored - frames).mean() < np.abs(refined - frames).mean()
+    for bad in ("soon", "nan"):  # argparse's own usage error
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(capsys, "run", source, "-o", tmp_path / "bad", "--method", "neural", "--keep-slow", bad)
+        assert exit_info.value.code == 2 and "--keep-slow" in capsys.readouterr().err
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "bad", "--method", "neural", "--keep-slow", "-1")
+    assert_clean(code, err, expect_code=2)
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "bad", "--keep-slow", "2")  # classical
+    assert_clean(code, err, expect_code=2)
+
+
 def test_presets_map_to_atlas_settings():
     fast = pipeline.atlas_config(RunConfig(method="neural", preset="fast"))
     balanced = pipeline.atlas_config(RunConfig(method="neural"))

@@ -5,8 +5,12 @@ replaces the look the processing gave each stretch of frames (and keeps any stea
 atlas), although flicker is what changes from frame to frame. So the correction D_t = O_t - I_t
 is split in time: its slow part, a Gaussian-weighted mean over neighbouring frames of the same
 shot taken on a coarse grid, is handed back to the input, and the output becomes
-O_t - upsample(slow D_t). The fast part, flicker, is still removed. The mean looks `radius`
-frames ahead, so outputs leave `radius` frames after their inputs arrive.
+O_t - upsample(slow D_t). The fast part, flicker, is still removed.
+
+The frame-wide mean of D_t per channel gets a longer window (global_sigma) than the rest (sigma):
+global flicker, as in old film, lives in that mean and has slow swings too, while the local look of
+a per-frame process changes quickly. The means look `radius` frames ahead, so outputs leave
+`radius` frames after their inputs arrive (the buffer holds that many frames, whatever the length).
 """
 
 from __future__ import annotations
@@ -30,20 +34,27 @@ class AnchorConfig:
     """How much of the input's own look is kept."""
 
     sigma: float = 1.0
-    """Temporal Gaussian sigma, frames, of the correction's slow part (0 disables the anchor)."""
-    grid_rows: int = 64
+    """Temporal Gaussian sigma, frames, of the slow part of the spatially varying correction (inf:
+    none goes back; with global_sigma inf too the anchor is off)."""
+    global_sigma: float = 8.0
+    """Temporal Gaussian sigma, frames, for the frame-wide mean of the correction per channel: global
+    flicker (old film, mains) lives there and is fast, so only truly slow changes go back."""
+    grid_rows: int = 96
     """The correction is averaged on a grid this many rows high (aspect kept), then upsampled."""
 
     def check(self) -> None:
-        if not (self.sigma >= 0 and math.isfinite(self.sigma)):
-            raise InputError(f"anchor sigma must be a finite number >= 0, got {self.sigma}")
+        for name in ("sigma", "global_sigma"):
+            value = getattr(self, name)
+            if not value >= 0:  # inf is allowed: that part of the correction is kept in full
+                raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
         if self.grid_rows < 1:
             raise InputError(f"anchor grid_rows must be >= 1, got {self.grid_rows}")
 
     @property
     def radius(self) -> int:
-        """Frames the mean looks ahead (and back)."""
-        return math.ceil(3 * self.sigma)
+        """Frames the means look ahead (and back)."""
+        finite = [x for x in (self.sigma, self.global_sigma) if math.isfinite(x)]
+        return math.ceil(3 * max(finite, default=0.0))
 
 
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
@@ -65,10 +76,14 @@ class SlowAppearanceAnchor:
         self.config.check()
         self.shot_starts = set(shot_starts) | {0}
         r = self.config.radius
-        self.weights = np.exp(-0.5 * (np.arange(-r, r + 1) / max(self.config.sigma, 1e-6)) ** 2)
+        offsets = np.arange(-r, r + 1)
+        # None: an infinite sigma, nothing of that part goes back; sigma 0 gives everything back.
+        self.local_weights, self.global_weights = (
+            None if math.isinf(sigma) else np.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
+            for sigma in (self.config.sigma, self.config.global_sigma))
 
     def stream(self, items: Iterable[tuple[Tag, np.ndarray, np.ndarray]]) -> Iterator[tuple[Tag, np.ndarray]]:
-        if self.config.sigma == 0:
+        if self.local_weights is None and self.global_weights is None:
             for tag, _, output in items:
                 yield tag, output
             return
@@ -80,7 +95,9 @@ class SlowAppearanceAnchor:
                 yield from self._emit(shot, done, len(shot))
                 shot.clear()
                 done = 0
-            shot.append((tag, output, _coarse(output - frame, self.config.grid_rows)))
+            local = _coarse(output - frame, self.config.grid_rows)
+            frame_mean = local.reshape(-1, 3).mean(0)
+            shot.append((tag, output, local - frame_mean, frame_mean))
             if len(shot) - done > r:  # frame `done` now has its whole look-ahead
                 yield from self._emit(shot, done, done + 1)
                 done += 1
@@ -93,9 +110,12 @@ class SlowAppearanceAnchor:
         r = self.config.radius
         for i in range(start, stop):
             lo, hi = max(0, i - r), min(len(shot), i + r + 1)
-            w = self.weights[lo - i + r : hi - i + r]
-            slow = sum(wk * shot[k][2] for wk, k in zip(w, range(lo, hi))) / w.sum()
-            tag, output, _ = shot[i]
+            slow = np.zeros(shot[i][2].shape, np.float32)
+            for weights, part in ((self.local_weights, 2), (self.global_weights, 3)):
+                if weights is not None:
+                    w = weights[lo - i + r : hi - i + r]
+                    slow = slow + sum(wk * shot[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+            tag, output = shot[i][:2]
             h, wd = output.shape[:2]
             if slow.shape[:2] != (h, wd):
                 slow = cv2.resize(slow, (wd, h), interpolation=cv2.INTER_LINEAR)

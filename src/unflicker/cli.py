@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -46,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "preset's)")
     run.add_argument("--stop-after", choices=("atlas", "filter", "refine"),
                      help="neural: stop after this stage; its frames go to --keep-work DIR, no output is written")
-    run.add_argument("--keep-slow", type=float, default=None, metavar="FRAMES",
-                     help="neural: keep the input's own changes of look that last longer than about this many "
-                          "frames (a Gaussian sigma; default 1); only faster changes count as flicker. "
-                          "0 gives every frame the atlas's look, as the paper does")
+    run.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
+                     help="neural: keep the input's own local changes of look that last longer than about this "
+                          "many frames (a Gaussian sigma; default 1); only faster changes count as flicker. "
+                          "Larger keeps less; 'off' gives every frame the atlas's look, as the paper does")
     run.add_argument("--strength", type=float, default=1.0, metavar="S",
                      help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own look")
     run.add_argument("--crf", type=int, default=18, help="H.264 quality for .mp4/.mov (default 18)")
@@ -83,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, text) in DELEGATES.items():
         commands.add_parser(name, help=text, add_help=False)  # parsed by the training script itself
     return parser
+
+
+def _frames_or_off(text: str) -> float:
+    if text.strip().lower() == "off":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of frames or 'off', got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a number of frames or 'off', got {text!r}")
+    return value
 
 
 def _run(args) -> int:

@@ -8,6 +8,7 @@ Each pass, and a method's fit between them, shows a progress bar with an ETA on 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -106,9 +107,9 @@ class RunConfig:
     """neural: last stage to run ('atlas' or 'filter'); the output is then not written, only
     the stages kept in keep_work."""
     keep_slow: float | None = None
-    """neural: Gaussian sigma, in frames, of the changes of look kept from the input (see
-    unflicker.anchor); faster changes count as flicker. 0 gives every frame the atlas's look (the
-    paper's method); None: ANCHOR_SIGMA."""
+    """neural: Gaussian sigma, in frames, of the local changes of look kept from the input (see
+    unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
+    the atlas's look, as in the paper. None: ANCHOR_SIGMA."""
     strength: float = 1.0
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input).
     Below 1 keeps more of each frame's own look (e.g. a per-frame colorization) at the cost of
@@ -140,8 +141,8 @@ class RunConfig:
             raise InputError(f"--crf must be in 0..51, got {self.crf}")
         if self.atlas_steps is not None and self.atlas_steps < 1:
             raise InputError(f"--atlas-steps must be at least 1, got {self.atlas_steps}")
-        if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0):
-            raise InputError(f"--keep-slow must be in 0..50 frames, got {self.keep_slow}")
+        if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
+            raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
         if self.method != "neural" and (self.stop_after or self.atlas or self.atlas_steps
                                         or self.keep_slow is not None):
             raise InputError("--stop-after, --atlas, --atlas-steps and --keep-slow apply to --method neural only")
@@ -240,6 +241,8 @@ def _anchor(method: Method, config: RunConfig, n_frames: int):
     atlas = getattr(method, "atlas", None)
     if atlas is None or n_frames < 2 or config.stop_after is not None:
         return SlowAppearanceAnchor(AnchorConfig(sigma=0.0))
+    if config.keep_slow == math.inf:
+        return SlowAppearanceAnchor(AnchorConfig(sigma=math.inf, global_sigma=math.inf))
     sigma = ANCHOR_SIGMA if config.keep_slow is None else config.keep_slow
     return SlowAppearanceAnchor(AnchorConfig(sigma=sigma), [shot.start for shot in atlas.shots])
 
