@@ -39,7 +39,7 @@ def run_cli(capsys, *argv):
 def test_run_then_eval_shows_less_flicker(tmp_path, clips, capsys):
     clean, flickering = clips
     output = tmp_path / "out"
-    code, out, err = run_cli(capsys, "run", flickering, "-o", output, "--quiet")
+    code, out, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", output, "--quiet")
     assert code == 0 and "wrote" in out and "Traceback" not in err
     assert sorted(p.name for p in output.iterdir()) == sorted(p.name for p in flickering.iterdir())
     code, out, _ = run_cli(capsys, "eval", output, "--reference", clean, "--ground-truth", clean, "--json")
@@ -74,7 +74,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, clips, capsys, case
         cv2.imwrite(str(flickering / "99.png"), np.zeros((10, 10, 3), np.uint8))
     elif case == "bad_extension":
         output = tmp_path / "out.xyz"
-    code, out, err = run_cli(capsys, "run", source, "-o", output, "--quiet")
+    code, out, err = run_cli(capsys, "run", "--method", "classical", source, "-o", output, "--quiet")
     assert code != 0
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("unflicker: error:"), err
@@ -86,7 +86,7 @@ def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, clips, capsys, case
 
 def test_single_frame_is_copied_with_a_warning(tmp_path, capsys):
     source = write_folder(tmp_path / "one", [np.full((9, 13, 3), 0.5, np.float32)])
-    code, out, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mkv", "--quiet")
+    code, out, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mkv", "--quiet")
     assert code == 0 and "single frame" in err
     assert io.probe(tmp_path / "out.mkv").frame_count == 1
 
@@ -95,7 +95,7 @@ def test_unwritable_output_folder(tmp_path, clips, capsys, monkeypatch):
     # CI runs as root, which can write anywhere, so the permission answer is simulated.
     _, flickering = clips
     monkeypatch.setattr(io.os, "access", lambda path, mode: False)
-    code, _, err = run_cli(capsys, "run", flickering, "-o", tmp_path / "out.mp4", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "out.mp4", "--quiet")
     assert code != 0 and "not writable" in err
 
 
@@ -109,7 +109,7 @@ def test_module_entry_point_runs(tmp_path, clips):
 def test_compare_and_plot_beside_the_output_respect_overwrite(tmp_path, clips, capsys):
     _, flickering = clips
     output, compare, plot = tmp_path / "out.mp4", tmp_path / "compare.mp4", tmp_path / "brightness.png"
-    code, out, err = run_cli(capsys, "run", flickering, "-o", output, "--compare", compare, "--plot", plot, "--quiet")
+    code, out, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", output, "--compare", compare, "--plot", plot, "--quiet")
     assert code == 0 and err == ""
     assert f"wrote {compare}" in out and f"wrote {plot}" in out
     assert out.strip().splitlines()[-1].startswith(f"wrote {output}")  # the summary stays the last line
@@ -122,10 +122,10 @@ def test_compare_and_plot_beside_the_output_respect_overwrite(tmp_path, clips, c
     assert picture is not None and picture.ndim == 3 and len(np.unique(picture.reshape(-1, 3), axis=0)) > 10
     # An existing compare file stops a new run before any work, without --overwrite only.
     stamp = compare.stat().st_mtime_ns
-    code, _, err = run_cli(capsys, "run", flickering, "-o", tmp_path / "other.mp4", "--compare", compare, "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "other.mp4", "--compare", compare, "--quiet")
     assert code == 3 and "exists" in err and len(err.strip().splitlines()) == 1
     assert compare.stat().st_mtime_ns == stamp and not (tmp_path / "other.mp4").exists()
-    code, _, _ = run_cli(capsys, "run", flickering, "-o", output, "--compare", compare, "--plot", plot, "--quiet",
+    code, _, _ = run_cli(capsys, "run", "--method", "classical", flickering, "-o", output, "--compare", compare, "--plot", plot, "--quiet",
                          "--overwrite")
     assert code == 0
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name or p.name.startswith(".")] == []

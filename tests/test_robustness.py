@@ -90,7 +90,7 @@ def luma_flicker(frames):
 def test_grey_video_stays_grey_in_mkv(tmp_path, capsys):
     frames = clip(6)[..., 1]  # (T, H, W) grey
     source = write_video(tmp_path / "grey.mkv", list(frames), codec="ffv1", pix_fmt="gray")
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mkv", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mkv", "--quiet")
     assert_clean(code, err)
     info = io.probe(tmp_path / "out.mkv")
     assert (info.frame_count, info.width, info.height, info.pixel_format) == (6, 32, 24, "gray")
@@ -99,13 +99,13 @@ def test_grey_video_stays_grey_in_mkv(tmp_path, capsys):
 
 def test_grey_png_folder_gives_grey_pngs_and_a_colour_mp4(tmp_path, capsys):
     source = write_pngs(tmp_path / "grey", list(clip(6)[..., 0]))
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err)
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == sorted(p.name for p in source.iterdir())
     image = cv2.imread(str(tmp_path / "out" / "0.png"), cv2.IMREAD_UNCHANGED)
     assert image.shape == (24, 32)  # one channel, as the input
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mp4", "--quiet")
     assert_clean(code, err)
     assert io.probe(tmp_path / "out.mp4").frame_count == 6
 
@@ -113,7 +113,7 @@ def test_grey_png_folder_gives_grey_pngs_and_a_colour_mp4(tmp_path, capsys):
 def test_mixed_grey_and_colour_folder_is_one_error_line(tmp_path, capsys):
     frames = clip(4)
     source = write_pngs(tmp_path / "mixed", [frames[0, ..., 0], *frames[1:]])
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err, expect_code=2)
     assert "mixed grey and colour" in err and not (tmp_path / "out").exists()
 
@@ -123,13 +123,13 @@ def test_rgba_frames_keep_alpha_in_a_folder_and_warn_for_video(tmp_path, capsys)
     alpha = np.random.default_rng(1).integers(0, 256, rgb.shape[:3], dtype=np.uint8)
     source = write_pngs(tmp_path / "rgba", list(np.concatenate([rgb, alpha[..., None]], axis=3)))
     assert io.probe(source).has_alpha
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err)
     for i in range(5):
         written = cv2.imread(str(tmp_path / "out" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
         assert written.shape == (24, 32, 4) and np.array_equal(written[..., 3], alpha[i])
     assert luma_flicker(read(tmp_path / "out")) < 0.5 * luma_flicker(rgb / 255.0)
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mp4", "--quiet")
     assert_clean(code, err)
     assert "alpha channel is dropped" in err and io.probe(tmp_path / "out.mp4").frame_count == 5
 
@@ -137,7 +137,7 @@ def test_rgba_frames_keep_alpha_in_a_folder_and_warn_for_video(tmp_path, capsys)
 @pytest.mark.parametrize("output", ["out.mp4", "out"])
 def test_odd_tiny_size_is_kept(tmp_path, capsys, output):
     source = write_pngs(tmp_path / "odd", list(clip(6, h=17, w=33)))
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / output, "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / output, "--quiet")
     assert_clean(code, err)
     result = read(tmp_path / output)
     assert result.shape == (6, 17, 33, 3)
@@ -149,7 +149,7 @@ def test_odd_tiny_size_is_kept(tmp_path, capsys, output):
 def test_very_dark_and_very_bright_clips_stay_so_with_less_flicker(tmp_path, capsys, base):
     frames = clip(10, base=base, spread=0.02, flicker=0.02 / base)
     source = write_pngs(tmp_path / "clip", list(frames))
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err)
     result, before = read(tmp_path / "out"), frames / 255.0
     assert result.shape == before.shape and np.isfinite(result).all()
@@ -160,7 +160,7 @@ def test_very_dark_and_very_bright_clips_stay_so_with_less_flicker(tmp_path, cap
 def test_static_clip_is_left_alone(tmp_path, capsys):
     frames = np.repeat(clip(1, flicker=0), 8, axis=0)
     source = write_pngs(tmp_path / "static", list(frames))
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err)
     assert np.abs(read(tmp_path / "out") * 255 - frames).max() <= 2
 
@@ -168,7 +168,7 @@ def test_static_clip_is_left_alone(tmp_path, capsys):
 def test_pure_noise_clip_runs_and_keeps_its_level(tmp_path, capsys):
     frames = np.random.default_rng(5).integers(0, 256, (8, 24, 32, 3), dtype=np.uint8)
     source = write_pngs(tmp_path / "noise", list(frames))
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mkv", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mkv", "--quiet")
     assert_clean(code, err)
     result = read(tmp_path / "out.mkv")
     assert result.shape == frames.shape and abs(result.mean() - frames.mean() / 255) < 0.05
@@ -177,7 +177,7 @@ def test_pure_noise_clip_runs_and_keeps_its_level(tmp_path, capsys):
 def test_variable_frame_rate_keeps_timestamps(tmp_path, capsys):
     pts = [0, 40, 80, 200, 240, 400, 440, 480]
     source = write_video(tmp_path / "vfr.mp4", list(clip(len(pts))), pts=pts)
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mp4", "--quiet")
     assert_clean(code, err)
     with av.open(str(tmp_path / "out.mp4")) as container:
         times = [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)]
@@ -191,7 +191,7 @@ def test_variable_frame_rate_keeps_timestamps(tmp_path, capsys):
 ])
 def test_bad_option_combinations_are_one_line(tmp_path, capsys, argv, message):
     source = write_pngs(tmp_path / "clip", list(clip(3)))
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mp4", "--quiet", *argv)
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out.mp4", "--quiet", *argv)
     assert code != 0 and message in err
     assert_clean(code, err, expect_code=code)
 
@@ -205,8 +205,10 @@ def test_neural_rejects_frames_too_small_for_its_flow(tmp_path, capsys, h, w):
     code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet", "--method", "neural")
     assert_clean(code, err, expect_code=2)
     assert "too small" in err
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")  # classical copes
+    # The default method falls back to the classical one, which copes, and says so.
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err)
+    assert "using the classical one" in err
 
 
 def test_neural_odd_tiny_clip_through_the_filter(tmp_path):
@@ -296,6 +298,24 @@ def test_a_killed_pass_is_not_reused(tmp_path, monkeypatch):
     assert read(work / "refine").shape[0] == 4
 
 
+def test_classical_output_is_not_touched_by_the_anchor():
+    frames = clip(8, h=24, w=32)
+    floats = [io.to_float(f) for f in frames]
+    method = pipeline.ClassicalDeflicker(pipeline.ClassicalConfig())
+    method.analyze(iter(floats))
+    direct = np.stack([np.clip(method.process(t, f), 0, 1) for t, f in enumerate(floats)])
+    via_pipeline = np.stack(list(pipeline.deflicker_frames(floats, RunConfig(method="classical", progress=False))))
+    assert np.abs(via_pipeline - direct).max() < 1e-6
+
+
+def test_default_method_is_neural(tmp_path, capsys):
+    source = write_pngs(tmp_path / "clip", list(clip(4, h=20, w=28)))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--atlas-steps", "3",
+                           "--keep-work", tmp_path / "work", "--quiet")
+    assert_clean(code, err)
+    assert (tmp_path / "work" / "refine").is_dir()
+
+
 def test_keep_slow_off_is_the_refined_frames_and_default_stays_nearer_the_input(tmp_path, capsys):
     source = write_pngs(tmp_path / "clip", list(clip(6, h=20, w=28)))
     work = tmp_path / "work"
@@ -315,7 +335,7 @@ def test_keep_slow_off_is_the_refined_frames_and_default_stays_nearer_the_input(
         assert exit_info.value.code == 2 and "--keep-slow" in capsys.readouterr().err
     code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "bad", "--method", "neural", "--keep-slow", "-1")
     assert_clean(code, err, expect_code=2)
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "bad", "--keep-slow", "2")  # classical
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "bad", "--keep-slow", "2")  # classical
     assert_clean(code, err, expect_code=2)
 
 
@@ -348,14 +368,14 @@ class FittingMethod:
 def test_progress_bars_for_every_stage_unless_quiet(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(pipeline.METHODS, "classical", lambda config, progress: FittingMethod(progress))
     source = write_pngs(tmp_path / "clip", list(clip(6)))
-    code, out, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--compare", tmp_path / "cmp.mp4")
+    code, out, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out", "--compare", tmp_path / "cmp.mp4")
     assert code == 0
     for stage in ("decode+analyse", "atlas", "process", "compare"):
         assert f"{stage}: " in err
     assert "/6 [" in err and "<" in err  # tqdm's done/total [elapsed<remaining (the ETA)
     assert "atlas:  50%" in err or "atlas: 100%" in err
     assert out.strip().splitlines()[-1].startswith("wrote") and "flicker index" in out
-    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out2", "--quiet")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", source, "-o", tmp_path / "out2", "--quiet")
     assert code == 0 and err == ""
 
 
@@ -363,23 +383,23 @@ def test_progress_bars_for_every_stage_unless_quiet(tmp_path, capsys, monkeypatc
 
 def test_api_on_arrays_keeps_dtype_and_shape(tmp_path):
     frames = clip(8)
-    out = unflicker.deflicker(frames, progress=False)
+    out = unflicker.deflicker(frames, method="classical", progress=False)
     assert out.dtype == np.uint8 and out.shape == frames.shape
     assert luma_flicker(out / 255.0) < 0.5 * luma_flicker(frames / 255.0)
     floats = [f.astype(np.float64) / 255 for f in frames]
-    out_f = unflicker.deflicker(floats, progress=False)
+    out_f = unflicker.deflicker(floats, method="classical", progress=False)
     assert out_f.dtype == np.float64 and out_f.shape == frames.shape
     assert np.abs(out_f * 255 - out).max() <= 1.01
-    grey = unflicker.deflicker(frames[..., 0], progress=False)
+    grey = unflicker.deflicker(frames[..., 0], method="classical", progress=False)
     assert grey.shape == frames.shape[:3] and grey.dtype == np.uint8
     alpha = np.random.default_rng(2).integers(0, 256, frames.shape[:3] + (1,), dtype=np.uint8)
-    rgba = unflicker.deflicker(np.concatenate([frames, alpha], axis=3), progress=False)
+    rgba = unflicker.deflicker(np.concatenate([frames, alpha], axis=3), method="classical", progress=False)
     assert np.array_equal(rgba[..., 3:], alpha) and np.array_equal(rgba[..., :3], out)
 
 
 def test_api_on_files_returns_the_summary(tmp_path):
     source = write_pngs(tmp_path / "clip", list(clip(6)))
-    summary = unflicker.deflicker(source, tmp_path / "out.mp4", plot=tmp_path / "plot.png", progress=False)
+    summary = unflicker.deflicker(source, tmp_path / "out.mp4", plot=tmp_path / "plot.png", method="classical", progress=False)
     assert summary.frames == 6 and summary.flicker_after < summary.flicker_before
     plot = cv2.imread(str(tmp_path / "plot.png"))
     assert plot is not None and plot.shape[0] > 100 and (plot < 250).any()
@@ -397,7 +417,7 @@ def test_api_on_files_returns_the_summary(tmp_path):
 ])
 def test_api_bad_arguments_raise_input_errors(args, kwargs):
     with pytest.raises(InputError):
-        unflicker.deflicker(*args, progress=False, **kwargs)
+        unflicker.deflicker(*args, method="classical", progress=False, **kwargs)
 
 
 def test_import_is_cheap():
@@ -408,11 +428,11 @@ def test_import_is_cheap():
 
 def test_strength_blends_the_correction_with_the_input():
     frames = clip(8).astype(np.float32) / 255
-    full = unflicker.deflicker(frames, progress=False)
-    none = unflicker.deflicker(frames, progress=False, strength=0.0)
-    half = unflicker.deflicker(frames, progress=False, strength=0.5)
+    full = unflicker.deflicker(frames, method="classical", progress=False)
+    none = unflicker.deflicker(frames, method="classical", progress=False, strength=0.0)
+    half = unflicker.deflicker(frames, method="classical", progress=False, strength=0.5)
     assert np.abs(none - frames).max() < 1e-6
     np.testing.assert_allclose(half, 0.5 * (frames + full), atol=1e-5)
     assert luma_flicker(frames) > luma_flicker(half) > luma_flicker(full)
     with pytest.raises(InputError):
-        unflicker.deflicker(frames, progress=False, strength=1.5)
+        unflicker.deflicker(frames, method="classical", progress=False, strength=1.5)

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 __all__ = ["InputError", "OutputError", "UnflickerError", "WeightsError", "__version__", "deflicker"]
 
 
-def deflicker(frames_or_path, output=None, method="classical", **options):
+def deflicker(frames_or_path, output=None, method=None, **options):
     """Remove flicker from a video file, a frame folder, or an in-memory clip.
 
     See `unflicker.api.deflicker` for the arguments. Imported on first call so that

@@ -17,7 +17,7 @@ from unflicker.pipeline import RunConfig, RunSummary, deflicker_file, deflicker_
 _FILE_OPTIONS = ("stop_after", "crf", "overwrite", "keep_work", "compare", "plot")
 
 
-def _config(method: str, options: dict) -> RunConfig:
+def _config(method: str | None, options: dict) -> RunConfig:
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"method"}
     unknown = sorted(set(options) - names)
     if unknown:
@@ -77,7 +77,7 @@ class _FloatFrames(Sequence):
         return out.astype(self.dtype)
 
 
-def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: str = "classical",
+def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: str | None = None,
               **options) -> RunSummary | np.ndarray:
     """Remove flicker from a video file, a frame folder, or an in-memory clip.
 
@@ -85,7 +85,7 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     a list of (H, W, 3) frames, uint8, uint16 or float in [0, 1]. Grey (T, H, W) / (T, H, W, 1)
     and RGBA (T, H, W, 4) clips work too; alpha is passed through unchanged.
     output: for a path, where to write (video by extension, else a folder of PNG frames).
-    method: 'classical' or 'neural'.
+    method: 'neural' or 'classical' (None: neural, or classical for frames too small for it).
     options: RunConfig fields: preset, atlas, atlas_steps, keep_slow, strength, progress; for files also crf,
     overwrite, keep_work, stop_after, compare, plot.
     Returns the RunSummary for a path, else the deflickered clip as an array with the input's

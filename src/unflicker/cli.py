@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", type=Path, help="video file (anything FFmpeg reads) or folder of frames")
     run.add_argument("-o", "--output", type=Path,
                      help="output .mp4 (H.264), .mkv (FFV1 lossless), .mov, or a folder of PNG frames")
-    run.add_argument("--method", choices=sorted(METHODS), default="classical",
-                     help="classical (fast statistics matching) or neural (atlas + filter, the paper's method)")
+    run.add_argument("--method", choices=sorted(METHODS), default=None,
+                     help="neural (default: the paper's atlas, filter and refinement) or classical (fast "
+                          "statistics matching; also used, with a warning, for frames too small for neural)")
     run.add_argument("--preset", choices=tuple(PRESETS),
                      help="neural: fast (coarser, shorter atlas fit), balanced (default) or paper (MLP atlas, "
                           "the paper's settings; slow on a CPU)")
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make a flickering clip from bundled photos and deflicker it")
     demo.add_argument("--out-dir", type=Path, default=Path("demo"))
     demo.add_argument("--frames", type=int, default=48)
-    demo.add_argument("--method", choices=sorted(METHODS), default="classical")
+    demo.add_argument("--method", choices=sorted(METHODS), default=None, help="default: neural")
 
     for name, (_, text) in DELEGATES.items():
         commands.add_parser(name, help=text, add_help=False)  # parsed by the training script itself

@@ -43,7 +43,7 @@ def _write_clip(frames: np.ndarray, path: Path) -> None:
             writer.write(frame)
 
 
-def run_demo(out_dir: str | Path, n_frames: int = 48, method: str = "classical") -> Iterator[str]:
+def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None) -> Iterator[str]:
     """Write input.mp4, output.mp4 and compare.mp4 into `out_dir`, yielding one line per step."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

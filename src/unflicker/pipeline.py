@@ -69,14 +69,30 @@ def atlas_config(config: RunConfig) -> AtlasConfig:
     return AtlasConfig(**fields)
 
 
-def _check_neural_size(height: int, width: int, config: RunConfig) -> None:
+def _neural_fits(height: int, width: int, config: RunConfig) -> tuple[bool, int, int]:
+    """(whether the neural method can take frames of this size, the atlas-resolution size)."""
     from unflicker.atlas import atlas_size
 
     low_h, low_w = atlas_size(height, width, atlas_config(config).resolution)
-    if min(height, width, low_h, low_w) < NEURAL_MIN_SIDE:
-        raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its optical "
-                         f"flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, {low_w}x{low_h} "
-                         f"here): use the classical method")
+    return min(height, width, low_h, low_w) >= NEURAL_MIN_SIDE, low_h, low_w
+
+
+def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) -> RunConfig:
+    """The config with its method named: the default (None) is neural, or classical for frames too
+    small for the neural method's flow (with a warning); an explicit neural method is checked."""
+    if config.method == "classical" or n_frames < 2:
+        return config if config.method else dataclasses.replace(config, method="neural")
+    fits, low_h, low_w = _neural_fits(height, width, config)
+    if fits:
+        return config if config.method else dataclasses.replace(config, method="neural")
+    if config.method is None and not (config.stop_after or config.atlas or config.atlas_steps
+                                      or config.keep_slow is not None):
+        warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical one",
+                      stacklevel=3)
+        return dataclasses.replace(config, method="classical", preset=None)
+    raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its optical "
+                     f"flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, {low_w}x{low_h} "
+                     f"here): use the classical method")
 
 
 def _neural(config: RunConfig, progress: Progress | None) -> Method:
@@ -95,8 +111,8 @@ METHODS: dict[str, Callable[[RunConfig, Progress | None], Method]] = {
 class RunConfig:
     """Options of one `unflicker run`."""
 
-    method: str = "classical"
-    """Name in METHODS."""
+    method: str | None = None
+    """Name in METHODS; None: 'neural', or 'classical' (with a warning) for frames too small for it."""
     preset: str | None = None
     """neural: name in PRESETS, 'fast', 'balanced' or 'paper' (None: balanced)."""
     atlas: str | None = None
@@ -131,7 +147,7 @@ class RunConfig:
 
     def check(self) -> None:
         """Raise InputError / OutputError on options that cannot work together."""
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.preset is not None and self.preset not in PRESETS:
             raise InputError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
@@ -143,8 +159,8 @@ class RunConfig:
             raise InputError(f"--atlas-steps must be at least 1, got {self.atlas_steps}")
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
-        if self.method != "neural" and (self.stop_after or self.atlas or self.atlas_steps
-                                        or self.keep_slow is not None):
+        if self.method not in (None, "neural") and (self.stop_after or self.atlas or self.atlas_steps
+                                                    or self.keep_slow is not None):
             raise InputError("--stop-after, --atlas, --atlas-steps and --keep-slow apply to --method neural only")
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
@@ -239,18 +255,14 @@ def _anchor(method: Method, config: RunConfig, n_frames: int):
     from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 
     atlas = getattr(method, "atlas", None)
-    if atlas is None or n_frames < 2 or config.stop_after is not None:
-        return SlowAppearanceAnchor(AnchorConfig(sigma=0.0))
-    if config.keep_slow == math.inf:
-        return SlowAppearanceAnchor(AnchorConfig(sigma=math.inf, global_sigma=math.inf))
+    if atlas is None or n_frames < 2 or config.stop_after is not None or config.keep_slow == math.inf:
+        return SlowAppearanceAnchor(AnchorConfig(sigma=math.inf, global_sigma=math.inf))  # passes outputs through
     sigma = ANCHOR_SIGMA if config.keep_slow is None else config.keep_slow
     return SlowAppearanceAnchor(AnchorConfig(sigma=sigma), [shot.start for shot in atlas.shots])
 
 
 def _check_input(info: io.VideoInfo, output: Path | None, config: RunConfig) -> None:
     """Refuse inputs the method cannot handle and say what will be lost, before any work starts."""
-    if config.method == "neural" and info.frame_count > 1:
-        _check_neural_size(info.height, info.width, config)
     if config.preset is not None and config.method != "neural":
         warnings.warn("--preset only affects --method neural; ignored", stacklevel=3)
     if info.has_alpha and output is not None and not io.is_folder_output(output):
@@ -284,6 +296,7 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
     config.check()
     start = time.perf_counter()
     info = io.probe(input_path)
+    config = resolve_method(config, info.height, info.width, info.frame_count)
     write_output = config.stop_after is None
     output = io.check_output(input_path, output_path, config.overwrite) if write_output else None
     _check_extras(input_path, output, config)
@@ -400,8 +413,7 @@ def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = No
     first = np.asarray(next(iter(frames)))
     if first.ndim != 3 or first.shape[2] != 3:
         raise InputError(f"expected frames of shape (H, W, 3), got {first.shape}")
-    if config.method == "neural" and n > 1:
-        _check_neural_size(first.shape[0], first.shape[1], config)
+    config = resolve_method(config, first.shape[0], first.shape[1], n)
     if n == 1:
         yield np.clip(first, 0.0, 1.0).astype(np.float32)
         return
