@@ -175,6 +175,23 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join([header] + [_format_row(r) for r in rows])
 
 
+METHOD_ORDER = ("input", "clean", "ffmpeg", "classical", "neural")
+
+
+def merge(parts: list[Path]) -> list[dict]:
+    """Rows of several runs' JSON files as one table; a later file's row replaces an earlier one of
+    the same case and method (e.g. a rerun of one method). Cases keep their first order."""
+    rows: dict[tuple[str, str], dict] = {}
+    for part in parts:
+        for row in json.loads(part.read_text()):
+            rows[(row["case"], row["method"])] = row
+    cases = list(dict.fromkeys(case for case, _ in rows))
+    rank = lambda method: next((i for i, m in enumerate(METHOD_ORDER) if method.startswith(m)),  # noqa: E731
+                               len(METHOD_ORDER))
+    return [rows[key] for case in cases
+            for key in sorted((k for k in rows if k[0] == case), key=lambda k: (rank(k[1]), k[1]))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent.parent / "shared" / "data")
@@ -184,7 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--cases", nargs="+", metavar="PATTERN", help="only cases matching these globs, e.g. 'synth/*'")
     parser.add_argument("--name", default="latest", help="file stem of the written table (default %(default)s)")
+    parser.add_argument("--merge", nargs="+", metavar="NAME",
+                        help="write --name from earlier runs' results/NAME.json (later ones win) instead of running")
     args = parser.parse_args(argv)
+    if args.merge:
+        rows = merge([args.out / f"{name}.json" for name in args.merge])
+        note = f"Merged from {', '.join(args.merge)} (see their .md files for when and how each ran).\n\n"
+        (args.out / f"{args.name}.md").write_text(note + markdown_table(rows) + "\n")
+        (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=1))
+        print(markdown_table(rows))
+        return 0
     if not args.data.is_dir():
         parser.error(f"no data folder at {args.data}")
     work = Path(tempfile.mkdtemp(prefix="unflicker-bench-"))
