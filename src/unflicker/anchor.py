@@ -88,34 +88,36 @@ class SlowAppearanceAnchor:
                 yield tag, output
             return
         r = self.config.radius
-        shot: deque = deque()  # (tag, output, coarse correction) of the current shot, oldest first
-        done = 0  # entries of `shot` already yielded
+        # The coarse corrections of the current shot from r frames back to the newest, and the
+        # full-resolution outputs not yet yielded (only r + 1 of those are ever held).
+        coarse: deque = deque()
+        pending: deque = deque()
         for t, (tag, frame, output) in enumerate(items):
-            if t in self.shot_starts and shot:
-                yield from self._emit(shot, done, len(shot))
-                shot.clear()
-                done = 0
+            if t in self.shot_starts and coarse:
+                yield from self._emit(coarse, pending, len(pending))
+                coarse.clear()
             local = _coarse(output - frame, self.config.grid_rows)
             frame_mean = local.reshape(-1, 3).mean(0)
-            shot.append((tag, output, local - frame_mean, frame_mean))
-            if len(shot) - done > r:  # frame `done` now has its whole look-ahead
-                yield from self._emit(shot, done, done + 1)
-                done += 1
-                while done > r:  # older frames are never looked back to again
-                    shot.popleft()
-                    done -= 1
-        yield from self._emit(shot, done, len(shot))
+            coarse.append((local - frame_mean, frame_mean))
+            pending.append((tag, output))
+            if len(pending) > r:  # the oldest pending frame now has its whole look-ahead
+                yield from self._emit(coarse, pending, 1)
+                while len(coarse) - len(pending) > r:  # older frames are never looked back to again
+                    coarse.popleft()
+        yield from self._emit(coarse, pending, len(pending))
 
-    def _emit(self, shot: deque, start: int, stop: int) -> Iterator[tuple[Tag, np.ndarray]]:
+    def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
+        """Yield the `count` oldest pending frames, anchored."""
         r = self.config.radius
-        for i in range(start, stop):
-            lo, hi = max(0, i - r), min(len(shot), i + r + 1)
-            slow = np.zeros(shot[i][2].shape, np.float32)
-            for weights, part in ((self.local_weights, 2), (self.global_weights, 3)):
+        for _ in range(count):
+            i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
+            lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
+            slow = np.zeros(coarse[i][0].shape, np.float32)
+            for weights, part in ((self.local_weights, 0), (self.global_weights, 1)):
                 if weights is not None:
                     w = weights[lo - i + r : hi - i + r]
-                    slow = slow + sum(wk * shot[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
-            tag, output = shot[i][:2]
+                    slow = slow + sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+            tag, output = pending.popleft()
             h, wd = output.shape[:2]
             if slow.shape[:2] != (h, wd):
                 slow = cv2.resize(slow, (wd, h), interpolation=cv2.INTER_LINEAR)

@@ -339,9 +339,12 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
                 else:
                     results = _as_stages(method.process(frame.index, image), config.method)
                 stages.write(results, frame.name)
-                yield (frame, image), image, list(results.values())[-1]
+                yield frame, image, list(results.values())[-1]
 
-        for (frame, image), out in _anchor(method, config, info.frame_count).stream(processed()):
+        # The anchor holds frames back for its look-ahead: only the decoded frame travels with
+        # each (a quarter of its float copy, which is made again below).
+        for frame, out in _anchor(method, config, info.frame_count).stream(processed()):
+            image = io.to_float(frame.image)
             final = _blend(image, out, config.strength)
             before.append(_channel_means(image))
             after.append(_channel_means(final))
