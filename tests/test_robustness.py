@@ -184,6 +184,38 @@ def test_variable_frame_rate_keeps_timestamps(tmp_path, capsys):
     assert times == [p / 1000 for p in pts]
 
 
+def _neural_inputs(tmp_path):
+    """name -> (input path, output name): the extremes above, for the default (neural) method."""
+    rgb = clip(6)
+    alpha = np.random.default_rng(1).integers(0, 256, rgb.shape[:3], dtype=np.uint8)
+    return {
+        "grey": (write_video(tmp_path / "grey.mkv", list(rgb[..., 1]), codec="ffv1", pix_fmt="gray"), "out.mkv"),
+        "rgba": (write_pngs(tmp_path / "rgba", list(np.concatenate([rgb, alpha[..., None]], axis=3))), "out"),
+        "dark": (write_pngs(tmp_path / "dark", list(clip(6, base=0.02, spread=0.02, flicker=1.0))), "out"),
+        "bright": (write_pngs(tmp_path / "bright", list(clip(6, base=0.97, spread=0.02, flicker=0.02))), "out"),
+        "static": (write_pngs(tmp_path / "static", list(np.repeat(clip(1, flicker=0), 6, axis=0))), "out"),
+        "noise": (write_pngs(tmp_path / "noise", list(np.random.default_rng(5).integers(0, 256, (6, 24, 32, 3),
+                                                                                      dtype=np.uint8))), "out"),
+        "vfr": (write_video(tmp_path / "vfr.mp4", list(clip(6)), pts=[0, 40, 80, 200, 240, 400]), "out.mp4"),
+    }
+
+
+@pytest.mark.parametrize("name", ["grey", "rgba", "dark", "bright", "static", "noise", "vfr"])
+def test_default_neural_method_on_extreme_inputs(tmp_path, capsys, name):
+    source, output = _neural_inputs(tmp_path)[name]
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / output, "--atlas-steps", "5", "--quiet")
+    assert_clean(code, err)
+    before, after = read(source), read(tmp_path / output)
+    assert after.shape == before.shape and np.isfinite(after).all()
+    assert io.probe(tmp_path / output).pixel_format == io.probe(source).pixel_format or output.endswith(".mp4")
+    assert abs(after.mean() - before.mean()) < 0.05  # the level is kept
+    if name == "static":
+        assert np.abs(after - before).max() <= 3 / 255  # nothing to do, nothing done
+    if name == "rgba":
+        assert np.array_equal(cv2.imread(str(tmp_path / "out" / "0.png"), cv2.IMREAD_UNCHANGED)[..., 3],
+                              cv2.imread(str(source / "0.png"), cv2.IMREAD_UNCHANGED)[..., 3])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--crf", "99"], "crf"),
     (["--stop-after", "atlas", "--keep-work", "w"], "neural only"),
