@@ -1,11 +1,11 @@
 """End-to-end speed and peak memory of `unflicker run`, timed from outside with /usr/bin/time -v.
 
     python benchmarks/e2e.py speed [--input DIR_OR_VIDEO] [--repeats 3] [--runs "neural:balanced" ...]
-    python benchmarks/e2e.py memory [--lengths 100 1000] [--runs "neural:balanced"]
+    python benchmarks/e2e.py memory [--lengths 100 1000] [--size 854x480] [--runs "neural:balanced"]
 
 speed: each run setting ("method:preset", or "method") on one input, --repeats times, the runs of
 different settings interleaved so that a change in machine load hits them alike; reports the median
-wall time, frames/s and peak RSS. memory: builds 854x480 clips of each length (a clean clip played
+wall time, frames/s and peak RSS. memory: builds clips of each length (854x480, or --size) (a clean clip played
 forwards and backwards with synthetic global flicker), runs each setting once per length and
 reports peak RSS and its ratio to the shortest clip's. Appends a section to
 benchmarks/results/e2e.md (the command and the machine's load are recorded with it).
@@ -53,18 +53,18 @@ def frame_count(input_path: Path) -> int:
     return io.probe(input_path).frame_count
 
 
-def make_clip(length: int, out: Path, source: Path) -> Path:
-    """An 854x480 clip of `length` frames: `source` forwards, backwards, ... with global flicker."""
+def make_clip(length: int, out: Path, source: Path, size: tuple[int, int] = (854, 480)) -> Path:
+    """A clip of `length` frames of size (w, h): `source` forwards, backwards, ... with global flicker."""
     import cv2
 
     from unflicker import io, synth
 
-    frames = [cv2.resize(io.to_float(f.image), (854, 480), interpolation=cv2.INTER_AREA)
+    frames = [cv2.resize(io.to_float(f.image), size, interpolation=cv2.INTER_AREA)
               for f in io.read_frames(source)]
     loop = frames + frames[-2:0:-1]
     clip = [loop[t % len(loop)] for t in range(length)]
     flickered = synth.add_flicker(np.stack(clip), "global", seed=0)
-    layout = dataclasses.replace(io.probe(source), width=854, height=480, frame_count=length, has_audio=False)
+    layout = dataclasses.replace(io.probe(source), width=size[0], height=size[1], frame_count=length, has_audio=False)
     with io.VideoWriter(out, layout) as writer:
         for frame in flickered:
             writer.write(frame, None, None)
@@ -93,8 +93,9 @@ def speed(args: argparse.Namespace, out_dir: Path) -> str:
 
 
 def memory(args: argparse.Namespace, out_dir: Path) -> str:
-    clips = {n: make_clip(n, out_dir / f"clip-{n}.mp4", args.source) for n in args.lengths}
-    lines = [f"### memory: {args.source.name} looped to 854x480 clips with global flicker "
+    size = tuple(int(x) for x in args.size.split("x"))
+    clips = {n: make_clip(n, out_dir / f"clip-{n}.mp4", args.source, size) for n in args.lengths}
+    lines = [f"### memory: {args.source.name} looped to {args.size} clips with global flicker "
              f"(load average at the end {load_average()})", "",
              "| setting | frames | wall s | peak RSS MB | RSS / shortest |", "|---|---|---|---|---|"]
     for setting in args.runs:
@@ -118,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--lengths", type=int, nargs="+", default=[100, 1000])
     m.add_argument("--source", type=Path, default=SHARED / "clean" / "davis-bear.mp4")
     m.add_argument("--runs", nargs="+", default=["neural:balanced"])
+    m.add_argument("--size", default="854x480", help="WxH of the clips (default %(default)s)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         section = (speed if args.mode == "speed" else memory)(args, Path(tmp))
