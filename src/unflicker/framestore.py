@@ -28,11 +28,6 @@ class FrameStore:
         self._file = tempfile.TemporaryFile(dir=directory)
         self._length = 0
 
-    @classmethod
-    def like(cls, first: np.ndarray, dtype=np.float16, directory: str | None = None) -> FrameStore:
-        """An empty store for frames shaped like `first`."""
-        return cls(np.shape(first), dtype, directory)
-
     @property
     def shape(self) -> tuple[int, ...]:
         return (self._length, *self.frame_shape)

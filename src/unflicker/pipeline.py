@@ -80,19 +80,17 @@ def _neural_fits(height: int, width: int, config: RunConfig) -> tuple[bool, int,
 def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) -> RunConfig:
     """The config with its method named: the default (None) is neural, or classical for frames too
     small for the neural method's flow (with a warning); an explicit neural method is checked."""
-    if config.method == "classical" or n_frames < 2:
-        return config if config.method else dataclasses.replace(config, method="neural")
-    fits, low_h, low_w = _neural_fits(height, width, config)
-    if fits:
-        return config if config.method else dataclasses.replace(config, method="neural")
-    if config.method is None and not (config.stop_after or config.atlas or config.atlas_steps
-                                      or config.keep_slow is not None):
-        warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical one",
-                      stacklevel=3)
-        return dataclasses.replace(config, method="classical", preset=None)
-    raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its optical "
-                     f"flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, {low_w}x{low_h} "
-                     f"here): use the classical method")
+    if config.method != "classical" and n_frames >= 2:
+        fits, low_h, low_w = _neural_fits(height, width, config)
+        if not fits and (config.method is not None or config.neural_options_set):
+            raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its "
+                             f"optical flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, "
+                             f"{low_w}x{low_h} here): use the classical method")
+        if not fits:
+            warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical one",
+                          stacklevel=3)
+            return dataclasses.replace(config, method="classical", preset=None)
+    return config if config.method else dataclasses.replace(config, method="neural")
 
 
 def _neural(config: RunConfig, progress: Progress | None) -> Method:
@@ -145,6 +143,11 @@ class RunConfig:
     progress: bool = True
     """Show progress bars on stderr."""
 
+    @property
+    def neural_options_set(self) -> bool:
+        """Whether any option that only the neural method takes is given."""
+        return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None)
+
     def check(self) -> None:
         """Raise InputError / OutputError on options that cannot work together."""
         if self.method is not None and self.method not in METHODS:
@@ -159,8 +162,7 @@ class RunConfig:
             raise InputError(f"--atlas-steps must be at least 1, got {self.atlas_steps}")
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
-        if self.method not in (None, "neural") and (self.stop_after or self.atlas or self.atlas_steps
-                                                    or self.keep_slow is not None):
+        if self.method not in (None, "neural") and self.neural_options_set:
             raise InputError("--stop-after, --atlas, --atlas-steps and --keep-slow apply to --method neural only")
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
@@ -251,7 +253,8 @@ def _blend(frame: np.ndarray, out: np.ndarray, strength: float) -> np.ndarray:
 
 
 def _anchor(method: Method, config: RunConfig, n_frames: int):
-    """The slow-look anchor after the method (sigma 0, a pass-through, for methods without an atlas)."""
+    """The slow-look anchor after the method (a pass-through for methods without an atlas, for
+    stop_after runs and for --keep-slow off)."""
     from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 
     atlas = getattr(method, "atlas", None)
@@ -308,25 +311,27 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
     with ExitStack() as stack:
         bars = stack.enter_context(_Bars(config.progress))
         method = METHODS[config.method](config, bars.fit)
-        cache = _atlas_cache(method, info, config)
+        work = _work_folder(method, info, config)
+        # What the per-frame pass depends on beyond A_t: computed once, to look up and to record.
+        fingerprint = method.pass_fingerprint() if work is not None else None
         reuse = None  # the per-frame stage read back from keep_work instead of computed
         if not single:
-            if cache is not None and _restore_atlas(method, cache):
+            if work is not None and _restore_atlas(method, work):
                 resumed = ("atlas",)
-                reuse = _finished_stage(method, cache)
+                reuse = _finished_stage(method, work, fingerprint)
                 resumed += (reuse,) if reuse else ()
             else:
                 frames = (io.to_float(frame.image) for frame in io.read_frames(input_path, info))
                 method.analyze(bars.frames(frames, "decode+analyse", info.frame_count))
                 bars.close()
-                if cache is not None:
-                    cache.save(method.atlas.rendered, method.atlas.shots)
+                if work is not None:
+                    work.save(method.atlas.rendered, method.atlas.shots)
         writer = stack.enter_context(io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite)) \
             if write_output else None
-        if cache is not None and reuse is None:
-            cache.forget_pass()  # the stage folders are about to be rewritten
+        if work is not None and reuse is None:
+            work.forget_pass()  # the stage folders are about to be rewritten
         stages = _StageWriters(config.keep_work, info, stack,
-                               skip={"atlas", *method.stages} if reuse else {"atlas"} if cache is not None else set())
+                               skip={"atlas", *method.stages} if reuse else {"atlas"} if work is not None else set())
         kept = io.read_frames(config.keep_work / reuse) if reuse else None
 
         def processed():
@@ -350,8 +355,8 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
             after.append(_channel_means(final))
             if writer is not None:
                 writer.write(final, frame.pts, frame.name, frame.alpha)
-    if cache is not None and reuse is None and not single:
-        cache.record_pass(method.stages, method.pass_fingerprint())  # the stage folders are in place now
+    if work is not None and reuse is None:
+        work.record_pass(method.stages, fingerprint)  # the stage folders are in place now
     summary = RunSummary(output if write_output else config.keep_work, len(before), 0.0, _flicker(before),
                          _flicker(after), resumed)
     extras = []
@@ -373,17 +378,17 @@ def _write_compare(input_path: str | Path, output: Path, config: RunConfig) -> P
                               progress=config.progress)
 
 
-def _atlas_cache(method: Method, info: io.VideoInfo, config: RunConfig):
-    """The resumable atlas stage of keep_work, for methods that fit an atlas (else None)."""
+def _work_folder(method: Method, info: io.VideoInfo, config: RunConfig):
+    """The resumable stages of keep_work, for methods that fit an atlas (else None)."""
     if config.keep_work is None or not hasattr(method, "atlas") or info.frame_count < 2:
         return None
-    from unflicker.resume import AtlasCache
+    from unflicker.resume import WorkFolder
 
-    return AtlasCache(config.keep_work, info, dataclasses.asdict(method.config.atlas))
+    return WorkFolder(config.keep_work, info, dataclasses.asdict(method.config.atlas))
 
 
-def _restore_atlas(method: Method, cache) -> bool:
-    loaded = cache.load()
+def _restore_atlas(method: Method, work) -> bool:
+    loaded = work.load()
     if loaded is None:
         return False
     from unflicker.atlas import VideoAtlas
@@ -393,11 +398,11 @@ def _restore_atlas(method: Method, cache) -> bool:
     return True
 
 
-def _finished_stage(method: Method, cache) -> str | None:
+def _finished_stage(method: Method, work, fingerprint: dict) -> str | None:
     """The last per-frame stage a finished earlier pass left in keep_work for this very run, else None."""
     if len(method.stages) < 2:
         return None  # only the atlas: nothing per frame to reuse
-    done = cache.finished_pass(method.pass_fingerprint())
+    done = work.finished_pass(fingerprint)
     return method.stages[-1] if done == method.stages else None
 
 

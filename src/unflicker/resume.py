@@ -43,8 +43,8 @@ def input_fingerprint(info: io.VideoInfo) -> dict:
             "files": digest.hexdigest()}
 
 
-class AtlasCache:
-    """The atlas stage of one work folder, for one input and one set of atlas settings.
+class WorkFolder:
+    """The finished stages of one work folder, for one input and one set of atlas settings.
 
     settings: a JSON-able description of everything the fit depends on (e.g. asdict(AtlasConfig)).
     """
@@ -65,10 +65,8 @@ class AtlasCache:
         if manifest is None:
             return None
         try:
-            stage = io.probe(self.folder)
-            names = [io.frame_name(self.info, t) for t in range(self.info.frame_count)]
-            if stage.frame_count != len(names) or [Path(n).stem for n in stage.frame_names] != \
-                    [Path(n).stem for n in names]:
+            stage = self._complete_stage(self.folder)
+            if stage is None:
                 return None
             rendered = FrameStore((stage.height, stage.width, 3), np.float16)
             for frame in io.read_frames(self.folder, stage):
@@ -77,6 +75,18 @@ class AtlasCache:
             return None
         shots = [range(a, b) for a, b in manifest["shots"]]
         return rendered, shots
+
+    def _complete_stage(self, folder: Path) -> io.VideoInfo | None:
+        """The stage folder's probe if it holds one frame per input frame, by name, else None.
+
+        Raises InputError when the folder cannot be probed.
+        """
+        stage = io.probe(folder)
+        names = [Path(io.frame_name(self.info, t)).stem for t in range(self.info.frame_count)]
+        return stage if [Path(n).stem for n in stage.frame_names] == names else None
+
+    def _write_manifest(self, manifest: dict) -> None:
+        io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)
 
     def _manifest(self) -> dict | None:
         try:
@@ -98,11 +108,8 @@ class AtlasCache:
         if not isinstance(stages, list) or not stages:
             return []
         try:  # every stage folder must hold every frame, by name
-            names = [Path(io.frame_name(self.info, t)).stem for t in range(self.info.frame_count)]
-            for stage in stages:
-                found = io.probe(self.work / stage)
-                if [Path(n).stem for n in found.frame_names] != names:
-                    return []
+            if any(self._complete_stage(self.work / stage) is None for stage in stages):
+                return []
         except (InputError, TypeError):
             return []
         return list(stages)
@@ -113,13 +120,13 @@ class AtlasCache:
         if manifest is None:
             return  # no finished atlas stage to build on
         manifest["pass"] = {"stages": list(stages), "fingerprint": fingerprint}
-        io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)
+        self._write_manifest(manifest)
 
     def forget_pass(self) -> None:
         """Drop the pass record before the stage folders are rewritten."""
         manifest = self._manifest()
         if manifest is not None and manifest.pop("pass", None) is not None:
-            io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)
+            self._write_manifest(manifest)
 
     def save(self, rendered: np.ndarray, shots: list[range]) -> None:
         """Write A_t ((T, h, w, 3) in [0, 1]) into DIR/atlas/, then the manifest naming it."""
@@ -131,5 +138,4 @@ class AtlasCache:
             for index in range(t):
                 writer.write(np.clip(rendered[index].astype(np.float32), 0.0, 1.0), None,
                              io.frame_name(self.info, index))
-        manifest = {"key": self.key, "shots": [[s.start, s.stop] for s in shots]}
-        io.write_file_atomically(self.work / MANIFEST, json.dumps(manifest, indent=1).encode(), overwrite=True)
+        self._write_manifest({"key": self.key, "shots": [[s.start, s.stop] for s in shots]})

@@ -121,8 +121,9 @@ def make_sample(clip: CachedClip, config: RefineTrainConfig, rng: np.random.Gene
     frames = np.stack([flicker.apply(t, x) for t, x in enumerate(clean)])
     in_flows = np.zeros_like(flows)
     in_masks = np.zeros(masks.shape, np.float32)
-    for t in range(1, len(frames) if config.network.warp else 0):
-        in_flows[t], in_masks[t] = align_previous(frames[t], frames[t - 1], config.inference.flow_preset)
+    if config.network.warp:  # an unwarped net ignores its flow inputs: skip computing them
+        for t in range(1, len(frames)):
+            in_flows[t], in_masks[t] = align_previous(frames[t], frames[t - 1], config.inference.flow_preset)
     lt_flows, lt_masks = compose_to_first(flows, masks)
     return {"frames": frames, "clean": clean, "in_flow": in_flows, "in_mask": in_masks,
             "flow": flows, "mask": masks, "lt_flow": lt_flows, "lt_mask": lt_masks}
