@@ -43,7 +43,7 @@ def test_neural_run_keeps_size_names_and_removes_flicker(tmp_path, flickering_fo
     work, output = tmp_path / "work", tmp_path / "out"
     config = RunConfig(method="neural", atlas_steps=20, keep_work=work, progress=False)
     deflicker_file(flickering_folder, output, config)
-    assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == ["atlas", "filter", "refine"]
+    assert sorted(p.name for p in work.iterdir() if not p.name.startswith(".")) == ["atlas", "filter", "project", "refine"]
     result, source = read_folder(output), read_folder(flickering_folder)
     assert [p.name for p in sorted(output.iterdir())] == [p.name for p in sorted(flickering_folder.iterdir())]
     assert result[0].shape == source[0].shape

@@ -233,14 +233,14 @@ def test_neural_method_runs_refine_third_and_restarts_at_shots():
     from unflicker.atlas import VideoAtlas
     from unflicker.neural import STAGES, NeuralConfig, NeuralDeflicker
 
-    assert STAGES == ("atlas", "filter", "refine")
+    assert STAGES == ("atlas", "filter", "refine", "project")
     assert NeuralDeflicker(NeuralConfig(stop_after="filter"))._refine is None
     method = NeuralDeflicker(NeuralConfig(device="cpu"))
     clean = translating_clip(6, 48, 64, dx=1, seed=7)
     frames = synth.add_flicker(clean, kind="local", strength=1.0, seed=8)
     method.atlas = VideoAtlas(clean.astype(np.float16), [range(0, 3), range(3, 6)])
     results = [method.process(t, f) for t, f in enumerate(frames)]
-    assert all(list(r) == ["atlas", "filter", "refine"] for r in results)
+    assert all(list(r) == ["atlas", "filter", "refine", "project"] for r in results)
     # A shot's first frame has no history, so the refinement passes the filtered frame through.
     for t in (0, 3):
         np.testing.assert_array_equal(results[t]["refine"], results[t]["filter"])

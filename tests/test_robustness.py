@@ -284,7 +284,7 @@ def test_keep_work_reuses_a_finished_pass_and_only_rewrites_the_output(tmp_path,
     config = RunConfig(method="neural", atlas_steps=3, keep_work=work, progress=False)
     first = deflicker_file(source, tmp_path / "out1", config)
     assert first.resumed == ()
-    refined = read(work / "refine")
+    refined = read(work / "project")
 
     import unflicker.neural
 
@@ -293,11 +293,11 @@ def test_keep_work_reuses_a_finished_pass_and_only_rewrites_the_output(tmp_path,
 
     monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", no_process)
     second = deflicker_file(source, tmp_path / "out2", dataclasses.replace(config, strength=0.5))
-    assert second.resumed == ("atlas", "refine")
+    assert second.resumed == ("atlas", "project")
     frames = read(source).astype(np.float32)
     expected = np.clip(frames + 0.5 * (refined.astype(np.float32) - frames), 0, 255)
     assert np.abs(read(tmp_path / "out2").astype(np.float32) - expected).max() <= 1.0
-    assert np.array_equal(read(work / "refine"), refined)  # left as it was
+    assert np.array_equal(read(work / "project"), refined)  # left as it was
     # Another pass (other stages here) is computed, not read back.
     with pytest.raises(AssertionError, match="processed again"):
         deflicker_file(source, None, dataclasses.replace(config, stop_after="filter"))
@@ -327,7 +327,7 @@ def test_a_killed_pass_is_not_reused(tmp_path, monkeypatch):
     assert not (tmp_path / "out2").exists()
     third = deflicker_file(source, tmp_path / "out3", config)
     assert third.resumed == ("atlas",) and calls == [0, 1, 2]  # the pass ran again from A_t
-    assert read(work / "refine").shape[0] == 4
+    assert read(work / "project").shape[0] == 4
 
 
 def test_classical_output_is_not_touched_by_the_anchor():
@@ -345,16 +345,16 @@ def test_default_method_is_neural(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--atlas-steps", "3",
                            "--keep-work", tmp_path / "work", "--quiet")
     assert_clean(code, err)
-    assert (tmp_path / "work" / "refine").is_dir()
+    assert (tmp_path / "work" / "project").is_dir()
 
 
-def test_keep_slow_off_is_the_refined_frames_and_default_stays_nearer_the_input(tmp_path, capsys):
+def test_keep_slow_off_is_the_projected_frames_and_default_stays_nearer_the_input(tmp_path, capsys):
     source = write_pngs(tmp_path / "clip", list(clip(6, h=20, w=28)))
     work = tmp_path / "work"
     code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "off", "--method", "neural", "--atlas-steps", "3",
                            "--keep-work", work, "--keep-slow", "off", "--quiet")
     assert_clean(code, err)
-    refined, frames = read(work / "refine"), read(source)
+    refined, frames = read(work / "project"), read(source)
     assert np.abs(read(tmp_path / "off") - refined).max() <= 1.01 / 255
     code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "default", "--method", "neural", "--atlas-steps",
                            "3", "--keep-work", work, "--quiet")

@@ -33,10 +33,10 @@ Tag = TypeVar("Tag")
 class AnchorConfig:
     """How much of the input's own look is kept."""
 
-    sigma: float = 1.0
+    sigma: float = 3.0
     """Temporal Gaussian sigma, frames, of the slow part of the spatially varying correction (inf:
     none goes back; with global_sigma inf too the anchor is off)."""
-    global_sigma: float = 8.0
+    global_sigma: float = 16.0
     """Temporal Gaussian sigma, frames, for the frame-wide mean of the correction per channel: global
     flicker (old film, mains) lives there and is fast, so only truly slow changes go back."""
     grid_rows: int = 96

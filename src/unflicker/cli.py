@@ -48,9 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                                    "preset's)")
     run.add_argument("--stop-after", choices=("atlas", "filter", "refine"),
                      help="neural: stop after this stage; its frames go to --keep-work DIR, no output is written")
+    run.add_argument("--no-projection", dest="projection", action="store_false",
+                     help="neural: take the networks' output as it is (the paper's way) instead of projecting "
+                          "its correction onto a smooth flicker model, which keeps the input's detail")
     run.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
                      help="neural: keep the input's own local changes of look that last longer than about this "
-                          "many frames (a Gaussian sigma; default 1); only faster changes count as flicker. "
+                          "many frames (a Gaussian sigma; default 3); only faster changes count as flicker. "
                           "Larger keeps less; 'off' gives every frame the atlas's look, as the paper does")
     run.add_argument("--strength", type=float, default=1.0, metavar="S",
                      help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own look")
@@ -105,7 +108,8 @@ def _run(args) -> int:
     if args.output is None and args.stop_after is None:
         raise OutputError("give an output with -o (only --stop-after runs without one)")
     config = RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
-                       stop_after=args.stop_after, keep_slow=args.keep_slow, strength=args.strength, crf=args.crf, overwrite=args.overwrite, keep_work=args.keep_work,
+                       stop_after=args.stop_after, projection=args.projection, keep_slow=args.keep_slow,
+                       strength=args.strength, crf=args.crf, overwrite=args.overwrite, keep_work=args.keep_work,
                        compare=args.compare, plot=args.plot, progress=not args.quiet)
     summary = deflicker_file(args.input, args.output, config)
     for extra in summary.extras:

@@ -1,10 +1,10 @@
 """The paper's method as a pipeline method: neural atlas (stage 1), neural filter (stage 2), local
-refinement (stage 3).
+refinement (stage 3), then our projection of the correction onto a flicker model (projection.py).
 
 Analysis keeps only low-resolution frames (the atlas resolution) for the whole video, fits
 one atlas per shot (cuts detected on flicker-invariant thumbnails) and renders A_t; processing
-filters each full-resolution frame against its A_t, then refines it against the previous output
-(recurrent within a shot, restarted at every cut).
+filters each full-resolution frame against its A_t, refines it against the previous output
+(recurrent within a shot, restarted at every cut) and projects the correction.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from unflicker import cuts
 from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit_video
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
+from unflicker.projection import FlickerModel, ProjectionConfig
 
-STAGES = ("atlas", "filter", "refine")
+STAGES = ("atlas", "filter", "refine", "project")
 
 
 @dataclass
@@ -35,8 +36,10 @@ class NeuralConfig:
     """Filter weights file (None: the shipped ones)."""
     refine_weights: str | None = None
     """Local refinement weights file (None: the shipped ones)."""
+    projection: ProjectionConfig | None = field(default_factory=ProjectionConfig)
+    """The flicker model the correction is projected onto; None skips that stage (the paper's way)."""
     stop_after: str | None = None
-    """Last stage to run: 'atlas', 'filter' or 'refine' (None: all)."""
+    """Last stage to run: 'atlas', 'filter', 'refine' or 'project' (None: all)."""
     device: str | None = None
     """Torch device (None: CUDA when present, else CPU)."""
 
@@ -62,11 +65,15 @@ class NeuralDeflicker:
             from unflicker.refine import LocalRefiner
 
             self._refine = LocalRefiner.load(self.config.refine_weights, device=self.config.device)
+        self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
 
     @property
     def stages(self) -> list[str]:
         """The stages process() returns, in order."""
-        return list(STAGES[: STAGES.index(self.config.stop_after) + 1] if self.config.stop_after else STAGES)
+        available = STAGES if self.config.projection is not None else STAGES[:-1]
+        if self.config.stop_after not in available[:-1]:
+            return list(available)
+        return list(available[: available.index(self.config.stop_after) + 1])
 
     def pass_fingerprint(self) -> dict:
         """What process()'s frames depend on besides A_t and the input: its stages, and a digest of
@@ -79,6 +86,8 @@ class NeuralDeflicker:
                     digest.update(key.encode())
                     digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
                 record[name] = digest.hexdigest()
+        if self._projection is not None:
+            record["project"] = dataclasses.asdict(self._projection.config)
         return record
 
     def analyze(self, frames: Iterable[np.ndarray]) -> None:
@@ -97,7 +106,8 @@ class NeuralDeflicker:
         self.atlas = fit_video(low_res, shots, self.config.atlas, progress=self.progress)
 
     def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """Stage name -> frame for t: 'atlas' (atlas resolution), 'filter', 'refine' (full resolution).
+        """Stage name -> frame for t: 'atlas' (atlas resolution), 'filter', 'refine', 'project' (full
+        resolution).
 
         The refinement is recurrent: call for t = 0, 1, ... in order; its history restarts at
         each shot's first frame (and whenever t does not follow the previous call's).
@@ -112,4 +122,6 @@ class NeuralDeflicker:
                 self._refine.reset()
             self._next_t = t + 1
             stages["refine"] = self._refine.apply(stages["filter"])
+        if self._projection is not None:
+            stages["project"] = self._projection.project(frame, stages["refine"])
         return stages

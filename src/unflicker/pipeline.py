@@ -50,7 +50,7 @@ PRESETS: dict[str, dict[str, object]] = {
     "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 300 steps
     "paper": {"backend": "mlp"},  # the MLP backend's defaults are the paper's (10000 steps, lr 1e-4)
 }
-ANCHOR_SIGMA = 1.0
+ANCHOR_SIGMA = 3.0
 """Default --keep-slow: chosen on the processed benchmark clips (see README, "Keeping the look")."""
 NEURAL_MIN_SIDE = 16
 """Smallest frame side, at the input's and at the atlas resolution, the neural method accepts:
@@ -96,7 +96,10 @@ def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) ->
 def _neural(config: RunConfig, progress: Progress | None) -> Method:
     from unflicker.neural import NeuralConfig, NeuralDeflicker
 
-    return NeuralDeflicker(NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after), progress=progress)
+    neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after)
+    if not config.projection:
+        neural.projection = None
+    return NeuralDeflicker(neural, progress=progress)
 
 
 METHODS: dict[str, Callable[[RunConfig, Progress | None], Method]] = {
@@ -118,8 +121,11 @@ class RunConfig:
     atlas_steps: int | None = None
     """neural: atlas optimisation steps (None: the preset's, else the backend's default)."""
     stop_after: str | None = None
-    """neural: last stage to run ('atlas' or 'filter'); the output is then not written, only
-    the stages kept in keep_work."""
+    """neural: last stage to run ('atlas', 'filter' or 'refine'); the output is then not written,
+    only the stages kept in keep_work."""
+    projection: bool = True
+    """neural: project the network's correction onto a smooth flicker model (unflicker.projection),
+    which keeps every pixel's detail from the input; False takes the network's output as it is."""
     keep_slow: float | None = None
     """neural: Gaussian sigma, in frames, of the local changes of look kept from the input (see
     unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
@@ -146,7 +152,8 @@ class RunConfig:
     @property
     def neural_options_set(self) -> bool:
         """Whether any option that only the neural method takes is given."""
-        return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None)
+        return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
+                    or not self.projection)
 
     def check(self) -> None:
         """Raise InputError / OutputError on options that cannot work together."""
@@ -163,7 +170,8 @@ class RunConfig:
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
         if self.method not in (None, "neural") and self.neural_options_set:
-            raise InputError("--stop-after, --atlas, --atlas-steps and --keep-slow apply to --method neural only")
+            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow and --no-projection apply to "
+                             "--method neural only")
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
         if self.stop_after and (self.compare or self.plot):

@@ -1,0 +1,188 @@
+"""Projection onto a flicker model: keep the input's pixels, take only a smooth correction from the network.
+
+The filter and refinement output O_t has the atlas's consistent look, but where the atlas is
+structurally flawed (moving objects, clip ends) it also carries wrong local colours and loses
+some detail. Physical flicker (exposure, white balance, tone, uneven or rolling-shutter light)
+is a smooth function of position and intensity, so `FlickerModel.fit` finds, per channel, the
+correction of that form that best maps I_t onto O_t, fitted robustly (flaws are outliers), and
+`apply` applies it to the full-resolution I_t. Per channel c, with I = I_t[..., c]:
+
+    P = I * (G(y, x) + R(y)) + T(I)
+
+G: a coarse bilinear gain grid (uneven light), R: per-row gain (mains light under a rolling
+shutter), T: a piecewise-linear tone term (gamma, contrast, offset). A ridge term pulls the
+model towards the identity (G = 1, R = 0, T = 0) where the data say little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from unflicker.errors import InputError
+from unflicker.frames import float_rgb
+
+
+@dataclass
+class ProjectionConfig:
+    """Size of the flicker model and of its fit."""
+
+    grid: tuple[int, int] = (4, 5)
+    """(rows, cols) of the gain grid's nodes."""
+    rows: int = 24
+    """Nodes of the per-row gain across the frame height; 0 leaves it out."""
+    tone_knots: int = 6
+    """Knots of the tone term over [0, 1]."""
+    fit_side: int = 160
+    """Longer side, in pixels, of the copies the model is fitted on."""
+    ridge: float = 5e-3
+    """Pull of the spatial parts (gain grid about its mean, row gains) towards the identity,
+    relative to the mean squared signal of the fit: larger keeps more of the input's own look."""
+    global_ridge: float = 1e-3
+    """The same for the frame-wide parts (mean gain, tone term), which flaws barely bias."""
+    iterations: int = 3
+    """Reweighting rounds of the robust (Huber) fit; 1 is plain least squares."""
+
+    def check(self) -> None:
+        """Raise InputError on an invalid setting."""
+        if len(self.grid) != 2 or min(self.grid) < 1 or self.rows < 0 or self.tone_knots < 2:
+            raise InputError("projection grid must be >= (1, 1), rows >= 0 and tone_knots >= 2")
+        if self.fit_side < 8 or min(self.ridge, self.global_ridge) < 0 or self.iterations < 1:
+            raise InputError("projection fit_side must be >= 8, ridge >= 0 and iterations >= 1")
+
+
+_LUT_LEVELS = np.linspace(0.0, 1.0, 4096)
+_FIT_BLUR = 2.0  # Gaussian sigma, in fit-size pixels, of both copies the model is fitted on
+
+
+def hat_basis(x: np.ndarray, knots: int) -> np.ndarray:
+    """(..., knots) piecewise-linear interpolation weights of x in [0, 1] over evenly spaced knots."""
+    if knots == 1:
+        return np.ones(np.shape(x) + (1,), np.float32)
+    pos = np.clip(x, 0.0, 1.0) * (knots - 1)
+    lower = np.minimum(np.floor(pos).astype(np.int64), knots - 2)
+    frac = (pos - lower).astype(np.float32)
+    weights = np.zeros(np.shape(x) + (knots,), np.float32)
+    np.put_along_axis(weights, lower[..., None], (1 - frac)[..., None], -1)
+    np.put_along_axis(weights, lower[..., None] + 1, frac[..., None], -1)
+    return weights
+
+
+def _axis(n: int) -> np.ndarray:
+    return (np.arange(n, dtype=np.float32) + 0.5) / n
+
+
+@dataclass
+class FlickerCorrection:
+    """A fitted correction: per channel, the gain grid, row gains and tone term at its knots."""
+
+    gain: np.ndarray
+    """(3, grid rows, grid cols)"""
+    row_gain: np.ndarray
+    """(3, rows)"""
+    tone: np.ndarray
+    """(3, tone knots)"""
+
+    def apply(self, frame: np.ndarray) -> np.ndarray:
+        """The corrected (H, W, 3) float32 frame, clipped to [0, 1]."""
+        frame = float_rgb(frame)
+        h, w = frame.shape[:2]
+        by, bx = hat_basis(_axis(h), self.gain.shape[1]), hat_basis(_axis(w), self.gain.shape[2])
+        by_rows = hat_basis(_axis(h), self.row_gain.shape[1]) if self.row_gain.shape[1] else None
+        # The tone term tabulated finely: a table lookup is several times faster than np.interp.
+        tone_tables = np.stack([np.interp(_LUT_LEVELS, np.linspace(0.0, 1.0, self.tone.shape[1]), t)
+                                for t in self.tone]).astype(np.float32)
+        out = np.empty_like(frame)
+        for c in range(3):
+            gain = by @ self.gain[c] @ bx.T  # separable: bilinear upsampling of the grid
+            if by_rows is not None:
+                gain += (by_rows @ self.row_gain[c])[:, None]
+            channel = frame[..., c]
+            index = (np.clip(channel, 0.0, 1.0) * (len(_LUT_LEVELS) - 1) + 0.5).astype(np.int32)
+            out[..., c] = channel * gain + tone_tables[c][index]
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
+class FlickerModel:
+    """Fits `FlickerCorrection`s that map an input frame onto a deflickered one."""
+
+    def __init__(self, config: ProjectionConfig | None = None):
+        self.config = config or ProjectionConfig()
+        self.config.check()
+        self._bases: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        """A low-pass copy at the fit size: the network's output can be softer than the input, and
+        detail missing from the target would pull the fitted gains towards the mean."""
+        h, w = image.shape[:2]
+        scale = self.config.fit_side / max(h, w)
+        if scale < 1:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(image, (0, 0), _FIT_BLUR, borderType=cv2.BORDER_REFLECT)
+
+    def _spatial_bases(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """(h*w, grid cells) gain-grid weights and (h*w, rows) row weights, cached per size."""
+        if (h, w) not in self._bases:
+            gy, gx = self.config.grid
+            by, bx = hat_basis(_axis(h), gy), hat_basis(_axis(w), gx)
+            grid = (by[:, None, :, None] * bx[None, :, None, :]).reshape(h * w, gy * gx)
+            rows = np.repeat(hat_basis(_axis(h), self.config.rows), w, axis=0) if self.config.rows else \
+                np.zeros((h * w, 0), np.float32)
+            self._bases[(h, w)] = (grid, rows)
+        return self._bases[(h, w)]
+
+    def _penalty(self, n_grid: int, n_rows: int) -> np.ndarray:
+        """Quadratic penalty on (parameters - identity): spatial variation costs more than level."""
+        cfg = self.config
+        mean = np.full((n_grid, n_grid), 1.0 / n_grid)
+        grid = cfg.ridge * (np.eye(n_grid) - mean) + cfg.global_ridge * mean
+        rest = np.concatenate([np.full(n_rows, cfg.ridge), np.full(cfg.tone_knots, cfg.global_ridge)])
+        penalty = np.zeros((n_grid + len(rest),) * 2)
+        penalty[:n_grid, :n_grid] = grid
+        penalty[n_grid:, n_grid:] = np.diag(rest)
+        return penalty
+
+    def fit(self, frame: np.ndarray, target: np.ndarray) -> FlickerCorrection:
+        """The correction of the model's form that best maps `frame` onto `target` (both (H, W, 3))."""
+        frame, target = float_rgb(frame), float_rgb(target)
+        if frame.shape != target.shape:
+            raise InputError(f"frame is {frame.shape}, target is {target.shape}")
+        small, small_target = self._small(frame), self._small(target)
+        h, w = small.shape[:2]
+        grid, rows = self._spatial_bases(h, w)
+        cfg = self.config
+        n_grid, n_rows = grid.shape[1], rows.shape[1]
+        # Identity in this parameterisation: gains 1 on the grid, 0 elsewhere.
+        identity = torch.cat([torch.ones(n_grid), torch.zeros(n_rows + cfg.tone_knots)]).double()
+        penalty = torch.from_numpy(self._penalty(n_grid, n_rows))
+        gains, row_gains, tones = [], [], []
+        for c in range(3):
+            x = small[..., c].reshape(-1)
+            design = np.concatenate([x[:, None] * grid, x[:, None] * rows, hat_basis(x, cfg.tone_knots)], 1)
+            # torch, not numpy, for the products: OpenBLAS's own threads slow this tenfold when
+            # the cores are busy, torch keeps to the thread count the pipeline set.
+            design_t, y = torch.from_numpy(design), torch.from_numpy(small_target[..., c].reshape(-1))
+            scaled_penalty = penalty * max(float(np.mean(x * x)), 1e-4) * len(x)
+            weights = torch.ones_like(y)
+            for _ in range(cfg.iterations):
+                weighted = design_t * weights[:, None]
+                normal = (weighted.T @ design_t).double() + scaled_penalty
+                theta = torch.linalg.solve(normal, (weighted.T @ y).double() + scaled_penalty @ identity)
+                residual = (design_t @ theta.float() - y).abs()
+                # Huber weights at twice the robust residual scale: atlas flaws count less.
+                scale = 2.0 * 1.4826 * float(residual.median()) + 1e-4
+                weights = torch.clamp(scale / residual.clamp_min(1e-12), max=1.0)
+            theta = theta.numpy()
+            gains.append(theta[:n_grid].reshape(cfg.grid))
+            row_gains.append(theta[n_grid:n_grid + n_rows])
+            tones.append(theta[n_grid + n_rows:])
+        as32 = lambda parts: np.asarray(parts, np.float32)  # noqa: E731
+        return FlickerCorrection(as32(gains), as32(row_gains), as32(tones))
+
+    def project(self, frame: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """`frame` corrected by the model fitted from it to `target`."""
+        return self.fit(frame, target).apply(frame)

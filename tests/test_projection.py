@@ -1,0 +1,89 @@
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import synth
+from unflicker.errors import InputError
+from unflicker.metrics import psnr
+from unflicker.projection import FlickerModel, ProjectionConfig, hat_basis
+
+
+def texture(h=96, w=160, seed=0):
+    """A photo-like test image: smooth shading plus sharp-edged blocks and fine noise, in [0.05, 0.9]."""
+    rng = np.random.default_rng(seed)
+    coarse = cv2.resize(rng.uniform(0, 1, (6, 8, 3)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    blocks = cv2.resize(rng.uniform(0, 1, (max(h // 8, 1), max(w // 8, 1), 3)).astype(np.float32), (w, h),
+                        interpolation=cv2.INTER_NEAREST)
+    fine = rng.normal(0, 0.03, (h, w, 3)).astype(np.float32)
+    return np.clip(0.45 * coarse + 0.4 * blocks + fine + 0.05, 0.05, 0.9).astype(np.float32)
+
+
+def high_pass(image):
+    return image - cv2.GaussianBlur(image, (0, 0), 3)
+
+
+def test_hat_basis_interpolates_linearly_and_sums_to_one():
+    x = np.array([0.0, 0.1, 0.5, 1.0, 1.5])
+    weights = hat_basis(x, 3)
+    assert np.allclose(weights.sum(-1), 1)
+    assert np.allclose(weights @ np.array([0.0, 0.5, 1.0]), np.clip(x, 0, 1))
+
+
+def test_a_frame_projected_onto_itself_is_unchanged():
+    frame = texture()
+    assert np.abs(FlickerModel().project(frame, frame) - frame).max() < 2e-3
+
+
+@pytest.mark.parametrize("kind", ["global", "colour", "local", "mains", "tone"])
+def test_each_kind_of_synthetic_flicker_is_undone(kind):
+    # The target is the clean image: the model must be able to express the inverse of each kind.
+    clean = texture()
+    flickering = synth.add_flicker(clean[None], kind=kind, strength=1.0, seed=3)[0]
+    projected = FlickerModel().project(flickering, clean)
+    before, after = psnr(flickering, clean), psnr(projected, clean)
+    assert after > max(before + 6, 30), (kind, before, after)
+
+
+def test_a_flaw_in_the_target_is_ignored_and_the_input_detail_kept():
+    # A blurred target with a wrong-coloured patch (an atlas flaw): the exposure change still
+    # comes through, the patch does not, and the fine detail is the input's.
+    clean = texture()
+    dark = clean * 0.7
+    target = cv2.GaussianBlur(clean, (0, 0), 1.5)
+    target[30:50, 60:90] = [0.9, 0.1, 0.1]
+    projected = FlickerModel().project(dark, target)
+    patch = (slice(30, 50), slice(60, 90))
+    assert np.abs(projected[patch] - clean[patch]).mean() < 0.05
+    assert np.abs(target[patch] - clean[patch]).mean() > 0.2
+    assert psnr(projected, clean) > psnr(target, clean) + 5
+    detail = np.std(high_pass(projected)) / np.std(high_pass(clean))
+    assert 0.9 < detail < 1.1
+
+
+def test_a_stronger_spatial_ridge_fits_flatter_gains():
+    clean = texture()
+    flickering = synth.add_flicker(clean[None], kind="local", strength=1.0, seed=1)[0]
+    loose = FlickerModel(ProjectionConfig(ridge=1e-4)).fit(flickering, clean)
+    stiff = FlickerModel(ProjectionConfig(ridge=10.0)).fit(flickering, clean)
+    assert np.std(loose.gain, axis=(1, 2)).min() > 0.02
+    assert np.std(stiff.gain, axis=(1, 2)).max() < 0.1 * np.std(loose.gain, axis=(1, 2)).min()
+    assert np.abs(stiff.row_gain).max() < 0.1 * np.abs(loose.row_gain).max()
+
+
+def test_size_and_dtype_follow_the_input():
+    frame = texture(33, 17)
+    out = FlickerModel().project(frame, np.clip(frame * 1.2, 0, 1))
+    assert out.shape == frame.shape and out.dtype == np.float32
+    assert 0 <= out.min() and out.max() <= 1
+
+
+@pytest.mark.parametrize("fields", [dict(grid=(0, 3)), dict(rows=-1), dict(tone_knots=1), dict(fit_side=4),
+                                    dict(ridge=-1.0), dict(global_ridge=-1.0), dict(iterations=0)])
+def test_bad_settings_are_refused(fields):
+    with pytest.raises(InputError):
+        FlickerModel(ProjectionConfig(**fields))
+
+
+def test_mismatched_frames_are_refused():
+    with pytest.raises(InputError, match="target"):
+        FlickerModel().fit(texture(), texture(40, 40))
