@@ -150,9 +150,10 @@ def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, wo
             rows.append(row)
             print(_format_row(row), file=sys.stderr, flush=True)
             if method == "neural":
-                # Ablation: the paper's method (refined, without our slow-look anchor), and the
-                # filter's output before the local refinement.
-                for stage, label in (("refine", "neural, no anchor"), ("filter", "neural, no refine, no anchor")):
+                # Ablation, from the stages kept: without our slow-look anchor; without our projection
+                # either (the paper's method); and the filter's output before the local refinement.
+                for stage, label in (("project", "neural, no anchor"), ("refine", "paper (no projection, no anchor)"),
+                                     ("filter", "paper, no refine")):
                     report = evaluator.score(_work_dir(case, work, method) / stage)
                     rows.append({"case": case.name, "method": label, **report, "seconds": None, "fps": None})
                     print(_format_row(rows[-1]), file=sys.stderr, flush=True)
