@@ -113,6 +113,11 @@ class FlickerModel:
         self.config = config or ProjectionConfig()
         self.config.check()
         self._bases: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        # Identity in this parameterisation: gains 1 on the grid, 0 elsewhere.
+        cfg = self.config
+        n_grid = cfg.grid[0] * cfg.grid[1]
+        self._identity = torch.cat([torch.ones(n_grid), torch.zeros(cfg.rows + cfg.tone_knots)]).double()
+        self._penalty = torch.from_numpy(self._penalty_matrix(n_grid))
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         """A low-pass copy at the fit size: the network's output can be softer than the input, and
@@ -138,12 +143,12 @@ class FlickerModel:
             self._bases[(h, w)] = (grid, rows)
         return self._bases[(h, w)]
 
-    def _penalty(self, n_grid: int, n_rows: int) -> np.ndarray:
+    def _penalty_matrix(self, n_grid: int) -> np.ndarray:
         """Quadratic penalty on (parameters - identity): spatial variation costs more than level."""
         cfg = self.config
         mean = np.full((n_grid, n_grid), 1.0 / n_grid)
         grid = cfg.ridge * (np.eye(n_grid) - mean) + cfg.global_ridge * mean
-        rest = np.concatenate([np.full(n_rows, cfg.ridge), np.full(cfg.tone_knots, cfg.global_ridge)])
+        rest = np.concatenate([np.full(cfg.rows, cfg.ridge), np.full(cfg.tone_knots, cfg.global_ridge)])
         penalty = np.zeros((n_grid + len(rest),) * 2)
         penalty[:n_grid, :n_grid] = grid
         penalty[n_grid:, n_grid:] = np.diag(rest)
@@ -159,9 +164,6 @@ class FlickerModel:
         grid, rows = self._spatial_bases(h, w)
         cfg = self.config
         n_grid, n_rows = grid.shape[1], rows.shape[1]
-        # Identity in this parameterisation: gains 1 on the grid, 0 elsewhere.
-        identity = torch.cat([torch.ones(n_grid), torch.zeros(n_rows + cfg.tone_knots)]).double()
-        penalty = torch.from_numpy(self._penalty(n_grid, n_rows))
         gains, row_gains, tones = [], [], []
         for c in range(3):
             x = small[..., c].reshape(-1)
@@ -169,12 +171,12 @@ class FlickerModel:
             # torch, not numpy, for the products: OpenBLAS's own threads slow this tenfold when
             # the cores are busy, torch keeps to the thread count the pipeline set.
             design_t, y = torch.from_numpy(design), torch.from_numpy(small_target[..., c].reshape(-1))
-            scaled_penalty = penalty * max(float(np.mean(x * x)), 1e-4) * len(x)
+            scaled_penalty = self._penalty * max(float(np.mean(x * x)), 1e-4) * len(x)
             weights = torch.ones_like(y)
             for _ in range(cfg.iterations):
                 weighted = design_t * weights[:, None]
                 normal = (weighted.T @ design_t).double() + scaled_penalty
-                theta = torch.linalg.solve(normal, (weighted.T @ y).double() + scaled_penalty @ identity)
+                theta = torch.linalg.solve(normal, (weighted.T @ y).double() + scaled_penalty @ self._identity)
                 residual = (design_t @ theta.float() - y).abs()
                 # Huber weights at twice the robust residual scale: atlas flaws count less.
                 scale = 2.0 * 1.4826 * float(residual.median()) + 1e-4
@@ -188,4 +190,5 @@ class FlickerModel:
 
     def project(self, frame: np.ndarray, target: np.ndarray) -> np.ndarray:
         """`frame` corrected by the model fitted from it to `target`."""
+        frame = float_rgb(frame)  # converted once, for the fit and the full-resolution apply
         return self.fit(frame, target).apply(frame)
