@@ -15,7 +15,7 @@ def run(anchor, inputs, outputs):
 
 def test_infinite_sigmas_pass_outputs_through():
     inputs, outputs = frames(5), frames(5, seed=1)
-    result = run(SlowAppearanceAnchor(AnchorConfig(sigma=float("inf"), global_sigma=float("inf"))), inputs, outputs)
+    result = run(SlowAppearanceAnchor(AnchorConfig.off()), inputs, outputs)
     assert [t for t, _ in result] == list(range(5))
     assert all(np.array_equal(o, outputs[t]) for t, o in result)
 
@@ -75,14 +75,41 @@ def test_global_and_local_parts_have_their_own_windows():
     local = inputs.copy()
     local[:, :, :4] += swing[:, None, None, None]
     local[:, :, 4:] -= swing[:, None, None, None]
-    anchor = lambda: SlowAppearanceAnchor(AnchorConfig(sigma=0.2, global_sigma=8.0, grid_rows=8))  # noqa: E731
+    anchor = lambda: SlowAppearanceAnchor(AnchorConfig(sigma=0.2, coarse_sigma=0.2, global_sigma=8.0,  # noqa: E731
+                                                       grid_rows=8))
     for t, out in run(anchor(), inputs, glob)[10:-10]:
         assert abs(float(np.mean(out - inputs[t])) - swing[t]) < 0.01
     for t, out in run(anchor(), inputs, local)[10:-10]:
         assert np.abs(out - inputs[t]).max() < 0.01
 
 
+def test_coarse_and_fine_parts_have_their_own_windows():
+    # A swing of smooth, frame-sized light is flicker for coarse_sigma 8 (its correction is kept);
+    # the same swing in a fine pattern (a per-frame process's look) is handed back by sigma 0.2.
+    n, size = 40, 48
+    inputs = np.full((n, size, size, 3), 0.5, np.float32)
+    swing = (0.1 * np.sin(np.arange(n) * 2 * np.pi / 3)).astype(np.float32)[:, None, None, None]
+    ramp = np.linspace(-1, 1, size, dtype=np.float32)[None, None, :, None]  # smooth: zero mean, coarse
+    checker = np.where((np.arange(size)[:, None] // 2 + np.arange(size) // 2) % 2 == 0, 1.0, -1.0)
+    checker = checker.astype(np.float32)[None, :, :, None]  # fine: zero mean, gone after the blur
+    anchor = lambda: SlowAppearanceAnchor(AnchorConfig(sigma=0.2, coarse_sigma=8.0, global_sigma=8.0,  # noqa: E731
+                                                       coarse_scale=1 / 8, grid_rows=size))
+    for t, out in run(anchor(), inputs, inputs + swing * ramp)[10:-10]:
+        kept = out - inputs[t]
+        assert np.abs(kept - (swing * ramp)[t])[:, 8:-8].max() < 0.02  # the frame's borders blur less cleanly
+    for t, out in run(anchor(), inputs, inputs + swing * checker)[10:-10]:
+        assert np.abs(out - inputs[t]).max() < 0.01
+
+
+def test_the_parts_add_up_to_the_correction():
+    correction = frames(1, 24, 40)[0] - 0.5
+    parts = SlowAppearanceAnchor(AnchorConfig(coarse_scale=0.1))._parts(correction)
+    assert np.allclose(sum(parts), correction, atol=1e-6)
+    assert np.abs(parts[2]).max() < 0.05 and np.abs(parts[2] - correction.reshape(-1, 3).mean(0)).max() < 1e-6
+
+
 @pytest.mark.parametrize("config", [AnchorConfig(sigma=-1), AnchorConfig(global_sigma=float("nan")),
+                                    AnchorConfig(coarse_sigma=-2), AnchorConfig(coarse_scale=-0.1),
                                     AnchorConfig(grid_rows=0)])
 def test_bad_settings_are_refused(config):
     with pytest.raises(InputError):

@@ -7,10 +7,13 @@ is split in time: its slow part, a Gaussian-weighted mean over neighbouring fram
 shot taken on a coarse grid, is handed back to the input, and the output becomes
 O_t - upsample(slow D_t). The fast part, flicker, is still removed.
 
-The frame-wide mean of D_t per channel gets a longer window (global_sigma) than the rest (sigma):
-global flicker, as in old film, lives in that mean and has slow swings too, while the local look of
-a per-frame process changes quickly. The means look `radius` frames ahead, so outputs leave
-`radius` frames after their inputs arrive (the buffer holds that many frames, whatever the length).
+The correction is split in space too, and each part gets its own window: the frame-wide mean of D_t
+per channel (global_sigma), its spatially coarse remainder (coarse_sigma) and the fine rest (sigma).
+Light-borne flicker (old film's exposure, uneven or drifting light) lives in the mean and the coarse
+part and has slow swings too, so only truly slow changes go back there; the look a per-frame process
+gives (colours of objects, local contrast) is finer and changes quickly, so the short window keeps it.
+The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive (the
+buffer holds that many frames, whatever the length).
 """
 
 from __future__ import annotations
@@ -33,17 +36,27 @@ Tag = TypeVar("Tag")
 class AnchorConfig:
     """How much of the input's own look is kept."""
 
-    sigma: float = 3.0
-    """Temporal Gaussian sigma, frames, of the slow part of the spatially varying correction (inf:
-    none goes back; with global_sigma inf too the anchor is off)."""
+    sigma: float = 1.5
+    """Temporal Gaussian sigma, frames, of the slow part of the fine-scale correction (inf: none goes
+    back; with the other two sigmas inf too the anchor is off)."""
+    coarse_sigma: float = 8.0
+    """The same for the spatially coarse part of the correction (below the frame-wide mean)."""
     global_sigma: float = 16.0
-    """Temporal Gaussian sigma, frames, for the frame-wide mean of the correction per channel: global
-    flicker (old film, mains) lives there and is fast, so only truly slow changes go back."""
+    """The same for the frame-wide mean of the correction per channel."""
+    coarse_scale: float = 1 / 24
+    """Gaussian sigma, as a fraction of the frame height, that separates coarse from fine."""
     grid_rows: int = 96
     """The correction is averaged on a grid this many rows high (aspect kept), then upsampled."""
 
+    @classmethod
+    def off(cls) -> AnchorConfig:
+        """Every sigma infinite: the anchor passes the outputs through."""
+        return cls(sigma=math.inf, coarse_sigma=math.inf, global_sigma=math.inf)
+
     def check(self) -> None:
-        for name in ("sigma", "global_sigma"):
+        if not self.coarse_scale >= 0:
+            raise InputError(f"anchor coarse_scale must be >= 0, got {self.coarse_scale}")
+        for name in ("sigma", "coarse_sigma", "global_sigma"):
             value = getattr(self, name)
             if not value >= 0:  # inf is allowed: that part of the correction is kept in full
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
@@ -53,7 +66,7 @@ class AnchorConfig:
     @property
     def radius(self) -> int:
         """Frames the means look ahead (and back)."""
-        finite = [x for x in (self.sigma, self.global_sigma) if math.isfinite(x)]
+        finite = [x for x in (self.sigma, self.coarse_sigma, self.global_sigma) if math.isfinite(x)]
         return math.ceil(3 * max(finite, default=0.0))
 
 
@@ -77,13 +90,21 @@ class SlowAppearanceAnchor:
         self.shot_starts = set(shot_starts) | {0}
         r = self.config.radius
         offsets = np.arange(-r, r + 1)
-        # None: an infinite sigma, nothing of that part goes back; sigma 0 gives everything back.
-        self.local_weights, self.global_weights = (
-            None if math.isinf(sigma) else np.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
-            for sigma in (self.config.sigma, self.config.global_sigma))
+        # Per part (fine, coarse, frame-wide mean): None for an infinite sigma, nothing of that part
+        # goes back; sigma 0 gives everything back.
+        self.part_weights = [None if math.isinf(sigma) else np.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
+                             for sigma in (self.config.sigma, self.config.coarse_sigma, self.config.global_sigma)]
+
+    def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(fine, coarse, frame-wide mean) parts of a coarse-grid correction; they sum to it."""
+        frame_mean = correction.reshape(-1, 3).mean(0)
+        rest = correction - frame_mean
+        blur = self.config.coarse_scale * correction.shape[0]
+        coarse = cv2.GaussianBlur(rest, (0, 0), blur, borderType=cv2.BORDER_REFLECT) if blur > 0 else np.zeros_like(rest)
+        return rest - coarse, coarse, frame_mean
 
     def stream(self, items: Iterable[tuple[Tag, np.ndarray, np.ndarray]]) -> Iterator[tuple[Tag, np.ndarray]]:
-        if self.local_weights is None and self.global_weights is None:
+        if all(weights is None for weights in self.part_weights):
             for tag, _, output in items:
                 yield tag, output
             return
@@ -96,9 +117,7 @@ class SlowAppearanceAnchor:
             if t in self.shot_starts and coarse:
                 yield from self._emit(coarse, pending, len(pending))
                 coarse.clear()
-            local = _coarse(output - frame, self.config.grid_rows)
-            frame_mean = local.reshape(-1, 3).mean(0)
-            coarse.append((local - frame_mean, frame_mean))
+            coarse.append(self._parts(_coarse(output - frame, self.config.grid_rows)))
             pending.append((tag, output))
             if len(pending) > r:  # the oldest pending frame now has its whole look-ahead
                 yield from self._emit(coarse, pending, 1)
@@ -113,7 +132,7 @@ class SlowAppearanceAnchor:
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
             slow = np.zeros(coarse[i][0].shape, np.float32)
-            for weights, part in ((self.local_weights, 0), (self.global_weights, 1)):
+            for part, weights in enumerate(self.part_weights):
                 if weights is not None:
                     w = weights[lo - i + r : hi - i + r]
                     slow = slow + sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()

@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="neural: take the networks' output as it is (the paper's way) instead of projecting "
                           "its correction onto a smooth flicker model, which keeps the input's detail")
     run.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
-                     help="neural: keep the input's own local changes of look that last longer than about this "
-                          "many frames (a Gaussian sigma; default 3); only faster changes count as flicker. "
-                          "Larger keeps less; 'off' gives every frame the atlas's look, as the paper does")
+                     help="neural: keep the input's own fine-scale changes of look that last longer than about "
+                          "this many frames (a Gaussian sigma; default 1.5; frame-sized changes use at least 8, "
+                          "the frame mean at least 16); only faster changes count as flicker. Larger keeps less; "
+                          "'off' gives every frame the atlas's look, as the paper does")
     run.add_argument("--strength", type=float, default=1.0, metavar="S",
                      help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own look")
     run.add_argument("--crf", type=int, default=18, help="H.264 quality for .mp4/.mov (default 18)")

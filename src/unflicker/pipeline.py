@@ -50,8 +50,6 @@ PRESETS: dict[str, dict[str, object]] = {
     "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 300 steps
     "paper": {"backend": "mlp"},  # the MLP backend's defaults are the paper's (10000 steps, lr 1e-4)
 }
-ANCHOR_SIGMA = 3.0
-"""Default --keep-slow: chosen on the processed benchmark clips (see README, "Keeping the look")."""
 NEURAL_MIN_SIDE = 16
 """Smallest frame side, at the input's and at the atlas resolution, the neural method accepts:
 OpenCV's DIS optical flow rejects smaller frames, and crashes on some wide ones under 16 rows."""
@@ -127,9 +125,10 @@ class RunConfig:
     """neural: project the network's correction onto a smooth flicker model (unflicker.projection),
     which keeps every pixel's detail from the input; False takes the network's output as it is."""
     keep_slow: float | None = None
-    """neural: Gaussian sigma, in frames, of the local changes of look kept from the input (see
+    """neural: Gaussian sigma, in frames, of the fine-scale changes of look kept from the input (see
     unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
-    the atlas's look, as in the paper. None: ANCHOR_SIGMA."""
+    the atlas's look, as in the paper. None: AnchorConfig's defaults (chosen on the benchmark clips,
+    see README, "Keeping the look")."""
     strength: float = 1.0
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input).
     Below 1 keeps more of each frame's own look (e.g. a per-frame colorization) at the cost of
@@ -267,9 +266,14 @@ def _anchor(method: Method, config: RunConfig, n_frames: int):
 
     atlas = getattr(method, "atlas", None)
     if atlas is None or n_frames < 2 or config.stop_after is not None or config.keep_slow == math.inf:
-        return SlowAppearanceAnchor(AnchorConfig(sigma=math.inf, global_sigma=math.inf))  # passes outputs through
-    sigma = ANCHOR_SIGMA if config.keep_slow is None else config.keep_slow
-    return SlowAppearanceAnchor(AnchorConfig(sigma=sigma), [shot.start for shot in atlas.shots])
+        return SlowAppearanceAnchor(AnchorConfig.off())
+    if config.keep_slow is None:
+        return SlowAppearanceAnchor(AnchorConfig(), [shot.start for shot in atlas.shots])
+    # --keep-slow sets the fine part's window; the coarse and frame-wide windows are never shorter.
+    defaults = AnchorConfig()
+    anchor = AnchorConfig(sigma=config.keep_slow, coarse_sigma=max(config.keep_slow, defaults.coarse_sigma),
+                          global_sigma=max(config.keep_slow, defaults.global_sigma))
+    return SlowAppearanceAnchor(anchor, [shot.start for shot in atlas.shots])
 
 
 def _check_input(info: io.VideoInfo, output: Path | None, config: RunConfig) -> None:
