@@ -44,20 +44,40 @@ def test_each_kind_of_synthetic_flicker_is_undone(kind):
     assert after > max(before + 6, 30), (kind, before, after)
 
 
-def test_a_flaw_in_the_target_is_ignored_and_the_input_detail_kept():
+@pytest.mark.parametrize("tolerance, min_detail", [(0.0, 0.9), (ProjectionConfig().residual_tolerance, 0.8)])
+def test_a_flaw_in_the_target_is_ignored_and_the_input_detail_kept(tolerance, min_detail):
     # A blurred target with a wrong-coloured patch (an atlas flaw): the exposure change still
-    # comes through, the patch does not, and the fine detail is the input's.
+    # comes through, the patch does not, and the fine detail is the input's (the model alone keeps
+    # all of it; the residual transfer takes the target's small differences, some of its blur too).
     clean = texture()
     dark = clean * 0.7
     target = cv2.GaussianBlur(clean, (0, 0), 1.5)
     target[30:50, 60:90] = [0.9, 0.1, 0.1]
-    projected = FlickerModel().project(dark, target)
+    projected = FlickerModel(ProjectionConfig(residual_tolerance=tolerance)).project(dark, target)
     patch = (slice(30, 50), slice(60, 90))
     assert np.abs(projected[patch] - clean[patch]).mean() < 0.05
     assert np.abs(target[patch] - clean[patch]).mean() > 0.2
     assert psnr(projected, clean) > psnr(target, clean) + 5
     detail = np.std(high_pass(projected)) / np.std(high_pass(clean))
-    assert 0.9 < detail < 1.1
+    assert min_detail < detail < 1.1
+
+
+def test_small_differences_the_model_cannot_express_are_kept_large_ones_dropped():
+    # A target = the frame plus a fine pattern of small amplitude (flicker that is not smooth, as
+    # a dehazing's) and one large wrong patch (a flaw): the pattern comes through, the patch not.
+    frame = texture()
+    pattern = np.where((np.arange(96)[:, None] // 3 + np.arange(160) // 3) % 2 == 0, 0.01, -0.01)
+    target = frame + pattern.astype(np.float32)[..., None]
+    target[30:50, 60:90] += 0.3
+    kept = FlickerModel().project(frame, target) - frame
+    model_only = FlickerModel(ProjectionConfig(residual_tolerance=0.0)).project(frame, target) - frame
+    outside = np.ones((96, 160), bool)
+    outside[26:54, 56:94] = False
+    gain = lambda diff: float(np.mean(diff[outside] * pattern[outside, None]) / np.mean(pattern**2))  # noqa: E731
+    assert gain(kept) > 0.85 and abs(gain(model_only)) < 0.1  # weight exp(-(0.01 / 0.04)^2) = 0.94
+    patch = (slice(30, 50), slice(60, 90))
+    assert np.abs(kept[patch]).mean() < 0.05  # of 0.3: only what the smooth model itself bends to
+    assert np.abs(kept[patch] - model_only[patch]).mean() < 0.005  # the transfer adds nothing there
 
 
 def test_a_stronger_spatial_ridge_fits_flatter_gains():
@@ -78,7 +98,8 @@ def test_size_and_dtype_follow_the_input():
 
 
 @pytest.mark.parametrize("fields", [dict(grid=(0, 3)), dict(rows=-1), dict(tone_knots=1), dict(fit_side=4),
-                                    dict(ridge=-1.0), dict(global_ridge=-1.0), dict(iterations=0)])
+                                    dict(ridge=-1.0), dict(global_ridge=-1.0), dict(iterations=0),
+                                    dict(residual_tolerance=-0.1)])
 def test_bad_settings_are_refused(fields):
     with pytest.raises(InputError):
         FlickerModel(ProjectionConfig(**fields))

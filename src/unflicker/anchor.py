@@ -36,7 +36,7 @@ Tag = TypeVar("Tag")
 class AnchorConfig:
     """How much of the input's own look is kept."""
 
-    sigma: float = 1.5
+    sigma: float = 1.0
     """Temporal Gaussian sigma, frames, of the slow part of the fine-scale correction (inf: none goes
     back; with the other two sigmas inf too the anchor is off)."""
     coarse_sigma: float = 8.0

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "its correction onto a smooth flicker model, which keeps the input's detail")
     run.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
                      help="neural: keep the input's own fine-scale changes of look that last longer than about "
-                          "this many frames (a Gaussian sigma; default 1.5; frame-sized changes use at least 8, "
+                          "this many frames (a Gaussian sigma; default 1; frame-sized changes use at least 8, "
                           "the frame mean at least 16); only faster changes count as flicker. Larger keeps less; "
                           "'off' gives every frame the atlas's look, as the paper does")
     run.add_argument("--strength", type=float, default=1.0, metavar="S",

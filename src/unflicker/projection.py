@@ -12,6 +12,11 @@ correction of that form that best maps I_t onto O_t, fitted robustly (flaws are 
 G: a coarse bilinear gain grid (uneven light), R: per-row gain (mains light under a rolling
 shutter), T: a piecewise-linear tone term (gamma, contrast, offset). A ridge term pulls the
 model towards the identity (G = 1, R = 0, T = 0) where the data say little.
+
+Some flicker is not smooth: a per-frame dehazing, for one, changes its haze estimate with the
+scene's depth. What the model leaves of the network's correction, O_t - P, is therefore added
+back where it is small (weight exp(-(r / residual_tolerance)^2) per pixel): small differences are
+such flicker, large ones are the atlas's flaws and stay out.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ class ProjectionConfig:
     """The same for the frame-wide parts (mean gain, tone term), which flaws barely bias."""
     iterations: int = 3
     """Reweighting rounds of the robust (Huber) fit; 1 is plain least squares."""
+    residual_tolerance: float = 0.04
+    """Size, in [0, 1] intensity units, of the differences between the network's output and the
+    fitted model that are kept (weight 1/e at this size, fading fast above); 0 keeps the model alone."""
 
     def check(self) -> None:
         """Raise InputError on an invalid setting."""
@@ -52,6 +60,8 @@ class ProjectionConfig:
             raise InputError("projection grid must be >= (1, 1), rows >= 0 and tone_knots >= 2")
         if self.fit_side < 8 or min(self.ridge, self.global_ridge) < 0 or self.iterations < 1:
             raise InputError("projection fit_side must be >= 8, ridge >= 0 and iterations >= 1")
+        if not self.residual_tolerance >= 0:
+            raise InputError(f"projection residual_tolerance must be >= 0, got {self.residual_tolerance}")
 
 
 _LUT_LEVELS = np.linspace(0.0, 1.0, 4096)
@@ -189,6 +199,13 @@ class FlickerModel:
         return FlickerCorrection(as32(gains), as32(row_gains), as32(tones))
 
     def project(self, frame: np.ndarray, target: np.ndarray) -> np.ndarray:
-        """`frame` corrected by the model fitted from it to `target`."""
-        frame = float_rgb(frame)  # converted once, for the fit and the full-resolution apply
-        return self.fit(frame, target).apply(frame)
+        """`frame` corrected by the model fitted from it to `target`, plus the small part of what the
+        model leaves of the correction (see residual_tolerance)."""
+        frame, target = float_rgb(frame), float_rgb(target)  # converted once, for the fit and the apply
+        out = self.fit(frame, target).apply(frame)
+        tolerance = self.config.residual_tolerance
+        if tolerance > 0:
+            residual = target - out
+            out += residual * np.exp(-np.square(residual / np.float32(tolerance)))
+            np.clip(out, 0.0, 1.0, out=out)
+        return out
