@@ -222,3 +222,23 @@ def test_other_busy_cores_sees_a_busy_thread_but_not_itself():
     busy = other_busy_cores(0.3)  # this process's own threads are not "other"
     worker.join()
     assert 0.0 <= busy <= quiet + 0.7  # counting our own thread would add about 1
+def test_our_adam_matches_torchs():
+    # The grid fit's Adam avoids torch.optim's import cost; it must step exactly as torch.optim.Adam,
+    # with a parameter that gets no gradient for a while (a grid level not yet unlocked).
+    from unflicker.atlas.grid_fit import Adam
+
+    torch.manual_seed(0)
+    ours = [torch.randn(4, 3, requires_grad=True), torch.randn(5, requires_grad=True)]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    opt_ours = Adam([{"params": [ours[0]], "lr": 0.1}, {"params": [ours[1]], "lr": 0.03}])
+    opt_theirs = torch.optim.Adam([{"params": [theirs[0]], "lr": 0.1}, {"params": [theirs[1]], "lr": 0.03}])
+    for step in range(12):
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            loss = (params[0] ** 3).sum() + ((params[1] - 1) ** 2).sum() * (step >= 5)
+            loss.backward()
+            if step < 5:
+                params[1].grad = None
+            opt.step()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-6)
