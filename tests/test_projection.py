@@ -66,7 +66,7 @@ def test_small_differences_the_model_cannot_express_are_kept_large_ones_dropped(
     # A target = the frame plus a fine pattern of small amplitude (flicker that is not smooth, as
     # a dehazing's) and one large wrong patch (a flaw): the pattern comes through, the patch not.
     frame = texture()
-    pattern = np.where((np.arange(96)[:, None] // 3 + np.arange(160) // 3) % 2 == 0, 0.01, -0.01)
+    pattern = np.where((np.arange(96)[:, None] // 3 + np.arange(160) // 3) % 2 == 0, 0.006, -0.006)
     target = frame + pattern.astype(np.float32)[..., None]
     target[30:50, 60:90] += 0.3
     kept = FlickerModel().project(frame, target) - frame
@@ -74,7 +74,7 @@ def test_small_differences_the_model_cannot_express_are_kept_large_ones_dropped(
     outside = np.ones((96, 160), bool)
     outside[26:54, 56:94] = False
     gain = lambda diff: float(np.mean(diff[outside] * pattern[outside, None]) / np.mean(pattern**2))  # noqa: E731
-    assert gain(kept) > 0.85 and abs(gain(model_only)) < 0.1  # weight exp(-(0.01 / 0.04)^2) = 0.94
+    assert gain(kept) > 0.85 and abs(gain(model_only)) < 0.1  # weight exp(-(0.006 / 0.03)^2) = 0.96
     patch = (slice(30, 50), slice(60, 90))
     assert np.abs(kept[patch]).mean() < 0.05  # of 0.3: only what the smooth model itself bends to
     assert np.abs(kept[patch] - model_only[patch]).mean() < 0.005  # the transfer adds nothing there

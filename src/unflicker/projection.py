@@ -50,7 +50,7 @@ class ProjectionConfig:
     """The same for the frame-wide parts (mean gain, tone term), which flaws barely bias."""
     iterations: int = 3
     """Reweighting rounds of the robust (Huber) fit; 1 is plain least squares."""
-    residual_tolerance: float = 0.04
+    residual_tolerance: float = 0.03
     """Size, in [0, 1] intensity units, of the differences between the network's output and the
     fitted model that are kept (weight 1/e at this size, fading fast above); 0 keeps the model alone."""
 
