@@ -135,9 +135,12 @@ class SlowAppearanceAnchor:
             for part, weights in enumerate(self.part_weights):
                 if weights is not None:
                     w = weights[lo - i + r : hi - i + r]
-                    slow = slow + sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                    slow += sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
             tag, output = pending.popleft()
             h, wd = output.shape[:2]
             if slow.shape[:2] != (h, wd):
                 slow = cv2.resize(slow, (wd, h), interpolation=cv2.INTER_LINEAR)
-            yield tag, np.clip(output - slow, 0.0, 1.0)
+            # float32 throughout (the weights are float64): a float64 full-resolution frame would
+            # double the cost of this and of every step after it.
+            anchored = np.subtract(output, slow, dtype=np.float32)
+            yield tag, np.clip(anchored, 0.0, 1.0, out=anchored)
