@@ -1,5 +1,7 @@
 """Tests for unflicker.atlas: a textured plane moving by a known shift under known global flicker."""
 
+import copy
+
 import cv2
 import numpy as np
 import pytest
@@ -89,6 +91,26 @@ def test_grid_mapping_follows_the_translation(plane_fit):
         # Frame t at pixel p shows frame 0's content at p - t * shift.
         offset = np.median((atlas.mapping(t) - base)[M:-M, M:-M].reshape(-1, 2), axis=0)
         assert np.allclose(offset, -t * np.float32(SHIFT), atol=1.0), (t, offset)
+
+
+def test_whole_frame_rendering_matches_rendering_at_the_pixels(plane_fit):
+    # Whole frames read the node fields by upsampling; explicit pixels by grid_sample: same model.
+    model = copy.deepcopy(plane_fit[2].model)  # the fixture is shared
+    with torch.no_grad():
+        model.deform.normal_(0, 2.0, generator=torch.Generator().manual_seed(3))
+        model.offset.normal_(0, 0.1, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0, 5, 11])
+    fast = model.render(t)
+    explicit = model.render(t, model.frame_pixels(t))
+    for a, b in zip(fast, explicit):
+        assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+    grads = []
+    for pts in (None, model.frame_pixels(t)):
+        model.zero_grad()
+        model.render(t, pts)[1].square().mean().backward()
+        grads.append([p.grad.clone() for p in (model.deform, model.gain, model.offset)])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-7), float((a - b).abs().max())
 
 
 def test_windows_cover_and_overlap():

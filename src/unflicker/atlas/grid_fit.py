@@ -87,13 +87,13 @@ def _image_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
 
 def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random frames, each seen through a random crop: (t (B,), pixels (B, ch, cw, 2), target
-    (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
+    """Random frames, each seen through a random crop: (t (B,), pixels (B, ch, cw, 2) or None for
+    whole frames, target (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
     flicker fields and warp nodes a gradient at every step, which Adam needs."""
     n, h, w = frames.shape[:3]
     t = torch.randperm(n, generator=gen)[: opts.frames_per_step]
     if opts.crop is None:
-        return t, model.frame_pixels(t), frames[t].permute(0, 3, 1, 2)
+        return t, None, frames[t].permute(0, 3, 1, 2)
     ch, cw = min(opts.crop[0], h), min(opts.crop[1], w)
     y0 = torch.randint(h - ch + 1, (len(t),), generator=gen)
     x0 = torch.randint(w - cw + 1, (len(t),), generator=gen)
