@@ -86,16 +86,14 @@ def stats_prior(frame: torch.Tensor, atlas: torch.Tensor, sigma: float, eps: flo
     (clamped to [0, max_gain]) on the diagonal of M, offset b = mean_A - g mean_I; means and
     standard deviations over Gaussian windows of the given sigma (pixels).
     """
-    b, _, h, w = frame.shape
     stats = gaussian_blur(torch.cat([frame, atlas, frame * frame, atlas * atlas], 1), sigma)
     mean_i, mean_a, sq_i, sq_a = stats.split(3, 1)
     std_i = (sq_i - mean_i**2).clamp_min(0).sqrt()
     std_a = (sq_a - mean_a**2).clamp_min(0).sqrt()
     gain = ((std_a + eps) / (std_i + eps)).clamp(0, max_gain)
-    coeffs = frame.new_zeros(b, N_COEFFS, h, w)
-    coeffs[:, [0, 4, 8]] = gain
-    coeffs[:, 9:] = mean_a - gain * mean_i
-    return coeffs
+    zero = torch.zeros_like(gain[:, :1])
+    g = gain.split(1, 1)
+    return torch.cat([g[0], zero, zero, zero, g[1], zero, zero, zero, g[2], mean_a - gain * mean_i], 1)
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
