@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -133,8 +134,8 @@ class RunConfig:
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input).
     Below 1 keeps more of each frame's own look (e.g. a per-frame colorization) at the cost of
     some flicker."""
-    crf: int = 18
-    """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 is visually lossless)."""
+    crf: int = io.DEFAULT_CRF
+    """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 and below look lossless)."""
     overwrite: bool = False
     """Replace an existing output (and existing compare / plot files)."""
     keep_work: Path | None = None
@@ -240,7 +241,9 @@ class _Bars:
 
 def _channel_means(frame: np.ndarray) -> np.ndarray:
     """(3,) per-channel mean: the global flicker index and the plot need nothing more per frame."""
-    return frame.reshape(-1, 3).mean(axis=0, dtype=np.float64)
+    # OpenCV sums in float64 as numpy's mean(dtype=float64) does, but 20 times faster (0.4 against
+    # 9 ms at 854x480): numpy's float64 reduction over a strided axis was 3 % of a run.
+    return np.array(cv2.mean(np.ascontiguousarray(frame))[:3])
 
 
 def _flicker(means: list[np.ndarray]) -> float:
