@@ -147,6 +147,12 @@ def test_run_options_reach_the_pipeline(tmp_path, clips, capsys, monkeypatch):
     config = seen["config"]
     assert code == 0 and (config.preset, config.atlas_steps, config.atlas, config.progress) == ("fast", 7, None, False)
     assert config.plot == tmp_path / "p.png" and config.compare is None
+    assert config.crf == io.DEFAULT_CRF
+    run_cli(capsys, "run", flickering, "-o", tmp_path / "o.mp4", "--crf", "23", "--quiet")
+    assert seen["config"].crf == 23
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert f"(default {io.DEFAULT_CRF})" in " ".join(capsys.readouterr().out.split())  # help wraps lines
     with pytest.raises(SystemExit):
         main(["run", str(flickering), "-o", "x.mp4", "--preset", "slowest"])
 

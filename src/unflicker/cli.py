@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "'off' gives every frame the atlas's look, as the paper does")
     run.add_argument("--strength", type=float, default=1.0, metavar="S",
                      help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own look")
-    run.add_argument("--crf", type=int, default=18, help="H.264 quality for .mp4/.mov (default 18)")
+    run.add_argument("--crf", type=int, help="H.264 quality for .mp4/.mov, lower is better (default 16)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run.add_argument("--keep-work", type=Path, metavar="DIR",
                      help="keep each stage's frames in DIR/<stage>/; rerunning with the same DIR, input and "
@@ -110,8 +110,9 @@ def _run(args) -> int:
         raise OutputError("give an output with -o (only --stop-after runs without one)")
     config = RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
                        stop_after=args.stop_after, projection=args.projection, keep_slow=args.keep_slow,
-                       strength=args.strength, crf=args.crf, overwrite=args.overwrite, keep_work=args.keep_work,
-                       compare=args.compare, plot=args.plot, progress=not args.quiet)
+                       strength=args.strength, overwrite=args.overwrite, keep_work=args.keep_work,
+                       compare=args.compare, plot=args.plot, progress=not args.quiet,
+                       **({} if args.crf is None else {"crf": args.crf}))
     summary = deflicker_file(args.input, args.output, config)
     for extra in summary.extras:
         print(f"wrote {extra}")

@@ -27,6 +27,12 @@ import numpy as np
 from unflicker.errors import InputError, OutputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# H.264 output: x264's "veryfast" at CRF 16 encodes 854x480 frames 2.7 times as fast as "medium" at
+# CRF 18 (12 against 34 ms a frame on goat) at the same fidelity (35.45 against 35.28 dB through
+# 4:2:0), for files about 20 % larger.
+X264_PRESET = "veryfast"
+DEFAULT_CRF = 16
+
 # extension -> (container format, codec); a path with no extension is a folder of PNG frames.
 VIDEO_FORMATS = {
     ".mp4": ("mp4", "libx264"),
@@ -254,7 +260,7 @@ class VideoWriter:
     and leaves any existing file untouched.
     """
 
-    def __init__(self, path: str | os.PathLike, source: VideoInfo, crf: int = 18, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, source: VideoInfo, crf: int = DEFAULT_CRF, overwrite: bool = False):
         self.path = Path(path)
         self.source = source
         self.crf = crf
@@ -290,7 +296,7 @@ class VideoWriter:
             # x264's 4:2:0 needs even sizes; 4:4:4 keeps odd sizes exact instead of cropping.
             even = src.width % 2 == 0 and src.height % 2 == 0
             self._stream.pix_fmt = "yuv420p" if even else "yuv444p"
-            self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+            self._stream.options = {"crf": str(self.crf), "preset": X264_PRESET}
             self._frame_layout = "rgb24"
             self._input_layout = None
         if src.has_audio and not src.is_folder:
