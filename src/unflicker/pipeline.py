@@ -48,7 +48,7 @@ class Method(Protocol):
 # --preset of the neural method -> AtlasConfig fields; --atlas and --atlas-steps override them.
 PRESETS: dict[str, dict[str, object]] = {
     "fast": {"backend": "grid", "resolution": 160, "steps": 100},
-    "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 300 steps
+    "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 250 steps
     "paper": {"backend": "mlp"},  # the MLP backend's defaults are the paper's (10000 steps, lr 1e-4)
 }
 NEURAL_MIN_SIDE = 16

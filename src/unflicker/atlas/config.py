@@ -107,7 +107,7 @@ class AtlasConfig:
     """Longer side (pixels) of the frames the atlas is fitted on; the caller downsamples to it
     (`atlas_size`). The paper fits at a quarter of the source size (214 px for 854x480)."""
     steps: int | None = None
-    """Optimisation steps; None: the backend's default (grid 300, mlp 10000 as in the paper)."""
+    """Optimisation steps; None: the backend's default (grid 250, mlp 10000 as in the paper)."""
     lr: float | None = None
     """mlp: Adam learning rate (None: 1e-4 as in the paper). grid: scales its three rates
     relative to 1e-2 (None: unscaled)."""

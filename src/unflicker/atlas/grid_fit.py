@@ -22,7 +22,7 @@ from unflicker.atlas.grid_init import chain_residuals, initial_state, texture_ge
 from unflicker.atlas.motion import chain_transforms
 from unflicker.flow import FlowPair
 
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 250
 # The grid's learning rates in GridOptions are relative to this base rate.
 BASE_LR = 1e-2
 # Pixels of the forward-backward round trip above which a flow vector is not trusted.
