@@ -183,14 +183,15 @@ class FlickerModel:
             design_t, y = torch.from_numpy(design), torch.from_numpy(small_target[..., c].reshape(-1))
             scaled_penalty = self._penalty * max(float(np.mean(x * x)), 1e-4) * len(x)
             weights = torch.ones_like(y)
-            for _ in range(cfg.iterations):
+            for iteration in range(cfg.iterations):
                 weighted = design_t * weights[:, None]
                 normal = (weighted.T @ design_t).double() + scaled_penalty
                 theta = torch.linalg.solve(normal, (weighted.T @ y).double() + scaled_penalty @ self._identity)
-                residual = (design_t @ theta.float() - y).abs()
-                # Huber weights at twice the robust residual scale: atlas flaws count less.
-                scale = 2.0 * 1.4826 * float(residual.median()) + 1e-4
-                weights = torch.clamp(scale / residual.clamp_min(1e-12), max=1.0)
+                if iteration + 1 < cfg.iterations:
+                    residual = (design_t @ theta.float() - y).abs()
+                    # Huber weights at twice the robust residual scale: atlas flaws count less.
+                    scale = 2.0 * 1.4826 * float(residual.median()) + 1e-4
+                    weights = torch.clamp(scale / residual.clamp_min(1e-12), max=1.0)
             theta = theta.numpy()
             gains.append(theta[:n_grid].reshape(cfg.grid))
             row_gains.append(theta[n_grid:n_grid + n_rows])
