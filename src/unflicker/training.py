@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import asdict
@@ -13,6 +14,27 @@ import torch
 def shared_data(*parts: str) -> Path:
     """A folder of the project's shared data, which sits beside the repository checkout."""
     return Path(__file__).resolve().parents[2].parent.joinpath("shared", "data", *parts)
+
+
+# Options of every training script that steer the run rather than what is learnt.
+_RUN_CONTROL = ("seed", "checkpoint_every", "val_every", "log_every", "threads", "stop_at")
+
+
+def add_run_control_args(parser: argparse.ArgumentParser, defaults) -> None:
+    """Add the shared run options (seed, checkpoint, validation and log cadence, threads, stop and
+    resume) to a training script's parser, with `defaults` (its config) supplying the values."""
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    parser.add_argument("--val-every", type=int, default=defaults.val_every)
+    parser.add_argument("--log-every", type=int, default=defaults.log_every)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--stop-at", type=int, default=0, help="stop at this step (resume later); 0: run to --steps")
+    parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+
+
+def run_control(args: argparse.Namespace) -> dict:
+    """The shared run options parsed by `add_run_control_args`, as config fields."""
+    return {**{name: getattr(args, name) for name in _RUN_CONTROL}, "resume": not args.no_resume}
 
 
 def cosine_lr(step: int, steps: int, lr: float, final_fraction: float) -> float:

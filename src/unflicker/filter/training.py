@@ -26,7 +26,7 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import config_record, cosine_lr, save_checkpoint, shared_data
+from unflicker.training import add_run_control_args, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -298,13 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stats prior window sigma, in net input pixels")
     p.add_argument("--working-side", type=int, default=d.inference.working_side,
                    help="inference working resolution written beside the weights")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--stop-at", type=int, default=0, help="stop at this step (resume later); 0: run to --steps")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    add_run_control_args(p, d)
     return p
 
 
@@ -316,9 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         val_crop=a.val_crop,
         output=a.output, crop=a.crop, batch=a.batch, steps=a.steps, lr=a.lr, net_scale=a.net_scale, grad_weight=a.grad_weight,
         network=FilterNetConfig(base_width=a.base_width, depth=a.depth, prior=a.prior, prior_sigma=a.prior_sigma),
-        inference=FilterInferenceConfig(working_side=a.working_side), seed=a.seed,
-        checkpoint_every=a.checkpoint_every, val_every=a.val_every, log_every=a.log_every,
-        stop_at=a.stop_at, resume=not a.no_resume, threads=a.threads,
+        inference=FilterInferenceConfig(working_side=a.working_side), **run_control(a),
     )
     try:
         print(json.dumps(train(config)))

@@ -29,7 +29,7 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import config_record, cosine_lr, save_checkpoint, shared_data
+from unflicker.training import add_run_control_args, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
 
 @dataclass
@@ -345,14 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--working-side", type=int, default=d.inference.working_side)
     p.add_argument("--flow-preset", choices=FLOW_PRESETS, default=d.inference.flow_preset)
     p.add_argument("--no-full-validation", action="store_true", help="skip the final full-resolution validation")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--val-every", type=int, default=d.val_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--threads", type=int, default=d.threads)
+    add_run_control_args(p, d)
     p.add_argument("--device", default=None, help="torch device (default: cuda if present, else cpu)")
-    p.add_argument("--stop-at", type=int, default=0, help="stop at this step (resume later); 0: run to --steps")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     p.add_argument("--max-seconds", type=float, default=0.0, help="stop early after this much training time")
     return p
 
@@ -368,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         short_term_weight=a.short_term_weight, long_term_weight=a.long_term_weight,
         network=RefineNetConfig(width=a.width, prior_sigma=a.prior_sigma, warp=not a.no_warp),
         inference=RefineInferenceConfig(working_side=a.working_side, flow_preset=a.flow_preset),
-        full_validation=not a.no_full_validation, seed=a.seed, checkpoint_every=a.checkpoint_every,
-        val_every=a.val_every, log_every=a.log_every, threads=a.threads, device=a.device, stop_at=a.stop_at,
-        resume=not a.no_resume, max_seconds=a.max_seconds,
+        full_validation=not a.no_full_validation, device=a.device, max_seconds=a.max_seconds, **run_control(a),
     )
     try:
         print(json.dumps(train(config, " ".join(["python -m unflicker.refine.training", *argv]))))
