@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from unflicker import io, metrics, synth
-from unflicker.errors import OutputError
+from unflicker.errors import InputError, OutputError
 from unflicker.pipeline import RunConfig, deflicker_file
 
 
@@ -53,3 +53,76 @@ def test_neural_run_keeps_size_names_and_removes_flicker(tmp_path, flickering_fo
 def test_stop_after_needs_keep_work(flickering_folder):
     with pytest.raises(OutputError, match="keep-work"):
         deflicker_file(flickering_folder, None, RunConfig(method="neural", stop_after="atlas"))
+
+
+def test_frames_prepared_ahead_keep_order_and_raise_where_they_failed():
+    from unflicker.pipeline import _ahead
+
+    assert list(_ahead(iter(range(50)), 2)) == list(range(50))
+
+    def failing():
+        yield from range(3)
+        raise InputError("frame 3 is corrupt")
+
+    got = []
+    with pytest.raises(InputError, match="frame 3 is corrupt"):
+        for item in _ahead(failing(), 2):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+
+def test_a_consumer_that_stops_early_stops_the_worker_and_closes_the_source():
+    import threading
+
+    from unflicker.pipeline import _ahead
+
+    produced, closed = [], threading.Event()
+
+    def source():
+        try:
+            for i in range(1000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    stream = _ahead(source(), 2)
+    assert [next(stream) for _ in range(3)] == [0, 1, 2]
+    stream.close()  # joins the worker
+    assert closed.is_set()
+    assert len(produced) <= 3 + 2 + 1  # never more than `depth` (and the one being put) ahead
+    assert not any(t.name == "unflicker-ahead" for t in threading.enumerate())
+
+
+def test_prepared_ahead_gives_the_same_output_as_frame_by_frame(tmp_path, flickering_folder, monkeypatch):
+    from unflicker import pipeline
+
+    config = RunConfig(method="neural", atlas_steps=20, progress=False)
+    deflicker_file(flickering_folder, tmp_path / "ahead", config)
+    monkeypatch.setattr(pipeline, "_prepared", lambda prepare, frames: ((t, tag, image, None) for t, tag, image in frames))
+    deflicker_file(flickering_folder, tmp_path / "inline", config)
+    for a, b in zip(read_folder(tmp_path / "ahead"), read_folder(tmp_path / "inline"), strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_the_threaded_pass_halves_torch_threads_and_restores_them(tmp_path, flickering_folder, monkeypatch):
+    import torch
+
+    import unflicker.neural
+
+    seen = []
+    real_prepare = unflicker.neural.NeuralDeflicker.prepare
+
+    def recording_prepare(self, t, frame):
+        seen.append(torch.get_num_threads())
+        return real_prepare(self, t, frame)
+
+    monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "prepare", recording_prepare)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        deflicker_file(flickering_folder, tmp_path / "out", RunConfig(method="neural", atlas_steps=5, progress=False))
+        assert set(seen) == {1} and len(seen) == 10
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -314,11 +314,11 @@ def test_a_killed_pass_is_not_reused(tmp_path, monkeypatch):
     calls = []
     real_process = unflicker.neural.NeuralDeflicker.process
 
-    def dies_at_frame_2(self, t, frame):
+    def dies_at_frame_2(self, t, frame, prepared=None):
         calls.append(t)
         if t == 2:
             raise KeyboardInterrupt
-        return real_process(self, t, frame)
+        return real_process(self, t, frame, prepared)
 
     monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", dies_at_frame_2)
     with pytest.raises(KeyboardInterrupt):

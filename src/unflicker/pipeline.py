@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import queue
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -43,6 +45,79 @@ class Method(Protocol):
     def analyze(self, frames: Iterable[np.ndarray]) -> None: ...
 
     def process(self, index: int, frame: np.ndarray) -> np.ndarray | dict[str, np.ndarray]: ...
+
+
+PREPARE_AHEAD = 2
+"""Frames decoded (and, for a method with `prepare(index, frame)`, prepared: the neural method's
+atlas frame and filter) in a worker thread ahead of the one being processed. The recurrent and
+single-threaded steps after them (refinement, projection, anchor, encoding) leave a core idle
+that the next frame's filter uses."""
+
+
+def _ahead(items: Iterable, depth: int) -> Iterator:
+    """Iterate `items` in a worker thread, at most `depth` items ahead of the consumer.
+
+    An exception in the worker is raised in the consumer, at the item where it happened; closing
+    the consumer (or an error there) stops the worker before this returns.
+    """
+    slots: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((None, item)):
+                    return
+            put((end, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put((exc, None))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    worker = threading.Thread(target=work, name="unflicker-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            error, item = slots.get()
+            if error is end:
+                return
+            if error is not None:
+                raise error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _prepared(prepare: Callable | None, frames: Iterable[tuple[int, object, np.ndarray]]) -> Iterator[tuple]:
+    """(index, tag, image, prepare(index, image) or None) for each (index, tag, image), computed
+    ahead in a worker thread."""
+    return _ahead(((t, tag, image, prepare(t, image) if prepare else None) for t, tag, image in frames),
+                  PREPARE_AHEAD)
+
+
+def _process(method: Method, index: int, image: np.ndarray, prepared) -> np.ndarray | dict[str, np.ndarray]:
+    return method.process(index, image) if prepared is None else method.process(index, image, prepared)
+
+
+def _threaded_pass(method: Method, prepare: Callable | None):
+    """The method's own settings for a pass whose prepare() runs in a worker thread (see
+    NeuralDeflicker.threaded_pass), or nothing to change."""
+    threaded = getattr(method, "threaded_pass", None)
+    return threaded() if threaded is not None and prepare is not None else nullcontext()
 
 
 # --preset of the neural method -> AtlasConfig fields; --atlas and --atlas-steps override them.
@@ -349,18 +424,21 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
                                skip={"atlas", *method.stages} if reuse else {"atlas"} if work is not None else set())
         kept = io.read_frames(config.keep_work / reuse) if reuse else None
 
+        prepare = None if single or kept is not None else getattr(method, "prepare", None)
+
         def processed():
-            for frame in bars.frames(io.read_frames(input_path, info), "process", info.frame_count):
-                image = io.to_float(frame.image)
+            decoded = ((frame.index, frame, io.to_float(frame.image)) for frame in io.read_frames(input_path, info))
+            for t, frame, image, prepared in bars.frames(_prepared(prepare, decoded), "process", info.frame_count):
                 if single:
                     results = {config.method: image}
                 elif kept is not None:
                     results = {reuse: io.to_float(next(kept).image)}
                 else:
-                    results = _as_stages(method.process(frame.index, image), config.method)
+                    results = _as_stages(_process(method, t, image, prepared), config.method)
                 stages.write(results, frame.name)
                 yield frame, image, list(results.values())[-1]
 
+        stack.enter_context(_threaded_pass(method, prepare))
         # The anchor holds frames back for its look-ahead: only the decoded frame travels with
         # each (a quarter of its float copy, which is made again below).
         for frame, out in _anchor(method, config, info.frame_count).stream(processed()):
@@ -445,15 +523,21 @@ def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = No
         method.analyze(bars.frames(frames, "analyse", n))
         bars.close()
 
-        def processed():
-            for t, frame in enumerate(bars.frames(frames, "process", n)):
+        def checked():
+            for t, frame in enumerate(frames):
                 if np.shape(frame) != first.shape:
                     raise InputError(f"frame {t} has shape {np.shape(frame)}, frame 0 has {first.shape}")
-                image = io.to_float(frame)
-                yield image, image, list(_as_stages(method.process(t, frame), config.method).values())[-1]
+                yield t, None, io.to_float(frame)
 
-        for image, out in _anchor(method, config, n).stream(processed()):
-            yield _blend(image, out, config.strength)
+        prepare = getattr(method, "prepare", None)
+
+        def processed():
+            for t, _, image, prepared in bars.frames(_prepared(prepare, checked()), "process", n):
+                yield image, image, list(_as_stages(_process(method, t, image, prepared), config.method).values())[-1]
+
+        with _threaded_pass(method, prepare):
+            for image, out in _anchor(method, config, n).stream(processed()):
+                yield _blend(image, out, config.strength)
 
 
 class _StageWriters:
