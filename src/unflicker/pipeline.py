@@ -1,7 +1,9 @@
 """The data path from a flickering input to a consistent output: probe, analyse, process, write.
 
 Every method streams: a first pass lets it analyse the (decoded, downscaled by the method) video,
-a second pass processes full-resolution frames one at a time and hands them to the writer.
+a second pass processes full-resolution frames one at a time and hands them to the writer, with
+decoding and a method's order-free per-frame work (`prepare`) done by a worker thread a few
+frames ahead.
 Each pass, and a method's fit between them, shows a progress bar with an ETA on stderr.
 """
 
@@ -40,6 +42,9 @@ class Method(Protocol):
 
     Frames are (H, W, 3) float32 RGB in [0, 1]. `process` returns the output frame, or a dict
     of stage name -> frame whose last entry is the output (earlier ones are kept by --keep-work).
+    A method may also have `prepare(index, frame)`, the part of its per-frame work that depends on
+    no other frame: the pipeline then runs it ahead in a worker thread and hands its result to
+    `process(index, frame, prepared)`, inside the method's `threaded_pass()` context if it has one.
     """
 
     def analyze(self, frames: Iterable[np.ndarray]) -> None: ...
