@@ -126,3 +126,23 @@ def test_the_threaded_pass_halves_torch_threads_and_restores_them(tmp_path, flic
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_error_in_the_main_thread_stops_the_worker_before_the_run_returns(tmp_path, flickering_folder,
+                                                                            monkeypatch):
+    import threading
+
+    import unflicker.neural
+
+    real_process = unflicker.neural.NeuralDeflicker.process
+
+    def fails_at_frame_3(self, t, frame, prepared=None):
+        if t == 3:
+            raise OutputError("disk full")
+        return real_process(self, t, frame, prepared)
+
+    monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", fails_at_frame_3)
+    with pytest.raises(OutputError, match="disk full"):
+        deflicker_file(flickering_folder, tmp_path / "out", RunConfig(method="neural", atlas_steps=5, progress=False))
+    assert not any(t.name == "unflicker-ahead" for t in threading.enumerate())
+    assert not (tmp_path / "out").exists()

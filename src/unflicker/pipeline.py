@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack, closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -445,8 +445,10 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
 
         stack.enter_context(_threaded_pass(method, prepare))
         # The anchor holds frames back for its look-ahead: only the decoded frame travels with
-        # each (a quarter of its float copy, which is made again below).
-        for frame, out in _anchor(method, config, info.frame_count).stream(processed()):
+        # each (a quarter of its float copy, which is made again below). Closed on the way out, so
+        # an error here stops the worker thread at once, not when the traceback is freed.
+        anchored = stack.enter_context(closing(_anchor(method, config, info.frame_count).stream(processed())))
+        for frame, out in anchored:
             image = io.to_float(frame.image)
             final = _blend(image, out, config.strength)
             before.append(_channel_means(image))
@@ -540,8 +542,8 @@ def deflicker_frames(frames: Sequence[np.ndarray], config: RunConfig | None = No
             for t, _, image, prepared in bars.frames(_prepared(prepare, checked()), "process", n):
                 yield image, image, list(_as_stages(_process(method, t, image, prepared), config.method).values())[-1]
 
-        with _threaded_pass(method, prepare):
-            for image, out in _anchor(method, config, n).stream(processed()):
+        with _threaded_pass(method, prepare), closing(_anchor(method, config, n).stream(processed())) as anchored:
+            for image, out in anchored:
                 yield _blend(image, out, config.strength)
 
 
