@@ -216,34 +216,6 @@ def test_mlp_short_run_reduces_loss_and_reconstructs():
     assert atlas.mapping(0).shape == (24, 32, 2)
 
 
-def test_grid_threads_follow_the_idle_cores(monkeypatch):
-    from unflicker.atlas import backends
-
-    monkeypatch.setattr(backends.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(backends.torch, "get_num_threads", lambda: 2)
-    for others, expected in ((0.0, 2), (0.3, 1), (1.0, 1), (1.9, 1), (None, 2)):
-        monkeypatch.setattr(backends, "other_busy_cores", lambda others=others: others)
-        assert backends.grid_threads() == expected, others
-    monkeypatch.setattr(backends.torch, "get_num_threads", lambda: 1)  # OMP_NUM_THREADS=1
-    monkeypatch.setattr(backends, "other_busy_cores", lambda: 0.0)
-    assert backends.grid_threads() == 1
-
-
-def test_other_busy_cores_sees_a_busy_thread_but_not_itself():
-    import threading
-    import time
-
-    from unflicker.atlas.backends import other_busy_cores
-
-    quiet = other_busy_cores(0.3)
-    if quiet is None:
-        pytest.skip("no /proc/stat here")
-    stop = time.monotonic() + 1.0
-    worker = threading.Thread(target=lambda: [None for _ in iter(lambda: time.monotonic() > stop, True)])
-    worker.start()
-    busy = other_busy_cores(0.3)  # this process's own threads are not "other"
-    worker.join()
-    assert 0.0 <= busy <= quiet + 0.7  # counting our own thread would add about 1
 def test_our_adam_matches_torchs():
     # The grid fit's Adam avoids torch.optim's import cost; it must step exactly as torch.optim.Adam,
     # with a parameter that gets no gradient for a while (a grid level not yet unlocked).

@@ -260,8 +260,12 @@ class VideoWriter:
     and leaves any existing file untouched.
     """
 
-    def __init__(self, path: str | os.PathLike, source: VideoInfo, crf: int = DEFAULT_CRF, overwrite: bool = False):
+    def __init__(self, path: str | os.PathLike, source: VideoInfo, crf: int = DEFAULT_CRF, overwrite: bool = False,
+                 comment: str | None = None):
+        """comment: a short text stored as the container's `comment` tag (a folder gets it as
+        .unflicker.json), e.g. the settings that made the output."""
         self.path = Path(path)
+        self.comment = comment
         self.source = source
         self.crf = crf
         self.overwrite = overwrite
@@ -272,12 +276,16 @@ class VideoWriter:
         self._audio = None
         if self.to_folder:
             self._temp.mkdir()
+            if comment is not None:
+                (self._temp / ".unflicker.json").write_text(comment)
         else:
             self._open_video()
 
     def _open_video(self) -> None:
         fmt, codec = VIDEO_FORMATS[self.path.suffix.lower()]
         self._container = av.open(str(self._temp), mode="w", format=fmt)
+        if self.comment is not None:
+            self._container.metadata["comment"] = self.comment
         src = self.source
         self._stream = self._container.add_stream(codec, rate=src.fps)
         self._stream.width, self._stream.height = src.width, src.height
@@ -462,3 +470,24 @@ def _replace(temp: Path, final: Path, overwrite: bool) -> None:
             return
     os.replace(temp, final)
 
+
+
+def atomic_npy(path: Path, array: np.ndarray) -> Path:
+    """Save an array as .npy under a temporary name, then rename it into place (replacing)."""
+    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with open(temp, "wb") as f:
+            np.save(f, array)
+        os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+    return path
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """One (H, W, 3) float RGB frame in [0, 1] as a 16-bit PNG (folders made as needed)."""
+    path = Path(path).with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(from_float(np.clip(image, 0.0, 1.0), 16), cv2.COLOR_RGB2BGR)):
+        raise OutputError(f"cannot write {path}")

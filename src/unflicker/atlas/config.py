@@ -127,9 +127,8 @@ class AtlasConfig:
     device: str | None = None
     """mlp: torch device; None: CUDA when present, else CPU. The grid backend always runs on CPU."""
     threads: int | None = None
-    """Torch intra-op threads while fitting; None: for 'grid' up to 2, as many as other processes
-    leave idle (its small operations gain little from more and slow down badly on shared cores),
-    torch's default for 'mlp'."""
+    """Torch intra-op threads while fitting; None: leave torch's setting alone (the engine sets a
+    fixed number per worker, EngineConfig.threads, so the fit never depends on machine load)."""
     flow_preset: str = "medium"
     """DIS preset used when fit() computes the flows itself."""
     mlp: MLPOptions = field(default_factory=MLPOptions)

@@ -1,0 +1,237 @@
+"""Settings: `RunConfig` (the options of one `unflicker run`), `EngineConfig` (where segments run),
+presets as named configs, and `resolve`, which turns the options into each component's dataclass
+config (atlas, filter, refine, projection, anchor, segments) and records them with every output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from unflicker import __version__, io
+from unflicker.errors import InputError, OutputError
+from unflicker.segments import MethodSpec, SegmentConfig
+
+ENGINES = ("local", "ray")
+
+
+def machine_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class EngineConfig:
+    """Where and how the segments of a run (or a batch) are processed."""
+
+    engine: str = "local"
+    """'local': a process pool on this machine (workers=1: in this process); 'ray': Ray tasks."""
+    workers: int | None = None
+    """Segments processed at once. None: the machine's cores (local), the cluster's CPUs (ray)."""
+    threads: int = 1
+    """Torch and OpenCV threads per worker. Fixed, so outputs never depend on machine load; the
+    same value gives bit-identical outputs with any worker count and engine."""
+    ray_address: str | None = None
+    """ray: address of an existing cluster ('HOST:6379' or 'auto'); None starts a local Ray
+    (127.0.0.1 only) for the run."""
+    shared_dir: Path | None = None
+    """ray: a folder every node can read and write (NFS...): frames and results go through it.
+    None: through Ray's object store (a local Ray uses the work folder on this machine)."""
+    retries: int = 2
+    """Times a segment whose worker died is run again before the run fails."""
+
+    def check(self) -> None:
+        if self.engine not in ENGINES:
+            raise InputError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        if self.workers is not None and self.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {self.workers}")
+        if self.threads < 1:
+            raise InputError(f"--threads must be at least 1, got {self.threads}")
+        if self.engine != "ray" and (self.ray_address or self.shared_dir):
+            raise InputError("--ray-address and --shared-dir apply to --engine ray only")
+        if self.retries < 0:
+            raise InputError(f"retries must be >= 0, got {self.retries}")
+
+    def local_workers(self) -> int:
+        return self.workers if self.workers is not None else max(1, machine_cores() // self.threads)
+
+
+# --preset of the neural method -> AtlasConfig fields; --atlas and --atlas-steps override them.
+PRESETS: dict[str, dict[str, object]] = {
+    "fast": {"backend": "grid", "resolution": 160, "steps": 100},
+    "balanced": {},  # AtlasConfig's defaults: grid backend, 256 px, 250 steps
+    "paper": {"backend": "mlp"},  # the MLP backend's defaults are the paper's (10000 steps, lr 1e-4)
+}
+NEURAL_MIN_SIDE = 16
+"""Smallest frame side, at the input's and at the atlas resolution, the neural method accepts:
+OpenCV's DIS optical flow rejects smaller frames, and crashes on some wide ones under 16 rows."""
+METHOD_NAMES = ("classical", "neural")
+
+
+@dataclass
+class RunConfig:
+    """Options of one `unflicker run` (the CLI's flags; `resolve` turns them into component configs)."""
+
+    method: str | None = None
+    """'neural' or 'classical'; None: 'neural', or 'classical' (with a warning) for frames too small for it."""
+    preset: str | None = None
+    """neural: name in PRESETS, 'fast', 'balanced' or 'paper' (None: balanced)."""
+    atlas: str | None = None
+    """neural: atlas backend, 'grid' (fast) or 'mlp' (the paper's, for GPUs); None: the preset's."""
+    atlas_steps: int | None = None
+    """neural: atlas optimisation steps (None: the preset's, else the backend's default)."""
+    stop_after: str | None = None
+    """neural: last stage to run ('atlas', 'filter' or 'refine'); no output is written, each stage's
+    frames go to keep_work/<stage>/."""
+    projection: bool = True
+    """neural: project the network's correction onto a smooth flicker model (unflicker.projection),
+    which keeps every pixel's detail from the input; False takes the network's output as it is."""
+    keep_slow: float | None = None
+    """neural: Gaussian sigma, in frames, of the fine-scale changes of look kept from the input (see
+    unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
+    the atlas's look, as in the paper. None: AnchorConfig's defaults."""
+    strength: float = 1.0
+    """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input)."""
+    crf: int = io.DEFAULT_CRF
+    """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 and below look lossless)."""
+    overwrite: bool = False
+    """Replace an existing output (and existing compare / plot files)."""
+    keep_work: Path | None = None
+    """Work folder kept after the run: finished segments persist there, so a rerun of the same
+    command (killed at any moment) only runs the unfinished ones. None: a temporary folder."""
+    compare: Path | None = None
+    """Also write a side-by-side (input | output) video (or PNG folder) here."""
+    plot: Path | None = None
+    """Also write a PNG plot of mean brightness per channel over time, input vs output, here."""
+    progress: bool = True
+    """Show progress bars on stderr."""
+    segments: SegmentConfig = field(default_factory=SegmentConfig)
+    """How the video is cut into segments (the unit of work)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """Where the segments run."""
+
+    @property
+    def neural_options_set(self) -> bool:
+        """Whether any option that only the neural method takes is given."""
+        return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
+                    or not self.projection)
+
+    def check(self) -> None:
+        """Raise InputError / OutputError on options that cannot work together."""
+        if self.method is not None and self.method not in METHOD_NAMES:
+            raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHOD_NAMES)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if not 0.0 <= self.strength <= 1.0:
+            raise InputError(f"--strength must be in 0..1, got {self.strength}")
+        if not 0 <= self.crf <= 51:
+            raise InputError(f"--crf must be in 0..51, got {self.crf}")
+        if self.atlas_steps is not None and self.atlas_steps < 1:
+            raise InputError(f"--atlas-steps must be at least 1, got {self.atlas_steps}")
+        if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
+            raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
+        if self.method not in (None, "neural") and self.neural_options_set:
+            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow and --no-projection apply to "
+                             "--method neural only")
+        if self.stop_after and self.keep_work is None:
+            raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
+        if self.stop_after and (self.compare or self.plot):
+            raise OutputError("--compare and --plot need the output: drop --stop-after")
+        if self.plot is not None and Path(self.plot).suffix.lower() != ".png":
+            raise OutputError(f"--plot writes a PNG: name it *.png, not {Path(self.plot).name}")
+        self.segments.check()
+        self.engine.check()
+
+
+def atlas_config(config: RunConfig):
+    """The neural method's atlas settings: the preset's, then explicit --atlas / --atlas-steps."""
+    from unflicker.atlas import AtlasConfig  # torch is imported only when a neural method runs
+
+    fields = dict(PRESETS[config.preset or "balanced"])
+    if config.atlas is not None:
+        fields["backend"] = config.atlas
+    if config.atlas_steps is not None:
+        fields["steps"] = config.atlas_steps
+    return AtlasConfig(**fields)
+
+
+def _neural_fits(height: int, width: int, config: RunConfig) -> tuple[bool, int, int]:
+    """(whether the neural method can take frames of this size, the atlas-resolution size)."""
+    from unflicker.atlas import atlas_size
+
+    low_h, low_w = atlas_size(height, width, atlas_config(config).resolution)
+    return min(height, width, low_h, low_w) >= NEURAL_MIN_SIDE, low_h, low_w
+
+
+def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) -> RunConfig:
+    """The config with its method named: the default (None) is neural, or classical for frames too
+    small for the neural method's flow (with a warning); an explicit neural method is checked."""
+    if config.method != "classical" and n_frames >= 2:
+        fits, low_h, low_w = _neural_fits(height, width, config)
+        if not fits and (config.method is not None or config.neural_options_set):
+            raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its "
+                             f"optical flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, "
+                             f"{low_w}x{low_h} here): use the classical method")
+        if not fits:
+            warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical one",
+                          stacklevel=3)
+            return dataclasses.replace(config, method="classical", preset=None)
+    return config if config.method else dataclasses.replace(config, method="neural")
+
+
+def anchor_config(config: RunConfig):
+    """The slow-look anchor of the neural method: --keep-slow sets the fine part's window; the
+    coarse and frame-wide windows are never shorter (None: no anchor, --keep-slow off)."""
+    from unflicker.anchor import AnchorConfig
+
+    if config.keep_slow == math.inf:
+        return None
+    if config.keep_slow is None:
+        return AnchorConfig()
+    defaults = AnchorConfig()
+    return AnchorConfig(sigma=config.keep_slow, coarse_sigma=max(config.keep_slow, defaults.coarse_sigma),
+                        global_sigma=max(config.keep_slow, defaults.global_sigma))
+
+
+def method_spec(config: RunConfig) -> MethodSpec:
+    """The resolved method (config.method must be named, see resolve_method) and its config."""
+    if config.method == "classical":
+        from unflicker.classical import ClassicalConfig
+
+        return MethodSpec("classical", ClassicalConfig())
+    from unflicker.neural import NeuralConfig
+
+    neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config))
+    if not config.projection:
+        neural.projection = None
+    return MethodSpec("neural", neural)
+
+
+def record(spec: MethodSpec, config: RunConfig, fingerprint: dict) -> dict:
+    """The resolved settings of a run, as recorded with its output (work folder, container tag)."""
+    from unflicker.methods import config_record
+
+    return {
+        "unflicker": __version__,
+        "method": spec.name,
+        "preset": config.preset,
+        spec.name: config_record(spec.config),
+        "weights": fingerprint,
+        "segments": dataclasses.asdict(config.segments),
+        "threads": config.engine.threads,
+        "output": {"strength": config.strength, "crf": config.crf},
+    }
+
+
+def digest(data: dict) -> str:
+    """A short, stable digest of a JSON-able record."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,277 @@
+"""Engines run segment tasks (segments.run_segment) and only schedule: in this process, in a local
+process pool, or as Ray tasks. `run_jobs` keeps every worker busy with the segments of one or many
+videos (one queue), hands results back to their jobs as they finish, and lets the jobs stitch and
+write in order while the workers go on.
+
+A job (pipeline.Job) offers `start()`, `next_task()`, `deliver(result)`, `advance() -> finished`
+and `fail(error)`; errors of one job do not stop the others.
+"""
+
+from __future__ import annotations
+
+import pickle
+import select
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from unflicker.config import EngineConfig
+from unflicker.errors import UnflickerError
+from unflicker.segments import SegmentResult, SegmentTask, fixed_threads, run_segment
+
+
+class WorkerDied(UnflickerError):
+    """A segment's worker died more often than the retries allow."""
+
+
+class Executor(Protocol):
+    capacity: int
+    """Tasks worth having in flight at once (workers, plus one ready so none waits)."""
+
+    def submit(self, task: SegmentTask) -> object: ...
+
+    def wait(self, handles: Iterable[object]) -> list[tuple[object, SegmentResult | BaseException]]:
+        """Block until at least one handle is done; (handle, result or the task's error) for each done one."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """Runs each task in this process when waited for (--workers 1)."""
+
+    capacity = 1
+
+    def __init__(self, engine: EngineConfig):
+        self._tasks: dict[int, SegmentTask] = {}
+
+    def submit(self, task: SegmentTask) -> object:
+        handle = len(self._tasks) + 1 + max(self._tasks, default=0)
+        self._tasks[handle] = task
+        return handle
+
+    def wait(self, handles):
+        handle = next(iter(handles))
+        task = self._tasks.pop(handle)
+        try:
+            return [(handle, run_segment(task))]
+        except UnflickerError as exc:
+            return [(handle, exc)]
+
+    def close(self) -> None:
+        self._tasks.clear()
+
+
+class _Worker:
+    """One `python -m unflicker.worker` process and the task it is running."""
+
+    def __init__(self, threads: int):
+        self.process = subprocess.Popen([sys.executable, "-m", "unflicker.worker", str(threads)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.handle: int | None = None
+
+    def send(self, handle: int, task: SegmentTask) -> None:
+        self.handle = handle
+        pickle.dump(task, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.process.stdin.flush()
+
+    def receive(self):
+        """The task's outcome, or None if the process died."""
+        try:
+            status, payload = pickle.load(self.process.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
+            return None
+        self.handle = None
+        return payload
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+class LocalPool:
+    """Worker processes on this machine (python -m unflicker.worker), one task each at a time; a
+    task whose worker died runs again on a fresh one (up to `retries` times)."""
+
+    def __init__(self, engine: EngineConfig):
+        self.workers = engine.local_workers()
+        self.capacity = self.workers + 1
+        self.threads, self.retries = engine.threads, engine.retries
+        self._pool = [_Worker(self.threads) for _ in range(self.workers)]
+        self._queue: list[int] = []
+        self._tasks: dict[int, tuple[SegmentTask, int]] = {}
+        self._next = 0
+
+    def submit(self, task: SegmentTask) -> int:
+        self._next += 1
+        self._tasks[self._next] = (task, 0)
+        self._queue.append(self._next)
+        self._dispatch()
+        return self._next
+
+    def _dispatch(self) -> None:
+        for worker in self._pool:
+            if worker.handle is None and self._queue:
+                handle = self._queue.pop(0)
+                try:
+                    worker.send(handle, self._tasks[handle][0])
+                except (BrokenPipeError, OSError):
+                    self._replace(worker, handle)
+
+    def _replace(self, worker: _Worker, handle: int) -> tuple[int, WorkerDied] | None:
+        """The worker died running `handle`: a fresh worker, and the task queued again (or failed)."""
+        worker.kill()
+        self._pool[self._pool.index(worker)] = _Worker(self.threads)
+        task, tries = self._tasks[handle]
+        if tries >= self.retries:
+            del self._tasks[handle]
+            return handle, WorkerDied(f"segment {task.segment.index} of {task.job}: its worker died {tries + 1} times")
+        self._tasks[handle] = (task, tries + 1)
+        self._queue.insert(0, handle)
+        return None
+
+    def wait(self, handles):
+        wanted = set(handles)
+        while True:
+            busy = {w.process.stdout: w for w in self._pool if w.handle is not None}
+            ready, _, _ = select.select(list(busy), [], [])
+            out = []
+            for pipe in ready:
+                worker = busy[pipe]
+                handle = worker.handle
+                payload = worker.receive()
+                if payload is None:
+                    failed = self._replace(worker, handle)
+                    if failed is not None:
+                        out.append(failed)
+                    continue
+                del self._tasks[handle]
+                out.append((handle, payload))
+            self._dispatch()
+            out = [item for item in out if item[0] in wanted]
+            if out:
+                return out
+
+    def close(self) -> None:
+        for worker in self._pool:
+            worker.kill()
+        self._pool.clear()
+
+
+class RayEngine:
+    """Segments as Ray tasks: a local Ray on 127.0.0.1 for the run, or an existing cluster."""
+
+    def __init__(self, engine: EngineConfig):
+        try:
+            import ray
+        except ImportError:  # pragma: no cover - ray is a dependency
+            raise UnflickerError("--engine ray needs Ray: pip install 'ray==2.60.0'") from None
+        self.ray = ray
+        self._started = False
+        if not ray.is_initialized():
+            options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            if engine.ray_address is None:
+                options.update(num_cpus=engine.local_workers() * engine.threads, _node_ip_address="127.0.0.1")
+            else:
+                options.update(address=engine.ray_address)
+            try:
+                ray.init(**options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): {exc}") from None
+            self._started = True
+        self.local = engine.ray_address is None
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
+        self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(_ray_segment)
+
+    def submit(self, task: SegmentTask) -> object:
+        return self._remote.remote(task)
+
+    def wait(self, handles):
+        ready, _ = self.ray.wait(list(handles), num_returns=1)
+        out = []
+        for ref in ready:
+            try:
+                out.append((ref, self.ray.get(ref)))
+            except UnflickerError as exc:  # Ray re-raises the task's own error class
+                out.append((ref, exc))
+            except self.ray.exceptions.RayError as exc:
+                out.append((ref, WorkerDied(f"a Ray task failed: {str(exc).splitlines()[0]}")))
+        return out
+
+    def close(self) -> None:
+        if self._started:
+            self.ray.shutdown()
+
+
+def _ray_segment(task: SegmentTask) -> SegmentResult:
+    # Ray's workers keep torch's default threads: the task fixes its own (run_segment does too).
+    with fixed_threads(task.threads):
+        return run_segment(task)
+
+
+def make_executor(engine: EngineConfig) -> Executor:
+    if engine.engine == "ray":
+        return RayEngine(engine)
+    if engine.local_workers() == 1:
+        return InProcess(engine)
+    return LocalPool(engine)
+
+
+def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], None] = lambda job: None) -> None:
+    """Run every job's segments on one executor, oldest job first; `finished(job)` after each job
+    completes or fails (its `error` set). Jobs start (probe, plan) only when the workers need tasks."""
+    executor = make_executor(engine)
+    waiting = iter(jobs)
+    active: list = []
+    in_flight: dict[object, object] = {}
+    try:
+        while True:
+            while len(in_flight) < executor.capacity:
+                task, owner = None, None
+                for job in active:
+                    if job.error is None:
+                        task = job.next_task()
+                        if task is not None:
+                            owner = job
+                            break
+                if task is None:
+                    job = next(waiting, None)
+                    if job is None:
+                        break
+                    try:
+                        job.start(shared=not isinstance(executor, RayEngine) or executor.local)
+                        active.append(job)
+                    except UnflickerError as exc:
+                        job.fail(exc)
+                        finished(job)
+                    continue
+                in_flight[executor.submit(task)] = owner
+            for job in list(active):
+                done = job.error is not None
+                if not done:
+                    try:
+                        done = job.advance()
+                    except UnflickerError as exc:
+                        job.fail(exc)
+                        done = True
+                if done and not any(owner is job for owner in in_flight.values()):
+                    active.remove(job)
+                    finished(job)
+            if not in_flight:
+                if not active:
+                    return
+                continue
+            for handle, outcome in executor.wait(list(in_flight)):
+                job = in_flight.pop(handle)
+                if job.error is not None:
+                    continue
+                if isinstance(outcome, BaseException):
+                    job.fail(outcome)
+                else:
+                    job.deliver(outcome)
+    finally:
+        executor.close()
+        for job in active:
+            job.close()

@@ -1,0 +1,105 @@
+"""The method protocol (every hook the pass loop calls) and the name -> method registry.
+
+A method sees one segment at a time (segments.run_segment): `analyze` once over the span's frames,
+then `process(t, frame)` for t = 0, 1, ... in order; the slow-look anchor it asks for with
+`anchor_config` runs after it. Frames are (H, W, 3) float32 RGB in [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from unflicker.anchor import AnchorConfig
+from unflicker.classical import ClassicalConfig, ClassicalDeflicker
+
+
+class Method(Protocol):
+    """What the pass loop calls, and nothing else."""
+
+    @property
+    def stages(self) -> list[str]:
+        """Names of the frames `process` returns, in order; the last is the method's output."""
+        ...
+
+    def analyze(self, frames: Iterable[np.ndarray]) -> None:
+        """See every frame of the segment once, in order (e.g. fit the atlas)."""
+        ...
+
+    def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """Stage name -> frame for frame t of the analysed segment (called for t = 0, 1, ...)."""
+        ...
+
+    def anchor_config(self, n_frames: int) -> AnchorConfig:
+        """How much of the input's slow look the anchor hands back (AnchorConfig.off(): none)."""
+        ...
+
+    def fingerprint(self) -> dict:
+        """JSON-able record of everything the output depends on beyond the config (weights' digests)."""
+        ...
+
+
+class ClassicalMethod:
+    """The classical deflicker (classical.py) as a pipeline method: one stage, no anchor."""
+
+    stages = ["classical"]
+
+    def __init__(self, config: ClassicalConfig | None = None):
+        self.config = config or ClassicalConfig()
+        self._deflicker = ClassicalDeflicker(self.config)
+
+    def analyze(self, frames: Iterable[np.ndarray]) -> None:
+        self._deflicker.analyze(frames)
+
+    def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
+        return {"classical": self._deflicker.process(t, frame)}
+
+    def anchor_config(self, n_frames: int) -> AnchorConfig:
+        return AnchorConfig.off()
+
+    def fingerprint(self) -> dict:
+        return {}
+
+
+def _neural(config) -> Method:
+    from unflicker.neural import NeuralDeflicker  # torch is imported only when a neural method runs
+
+    return NeuralDeflicker(config)
+
+
+def _neural_config():
+    from unflicker.neural import NeuralConfig
+
+    return NeuralConfig
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    build: Callable[[object], Method]
+    """config -> method."""
+    config_type: Callable[[], type]
+    """The method's config dataclass (imported on demand)."""
+
+
+METHODS: dict[str, MethodEntry] = {
+    "classical": MethodEntry(ClassicalMethod, lambda: ClassicalConfig),
+    "neural": MethodEntry(_neural, _neural_config),
+}
+
+
+def config_record(config) -> dict:
+    """A method config as JSON-able nested dicts (tuples as lists, inf as a string)."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if isinstance(value, float) and not np.isfinite(value):
+            return str(value)
+        return value
+
+    return clean(dataclasses.asdict(config))

@@ -1,0 +1,214 @@
+"""Segments, the unit of all work: a range of frames of one shot, analysed and passed in one task.
+
+A video is cut into shots (cuts.py), each shot into segments of at most `SegmentConfig.frames`
+core frames; a segment's span adds `margin` frames of its shot on either side. Boundaries depend
+only on the video and the settings, never on how many workers run them. `run_segment` is the one
+pass loop: it sees nothing but the span's frames and the settings, runs the method's analysis
+(for the neural method: low-resolution frames, flow, atlas fit) and its per-frame pass (filter,
+refinement, projection) with the slow-look anchor, and returns the span's output frames. The same
+function runs in-process, in a local process pool and as a Ray task (engine.py).
+
+Consecutive spans of a shot overlap by 2 * margin frames around each core boundary; the job
+(pipeline.py) cross-fades them linearly there, so the recurrent refinement and the anchor, which restart at a
+span's first frame, have warmed up (and carry little weight) where their output is used.
+
+Layouts: span frames (T, H, W, 3) uint8, uint16 or float32 in [0, 1]; results (T, H, W, 3) uint16
+(1/65535 steps, finer than any output), the same bits whichever worker made them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from unflicker.errors import InputError
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How a video is cut into segments (part of what an output depends on)."""
+
+    frames: int = 60
+    """Longest core of a segment, in frames; a longer shot is split into equal parts."""
+    margin: int = 10
+    """Frames of the shot added on either side of a core: the overlap that is cross-faded, where
+    the recurrent refinement and the anchor warm up."""
+
+    def check(self) -> None:
+        if self.margin < 0 or self.frames < max(2, 4 * self.margin):
+            raise InputError(f"segments need frames >= 4 * margin (and >= 2), margin >= 0; got frames={self.frames}, "
+                             f"margin={self.margin}")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One task's frames: `core` (the frames whose output it owns; cores partition the video) and
+    `span` (the core with its margins inside the shot: what it reads and returns)."""
+
+    index: int
+    core: range
+    span: range
+    shot: int
+    """Index of the shot the segment belongs to (segments never cross a cut)."""
+
+
+def plan(shots: Sequence[range], config: SegmentConfig | None = None) -> list[Segment]:
+    """Segments of a video cut into `shots` (consecutive ranges from frame 0)."""
+    config = config or SegmentConfig()
+    config.check()
+    segments: list[Segment] = []
+    for s, shot in enumerate(shots):
+        parts = max(1, math.ceil(len(shot) / config.frames))
+        edges = [shot.start + round(i * len(shot) / parts) for i in range(parts + 1)]
+        for a, b in zip(edges[:-1], edges[1:]):
+            span = range(max(shot.start, a - config.margin), min(shot.stop, b + config.margin))
+            segments.append(Segment(len(segments), range(a, b), span, s))
+    return segments
+
+
+def blend_weight(segment: Segment, following: Segment | None, t: int, margin: int) -> float:
+    """Weight of `following`'s output at frame t (0: all `segment`'s), a linear ramp across the
+    2 * margin frames the two spans share around their core boundary."""
+    if following is None or following.shot != segment.shot or t not in following.span or t not in segment.span:
+        return 0.0
+    boundary = following.core.start
+    return min(1.0, max(0.0, (t - (boundary - margin) + 0.5) / (2 * margin)))
+
+
+# --- the task -----------------------------------------------------------------------------------
+
+
+@dataclass
+class MethodSpec:
+    """A method by registry name and its resolved config (a dataclass, picklable)."""
+
+    name: str
+    config: object
+
+
+@dataclass
+class SegmentTask:
+    """Everything one segment's task depends on: its frames and the settings."""
+
+    job: str
+    """Key of the job (input and settings) the segment belongs to."""
+    segment: Segment
+    method: MethodSpec
+    frames: np.ndarray | Path
+    """The span's frames, (T, H, W, 3): an array (in-process, Ray's object store), or an .npy file
+    every worker can read (memory-mapped, one frame at a time)."""
+    output: Path | None = None
+    """Where to write the result .npy (atomically); None returns it as an array."""
+    threads: int = 1
+    """Torch and OpenCV threads while the task runs (fixed, so the result never depends on load)."""
+    stages_dir: Path | None = None
+    """With a method stopped early (stop_after): write each stage's core frames as PNG into
+    stages_dir/<stage>/<name>."""
+    names: tuple[str, ...] = ()
+    """File names of the span's frames (for stages_dir)."""
+    running_dir: Path | None = None
+    """If set, `<running_dir>/<job>-<index>.pid` holds the worker's pid while the task runs."""
+
+
+@dataclass
+class SegmentResult:
+    job: str
+    index: int
+    frames: np.ndarray | Path
+    """(T, H, W, 3) uint16 span output, or the .npy file holding it."""
+    seconds: float
+    pid: int = field(default_factory=os.getpid)
+
+
+_METHOD_CACHE: dict[str, object] = {}
+
+
+def build_method(spec: MethodSpec):
+    """The method for a spec, built once per process (the neural method loads its weights then)."""
+    from unflicker.methods import METHODS
+
+    key = f"{spec.name}:{spec.config!r}"
+    if key not in _METHOD_CACHE:
+        _METHOD_CACHE.clear()  # one method per worker at a time: weights are not kept for old specs
+        _METHOD_CACHE[key] = METHODS[spec.name].build(spec.config)
+    return _METHOD_CACHE[key]
+
+
+@contextmanager
+def fixed_threads(n: int) -> Iterator[None]:
+    """Torch and OpenCV use exactly n threads in the body (restored after)."""
+    import cv2
+    import torch
+
+    old_torch, old_cv = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(n)
+    cv2.setNumThreads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old_torch)
+        cv2.setNumThreads(old_cv)
+
+
+def _open_frames(frames: np.ndarray | Path) -> np.ndarray:
+    if isinstance(frames, (str, Path)):
+        return np.load(frames, mmap_mode="r")
+    return frames
+
+
+def _float(image: np.ndarray) -> np.ndarray:
+    from unflicker.io import to_float
+
+    return to_float(np.asarray(image))
+
+
+def run_segment(task: SegmentTask) -> SegmentResult:
+    """The one pass loop: analyse the span, then process it frame by frame, anchor, quantise."""
+    from unflicker.anchor import SlowAppearanceAnchor
+    from unflicker.io import atomic_npy, from_float, write_png
+
+    start = time.perf_counter()
+    marker = None
+    if task.running_dir is not None:
+        marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"
+        marker.write_text(str(os.getpid()))
+    try:
+        frames = _open_frames(task.frames)
+        n = len(task.segment.span)
+        if frames.shape[0] != n or frames.ndim != 4 or frames.shape[3] != 3:
+            raise InputError(f"segment {task.segment.index}: expected {n} frames (T, H, W, 3), got {frames.shape}")
+        with fixed_threads(task.threads):
+            method = build_method(task.method)
+            method.analyze(_float(frames[i]) for i in range(n))
+            out = None
+            core = range(task.segment.core.start - task.segment.span.start,
+                         task.segment.core.stop - task.segment.span.start)
+
+            def processed():
+                for i in range(n):
+                    image = _float(frames[i])
+                    stages = method.process(i, image)
+                    if task.stages_dir is not None and i in core:
+                        for stage, frame in stages.items():
+                            write_png(Path(task.stages_dir) / stage / task.names[i], frame)
+                    yield i, image, stages[method.stages[-1]]
+
+            anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
+            for i, output in anchor.stream(processed()):
+                if out is None:  # a run stopped early returns its last stage (the atlas's is smaller)
+                    out = np.empty((n, *output.shape), np.uint16)
+                out[i] = from_float(output, 16)
+        result: np.ndarray | Path = out
+        if task.output is not None:
+            result = atomic_npy(Path(task.output), out)
+        return SegmentResult(task.job, task.segment.index, result, time.perf_counter() - start)
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
