@@ -27,7 +27,8 @@ import numpy as np
 from unflicker import io, synth
 from unflicker.baselines import ffmpeg_deflicker
 from unflicker.evaluation import Evaluator
-from unflicker.pipeline import METHODS, RunConfig, deflicker_file
+from unflicker.config import METHOD_NAMES as METHODS
+from unflicker.pipeline import RunConfig, deflicker_file
 
 ROOT = Path(__file__).resolve().parent
 SYNTH_CLIPS = ("davis-bear.mp4", "sam2-02_cups.mp4")

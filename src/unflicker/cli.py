@@ -25,8 +25,63 @@ DELEGATES = {
 }
 
 
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    from unflicker.config import ENGINES
+    from unflicker.segments import SegmentConfig
+
+    group = parser.add_argument_group("engine")
+    group.add_argument("--workers", type=int, metavar="N",
+                       help="segments processed at once (default: the machine's cores; 1: in this process; "
+                            "with --engine ray: the cluster's CPUs)")
+    group.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="torch/OpenCV threads per worker (default 1; outputs are bit-identical for any "
+                            "--workers and engine at the same value)")
+    group.add_argument("--engine", choices=ENGINES, default="local",
+                       help="local: a process pool on this machine (default); ray: Ray tasks")
+    group.add_argument("--ray-address", metavar="ADDR",
+                       help="ray: an existing cluster (HOST:6379 or auto); default: a local Ray for this run")
+    group.add_argument("--shared-dir", type=Path, metavar="DIR",
+                       help="ray: a folder every node reads and writes; frames and results go through it "
+                            "(default: Ray's object store)")
+    group.add_argument("--segment-frames", type=int, default=SegmentConfig.frames, metavar="N",
+                       help=f"longest segment core in frames (default {SegmentConfig.frames}); part of what the "
+                            "output depends on")
+
+
+def _method_options(parser: argparse.ArgumentParser) -> None:
+    from unflicker.config import METHOD_NAMES, PRESETS
+
+    parser.add_argument("--method", choices=METHOD_NAMES, default=None,
+                        help="neural (default: the paper's atlas, filter and refinement) or classical (fast "
+                             "statistics matching; also used, with a warning, for frames too small for neural)")
+    parser.add_argument("--preset", choices=tuple(PRESETS),
+                        help="neural: fast (coarser, shorter atlas fit), balanced (default) or paper (MLP atlas, "
+                             "the paper's settings; slow on a CPU)")
+    parser.add_argument("--atlas", choices=("grid", "mlp"),
+                        help="neural: atlas backend, overriding the preset's; mlp is the paper's (slow on a CPU)")
+    parser.add_argument("--atlas-steps", type=int, metavar="N",
+                        help="neural: atlas optimisation steps (default: the preset's)")
+    parser.add_argument("--no-projection", dest="projection", action="store_false",
+                        help="neural: take the networks' output as it is (the paper's way) instead of projecting "
+                             "its correction onto a smooth flicker model, which keeps the input's detail")
+    parser.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
+                        help="neural: keep the input's own fine-scale changes of look that last longer than about "
+                             "this many frames (a Gaussian sigma; default 1; frame-sized changes use at least 8, "
+                             "the frame mean at least 16); only faster changes count as flicker. Larger keeps "
+                             "less; 'off' gives every frame the atlas's look, as the paper does")
+    parser.add_argument("--strength", type=float, default=1.0, metavar="S",
+                        help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own "
+                             "look")
+    parser.add_argument("--crf", type=int, help="H.264 quality for .mp4/.mov, lower is better (default 16)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    parser.add_argument("--keep-work", type=Path, metavar="DIR",
+                        help="keep the work folder: finished segments persist in DIR, so the same command, "
+                             "killed at any moment and run again, only runs the unfinished segments")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from unflicker.pipeline import METHODS, PRESETS
+    from unflicker.config import METHOD_NAMES
 
     parser = argparse.ArgumentParser(prog="unflicker", description="Remove flicker from a video, blindly.")
     parser.add_argument("--version", action="version", version=f"unflicker {__version__}")
@@ -36,38 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("input", type=Path, help="video file (anything FFmpeg reads) or folder of frames")
     run.add_argument("-o", "--output", type=Path,
                      help="output .mp4 (H.264), .mkv (FFV1 lossless), .mov, or a folder of PNG frames")
-    run.add_argument("--method", choices=sorted(METHODS), default=None,
-                     help="neural (default: the paper's atlas, filter and refinement) or classical (fast "
-                          "statistics matching; also used, with a warning, for frames too small for neural)")
-    run.add_argument("--preset", choices=tuple(PRESETS),
-                     help="neural: fast (coarser, shorter atlas fit), balanced (default) or paper (MLP atlas, "
-                          "the paper's settings; slow on a CPU)")
-    run.add_argument("--atlas", choices=("grid", "mlp"),
-                     help="neural: atlas backend, overriding the preset's; mlp is the paper's (slow on a CPU)")
-    run.add_argument("--atlas-steps", type=int, metavar="N", help="neural: atlas optimisation steps (default: the "
-                                                                   "preset's)")
+    _method_options(run)
     run.add_argument("--stop-after", choices=("atlas", "filter", "refine"),
-                     help="neural: stop after this stage; its frames go to --keep-work DIR, no output is written")
-    run.add_argument("--no-projection", dest="projection", action="store_false",
-                     help="neural: take the networks' output as it is (the paper's way) instead of projecting "
-                          "its correction onto a smooth flicker model, which keeps the input's detail")
-    run.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
-                     help="neural: keep the input's own fine-scale changes of look that last longer than about "
-                          "this many frames (a Gaussian sigma; default 1; frame-sized changes use at least 8, "
-                          "the frame mean at least 16); only faster changes count as flicker. Larger keeps less; "
-                          "'off' gives every frame the atlas's look, as the paper does")
-    run.add_argument("--strength", type=float, default=1.0, metavar="S",
-                     help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own look")
-    run.add_argument("--crf", type=int, help="H.264 quality for .mp4/.mov, lower is better (default 16)")
-    run.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    run.add_argument("--keep-work", type=Path, metavar="DIR",
-                     help="keep each stage's frames in DIR/<stage>/; rerunning with the same DIR, input and "
-                          "settings reuses the finished stages (the fitted atlas, then the filtered and "
-                          "refined frames), so a killed run restarts from its last finished stage")
+                     help="neural: stop after this stage; its frames go to --keep-work DIR/<stage>/, no output "
+                          "is written")
     run.add_argument("--compare", type=Path, metavar="FILE", help="also write a side-by-side input | output video")
     run.add_argument("--plot", type=Path, metavar="FILE.png",
                      help="also write a plot of mean brightness per channel over time, input vs output")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    _engine_options(run)
+
+    batch = commands.add_parser("batch", help="deflicker every video and frame folder under a folder (or listed "
+                                              "in a text file) on one queue, with a CSV/JSON summary")
+    batch.add_argument("input", type=Path, help="folder (searched recursively) or text file with one path per line")
+    batch.add_argument("-o", "--output", type=Path, required=True,
+                       help="output folder: outputs mirror the input names; finished ones are skipped on rerun")
+    _method_options(batch)
+    _engine_options(batch)
 
     evaluate = commands.add_parser("eval", help="score a result: warping error, flicker index, PSNR/SSIM")
     evaluate.add_argument("result", type=Path, help="deflickered video or frame folder")
@@ -84,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="make a flickering clip from bundled photos and deflicker it")
     demo.add_argument("--out-dir", type=Path, default=Path("demo"))
     demo.add_argument("--frames", type=int, default=48)
-    demo.add_argument("--method", choices=sorted(METHODS), default=None, help="default: neural")
+    demo.add_argument("--method", choices=METHOD_NAMES, default=None, help="default: neural")
 
     for name, (_, text) in DELEGATES.items():
         commands.add_parser(name, help=text, add_help=False)  # parsed by the training script itself
@@ -103,21 +142,44 @@ def _frames_or_off(text: str) -> float:
     return value
 
 
+def _config(args, **extra):
+    from unflicker.config import EngineConfig, RunConfig
+    from unflicker.segments import SegmentConfig
+
+    engine = EngineConfig(engine=args.engine, workers=args.workers, threads=args.threads,
+                          ray_address=args.ray_address, shared_dir=args.shared_dir)
+    return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
+                     projection=args.projection, keep_slow=args.keep_slow, strength=args.strength,
+                     overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
+                     segments=SegmentConfig(frames=args.segment_frames), engine=engine,
+                     **({} if args.crf is None else {"crf": args.crf}), **extra)
+
+
 def _run(args) -> int:
-    from unflicker.pipeline import RunConfig, deflicker_file
+    from unflicker.pipeline import deflicker_file
 
     if args.output is None and args.stop_after is None:
         raise OutputError("give an output with -o (only --stop-after runs without one)")
-    config = RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
-                       stop_after=args.stop_after, projection=args.projection, keep_slow=args.keep_slow,
-                       strength=args.strength, overwrite=args.overwrite, keep_work=args.keep_work,
-                       compare=args.compare, plot=args.plot, progress=not args.quiet,
-                       **({} if args.crf is None else {"crf": args.crf}))
+    config = _config(args, stop_after=args.stop_after, compare=args.compare, plot=args.plot)
     summary = deflicker_file(args.input, args.output, config)
     for extra in summary.extras:
         print(f"wrote {extra}")
     print(summary.line())
     return 0
+
+
+def _batch(args) -> int:
+    from unflicker.batch import SUMMARY_NAME, check_out_dir, run_batch
+
+    check_out_dir(args.output)
+    rows = run_batch(args.input, args.output, _config(args))
+    failed = [row for row in rows if row.status == "failed"]
+    for row in failed:
+        print(f"unflicker: failed: {row.input}: {row.error}", file=sys.stderr)
+    counts = {status: sum(row.status == status for row in rows) for status in ("done", "skipped", "failed")}
+    print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary in "
+          f"{args.output / SUMMARY_NAME}.csv and .json")
+    return 1 if failed else 0
 
 
 def _delegate(command: str, argv: list[str]) -> int:
@@ -167,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]
     else:
         args = build_parser().parse_args(argv)
-        handler = {"run": _run, "eval": _eval, "info": _info, "demo": _demo}[args.command]
+        handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo}[args.command]
     try:
         return handler(args)
     except UnflickerError as exc:

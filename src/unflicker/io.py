@@ -262,8 +262,8 @@ class VideoWriter:
 
     def __init__(self, path: str | os.PathLike, source: VideoInfo, crf: int = DEFAULT_CRF, overwrite: bool = False,
                  comment: str | None = None):
-        """comment: a short text stored as the container's `comment` tag (a folder gets it as
-        .unflicker.json), e.g. the settings that made the output."""
+        """comment: a short text stored as a video container's `comment` tag, e.g. the settings
+        that made the output."""
         self.path = Path(path)
         self.comment = comment
         self.source = source
@@ -275,9 +275,7 @@ class VideoWriter:
         self._container = None
         self._audio = None
         if self.to_folder:
-            self._temp.mkdir()
-            if comment is not None:
-                (self._temp / ".unflicker.json").write_text(comment)
+            self._temp.mkdir()  # a folder holds frames only: the comment goes to video containers
         else:
             self._open_video()
 

@@ -1,6 +1,6 @@
 """The work folder: finished segments persist there, so a run killed at any moment resumes.
 
-A job's folder is `<work>/<key>/`, where the key is a digest of the input (path, frame count, size,
+A job's folder is `<work>/jobs/<key>/`, where the key is a digest of the input (path, frame count, size,
 its files' sizes and modification times) and of the resolved settings the segments depend on
 (method config, weights' digests, segment plan, threads). It holds:
 - `segment-00003.npy`: one finished segment's span output ((T, H, W, 3) uint16), written under a
@@ -38,7 +38,7 @@ class JobFolder:
     """One job's part of a work folder."""
 
     def __init__(self, work: Path, key: str):
-        self.path = Path(work) / key
+        self.path = Path(work) / "jobs" / key
         self.frames = self.path / "frames"
         self.running = self.path / "running"
         for folder in (self.path, self.frames, self.running):

@@ -1,0 +1,133 @@
+"""`unflicker batch`: every video and frame folder under a folder (or named in a text file), with
+the segments of all of them on one engine queue, and a summary (CSV and JSON) of how each went.
+
+Outputs mirror the inputs' relative paths under the output folder (videos keep their extension;
+frame folders stay folders). A finished output is skipped on a rerun; one bad input gets its
+one-line error in the summary and does not stop the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io as _io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from unflicker import io
+from unflicker.config import RunConfig
+from unflicker.errors import InputError, OutputError
+from unflicker.pipeline import Job
+
+SUMMARY_NAME = "unflicker-batch"
+"""The summary files: OUT_DIR/unflicker-batch.csv and .json."""
+
+
+@dataclass
+class BatchItem:
+    input: str
+    output: str
+    status: str
+    """'done', 'skipped' (output already there) or 'failed'."""
+    frames: int = 0
+    seconds: float = 0.0
+    flicker_before: float | None = None
+    flicker_after: float | None = None
+    error: str = ""
+
+
+def _is_frame_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix.lower() in io.IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file())
+
+
+def find_inputs(source: Path) -> list[tuple[Path, Path]]:
+    """(input, its path relative to the batch root) for every video and frame folder in `source`
+    (a folder, searched recursively; or a text file with one path per line)."""
+    source = Path(source)
+    if source.is_file():
+        lines = [line.strip() for line in source.read_text().splitlines()]
+        paths = [Path(line) if Path(line).is_absolute() else source.parent / line
+                 for line in lines if line and not line.startswith("#")]
+        return [(p, Path(p.name)) for p in paths]
+    if not source.is_dir():
+        raise InputError(f"{source} is neither a folder nor a list file")
+    found = []
+
+    def walk(folder: Path) -> Iterator[Path]:
+        for path in sorted(folder.iterdir(), key=lambda p: io.natural_key(p.name)):
+            if path.name.startswith("."):
+                continue
+            if path.is_dir():
+                if _is_frame_folder(path):
+                    yield path
+                else:
+                    yield from walk(path)
+            elif path.suffix.lower() not in io.IMAGE_EXTENSIONS and path.suffix.lower() not in (".txt", ".csv", ".json"):
+                yield path  # anything else is tried as a video; what FFmpeg cannot read fails alone
+
+    for path in walk(source):
+        found.append((path, path.relative_to(source)))
+    return found
+
+
+def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> list[BatchItem]:
+    """Deflicker every input of `source` into `out_dir`; write the summary; return its rows."""
+    from unflicker.engine import run_jobs
+
+    config = config or RunConfig()
+    if config.compare or config.plot or config.stop_after:
+        raise InputError("--compare, --plot and --stop-after apply to `unflicker run` only")
+    config.check()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = find_inputs(source)
+    if not inputs:
+        raise InputError(f"no videos or frame folders in {source}")
+    items: dict[int, BatchItem] = {}
+    jobs = []
+    for i, (path, relative) in enumerate(inputs):
+        output = out_dir / relative
+        item = BatchItem(str(path), str(output), "pending")
+        items[i] = item
+        if output.exists() and not config.overwrite:
+            item.status = "skipped"
+            continue
+        output.parent.mkdir(parents=True, exist_ok=True)
+        job = Job(path, output, dataclasses.replace(config, progress=False))
+        job.batch_index = i
+        jobs.append(job)
+
+    def finished(job: Job) -> None:
+        item = items[job.batch_index]
+        if job.error is not None:
+            item.status, item.error = "failed", str(job.error)
+            return
+        summary = job.summary
+        item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
+        item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
+        if config.progress:
+            print(f"{job.name}: {summary.line()}", flush=True)
+
+    run_jobs(jobs, config.engine, finished)
+    rows = [items[i] for i in sorted(items)]
+    write_summary(out_dir, rows, config.overwrite)
+    return rows
+
+
+def write_summary(out_dir: Path, rows: list[BatchItem], overwrite: bool = True) -> tuple[Path, Path]:
+    records = [dataclasses.asdict(row) for row in rows]
+    text = _io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    csv_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.csv", text.getvalue().encode(), overwrite=True)
+    json_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.json", json.dumps(records, indent=1).encode(),
+                                         overwrite=True)
+    return csv_path, json_path
+
+
+def check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file: give a folder for the outputs")
