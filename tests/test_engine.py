@@ -1,0 +1,237 @@
+"""Segments on engines: the plan, the same output everywhere (workers, load, Ray, a dead worker),
+resume after kill -9, no seams, batch folders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import io, metrics, synth
+from unflicker.cli import main
+from unflicker.config import EngineConfig
+from unflicker.errors import InputError
+from unflicker.flow import flow_pair
+from unflicker.pipeline import RunConfig, deflicker_file
+from unflicker.segments import Segment, SegmentConfig, blend_weight, plan
+
+SMALL = SegmentConfig(frames=12, margin=3)
+
+
+def photo(seed=3, shape=(160, 220)):
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.random((*shape, 3)).astype(np.float32), (0, 0), 2.5)
+    return (image - image.min()) / (image.max() - image.min())
+
+
+def write_folder(folder: Path, frames) -> Path:
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{i:04d}.png"), cv2.cvtColor(io.from_float(frame), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def flickering(tmp_path_factory):
+    clean = synth.camera_move_clip(photo(), 36, (48, 64), motion="pan", seed=3)
+    return write_folder(tmp_path_factory.mktemp("engine") / "clip", synth.add_flicker(clean, "global", 1.5, seed=4))
+
+
+def frames_of(path):
+    return np.stack([f.image for f in io.read_frames(path)])
+
+
+def neural(**kw):
+    return RunConfig(method="neural", atlas_steps=5, progress=False, segments=SMALL, **kw)
+
+
+# --- the plan -------------------------------------------------------------------------------------
+
+def test_plan_cuts_shots_into_equal_segments_with_margins_inside_the_shot():
+    shots = [range(0, 30), range(30, 35), range(35, 100)]
+    segments = plan(shots, SegmentConfig(frames=20, margin=4))
+    assert [s.core for s in segments] == [range(0, 15), range(15, 30), range(30, 35), range(35, 51),
+                                          range(51, 67), range(67, 84), range(84, 100)]
+    assert [s.span for s in segments] == [range(0, 19), range(11, 30), range(30, 35), range(35, 55),
+                                          range(47, 71), range(63, 88), range(80, 100)]
+    assert [s.shot for s in segments] == [0, 0, 1, 2, 2, 2, 2]
+    cores = [t for s in segments for t in s.core]
+    assert cores == list(range(100))
+    with pytest.raises(InputError):
+        plan(shots, SegmentConfig(frames=10, margin=4))
+
+
+def test_cross_fade_weights_ramp_across_the_overlap_and_never_cross_a_cut():
+    a, b = Segment(0, range(0, 10), range(0, 14), 0), Segment(1, range(10, 20), range(6, 20), 0)
+    weights = [blend_weight(a, b, t, 4) for t in range(0, 20)]
+    assert weights[:6] == [0.0] * 6 and weights[14:] == [0.0] * 6  # outside the overlap
+    ramp = weights[6:14]
+    assert all(0 < w < 1 for w in ramp) and ramp == sorted(ramp)
+    assert abs(ramp[3] + ramp[4] - 1) < 1e-9  # symmetric around the boundary
+    other_shot = Segment(1, range(10, 20), range(10, 20), 1)
+    assert all(blend_weight(a, other_shot, t, 4) == 0 for t in range(20))
+
+
+# --- the same output everywhere -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(flickering, tmp_path_factory):
+    """The in-process (--workers 1) lossless output everything else must equal bit for bit."""
+    out = tmp_path_factory.mktemp("ref") / "ref.mkv"
+    summary = deflicker_file(flickering, out, neural(engine=EngineConfig(workers=1)))
+    assert summary.segments == 3
+    return frames_of(out)
+
+
+def busy_process():
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def test_two_workers_and_a_busy_machine_give_the_same_bits(flickering, reference, tmp_path):
+    deflicker_file(flickering, tmp_path / "two.mkv", neural(engine=EngineConfig(workers=2)))
+    assert np.array_equal(frames_of(tmp_path / "two.mkv"), reference)
+    hog = busy_process()
+    try:
+        deflicker_file(flickering, tmp_path / "busy.mkv", neural(engine=EngineConfig(workers=2)))
+    finally:
+        hog.kill()
+        hog.wait()
+    assert np.array_equal(frames_of(tmp_path / "busy.mkv"), reference)
+    # PNG frames too, and the 8-bit output is the same frames as the lossless video.
+    deflicker_file(flickering, tmp_path / "png", neural(engine=EngineConfig(workers=2)))
+    assert np.array_equal(frames_of(tmp_path / "png"), reference)
+
+
+def kill_a_running_worker(work: Path, done: threading.Event, killed: list) -> None:
+    """Kill -9 the first worker seen running a segment (its pid is in the work folder)."""
+    while not done.is_set():
+        for marker in work.glob("jobs/*/running/*.pid"):
+            try:
+                pid = int(marker.read_text())
+            except (OSError, ValueError):
+                continue
+            if pid != os.getpid():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+        time.sleep(0.01)
+
+
+def run_with_a_killed_worker(flickering, output, work, engine):
+    done, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_a_running_worker, args=(work, done, killed))
+    killer.start()
+    try:
+        summary = deflicker_file(flickering, output, neural(engine=engine, keep_work=work))
+    finally:
+        done.set()
+        killer.join()
+    return summary, killed
+
+
+def test_a_worker_killed_mid_task_is_replaced_and_the_output_is_the_same(flickering, reference, tmp_path):
+    summary, killed = run_with_a_killed_worker(flickering, tmp_path / "out.mkv", tmp_path / "work",
+                                               EngineConfig(workers=2))
+    assert killed and summary.frames == 36
+    assert np.array_equal(frames_of(tmp_path / "out.mkv"), reference)
+
+
+def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, reference, tmp_path):
+    pytest.importorskip("ray")
+    summary, killed = run_with_a_killed_worker(flickering, tmp_path / "ray.mkv", tmp_path / "work",
+                                               EngineConfig(engine="ray", workers=2))
+    assert killed and summary.frames == 36
+    assert np.array_equal(frames_of(tmp_path / "ray.mkv"), reference)
+
+
+# --- resume after kill -9 -----------------------------------------------------------------------
+
+def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path):
+    clean = synth.camera_move_clip(photo(7), 90, (32, 40), motion="pan", seed=7)
+    source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=8))
+    work, out = tmp_path / "work", tmp_path / "out.mkv"
+
+    def command(output, *extra):
+        return [sys.executable, "-m", "unflicker", "run", str(source), "-o", str(output), "--method", "neural",
+                "--atlas-steps", "5", "--segment-frames", "40", "--quiet", *extra]
+
+    process = subprocess.Popen(command(out, "--keep-work", str(work), "--workers", "2"), start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(work.glob("jobs/*/segment-*.npy")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # the run and its workers, at once
+    process.wait()
+    finished = sorted(p.name for p in work.glob("jobs/*/segment-*.npy"))
+    assert 0 < len(finished) < 3 and not out.exists()
+    rerun = subprocess.run(command(out, "--keep-work", str(work), "--workers", "2"), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"3 segments, {len(finished)} of them reused" in rerun.stdout
+    fresh = subprocess.run(command(tmp_path / "fresh.mkv", "--workers", "1"), capture_output=True, text=True,
+                           timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    assert np.array_equal(frames_of(out), frames_of(tmp_path / "fresh.mkv"))
+
+
+# --- no seams -----------------------------------------------------------------------------------
+
+def pair_errors(out, clean):
+    errors = []
+    for t in range(len(clean) - 1):
+        pair = flow_pair(clean[t], clean[t + 1])
+        errors.append(metrics._pair_error(out[t], out[t + 1], pair.forward, pair.valid))
+    return np.array(errors)
+
+
+def test_segment_boundaries_leave_no_seam(tmp_path):
+    # 300 frames in 5 segments against the same clip as one segment. The residual flicker of this
+    # clip has spikes (up to 20x the median) at the same frames in both runs, so a boundary pair
+    # counts as a seam when it is worse than 1.2x both the median pair and the one-segment run there.
+    clean = synth.camera_move_clip(photo(5, (200, 260)), 300, (48, 64), motion="pan", seed=5)
+    source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=6))
+    config = RunConfig(method="neural", progress=False, engine=EngineConfig(workers=2))  # default settings
+    cut = deflicker_file(source, tmp_path / "cut.mkv", config)
+    whole = deflicker_file(source, tmp_path / "whole.mkv", RunConfig(
+        method="neural", progress=False, engine=EngineConfig(workers=2), segments=SegmentConfig(frames=300)))
+    assert cut.segments >= 4 and whole.segments == 1
+    out = frames_of(tmp_path / "cut.mkv").astype(np.float32) / 255
+    one = frames_of(tmp_path / "whole.mkv").astype(np.float32) / 255
+    errors, errors_one = pair_errors(out, clean), pair_errors(one, clean)
+    boundaries = [s.core.start - 1 for s in plan([range(300)], SegmentConfig())[1:]]  # pairs (b - 1, b)
+    median = np.median([e for t, e in enumerate(errors) if t not in boundaries])
+    for t in boundaries:
+        assert errors[t] <= 1.2 * max(median, errors_one[t]), (t, errors[t], median, errors_one[t])
+    assert metrics.sequence_psnr(out, clean) >= metrics.sequence_psnr(one, clean) - 0.2
+
+
+# --- batch --------------------------------------------------------------------------------------
+
+def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    inputs = tmp_path / "in"
+    for name, seed in (("a", 1), ("nested/b", 2)):
+        clean = synth.camera_move_clip(photo(seed), 10, (32, 40), motion="pan", seed=seed)
+        write_folder(inputs / name, synth.add_flicker(clean, "global", 1.5, seed=seed))
+    (inputs / "broken.mp4").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+    out = tmp_path / "out"
+    code = main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "2", "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 1 and "broken.mp4" in printed.err
+    assert (out / "a").is_dir() and (out / "nested" / "b").is_dir() and not (out / "broken.mp4").exists()
+    rows = json.loads((out / "unflicker-batch.json").read_text())
+    status = {Path(r["input"]).name: r for r in rows}
+    assert status["a"]["status"] == "done" and status["a"]["frames"] == 10
+    assert status["a"]["flicker_after"] < status["a"]["flicker_before"]
+    assert status["broken.mp4"]["status"] == "failed" and status["broken.mp4"]["error"]
+    assert (out / "unflicker-batch.csv").read_text().count("\n") == 4
+    code = main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
+    rows = json.loads((out / "unflicker-batch.json").read_text())
+    assert code == 1 and [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
