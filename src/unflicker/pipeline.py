@@ -363,9 +363,6 @@ def _check_input(info: io.VideoInfo, output: Path | None, config: RunConfig) -> 
     """Refuse inputs the method cannot handle and say what will be lost, before any work starts."""
     if config.preset is not None and config.method != "neural":
         warnings.warn("--preset only affects --method neural; ignored", stacklevel=3)
-    if info.has_alpha and output is not None and not io.is_folder_output(output):
-        warnings.warn("the input's alpha channel is dropped: video outputs have none; write a folder of PNG "
-                      "frames to keep it", stacklevel=3)
     if info.frame_count == 1:
         warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
                       stacklevel=3)
@@ -396,7 +393,8 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
     info = io.probe(input_path)
     config = resolve_method(config, info.height, info.width, info.frame_count)
     write_output = config.stop_after is None
-    output = io.check_output(input_path, output_path, config.overwrite) if write_output else None
+    # With info, check_output also decides the output's codec and depth and warns about what it cannot carry.
+    output = io.check_output(input_path, output_path, config.overwrite, info=info) if write_output else None
     _check_extras(input_path, output, config)
     _check_input(info, output, config)
     single = info.frame_count == 1

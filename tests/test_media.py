@@ -1,0 +1,370 @@
+"""Professional media in, professional media out: every input is made here with PyAV (6 frames,
+64x48), deflickered with the classical method, and the output probed with PyAV for its depth, pixel
+format family, rotation, aspect, colour and HDR tags, streams, metadata, frame count, and for
+keeping more than 8 bits of a smooth gradient."""
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import io
+from unflicker.cli import main
+from unflicker.errors import OutputError
+from unflicker.io.images import srgb_decode, srgb_encode
+from unflicker.pipeline import RunConfig, deflicker_file
+
+H, W, N = 48, 64, 6
+HLG_TAGS = dict(color_primaries=9, color_trc=18, colorspace=9, color_range=1)  # bt2020 / HLG / bt2020nc / tv
+BT709_TAGS = dict(color_primaries=1, color_trc=1, colorspace=1, color_range=1)
+MASTERING = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+ALPHA = (np.mgrid[0:H, 0:W][1] * 1000).astype(np.uint16)  # a horizontal alpha ramp
+
+
+def gradient(t: int) -> np.ndarray:
+    """(H, W, 3) uint16: a smooth ramp with 3072 distinct levels, under a flickering gain."""
+    ramp = 0.05 + 0.85 * np.arange(H * W, dtype=np.float64).reshape(H, W) / (H * W)
+    gain = 1.0 + (0.06 if t % 2 else -0.06)
+    rgb = np.stack([ramp * gain, ramp * gain, np.full_like(ramp, 0.4 * gain)], -1)
+    return np.round(rgb * 65535).astype(np.uint16)
+
+
+def add_audio(out, n_streams: int, seconds: float) -> list:
+    streams = []
+    for k in range(n_streams):
+        stream = out.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        stream.metadata["language"] = ["eng", "fra"][k % 2]
+        streams.append(stream)
+    return streams
+
+
+def encode_audio(out, streams, seconds: float) -> None:
+    for k, stream in enumerate(streams):
+        samples = (np.sin(np.arange(int(48000 * seconds)) / (10 + k)) * 8000).astype(np.int16)[None]
+        for start in range(0, samples.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[:, start:start + 1024].copy(), format="s16", layout="mono")
+            chunk.sample_rate = 48000
+            for packet in stream.encode(chunk):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def make_clip(path: Path, codec: str, pix_fmt: str, *, options=None, tags=None, rotation=0, sar=None, audio=0,
+              subtitle=False, pts=None, alpha=False, chapters=False, timecode=None, fps=12) -> Path:
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "flicker test"
+        out.metadata["creation_time"] = "2021-03-04T05:06:07.000000Z"
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        stream.options = options or {}
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for key, value in (tags or {}).items():
+            setattr(stream.codec_context, key, value)
+        if sar:
+            stream.codec_context.sample_aspect_ratio = sar
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if timecode:
+            stream.metadata["timecode"] = timecode
+        audio_streams = add_audio(out, audio, N / fps)
+        sub = None
+        if subtitle:
+            sub = out.add_mux_stream("subrip")
+            sub.time_base = Fraction(1, 1000)
+            sub.metadata["language"] = "deu"
+        if chapters:
+            out.set_chapters([{"id": 1, "start": 0, "end": 3, "time_base": Fraction(1, fps), "metadata": {"title": "a"}},
+                              {"id": 2, "start": 3, "end": 6, "time_base": Fraction(1, fps), "metadata": {"title": "b"}}])
+        matrix = {1: 1, 9: 9}.get((tags or {}).get("colorspace"))
+        for t in range(N):
+            rgb = gradient(t)
+            frame = av.VideoFrame.from_ndarray(np.dstack([rgb, ALPHA]) if alpha else rgb,
+                                               format="rgba64le" if alpha else "rgb48le")
+            if pix_fmt.startswith("yuv"):
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=matrix, dst_color_range=1)
+            else:
+                frame = frame.reformat(format=pix_fmt)
+            frame.pts, frame.time_base = (pts[t], Fraction(1, 1000)) if pts else (t, Fraction(1, fps))
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        encode_audio(out, audio_streams, N / fps if pts is None else pts[-1] / 1000)
+        if sub is not None:
+            packet = av.Packet(b"flicker")
+            packet.stream, packet.pts, packet.dts, packet.duration = sub, 0, 0, 200
+            packet.time_base = Fraction(1, 1000)
+            out.mux(packet)
+    return path
+
+
+def run(source: Path, output: Path) -> Path:
+    deflicker_file(source, output, RunConfig(method="classical", progress=False))
+    return output
+
+
+def luma_levels(path: Path) -> int:
+    """Distinct values of the first plane (Y, or G for RGB) of the output's middle frame, at its own depth."""
+    with av.open(str(path)) as container:
+        frame = list(container.decode(video=0))[N // 2]
+    bits = io.media.format_facts(frame.format.name)[0]
+    dtype = np.uint16 if bits > 8 else np.uint8
+    plane = frame.planes[0]
+    values = np.frombuffer(plane, dtype).reshape(frame.height, plane.line_size // dtype().itemsize)[:, :frame.width]
+    return len(np.unique(values))
+
+
+def stream_counts(path: Path) -> tuple[int, int]:
+    with av.open(str(path)) as container:
+        return len(container.streams.audio), len(container.streams.subtitles)
+
+
+def assert_same_media(source: io.VideoInfo, out: io.VideoInfo, *, chroma: str | None = None) -> None:
+    assert out.frame_count == source.frame_count
+    assert (out.width, out.height) == (source.width, source.height)
+    assert out.rotation == source.rotation
+    assert out.sample_aspect_ratio == source.sample_aspect_ratio
+    assert out.colour_tags() == source.colour_tags()
+    assert out.chroma == (chroma or source.chroma)
+    assert dict(out.metadata).get("title") == dict(source.metadata).get("title")
+
+
+# ---------------------------------------------------------------- videos
+
+
+def test_h264_rotation_90_and_aac(tmp_path):
+    src = make_clip(tmp_path / "phone.mp4", "libx264", "yuv420p", rotation=90, audio=1)
+    info = io.probe(src)
+    assert info.rotation == 90 and info.audio_streams == 1 and info.sample_bits == 8
+    out = io.probe(run(src, tmp_path / "out.mp4"))
+    assert_same_media(info, out)
+    assert out.pixel_format == "yuv420p" and out.codec == "h264"  # 8-bit stays as it was
+    assert stream_counts(out.path) == (1, 0)
+    assert dict(out.metadata)["creation_time"] == "2021-03-04T05:06:07.000000Z"
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_hevc_hlg_two_audio_one_subtitle(tmp_path, suffix):
+    if "libx265" not in av.codecs_available:
+        pytest.skip("this PyAV build has no libx265")
+    params = f"log-level=error:crf=4:master-display={MASTERING}:max-cll=1000,400"
+    src = make_clip(tmp_path / "hlg.mkv", "libx265", "yuv420p10le", options={"x265-params": params}, tags=HLG_TAGS,
+                    audio=2, subtitle=True, chapters=True)
+    info = io.probe(src)
+    assert (info.sample_bits, info.audio_streams, info.subtitle_streams, info.chapters) == (10, 2, 1, 2)
+    assert info.colour_tags() == "bt2020/arib-std-b67/bt2020nc/tv" and info.hdr
+    assert info.mastering_display == MASTERING and info.content_light == (1000, 400)
+    with pytest.warns(UserWarning) as caught:
+        output = run(src, tmp_path / f"out{suffix}")
+    warned = " ".join(str(w.message) for w in caught)
+    out = io.probe(output)
+    assert_same_media(info, out)
+    assert out.sample_bits == 10 and out.pixel_format == "yuv420p10le"
+    assert luma_levels(output) > 256
+    with av.open(str(output)) as container:
+        languages = [s.metadata.get("language") for s in container.streams.audio]
+    assert languages == ["eng", "fra"]
+    if suffix == ".mkv":  # FFV1 keeps everything but the HDR side data, which PyAV cannot write there
+        assert out.codec == "ffv1" and stream_counts(output) == (2, 1) and out.chapters == 2
+        assert out.mastering_display is None and "mastering-display" in warned
+    else:  # H.264 High 10 carries the HDR SEI; mp4 holds no SubRip
+        assert out.codec == "h264" and stream_counts(output)[0] == 2
+        assert out.mastering_display == MASTERING and out.content_light == (1000, 400)
+        assert "subtitle stream" in warned
+
+
+def test_prores_422_hq_10_bit_keeps_codec_tags_timecode(tmp_path):
+    src = make_clip(tmp_path / "grade.mov", "prores_ks", "yuv422p10le", options={"profile": "3"}, tags=BT709_TAGS,
+                    timecode="01:00:00:00", audio=1)
+    info = io.probe(src)
+    out = io.probe(run(src, tmp_path / "out.mov"))
+    assert_same_media(info, out)
+    assert out.codec == "prores" and out.pixel_format == "yuv422p10le" and out.timecode == "01:00:00:00"
+    with av.open(str(out.path)) as container:
+        assert container.streams.video[0].codec_context.profile == "HQ"
+    assert luma_levels(out.path) > 256 and stream_counts(out.path) == (1, 0)
+
+
+def test_prores_4444_keeps_alpha(tmp_path):
+    src = make_clip(tmp_path / "key.mov", "prores_ks", "yuva444p10le", options={"profile": "4"}, alpha=True)
+    info = io.probe(src)
+    assert info.has_alpha and info.chroma == "444"
+    with pytest.warns(UserWarning, match="12-bit source loses its lowest bits"):  # FFmpeg decodes 4444 as 12-bit
+        out = io.probe(run(src, tmp_path / "out.mov"))
+    assert_same_media(info, out)
+    assert out.has_alpha and out.codec == "prores"
+    with av.open(str(out.path)) as container:
+        assert container.streams.video[0].codec_context.profile == "4444"
+    alpha = next(io.read_frames(out.path)).alpha
+    assert np.abs(alpha.astype(int) - ALPHA).max() < 300  # alpha carried, not deflickered
+
+
+def test_12_bit_444_into_mkv_keeps_every_bit(tmp_path):
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv444p12le")
+    info = io.probe(src)
+    out = io.probe(run(src, tmp_path / "out.mkv"))
+    assert_same_media(info, out)
+    assert out.pixel_format == "yuv444p12le" and luma_levels(out.path) > 1024
+
+
+def test_12_bit_into_mp4_is_10_bit_with_a_warning(tmp_path):
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv444p12le")
+    with pytest.warns(UserWarning, match="12-bit source is written at 10 bits"):
+        output = run(src, tmp_path / "out.mp4")
+    out = io.probe(output)
+    assert out.pixel_format == "yuv444p10le" and out.codec == "h264" and luma_levels(output) > 256
+
+
+def test_gray16_stays_grey_16_bit(tmp_path):
+    src = make_clip(tmp_path / "scan.mkv", "ffv1", "gray16le")
+    info = io.probe(src)
+    assert info.grayscale and info.sample_bits == 16
+    out = io.probe(run(src, tmp_path / "out.mkv"))
+    assert_same_media(info, out)
+    assert out.pixel_format == "gray16le" and luma_levels(out.path) > 1024
+
+
+def test_vfr_with_audio(tmp_path):
+    pts = [0, 40, 80, 200, 240, 400]
+    src = make_clip(tmp_path / "vfr.mp4", "libx264", "yuv420p10le", pts=pts, audio=1)
+    out = run(src, tmp_path / "out.mp4")
+    with av.open(str(out)) as container:
+        times = [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)]
+    assert times == [p / 1000 for p in pts] and stream_counts(out) == (1, 0)
+    assert io.probe(out).pixel_format == "yuv420p10le"
+
+
+def test_anamorphic_sar(tmp_path):
+    src = make_clip(tmp_path / "dv.mp4", "libx264", "yuv420p10le", sar=Fraction(4, 3), tags=BT709_TAGS)
+    info = io.probe(src)
+    assert info.sample_aspect_ratio == Fraction(4, 3)
+    for suffix in (".mp4", ".mov"):
+        out = io.probe(run(src, tmp_path / f"out{suffix}"))
+        assert out.sample_aspect_ratio == Fraction(4, 3) and out.colour_tags() == info.colour_tags()
+
+
+# ---------------------------------------------------------------- frame folders
+
+
+def folder_of(tmp_path: Path, name: str, write) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    for t in range(N):
+        write(folder, t, gradient(t))
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_png_and_tiff_folders(tmp_path, suffix):
+    src = folder_of(tmp_path, "seq", lambda d, t, rgb: cv2.imwrite(str(d / f"f{t}{suffix}"), rgb[:, :, ::-1]))
+    out = run(src, tmp_path / "out")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"f{t}{suffix}" for t in range(N)]
+    image = cv2.imread(str(out / f"f3{suffix}"), cv2.IMREAD_UNCHANGED)
+    assert image.dtype == np.uint16 and len(np.unique(image[:, :, 2])) > 256
+
+
+def write_dpx(folder: Path, t: int, rgb: np.ndarray) -> None:
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(io.common.narrow(rgb, 10)), format="gbrp10le")
+    codec = av.CodecContext.create("dpx", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.time_base = W, H, "gbrp10le", Fraction(1, 25)
+    (folder / f"scan.{t:04d}.dpx").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
+
+
+def test_10_bit_dpx_folder_in_dpx_out(tmp_path):
+    src = folder_of(tmp_path, "scan", write_dpx)
+    info = io.probe(src)
+    assert (info.codec, info.sample_bits, info.pixel_format) == ("dpx", 10, "gbrp10le")
+    first = next(io.read_frames(src)).image
+    assert np.array_equal(io.common.narrow(first, 10), io.common.narrow(gradient(0), 10))  # exact code values
+    out = run(src, tmp_path / "out")
+    back = io.probe(out)
+    assert back.codec == "dpx" and back.pixel_format == "gbrp10le" and back.frame_count == N
+    values = io.common.narrow(list(io.read_frames(out))[3].image, 10)
+    assert len(np.unique(values[:, :, 0])) > 256
+
+
+def write_exr(folder: Path, t: int, rgb: np.ndarray) -> None:
+    linear = rgb.astype(np.float32) / 65535 * 0.9
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear), format="gbrpf32le")
+    codec = av.CodecContext.create("exr", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.time_base = W, H, "gbrpf32le", Fraction(1, 25)
+    codec.options = {"format": "half"}
+    (folder / f"plate_{t}.exr").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
+
+
+def test_half_float_exr_folder_in_exr_out(tmp_path):
+    src = folder_of(tmp_path, "plate", write_exr)
+    info = io.probe(src)
+    assert info.linear and info.codec == "exr" and info.pixel_format == "gbrpf16le"
+    out = run(src, tmp_path / "out")
+    back = io.probe(out)
+    assert back.codec == "exr" and back.pixel_format == "gbrpf16le" and back.frame_count == N
+    with av.open(str(out / "plate_3.exr")) as container:
+        frame = next(container.decode(video=0))
+    red = np.frombuffer(frame.planes[2], np.float16).reshape(H, -1)[:, :W].astype(np.float32)
+    assert len(np.unique(red)) > 256  # half floats, not 8-bit steps
+    source_red = gradient(3)[:, :, 0] / 65535 * 0.9
+    assert 0.5 < red.mean() / source_red.mean() < 1.5  # linear in, linear out (not sRGB-encoded)
+
+
+def test_srgb_transfer_round_trip():
+    x = np.linspace(0, 1, 1001, dtype=np.float32)
+    assert np.abs(srgb_decode(srgb_encode(x)) - x).max() < 1e-5
+    assert srgb_encode(np.float32(0.18)) == pytest.approx(0.4614, abs=1e-3)
+
+
+# ---------------------------------------------------------------- requests a format cannot hold
+
+
+def test_impossible_requests_fail_before_any_work(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", "ffv1", "yuv444p12le")
+    info = io.probe(src)
+    with pytest.raises(OutputError, match="cannot hold ProRes"):
+        io.plan_output(tmp_path / "o.mp4", info, codec="prores")
+    with pytest.raises(OutputError, match="at most 10 bits"):
+        io.plan_output(tmp_path / "o.mp4", info, codec="h264", bit_depth=12)
+    with pytest.raises(OutputError, match="8 or 16 bits"):
+        io.plan_output(tmp_path / "o", info, bit_depth=10)
+    assert io.plan_output(tmp_path / "o.mp4", info, codec="hevc").pix_fmt == "yuv444p12le"
+    assert io.plan_output(tmp_path / "o.mkv", info, bit_depth=8).pix_fmt == "bgr0"
+
+
+def test_audio_the_container_cannot_hold_is_refused_before_work(tmp_path):
+    src = tmp_path / "wavpack.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p10le"
+        audio = out.add_stream("wavpack", rate=48000)
+        audio.layout = "mono"
+        for t in range(N):
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p10le")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 24000), np.int16), format="s16p", layout="mono")
+        chunk.sample_rate = 48000
+        for packet in audio.encode(chunk) + audio.encode(None):
+            out.mux(packet)
+    with pytest.raises(OutputError, match="wavpack audio"):
+        run(src, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+    assert stream_counts(run(src, tmp_path / "out.mkv")) == (1, 0)
+
+
+def test_info_shows_the_new_facts(tmp_path, capsys):
+    src = make_clip(tmp_path / "phone.mp4", "libx264", "yuv420p10le", rotation=90, sar=Fraction(4, 3),
+                    tags=HLG_TAGS, audio=1, timecode="10:00:00:00")
+    assert main(["info", str(src)]) == 0
+    shown = capsys.readouterr().out
+    for fact in ("10-bit samples", "chroma 420", "rotation 90", "SAR 4:3", "bt2020/arib-std-b67/bt2020nc/tv",
+                 "1 audio stream", "timecode 10:00:00:00", "title 'flicker test'"):
+        assert fact in shown, fact
