@@ -368,3 +368,20 @@ def test_info_shows_the_new_facts(tmp_path, capsys):
     for fact in ("10-bit samples", "chroma 420", "rotation 90", "SAR 4:3", "bt2020/arib-std-b67/bt2020nc/tv",
                  "1 audio stream", "timecode 10:00:00:00", "title 'flicker test'"):
         assert fact in shown, fact
+
+
+def test_codec_and_bit_depth_options(tmp_path, capsys):
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv420p12le", tags=BT709_TAGS)
+    out = tmp_path / "out.mp4"
+    assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(out), "--codec", "hevc"]) == 0
+    info = io.probe(out)
+    assert (info.codec, info.pixel_format, info.colour_tags()) == ("hevc", "yuv420p12le", "bt709/bt709/bt709/tv")
+    assert luma_levels(out) > 1024
+    low = tmp_path / "low.mov"
+    assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(low), "--bit-depth", "8"]) == 0
+    assert (io.probe(low).codec, io.probe(low).pixel_format) == ("h264", "yuv420p")
+    capsys.readouterr()
+    bad = tmp_path / "bad.mp4"
+    assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(bad), "--codec", "prores"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err == "unflicker: error: .mp4 cannot hold ProRes: use .mov or .mkv" and not bad.exists()

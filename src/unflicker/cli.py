@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--strength", type=float, default=1.0, metavar="S",
                      help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own look")
     run.add_argument("--crf", type=int, help="H.264 quality for .mp4/.mov, lower is better (default 16)")
+    run.add_argument("--codec", choices=("h264", "hevc", "prores", "ffv1"),
+                     help="output video codec (default: by extension and the input's depth, see README)")
+    run.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 16), help="output bits per sample (default: the input's)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run.add_argument("--keep-work", type=Path, metavar="DIR",
                      help="keep each stage's frames in DIR/<stage>/; rerunning with the same DIR, input and "
@@ -112,6 +115,7 @@ def _run(args) -> int:
                        stop_after=args.stop_after, projection=args.projection, keep_slow=args.keep_slow,
                        strength=args.strength, overwrite=args.overwrite, keep_work=args.keep_work,
                        compare=args.compare, plot=args.plot, progress=not args.quiet,
+                       codec=args.codec, bit_depth=args.bit_depth,
                        **({} if args.crf is None else {"crf": args.crf}))
     summary = deflicker_file(args.input, args.output, config)
     for extra in summary.extras:

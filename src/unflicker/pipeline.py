@@ -216,6 +216,10 @@ class RunConfig:
     some flicker."""
     crf: int = io.DEFAULT_CRF
     """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 and below look lossless)."""
+    codec: str | None = None
+    """Output video codec: 'h264', 'hevc', 'prores' or 'ffv1'; None chooses by extension and source (io.encoders)."""
+    bit_depth: int | None = None
+    """Output bits per sample (8, 10, 12, 16); None keeps the source's as far as the codec holds it."""
     overwrite: bool = False
     """Replace an existing output (and existing compare / plot files)."""
     keep_work: Path | None = None
@@ -394,7 +398,8 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
     config = resolve_method(config, info.height, info.width, info.frame_count)
     write_output = config.stop_after is None
     # With info, check_output also decides the output's codec and depth and warns about what it cannot carry.
-    output = io.check_output(input_path, output_path, config.overwrite, info=info) if write_output else None
+    output = io.check_output(input_path, output_path, config.overwrite, info=info, codec=config.codec,
+                             bit_depth=config.bit_depth) if write_output else None
     _check_extras(input_path, output, config)
     _check_input(info, output, config)
     single = info.frame_count == 1
@@ -419,7 +424,8 @@ def deflicker_file(input_path: str | Path, output_path: str | Path | None,
                 bars.close()
                 if work is not None:
                     work.save(method.atlas.rendered, method.atlas.shots)
-        writer = stack.enter_context(io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite)) \
+        writer = stack.enter_context(io.VideoWriter(output, info, crf=config.crf, overwrite=config.overwrite,
+                                                    codec=config.codec, bit_depth=config.bit_depth)) \
             if write_output else None
         if work is not None and reuse is None:
             work.forget_pass()  # the stage folders are about to be rewritten

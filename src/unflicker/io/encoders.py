@@ -119,7 +119,7 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
     deep = info.sample_bits > 8 or info.linear
     if codec is not None:
         encoder = CODECS[codec]
-    elif fmt == "mov" and (deep or info.has_alpha or (bit_depth or 8) > 8):
+    elif fmt == "mov" and (info.has_alpha or (bit_depth or (16 if deep else 8)) > 8):
         encoder = "prores_ks"
     elif fmt == "mp4" and (bit_depth or 8) > 10:
         encoder = "libx265"
