@@ -3,10 +3,11 @@
 Defaults (the source's depth is kept):
 - 8-bit sources without alpha: .mp4/.m4v/.mov H.264 4:2:0 (4:4:4 for odd sizes), .mkv FFV1 RGB, as before.
 - Deeper sources: .mp4/.m4v H.264 High 10 (libx264, 10-bit, the source's 4:2:0/4:2:2/4:4:4). H.264
-  rather than H.265 Main 10: the same encoder, CRF scale and speed as the 8-bit output (x265 is
-  several times slower on a CPU), this PyAV build's libx264 has 10-bit, and x264 writes the HDR
-  mastering-display and content-light SEI too. 12/16-bit sources are written at 10 bits (with a
-  warning); `codec="hevc"` gives 12-bit H.265, .mkv keeps every bit.
+  rather than H.265 Main 10: the same encoder, CRF scale and speed as the 8-bit output (x265
+  `veryfast` took 127 against 24 ms for a 10-bit 854x480 frame on two shared cores), this PyAV
+  build's libx264 has 10-bit, and x264 writes the HDR mastering-display and content-light SEI
+  too. 12/16-bit sources are written at 10 bits (with a warning); `codec="hevc"` gives 12-bit
+  H.265, .mkv keeps every bit.
 - .mov: ProRes 422 HQ (prores_ks, 10-bit) for deeper sources; ProRes 4444 when the source has
   alpha or full chroma (4:4:4 / RGB), also for 8-bit sources with alpha.
 - .mkv: FFV1 at the source's depth and layout (YUV, RGB, grey, with alpha).
@@ -109,8 +110,11 @@ def _plan_folder(info: VideoInfo, codec: str | None, bit_depth: int | None) -> O
     if not info.is_folder and (info.color_primaries != 2 or info.color_trc != 2 or info.hdr):
         plan.dropped.append(f"colour tags ({info.colour_tags()}) and HDR metadata are not written into image "
                             f"files; frames are RGB in the source's primaries and transfer")
-    if info.audio_streams or info.subtitle_streams:
-        plan.dropped.append("audio and subtitle streams are not written to a folder of frames")
+    carried = [what for what, present in (("audio", info.audio_streams), ("subtitles", info.subtitle_streams),
+                                          ("chapters", info.chapters), ("timecode", info.timecode),
+                                          ("title", dict(info.metadata).get("title"))) if present]
+    if carried:
+        plan.dropped.append(f"a folder of frames holds no {', '.join(carried)}: not written")
     return plan
 
 
@@ -184,7 +188,7 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
         plan.dropped.append(f"HDR mastering-display / content-light metadata cannot be written into "
                             f"{CODEC_NAMES[encoder]} through PyAV (no API for stream side data): dropped; "
                             f"the PQ/HLG transfer tag is kept; write .mp4 (H.264/H.265) to keep it")
-    if fmt == "matroska" and info.sample_aspect_ratio not in (None, 1) and encoder != "libx264":
+    if fmt == "matroska" and info.sample_aspect_ratio not in (None, 1) and encoder not in ("libx264", "libx265"):
         plan.dropped.append(f"the sample aspect ratio {info.sample_aspect_ratio} cannot be written to .mkv "
                             f"through PyAV: it plays with square pixels; write .mp4 or .mov to keep it")
     _plan_streams(plan, info, supported, path)
