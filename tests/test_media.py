@@ -437,3 +437,14 @@ def test_codec_and_bit_depth_options(tmp_path, capsys):
     assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(bad), "--codec", "prores"]) == 3
     err = capsys.readouterr().err.strip()
     assert err == "unflicker: error: .mp4 cannot hold ProRes: use .mov or .mkv" and not bad.exists()
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mp4"])
+def test_full_range_source_keeps_its_picture(tmp_path, suffix):
+    """ProRes is limited range by definition: a full-range source is converted, not mislabelled."""
+    src = make_clip(tmp_path / "pc.mkv", "ffv1", "yuv444p10le", tags=dict(BT709_TAGS, color_range=2))
+    output = run(src, tmp_path / f"out{suffix}")
+    assert io.probe(output).color_range == (1 if suffix == ".mov" else 2)
+    mean_in = np.mean([io.to_float(f.image) for f in io.read_frames(src)], axis=0)
+    mean_out = np.mean([io.to_float(f.image) for f in io.read_frames(output)], axis=0)
+    assert np.abs(mean_out - mean_in).mean() < 0.01

@@ -47,8 +47,16 @@ class OutputPlan:
     bits: int = 8
     """Bits per sample written (8 or 16 for PNG/TIFF folders)."""
     keeps_alpha: bool = False
-    matrix: int | None = None
-    """swscale matrix for RGB -> YUV (None: swscale's default, BT.601, as the reader assumes untagged)."""
+    color_primaries: int = 2
+    color_trc: int = 2
+    colorspace: int = 2
+    """The output's tags (FFmpeg enums, see io.media); the YUV matrix is also the one converted with."""
+    color_range: int = 0
+
+    @property
+    def matrix(self) -> int | None:
+        """swscale matrix for RGB -> YUV (None: swscale's default, BT.601, as the reader assumes untagged)."""
+        return SWS_MATRIX.get(self.colorspace)
     dropped: list[str] = field(default_factory=list)
     """One line per thing the output cannot carry (warned about by check_output)."""
 
@@ -182,8 +190,7 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
     if info.has_alpha and not plan.keeps_alpha:
         plan.dropped.append(f"the alpha channel is dropped: {CODEC_NAMES[encoder]} has none; write .mov (ProRes "
                             f"4444), .mkv or a folder of frames to keep it")
-    if plan.is_yuv:
-        plan.matrix = SWS_MATRIX.get(info.colorspace)
+    _plan_colour(plan, info)
     if (info.mastering_display or info.content_light) and encoder not in ("libx264", "libx265"):
         plan.dropped.append(f"HDR mastering-display / content-light metadata cannot be written into "
                             f"{CODEC_NAMES[encoder]} through PyAV (no API for stream side data): dropped; "
@@ -195,11 +202,26 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
     return plan
 
 
+def _plan_colour(plan: OutputPlan, info: VideoInfo) -> None:
+    """The source's tags; RGB layouts get the 'gbr' matrix; OpenEXR frames arrive as BT.709-primaried
+    sRGB (OpenEXR's default chromaticities are BT.709's) and are written with the BT.709 matrix."""
+    plan.color_primaries, plan.color_trc = info.color_primaries, info.color_trc
+    plan.colorspace, plan.color_range = info.colorspace, info.color_range
+    if info.linear:
+        plan.color_primaries, plan.color_trc, plan.colorspace = 1, 13, 1
+    if not plan.is_yuv:
+        plan.colorspace = 0 if plan.pix_fmt.startswith(("gbr", "bgr")) else 2
+        plan.color_range = 0
+    elif plan.codec == "prores_ks" and info.color_range == 2:
+        # ProRes is limited range by definition: the samples are converted, the picture is unchanged.
+        plan.color_range = 1
+
+
 def _ffv1_format(info: VideoInfo, bits: int) -> str:
     if bits == 8 and not info.has_alpha:
         return "gray" if info.grayscale else "bgr0"  # as before
     formats = _ffv1_formats()
-    if bits == info.sample_bits and info.pixel_format in formats:
+    if bits == info.sample_bits and info.pixel_format in formats and not info.linear:
         return info.pixel_format
     suffix = "" if bits == 8 else f"{bits}le"
     if info.chroma == "gray" or info.grayscale:

@@ -60,11 +60,8 @@ class VideoWriter:
             options.update(crf=str(self.crf), preset=X264_PRESET)
         self._stream.options = options
         ctx = self._stream.codec_context
-        ctx.color_primaries, ctx.color_trc = src.color_primaries, src.color_trc
-        ctx.colorspace = src.colorspace if plan.is_yuv else 0 if plan.pix_fmt.startswith(("gbr", "bgr")) else 2
-        ctx.color_range = src.color_range if plan.is_yuv else 0
-        if src.linear:  # OpenEXR frames arrive sRGB-encoded
-            ctx.color_trc = 13
+        ctx.color_primaries, ctx.color_trc = plan.color_primaries, plan.color_trc
+        ctx.colorspace, ctx.color_range = plan.colorspace, plan.color_range
         if src.sample_aspect_ratio not in (None, 1):
             ctx.sample_aspect_ratio = src.sample_aspect_ratio
         if src.display_matrix is not None:
@@ -113,7 +110,7 @@ class VideoWriter:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format=plan.frame_layout)
         if plan.is_yuv:
             frame = frame.reformat(format=plan.pix_fmt, dst_colorspace=plan.matrix,
-                                   dst_color_range=self.source.color_range or 1)
+                                   dst_color_range=plan.color_range or 1)  # untagged: limited, as read
         elif plan.pix_fmt != plan.frame_layout:
             frame = frame.reformat(format=plan.pix_fmt)
         if pts is not None and self.source.time_base is not None:
