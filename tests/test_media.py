@@ -4,6 +4,7 @@ format family, rotation, aspect, colour and HDR tags, streams, metadata, frame c
 keeping more than 8 bits of a smooth gradient."""
 
 from fractions import Fraction
+import warnings
 from pathlib import Path
 
 import av
@@ -261,11 +262,31 @@ def test_interlaced_input_is_warned_about(tmp_path):
     assert info.field_order == "tt" and info.interlaced
 
 
-def test_default_method_keeps_10_bits(tmp_path):
-    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv420p10le")
-    output = tmp_path / "out.mkv"
-    deflicker_file(src, output, RunConfig(atlas_steps=5, progress=False))
-    assert io.probe(output).pixel_format == "yuv420p10le" and luma_levels(output) > 256
+@pytest.mark.parametrize("kind", ["hlg-mkv", "rotated-mp4", "alpha-mov", "dpx"])
+def test_default_method_keeps_the_media(tmp_path, kind):
+    """The default (neural) method on short clips: same depth, layout, rotation, alpha as classical."""
+    if kind == "hlg-mkv":
+        src, output = make_clip(tmp_path / "in.mkv", "ffv1", "yuv420p10le", tags=HLG_TAGS), tmp_path / "out.mkv"
+    elif kind == "rotated-mp4":
+        src, output = make_clip(tmp_path / "in.mp4", "libx264", "yuv420p10le", rotation=90, audio=1), tmp_path / "o.mp4"
+    elif kind == "alpha-mov":
+        src = make_clip(tmp_path / "in.mov", "prores_ks", "yuva444p10le", options={"profile": "4"}, alpha=True)
+        output = tmp_path / "out.mov"
+    else:
+        src, output = folder_of(tmp_path, "scan", write_dpx), tmp_path / "out"
+    info = io.probe(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ProRes 4444 decodes as 12-bit: the 10-bit warning is tested above
+        deflicker_file(src, output, RunConfig(atlas_steps=5, progress=False))
+    out = io.probe(output)
+    assert_same_media(info, out)
+    assert (out.pixel_format, out.has_alpha, out.frame_count, out.audio_streams) == \
+        (info.pixel_format, info.has_alpha, N, info.audio_streams)
+    if kind == "dpx":
+        values = io.common.narrow(list(io.read_frames(output))[3].image, 10)
+        assert len(np.unique(values[:, :, 1])) > 256
+    else:
+        assert luma_levels(output) > 256
 
 
 def test_vfr_with_audio(tmp_path):
