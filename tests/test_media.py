@@ -4,6 +4,7 @@ format family, rotation, aspect, colour and HDR tags, streams, metadata, frame c
 keeping more than 8 bits of a smooth gradient."""
 
 from fractions import Fraction
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -407,6 +408,19 @@ def test_impossible_requests_fail_before_any_work(tmp_path):
         io.plan_output(tmp_path / "o", info, bit_depth=10)
     assert io.plan_output(tmp_path / "o.mp4", info, codec="hevc").pix_fmt == "yuv444p12le"
     assert io.plan_output(tmp_path / "o.mkv", info, bit_depth=8).pix_fmt == "bgr0"
+
+
+def test_what_cannot_be_carried_is_named(tmp_path):
+    src = make_clip(tmp_path / "in.mov", "prores_ks", "yuva444p10le", options={"profile": "4"}, alpha=True,
+                    sar=Fraction(4, 3), tags=HLG_TAGS)
+    info = dataclasses.replace(io.probe(src), mastering_display=MASTERING, content_light=(1000, 400),
+                               uncarried_side_data=("HDR10+ dynamic metadata",))
+    dropped = " | ".join(io.plan_output(tmp_path / "o.mkv", info).dropped)
+    assert "mastering-display" in dropped and "sample aspect ratio" in dropped and "HDR10+" in dropped
+    dropped = " | ".join(io.plan_output(tmp_path / "o.mp4", info).dropped)
+    assert "alpha channel is dropped" in dropped and "mastering-display" not in dropped
+    dropped = " | ".join(io.plan_output(tmp_path / "frames", info).dropped)
+    assert "sample aspect ratio" in dropped and "colour tags" in dropped and "title" in dropped
 
 
 def test_audio_the_container_cannot_hold_is_refused_before_work(tmp_path):

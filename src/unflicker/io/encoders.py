@@ -252,6 +252,9 @@ def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: 
 
 
 def _common_drops(plan: OutputPlan, info: VideoInfo) -> None:
+    if info.uncarried_side_data:
+        plan.dropped.append(f"{', '.join(info.uncarried_side_data)} of the source cannot be written through PyAV: "
+                            f"dropped")
     if plan.container is not None and info.is_folder and info.linear:
         plan.dropped.append("the OpenEXR frames' scene-linear values are written display-referred (sRGB transfer), "
                             "values above 1.0 clipped")

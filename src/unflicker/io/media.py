@@ -29,6 +29,9 @@ FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "b
 HDR_TRANSFERS = (16, 18)  # PQ, HLG
 # AVColorSpace -> swscale's SWS_CS_* for the YUV <-> RGB matrix (None: swscale's default, BT.601).
 SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+UNCARRIED_SIDE_DATA = {"DYNAMIC_HDR_PLUS": "HDR10+ dynamic metadata", "DYNAMIC_HDR_VIVID": "HDR Vivid metadata",
+                       "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision RPU",
+                       "ICC_PROFILE": "ICC profile", "FILM_GRAIN_PARAMS": "film grain parameters"}
 # Container metadata that describes the file written, not the content: not carried over.
 TECHNICAL_KEYS = {"major_brand", "minor_version", "compatible_brands", "encoder", "duration"}
 
@@ -86,6 +89,8 @@ class VideoInfo:
     metadata: tuple[tuple[str, str], ...] = ()
     """Container metadata worth carrying (title, creation_time, ...), as (key, value) pairs."""
     timecode: str | None = None
+    uncarried_side_data: tuple[str, ...] = ()
+    """Per-frame side data the writer cannot carry (HDR10+, Dolby Vision, ICC profile, film grain)."""
     linear: bool = False
     """OpenEXR: scene-linear samples, read into [0, 1] through the sRGB transfer (see io.images)."""
 
@@ -211,6 +216,8 @@ def _first_frame_facts(path: Path) -> dict:
                     facts["mastering_display"] = mastering_display(bytes(side))
                 elif kind == "CONTENT_LIGHT_LEVEL":
                     facts["content_light"] = content_light(bytes(side))
+                elif kind in UNCARRIED_SIDE_DATA:
+                    facts.setdefault("uncarried_side_data", []).append(UNCARRIED_SIDE_DATA[kind])
     except (av.error.FFmpegError, StopIteration):
         pass
     return facts
@@ -240,7 +247,8 @@ def stream_facts(path: Path, container, stream) -> dict:
                 mastering_display=first.get("mastering_display"), content_light=first.get("content_light"),
                 audio_streams=len(container.streams.audio), subtitle_streams=len(container.streams.subtitles),
                 chapters=len(container.chapters()), metadata=tuple((k, v) for k, v in metadata if k != "timecode"),
-                timecode=timecode, **tags)
+                timecode=timecode, uncarried_side_data=tuple(dict.fromkeys(first.get("uncarried_side_data", []))),
+                **tags)
     if order in ("tt", "bb", "tb", "bt"):
         warnings.warn(f"{path.name} is interlaced ({order} field first): each frame is deflickered as one "
                       f"picture, fields together, and written progressive; deinterlace it first for the best "
