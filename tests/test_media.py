@@ -231,12 +231,14 @@ def test_prores_4444_keeps_alpha(tmp_path):
     assert np.abs(alpha.astype(int) - ALPHA).max() < 300  # alpha carried, not deflickered
 
 
-def test_12_bit_444_into_mkv_keeps_every_bit(tmp_path):
-    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv444p12le")
+@pytest.mark.parametrize("pix_fmt", ["yuv444p12le", "gbrp12le"])
+def test_12_bit_444_yuv_and_rgb_into_mkv_keep_every_bit(tmp_path, pix_fmt):
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", pix_fmt)
     info = io.probe(src)
+    assert info.sample_bits == 12 and info.chroma == ("rgb" if pix_fmt.startswith("gbr") else "444")
     out = io.probe(run(src, tmp_path / "out.mkv"))
     assert_same_media(info, out)
-    assert out.pixel_format == "yuv444p12le" and luma_levels(out.path) > 1024 and smooth_output(out.path)
+    assert out.pixel_format == pix_fmt and luma_levels(out.path) > 1024 and smooth_output(out.path)
 
 
 def test_12_bit_into_mp4_is_10_bit_with_a_warning(tmp_path):
