@@ -203,14 +203,14 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
 
 
 def _plan_colour(plan: OutputPlan, info: VideoInfo) -> None:
-    """The source's tags; RGB layouts get the 'gbr' matrix; OpenEXR frames arrive as BT.709-primaried
+    """The source's tags (RGB layouts take no YUV matrix); OpenEXR frames arrive as BT.709-primaried
     sRGB (OpenEXR's default chromaticities are BT.709's) and are written with the BT.709 matrix."""
     plan.color_primaries, plan.color_trc = info.color_primaries, info.color_trc
     plan.colorspace, plan.color_range = info.colorspace, info.color_range
     if info.linear:
         plan.color_primaries, plan.color_trc, plan.colorspace = 1, 13, 1
     if not plan.is_yuv:
-        plan.colorspace = 0 if plan.pix_fmt.startswith(("gbr", "bgr")) else 2
+        plan.colorspace = info.colorspace if info.chroma == "rgb" else 2  # no YUV matrix on RGB samples
         plan.color_range = 0
     elif plan.codec == "prores_ks" and info.color_range == 2:
         # ProRes is limited range by definition: the samples are converted, the picture is unchanged.
