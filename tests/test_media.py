@@ -454,7 +454,7 @@ def test_info_shows_the_new_facts(tmp_path, capsys):
                     tags=HLG_TAGS, audio=1, timecode="10:00:00:00")
     assert main(["info", str(src)]) == 0
     shown = capsys.readouterr().out
-    for fact in ("10-bit samples", "chroma 420", "rotation 90", "SAR 4:3", "bt2020/arib-std-b67/bt2020nc/tv",
+    for fact in ("yuv420p10le, 10-bit", "chroma 420", "rotation 90", "SAR 4:3", "bt2020/arib-std-b67/bt2020nc/tv",
                  "1 audio stream", "timecode 10:00:00:00", "title 'flicker test'"):
         assert fact in shown, fact
 

@@ -169,17 +169,7 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
         if (chroma == "420" and not even) or (chroma == "422" and info.width % 2):
             chroma = "444"
         plan.pix_fmt = f"yuv{chroma}p" + ("" if bits == 8 else f"{bits}le")
-        params = ["log-level=error"] if encoder == "libx265" else []
-        if info.mastering_display:
-            params.append(f"{'master-display' if encoder == 'libx265' else 'mastering-display'}="
-                          f"{info.mastering_display}")
-        if info.content_light:
-            params.append(f"{'max-cll' if encoder == 'libx265' else 'cll'}={info.content_light[0]},"
-                          f"{info.content_light[1]}")
-        if params:
-            plan.options[f"{encoder.removeprefix('lib')}-params"] = ":".join(params)
-        if encoder == "libx265" and fmt in ("mp4", "mov"):
-            plan.options["tag"] = "hvc1"  # the tag Apple's players want
+        plan.options = _x26x_options(encoder, fmt, info)
     elif encoder == "prores_ks":
         full = info.has_alpha or chroma == "444"
         plan.pix_fmt = "yuva444p10le" if info.has_alpha else "yuv444p10le" if full else "yuv422p10le"
@@ -200,6 +190,20 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
                             f"through PyAV: it plays with square pixels; write .mp4 or .mov to keep it")
     _plan_streams(plan, info, supported, path)
     return plan
+
+
+def _x26x_options(encoder: str, fmt: str, info: VideoInfo) -> dict[str, str]:
+    """x264/x265 parameters that write the source's HDR mastering display and content light level as SEI."""
+    x265 = encoder == "libx265"
+    params = ["log-level=error"] if x265 else []
+    if info.mastering_display:
+        params.append(f"{'master-display' if x265 else 'mastering-display'}={info.mastering_display}")
+    if info.content_light:
+        params.append(f"{'max-cll' if x265 else 'cll'}={info.content_light[0]},{info.content_light[1]}")
+    options = {f"{encoder.removeprefix('lib')}-params": ":".join(params)} if params else {}
+    if x265 and fmt in ("mp4", "mov"):
+        options["tag"] = "hvc1"  # the tag Apple's players want
+    return options
 
 
 def _plan_colour(plan: OutputPlan, info: VideoInfo) -> None:

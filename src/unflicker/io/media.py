@@ -110,9 +110,8 @@ class VideoInfo:
     def describe(self) -> str:
         kind = "folder" if self.is_folder else "video"
         parts = [f"{self.path.name}: {kind}, {self.frame_count} frames, {self.width}x{self.height}, "
-                 f"{float(self.fps):.3g} fps, {self.pixel_format}, {self.bit_depth}-bit"]
-        facts = [f"{self.codec}" if self.codec else "", f"{self.sample_bits}-bit samples",
-                 f"chroma {self.chroma}"]
+                 f"{float(self.fps):.3g} fps, {self.pixel_format}, {self.sample_bits}-bit"]
+        facts = [f"{self.codec}" if self.codec else "", f"chroma {self.chroma}"]
         if self.has_alpha:
             facts.append("alpha")
         if self.rotation:
@@ -134,7 +133,7 @@ class VideoInfo:
         if self.subtitle_streams:
             facts.append(f"{self.subtitle_streams} subtitle stream{'s' if self.subtitle_streams > 1 else ''}")
         if self.chapters:
-            facts.append(f"{self.chapters} chapters")
+            facts.append(f"{self.chapters} chapter{'s' if self.chapters > 1 else ''}")
         if self.timecode:
             facts.append(f"timecode {self.timecode}")
         facts += [f"{key} {value!r}" for key, value in self.metadata if key in ("title", "creation_time")]
