@@ -83,8 +83,8 @@ def make_clip(path: Path, codec: str, pix_fmt: str, *, options=None, tags=None, 
             sub.time_base = Fraction(1, 1000)
             sub.metadata["language"] = "deu"
         if chapters:
-            out.set_chapters([{"id": 1, "start": 0, "end": 3, "time_base": Fraction(1, fps), "metadata": {"title": "a"}},
-                              {"id": 2, "start": 3, "end": 6, "time_base": Fraction(1, fps), "metadata": {"title": "b"}}])
+            out.set_chapters([{"id": k + 1, "start": 3 * k, "end": 3 * k + 3, "time_base": Fraction(1, fps),
+                               "metadata": {"title": f"part {k + 1}"}} for k in range(2)])
         matrix = {1: 1, 9: 9}.get((tags or {}).get("colorspace"))
         for t in range(N):
             rgb = gradient(t)

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--crf", type=int, help="H.264 quality for .mp4/.mov, lower is better (default 16)")
     run.add_argument("--codec", choices=("h264", "hevc", "prores", "ffv1"),
                      help="output video codec (default: by extension and the input's depth, see README)")
-    run.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 16), help="output bits per sample (default: the input's)")
+    run.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 16),
+                     help="output bits per sample (default: the input's, as far as the codec holds it)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run.add_argument("--keep-work", type=Path, metavar="DIR",
                      help="keep each stage's frames in DIR/<stage>/; rerunning with the same DIR, input and "
