@@ -425,6 +425,26 @@ def test_what_cannot_be_carried_is_named(tmp_path):
     assert "sample aspect ratio" in dropped and "colour tags" in dropped and "title" in dropped
 
 
+def test_attachments_go_into_mkv_and_are_named_elsewhere(tmp_path):
+    src = tmp_path / "fonts.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p10le"
+        out.add_attachment("subs.ttf", "application/x-truetype-font", b"\x00font")
+        for t in range(N):
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p10le")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with av.open(str(run(src, tmp_path / "out.mkv"))) as container:
+        attached = [(s.name, s.data) for s in container.streams.attachments]
+    assert attached == [("subs.ttf", b"\x00font")]
+    with pytest.warns(UserWarning, match=r"attachment stream 1 \(subs.ttf\) is not copied"):
+        run(src, tmp_path / "out.mp4")
+
+
 def test_audio_the_container_cannot_hold_is_refused_before_work(tmp_path):
     src = tmp_path / "wavpack.mkv"
     with av.open(str(src), "w") as out:

@@ -241,7 +241,7 @@ def _ffv1_format(info: VideoInfo, bits: int) -> str:
 
 def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: Path) -> None:
     """Audio that the container cannot hold is an error (choose another container); subtitles are warned about."""
-    if info.is_folder or not (info.audio_streams or info.subtitle_streams):
+    if info.is_folder or not (info.audio_streams or info.subtitle_streams or info.data_streams):
         return
     with av.open(str(info.path)) as container:
         for stream in container.streams.audio:
@@ -253,6 +253,15 @@ def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: 
             if name not in supported:
                 plan.dropped.append(f"subtitle stream {stream.index} ({name}) cannot go into {path.suffix}: "
                                     f"dropped; write .mkv to keep it")
+        for stream in container.streams:
+            if stream.type not in ("data", "attachment") or "timecode" in stream.metadata:
+                continue  # a timecode track is carried as the video stream's timecode
+            name = getattr(stream, "name", None) or stream.metadata.get("filename") or stream.type
+            if name == "bin_data" and info.chapters:
+                continue  # a QuickTime chapter text track: the chapters are carried
+            if stream.type == "attachment" and plan.container == "matroska":
+                continue  # copied (fonts for subtitles, cover art)
+            plan.dropped.append(f"{stream.type} stream {stream.index} ({name}) is not copied")
 
 
 def _common_drops(plan: OutputPlan, info: VideoInfo) -> None:

@@ -85,6 +85,8 @@ class VideoInfo:
     """HDR content light level (MaxCLL, MaxFALL) in cd/m2."""
     audio_streams: int = 0
     subtitle_streams: int = 0
+    data_streams: int = 0
+    """Data and attachment streams (a timecode track, telemetry, fonts); only timecode and chapters are carried."""
     chapters: int = 0
     metadata: tuple[tuple[str, str], ...] = ()
     """Container metadata worth carrying (title, creation_time, ...), as (key, value) pairs."""
@@ -209,7 +211,7 @@ def _first_frame_facts(path: Path) -> dict:
                 facts[tag] = int(getattr(frame, tag))
             for side in frame.side_data:
                 kind = side.type.name
-                if kind == "DISPLAYMATRIX":
+                if kind == "DISPLAYMATRIX" and len(bytes(side)) >= 36:
                     facts["display_matrix"] = struct.unpack("<9i", bytes(side)[:36])
                 elif kind == "MASTERING_DISPLAY_METADATA":
                     facts["mastering_display"] = mastering_display(bytes(side))
@@ -245,6 +247,7 @@ def stream_facts(path: Path, container, stream) -> dict:
                 sample_aspect_ratio=Fraction(sar) if sar and sar != 1 else None, field_order=order,
                 mastering_display=first.get("mastering_display"), content_light=first.get("content_light"),
                 audio_streams=len(container.streams.audio), subtitle_streams=len(container.streams.subtitles),
+                data_streams=sum(1 for s in container.streams if s.type in ("data", "attachment")),
                 chapters=len(container.chapters()), metadata=tuple((k, v) for k, v in metadata if k != "timecode"),
                 timecode=timecode, uncarried_side_data=tuple(dict.fromkeys(first.get("uncarried_side_data", []))),
                 **tags)

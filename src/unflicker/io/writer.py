@@ -71,9 +71,13 @@ class VideoWriter:
         if src.timecode:
             self._stream.metadata["timecode"] = src.timecode
         if not src.is_folder:
-            if src.chapters:
+            if src.chapters or (src.data_streams and plan.container == "matroska"):
                 with av.open(str(src.path)) as original:
                     self._container.set_chapters(original.chapters())
+                    if plan.container == "matroska":
+                        for stream in original.streams.attachments:
+                            self._container.add_attachment(stream.name or "attachment", stream.mimetype or
+                                                           "application/octet-stream", stream.data)
             if src.audio_streams or src.subtitle_streams:
                 self._copier = _StreamCopier(src.path, self._container)
 
