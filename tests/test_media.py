@@ -174,8 +174,8 @@ def test_h264_rotation_90_and_aac(tmp_path):
     assert dict(out.metadata)["creation_time"] == "2021-03-04T05:06:07.000000Z"
 
 
-@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
-def test_hevc_hlg_two_audio_one_subtitle(tmp_path, suffix):
+@pytest.mark.parametrize("suffix, codec", [(".mkv", None), (".mp4", None), (".mkv", "hevc")])
+def test_hevc_hlg_two_audio_one_subtitle(tmp_path, suffix, codec):
     if "libx265" not in av.codecs_available:
         pytest.skip("this PyAV build has no libx265")
     params = f"log-level=error:crf=4:master-display={MASTERING}:max-cll=1000,400"
@@ -185,8 +185,10 @@ def test_hevc_hlg_two_audio_one_subtitle(tmp_path, suffix):
     assert (info.sample_bits, info.audio_streams, info.subtitle_streams, info.chapters) == (10, 2, 1, 2)
     assert info.colour_tags() == "bt2020/arib-std-b67/bt2020nc/tv" and info.hdr
     assert info.mastering_display == MASTERING and info.content_light == (1000, 400)
-    with pytest.warns(UserWarning) as caught:
-        output = run(src, tmp_path / f"out{suffix}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        output = tmp_path / f"out{suffix}"
+        deflicker_file(src, output, RunConfig(method="classical", progress=False, codec=codec))
     warned = " ".join(str(w.message) for w in caught)
     out = io.probe(output)
     assert_same_media(info, out)
@@ -195,7 +197,10 @@ def test_hevc_hlg_two_audio_one_subtitle(tmp_path, suffix):
     with av.open(str(output)) as container:
         languages = [s.metadata.get("language") for s in container.streams.audio]
     assert languages == ["eng", "fra"]
-    if suffix == ".mkv":  # FFV1 keeps everything but the HDR side data, which PyAV cannot write there
+    if codec == "hevc":  # H.265 in .mkv: everything, the HDR metadata as SEI
+        assert out.codec == "hevc" and stream_counts(output) == (2, 1) and out.chapters == 2
+        assert out.mastering_display == MASTERING and out.content_light == (1000, 400) and not warned
+    elif suffix == ".mkv":  # FFV1 keeps everything but the HDR side data, which PyAV cannot write there
         assert out.codec == "ffv1" and stream_counts(output) == (2, 1) and out.chapters == 2
         assert out.mastering_display is None and "mastering-display" in warned
     else:  # H.264 High 10 carries the HDR SEI; mp4 holds no SubRip

@@ -184,7 +184,7 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
     if (info.mastering_display or info.content_light) and encoder not in ("libx264", "libx265"):
         plan.dropped.append(f"HDR mastering-display / content-light metadata cannot be written into "
                             f"{CODEC_NAMES[encoder]} through PyAV (no API for stream side data): dropped; "
-                            f"the PQ/HLG transfer tag is kept; write .mp4 (H.264/H.265) to keep it")
+                            f"the PQ/HLG transfer tag is kept; .mp4 or --codec h264/hevc keep it")
     if fmt == "matroska" and info.sample_aspect_ratio not in (None, 1) and encoder not in ("libx264", "libx265"):
         plan.dropped.append(f"the sample aspect ratio {info.sample_aspect_ratio} cannot be written to .mkv "
                             f"through PyAV: it plays with square pixels; write .mp4 or .mov to keep it")
