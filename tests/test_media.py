@@ -238,12 +238,20 @@ def test_prores_4444_keeps_alpha(tmp_path):
 
 @pytest.mark.parametrize("pix_fmt", ["yuv444p12le", "gbrp12le"])
 def test_12_bit_444_yuv_and_rgb_into_mkv_keep_every_bit(tmp_path, pix_fmt):
-    src = make_clip(tmp_path / "deep.mkv", "ffv1", pix_fmt)
+    rgb = pix_fmt.startswith("gbr")
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", pix_fmt, tags=dict(color_primaries=1, color_trc=1, colorspace=0) if rgb else None)
     info = io.probe(src)
     assert info.sample_bits == 12 and info.chroma == ("rgb" if pix_fmt.startswith("gbr") else "444")
     out = io.probe(run(src, tmp_path / "out.mkv"))
     assert_same_media(info, out)
     assert out.pixel_format == pix_fmt and luma_levels(out.path) > 1024 and smooth_output(out.path)
+    if rgb:  # into YUV: the 'gbr' matrix tag would make players read Y, U, V as G, B, R
+        with pytest.warns(UserWarning, match="12-bit"):
+            video = io.probe(run(src, tmp_path / "out.mp4"))
+        assert video.colour_tags().split("/")[:3] == ["bt709", "bt709", "-"] and video.pixel_format == "yuv444p10le"
+        mean_in = np.mean([io.to_float(f.image) for f in io.read_frames(src)], axis=0)
+        mean_out = np.mean([io.to_float(f.image) for f in io.read_frames(video.path)], axis=0)
+        assert np.abs(mean_out - mean_in).mean() < 0.01
 
 
 def test_12_bit_into_mp4_is_10_bit_with_a_warning(tmp_path):

@@ -216,7 +216,9 @@ def _plan_colour(plan: OutputPlan, info: VideoInfo) -> None:
     if not plan.is_yuv:
         plan.colorspace = info.colorspace if info.chroma == "rgb" else 2  # no YUV matrix on RGB samples
         plan.color_range = 0
-    elif plan.codec == "prores_ks" and info.color_range == 2:
+    elif plan.colorspace not in SWS_MATRIX:
+        plan.colorspace = 2  # an RGB ('gbr') or unusual source matrix: converted with, and tagged as, the default
+    if plan.is_yuv and plan.codec == "prores_ks" and info.color_range == 2:
         # ProRes is limited range by definition: the samples are converted, the picture is unchanged.
         plan.color_range = 1
 
