@@ -164,11 +164,14 @@ def assert_same_media(source: io.VideoInfo, out: io.VideoInfo, *, chroma: str | 
 
 
 def test_h264_rotation_90_and_aac(tmp_path):
-    src = make_clip(tmp_path / "phone.mp4", "libx264", "yuv420p", rotation=90, audio=1)
+    src = make_clip(tmp_path / "phone.mp4", "libx264", "yuv420p", rotation=90, audio=1, tags=BT709_TAGS)
     info = io.probe(src)
     assert info.rotation == 90 and info.audio_streams == 1 and info.sample_bits == 8
     out = io.probe(run(src, tmp_path / "out.mp4"))
     assert_same_media(info, out)
+    mean_in = np.mean([io.to_float(f.image) for f in io.read_frames(src)], axis=0)
+    mean_out = np.mean([io.to_float(f.image) for f in io.read_frames(out.path)], axis=0)
+    assert np.abs(mean_out - mean_in).mean() < 0.01  # converted with the matrix it is tagged with
     assert out.pixel_format == "yuv420p" and out.codec == "h264"  # 8-bit stays as it was
     assert stream_counts(out.path) == (1, 0)
     assert dict(out.metadata)["creation_time"] == "2021-03-04T05:06:07.000000Z"
