@@ -5,6 +5,7 @@ keeping more than 8 bits of a smooth gradient."""
 
 from fractions import Fraction
 import dataclasses
+import struct
 import warnings
 from pathlib import Path
 
@@ -397,6 +398,51 @@ def test_10_bit_dpx_folder_in_dpx_out(tmp_path):
     assert back.codec == "dpx" and back.pixel_format == "gbrp10le" and back.frame_count == N
     values = io.common.narrow(list(io.read_frames(out))[3].image, 10)
     assert len(np.unique(values[:, :, 0])) > 256 and roughness(values[:, :, 1], 10) < 0.15
+
+
+def with_industry_headers(dpx: bytes, order: str, frame: int) -> bytes:
+    """A DPX as a film scanner writes it: FFmpeg's file with printing-density transfer, a project name and
+    film/television headers (key code prefix, 24 fps, time code 01:00:00:<frame>) in byte order `order`."""
+    head = bytearray(dpx[:1664])
+    if order == ">":  # a big-endian scanner file (only its header is used)
+        head[:4] = b"SDPX"
+        head[24:28] = struct.pack(">I", 1664)
+    head[801] = 1  # printing density
+    head[260:267] = b"archive"
+    film = bytearray(256)
+    film[0:16] = b"KODAK5219 012345"
+    film[1724 - 1664:1728 - 1664] = struct.pack(order + "f", 24.0)
+    tv = bytearray(128)
+    tv[0:4] = struct.pack(order + "I", int(f"010000{frame:02d}", 16))
+    tv[1940 - 1920:1944 - 1920] = struct.pack(order + "f", 24.0)
+    data = dpx[1664:]
+    out = head + film + tv + data
+    for at, value in ((4, 2048), (16, len(out)), (28, 384), (808, 2048)):
+        out[at:at + 4] = struct.pack(order + "I", value)
+    return bytes(out)
+
+
+def test_dpx_header_fields_are_carried(tmp_path):
+    src = folder_of(tmp_path, "scan", write_dpx)
+    for t, path in enumerate(sorted(src.iterdir())):
+        path.write_bytes(with_industry_headers(path.read_bytes(), "<", t))
+    info = io.probe(src)
+    assert (info.timecode, info.fps) == ("01:00:00:00", 24) and next(io.read_frames(src)).image.shape == (H, W, 3)
+    out = run(src, tmp_path / "out")
+    assert (io.probe(out).timecode, io.probe(out).fps) == ("01:00:00:00", 24)
+    movie = io.probe(run(src, tmp_path / "out.mov"))  # the scan's time code and rate go into the .mov
+    assert (movie.timecode, movie.fps, movie.codec) == ("01:00:00:00", 24, "prores")
+    for t in range(N):
+        written = (out / f"scan.{t:04d}.dpx").read_bytes()
+        assert written[801] == 1 and written[260:267] == b"archive" and written[1664:1680] == b"KODAK5219 012345"
+        assert io.images.dpx_timecode(written) == f"01:00:00:{t:02d}"
+        assert struct.unpack("<f", written[1724:1728])[0] == 24.0
+    # a big-endian scan's headers are byte-swapped into FFmpeg's little-endian file
+    source = with_industry_headers((out / "scan.0003.dpx").read_bytes()[:1664] + bytes(64), ">", 3)
+    write_dpx(tmp_path, 0, gradient(0))
+    carried = io.images.carry_dpx_header((tmp_path / "scan.0000.dpx").read_bytes(), source[:2048])
+    assert io.images.dpx_timecode(carried) == "01:00:00:03" and carried[1664:1680] == b"KODAK5219 012345"
+    assert struct.unpack("<f", carried[1724:1728])[0] == 24.0 and struct.unpack("<f", carried[1940:1944])[0] == 24.0
 
 
 def write_exr(folder: Path, t: int, rgb: np.ndarray) -> None:

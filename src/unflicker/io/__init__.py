@@ -30,7 +30,7 @@ from unflicker.errors import InputError
 from unflicker.io.common import (DEFAULT_CRF, DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, X264_PRESET,
                                  from_float, natural_key, replace, to_float, write_file_atomically)
 from unflicker.io.encoders import CODECS, OutputPlan, check_output, is_folder_output, plan_output
-from unflicker.io.images import read_image
+from unflicker.io.images import folder_timing, read_image
 from unflicker.io.media import SWS_MATRIX, Frame, VideoInfo, stream_facts
 from unflicker.io.writer import VideoWriter
 
@@ -68,11 +68,12 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
         first, alpha, facts = read_image(path / names[0])
         depth = 16 if first.dtype != np.uint8 else 8
-        return VideoInfo(path, True, first.shape[1], first.shape[0], len(names), DEFAULT_FOLDER_FPS,
+        timecode, rate = folder_timing(path / names[0])
+        return VideoInfo(path, True, first.shape[1], first.shape[0], len(names), rate or DEFAULT_FOLDER_FPS,
                          facts.pixel_format, depth, False, None, tuple(names), facts.grey, alpha is not None,
                          sample_bits=facts.bits, chroma="gray" if facts.grey else "rgb",
                          codec=Path(names[0]).suffix.lower().lstrip("."), linear=facts.linear,
-                         color_trc=8 if facts.linear else 2)
+                         color_trc=8 if facts.linear else 2, timecode=timecode)
     with _open_container(path) as container:
         if not container.streams.video:
             raise InputError(f"no video stream in {path}")

@@ -119,7 +119,8 @@ def _plan_folder(info: VideoInfo, codec: str | None, bit_depth: int | None) -> O
         plan.dropped.append(f"colour tags ({info.colour_tags()}) and HDR metadata are not written into image "
                             f"files; frames are RGB in the source's primaries and transfer")
     carried = [what for what, present in (("audio", info.audio_streams), ("subtitles", info.subtitle_streams),
-                                          ("chapters", info.chapters), ("timecode", info.timecode),
+                                          ("chapters", info.chapters),
+                                          ("timecode", info.timecode and info.codec != "dpx"),  # DPX: in the headers
                                           ("title", dict(info.metadata).get("title"))) if present]
     if carried:
         plan.dropped.append(f"a folder of frames holds no {', '.join(carried)}: not written")

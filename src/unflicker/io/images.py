@@ -13,6 +13,7 @@ OpenEXR support needs OPENCV_IO_ENABLE_OPENEXR set before cv2 is imported (a pro
 
 from __future__ import annotations
 
+import struct
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -79,6 +80,15 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFacts]:
     return rgb, alpha, ImageFacts(CV_FORMATS[grey, alpha is not None, depth], depth, grey, alpha is not None)
 
 
+def folder_timing(first: Path) -> tuple[str | None, Fraction | None]:
+    """(time code, frame rate) of a frame folder from its first DPX frame's industry headers, if it has them."""
+    if first.suffix.lower() != ".dpx":
+        return None, None
+    with open(first, "rb") as file:
+        header = file.read(2048)
+    return dpx_timecode(header), dpx_frame_rate(header)
+
+
 def _decode_file(path: Path) -> av.VideoFrame:
     codec = av.CodecContext.create(PYAV_IMAGES[path.suffix.lower()], "r")
     try:
@@ -127,13 +137,14 @@ def _read_pyav_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFa
 
 
 def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, depth: int, grey: bool,
-                source_format: str = "") -> None:
-    """Write one frame: PNG/TIFF through OpenCV at `depth` (8/16), DPX at the source's layout, OpenEXR linear."""
+                source_format: str = "", source_file: Path | None = None) -> None:
+    """Write one frame: PNG/TIFF through OpenCV at `depth` (8/16), DPX at the source's layout (with
+    `source_file`'s header fields, see `carry_dpx_header`), OpenEXR linear."""
     suffix = path.suffix.lower()
     if suffix == ".exr":
         return _write_exr(path, image, alpha, grey, half="f16" in source_format or not source_format)
     if suffix == ".dpx":
-        return _write_dpx(path, image, alpha, grey, source_format)
+        return _write_dpx(path, image, alpha, grey, source_format, source_file)
     data = from_float(image, depth) if image.dtype.kind == "f" else to_depth(image, depth)
     if grey:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
@@ -173,7 +184,70 @@ def _write_exr(path: Path, image: np.ndarray, alpha, grey: bool, half: bool) -> 
     _encode_file(path, "exr", frame, {"format": "half" if half else "float", "compression": "zip16"})
 
 
-def _write_dpx(path: Path, image: np.ndarray, alpha, grey: bool, source_format: str) -> None:
+# DPX (SMPTE 268M) header: FFmpeg writes the 1664-byte generic header and no industry headers.
+_DPX_GENERIC = 1664
+_DPX_INDUSTRY = 384  # motion-picture film header (1664-1919) and television header (1920-2047)
+# 4-byte fields of the industry headers (frame position, sequence length, held count, frame rate, shutter
+# angle; time code, user bits; ten television rates and levels): swapped when the byte orders differ.
+_DPX_WORDS = (*range(1712, 1732, 4), 1920, 1924, *range(1932, 1972, 4))
+
+
+def dpx_timecode(header: bytes) -> str | None:
+    """The television header's SMPTE time code (BCD) of a DPX file, as 'HH:MM:SS:FF', or None if undefined."""
+    if len(header) < 1924 or header[:4] not in (b"SDPX", b"XPDS"):
+        return None
+    order = ">" if header[:4] == b"SDPX" else "<"
+    if struct.unpack(order + "I", header[24:28])[0] + struct.unpack(order + "I", header[28:32])[0] < 2048:
+        return None
+    code = struct.unpack(order + "I", header[1920:1924])[0]
+    if code == 0xFFFFFFFF:
+        return None
+    digits = f"{code:08x}"
+    return ":".join(digits[i:i + 2] for i in range(0, 8, 2)) if digits.isdigit() else None
+
+
+def dpx_frame_rate(header: bytes) -> Fraction | None:
+    """The film header's frame rate, else the television header's, of a DPX file (None if undefined)."""
+    if len(header) < 2048 or header[:4] not in (b"SDPX", b"XPDS"):
+        return None
+    order = ">" if header[:4] == b"SDPX" else "<"
+    if struct.unpack(order + "I", header[28:32])[0] < _DPX_INDUSTRY:
+        return None
+    for at in (1724, 1940):
+        rate = struct.unpack(order + "f", header[at:at + 4])[0]
+        if np.isfinite(rate) and 1.0 <= rate <= 1000.0:
+            return Fraction(rate).limit_denominator(1001)
+    return None
+
+
+def carry_dpx_header(written: bytes, source: bytes) -> bytes:
+    """`written` (FFmpeg's DPX) with the source frame's transfer and colorimetric codes, project and
+    copyright strings, and its film and television headers (key code, time code, frame rate) put back."""
+    if source[:4] not in (b"SDPX", b"XPDS") or written[:4] not in (b"SDPX", b"XPDS") or len(source) < 804:
+        return written
+    src_order, out_order = (">" if magic == b"SDPX" else "<" for magic in (source[:4], written[:4]))
+    out = bytearray(written)
+    out[801:803] = source[801:803]  # transfer characteristic, colorimetric specification (element 0)
+    out[260:660] = source[260:660]  # project name, copyright (ASCII)
+    industry = struct.unpack(src_order + "I", source[28:32])[0]
+    generic = struct.unpack(out_order + "I", written[24:28])[0]
+    if industry < _DPX_INDUSTRY or len(source) < 2048 or generic != _DPX_GENERIC or \
+            struct.unpack(out_order + "I", written[4:8])[0] != _DPX_GENERIC:
+        return bytes(out)
+    headers = bytearray(source[_DPX_GENERIC:_DPX_GENERIC + _DPX_INDUSTRY])
+    if src_order != out_order:
+        for at in _DPX_WORDS:
+            i = at - _DPX_GENERIC
+            headers[i:i + 4] = headers[i:i + 4][::-1]
+    out[_DPX_GENERIC:_DPX_GENERIC] = headers
+    start = _DPX_GENERIC + _DPX_INDUSTRY
+    for at, value in ((4, start), (16, len(out)), (28, _DPX_INDUSTRY), (808, start)):
+        out[at:at + 4] = struct.pack(out_order + "I", value)
+    return bytes(out)
+
+
+def _write_dpx(path: Path, image: np.ndarray, alpha, grey: bool, source_format: str,
+               source_file: Path | None) -> None:
     data = from_float(image, 16) if image.dtype.kind == "f" else to_depth(image, 16)
     bits = format_facts(source_format)[0] if source_format else 16
     if bits in (10, 12) and not grey and alpha is None:  # exact code values, no dithering
@@ -193,3 +267,5 @@ def _write_dpx(path: Path, image: np.ndarray, alpha, grey: bool, source_format: 
     else:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format="rgb48le")
     _encode_file(path, "dpx", frame, {})
+    if source_file is not None and source_file.suffix.lower() == ".dpx" and source_file.is_file():
+        path.write_bytes(carry_dpx_header(path.read_bytes(), source_file.read_bytes()[:2048]))

@@ -100,8 +100,10 @@ class VideoWriter:
         suffix = Path(name).suffix.lower() if name else ".png"
         if suffix not in (".png", ".tif", ".tiff") and not (suffix in PYAV_IMAGES and self.source.is_folder):
             suffix = ".png"  # never re-encode a lossy format
+        folder = self.source.is_folder
         write_image(self._temp / f"{stem}{suffix}", image, alpha if self.plan.keeps_alpha else None,
-                    self.plan.bits, self.source.grayscale, self.source.pixel_format if self.source.is_folder else "")
+                    self.plan.bits, self.source.grayscale, self.source.pixel_format if folder else "",
+                    self.source.path / name if folder and name else None)
 
     def _write_video_frame(self, image: np.ndarray, pts: int | None, alpha: np.ndarray | None) -> None:
         plan = self.plan
