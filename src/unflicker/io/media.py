@@ -165,7 +165,9 @@ def format_facts(name: str) -> tuple[int, str, bool]:
     bits = max(c.bits for c in fmt.components)
     alpha = any(c.is_alpha for c in fmt.components)
     colour = [c for c in fmt.components if not c.is_alpha]
-    if fmt.has_palette or fmt.is_bayer:
+    if fmt.is_bayer:  # one mosaic plane, whose component sizes FFmpeg does not describe as depths
+        return (16 if "16" in name else 8), "rgb", False
+    if fmt.has_palette:
         return bits, "rgb", alpha
     if len(colour) == 1:
         return bits, "gray", alpha
