@@ -73,6 +73,10 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                         help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own "
                              "look")
     parser.add_argument("--crf", type=int, help="H.264 quality for .mp4/.mov, lower is better (default 16)")
+    parser.add_argument("--codec", choices=("h264", "hevc", "prores", "ffv1"),
+                        help="output video codec (default: by extension and the input's depth, see README)")
+    parser.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 16),
+                        help="output bits per sample (default: the input's, as far as the codec holds it)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
                         help="keep the work folder: finished segments persist in DIR, so the same command, "
@@ -151,6 +155,7 @@ def _config(args, **extra):
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
                      projection=args.projection, keep_slow=args.keep_slow, strength=args.strength,
                      overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
+                     codec=args.codec, bit_depth=args.bit_depth,
                      segments=SegmentConfig(frames=args.segment_frames), engine=engine,
                      **({} if args.crf is None else {"crf": args.crf}), **extra)
 

@@ -103,6 +103,10 @@ class RunConfig:
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input)."""
     crf: int = io.DEFAULT_CRF
     """H.264 quality for .mp4/.mov outputs, 0..51 (lower is better; 18 and below look lossless)."""
+    codec: str | None = None
+    """Output video codec: 'h264', 'hevc', 'prores' or 'ffv1'; None chooses by extension and source (io.encoders)."""
+    bit_depth: int | None = None
+    """Output bits per sample (8, 10, 12, 16); None keeps the source's as far as the codec holds it."""
     overwrite: bool = False
     """Replace an existing output (and existing compare / plot files)."""
     keep_work: Path | None = None
@@ -228,7 +232,8 @@ def record(spec: MethodSpec, config: RunConfig, fingerprint: dict) -> dict:
         "weights": fingerprint,
         "segments": dataclasses.asdict(config.segments),
         "threads": config.engine.threads,
-        "output": {"strength": config.strength, "crf": config.crf},
+        "output": {"strength": config.strength, "crf": config.crf, "codec": config.codec,
+                   "bit_depth": config.bit_depth},
     }
 
 

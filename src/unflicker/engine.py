@@ -88,6 +88,11 @@ class _Worker:
     def kill(self) -> None:
         self.process.kill()
         self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            try:
+                pipe.close()
+            except OSError:  # a dead worker's pipe may refuse its last flush
+                pass
 
 
 class LocalPool:

@@ -183,7 +183,10 @@ class Job:
             self.output = None
             self.sink = ListSink()
         else:
-            self.output = io.check_output(self.input_path, self.output_path, config.overwrite) \
+            # With info, check_output also decides the output's codec and depth and warns about what it
+            # cannot carry.
+            self.output = io.check_output(self.input_path, self.output_path, config.overwrite, info=info,
+                                          codec=config.codec, bit_depth=config.bit_depth) \
                 if self.write_output else None
             self._check_extras()
             self._check_input(info)
@@ -214,7 +217,8 @@ class Job:
         self._write_bar = self._bar(n, "deflicker")
         if self.write_output and self._array is None:
             comment = f"unflicker {self.record['unflicker']} {self.spec.name}; config {digest(self.record)}"
-            self.sink = io.VideoWriter(self.output, info, crf=config.crf, overwrite=config.overwrite, comment=comment)
+            self.sink = io.VideoWriter(self.output, info, crf=config.crf, overwrite=config.overwrite,
+                                       codec=config.codec, bit_depth=config.bit_depth, comment=comment)
         self._output_frames = self._decoder()
 
     def _bar(self, total: int, desc: str) -> tqdm:
@@ -244,9 +248,6 @@ class Job:
         """Say what will be lost, before any work starts."""
         if self.config.preset is not None and self.config.method != "neural":
             warnings.warn("--preset only affects --method neural; ignored", stacklevel=4)
-        if info.has_alpha and self.output is not None and not io.is_folder_output(self.output):
-            warnings.warn("the input's alpha channel is dropped: video outputs have none; write a folder of PNG "
-                          "frames to keep it", stacklevel=4)
         if info.frame_count == 1:
             warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
                           stacklevel=4)

@@ -1,0 +1,136 @@
+"""Video and frame-folder I/O: streamed reading at full precision, atomic writing that keeps the source's media facts.
+
+Layouts: frames come out of `read_frames` as `Frame.image`, an (H, W, 3) RGB array, uint8 for
+8-bit sources and uint16 for deeper ones (10/12/16-bit video, 16-bit PNG/TIFF, DPX; exact, no
+8-bit step), float32 in [0, 1] for OpenEXR (sRGB-encoded linear values, see io.images).
+Processing code works on float32 in [0, 1]: `to_float` and `from_float` convert. YUV is turned
+into RGB with the source's own matrix and range, and back with the same on writing.
+
+Grey and alpha: grey frames are read as RGB with equal channels; a grey source is written back
+grey to folders and .mkv, as colour to H.264/ProRes. Alpha (RGBA images, yuva/rgba video) is not
+deflickered: it rides along as `Frame.alpha` and is written back unchanged where the output
+holds it (folders, .mkv FFV1, .mov ProRes 4444).
+
+Modules: `media` (VideoInfo and the facts read from a source), `images` (PNG/TIFF/DPX/OpenEXR
+frames), `encoders` (which codec and layout an output gets, what it cannot carry), `writer`
+(VideoWriter), `common` (sample conversions, atomic replacement).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from unflicker.errors import InputError
+from unflicker.io.common import (DEFAULT_CRF, atomic_npy, write_png, DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, X264_PRESET,
+                                 from_float, natural_key, replace, to_float, write_file_atomically)
+from unflicker.io.encoders import CODECS, OutputPlan, check_output, is_folder_output, plan_output
+from unflicker.io.images import folder_timing, read_image
+from unflicker.io.media import SWS_MATRIX, Frame, VideoInfo, stream_facts
+from unflicker.io.writer import VideoWriter
+
+__all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
+           "Frame", "OutputPlan", "VideoInfo", "VideoWriter", "check_output", "frame_name", "from_float",
+           "is_folder_output", "natural_key", "os", "plan_output", "probe", "read_frames", "replace", "to_float",
+           "write_file_atomically"]
+
+
+def _list_frame_files(folder: Path) -> list[str]:
+    names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    return sorted(names, key=natural_key)
+
+
+def frame_name(info: VideoInfo, index: int) -> str:
+    """File name of frame `index` as `read_frames` names it (the folder's own names are kept)."""
+    return info.frame_names[index] if info.is_folder else f"frame_{index:06d}.png"
+
+
+def _open_container(path: Path):
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: not a video FFmpeg can decode ({exc.__class__.__name__})") from None
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Describe a video file or a folder of frames; raise InputError if it cannot be used."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input not found: {path}")
+    if path.is_dir():
+        names = _list_frame_files(path)
+        if not names:
+            raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+        first, alpha, facts = read_image(path / names[0])
+        depth = 16 if first.dtype != np.uint8 else 8
+        timecode, rate = folder_timing(path / names[0])
+        return VideoInfo(path, True, first.shape[1], first.shape[0], len(names), rate or DEFAULT_FOLDER_FPS,
+                         facts.pixel_format, depth, False, None, tuple(names), facts.grey, alpha is not None,
+                         sample_bits=facts.bits, chroma="gray" if facts.grey else "rgb",
+                         codec=Path(names[0]).suffix.lower().lstrip("."), linear=facts.linear,
+                         color_trc=8 if facts.linear else 2, timecode=timecode)
+    with _open_container(path) as container:
+        if not container.streams.video:
+            raise InputError(f"no video stream in {path}")
+        stream = container.streams.video[0]
+        count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+        if count == 0:
+            raise InputError(f"no frames in {path}")
+        ctx = stream.codec_context
+        if not ctx.width or not ctx.height:
+            raise InputError(f"{path}: the video stream has no frame size (unsupported codec?)")
+        fmt = ctx.format.name if ctx.format is not None else "unknown"
+        facts = stream_facts(path, container, stream)
+        fps = stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS
+        return VideoInfo(path, False, ctx.width, ctx.height, count, Fraction(fps),
+                         fmt, 16 if facts["sample_bits"] > 8 else 8, bool(container.streams.audio),
+                         Fraction(stream.time_base) if stream.time_base else None,
+                         grayscale=facts["chroma"] == "gray", **facts)
+
+
+def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Iterator[Frame]:
+    """Stream the frames of a video or folder in order; only one decoded frame is held at a time."""
+    info = info or probe(path)
+    if info.is_folder:
+        for index, name in enumerate(info.frame_names):
+            image, alpha, facts = read_image(info.path / name)
+            if image.shape[:2] != (info.height, info.width):
+                raise InputError(f"mixed frame sizes in {info.path}: {name} is {image.shape[1]}x{image.shape[0]}, "
+                                 f"the first frame is {info.width}x{info.height}")
+            if (image.dtype == np.uint8) != (info.bit_depth == 8) or facts.linear != info.linear:
+                raise InputError(f"mixed bit depths in {info.path}: {name}")
+            if info.grayscale and not facts.grey:
+                # The output is written grey like the first frame: a colour frame would lose its colour.
+                raise InputError(f"mixed grey and colour frames in {info.path}: {name} is colour, "
+                                 f"the first frame is grey")
+            yield Frame(index, image, name, None, alpha)
+        return
+    deep = info.bit_depth == 16
+    layout = ("rgba64le" if deep else "rgba") if info.has_alpha else ("rgb48le" if deep else "rgb24")
+    # The source's matrix and range (the stream's tags when the frames carry none), as the writer uses them.
+    convert = {}
+    if info.chroma not in ("rgb", "gray"):
+        if info.colorspace in SWS_MATRIX:
+            convert["src_colorspace"] = SWS_MATRIX[info.colorspace]
+        if info.color_range:
+            convert["src_color_range"] = info.color_range
+    with _open_container(info.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for index, decoded in enumerate(container.decode(stream)):
+                if (decoded.width, decoded.height) != (info.width, info.height):
+                    raise InputError(f"{info.path}: the frame size changes from {info.width}x{info.height} to "
+                                     f"{decoded.width}x{decoded.height} at frame {index}; split the video there")
+                data = decoded.to_ndarray(format=layout, **convert)
+                alpha = None
+                if info.has_alpha:
+                    data, alpha = np.ascontiguousarray(data[:, :, :3]), data[:, :, 3].copy()
+                yield Frame(index, data, frame_name(info, index), decoded.pts, alpha)
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{info.path}: decoding failed ({exc.__class__.__name__}: {exc})") from None

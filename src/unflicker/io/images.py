@@ -1,0 +1,271 @@
+"""Single image files of a frame folder: PNG/JPEG/TIFF/BMP through OpenCV, DPX and OpenEXR through PyAV.
+
+Layouts returned by `read_image`: (H, W, 3) RGB uint8/uint16; DPX code values (10/12/16-bit) are
+widened exactly to uint16 (`common.widen`, undone on write); OpenEXR half/float samples are
+scene-linear and are returned as float32 in [0, 1] encoded with the sRGB transfer
+(IEC 61966-2-1), the display-referred encoding the deflicker works in; writing applies the
+inverse transfer, so an untouched pixel comes back as it was, up to half-float rounding. Linear
+values outside [0, 1] (highlights above 1.0, negatives) are clipped, with a warning.
+
+DPX and OpenEXR go through PyAV's dpx/exr codecs, not OpenCV: OpenCV reads no DPX, and its
+OpenEXR support needs OPENCV_IO_ENABLE_OPENEXR set before cv2 is imported (a process-wide side effect).
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from unflicker.errors import InputError, OutputError
+from unflicker.io.common import from_float, narrow, to_depth, widen
+from unflicker.io.media import format_facts
+
+PYAV_IMAGES = {".dpx": "dpx", ".exr": "exr"}
+# (grey, alpha, bit depth) of an OpenCV-read frame -> the FFmpeg name of that layout.
+CV_FORMATS = {
+    (False, False, 8): "rgb24", (False, False, 16): "rgb48", (False, True, 8): "rgba", (False, True, 16): "rgba64",
+    (True, False, 8): "gray", (True, False, 16): "gray16", (True, True, 8): "ya8", (True, True, 16): "ya16",
+}
+DPX_FORMATS = ("gray", "rgb24", "rgba", "gray16le", "rgb48le", "rgba64le", "gbrp10le", "gbrp12le")
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """Scene-linear [0, 1] -> sRGB-encoded [0, 1] (IEC 61966-2-1), float32."""
+    x = np.clip(linear, 0.0, 1.0).astype(np.float32)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(np.float32)
+
+
+def srgb_decode(encoded: np.ndarray) -> np.ndarray:
+    """The inverse of `srgb_encode`."""
+    v = np.clip(encoded, 0.0, 1.0).astype(np.float32)
+    return np.where(v <= 0.04045, v / 12.92, np.power((v + 0.055) / 1.055, 2.4)).astype(np.float32)
+
+
+class ImageFacts:
+    """What one image file says about the folder: layout name, sample bits, grey, alpha, linear."""
+
+    def __init__(self, pixel_format: str, bits: int, grey: bool, alpha: bool, linear: bool = False):
+        self.pixel_format, self.bits, self.grey, self.alpha, self.linear = pixel_format, bits, grey, alpha, linear
+
+
+def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFacts]:
+    """(RGB image, alpha or None, facts) of one frame file."""
+    if path.suffix.lower() in PYAV_IMAGES:
+        return _read_pyav_image(path)
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise InputError(f"cannot read image {path}")
+    if image.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"{path.name}: unsupported sample type {image.dtype} (need 8 or 16 bit)")
+    depth = 16 if image.dtype == np.uint16 else 8
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        rgb, alpha, grey = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB), None, True
+    elif image.shape[2] == 2:  # grey + alpha
+        rgb, alpha, grey = cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB), \
+            image[:, :, 1].copy(), True
+    elif image.shape[2] == 4:
+        rgb, alpha, grey = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[:, :, 3].copy(), False
+    elif image.shape[2] == 3:
+        rgb, alpha, grey = cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None, False
+    else:
+        raise InputError(f"{path.name}: unsupported {image.shape[2]}-channel image")
+    return rgb, alpha, ImageFacts(CV_FORMATS[grey, alpha is not None, depth], depth, grey, alpha is not None)
+
+
+def folder_timing(first: Path) -> tuple[str | None, Fraction | None]:
+    """(time code, frame rate) of a frame folder from its first DPX frame's industry headers, if it has them."""
+    if first.suffix.lower() != ".dpx":
+        return None, None
+    with open(first, "rb") as file:
+        header = file.read(2048)
+    return dpx_timecode(header), dpx_frame_rate(header)
+
+
+def _decode_file(path: Path) -> av.VideoFrame:
+    codec = av.CodecContext.create(PYAV_IMAGES[path.suffix.lower()], "r")
+    try:
+        frames = codec.decode(av.Packet(path.read_bytes())) + codec.decode(None)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+    if not frames:
+        raise InputError(f"cannot read image {path}: no picture decoded")
+    return frames[0]
+
+
+def _planes(frame: av.VideoFrame, dtype) -> list[np.ndarray]:
+    """The planes of a planar frame as (H, W) arrays of `dtype`, padding dropped."""
+    item = np.dtype(dtype).itemsize
+    return [np.frombuffer(plane, dtype).reshape(frame.height, plane.line_size // item)[:, :frame.width]
+            for plane in frame.planes]
+
+
+def _read_pyav_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFacts]:
+    frame = _decode_file(path)
+    name = frame.format.name
+    bits, chroma, has_alpha = format_facts(name)
+    grey = chroma == "gray"
+    if "f16" in name or "f32" in name:  # OpenEXR: planar g, b, r (, a) or y (, a)
+        planes = [p.astype(np.float32) for p in _planes(frame, np.float16 if "f16" in name else np.float32)]
+        colour = [planes[0]] * 3 if grey else [planes[2], planes[0], planes[1]]
+        linear = np.dstack(colour)
+        if linear.max(initial=0.0) > 1.0 or linear.min(initial=0.0) < 0.0:
+            warnings.warn(f"{path.parent.name}: OpenEXR values outside 0..1 (highlights above 1.0 or negatives) "
+                          f"are clipped: the deflicker works on display-referred values", stacklevel=4)
+        alpha = np.clip(planes[-1], 0.0, 1.0) if has_alpha else None
+        return srgb_encode(linear), alpha, ImageFacts(name, bits, grey, has_alpha, linear=True)
+    if bits in (10, 12) and name.endswith("le") and (name.startswith("gbr") or name.startswith("gray")):
+        planes = _planes(frame, np.uint16)  # planar code values, widened exactly (undone on write)
+        colour = [planes[0]] * 3 if grey else [planes[2], planes[0], planes[1]]
+        alpha = widen(planes[-1], bits) if has_alpha else None
+        return widen(np.dstack(colour), bits), alpha, ImageFacts(name, bits, grey, has_alpha)
+    deep = bits > 8
+    if grey:
+        data = frame.to_ndarray(format="gray16le" if deep else "gray")
+        return np.dstack([data] * 3), None, ImageFacts(name, bits, True, False)
+    layout = ("rgba64le" if has_alpha else "rgb48le") if deep else ("rgba" if has_alpha else "rgb24")
+    data = frame.to_ndarray(format=layout)
+    alpha = data[:, :, 3].copy() if has_alpha else None
+    return np.ascontiguousarray(data[:, :, :3]), alpha, ImageFacts(name, bits, False, has_alpha)
+
+
+def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, depth: int, grey: bool,
+                source_format: str = "", source_file: Path | None = None) -> None:
+    """Write one frame: PNG/TIFF through OpenCV at `depth` (8/16), DPX at the source's layout (with
+    `source_file`'s header fields, see `carry_dpx_header`), OpenEXR linear."""
+    suffix = path.suffix.lower()
+    if suffix == ".exr":
+        return _write_exr(path, image, alpha, grey, half="f16" in source_format or not source_format)
+    if suffix == ".dpx":
+        return _write_dpx(path, image, alpha, grey, source_format, source_file)
+    data = from_float(image, depth) if image.dtype.kind == "f" else to_depth(image, depth)
+    if grey:
+        data = cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
+        if alpha is not None:  # cv2 writes no grey + alpha: such frames come back as RGBA
+            data = cv2.cvtColor(data, cv2.COLOR_GRAY2BGR)
+    else:
+        data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
+    if alpha is not None:
+        data = np.dstack([data, to_depth(alpha, depth)])
+    if not cv2.imwrite(str(path), data):
+        raise OutputError(f"cannot write frame {path.name} into {path.parent}")
+
+
+def _encode_file(path: Path, codec_name: str, frame: av.VideoFrame, options: dict[str, str]) -> None:
+    codec = av.CodecContext.create(codec_name, "w")
+    codec.width, codec.height, codec.pix_fmt = frame.width, frame.height, frame.format.name
+    codec.time_base = Fraction(1, 25)
+    codec.options = options
+    frame.pts = 0
+    try:
+        data = b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None))
+        path.write_bytes(data)
+    except (av.error.FFmpegError, OSError) as exc:
+        raise OutputError(f"cannot write frame {path.name} into {path.parent}: {exc}") from None
+
+
+def _write_exr(path: Path, image: np.ndarray, alpha, grey: bool, half: bool) -> None:
+    encoded = image if image.dtype.kind == "f" else image.astype(np.float32) / np.iinfo(image.dtype).max
+    linear = srgb_decode(encoded)
+    if grey:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear[:, :, 1]), format="grayf32le")
+    elif alpha is not None:
+        a = alpha.astype(np.float32) / (np.iinfo(alpha.dtype).max if alpha.dtype.kind == "u" else 1.0)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.dstack([linear, a])), format="gbrapf32le")
+    else:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear), format="gbrpf32le")
+    _encode_file(path, "exr", frame, {"format": "half" if half else "float", "compression": "zip16"})
+
+
+# DPX (SMPTE 268M) header: FFmpeg writes the 1664-byte generic header and no industry headers.
+_DPX_GENERIC = 1664
+_DPX_INDUSTRY = 384  # motion-picture film header (1664-1919) and television header (1920-2047)
+# 4-byte fields of the industry headers (frame position, sequence length, held count, frame rate, shutter
+# angle; time code, user bits; ten television rates and levels): swapped when the byte orders differ.
+_DPX_WORDS = (*range(1712, 1732, 4), 1920, 1924, *range(1932, 1972, 4))
+
+
+def dpx_timecode(header: bytes) -> str | None:
+    """The television header's SMPTE time code (BCD) of a DPX file, as 'HH:MM:SS:FF', or None if undefined."""
+    if len(header) < 1924 or header[:4] not in (b"SDPX", b"XPDS"):
+        return None
+    order = ">" if header[:4] == b"SDPX" else "<"
+    if struct.unpack(order + "I", header[24:28])[0] + struct.unpack(order + "I", header[28:32])[0] < 2048:
+        return None
+    code = struct.unpack(order + "I", header[1920:1924])[0]
+    if code == 0xFFFFFFFF:
+        return None
+    digits = f"{code:08x}"
+    return ":".join(digits[i:i + 2] for i in range(0, 8, 2)) if digits.isdigit() else None
+
+
+def dpx_frame_rate(header: bytes) -> Fraction | None:
+    """The film header's frame rate, else the television header's, of a DPX file (None if undefined)."""
+    if len(header) < 2048 or header[:4] not in (b"SDPX", b"XPDS"):
+        return None
+    order = ">" if header[:4] == b"SDPX" else "<"
+    if struct.unpack(order + "I", header[28:32])[0] < _DPX_INDUSTRY:
+        return None
+    for at in (1724, 1940):
+        rate = struct.unpack(order + "f", header[at:at + 4])[0]
+        if np.isfinite(rate) and 1.0 <= rate <= 1000.0:
+            return Fraction(rate).limit_denominator(1001)
+    return None
+
+
+def carry_dpx_header(written: bytes, source: bytes) -> bytes:
+    """`written` (FFmpeg's DPX) with the source frame's transfer and colorimetric codes, project and
+    copyright strings, and its film and television headers (key code, time code, frame rate) put back."""
+    if source[:4] not in (b"SDPX", b"XPDS") or written[:4] not in (b"SDPX", b"XPDS") or len(source) < 804:
+        return written
+    src_order, out_order = (">" if magic == b"SDPX" else "<" for magic in (source[:4], written[:4]))
+    out = bytearray(written)
+    out[801:803] = source[801:803]  # transfer characteristic, colorimetric specification (element 0)
+    out[260:660] = source[260:660]  # project name, copyright (ASCII)
+    industry = struct.unpack(src_order + "I", source[28:32])[0]
+    generic = struct.unpack(out_order + "I", written[24:28])[0]
+    if industry < _DPX_INDUSTRY or len(source) < 2048 or generic != _DPX_GENERIC or \
+            struct.unpack(out_order + "I", written[4:8])[0] != _DPX_GENERIC:
+        return bytes(out)
+    headers = bytearray(source[_DPX_GENERIC:_DPX_GENERIC + _DPX_INDUSTRY])
+    if src_order != out_order:
+        for at in _DPX_WORDS:
+            i = at - _DPX_GENERIC
+            headers[i:i + 4] = headers[i:i + 4][::-1]
+    out[_DPX_GENERIC:_DPX_GENERIC] = headers
+    start = _DPX_GENERIC + _DPX_INDUSTRY
+    for at, value in ((4, start), (16, len(out)), (28, _DPX_INDUSTRY), (808, start)):
+        out[at:at + 4] = struct.pack(out_order + "I", value)
+    return bytes(out)
+
+
+def _write_dpx(path: Path, image: np.ndarray, alpha, grey: bool, source_format: str,
+               source_file: Path | None) -> None:
+    data = from_float(image, 16) if image.dtype.kind == "f" else to_depth(image, 16)
+    bits = format_facts(source_format)[0] if source_format else 16
+    if bits in (10, 12) and not grey and alpha is None:  # exact code values, no dithering
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(narrow(data, bits)), format=f"gbrp{bits}le")
+    elif bits <= 8:
+        small = to_depth(data, 8)
+        if grey:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(small[:, :, 1]), format="gray")
+        elif alpha is not None:
+            frame = av.VideoFrame.from_ndarray(np.dstack([small, to_depth(alpha, 8)]), format="rgba")
+        else:
+            frame = av.VideoFrame.from_ndarray(small, format="rgb24")
+    elif grey:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data[:, :, 1]), format="gray16le")
+    elif alpha is not None:
+        frame = av.VideoFrame.from_ndarray(np.dstack([data, to_depth(alpha, 16)]), format="rgba64le")
+    else:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format="rgb48le")
+    _encode_file(path, "dpx", frame, {})
+    if source_file is not None and source_file.suffix.lower() == ".dpx" and source_file.is_file():
+        path.write_bytes(carry_dpx_header(path.read_bytes(), source_file.read_bytes()[:2048]))

@@ -1,0 +1,220 @@
+"""Atomic writing of a video or frame folder that keeps what the source carried (see io.encoders)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+
+from unflicker.errors import OutputError
+from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, replace, to_depth
+from unflicker.io.encoders import is_folder_output, plan_output
+from unflicker.io.images import PYAV_IMAGES, write_image
+from unflicker.io.media import VideoInfo
+
+
+class VideoWriter:
+    """Write frames to a video or folder under a temporary name; `close()` renames it into place.
+
+    Keeps the source's resolution, timestamps (so variable frame rate survives), bit depth,
+    rotation, sample aspect ratio, colour and HDR tags, container metadata and chapters, and copies
+    every audio and subtitle stream packet by packet. `codec` ('h264', 'hevc', 'prores', 'ffv1')
+    and `bit_depth` override the defaults of io.encoders. Use as a context manager: an exception
+    discards the partial output and leaves any existing file untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, source: VideoInfo, crf: int = DEFAULT_CRF, overwrite: bool = False,
+                 codec: str | None = None, bit_depth: int | None = None, comment: str | None = None):
+        """comment: a short text stored as a video container's `comment` tag (e.g. the settings
+        that made the output); folders hold frames only."""
+        self.path = Path(path)
+        self.comment = comment
+        self.source = source
+        self.crf = crf
+        self.overwrite = overwrite
+        self.to_folder = is_folder_output(self.path)
+        self.plan = plan_output(self.path, source, codec, bit_depth)
+        self.count = 0
+        self._temp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}{self.path.suffix}")
+        self._container = None
+        self._copier = None
+        if self.to_folder:
+            self._temp.mkdir()
+        else:
+            self._open_video()
+
+    def _open_video(self) -> None:
+        plan, src = self.plan, self.source
+        self._container = av.open(str(self._temp), mode="w", format=plan.container)
+        for key, value in src.metadata:
+            self._container.metadata[key] = value
+        if self.comment is not None:
+            self._container.metadata["comment"] = self.comment
+        self._stream = self._container.add_stream(plan.codec, rate=src.fps)
+        self._stream.width, self._stream.height = src.width, src.height
+        if src.time_base is not None:
+            # Encoder and stream both tick in the source's time base, so its timestamps survive.
+            self._stream.codec_context.time_base = src.time_base
+            self._stream.time_base = src.time_base
+        self._stream.pix_fmt = plan.pix_fmt
+        options = dict(plan.options)
+        if plan.codec in ("libx264", "libx265"):
+            options.update(crf=str(self.crf), preset=X264_PRESET)
+        self._stream.options = options
+        ctx = self._stream.codec_context
+        ctx.color_primaries, ctx.color_trc = plan.color_primaries, plan.color_trc
+        ctx.colorspace, ctx.color_range = plan.colorspace, plan.color_range
+        if src.sample_aspect_ratio not in (None, 1):
+            ctx.sample_aspect_ratio = src.sample_aspect_ratio
+        if src.display_matrix is not None:
+            self._stream.set_display_matrix(src.display_matrix)
+        elif src.rotation:
+            self._stream.set_display_rotation(src.rotation)
+        if src.timecode:
+            self._stream.metadata["timecode"] = src.timecode
+        if not src.is_folder:
+            if src.chapters or (src.data_streams and plan.container == "matroska"):
+                with av.open(str(src.path)) as original:
+                    self._container.set_chapters(original.chapters())
+                    if plan.container == "matroska":
+                        for stream in original.streams.attachments:
+                            self._container.add_attachment(stream.name or "attachment", stream.mimetype or
+                                                           "application/octet-stream", stream.data)
+            if src.audio_streams or src.subtitle_streams:
+                self._copier = _StreamCopier(src.path, self._container)
+
+    def write(self, image: np.ndarray, pts: int | None = None, name: str | None = None,
+              alpha: np.ndarray | None = None) -> None:
+        """Append one frame: (H, W, 3) RGB, uint8/uint16 or float in [0, 1].
+
+        alpha: optional (H, W) alpha (uint8/uint16 or float in [0, 1]), kept where the output holds it.
+        """
+        if image.shape != (self.source.height, self.source.width, 3):
+            raise ValueError(f"frame shape {image.shape} != source {(self.source.height, self.source.width, 3)}")
+        if self.to_folder:
+            self._write_image(image, name, alpha)
+        else:
+            self._write_video_frame(image, pts, alpha)
+        self.count += 1
+
+    def _write_image(self, image: np.ndarray, name: str | None, alpha: np.ndarray | None) -> None:
+        stem = Path(name).stem if name else f"frame_{self.count:06d}"
+        suffix = Path(name).suffix.lower() if name else ".png"
+        if suffix not in (".png", ".tif", ".tiff") and not (suffix in PYAV_IMAGES and self.source.is_folder):
+            suffix = ".png"  # never re-encode a lossy format
+        folder = self.source.is_folder
+        write_image(self._temp / f"{stem}{suffix}", image, alpha if self.plan.keeps_alpha else None,
+                    self.plan.bits, self.source.grayscale, self.source.pixel_format if folder else "",
+                    self.source.path / name if folder and name else None)
+
+    def _write_video_frame(self, image: np.ndarray, pts: int | None, alpha: np.ndarray | None) -> None:
+        plan = self.plan
+        depth = 16 if plan.bits > 8 else 8
+        data = from_float(image, depth) if image.dtype.kind == "f" else to_depth(image, depth)
+        if plan.keeps_alpha:
+            if alpha is None:
+                alpha = np.full(data.shape[:2], np.iinfo(data.dtype).max, data.dtype)
+            data = np.dstack([data, from_float(alpha, depth) if alpha.dtype.kind == "f" else to_depth(alpha, depth)])
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format=plan.frame_layout)
+        if plan.is_yuv:
+            frame = frame.reformat(format=plan.pix_fmt, dst_colorspace=plan.matrix,
+                                   dst_color_range=plan.color_range or 1)  # untagged: limited, as read
+        elif plan.pix_fmt != plan.frame_layout:
+            frame = frame.reformat(format=plan.pix_fmt)
+        if pts is not None and self.source.time_base is not None:
+            frame.pts = pts
+            frame.time_base = self.source.time_base
+        else:
+            frame.pts = self.count
+            frame.time_base = 1 / self.source.fps
+        for packet in self._stream.encode(frame):
+            self._mux(packet)
+
+    def _mux(self, packet) -> None:
+        if self._copier is not None and packet.pts is not None:
+            self._copier.copy_until(float(packet.pts * packet.time_base))
+        self._container.mux(packet)
+
+    def close(self) -> Path:
+        """Flush, then move the finished output into place (replacing it only if allowed)."""
+        if self._container is not None:
+            for packet in self._stream.encode(None):
+                self._mux(packet)
+            if self._copier is not None:
+                self._copier.copy_until(float("inf"))
+                self._copier.close()
+            self._container.close()
+            self._container = None
+        if self.count == 0:
+            self.abort()
+            raise OutputError("no frames were written")
+        replace(self._temp, self.path, self.overwrite)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the partial output."""
+        if self._container is not None:
+            if self._copier is not None:
+                self._copier.close()
+            self._container.close()
+            self._container = None
+        if self._temp.is_dir():
+            shutil.rmtree(self._temp, ignore_errors=True)
+        elif self._temp.exists():
+            self._temp.unlink()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class _StreamCopier:
+    """Copies every audio stream and every subtitle stream the output container holds, packet by
+    packet, interleaved by time with the video; stream metadata (language, title) and dispositions kept."""
+
+    def __init__(self, source_path: Path, output_container):
+        self._input = av.open(str(source_path))
+        supported = set(output_container.supported_codecs)
+        self._map = {}
+        for in_stream in [*self._input.streams.audio, *self._input.streams.subtitles]:
+            if in_stream.type == "subtitle" and in_stream.codec.canonical_name not in supported:
+                continue  # named in check_output's warning
+            try:
+                out = output_container.add_stream_from_template(in_stream)
+            except (ValueError, av.error.FFmpegError) as exc:
+                self._input.close()
+                raise OutputError(f"cannot copy the {in_stream.codec_context.name} {in_stream.type} into "
+                                  f"{output_container.format.name}: {exc}; choose .mkv to keep it") from None
+            for key, value in in_stream.metadata.items():
+                if key.lower() not in ("duration", "encoder", "creation_time"):
+                    out.metadata[key] = value
+            out.disposition = in_stream.disposition
+            self._map[in_stream.index] = out
+        self._output = output_container
+        streams = [s for s in self._input.streams if s.index in self._map]
+        self._packets = (p for p in self._input.demux(streams) if p.dts is not None or p.pts is not None) \
+            if streams else iter(())
+        self._pending = None
+
+    def copy_until(self, seconds: float) -> None:
+        while True:
+            packet = self._pending or next(self._packets, None)
+            self._pending = None
+            if packet is None:
+                return
+            if packet.pts is not None and float(packet.pts * packet.time_base) > seconds:
+                self._pending = packet
+                return
+            packet.stream = self._map[packet.stream.index]
+            self._output.mux(packet)
+
+    def close(self) -> None:
+        self._input.close()

@@ -1,0 +1,600 @@
+"""Professional media in, professional media out: every input is made here with PyAV (6 frames,
+64x48), deflickered with the classical method, and the output probed with PyAV for its depth, pixel
+format family, rotation, aspect, colour and HDR tags, streams, metadata, frame count, and for
+keeping more than 8 bits of a smooth gradient."""
+
+from fractions import Fraction
+import dataclasses
+import struct
+import warnings
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import io
+from unflicker.cli import main
+from unflicker.errors import OutputError
+from unflicker.io.images import srgb_decode, srgb_encode
+from unflicker.pipeline import RunConfig, deflicker_file
+
+H, W, N = 48, 64, 6
+HLG_TAGS = dict(color_primaries=9, color_trc=18, colorspace=9, color_range=1)  # bt2020 / HLG / bt2020nc / tv
+BT709_TAGS = dict(color_primaries=1, color_trc=1, colorspace=1, color_range=1)
+MASTERING = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,50)"
+ALPHA = (np.mgrid[0:H, 0:W][1] * 1000).astype(np.uint16)  # a horizontal alpha ramp
+
+
+def gradient(t: int) -> np.ndarray:
+    """(H, W, 3) uint16: a smooth ramp with 3072 distinct levels, under a flickering gain."""
+    ramp = 0.05 + 0.85 * np.arange(H * W, dtype=np.float64).reshape(H, W) / (H * W)
+    gain = 1.0 + (0.06 if t % 2 else -0.06)
+    rgb = np.stack([ramp * gain, ramp * gain, np.full_like(ramp, 0.4 * gain)], -1)
+    return np.round(rgb * 65535).astype(np.uint16)
+
+
+def add_audio(out, n_streams: int, seconds: float) -> list:
+    streams = []
+    for k in range(n_streams):
+        stream = out.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        stream.metadata["language"] = ["eng", "fra"][k % 2]
+        streams.append(stream)
+    return streams
+
+
+def encode_audio(out, streams, seconds: float) -> None:
+    for k, stream in enumerate(streams):
+        samples = (np.sin(np.arange(int(48000 * seconds)) / (10 + k)) * 8000).astype(np.int16)[None]
+        for start in range(0, samples.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(samples[:, start:start + 1024].copy(), format="s16", layout="mono")
+            chunk.sample_rate = 48000
+            for packet in stream.encode(chunk):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+
+
+def make_clip(path: Path, codec: str, pix_fmt: str, *, options=None, tags=None, rotation=0, sar=None, audio=0,
+              subtitle=False, pts=None, alpha=False, chapters=False, timecode=None, fps=12, field_order=0) -> Path:
+    with av.open(str(path), "w") as out:
+        out.metadata["title"] = "flicker test"
+        out.metadata["creation_time"] = "2021-03-04T05:06:07.000000Z"
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        stream.options = options or {}
+        if pts is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for key, value in (tags or {}).items():
+            setattr(stream.codec_context, key, value)
+        if sar:
+            stream.codec_context.sample_aspect_ratio = sar
+        if field_order:
+            stream.codec_context.field_order = field_order
+        if rotation:
+            stream.set_display_rotation(rotation)
+        if timecode:
+            stream.metadata["timecode"] = timecode
+        audio_streams = add_audio(out, audio, N / fps)
+        sub = None
+        if subtitle:
+            sub = out.add_mux_stream("subrip")
+            sub.time_base = Fraction(1, 1000)
+            sub.metadata["language"] = "deu"
+        if chapters:
+            out.set_chapters([{"id": k + 1, "start": 3 * k, "end": 3 * k + 3, "time_base": Fraction(1, fps),
+                               "metadata": {"title": f"part {k + 1}"}} for k in range(2)])
+        matrix = {1: 1, 9: 9}.get((tags or {}).get("colorspace"))
+        for t in range(N):
+            rgb = gradient(t)
+            frame = av.VideoFrame.from_ndarray(np.dstack([rgb, ALPHA]) if alpha else rgb,
+                                               format="rgba64le" if alpha else "rgb48le")
+            if pix_fmt.startswith("yuv"):
+                frame = frame.reformat(format=pix_fmt, dst_colorspace=matrix, dst_color_range=1)
+            else:
+                frame = frame.reformat(format=pix_fmt)
+            frame.pts, frame.time_base = (pts[t], Fraction(1, 1000)) if pts else (t, Fraction(1, fps))
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        encode_audio(out, audio_streams, N / fps if pts is None else pts[-1] / 1000)
+        if sub is not None:
+            packet = av.Packet(b"flicker")
+            packet.stream, packet.pts, packet.dts, packet.duration = sub, 0, 0, 200
+            packet.time_base = Fraction(1, 1000)
+            out.mux(packet)
+    return path
+
+
+def run(source: Path, output: Path) -> Path:
+    deflicker_file(source, output, RunConfig(method="classical", progress=False))
+    return output
+
+
+def first_plane(path: Path) -> tuple[np.ndarray, int]:
+    """The first plane (Y, or G for RGB) of the output's middle frame at its own depth, and that depth."""
+    with av.open(str(path)) as container:
+        frame = list(container.decode(video=0))[N // 2]
+    bits = io.media.format_facts(frame.format.name)[0]
+    dtype = np.uint16 if bits > 8 else np.uint8
+    plane = frame.planes[0]
+    values = np.frombuffer(plane, dtype).reshape(frame.height, plane.line_size // dtype().itemsize)[:, :frame.width]
+    return values, bits
+
+
+def luma_levels(path: Path) -> int:
+    """Distinct values of the first plane of the output's middle frame."""
+    return len(np.unique(first_plane(path)[0]))
+
+
+def roughness(values: np.ndarray, bits: int) -> float:
+    """Deviation of a frame of the gradient from a smooth curve, in 8-bit steps.
+
+    Rounding to 8 bits anywhere on the way leaves 1/sqrt(12) = 0.29 of a step; full precision
+    through a lossless or ProRes output leaves under 0.11 (measured: 0.02-0.11, against 0.18-0.45
+    with the reader forced to 8 bits).
+    """
+    y = values.astype(np.float64).ravel()
+    index = np.arange(y.size)
+    return float(np.std(y - np.polyval(np.polyfit(index, y, 3), index)) / 2 ** (bits - 8))
+
+
+def smooth_output(path: Path) -> bool:
+    return roughness(*first_plane(path)) < 0.15
+
+
+def stream_counts(path: Path) -> tuple[int, int]:
+    with av.open(str(path)) as container:
+        return len(container.streams.audio), len(container.streams.subtitles)
+
+
+def assert_same_media(source: io.VideoInfo, out: io.VideoInfo, *, chroma: str | None = None) -> None:
+    assert out.frame_count == source.frame_count
+    assert (out.width, out.height) == (source.width, source.height)
+    assert out.rotation == source.rotation
+    assert out.sample_aspect_ratio == source.sample_aspect_ratio
+    assert out.colour_tags() == source.colour_tags()
+    assert out.chroma == (chroma or source.chroma)
+    assert dict(out.metadata).get("title") == dict(source.metadata).get("title")
+
+
+# ---------------------------------------------------------------- videos
+
+
+def test_h264_rotation_90_and_aac(tmp_path):
+    src = make_clip(tmp_path / "phone.mp4", "libx264", "yuv420p", rotation=90, audio=1, tags=BT709_TAGS)
+    info = io.probe(src)
+    assert info.rotation == 90 and info.audio_streams == 1 and info.sample_bits == 8
+    out = io.probe(run(src, tmp_path / "out.mp4"))
+    assert_same_media(info, out)
+    assert out.pixel_format == "yuv420p" and out.codec == "h264"  # 8-bit stays as it was
+    assert stream_counts(out.path) == (1, 0)
+    assert dict(out.metadata)["creation_time"] == "2021-03-04T05:06:07.000000Z"
+
+
+@pytest.mark.parametrize("suffix, codec", [(".mkv", None), (".mp4", None), (".mkv", "hevc")])
+def test_hevc_hlg_two_audio_one_subtitle(tmp_path, suffix, codec):
+    if "libx265" not in av.codecs_available:
+        pytest.skip("this PyAV build has no libx265")
+    params = f"log-level=error:crf=4:master-display={MASTERING}:max-cll=1000,400"
+    src = make_clip(tmp_path / "hlg.mkv", "libx265", "yuv420p10le", options={"x265-params": params}, tags=HLG_TAGS,
+                    audio=2, subtitle=True, chapters=True)
+    info = io.probe(src)
+    assert (info.sample_bits, info.audio_streams, info.subtitle_streams, info.chapters) == (10, 2, 1, 2)
+    assert info.colour_tags() == "bt2020/arib-std-b67/bt2020nc/tv" and info.hdr
+    assert info.mastering_display == MASTERING and info.content_light == (1000, 400)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        output = tmp_path / f"out{suffix}"
+        deflicker_file(src, output, RunConfig(method="classical", progress=False, codec=codec))
+    warned = " ".join(str(w.message) for w in caught)
+    out = io.probe(output)
+    assert_same_media(info, out)
+    assert out.sample_bits == 10 and out.pixel_format == "yuv420p10le"
+    assert luma_levels(output) > 256
+    with av.open(str(output)) as container:
+        languages = [s.metadata.get("language") for s in container.streams.audio]
+    assert languages == ["eng", "fra"]
+    if codec == "hevc":  # H.265 in .mkv: everything, the HDR metadata as SEI
+        assert out.codec == "hevc" and stream_counts(output) == (2, 1) and out.chapters == 2
+        assert out.mastering_display == MASTERING and out.content_light == (1000, 400) and not warned
+    elif suffix == ".mkv":  # FFV1 keeps everything but the HDR side data, which PyAV cannot write there
+        assert out.codec == "ffv1" and stream_counts(output) == (2, 1) and out.chapters == 2
+        assert out.mastering_display is None and "mastering-display" in warned
+    else:  # H.264 High 10 carries the HDR SEI; mp4 holds no SubRip
+        assert out.codec == "h264" and stream_counts(output)[0] == 2
+        assert out.mastering_display == MASTERING and out.content_light == (1000, 400)
+        assert "subtitle stream" in warned
+
+
+@pytest.mark.parametrize("tags", [BT709_TAGS, HLG_TAGS, {}])
+def test_yuv_is_written_with_the_matrix_it_is_tagged_with(tmp_path, tags):
+    """A saturated clip copied through the writer keeps its colours: YUV -> RGB -> YUV with one matrix."""
+    colour = np.array([0.8, 0.2, 0.5]) * 65535
+    frames = [np.broadcast_to(colour * (0.8 + 0.04 * t), (H, W, 3)).astype(np.uint16) for t in range(N)]
+    src = tmp_path / "colour.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv444p10le"
+        for key, value in tags.items():
+            setattr(stream.codec_context, key, value)
+        for t, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb.copy(), format="rgb48le").reformat(
+                format="yuv444p10le", dst_colorspace={1: 1, 9: 9}.get(tags.get("colorspace")), dst_color_range=1)
+            frame.pts = t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    info = io.probe(src)
+    for suffix in (".mkv", ".mov", ".mp4"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with io.VideoWriter(tmp_path / f"copy{suffix}", info) as writer:
+                for frame in io.read_frames(src, info):
+                    writer.write(frame.image, frame.pts)
+        copy = io.probe(tmp_path / f"copy{suffix}")
+        assert copy.colour_tags().split("/")[:3] == info.colour_tags().split("/")[:3]
+        assert copy.color_range in (info.color_range, 1)  # ProRes says 'tv' for untagged limited range
+        for a, b in zip(io.read_frames(src, info), io.read_frames(copy.path, copy)):
+            # the wrong matrix (BT.601 for BT.709) shifts a channel by 0.06
+            assert np.abs(io.to_float(a.image) - io.to_float(b.image)).mean(axis=(0, 1)).max() < 0.004
+
+
+def test_prores_422_hq_10_bit_keeps_codec_tags_timecode(tmp_path):
+    src = make_clip(tmp_path / "grade.mov", "prores_ks", "yuv422p10le", options={"profile": "3"}, tags=BT709_TAGS,
+                    timecode="01:00:00:00", audio=1)
+    info = io.probe(src)
+    out = io.probe(run(src, tmp_path / "out.mov"))
+    assert_same_media(info, out)
+    assert out.codec == "prores" and out.pixel_format == "yuv422p10le" and out.timecode == "01:00:00:00"
+    with av.open(str(out.path)) as container:
+        assert container.streams.video[0].codec_context.profile == "HQ"
+    assert luma_levels(out.path) > 256 and smooth_output(out.path) and stream_counts(out.path) == (1, 0)
+
+
+def test_prores_4444_keeps_alpha(tmp_path):
+    src = make_clip(tmp_path / "key.mov", "prores_ks", "yuva444p10le", options={"profile": "4"}, alpha=True)
+    info = io.probe(src)
+    assert info.has_alpha and info.chroma == "444"
+    with pytest.warns(UserWarning, match="12-bit source loses its lowest bits"):  # FFmpeg decodes 4444 as 12-bit
+        out = io.probe(run(src, tmp_path / "out.mov"))
+    assert_same_media(info, out)
+    assert out.has_alpha and out.codec == "prores"
+    with av.open(str(out.path)) as container:
+        assert container.streams.video[0].codec_context.profile == "4444"
+    assert smooth_output(out.path)
+    alpha = next(io.read_frames(out.path)).alpha
+    assert np.abs(alpha.astype(int) - ALPHA).max() < 300  # alpha carried, not deflickered
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv444p12le", "gbrp12le"])
+def test_12_bit_444_yuv_and_rgb_into_mkv_keep_every_bit(tmp_path, pix_fmt):
+    rgb = pix_fmt.startswith("gbr")
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", pix_fmt, tags=dict(color_primaries=1, color_trc=1, colorspace=0) if rgb else None)
+    info = io.probe(src)
+    assert info.sample_bits == 12 and info.chroma == ("rgb" if pix_fmt.startswith("gbr") else "444")
+    out = io.probe(run(src, tmp_path / "out.mkv"))
+    assert_same_media(info, out)
+    assert out.pixel_format == pix_fmt and luma_levels(out.path) > 1024 and smooth_output(out.path)
+    if rgb:  # into YUV: the 'gbr' matrix tag would make players read Y, U, V as G, B, R
+        with pytest.warns(UserWarning, match="12-bit"):
+            video = io.probe(run(src, tmp_path / "out.mp4"))
+        assert video.colour_tags().split("/")[:3] == ["bt709", "bt709", "-"] and video.pixel_format == "yuv444p10le"
+        mean_in = np.mean([io.to_float(f.image) for f in io.read_frames(src)], axis=0)
+        mean_out = np.mean([io.to_float(f.image) for f in io.read_frames(video.path)], axis=0)
+        assert np.abs(mean_out - mean_in).mean() < 0.01
+
+
+def test_12_bit_into_mp4_is_10_bit_with_a_warning(tmp_path):
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv444p12le")
+    with pytest.warns(UserWarning, match="12-bit source is written at 10 bits"):
+        output = run(src, tmp_path / "out.mp4")
+    out = io.probe(output)
+    assert out.pixel_format == "yuv444p10le" and out.codec == "h264" and luma_levels(output) > 256
+
+
+def test_gray16_stays_grey_16_bit(tmp_path):
+    src = make_clip(tmp_path / "scan.mkv", "ffv1", "gray16le")
+    info = io.probe(src)
+    assert info.grayscale and info.sample_bits == 16
+    out = io.probe(run(src, tmp_path / "out.mkv"))
+    assert_same_media(info, out)
+    assert out.pixel_format == "gray16le" and luma_levels(out.path) > 1024 and smooth_output(out.path)
+
+
+def test_interlaced_input_is_warned_about(tmp_path):
+    src = make_clip(tmp_path / "tv.mkv", "ffv1", "yuv420p10le", field_order=2)
+    with pytest.warns(UserWarning, match="interlaced"):
+        info = io.probe(src)
+    assert info.field_order == "tt" and info.interlaced
+
+
+@pytest.mark.parametrize("kind", ["hlg-mkv", "rotated-mp4", "alpha-mov", "dpx"])
+def test_default_method_keeps_the_media(tmp_path, kind):
+    """The default (neural) method on short clips: same depth, layout, rotation, alpha as classical."""
+    if kind == "hlg-mkv":
+        src, output = make_clip(tmp_path / "in.mkv", "ffv1", "yuv420p10le", tags=HLG_TAGS), tmp_path / "out.mkv"
+    elif kind == "rotated-mp4":
+        src, output = make_clip(tmp_path / "in.mp4", "libx264", "yuv420p10le", rotation=90, audio=1), tmp_path / "o.mp4"
+    elif kind == "alpha-mov":
+        src = make_clip(tmp_path / "in.mov", "prores_ks", "yuva444p10le", options={"profile": "4"}, alpha=True)
+        output = tmp_path / "out.mov"
+    else:
+        src, output = folder_of(tmp_path, "scan", write_dpx), tmp_path / "out"
+    info = io.probe(src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ProRes 4444 decodes as 12-bit: the 10-bit warning is tested above
+        deflicker_file(src, output, RunConfig(atlas_steps=5, progress=False))
+    out = io.probe(output)
+    assert_same_media(info, out)
+    assert (out.pixel_format, out.has_alpha, out.frame_count, out.audio_streams) == \
+        (info.pixel_format, info.has_alpha, N, info.audio_streams)
+    if kind == "dpx":
+        values = io.common.narrow(list(io.read_frames(output))[3].image, 10)
+        assert len(np.unique(values[:, :, 1])) > 256
+    else:
+        assert luma_levels(output) > 256
+
+
+def test_vfr_with_audio(tmp_path):
+    pts = [0, 40, 80, 200, 240, 400]
+    src = make_clip(tmp_path / "vfr.mp4", "libx264", "yuv420p10le", pts=pts, audio=1)
+    out = run(src, tmp_path / "out.mp4")
+    with av.open(str(out)) as container:
+        times = [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)]
+    assert times == [p / 1000 for p in pts] and stream_counts(out) == (1, 0)
+    assert io.probe(out).pixel_format == "yuv420p10le"
+
+
+def test_anamorphic_sar(tmp_path):
+    src = make_clip(tmp_path / "dv.mp4", "libx264", "yuv420p10le", sar=Fraction(4, 3), tags=BT709_TAGS)
+    info = io.probe(src)
+    assert info.sample_aspect_ratio == Fraction(4, 3)
+    for suffix in (".mp4", ".mov"):
+        out = io.probe(run(src, tmp_path / f"out{suffix}"))
+        assert out.sample_aspect_ratio == Fraction(4, 3) and out.colour_tags() == info.colour_tags()
+
+
+# ---------------------------------------------------------------- frame folders
+
+
+def folder_of(tmp_path: Path, name: str, write) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    for t in range(N):
+        write(folder, t, gradient(t))
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_png_and_tiff_folders(tmp_path, suffix):
+    src = folder_of(tmp_path, "seq", lambda d, t, rgb: cv2.imwrite(str(d / f"f{t}{suffix}"), rgb[:, :, ::-1]))
+    out = run(src, tmp_path / "out")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"f{t}{suffix}" for t in range(N)]
+    image = cv2.imread(str(out / f"f3{suffix}"), cv2.IMREAD_UNCHANGED)
+    assert image.dtype == np.uint16 and len(np.unique(image[:, :, 2])) > 256 and roughness(image[:, :, 1], 16) < 0.15
+
+
+def write_dpx(folder: Path, t: int, rgb: np.ndarray) -> None:
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(io.common.narrow(rgb, 10)), format="gbrp10le")
+    codec = av.CodecContext.create("dpx", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.time_base = W, H, "gbrp10le", Fraction(1, 25)
+    (folder / f"scan.{t:04d}.dpx").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
+
+
+def test_10_bit_dpx_folder_in_dpx_out(tmp_path):
+    src = folder_of(tmp_path, "scan", write_dpx)
+    info = io.probe(src)
+    assert (info.codec, info.sample_bits, info.pixel_format) == ("dpx", 10, "gbrp10le")
+    first = next(io.read_frames(src)).image
+    assert np.array_equal(io.common.narrow(first, 10), io.common.narrow(gradient(0), 10))  # exact code values
+    out = run(src, tmp_path / "out")
+    back = io.probe(out)
+    assert back.codec == "dpx" and back.pixel_format == "gbrp10le" and back.frame_count == N
+    values = io.common.narrow(list(io.read_frames(out))[3].image, 10)
+    assert len(np.unique(values[:, :, 0])) > 256 and roughness(values[:, :, 1], 10) < 0.15
+
+
+def with_industry_headers(dpx: bytes, order: str, frame: int) -> bytes:
+    """A DPX as a film scanner writes it: FFmpeg's file with printing-density transfer, a project name and
+    film/television headers (key code prefix, 24 fps, time code 01:00:00:<frame>) in byte order `order`."""
+    head = bytearray(dpx[:1664])
+    if order == ">":  # a big-endian scanner file (only its header is used)
+        head[:4] = b"SDPX"
+        head[24:28] = struct.pack(">I", 1664)
+    head[801] = 1  # printing density
+    head[260:267] = b"archive"
+    film = bytearray(256)
+    film[0:16] = b"KODAK5219 012345"
+    film[1724 - 1664:1728 - 1664] = struct.pack(order + "f", 24.0)
+    tv = bytearray(128)
+    tv[0:4] = struct.pack(order + "I", int(f"010000{frame:02d}", 16))
+    tv[1940 - 1920:1944 - 1920] = struct.pack(order + "f", 24.0)
+    data = dpx[1664:]
+    out = head + film + tv + data
+    for at, value in ((4, 2048), (16, len(out)), (28, 384), (808, 2048)):
+        out[at:at + 4] = struct.pack(order + "I", value)
+    return bytes(out)
+
+
+def test_dpx_header_fields_are_carried(tmp_path):
+    src = folder_of(tmp_path, "scan", write_dpx)
+    for t, path in enumerate(sorted(src.iterdir())):
+        path.write_bytes(with_industry_headers(path.read_bytes(), "<", t))
+    info = io.probe(src)
+    assert (info.timecode, info.fps) == ("01:00:00:00", 24) and next(io.read_frames(src)).image.shape == (H, W, 3)
+    out = run(src, tmp_path / "out")
+    assert (io.probe(out).timecode, io.probe(out).fps) == ("01:00:00:00", 24)
+    movie = io.probe(run(src, tmp_path / "out.mov"))  # the scan's time code and rate go into the .mov
+    assert (movie.timecode, movie.fps, movie.codec) == ("01:00:00:00", 24, "prores")
+    for t in range(N):
+        written = (out / f"scan.{t:04d}.dpx").read_bytes()
+        assert written[801] == 1 and written[260:267] == b"archive" and written[1664:1680] == b"KODAK5219 012345"
+        assert io.images.dpx_timecode(written) == f"01:00:00:{t:02d}"
+        assert struct.unpack("<f", written[1724:1728])[0] == 24.0
+    # a big-endian scan's headers are byte-swapped into FFmpeg's little-endian file
+    source = with_industry_headers((out / "scan.0003.dpx").read_bytes()[:1664] + bytes(64), ">", 3)
+    write_dpx(tmp_path, 0, gradient(0))
+    carried = io.images.carry_dpx_header((tmp_path / "scan.0000.dpx").read_bytes(), source[:2048])
+    assert io.images.dpx_timecode(carried) == "01:00:00:03" and carried[1664:1680] == b"KODAK5219 012345"
+    assert struct.unpack("<f", carried[1724:1728])[0] == 24.0 and struct.unpack("<f", carried[1940:1944])[0] == 24.0
+
+
+def write_exr(folder: Path, t: int, rgb: np.ndarray) -> None:
+    linear = rgb.astype(np.float32) / 65535 * 0.9
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear), format="gbrpf32le")
+    codec = av.CodecContext.create("exr", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.time_base = W, H, "gbrpf32le", Fraction(1, 25)
+    codec.options = {"format": "half"}
+    (folder / f"plate_{t}.exr").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
+
+
+def test_half_float_exr_folder_in_exr_out(tmp_path):
+    src = folder_of(tmp_path, "plate", write_exr)
+    info = io.probe(src)
+    assert info.linear and info.codec == "exr" and info.pixel_format == "gbrpf16le"
+    out = run(src, tmp_path / "out")
+    back = io.probe(out)
+    assert back.codec == "exr" and back.pixel_format == "gbrpf16le" and back.frame_count == N
+    with av.open(str(out / "plate_3.exr")) as container:
+        frame = next(container.decode(video=0))
+    red = np.frombuffer(frame.planes[2], np.float16).reshape(H, -1)[:, :W].astype(np.float32)
+    assert len(np.unique(red)) > 256  # half floats, not 8-bit steps
+    source_red = gradient(3)[:, :, 0] / 65535 * 0.9
+    # linear in, linear out: written sRGB-encoded the mean would be 1.5x, decoded twice 0.4x
+    assert 0.85 < red.mean() / source_red.mean() < 1.15
+
+
+def test_exr_values_above_one_are_clipped_with_a_warning(tmp_path):
+    hot = tmp_path / "hot2"
+    hot.mkdir()
+    for t in range(N):
+        linear = gradient(t).astype(np.float32) / 65535 * (3.0 if t == 2 else 0.9)
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear), format="gbrpf32le")
+        codec = av.CodecContext.create("exr", "w")
+        codec.width, codec.height, codec.pix_fmt, codec.time_base = W, H, "gbrpf32le", Fraction(1, 25)
+        (hot / f"p{t}.exr").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
+    with pytest.warns(UserWarning, match="values outside 0..1"):
+        run(hot, tmp_path / "out")
+
+
+def test_srgb_transfer_round_trip():
+    x = np.linspace(0, 1, 1001, dtype=np.float32)
+    assert np.abs(srgb_decode(srgb_encode(x)) - x).max() < 1e-5
+    assert srgb_encode(np.float32(0.18)) == pytest.approx(0.4614, abs=1e-3)
+
+
+# ---------------------------------------------------------------- requests a format cannot hold
+
+
+def test_impossible_requests_fail_before_any_work(tmp_path):
+    src = make_clip(tmp_path / "in.mkv", "ffv1", "yuv444p12le")
+    info = io.probe(src)
+    with pytest.raises(OutputError, match="cannot hold ProRes"):
+        io.plan_output(tmp_path / "o.mp4", info, codec="prores")
+    with pytest.raises(OutputError, match="at most 10 bits"):
+        io.plan_output(tmp_path / "o.mp4", info, codec="h264", bit_depth=12)
+    with pytest.raises(OutputError, match="8 or 16 bits"):
+        io.plan_output(tmp_path / "o", info, bit_depth=10)
+    assert io.plan_output(tmp_path / "o.mp4", info, codec="hevc").pix_fmt == "yuv444p12le"
+    assert io.plan_output(tmp_path / "o.mkv", info, bit_depth=8).pix_fmt == "bgr0"
+
+
+def test_what_cannot_be_carried_is_named(tmp_path):
+    src = make_clip(tmp_path / "in.mov", "prores_ks", "yuva444p10le", options={"profile": "4"}, alpha=True,
+                    sar=Fraction(4, 3), tags=HLG_TAGS)
+    info = dataclasses.replace(io.probe(src), mastering_display=MASTERING, content_light=(1000, 400),
+                               uncarried_side_data=("HDR10+ dynamic metadata",))
+    dropped = " | ".join(io.plan_output(tmp_path / "o.mkv", info).dropped)
+    assert "mastering-display" in dropped and "sample aspect ratio" in dropped and "HDR10+" in dropped
+    dropped = " | ".join(io.plan_output(tmp_path / "o.mp4", info).dropped)
+    assert "alpha channel is dropped" in dropped and "mastering-display" not in dropped
+    dropped = " | ".join(io.plan_output(tmp_path / "frames", info).dropped)
+    assert "sample aspect ratio" in dropped and "colour tags" in dropped and "title" in dropped
+
+
+def test_attachments_go_into_mkv_and_are_named_elsewhere(tmp_path):
+    src = tmp_path / "fonts.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p10le"
+        out.add_attachment("subs.ttf", "application/x-truetype-font", b"\x00font")
+        for t in range(N):
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p10le")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    with av.open(str(run(src, tmp_path / "out.mkv"))) as container:
+        attached = [(s.name, s.data) for s in container.streams.attachments]
+    assert attached == [("subs.ttf", b"\x00font")]
+    with pytest.warns(UserWarning, match=r"attachment stream 1 \(subs.ttf\) is not copied"):
+        run(src, tmp_path / "out.mp4")
+
+
+def test_audio_the_container_cannot_hold_is_refused_before_work(tmp_path):
+    src = tmp_path / "wavpack.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p10le"
+        audio = out.add_stream("wavpack", rate=48000)
+        audio.layout = "mono"
+        for t in range(N):
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p10le")
+            frame.pts = t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 24000), np.int16), format="s16p", layout="mono")
+        chunk.sample_rate = 48000
+        for packet in audio.encode(chunk) + audio.encode(None):
+            out.mux(packet)
+    with pytest.raises(OutputError, match="wavpack audio"):
+        run(src, tmp_path / "out.mp4")
+    assert not (tmp_path / "out.mp4").exists()
+    assert stream_counts(run(src, tmp_path / "out.mkv")) == (1, 0)
+
+
+def test_info_shows_the_new_facts(tmp_path, capsys):
+    src = make_clip(tmp_path / "phone.mp4", "libx264", "yuv420p10le", rotation=90, sar=Fraction(4, 3),
+                    tags=HLG_TAGS, audio=1, timecode="10:00:00:00")
+    assert main(["info", str(src)]) == 0
+    shown = capsys.readouterr().out
+    for fact in ("yuv420p10le, 10-bit", "chroma 420", "rotation 90", "SAR 4:3", "bt2020/arib-std-b67/bt2020nc/tv",
+                 "1 audio stream", "timecode 10:00:00:00", "title 'flicker test'"):
+        assert fact in shown, fact
+
+
+def test_codec_and_bit_depth_options(tmp_path, capsys):
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv420p12le", tags=BT709_TAGS)
+    out = tmp_path / "out.mp4"
+    assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(out), "--codec", "hevc"]) == 0
+    info = io.probe(out)
+    assert (info.codec, info.pixel_format, info.colour_tags()) == ("hevc", "yuv420p12le", "bt709/bt709/bt709/tv")
+    assert luma_levels(out) > 1024
+    low = tmp_path / "low.mov"
+    assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(low), "--bit-depth", "8"]) == 0
+    assert (io.probe(low).codec, io.probe(low).pixel_format) == ("h264", "yuv420p")
+    capsys.readouterr()
+    bad = tmp_path / "bad.mp4"
+    assert main(["run", "--method", "classical", "--quiet", str(src), "-o", str(bad), "--codec", "prores"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err == "unflicker: error: .mp4 cannot hold ProRes: use .mov or .mkv" and not bad.exists()
+
+
+@pytest.mark.parametrize("suffix", [".mov", ".mp4"])
+def test_full_range_source_keeps_its_picture(tmp_path, suffix):
+    """ProRes is limited range by definition: a full-range source is converted, not mislabelled."""
+    src = make_clip(tmp_path / "pc.mkv", "ffv1", "yuv444p10le", tags=dict(BT709_TAGS, color_range=2))
+    output = run(src, tmp_path / f"out{suffix}")
+    assert io.probe(output).color_range == (1 if suffix == ".mov" else 2)
+    mean_in = np.mean([io.to_float(f.image) for f in io.read_frames(src)], axis=0)
+    mean_out = np.mean([io.to_float(f.image) for f in io.read_frames(output)], axis=0)
+    assert np.abs(mean_out - mean_in).mean() < 0.01
