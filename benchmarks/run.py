@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -117,7 +118,14 @@ def run_ffmpeg(source: Path, output: Path) -> None:
             writer.write(image, frame.pts, frame.name)
 
 
-def run_method(case: Case, method: str, work: Path) -> tuple[Path, float]:
+ABLATIONS = {
+    "neural, no anchor": {"keep_slow": math.inf},
+    "paper (no projection, no anchor)": {"keep_slow": math.inf, "projection": False},
+    "paper, no refine": {"keep_slow": math.inf, "projection": False, "stop_after": "filter"},
+}
+
+
+def run_method(case: Case, method: str, work: Path, options: dict | None = None) -> tuple[Path, float]:
     """Returns the result path and wall seconds (decode + method + encode)."""
     if method == "input":
         return case.input, 0.0
@@ -128,13 +136,19 @@ def run_method(case: Case, method: str, work: Path) -> tuple[Path, float]:
     if method == "ffmpeg":
         run_ffmpeg(case.input, output)
     else:
-        keep = _work_dir(case, work, method) if method == "neural" else None
-        deflicker_file(case.input, output, RunConfig(method=method, overwrite=True, progress=False, keep_work=keep))
+        options = options or {}
+        if options.get("stop_after"):  # the stage's frames are the result
+            keep = _work_dir(case, work, method) / "-".join(map(str, options.values()))
+            deflicker_file(case.input, None, RunConfig(method=method, progress=False, keep_work=keep, **options))
+            return keep / options["stop_after"], time.perf_counter() - start
+        if options:
+            output = output.with_name(f"{output.stem}-{'-'.join(map(str, options.values()))}{output.suffix}")
+        deflicker_file(case.input, output, RunConfig(method=method, overwrite=True, progress=False, **options))
     return output, time.perf_counter() - start
 
 
 def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, work: Path,
-              patterns: list[str] | None = None) -> list[dict]:
+              patterns: list[str] | None = None, ablations: bool = False) -> list[dict]:
     selected = lambda name: not patterns or any(fnmatch.fnmatch(name, p) for p in patterns)  # noqa: E731
     cases = [c for c in processed_cases(data) + real_cases(data) if selected(c.name)]
     if any(selected(f"synth/{Path(clip).stem}/{kind}") for clip in SYNTH_CLIPS for kind in SYNTH_KINDS):
@@ -150,13 +164,13 @@ def benchmark(data: Path, methods: list[str], n_frames: int, synth_side: int, wo
                    "fps": report["frames"] / seconds if seconds else None}
             rows.append(row)
             print(_format_row(row), file=sys.stderr, flush=True)
-            if method == "neural":
-                # Ablation, from the stages kept: without our slow-look anchor; without our projection
+            if method == "neural" and ablations:
+                # Ablation, each a run of its own: without our slow-look anchor; without our projection
                 # either (the paper's method); and the filter's output before the local refinement.
-                for stage, label in (("project", "neural, no anchor"), ("refine", "paper (no projection, no anchor)"),
-                                     ("filter", "paper, no refine")):
-                    report = evaluator.score(_work_dir(case, work, method) / stage)
-                    rows.append({"case": case.name, "method": label, **report, "seconds": None, "fps": None})
+                for label, options in ABLATIONS.items():
+                    result, _ = run_method(case, "neural", work, options)
+                    rows.append({"case": case.name, "method": label, **evaluator.score(result), "seconds": None,
+                                 "fps": None})
                     print(_format_row(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
@@ -202,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-side", type=int, default=854, help="longer side of the synthetic clips")
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--cases", nargs="+", metavar="PATTERN", help="only cases matching these globs, e.g. 'synth/*'")
+    parser.add_argument("--ablations", action="store_true",
+                        help="also run the neural method without the anchor, without the projection, and the "
+                             "filter's output (three more runs per case)")
     parser.add_argument("--name", default="latest", help="file stem of the written table (default %(default)s)")
     parser.add_argument("--merge", nargs="+", metavar="NAME",
                         help="write --name from earlier runs' results/NAME.json (later ones win) instead of running")
@@ -218,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="unflicker-bench-"))
     try:
         started = time.strftime("%Y-%m-%d %H:%M")
-        rows = benchmark(args.data, args.methods, args.frames, args.synth_side, work, args.cases)
+        rows = benchmark(args.data, args.methods, args.frames, args.synth_side, work, args.cases, args.ablations)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)

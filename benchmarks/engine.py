@@ -1,0 +1,159 @@
+"""Engine benchmark: end-to-end throughput of `unflicker run` per engine setting, against a baseline
+commit in the same run (interleaved, medians), with the peak memory of the whole process tree.
+
+    git worktree add /tmp/unflicker-base abc6f85   # the commit before the engine
+    python benchmarks/engine.py --baseline /tmp/unflicker-base [--input DIR_OR_VIDEO] [--repeats 3]
+
+Runs, each --repeats times, interleaved: the baseline's default (its src/ first on PYTHONPATH, same
+interpreter and packages), this tree's `--workers 1`, `--workers 2` (the default on 2 cores) and
+`--engine ray --workers 2`. Memory is the largest sum of RSS over the run's process and all its
+descendants (workers, Ray's processes), sampled every 50 ms from /proc. Per-segment times come
+from a separate in-process run (--workers 1) and give the serial part (probe, cut detection,
+spill, stitch, encode), from which throughput on N cores is projected. Appends to
+benchmarks/results/engine.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results" / "engine.md"
+
+
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants, MB (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += rss.get(p, 0)
+        stack.extend(children.get(p, []))
+    return total / 2**20
+
+
+def timed(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(wall seconds, peak tree RSS MB) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = [0.0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    out, err = proc.communicate()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+    return time.perf_counter() - start, peak[0]
+
+
+def settings(baseline: Path | None) -> dict[str, tuple[list[str], dict]]:
+    env = dict(os.environ)
+    runs = {}
+    if baseline is not None:
+        base_env = dict(env, PYTHONPATH=str(baseline / "src"))
+        runs["baseline default"] = ([], base_env)
+    runs["--workers 1"] = (["--workers", "1"], env)
+    runs["--workers 2 (default here)"] = (["--workers", "2"], env)
+    runs["--engine ray --workers 2"] = (["--engine", "ray", "--workers", "2"], env)
+    return runs
+
+
+def segment_profile(input_path: Path) -> tuple[list[tuple[int, float]], float, float]:
+    """In-process run: (frames, seconds) per segment, the serial seconds and the total."""
+    import unflicker.engine as engine
+    from unflicker.config import EngineConfig
+    from unflicker.pipeline import RunConfig, deflicker_file
+
+    times = []
+    real = engine.run_segment
+
+    def timed_segment(task):
+        result = real(task)
+        times.append((len(task.segment.span), result.seconds))
+        return result
+
+    engine.run_segment = timed_segment
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        deflicker_file(input_path, Path(tmp) / "out.mp4", RunConfig(progress=False, engine=EngineConfig(workers=1)))
+        total = time.perf_counter() - start
+    engine.run_segment = real
+    return times, total - sum(t for _, t in times), total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", type=Path, default=SHARED / "processed" / "goat" / "processed")
+    p.add_argument("--baseline", type=Path, help="worktree of the commit to compare against")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--only", nargs="*", help="run only the settings whose names contain one of these")
+    args = p.parse_args()
+    from unflicker import io
+
+    n = io.probe(args.input).frame_count
+    runs = settings(args.baseline)
+    if args.only:
+        runs = {k: v for k, v in runs.items() if any(o in k for o in args.only)}
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for name, (extra, env) in runs.items():
+                out = Path(tmp) / f"out-{r}-{len(results[name])}-{abs(hash(name))}.mp4"
+                cmd = [sys.executable, "-m", "unflicker", "run", str(args.input), "-o", str(out), "--quiet", *extra]
+                results[name].append(timed(cmd, env))
+                print(name, results[name][-1], flush=True)
+    lines = [f"### {time.strftime('%Y-%m-%d %H:%M')} engine: {args.input.name} ({n} frames), "
+             f"{os.cpu_count()} cores, medians of {args.repeats}, interleaved (load at the end "
+             f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})", "",
+             "| setting | wall s (each run) | median s | frames/s | vs first | peak RSS of all processes MB |",
+             "|---|---|---|---|---|---|"]
+    first = None
+    for name, values in results.items():
+        med = statistics.median(t for t, _ in values)
+        first = first or med
+        lines.append(f"| {name} | {', '.join(f'{t:.1f}' for t, _ in values)} | {med:.1f} | {n / med:.2f} | "
+                     f"{first / med:.2f}x | {max(m for _, m in values):.0f} |")
+    seg, serial, total = segment_profile(args.input)
+    per_segment = [t for _, t in seg]
+    lines += ["", f"In-process profile: {len(seg)} segments of {', '.join(str(f) for f, _ in seg)} frames took "
+              f"{', '.join(f'{t:.1f}' for t in per_segment)} s; serial part (start-up, probe, cuts, spill, stitch, "
+              f"encode) {serial:.1f} s of {total:.1f} s."]
+    for cores in (2, 8, 16):
+        waves = -(-len(seg) // cores)
+        projected = serial + waves * max(per_segment)
+        lines.append(f"- projected on {cores} cores (one segment per core, {waves} wave(s) of the longest "
+                     f"segment): {projected:.1f} s = {n / projected:.2f} frames/s")
+    text = "\n".join(lines) + "\n\n"
+    print(text)
+    with open(RESULTS, "a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
