@@ -52,8 +52,8 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak tree RSS MB) of one command."""
+def timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
+    """(wall seconds, peak tree RSS MB, CPU seconds of the process and its reaped descendants)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0.0]
@@ -65,11 +65,15 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float]:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    out, err = proc.communicate()
+    err = proc.stderr.read()
+    proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # usage counts the workers it waited for (not Ray's)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-    return time.perf_counter() - start, peak[0]
+    return wall, peak[0], usage.ru_utime + usage.ru_stime
 
 
 def settings(baseline: Path | None) -> dict[str, tuple[list[str], dict]]:
@@ -120,7 +124,7 @@ def main() -> None:
     runs = settings(args.baseline)
     if args.only:
         runs = {k: v for k, v in runs.items() if any(o in k for o in args.only)}
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for name, (extra, env) in runs.items():
@@ -131,14 +135,15 @@ def main() -> None:
     lines = [f"### {time.strftime('%Y-%m-%d %H:%M')} engine: {args.input.name} ({n} frames), "
              f"{os.cpu_count()} cores, medians of {args.repeats}, interleaved (load at the end "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})", "",
-             "| setting | wall s (each run) | median s | frames/s | vs first | peak RSS of all processes MB |",
-             "|---|---|---|---|---|---|"]
+             "| setting | wall s (each run) | median s | frames/s | vs first | CPU s (median; not Ray's workers) "
+             "| peak RSS of all processes MB |", "|---|---|---|---|---|---|---|"]
     first = None
     for name, values in results.items():
-        med = statistics.median(t for t, _ in values)
+        med = statistics.median(t for t, _, _ in values)
         first = first or med
-        lines.append(f"| {name} | {', '.join(f'{t:.1f}' for t, _ in values)} | {med:.1f} | {n / med:.2f} | "
-                     f"{first / med:.2f}x | {max(m for _, m in values):.0f} |")
+        lines.append(f"| {name} | {', '.join(f'{t:.1f}' for t, _, _ in values)} | {med:.1f} | {n / med:.2f} | "
+                     f"{first / med:.2f}x | {statistics.median(c for _, _, c in values):.1f} | "
+                     f"{max(m for _, m, _ in values):.0f} |")
     seg, serial, total = segment_profile(args.input)
     per_segment = [t for _, t in seg]
     lines += ["", f"In-process profile: {len(seg)} segments of {', '.join(str(f) for f, _ in seg)} frames took "

@@ -235,3 +235,16 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
     code = main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
     rows = json.loads((out / "unflicker-batch.json").read_text())
     assert code == 1 and [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0"], "--workers must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--ray-address", "127.0.0.1:1"], "apply to --engine ray only"),
+    (["--segment-frames", "20"], "frames >= 4 * margin"),
+])
+def test_bad_engine_options_are_one_line_errors(flickering, tmp_path, capsys, argv, message):
+    code = main(["run", str(flickering), "-o", str(tmp_path / "out.mp4"), "--method", "classical", "--quiet", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.mp4").exists()

@@ -320,7 +320,7 @@ class Job:
             self._loaded[k] = np.load(self.results[k], mmap_mode="r")
         return self._loaded[k]
 
-    def _stitched(self, t: int, image: np.ndarray) -> np.ndarray:
+    def _stitched(self, t: int) -> np.ndarray:
         """Frame t's output: its segments' results cross-faded (segments.blend_weight)."""
         from unflicker.segments import blend_weight
 
@@ -348,7 +348,7 @@ class Job:
                 return False
             frame = next(self._output_frames)
             image = io.to_float(frame.image)
-            out = self._stitched(self._t, image) if self.segments else image
+            out = self._stitched(self._t) if self.segments else image
             final = _blend(image, out, self.config.strength)
             self._before.append(_channel_means(image))
             self._after.append(_channel_means(final))
@@ -416,6 +416,7 @@ class Job:
 def run_one(job: Job) -> Job:
     from unflicker.engine import run_jobs
 
+    job.config.check()  # before the engine starts its workers
     run_jobs([job], job.config.engine)
     if job.error is not None:
         raise job.error
