@@ -111,10 +111,10 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
         raise InputError(str(exc).replace(str(received), upload.name).replace(str(upload.folder), "")) from None
     seconds = info.frame_count / float(info.fps or 25)
     if seconds > limits.max_seconds:
-        raise InputError(f"{upload.name} is {seconds:.0f} s long; this server takes videos up to "
-                         f"{limits.max_seconds:.0f} s (unflicker serve --max-seconds)")
+        raise InputError(f"it is {seconds:.1f} s long; this server takes videos up to "
+                         f"{limits.max_seconds:g} s (unflicker serve --max-seconds)")
     if max(info.width, info.height) > limits.max_side:
-        raise InputError(f"{upload.name} is {info.width}x{info.height}; this server takes frames up to "
+        raise InputError(f"its frames are {info.width}x{info.height}; this server takes frames up to "
                          f"{limits.max_side} pixels a side")
     upload.path, upload.frames, upload.fps = path, info.frame_count, float(info.fps)
     upload.facts = info.describe().replace(path.name, upload.name, 1)

@@ -50,6 +50,7 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(128)  # connections wait from now on, so the printed address works at once
     except OSError as exc:
         sock.close()
         raise UnflickerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
