@@ -15,6 +15,7 @@ import pytest
 from unflicker import io
 from unflicker.errors import OutputError
 from unflicker.metrics import flicker_index
+from unflicker.web.jobs import read_progress
 from unflicker.web.server import startup_lines
 from unflicker.web.store import Store
 from web_server import Client, running_server, write_clip
@@ -222,3 +223,15 @@ def test_work_folder_must_be_empty_or_its_own(tmp_path):
     Store(tmp_path / "work")  # its own folder again: fine
     store.close()
     assert (tmp_path / "work").is_dir()  # a folder the user named is kept
+
+
+@pytest.mark.parametrize("padding", range(0, 70, 3))
+def test_progress_is_read_from_whole_bars_only(tmp_path, padding):
+    log = tmp_path / "log.txt"
+    bars = [f"\rdecode+analyse: {p:3d}%|#         | {p * 90 // 100}/90 [00:01<00:09, 9.0frame/s]" for p in range(101)]
+    bars += [f"\rprocess: {p:3d}%|#         | {p * 90 // 100}/90 [00:10<01:00,  1.50frame/s]" for p in range(51)]
+    log.write_text("".join(bars) + "\r" + " " * padding)  # the cut 4 kB from the end moves with it
+    stages = []
+    read_progress(log, stages)
+    assert stages == [{"name": "decode+analyse", "done": 90, "total": 90, "eta": 0},
+                      {"name": "process", "done": 45, "total": 90, "eta": 60.0}]

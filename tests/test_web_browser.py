@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unflicker import io
@@ -15,8 +16,10 @@ from web_server import running_server, write_clip
 CHROMIUM = os.environ.get("UNFLICKER_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMING = os.environ.get("UNFLICKER_WEB_TIMING")
+"""Set: also time the default (neural) preview and run of a 90-frame 480p clip in the page."""
 SCREENSHOT = os.environ.get("UNFLICKER_WEB_SCREENSHOT")
-"""Also save the finished page's screenshot here (how docs/web.png is made)."""
+"""The timed test saves its finished page here too (how docs/web.png is made)."""
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +119,6 @@ def test_upload_preview_run_download(browser, server, clip, tmp_path):
     assert flicker_index(out)["luma"] < 0.3 * flicker_index(frames_of(clip))["luma"]
 
     page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
-    if SCREENSHOT:
-        shutil.copyfile(tmp_path / "web.png", SCREENSHOT)
     print(f"\npreview {preview_seconds:.1f} s, classical run {run_seconds:.1f} s in the page")
 
     # A reload keeps the session's upload and jobs; another browser session sees none of them.
@@ -164,4 +165,45 @@ def test_neural_fast_run_and_cancel(browser, server, clip):
     running.locator(".cancel").click()
     page.locator("#jobs .job[data-state=cancelled]").wait_for(timeout=15_000)
     assert page.locator("#jobs .job[data-state=cancelled] .cancel").is_hidden()
+    context.close()
+
+
+@pytest.mark.skipif(not TIMING, reason="minutes on a CPU: set UNFLICKER_WEB_TIMING=1 to time a 480p job")
+def test_time_a_480p_job_with_the_defaults(browser, server, tmp_path):
+    import av
+    from skimage import data
+
+    from unflicker import synth
+
+    clean = synth.camera_move_clip(data.stereo_motorcycle()[0], 90, (480, 854), motion="pan", seed=0)
+    path = tmp_path / "motorcycle.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 854, 480, "yuv420p", {"crf": "14"}
+        for frame in synth.add_flicker(clean, kind="mixed", strength=1.0, seed=0):
+            image = av.VideoFrame.from_ndarray((np.clip(frame, 0, 1) * 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    context, page = open_page(browser, server)
+    start = time.monotonic()
+    upload(page, path)
+    shown = time.monotonic() - start
+    page.eval_on_selector("#frame", "e => { e.value = 45; e.dispatchEvent(new Event('input')); }")
+    start = time.monotonic()
+    page.click("#preview")
+    page.locator("#previews .job[data-state=done]").wait_for(timeout=600_000)
+    preview_seconds = time.monotonic() - start
+    start = time.monotonic()
+    card = run_and_wait(page, 600)
+    run_seconds = time.monotonic() - start
+    flicker = card.locator(".flicker")
+    assert float(flicker.get_attribute("data-after")) < float(flicker.get_attribute("data-before"))
+    page.wait_for_function("() => document.querySelector('#jobs img.plot').naturalWidth > 0")
+    page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
+    if SCREENSHOT:
+        shutil.copyfile(tmp_path / "web.png", SCREENSHOT)
+    print(f"\n90 frames 854x480, defaults: facts and plot {shown:.1f} s, preview {preview_seconds:.1f} s, "
+          f"run {run_seconds:.1f} s in the page; {flicker.text_content()}")
     context.close()

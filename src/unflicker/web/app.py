@@ -134,7 +134,8 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
         limit = store.limits.max_upload_bytes
         too_large = (f"{name} is larger than this server's upload limit of {store.limits.max_upload_mb:g} MB "
                      f"(unflicker serve --max-upload-mb)")
-        if int(request.headers.get("content-length") or 0) > limit:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
             return _error(too_large, 413)
         item_id, folder = store.new_folder()
         item = Upload(item_id, folder, name)

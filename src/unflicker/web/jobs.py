@@ -133,8 +133,9 @@ def compute_means(upload: Upload) -> None:
         upload.means_error = str(exc).replace(str(upload.path), upload.name)
 
 
-# A tqdm bar as the library prints it: "process:  42%|####      | 5/12 [00:01<00:02, 3.10frame/s]".
-_BAR = re.compile(r"([\w+ -]+?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+# A tqdm bar as the library prints it, each update after a "\r":
+# "process:  42%|####      | 5/12 [00:01<00:02, 3.10frame/s]".
+_BAR = re.compile(r"([\w+-][\w+ -]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
 
 
 def _seconds(clock: str) -> float | None:
@@ -150,11 +151,16 @@ def read_progress(log: Path, stages: list[dict]) -> None:
     """Update stages ([{name, done, total, eta}]) from the bars at the end of a job's stderr log."""
     try:
         with open(log, "rb") as file:
-            file.seek(max(file.seek(0, 2) - 4096, 0))
+            start = max(file.seek(0, 2) - 4096, 0)
+            file.seek(start)
             tail = file.read().decode("utf-8", "replace")
     except OSError:
         return
-    for match in _BAR.finditer(tail):
+    lines = re.split(r"[\r\n]", tail)
+    for line in lines[1:] if start > 0 else lines:  # the first piece of a tail may be a line's end
+        match = _BAR.match(line)
+        if match is None:
+            continue
         name, done, total, eta = match.group(1).strip(), int(match.group(3)), int(match.group(4)), match.group(6)
         stage = next((s for s in stages if s["name"] == name), None)
         if stage is None:
@@ -207,7 +213,11 @@ class JobQueue:
                 self.wake.wait(1.0)
                 self.wake.clear()
                 continue
-            self._run(job)
+            try:
+                self._run(job)
+            except (OSError, ValueError) as exc:  # the child could not start, or its result not be read
+                with self.store.lock:
+                    job.state, job.message, job.finished = "failed", f"the job could not run: {exc}", time.time()
             self.store.sweep()
 
     def _run(self, job: Job) -> None:
