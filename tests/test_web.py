@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from unflicker import io
+from unflicker.cli import main
 from unflicker.errors import OutputError
 from unflicker.metrics import flicker_index
 from unflicker.web.jobs import read_progress
@@ -235,3 +236,13 @@ def test_progress_is_read_from_whole_bars_only(tmp_path, padding):
     read_progress(log, stages)
     assert stages == [{"name": "decode+analyse", "done": 90, "total": 90, "eta": 0},
                       {"name": "process", "done": 45, "total": 90, "eta": 60.0}]
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["serve", "--port", "0", "--auth", "nocolon"]) == 1
+    assert capsys.readouterr().err == "unflicker: error: --auth takes user:password\n"
+    assert main(["serve", "--port", "0", "--work-dir", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("unflicker: error: ") and "not a work folder" in err and len(err.splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt"]

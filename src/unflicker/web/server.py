@@ -45,8 +45,26 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
     if auth is not None and ":" not in auth:
         raise UnflickerError("--auth takes user:password")
     os.environ.setdefault("TQDM_MININTERVAL", "0.2")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    store = Store(work_dir, limits)
+    try:
+        sock = _listen(host, port)
+        queue = JobQueue(store)
+        try:
+            app = create_app(store, queue, auth, loopback=is_loopback(host))
+            for line in startup_lines(host, sock.getsockname()[1], auth, str(store.root)):
+                print(line, flush=True)
+            config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            queue.close()
+            sock.close()
+            print("unflicker: stopped", file=sys.stderr)
+    finally:
+        store.close()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -54,16 +72,4 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
     except OSError as exc:
         sock.close()
         raise UnflickerError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    store = Store(work_dir, limits)
-    queue = JobQueue(store)
-    try:
-        app = create_app(store, queue, auth, loopback=is_loopback(host))
-        for line in startup_lines(host, sock.getsockname()[1], auth, str(store.root)):
-            print(line, flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        queue.close()
-        store.close()
-        sock.close()
-        print("unflicker: stopped", file=sys.stderr)
+    return sock
