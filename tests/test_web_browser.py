@@ -142,7 +142,14 @@ def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, server, 
     assert message.text_content().startswith("holiday.mp4 cannot be used: not a video")
     assert "Traceback" not in page.content()
     upload(page, clip)  # the server still serves, the same page still works
-    assert page.is_enabled("#run")
+    assert page.is_enabled("#run") and page.is_hidden("#uploads-field")
+    # Several files at once: each is uploaded, and the page offers a choice between them.
+    second = write_clip(tmp_path / "second.mp4", n=6)
+    page.set_input_files("#file", [str(second), str(clip)])
+    page.wait_for_function("() => document.querySelectorAll('#uploads option').length === 3")
+    page.select_option("#uploads", label="second.mp4")
+    page.wait_for_function("() => document.querySelector('#facts').textContent.includes('6 frames')")
+    assert page.text_content("#frame-value") == "2 of 5"
     context.close()
 
 
