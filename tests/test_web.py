@@ -130,6 +130,10 @@ def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished,
     status, data, _ = client.request("GET", job["files"]["plot"])
     assert status == 404 and b"secret" not in data
     (job_folder / "plot.png").unlink()
+    (job_folder / "plot.png").symlink_to(job_folder / "log.txt")  # even to a file beside it
+    status, data, _ = client.request("GET", job["files"]["plot"])
+    assert status == 404 and b"process" not in data
+    (job_folder / "plot.png").unlink()
     (job_folder / "plot.png").write_bytes(plot)
     assert client.request("GET", job["files"]["plot"])[0] == 200
     # Every parameter that names an upload or a job takes only this session's ids.
