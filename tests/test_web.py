@@ -174,6 +174,17 @@ def test_sessions_do_not_see_each_other(server, finished):
     assert forged.state()["jobs"] == [] and forged.cookie != "unflicker_session=" + "A" * 32
 
 
+def test_a_failing_job_says_why_and_the_queue_goes_on(server, clip, tmp_path):
+    client = Client(server)
+    tiny = client.upload(write_clip(tmp_path / "tiny.mp4", n=4, width=16, height=12))[1]["id"]
+    failing = client.json("POST", "/api/run", {"upload": tiny, "settings": {"method": "neural"}})[1]
+    after = client.json("POST", "/api/run", {"upload": tiny, "settings": {"method": "classical"}})[1]
+    job = client.wait(failing["id"], 60)
+    assert job["state"] == "failed" and "too small or too thin for the neural method" in job["message"]
+    assert "Traceback" not in job["message"] and str(server.work) not in job["message"]
+    assert client.wait(after["id"], 60)["state"] == "done"
+
+
 def test_cancel_frees_the_worker_for_the_next_job(server, clip):
     client = Client(server)
     upload_id = client.upload(clip)[1]["id"]

@@ -50,9 +50,12 @@ def frames_of(path):
 
 
 def open_page(browser, server):
+    """A new browser session on the page; every URL it asks for is kept in `page.requested`."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
     page.goto(server.url)
     return context, page
 
@@ -119,6 +122,7 @@ def test_upload_preview_run_download(browser, server, clip, tmp_path):
     assert flicker_index(out)["luma"] < 0.3 * flicker_index(frames_of(clip))["luma"]
 
     page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
+    assert page.requested and all(url.startswith(server.url) for url in page.requested)  # nothing from elsewhere
     print(f"\npreview {preview_seconds:.1f} s, classical run {run_seconds:.1f} s in the page")
 
     # A reload keeps the session's upload and jobs; another browser session sees none of them.
