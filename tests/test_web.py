@@ -193,7 +193,9 @@ def test_cancel_frees_the_worker_for_the_next_job(server, clip):
     quick = client.json("POST", "/api/run", {"upload": upload_id, "settings": {"method": "classical"}})[1]
     queued = client.json("POST", "/api/run", {"upload": upload_id, "settings": {"method": "classical"}})[1]
     assert client.wait(slow["id"], 30, states=("running",))["state"] == "running"
-    assert next(j for j in client.state()["jobs"] if j["id"] == quick["id"])["state"] == "queued"
+    jobs = {j["id"]: j for j in client.state()["jobs"]}
+    assert (jobs[quick["id"]]["state"], jobs[quick["id"]]["ahead"], jobs[queued["id"]]["ahead"]) == ("queued", 1, 2)
+    assert jobs[slow["id"]]["ahead"] is None
     assert client.json("POST", "/api/cancel", {"job": queued["id"]})[1]["state"] == "cancelled"
     client.json("POST", "/api/cancel", {"job": slow["id"]})
     assert client.wait(slow["id"], 15)["state"] == "cancelled"

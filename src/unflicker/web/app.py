@@ -120,7 +120,9 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
     async def state(request: Request, session: Session) -> Response:
         with store.lock:
             uploads = [u.public() for u in sorted(session.uploads.values(), key=lambda u: u.created)]
-            jobs = [j.public() for j in sorted(session.jobs.values(), key=lambda j: j.created)]
+            ahead = queue.ahead()
+            jobs = [{**j.public(), "ahead": ahead.get(j.id)} for j in sorted(session.jobs.values(),
+                                                                             key=lambda j: j.created)]
         limits = store.limits
         return JSONResponse({"uploads": uploads, "jobs": jobs, "defaults": DEFAULTS, "formats": list(FORMATS),
                              "limits": {"max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds,

@@ -198,10 +198,18 @@ class JobQueue:
             elif job.state == "running":
                 job.cancel.set()
 
+    def _order(self) -> list[Job]:
+        """The running job, then the queued ones in the order they will run."""
+        active = [job for job in self.store.all_jobs() if job.active]
+        return sorted(active, key=lambda job: (job.state != "running", job.kind != "preview", job.created))
+
     def _next(self) -> Job | None:
-        queued = [job for job in self.store.all_jobs() if job.state == "queued"]
-        queued.sort(key=lambda job: (job.kind != "preview", job.created))
-        return queued[0] if queued else None
+        return next((job for job in self._order() if job.state == "queued"), None)
+
+    def ahead(self) -> dict[str, int]:
+        """job id -> how many jobs (of any session) will run or are running before it, for queued jobs."""
+        with self.store.lock:
+            return {job.id: index for index, job in enumerate(self._order()) if job.state == "queued"}
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
