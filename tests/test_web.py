@@ -265,3 +265,27 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("unflicker: error: ") and "not a work folder" in err and len(err.splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+def test_stopping_the_server_stops_a_running_job(tmp_path, clip):
+    def workers_on(folder):
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(folder).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:
+                pass
+        return found
+
+    with running_server(tmp_path / "work") as server:
+        client = Client(server)
+        upload_id = client.upload(clip)[1]["id"]
+        job = client.json("POST", "/api/run", {"upload": upload_id,
+                                               "settings": {"method": "neural", "preset": "paper"}})[1]
+        client.wait(job["id"], 30, states=("running",))
+        folder = server.work / "items" / job["id"]
+        assert workers_on(folder)
+    assert server.process.returncode == 0 and workers_on(folder) == []
+    assert server.lines[:2] == [f"unflicker: serving on {server.url} (Ctrl+C to stop)\n",
+                                f"unflicker: work folder {server.work}\n"]

@@ -54,7 +54,10 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
             for line in startup_lines(host, sock.getsockname()[1], auth, str(store.root)):
                 print(line, flush=True)
             config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-            uvicorn.Server(config).run(sockets=[sock])
+            try:
+                uvicorn.Server(config).run(sockets=[sock])
+            except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it stopped on: the normal way out
+                pass
         finally:
             queue.close()
             sock.close()
