@@ -166,9 +166,9 @@ def read_progress(log: Path, stages: list[dict]) -> None:
         if stage is None:
             for earlier in stages:  # a new bar: the ones before it have finished
                 earlier.update(done=earlier["total"], eta=0)
-            stage = {"name": name}
-            stages.append(stage)
-        stage.update(done=done, total=total, eta=_seconds(eta))
+            stages.append({"name": name, "done": done, "total": total, "eta": _seconds(eta)})
+        else:
+            stage.update(done=done, total=total, eta=_seconds(eta))
 
 
 class JobQueue:
@@ -243,9 +243,11 @@ class JobQueue:
                     process.kill()
                     process.wait()
                 break
-            read_progress(log, job.stages)
+            with self.store.lock:  # the page reads job.stages under the same lock
+                read_progress(log, job.stages)
             time.sleep(self.poll)
-        read_progress(log, job.stages)
+        with self.store.lock:
+            read_progress(log, job.stages)
         result_file = job.folder / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         with self.store.lock:

@@ -107,7 +107,7 @@ class Job:
             seconds = round((self.finished or time.time()) - self.started, 1)
         return {"id": self.id, "kind": self.kind, "upload": self.upload.id, "upload_name": self.upload.name,
                 "settings": self.settings, "frame": self.frame, "state": self.state, "message": self.message,
-                "stages": self.stages, "seconds": seconds, "result": self.result,
+                "stages": [dict(stage) for stage in self.stages], "seconds": seconds, "result": dict(self.result),
                 "files": {label: f"/files/{self.id}/{name}" for label, name in self.files.items()}}
 
 
