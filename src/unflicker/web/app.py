@@ -84,13 +84,13 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
             return _error("requests from other sites are refused", 403)
         return None
 
-    def guarded(handler):
+    def guarded(handler, creates_session: bool = False):
         @functools.wraps(handler)
         async def endpoint(request: Request) -> Response:
             refused = refusal(request)
             if refused is not None:
                 return refused
-            session, new_token = store.session(request.cookies.get(COOKIE))
+            session, new_token = store.session(request.cookies.get(COOKIE), creates_session)
             try:
                 response = await handler(request, session)
             except InputError as exc:
@@ -128,7 +128,6 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
                              "limits": {"max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds,
                                         "max_side": limits.max_side, "preview_seconds": limits.preview_seconds}})
 
-    @guarded
     async def upload(request: Request, session: Session) -> Response:
         # The browser's file name is shown and used for the download's name, never as a path.
         name = Path(unquote(request.headers.get("x-filename", "")).replace("\\", "/")).name[:120] or "upload"
@@ -162,6 +161,8 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
         store.add_upload(session, item)
         threading.Thread(target=compute_means, args=(item,), name="unflicker-means", daemon=True).start()
         return JSONResponse(item.public())
+
+    upload = guarded(upload, creates_session=True)
 
     def new_job(session: Session, data: dict, kind: str) -> Response:
         item = store.upload(session, data.get("upload"))

@@ -147,11 +147,17 @@ class Store:
     def _key(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
-    def session(self, token: str | None) -> tuple[Session, str | None]:
-        """(the session of a cookie token, a new token to set if the cookie was missing or unknown)."""
+    def session(self, token: str | None, create: bool = False) -> tuple[Session, str | None]:
+        """(the session of a cookie token, a new token to set if one was created).
+
+        A missing or unknown token gets a new session only when `create` (an upload), else an
+        empty one that is not kept: requests that store nothing leave nothing behind.
+        """
         with self.lock:
             if token and self._key(token) in self._sessions:
                 return self._sessions[self._key(token)], None
+            if not create:
+                return Session(), None
             token = secrets.token_urlsafe(24)
             session = self._sessions[self._key(token)] = Session()
             return session, token
@@ -217,6 +223,8 @@ class Store:
                 if index < excess or created < too_old:
                     getattr(self._sessions[sid], kind).pop(item.id, None)
                     shutil.rmtree(item.folder, ignore_errors=True)
+            for sid in [sid for sid, s in self._sessions.items() if not s.uploads and not s.jobs]:
+                del self._sessions[sid]  # its browser gets a new one with its next upload
 
     def forget(self, session: Session, upload: Upload) -> None:
         """Drop an upload that failed its checks, with its folder."""
