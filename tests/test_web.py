@@ -17,7 +17,7 @@ from unflicker import io
 from unflicker.cli import main
 from unflicker.errors import OutputError
 from unflicker.metrics import flicker_index
-from unflicker.web.jobs import read_progress
+from unflicker.web.jobs import ProgressLog
 from unflicker.web.server import startup_lines
 from unflicker.web.store import Store
 from web_server import Client, running_server, write_clip
@@ -246,16 +246,34 @@ def test_work_folder_must_be_empty_or_its_own(tmp_path):
     assert (tmp_path / "work").is_dir()  # a folder the user named is kept
 
 
-@pytest.mark.parametrize("padding", range(0, 70, 3))
-def test_progress_is_read_from_whole_bars_only(tmp_path, padding):
-    log = tmp_path / "log.txt"
-    bars = [f"\rdecode+analyse: {p:3d}%|#         | {p * 90 // 100}/90 [00:01<00:09, 9.0frame/s]" for p in range(101)]
-    bars += [f"\rprocess: {p:3d}%|#         | {p * 90 // 100}/90 [00:10<01:00,  1.50frame/s]" for p in range(51)]
-    log.write_text("".join(bars) + "\r" + " " * padding)  # the cut 4 kB from the end moves with it
-    stages = []
-    read_progress(log, stages)
-    assert stages == [{"name": "decode+analyse", "done": 90, "total": 90, "eta": 0},
-                      {"name": "process", "done": 45, "total": 90, "eta": 60.0}]
+def bar(name, done, total, eta="00:09"):
+    return f"\r{name}: {100 * done // total:3d}%|##        | {done}/{total} [00:01<{eta}, 9.0frame/s]"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 17, 33, 50, 61])
+def test_progress_is_read_from_whole_bars_as_they_come(tmp_path, cut):
+    """Bars read in pieces cut anywhere, the fit bar interleaved with the reading one (as the
+    neural method prints them), the last count of a closed bar never printed."""
+    text = "".join([bar("decode+analyse", n, 60) for n in range(0, 21)]
+                   + [bar("atlas", 10, 60), bar("decode+analyse", 21, 60), bar("atlas", 60, 60, "00:00")]
+                   + [bar("process", n, 60, "01:00") for n in range(0, 31)]) + "\r" + " " * 40 + "\r"
+    log, progress, stages, seen = tmp_path / "log.txt", ProgressLog(tmp_path / "log.txt"), [], []
+    log.write_text("")
+    for start in range(0, len(text), 64):
+        piece = text[start : start + 64]
+        with open(log, "a") as file:
+            file.write(piece[:cut] if cut < len(piece) else piece)
+        progress.update(stages)
+        with open(log, "a") as file:
+            file.write(piece[cut:] if cut < len(piece) else "")
+        progress.update(stages)
+        seen.append({s["name"]: s["done"] for s in stages})
+    assert stages == [{"name": "decode+analyse", "done": 60, "total": 60, "eta": 0},
+                      {"name": "atlas", "done": 60, "total": 60, "eta": 0},
+                      {"name": "process", "done": 30, "total": 60, "eta": 60.0}]
+    for before, after in zip(seen, seen[1:]):  # no count ever goes back, no stage is made up
+        assert set(before) <= set(after) <= {"decode+analyse", "atlas", "process"}
+        assert all(after[name] >= done for name, done in before.items())
 
 
 def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):

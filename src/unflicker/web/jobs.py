@@ -135,7 +135,7 @@ def compute_means(upload: Upload) -> None:
 
 # A tqdm bar as the library prints it, each update after a "\r":
 # "process:  42%|####      | 5/12 [00:01<00:02, 3.10frame/s]".
-_BAR = re.compile(r"([\w+-][\w+ -]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+_BAR = re.compile(r"([\w+-][\w+ -]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)[,\]]")
 
 
 def _seconds(clock: str) -> float | None:
@@ -147,28 +147,45 @@ def _seconds(clock: str) -> float | None:
     return total
 
 
-def read_progress(log: Path, stages: list[dict]) -> None:
-    """Update stages ([{name, done, total, eta}]) from the bars at the end of a job's stderr log."""
-    try:
-        with open(log, "rb") as file:
-            start = max(file.seek(0, 2) - 4096, 0)
-            file.seek(start)
-            tail = file.read().decode("utf-8", "replace")
-    except OSError:
-        return
-    lines = re.split(r"[\r\n]", tail)
-    for line in lines[1:] if start > 0 else lines:  # the first piece of a tail may be a line's end
-        match = _BAR.match(line)
-        if match is None:
-            continue
-        name, done, total, eta = match.group(1).strip(), int(match.group(3)), int(match.group(4)), match.group(6)
-        stage = next((s for s in stages if s["name"] == name), None)
-        if stage is None:
-            for earlier in stages:  # a new bar: the ones before it have finished
-                earlier.update(done=earlier["total"], eta=0)
-            stages.append({"name": name, "done": done, "total": total, "eta": _seconds(eta)})
-        else:
-            stage.update(done=done, total=total, eta=_seconds(eta))
+class ProgressLog:
+    """The progress bars a job's child prints on stderr (its log file), read as they come.
+
+    `update(stages)` reads what was added since the last call and updates stages:
+    [{name, done, total, eta}] in the order the bars first appeared. A new bar marks the ones
+    before it finished (a bar closed with leave=False never prints its last count); a stage's
+    count never goes back.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = ""
+
+    def update(self, stages: list[dict]) -> None:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        pieces = re.split(r"[\r\n]", self.partial + data.decode("utf-8", "replace"))
+        self.partial = pieces[-1]  # maybe unfinished: read again, whole, next time
+        for line in pieces:
+            match = _BAR.match(line)
+            if match is not None:
+                _apply(stages, match.group(1).strip(), int(match.group(3)), int(match.group(4)),
+                       _seconds(match.group(6)))
+
+
+def _apply(stages: list[dict], name: str, done: int, total: int, eta: float | None) -> None:
+    stage = next((s for s in stages if s["name"] == name), None)
+    if stage is None:
+        for earlier in stages:
+            earlier.update(done=earlier["total"], eta=0)
+        stages.append({"name": name, "done": done, "total": total, "eta": eta})
+    elif done >= stage["done"]:
+        stage.update(done=done, total=total, eta=eta)
 
 
 class JobQueue:
@@ -230,6 +247,7 @@ class JobQueue:
 
     def _run(self, job: Job) -> None:
         log = job.folder / "log.txt"
+        progress = ProgressLog(log)
         with open(log, "wb") as stderr:
             process = subprocess.Popen([sys.executable, "-m", "unflicker.web.worker", str(job.folder)],
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
@@ -244,10 +262,10 @@ class JobQueue:
                     process.wait()
                 break
             with self.store.lock:  # the page reads job.stages under the same lock
-                read_progress(log, job.stages)
+                progress.update(job.stages)
             time.sleep(self.poll)
         with self.store.lock:
-            read_progress(log, job.stages)
+            progress.update(job.stages)
         result_file = job.folder / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         with self.store.lock:
