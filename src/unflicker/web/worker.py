@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from unflicker import io
 from unflicker.errors import UnflickerError
-from unflicker.pipeline import RunConfig, RunSummary, deflicker_file
+from unflicker.pipeline import RunConfig, deflicker_file
 
 
-def _summary(summary: RunSummary, notes: list[str]) -> dict:
+def _summary(summary, notes: list[str]) -> dict:
+    """The page's copy of a RunSummary (frames, seconds, flicker before and after)."""
     return {"frames": summary.frames, "seconds": round(summary.seconds, 2),
             "flicker_before": summary.flicker_before, "flicker_after": summary.flicker_after, "notes": notes}
 
