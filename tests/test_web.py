@@ -52,9 +52,9 @@ def frames_of(path):
 def test_run_writes_the_output_the_page_offers(server, clip, finished, tmp_path):
     client, upload_id, job = finished
     assert job["state"] == "done", job["message"]
-    # The engine's own progress bars, in order (names as today's pipeline prints them).
+    # The engine's own progress bars, in order (their names are the engine's: not pinned here).
     names = [s["name"] for s in job["stages"]]
-    assert "process" in names and names[-1] == "compare" and len(names) == len(set(names)) >= 3
+    assert names[-1] == "compare" and len(names) == len(set(names)) >= 2
     assert all(s["done"] == s["total"] == 12 for s in job["stages"])
     status, data, response = client.request("GET", job["files"]["output"] + "?download=1")
     assert status == 200 and 'filename="clip-unflicker.mp4"' in response.getheader("content-disposition")
