@@ -280,6 +280,9 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     assert main(["serve", "--port", "0", "--auth", "nocolon"]) == 1
     assert capsys.readouterr().err == "unflicker: error: --auth takes user:password\n"
+    for option, value in (("--keep", "0"), ("--max-upload-mb", "0"), ("--max-seconds", "-1")):
+        assert main(["serve", "--port", "0", option, value]) == 1
+        assert "must be above 0, --keep at least 1" in capsys.readouterr().err
     assert main(["serve", "--port", "0", "--work-dir", str(tmp_path)]) == 3
     err = capsys.readouterr().err
     assert err.startswith("unflicker: error: ") and "not a work folder" in err and len(err.splitlines()) == 1

@@ -44,6 +44,9 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
 
     if auth is not None and ":" not in auth:
         raise UnflickerError("--auth takes user:password")
+    limits = limits or Limits()
+    if not (limits.max_upload_mb > 0 and limits.max_seconds > 0 and limits.keep_items >= 1):
+        raise UnflickerError("--max-upload-mb and --max-seconds must be above 0, --keep at least 1")
     os.environ.setdefault("TQDM_MININTERVAL", "0.2")
     store = Store(work_dir, limits)
     try:
