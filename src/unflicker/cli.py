@@ -129,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=48)
     demo.add_argument("--method", choices=METHOD_NAMES, default=None, help="default: neural")
 
+    serve = commands.add_parser("serve", help="open a local web page for deflickering (needs unflicker[web])")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this computer only; 0.0.0.0 opens the page "
+                            "to your network, with a warning)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    serve.add_argument("--auth", metavar="USER:PASSWORD", help="ask the browser for this login")
+    serve.add_argument("--work-dir", type=Path, metavar="DIR",
+                       help="folder for uploads and results (default: a new temporary folder, removed on exit)")
+    serve.add_argument("--max-upload-mb", type=float, default=2000.0, metavar="MB", help="largest upload (2000)")
+    serve.add_argument("--max-seconds", type=float, default=600.0, metavar="S", help="longest video (600 s)")
+    serve.add_argument("--keep", type=int, default=40, metavar="N",
+                       help="finished uploads and jobs kept in the work folder, oldest removed first (40)")
+
     for name, (_, text) in DELEGATES.items():
         commands.add_parser(name, help=text, add_help=False)  # parsed by the training script itself
     return parser
@@ -226,6 +239,15 @@ def _demo(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from unflicker.web.server import serve
+    from unflicker.web.store import Limits
+
+    limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, keep_items=args.keep)
+    serve(args.host, args.port, args.auth, args.work_dir, limits)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
@@ -234,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]
     else:
         args = build_parser().parse_args(argv)
-        handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo}[args.command]
+        handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo,
+                   "serve": _serve}[args.command]
     try:
         return handler(args)
     except UnflickerError as exc:

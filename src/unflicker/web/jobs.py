@@ -1,0 +1,287 @@
+"""The job layer: page settings -> a RunConfig, checked uploads, and a one-at-a-time queue.
+
+A job is one `unflicker.pipeline.deflicker_file(input, output, RunConfig)` call in a child process
+(worker.py): Cancel ends that process, which frees the worker at once, and the library's tqdm bars
+on the child's stderr are the progress the page shows. Nothing here knows how the engine works,
+so moving to another engine with the same entry point changes only worker.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from unflicker import io
+from unflicker.errors import InputError
+from unflicker.web.store import Job, Session, Store, Upload
+
+METHODS = ("neural", "classical")
+PRESETS = ("fast", "balanced", "paper")
+FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "mov": ".mov", "png-zip": ".zip"}
+DEFAULTS = {"method": "neural", "preset": "balanced", "strength": 1.0, "keep_slow": "", "format": "mp4"}
+"""The CLI's defaults (`unflicker run` with no options), as the page shows them."""
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".mxf",
+                  ".gif", ".wmv", ".flv", ".3gp", ".y4m", ".zip"}
+
+
+def parse_settings(form: dict) -> dict:
+    """The page's settings, checked, with the CLI's defaults for what is missing; InputError if bad."""
+    if not isinstance(form, dict):
+        raise InputError("settings must be an object")
+    unknown = set(form) - set(DEFAULTS)
+    if unknown:
+        raise InputError(f"unknown setting(s): {', '.join(sorted(map(str, unknown)))}")
+    settings = {**DEFAULTS, **form}
+    if settings["method"] not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}")
+    if settings["preset"] not in PRESETS:
+        raise InputError(f"preset must be one of {', '.join(PRESETS)}")
+    if settings["format"] not in FORMATS:
+        raise InputError(f"output format must be one of {', '.join(FORMATS)}")
+    try:
+        strength = float(settings["strength"])
+    except (TypeError, ValueError):
+        raise InputError("strength must be a number from 0 to 1") from None
+    if not 0.0 <= strength <= 1.0:
+        raise InputError("strength must be a number from 0 to 1")
+    keep_slow = str(settings["keep_slow"]).strip().lower()
+    if keep_slow not in ("", "off"):
+        try:
+            value = float(keep_slow)
+        except ValueError:
+            raise InputError("'keep slow changes' must be empty (the default), a number of frames or 'off'") from None
+        if not 0.0 <= value <= 50.0:
+            raise InputError("'keep slow changes' must be 0 to 50 frames, or 'off'")
+    return {**settings, "strength": strength, "keep_slow": keep_slow}
+
+
+def run_options(settings: dict) -> dict:
+    """RunConfig fields of checked settings (the neural-only ones only for the neural method)."""
+    options = {"method": settings["method"], "strength": settings["strength"]}
+    if settings["method"] == "neural":
+        options["preset"] = settings["preset"]
+        if settings["keep_slow"]:
+            options["keep_slow"] = math.inf if settings["keep_slow"] == "off" else float(settings["keep_slow"])
+    return options
+
+
+def _extract_frames(archive: Path, folder: Path, max_bytes: int) -> Path:
+    """Unpack the images of a zip (flat, by their base names) into folder; InputError if unusable."""
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            entries = [e for e in zipped.infolist() if not e.is_dir()
+                       and Path(e.filename).suffix.lower() in io.IMAGE_EXTENSIONS
+                       and not Path(e.filename).name.startswith(".")]
+            if not entries:
+                raise InputError(f"no images ({', '.join(io.IMAGE_EXTENSIONS)}) in the zip")
+            if sum(e.file_size for e in entries) > max_bytes:
+                raise InputError("the frames in the zip are larger than the upload limit")
+            names = [Path(e.filename).name for e in entries]
+            if len(set(names)) != len(names):
+                raise InputError("the zip holds two images with the same name in different folders")
+            folder.mkdir()
+            for entry, name in zip(entries, names):
+                # Written under its checked base name: no path from the archive is ever used.
+                with zipped.open(entry) as source, open(folder / name, "wb") as target:
+                    target.write(source.read(max_bytes + 1)[:max_bytes])
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as exc:
+        raise InputError(f"the zip cannot be read ({exc.__class__.__name__})") from None
+    return folder
+
+
+def check_upload(store: Store, upload: Upload, received: Path) -> None:
+    """Probe a received file and apply the limits; sets upload.path and facts, else InputError
+    with a message for the page (the server's paths replaced by the upload's name)."""
+    limits = store.limits
+    try:
+        path = _extract_frames(received, upload.folder / "frames", limits.max_upload_bytes) \
+            if received.suffix == ".zip" else received
+        info = io.probe(path)
+    except InputError as exc:
+        raise InputError(str(exc).replace(str(received), upload.name).replace(str(upload.folder), "")) from None
+    seconds = info.frame_count / float(info.fps or 25)
+    if seconds > limits.max_seconds:
+        raise InputError(f"it is {seconds:.1f} s long; this server takes videos up to "
+                         f"{limits.max_seconds:g} s (unflicker serve --max-seconds)")
+    if max(info.width, info.height) > limits.max_side:
+        raise InputError(f"its frames are {info.width}x{info.height}; this server takes frames up to "
+                         f"{limits.max_side} pixels a side")
+    upload.path, upload.frames, upload.fps = path, info.frame_count, float(info.fps)
+    upload.facts = info.describe().replace(path.name, upload.name, 1)
+
+
+def compute_means(upload: Upload) -> None:
+    """Fill upload.means: per-frame channel means of the input, for the page's flicker plot."""
+    try:
+        means = []
+        for frame in io.read_frames(upload.path):
+            image = frame.image
+            scale = 65535.0 if image.dtype == np.uint16 else 255.0
+            means.append([round(float(v) / scale, 5) for v in cv2.mean(image)[:3]])
+        upload.means = means
+    except InputError as exc:
+        upload.means_error = str(exc).replace(str(upload.path), upload.name)
+
+
+# A tqdm bar as the library prints it, each update after a "\r":
+# "process:  42%|####      | 5/12 [00:01<00:02, 3.10frame/s]".
+_BAR = re.compile(r"([\w+-][\w+ -]*?):\s+(\d+)%\|[^|]*\|\s*(\d+)/(\d+) \[([\d:]+)<([\d:?]+)[,\]]")
+
+
+def _seconds(clock: str) -> float | None:
+    if "?" in clock:
+        return None
+    total = 0.0
+    for part in clock.split(":"):
+        total = total * 60 + float(part)
+    return total
+
+
+class ProgressLog:
+    """The progress bars a job's child prints on stderr (its log file), read as they come.
+
+    `update(stages)` reads what was added since the last call and updates stages:
+    [{name, done, total, eta}] in the order the bars first appeared. A new bar marks the ones
+    before it finished (a bar closed with leave=False never prints its last count); a stage's
+    count never goes back.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = ""
+
+    def update(self, stages: list[dict]) -> None:
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.offset)
+                data = file.read()
+        except OSError:
+            return
+        self.offset += len(data)
+        pieces = re.split(r"[\r\n]", self.partial + data.decode("utf-8", "replace"))
+        self.partial = pieces[-1]  # maybe unfinished: read again, whole, next time
+        for line in pieces:
+            match = _BAR.match(line)
+            if match is not None:
+                _apply(stages, match.group(1).strip(), int(match.group(3)), int(match.group(4)),
+                       _seconds(match.group(6)))
+
+
+def _apply(stages: list[dict], name: str, done: int, total: int, eta: float | None) -> None:
+    stage = next((s for s in stages if s["name"] == name), None)
+    if stage is None:
+        for earlier in stages:
+            earlier.update(done=earlier["total"], eta=0)
+        stages.append({"name": name, "done": done, "total": total, "eta": eta})
+    elif done >= stage["done"]:
+        stage.update(done=done, total=total, eta=eta)
+
+
+class JobQueue:
+    """Runs queued jobs one at a time (previews before runs) in a worker thread."""
+
+    def __init__(self, store: Store, poll: float = 0.25):
+        self.store = store
+        self.poll = poll
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="unflicker-jobs", daemon=True)
+        self.thread.start()
+
+    def submit(self, session: Session, job: Job) -> None:
+        """Queue a job of the session (its upload checked, its settings parsed)."""
+        spec = {"kind": job.kind, "input": str(job.upload.path), "options": run_options(job.settings),
+                "format": FORMATS[job.settings["format"]], "frame": job.frame,
+                "preview_seconds": self.store.limits.preview_seconds}
+        (job.folder / "spec.json").write_text(json.dumps(spec))
+        self.store.add_job(session, job)
+        self.wake.set()
+
+    def cancel(self, job: Job) -> None:
+        with self.store.lock:
+            if job.state == "queued":
+                job.state, job.message, job.finished = "cancelled", "cancelled before it started", time.time()
+            elif job.state == "running":
+                job.cancel.set()
+
+    def _order(self) -> list[Job]:
+        """The running job, then the queued ones in the order they will run."""
+        active = [job for job in self.store.all_jobs() if job.active]
+        return sorted(active, key=lambda job: (job.state != "running", job.kind != "preview", job.created))
+
+    def _next(self) -> Job | None:
+        return next((job for job in self._order() if job.state == "queued"), None)
+
+    def ahead(self) -> dict[str, int]:
+        """job id -> how many jobs (of any session) will run or are running before it, for queued jobs."""
+        with self.store.lock:
+            return {job.id: index for index, job in enumerate(self._order()) if job.state == "queued"}
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            with self.store.lock:
+                job = self._next()
+                if job is not None:
+                    job.state, job.started = "running", time.time()
+            if job is None:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            try:
+                self._run(job)
+            except (OSError, ValueError) as exc:  # the child could not start, or its result not be read
+                with self.store.lock:
+                    job.state, job.message, job.finished = "failed", f"the job could not run: {exc}", time.time()
+            self.store.sweep()
+
+    def _run(self, job: Job) -> None:
+        log = job.folder / "log.txt"
+        progress = ProgressLog(log)
+        with open(log, "wb") as stderr:
+            process = subprocess.Popen([sys.executable, "-m", "unflicker.web.worker", str(job.folder)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       cwd=job.folder)
+        while process.poll() is None:
+            if job.cancel.is_set() or self.stopping.is_set():
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                break
+            with self.store.lock:  # the page reads job.stages under the same lock
+                progress.update(job.stages)
+            time.sleep(self.poll)
+        with self.store.lock:
+            progress.update(job.stages)
+        result_file = job.folder / "result.json"
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        with self.store.lock:
+            job.finished = time.time()
+            if job.cancel.is_set() or self.stopping.is_set():
+                job.state, job.message = "cancelled", "cancelled"
+            elif "error" in result:
+                job.state, job.message = "failed", result["error"].replace(str(job.upload.folder), "")
+            elif process.returncode != 0 or "files" not in result:
+                job.state, job.message = "failed", f"the job stopped unexpectedly (exit code {process.returncode})"
+            else:
+                for stage in job.stages:
+                    stage.update(done=stage["total"], eta=0)
+                job.state, job.result, job.files = "done", result["summary"], result["files"]
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.thread.join(10)

@@ -1,0 +1,107 @@
+"""One job of the web page, in its own process: `python -m unflicker.web.worker JOB_FOLDER`.
+
+Reads JOB_FOLDER/spec.json (written by jobs.JobQueue), calls the library's file entry point
+`deflicker_file(input, output, RunConfig)` once, and writes JOB_FOLDER/result.json: the files it
+wrote (names inside JOB_FOLDER) and the run's summary, or {"error": message}. Progress is the
+library's tqdm bars on stderr. Everything is written inside JOB_FOLDER.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import traceback
+import warnings
+import zipfile
+from contextlib import closing
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from unflicker import io
+from unflicker.errors import UnflickerError
+from unflicker.pipeline import RunConfig, deflicker_file
+
+
+def _summary(summary, notes: list[str]) -> dict:
+    """The page's copy of a RunSummary (frames, seconds, flicker before and after)."""
+    return {"frames": summary.frames, "seconds": round(summary.seconds, 2),
+            "flicker_before": summary.flicker_before, "flicker_after": summary.flicker_after, "notes": notes}
+
+
+def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Path, str]:
+    """Write the stretch of about `seconds` around frame `centre` as PNG frames into folder.
+
+    Returns (the folder, the file name of the centre frame)."""
+    info = io.probe(input_path)
+    count = min(info.frame_count, max(2, round(seconds * float(info.fps))))
+    centre = min(max(int(centre), 0), info.frame_count - 1)
+    start = min(max(centre - count // 2, 0), info.frame_count - count)
+    folder.mkdir()
+    name = None
+    with closing(io.read_frames(input_path, info)) as frames, tqdm(total=count, desc="cut", unit="frame") as bar:
+        for frame in frames:
+            if frame.index >= start + count:
+                break
+            if frame.index >= start:
+                file = f"{frame.index:06d}.png"
+                cv2.imwrite(str(folder / file), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                name = file if frame.index == centre else name
+                bar.update()
+    return folder, name or file
+
+
+def preview(spec: dict, folder: Path, notes: list[str]) -> dict:
+    clip, centre = cut(spec["input"], folder / "preview-in", spec["frame"], spec["preview_seconds"])
+    out = folder / "preview-out"
+    summary = deflicker_file(clip, out, RunConfig(**spec["options"], compare=folder / "preview.mp4"))
+    shutil.copyfile(clip / centre, folder / "before.png")
+    shutil.copyfile(out / centre, folder / "after.png")
+    shutil.rmtree(clip)
+    shutil.rmtree(out)
+    return {"files": {"compare": "preview.mp4", "before": "before.png", "after": "after.png"},
+            "summary": _summary(summary, notes)}
+
+
+def run(spec: dict, folder: Path, notes: list[str]) -> dict:
+    suffix = spec["format"]
+    output = folder / ("frames" if suffix == ".zip" else f"output{suffix}")
+    summary = deflicker_file(spec["input"], output,
+                             RunConfig(**spec["options"], compare=folder / "compare.mp4", plot=folder / "plot.png"))
+    if suffix == ".zip":
+        partial = folder / "output.zip.part"
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+            for frame in sorted(output.iterdir(), key=lambda p: io.natural_key(p.name)):
+                archive.write(frame, frame.name)
+        partial.rename(folder / "output.zip")
+        shutil.rmtree(output)
+        output = folder / "output.zip"
+    return {"files": {"output": output.name, "compare": "compare.mp4", "plot": "plot.png"},
+            "summary": _summary(summary, notes)}
+
+
+def main(argv: list[str]) -> int:
+    folder = Path(argv[0]).resolve()
+    spec = json.loads((folder / "spec.json").read_text())
+    code = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = (preview if spec["kind"] == "preview" else run)(spec, folder, [])
+            result["summary"]["notes"] = sorted({str(w.message) for w in caught})
+        except UnflickerError as exc:
+            result, code = {"error": str(exc)}, 1
+        except Exception as exc:  # noqa: BLE001 - the page gets one line, the log keeps the traceback
+            traceback.print_exc()
+            result, code = {"error": f"internal error ({exc.__class__.__name__}: {exc}); see log.txt in the "
+                                     f"job's work folder"}, 2
+    partial = folder / "result.json.part"
+    partial.write_text(json.dumps(result))
+    partial.rename(folder / "result.json")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,316 @@
+"""`unflicker serve` over HTTP: jobs, bad uploads, limits, path traversal, sessions, auth.
+
+A real server process on a free loopback port; the browser tests are in test_web_browser.py.
+"""
+
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import io
+from unflicker.cli import main
+from unflicker.errors import OutputError
+from unflicker.metrics import flicker_index
+from unflicker.web.jobs import ProgressLog
+from unflicker.web.server import startup_lines
+from unflicker.web.store import Store
+from web_server import Client, running_server, write_clip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("serve") / "work") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def finished(server, clip):
+    """(client, upload id, a finished classical run) of one session."""
+    client = Client(server)
+    status, upload = client.upload(clip)
+    assert status == 200, upload
+    status, job = client.json("POST", "/api/run", {"upload": upload["id"], "settings": {"method": "classical"}})
+    assert status == 200, job
+    return client, upload["id"], client.wait(job["id"])
+
+
+def frames_of(path):
+    return [io.to_float(f.image) for f in io.read_frames(path)]
+
+
+def test_run_writes_the_output_the_page_offers(server, clip, finished, tmp_path):
+    client, upload_id, job = finished
+    assert job["state"] == "done", job["message"]
+    # The engine's own progress bars, in order (their names are the engine's: not pinned here).
+    names = [s["name"] for s in job["stages"]]
+    assert names[-1] == "compare" and len(names) == len(set(names)) >= 2
+    assert all(s["done"] == s["total"] == 12 for s in job["stages"])
+    status, data, response = client.request("GET", job["files"]["output"] + "?download=1")
+    assert status == 200 and 'filename="clip-unflicker.mp4"' in response.getheader("content-disposition")
+    (tmp_path / "out.mp4").write_bytes(data)
+    out = frames_of(tmp_path / "out.mp4")
+    assert len(out) == 12 and job["result"]["frames"] == 12
+    before, after = flicker_index(frames_of(clip))["luma"], flicker_index(out)["luma"]
+    assert after < 0.3 * before
+    assert job["result"]["flicker_after"] < 0.3 * job["result"]["flicker_before"]
+    for label in ("compare", "plot"):
+        status, data, _ = client.request("GET", job["files"][label])
+        assert status == 200 and len(data) > 100
+
+
+def test_preview_and_png_zip_output(server, clip, finished, tmp_path):
+    client, upload_id, _ = finished
+    status, preview = client.json("POST", "/api/preview", {"upload": upload_id, "frame": 6,
+                                                           "settings": {"method": "classical"}})
+    assert status == 200, preview
+    status, run = client.json("POST", "/api/run", {"upload": upload_id,
+                                                   "settings": {"method": "classical", "format": "png-zip"}})
+    preview, run = client.wait(preview["id"]), client.wait(run["id"])
+    assert preview["state"] == run["state"] == "done", (preview["message"], run["message"])
+    assert [s["name"] for s in preview["stages"]][0] == "cut"
+    status, data, _ = client.request("GET", preview["files"]["after"])
+    assert status == 200 and data.startswith(b"\x89PNG")
+    status, data, _ = client.request("GET", run["files"]["output"] + "?download=1")
+    (tmp_path / "frames.zip").write_bytes(data)
+    with zipfile.ZipFile(tmp_path / "frames.zip") as archive:
+        names = archive.namelist()
+    assert len(names) == 12 and all(name.endswith(".png") and "/" not in name for name in names)
+
+
+def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(server, clip, tmp_path):
+    client = Client(server)
+    (tmp_path / "notes.mp4").write_text("not a video at all\n")
+    (tmp_path / "cut.mp4").write_bytes(clip.read_bytes()[:3000])
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with av.open(str(tmp_path / "zero.mp4"), "w") as container:  # a video stream with no frames
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        container.start_encoding()
+    zipped = tmp_path / "nothing.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("../../readme.txt", "no images here")
+    folders = len(list((server.work / "items").iterdir()))
+    for name, expected in (("notes.mp4", "not a video"), ("cut.mp4", "not a video"), ("empty.mp4", "is empty"),
+                           ("zero.mp4", "no video stream"), ("nothing.zip", "no images")):
+        status, data = client.upload(tmp_path / name)
+        assert status == 400, (name, data)
+        assert data["error"].startswith(f"{name} cannot be used") and expected in data["error"], data["error"]
+        assert str(server.work) not in data["error"]
+    assert client.state()["uploads"] == []
+    assert len(list((server.work / "items").iterdir())) == folders  # nothing left behind
+    status, data = client.upload(clip)
+    assert status == 200 and "12 frames, 96x64" in data["facts"]
+
+
+def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished, tmp_path):
+    client, upload_id, job = finished
+    job_id, job_folder = job["id"], server.work / "items" / job["id"]
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    refused = [f"/files/{job_id}/../../../../../etc/passwd", f"/files/{job_id}/..%2F..%2F..%2Fetc%2Fpasswd",
+               f"/files/{job_id}/%2Fetc%2Fpasswd", f"/files/{job_id}//etc/passwd", f"/files/{job_id}/log.txt",
+               f"/files/{job_id}/spec.json", f"/files/{upload_id}/input.mp4", f"/files/..%2F{job_id}/output.mp4",
+               f"/files/{job_id}/{secret}", f"/files/{job_id}/" + str(secret).replace("/", "%2F"),
+               f"/files/%2E%2E/{job_id}/output.mp4", f"/files/{job_id}/..", "/files/../../etc/passwd"]
+    for path in refused:
+        status, data, _ = client.request("GET", path)
+        assert status == 404 and b"secret" not in data and b"root:" not in data, path
+    # A served name that has become a symlink (to a file outside the work folder) is refused.
+    plot = (job_folder / "plot.png").read_bytes()
+    (job_folder / "plot.png").unlink()
+    (job_folder / "plot.png").symlink_to(secret)
+    status, data, _ = client.request("GET", job["files"]["plot"])
+    assert status == 404 and b"secret" not in data
+    (job_folder / "plot.png").unlink()
+    (job_folder / "plot.png").symlink_to(job_folder / "log.txt")  # even to a file beside it
+    status, data, _ = client.request("GET", job["files"]["plot"])
+    assert status == 404 and b"process" not in data
+    (job_folder / "plot.png").unlink()
+    (job_folder / "plot.png").write_bytes(plot)
+    assert client.request("GET", job["files"]["plot"])[0] == 200
+    # Every parameter that names an upload or a job takes only this session's ids.
+    for bad in ("../" + upload_id, "/etc/passwd", str(clip), f"{upload_id}/../{upload_id}", ["x"], None):
+        for route in ("/api/preview", "/api/run"):
+            status, data = client.json("POST", route, {"upload": bad, "frame": 0})
+            assert status == 404, (route, bad, data)
+        status, data = client.json("POST", "/api/cancel", {"job": bad})
+        assert status == 404, data
+    # The browser's file name is only shown: nothing is written where it points.
+    status, data = client.upload(clip, name="../../../escaped.mp4")
+    assert status == 200 and data["name"] == "escaped.mp4"
+    assert not list(server.work.parent.rglob("escaped.mp4")) and not (Path("/") / "escaped.mp4").exists()
+    assert sorted(p.name for p in (server.work / "items" / data["id"]).iterdir()) == ["input.mp4"]
+    # So is every name inside an uploaded zip of frames: they are unpacked flat, by base name.
+    ok, png = cv2.imencode(".png", np.full((32, 32, 3), 128, np.uint8))
+    with zipfile.ZipFile(tmp_path / "frames.zip", "w") as archive:
+        for i in range(3):
+            archive.writestr(f"../../../zipped{i}.png", png.tobytes())
+    status, data = client.upload(tmp_path / "frames.zip")
+    assert status == 200 and "3 frames, 32x32" in data["facts"], data
+    assert not list(server.work.parent.rglob("zipped0.png"))[1:]  # only the one inside the upload's folder
+    assert list(server.work.parent.rglob("zipped0.png"))[0].parent == server.work / "items" / data["id"] / "frames"
+
+
+def test_sessions_do_not_see_each_other(server, finished):
+    owner, upload_id, job = finished
+    other = Client(server)
+    state = other.state()
+    assert state["uploads"] == [] and state["jobs"] == []
+    for path in job["files"].values():
+        assert other.request("GET", path)[0] == 404
+        assert owner.request("GET", path)[0] == 200
+    assert other.json("POST", "/api/run", {"upload": upload_id})[0] == 404
+    assert other.json("POST", "/api/cancel", {"job": job["id"]})[0] == 404
+    forged = Client(server)
+    forged.cookie = "unflicker_session=" + "A" * 32
+    assert forged.state()["jobs"] == [] and forged.json("POST", "/api/run", {"upload": upload_id})[0] == 404
+
+
+def test_a_failing_job_says_why_and_the_queue_goes_on(server, clip, tmp_path):
+    client = Client(server)
+    tiny = client.upload(write_clip(tmp_path / "tiny.mp4", n=4, width=16, height=12))[1]["id"]
+    failing = client.json("POST", "/api/run", {"upload": tiny, "settings": {"method": "neural"}})[1]
+    after = client.json("POST", "/api/run", {"upload": tiny, "settings": {"method": "classical"}})[1]
+    job = client.wait(failing["id"], 60)
+    assert job["state"] == "failed" and "too small or too thin for the neural method" in job["message"]
+    assert "Traceback" not in job["message"] and str(server.work) not in job["message"]
+    assert client.wait(after["id"], 60)["state"] == "done"
+
+
+def test_cancel_frees_the_worker_for_the_next_job(server, clip):
+    client = Client(server)
+    upload_id = client.upload(clip)[1]["id"]
+    slow = client.json("POST", "/api/run", {"upload": upload_id,
+                                            "settings": {"method": "neural", "preset": "paper"}})[1]
+    quick = client.json("POST", "/api/run", {"upload": upload_id, "settings": {"method": "classical"}})[1]
+    queued = client.json("POST", "/api/run", {"upload": upload_id, "settings": {"method": "classical"}})[1]
+    assert client.wait(slow["id"], 30, states=("running",))["state"] == "running"
+    jobs = {j["id"]: j for j in client.state()["jobs"]}
+    assert (jobs[quick["id"]]["state"], jobs[quick["id"]]["ahead"], jobs[queued["id"]]["ahead"]) == ("queued", 1, 2)
+    assert jobs[slow["id"]]["ahead"] is None
+    assert client.json("POST", "/api/cancel", {"job": queued["id"]})[1]["state"] == "cancelled"
+    client.json("POST", "/api/cancel", {"job": slow["id"]})
+    assert client.wait(slow["id"], 15)["state"] == "cancelled"
+    assert client.wait(quick["id"], 30)["state"] == "done"
+    assert not (server.work / "items" / slow["id"] / "output.mp4").exists()
+
+
+def test_limits_retention_auth_and_host_checks(tmp_path, clip):
+    short = write_clip(tmp_path / "short.mp4", n=4)
+    big = tmp_path / "big.mp4"
+    big.write_bytes(os.urandom(60_000))
+    with running_server(tmp_path / "work", "--auth", "ann:s3cret", "--max-upload-mb", "0.05",
+                        "--max-seconds", "0.5", "--keep", "2") as server:
+        assert Client(server).request("GET", "/")[0] == 401
+        assert Client(server, auth="ann:wrong").request("GET", "/")[0] == 401
+        client = Client(server, auth="ann:s3cret")
+        assert client.request("GET", "/")[0] == 200
+        assert client.request("GET", "/", headers={"Host": "attacker.example"})[0] == 403
+        assert client.request("POST", "/api/run", b"{}", {"Origin": "http://attacker.example"})[0] == 403
+        status, data = client.upload(big)
+        assert status == 413 and "larger than this server's upload limit of 0.05 MB" in data["error"]
+        status, data = client.upload(clip)
+        assert status == 400 and "1.0 s long" in data["error"] and "up to 0.5 s" in data["error"]
+        ids = [client.upload(short, name=f"short{i}.mp4")[1]["id"] for i in range(3)]
+        assert [u["id"] for u in client.state()["uploads"]] == ids[1:]
+        assert not (server.work / "items" / ids[0]).exists() and (server.work / "items" / ids[2]).exists()
+    assert "warning" not in " ".join(server.lines)
+
+
+def test_startup_lines_and_work_folder():
+    assert not any("warning" in line for line in startup_lines("127.0.0.1", 7860, None, "/w"))
+    lines = startup_lines("0.0.0.0", 7860, None, "/w")
+    assert lines[0] == "unflicker: serving on http://0.0.0.0:7860/ (Ctrl+C to stop)"
+    assert "warning: listening on 0.0.0.0" in lines[-1] and "--auth" in lines[-1]
+
+
+def test_work_folder_must_be_empty_or_its_own(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not a work folder"):
+        Store(tmp_path)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+    store = Store(tmp_path / "work")
+    Store(tmp_path / "work")  # its own folder again: fine
+    store.close()
+    assert (tmp_path / "work").is_dir()  # a folder the user named is kept
+
+
+def bar(name, done, total, eta="00:09"):
+    return f"\r{name}: {100 * done // total:3d}%|##        | {done}/{total} [00:01<{eta}, 9.0frame/s]"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 5, 17, 33, 50, 61])
+def test_progress_is_read_from_whole_bars_as_they_come(tmp_path, cut):
+    """Bars read in pieces cut anywhere, the fit bar interleaved with the reading one (as the
+    neural method prints them), the last count of a closed bar never printed."""
+    text = "".join([bar("decode+analyse", n, 60) for n in range(0, 21)]
+                   + [bar("atlas", 10, 60), bar("decode+analyse", 21, 60), bar("atlas", 60, 60, "00:00")]
+                   + [bar("process", n, 60, "01:00") for n in range(0, 31)]) + "\r" + " " * 40 + "\r"
+    log, progress, stages, seen = tmp_path / "log.txt", ProgressLog(tmp_path / "log.txt"), [], []
+    log.write_text("")
+    for start in range(0, len(text), 64):
+        piece = text[start : start + 64]
+        with open(log, "a") as file:
+            file.write(piece[:cut] if cut < len(piece) else piece)
+        progress.update(stages)
+        with open(log, "a") as file:
+            file.write(piece[cut:] if cut < len(piece) else "")
+        progress.update(stages)
+        seen.append({s["name"]: s["done"] for s in stages})
+    assert stages == [{"name": "decode+analyse", "done": 60, "total": 60, "eta": 0},
+                      {"name": "atlas", "done": 60, "total": 60, "eta": 0},
+                      {"name": "process", "done": 30, "total": 60, "eta": 60.0}]
+    for before, after in zip(seen, seen[1:]):  # no count ever goes back, no stage is made up
+        assert set(before) <= set(after) <= {"decode+analyse", "atlas", "process"}
+        assert all(after[name] >= done for name, done in before.items())
+
+
+def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["serve", "--port", "0", "--auth", "nocolon"]) == 1
+    assert capsys.readouterr().err == "unflicker: error: --auth takes user:password\n"
+    for option, value in (("--keep", "0"), ("--max-upload-mb", "0"), ("--max-seconds", "-1")):
+        assert main(["serve", "--port", "0", option, value]) == 1
+        assert "must be above 0, --keep at least 1" in capsys.readouterr().err
+    assert main(["serve", "--port", "0", "--work-dir", str(tmp_path)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("unflicker: error: ") and "not a work folder" in err and len(err.splitlines()) == 1
+    assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+def test_stopping_the_server_stops_a_running_job(tmp_path, clip):
+    def workers_on(folder):
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(folder).encode() in cmdline.read_bytes():
+                    found.append(cmdline.parent.name)
+            except OSError:
+                pass
+        return found
+
+    with running_server(tmp_path / "work") as server:
+        client = Client(server)
+        upload_id = client.upload(clip)[1]["id"]
+        job = client.json("POST", "/api/run", {"upload": upload_id,
+                                               "settings": {"method": "neural", "preset": "paper"}})[1]
+        client.wait(job["id"], 30, states=("running",))
+        folder = server.work / "items" / job["id"]
+        deadline = time.monotonic() + 10  # "running" is set just before the process starts
+        while not workers_on(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert workers_on(folder)
+    assert server.process.returncode == 0 and workers_on(folder) == []
+    assert server.lines[:2] == [f"unflicker: serving on {server.url} (Ctrl+C to stop)\n",
+                                f"unflicker: work folder {server.work}\n"]

@@ -1,0 +1,222 @@
+"""The page in a real browser: headless Chromium (Debian's `chromium`, installed by `make test`)
+driven by Playwright, the way a user works: open, upload, preview, run, wait, download."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unflicker import io
+from unflicker.metrics import flicker_index
+from web_server import running_server, write_clip
+
+CHROMIUM = os.environ.get("UNFLICKER_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMING = os.environ.get("UNFLICKER_WEB_TIMING")
+"""Set: also time the default (neural) preview and run of a 90-frame 480p clip in the page."""
+SCREENSHOT = os.environ.get("UNFLICKER_WEB_SCREENSHOT")
+"""The timed test saves its finished page here too (how docs/web.png is made)."""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium, or set UNFLICKER_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("serve") / "work") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_clip(tmp_path_factory.mktemp("clip") / "flickering.mp4")
+
+
+def frames_of(path):
+    return [io.to_float(f.image) for f in io.read_frames(path)]
+
+
+def open_page(browser, server):
+    """A new browser session on the page; every URL it asks for is kept in `page.requested`."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
+    page.goto(server.url)
+    return context, page
+
+
+def upload(page, path):
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("() => document.querySelectorAll('#inplot polyline').length === 3")
+
+
+def choose(page, method, preset=None):
+    page.select_option("#method", method)
+    if preset:
+        page.select_option("#preset", preset)
+
+
+def run_and_wait(page, timeout_s):
+    """Click Run; the newest run card once it is done (its time as the page shows it)."""
+    count = page.locator("#jobs .job").count()
+    page.click("#run")
+    card = page.locator("#jobs .job").first
+    page.wait_for_function(f"() => document.querySelectorAll('#jobs .job').length === {count + 1}")
+    page.wait_for_function("() => !['queued', 'running'].includes(document.querySelector('#jobs .job').dataset.state)",
+                           timeout=timeout_s * 1000)
+    assert card.get_attribute("data-state") == "done", card.locator(".error").text_content()
+    return card
+
+
+def test_upload_preview_run_download(browser, server, clip, tmp_path):
+    context, page = open_page(browser, server)
+    assert page.title() == "unflicker"
+    upload(page, clip)
+    assert "12 frames, 96x64, 12 fps" in page.text_content("#facts")
+    choose(page, "classical")
+    assert page.is_disabled("#preset") and page.is_disabled("#keepslow")
+    page.eval_on_selector("#frame", "e => { e.value = 4; e.dispatchEvent(new Event('input')); }")
+    assert page.text_content("#frame-value") == "4 of 11"
+
+    start = time.monotonic()
+    page.click("#preview")
+    preview = page.locator("#previews .job[data-state=done]")
+    preview.wait_for()
+    preview_seconds = time.monotonic() - start
+    assert "around frame 4" in preview.text_content()
+    for image in ("img.before", "img.after"):
+        page.wait_for_function(f"() => document.querySelector('#previews {image}').naturalWidth === 96")
+
+    start = time.monotonic()
+    card = run_and_wait(page, 60)
+    run_seconds = time.monotonic() - start
+    shown = card.locator(".flicker")
+    before, after = float(shown.get_attribute("data-before")), float(shown.get_attribute("data-after"))
+    assert after < 0.3 * before and "12 frames" in shown.text_content()
+    # The player plays the before | after video the job wrote, and the plot loads.
+    page.wait_for_function("() => { const v = document.querySelector('#jobs video.player');"
+                           " return v.readyState >= 1 && v.videoWidth === 192; }")
+    page.wait_for_function("() => document.querySelector('#jobs img.plot').naturalWidth > 0")
+    with page.expect_download() as download:
+        card.locator("a.download").click()
+    assert download.value.suggested_filename == "flickering-unflicker.mp4"
+    output = tmp_path / download.value.suggested_filename
+    download.value.save_as(output)
+    out = frames_of(output)
+    assert len(out) == 12
+    assert flicker_index(out)["luma"] < 0.3 * flicker_index(frames_of(clip))["luma"]
+
+    page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
+    assert page.requested and all(url.startswith(server.url) for url in page.requested)  # nothing from elsewhere
+    print(f"\npreview {preview_seconds:.1f} s, classical run {run_seconds:.1f} s in the page")
+
+    # A reload keeps the session's upload and jobs; another browser session sees none of them.
+    page.reload()
+    page.locator("#jobs .job[data-state=done] .flicker").wait_for()
+    assert "12 frames" in page.text_content("#facts")
+    other, other_page = open_page(browser, server)
+    other_page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    assert other_page.locator(".job").count() == 0 and other_page.text_content("#facts") == ""
+    other.close()
+    context.close()
+
+
+def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, server, clip, tmp_path):
+    context, page = open_page(browser, server)
+    notes = tmp_path / "holiday.mp4"
+    notes.write_text("this is a shopping list, not a video\n")
+    page.set_input_files("#file", str(notes))
+    message = page.locator("#message")
+    message.wait_for()
+    assert message.text_content().startswith("holiday.mp4 cannot be used: not a video")
+    assert "Traceback" not in page.content()
+    upload(page, clip)  # the server still serves, the same page still works
+    assert page.is_enabled("#run") and page.is_hidden("#uploads-field")
+    # Several files at once: each is uploaded, and the page offers a choice between them.
+    second = write_clip(tmp_path / "second.mp4", n=6)
+    page.set_input_files("#file", [str(second), str(clip)])
+    page.wait_for_function("() => document.querySelectorAll('#uploads option').length === 3")
+    page.select_option("#uploads", label="second.mp4")
+    page.wait_for_function("() => document.querySelector('#facts').textContent.includes('6 frames')")
+    assert page.text_content("#frame-value") == "2 of 5"
+    context.close()
+
+
+def test_neural_fast_run_and_cancel(browser, server, clip):
+    context, page = open_page(browser, server)
+    upload(page, clip)
+    choose(page, "neural", "fast")
+    start = time.monotonic()
+    card = run_and_wait(page, 90)
+    print(f"\nneural fast run {time.monotonic() - start:.1f} s in the page")
+    stages = [s.text_content() for s in card.locator(".stage > span:first-child").all()]
+    assert len(stages) >= 2 and stages[-1] == "Making the comparison", stages
+    bars = card.locator(".stage progress").all()
+    assert all(b.get_attribute("value") == b.get_attribute("max") for b in bars)
+    shown = card.locator(".flicker")
+    assert float(shown.get_attribute("data-after")) < 0.5 * float(shown.get_attribute("data-before"))
+
+    choose(page, "neural", "paper")  # minutes on a CPU: cancelled long before it ends
+    page.click("#run")
+    running = page.locator("#jobs .job[data-state=running]")
+    running.wait_for()
+    running.locator(".cancel").click()
+    page.locator("#jobs .job[data-state=cancelled]").wait_for(timeout=15_000)
+    assert page.locator("#jobs .job[data-state=cancelled] .cancel").is_hidden()
+    context.close()
+
+
+@pytest.mark.skipif(not TIMING, reason="minutes on a CPU: set UNFLICKER_WEB_TIMING=1 to time a 480p job")
+def test_time_a_480p_job_with_the_defaults(browser, server, tmp_path):
+    import av
+    from skimage import data
+
+    from unflicker import synth
+
+    clean = synth.camera_move_clip(data.stereo_motorcycle()[0], 90, (480, 854), motion="pan", seed=0)
+    path = tmp_path / "motorcycle.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 854, 480, "yuv420p", {"crf": "14"}
+        for frame in synth.add_flicker(clean, kind="mixed", strength=1.0, seed=0):
+            image = av.VideoFrame.from_ndarray((np.clip(frame, 0, 1) * 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    context, page = open_page(browser, server)
+    start = time.monotonic()
+    upload(page, path)
+    shown = time.monotonic() - start
+    page.eval_on_selector("#frame", "e => { e.value = 45; e.dispatchEvent(new Event('input')); }")
+    start = time.monotonic()
+    page.click("#preview")
+    page.locator("#previews .job[data-state=done]").wait_for(timeout=600_000)
+    preview_seconds = time.monotonic() - start
+    start = time.monotonic()
+    card = run_and_wait(page, 600)
+    run_seconds = time.monotonic() - start
+    flicker = card.locator(".flicker")
+    assert float(flicker.get_attribute("data-after")) < float(flicker.get_attribute("data-before"))
+    page.wait_for_function("() => document.querySelector('#jobs img.plot').naturalWidth > 0")
+    page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
+    if SCREENSHOT:
+        shutil.copyfile(tmp_path / "web.png", SCREENSHOT)
+    print(f"\n90 frames 854x480, defaults: facts and plot {shown:.1f} s, preview {preview_seconds:.1f} s, "
+          f"run {run_seconds:.1f} s in the page; {flicker.text_content()}")
+    context.close()
