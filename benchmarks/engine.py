@@ -4,6 +4,8 @@ commit in the same run (interleaved, medians), with the peak memory of the whole
     git worktree add /tmp/unflicker-base abc6f85   # the commit before the engine
     python benchmarks/engine.py --baseline /tmp/unflicker-base [--input DIR_OR_VIDEO] [--repeats 3]
 
+    python benchmarks/engine.py --memory 3000 [--workers 2]
+
 Runs, each --repeats times, interleaved: the baseline's default (its src/ first on PYTHONPATH, same
 interpreter and packages), this tree's `--workers 1`, `--workers 2` (the default on 2 cores) and
 `--engine ray --workers 2`. Memory is the largest sum of RSS over the run's process and all its
@@ -111,13 +113,38 @@ def segment_profile(input_path: Path) -> tuple[list[tuple[int, float]], float, f
     return times, total - sum(t for _, t in times), total
 
 
+def memory(length: int, workers: int) -> None:
+    """Peak RSS of all processes of one default run on a LENGTH-frame 854x480 clip (davis-bear
+    played forwards and backwards, global flicker), appended to the results."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from e2e import make_clip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = make_clip(length, Path(tmp) / f"clip{length}.mkv", SHARED / "clean" / "davis-bear.mp4")
+        cmd = [sys.executable, "-m", "unflicker", "run", str(clip), "-o", str(Path(tmp) / "out.mp4"), "--quiet",
+               "--workers", str(workers)]
+        wall, peak, cpu = timed(cmd, dict(os.environ))
+    text = (f"### {time.strftime('%Y-%m-%d %H:%M')} memory: {length} frames at 854x480, default settings, "
+            f"--workers {workers}: peak RSS of all processes {peak:.0f} MB; {wall:.0f} s wall "
+            f"({length / wall:.2f} frames/s, load at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}), "
+            f"{cpu:.0f} CPU s\n\n")
+    print(text)
+    with open(RESULTS, "a") as f:
+        f.write(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, default=SHARED / "processed" / "goat" / "processed")
     p.add_argument("--baseline", type=Path, help="worktree of the commit to compare against")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", nargs="*", help="run only the settings whose names contain one of these")
+    p.add_argument("--memory", type=int, metavar="LENGTH", help="instead: peak memory of one run on a clip this long")
+    p.add_argument("--workers", type=int, default=2, help="--memory: workers of that run")
     args = p.parse_args()
+    if args.memory:
+        memory(args.memory, args.workers)
+        return
     from unflicker import io
 
     n = io.probe(args.input).frame_count

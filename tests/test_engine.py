@@ -248,3 +248,17 @@ def test_bad_engine_options_are_one_line_errors(flickering, tmp_path, capsys, ar
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_batch_list_file_mirrors_paths_and_refuses_two_inputs_with_one_output(tmp_path):
+    from unflicker.batch import run_batch
+
+    for name in ("x/clip", "y/clip"):
+        clean = synth.camera_move_clip(photo(3), 6, (24, 32), motion="pan", seed=1)
+        write_folder(tmp_path / "in" / name, synth.add_flicker(clean, "global", 1.0, seed=2))
+    listing = tmp_path / "in" / "list.txt"
+    listing.write_text("x/clip\n# a comment\ny/clip\n" + str(tmp_path / "in" / "x" / "clip") + "\n")
+    rows = run_batch(listing, tmp_path / "out", RunConfig(method="classical", progress=False,
+                                                          engine=EngineConfig(workers=1)))
+    assert [r.status for r in rows] == ["done", "done", "failed"] and "same output name" in rows[2].error
+    assert (tmp_path / "out" / "x" / "clip").is_dir() and (tmp_path / "out" / "y" / "clip").is_dir()

@@ -50,7 +50,9 @@ def find_inputs(source: Path) -> list[tuple[Path, Path]]:
         lines = [line.strip() for line in source.read_text().splitlines()]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line
                  for line in lines if line and not line.startswith("#")]
-        return [(p, Path(p.name)) for p in paths]
+        root = source.parent.resolve()
+        return [(p, p.resolve().relative_to(root) if p.resolve().is_relative_to(root) else Path(p.name))
+                for p in paths]
     if not source.is_dir():
         raise InputError(f"{source} is neither a folder nor a list file")
     found = []
@@ -87,10 +89,15 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         raise InputError(f"no videos or frame folders in {source}")
     items: dict[int, BatchItem] = {}
     jobs = []
+    taken: dict[Path, Path] = {}
     for i, (path, relative) in enumerate(inputs):
         output = out_dir / relative
         item = BatchItem(str(path), str(output), "pending")
         items[i] = item
+        if output in taken:
+            item.status, item.error = "failed", f"same output name as {taken[output]}"
+            continue
+        taken[output] = path
         if output.exists() and not config.overwrite:
             item.status = "skipped"
             continue
