@@ -12,8 +12,8 @@ per channel (global_sigma), its spatially coarse remainder (coarse_sigma) and th
 Light-borne flicker (old film's exposure, uneven or drifting light) lives in the mean and the coarse
 part and has slow swings too, so only truly slow changes go back there; the look a per-frame process
 gives (colours of objects, local contrast) is finer and changes quickly, so the short window keeps it.
-The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive (the
-buffer holds that many frames, whatever the length).
+The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive;
+`corrections` holds only coarse-grid arrays meanwhile (the caller keeps the outputs, e.g. on disk).
 """
 
 from __future__ import annotations
@@ -104,13 +104,29 @@ class SlowAppearanceAnchor:
         return rest - coarse, coarse, frame_mean
 
     def stream(self, items: Iterable[tuple[Tag, np.ndarray, np.ndarray]]) -> Iterator[tuple[Tag, np.ndarray]]:
+        """Yield (tag, anchored O_t) for each (tag, I_t, O_t), `radius` frames late (holding the
+        outputs meanwhile; `corrections` + `apply` let a caller keep them elsewhere)."""
+        pending: deque = deque()
+
+        def held():
+            for tag, frame, output in items:
+                pending.append(output)
+                yield tag, frame, output
+
+        for tag, slow in self.corrections(held()):
+            yield tag, self.apply(pending.popleft(), slow)
+
+    def corrections(self, items: Iterable[tuple[Tag, np.ndarray, np.ndarray]]
+                    ) -> Iterator[tuple[Tag, np.ndarray | None]]:
+        """Yield (tag, slow part of the correction on the coarse grid, or None for nothing) for each
+        (tag, I_t, O_t), `radius` frames late; only coarse-grid arrays are held, never a frame."""
         if all(weights is None for weights in self.part_weights):
-            for tag, _, output in items:
-                yield tag, output
+            for tag, _, _ in items:
+                yield tag, None
             return
         r = self.config.radius
         # The coarse corrections of the current shot from r frames back to the newest, and the
-        # full-resolution outputs not yet yielded (only r + 1 of those are ever held).
+        # tags of the frames not yet yielded (r + 1 at most).
         coarse: deque = deque()
         pending: deque = deque()
         for t, (tag, frame, output) in enumerate(items):
@@ -118,7 +134,7 @@ class SlowAppearanceAnchor:
                 yield from self._emit(coarse, pending, len(pending))
                 coarse.clear()
             coarse.append(self._parts(_coarse(output - frame, self.config.grid_rows)))
-            pending.append((tag, output))
+            pending.append(tag)
             if len(pending) > r:  # the oldest pending frame now has its whole look-ahead
                 yield from self._emit(coarse, pending, 1)
                 while len(coarse) - len(pending) > r:  # older frames are never looked back to again
@@ -126,7 +142,7 @@ class SlowAppearanceAnchor:
         yield from self._emit(coarse, pending, len(pending))
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
-        """Yield the `count` oldest pending frames, anchored."""
+        """Yield the `count` oldest pending tags with their slow corrections."""
         r = self.config.radius
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
@@ -136,11 +152,17 @@ class SlowAppearanceAnchor:
                 if weights is not None:
                     w = weights[lo - i + r : hi - i + r]
                     slow += sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
-            tag, output = pending.popleft()
-            h, wd = output.shape[:2]
-            if slow.shape[:2] != (h, wd):
-                slow = cv2.resize(slow, (wd, h), interpolation=cv2.INTER_LINEAR)
-            # float32 throughout (the weights are float64): a float64 full-resolution frame would
-            # double the cost of this and of every step after it.
-            anchored = np.subtract(output, slow, dtype=np.float32)
-            yield tag, np.clip(anchored, 0.0, 1.0, out=anchored)
+            yield pending.popleft(), slow
+
+    @staticmethod
+    def apply(output: np.ndarray, slow: np.ndarray | None) -> np.ndarray:
+        """O_t minus the upsampled slow correction, clipped to [0, 1] (float32)."""
+        if slow is None:
+            return output
+        h, wd = output.shape[:2]
+        if slow.shape[:2] != (h, wd):
+            slow = cv2.resize(slow, (wd, h), interpolation=cv2.INTER_LINEAR)
+        # float32 throughout (the weights are float64): a float64 full-resolution frame would
+        # double the cost of this and of every step after it.
+        anchored = np.subtract(output, slow, dtype=np.float32)
+        return np.clip(anchored, 0.0, 1.0, out=anchored)

@@ -172,13 +172,15 @@ def _float(image: np.ndarray) -> np.ndarray:
 def run_segment(task: SegmentTask) -> SegmentResult:
     """The one pass loop: analyse the span, then process it frame by frame, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
-    from unflicker.io import atomic_npy, from_float, write_png
+    from unflicker.io import from_float, write_png
 
     start = time.perf_counter()
     marker = None
     if task.running_dir is not None:
         marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"
         marker.write_text(str(os.getpid()))
+    out: np.ndarray | None = None
+    temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.partial")
     try:
         frames = _open_frames(task.frames)
         n = len(task.segment.span)
@@ -187,28 +189,38 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         with fixed_threads(task.threads):
             method = build_method(task.method)
             method.analyze(_float(frames[i]) for i in range(n))
-            out = None
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
 
             def processed():
+                nonlocal out
                 for i in range(n):
                     image = _float(frames[i])
                     stages = method.process(i, image)
                     if task.stages_dir is not None and i in core:
                         for stage, frame in stages.items():
                             write_png(Path(task.stages_dir) / stage / task.names[i], frame)
-                    yield i, image, stages[method.stages[-1]]
+                    output = stages[method.stages[-1]]
+                    if out is None:  # on disk when the result goes to a file: memory does not grow with size
+                        shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
+                        out = np.empty(shape, np.uint16) if temp is None else \
+                            np.lib.format.open_memmap(temp, "w+", np.uint16, shape)
+                    out[i] = from_float(output, 16)  # held here until the anchor has looked ahead
+                    yield i, image, output
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
-            for i, output in anchor.stream(processed()):
-                if out is None:  # a run stopped early returns its last stage (the atlas's is smaller)
-                    out = np.empty((n, *output.shape), np.uint16)
-                out[i] = from_float(output, 16)
+            for i, slow in anchor.corrections(processed()):
+                if slow is not None:
+                    out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
         result: np.ndarray | Path = out
-        if task.output is not None:
-            result = atomic_npy(Path(task.output), out)
+        if temp is not None:
+            out.flush()
+            del out
+            os.replace(temp, task.output)
+            result = Path(task.output)
         return SegmentResult(task.job, task.segment.index, result, time.perf_counter() - start)
     finally:
+        if temp is not None:
+            temp.unlink(missing_ok=True)
         if marker is not None:
             marker.unlink(missing_ok=True)
