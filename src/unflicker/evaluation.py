@@ -68,22 +68,39 @@ class Evaluator:
         if long_term > 1 and self._reference.frame_count > long_term:
             self._long = metrics.ReferenceFlows.compute(float_frames(self._reference), step=long_term,
                                                         max_side=max_side)
+        self.max_side = max_side
+        # Pairs (first frame, t) for the long-term half of the paper's E_warp.
+        self._first = metrics.ReferenceFlows.compute(float_frames(self._reference), against_first=True,
+                                                     max_side=max_side)
 
     def score(self, result: str | Path) -> dict[str, float]:
-        """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB."""
+        """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB.
+
+        Keys: frames, warp_error (Lai, t -> t+1), warp_error_k<K> (t -> t+K), flicker_index,
+        psnr and ssim (with a ground truth), paper_warp_error (Lei et al. CVPR 2023: masked L1,
+        short-term plus long-term to the first frame) and detail (Laplacian energy of the result
+        over the ground truth's, or the reference's without one, per-frame contrast matched).
+        """
         result_info = aligned_infos(io.probe(result), self._like)[0]
         if (result_info.width, result_info.height) != (self._reference.width, self._reference.height):
             raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
                              f"{self._reference.width}x{self._reference.height}")
         scale = metrics.WARP_ERROR_SCALE
         report: dict[str, float] = {"frames": float(result_info.frame_count)}
-        report["warp_error"] = self._short.score(float_frames(result_info)) * scale
+        short_l2, short_l1 = self._short.scores(float_frames(result_info))
+        report["warp_error"] = short_l2 * scale
         if self._long is not None:
             report[f"warp_error_k{self.long_term}"] = self._long.score(float_frames(result_info)) * scale
         report["flicker_index"] = metrics.flicker_index(float_frames(result_info))["luma"] * scale
         if self._truth is not None:
             report["psnr"] = metrics.sequence_psnr(float_frames(result_info), float_frames(self._truth))
             report["ssim"] = metrics.sequence_ssim(float_frames(result_info), float_frames(self._truth))
+        # The paper's E_warp: masked L1, short-term (t, t+1) plus long-term (first frame, t).
+        report["paper_warp_error"] = (short_l1 + self._first.scores(float_frames(result_info))[1]) * scale
+        # Sharpness against the ground truth (the look to keep) or, without one, the reference.
+        detail_ref = self._truth if self._truth is not None else self._reference
+        report["detail"] = metrics.detail_ratio(float_frames(result_info), float_frames(detail_ref),
+                                                max_side=self.max_side)
         return report
 
 
@@ -94,7 +111,8 @@ def evaluate(result: str | Path, reference: str | Path, ground_truth: str | Path
 
 
 def format_report(report: dict[str, float]) -> str:
-    units = {"warp_error": "x1e-3", "flicker_index": "x1e-3", "psnr": "dB"}
+    units = {"warp_error": "x1e-3", "flicker_index": "x1e-3", "psnr": "dB", "paper_warp_error": "x1e-3",
+             "detail": "(1 = as sharp)"}
     lines = []
     for key, value in report.items():
         unit = units.get(key.split("_k")[0], "")
