@@ -12,7 +12,8 @@ Sources (SOURCES below, data-free: paths under ../shared/data and scikit-image's
           shared/data/real-flicker/* (real flicker, no ground truth)
 Kinds (KINDS):
   physical   a clean clip with seeded synthetic flicker (synth.Flicker kinds: global, colour, local, mains,
-             step-held gain/colour, old-film pumping with grain); flow on and PSNR to the clean clip
+             step-held gain/colour, old-film pumping with grain); flow on and PSNR to the clean clip (film:
+             PSNR to the clean clip with the same grain and no pumping, as grain is texture, not flicker)
   processed  a clean clip after a per-frame image operation with random parameters per frame (PROCESSES);
              flow on the clean clip, PSNR to the processed frames (the look to keep); the clean clip is the floor
   clean      the clean clip unchanged (do no harm): PSNR to the input
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parent.parent / "shared" / "data"
 CACHE = ROOT / ".cache" / "corpus"
 LISTING = ROOT / "corpus.json"
-VERSION = 1  # bump when a generator changes: the cache is keyed by it
+VERSION = 2  # bump when a generator changes: the cache is keyed by it
 SPLIT_SEED = 17
 FRAMES = 48
 SIDE = 480
@@ -322,8 +323,10 @@ def _clean_clip(case: dict, data: Path, n_frames: int, side: int) -> np.ndarray:
                                   case["params"]["seed"])
 
 
-def build(case: dict, data: Path = DATA, n_frames: int = FRAMES, side: int = SIDE, cache: Path = CACHE) -> CaseFiles:
-    """Write (once) the case's videos into the cache and return their paths."""
+def build(case: dict, data: Path = DATA, n_frames: int = FRAMES, side: int = SIDE,
+          cache: Path | None = None) -> CaseFiles:
+    """Write (once) the case's videos into the cache (default CACHE) and return their paths."""
+    cache = CACHE if cache is None else cache
     key = hashlib.sha1(json.dumps([VERSION, case, n_frames, side], sort_keys=True).encode()).hexdigest()[:10]
     folder = cache / f"{case['name'].replace('/', '_')}-{n_frames}f-{side}-{key}"
     files = {role: folder / f"{role}.mkv" for role in ("input", "clean")}
@@ -347,6 +350,10 @@ def build(case: dict, data: Path = DATA, n_frames: int = FRAMES, side: int = SID
             if kind.startswith("physical/"):
                 flicker = synth.Flicker(synth.FLICKER_KINDS[kind.split("/")[1]](), seed % (2**31))
                 _write((flicker.apply(t, f) for t, f in enumerate(clean)), files["input"])
+                if kind == "physical/film":  # grain is the film's texture, not flicker: the truth keeps it
+                    grain_only = synth.Flicker(synth.FLICKER_KINDS["film"](film_pump_sigma=0.0, film_jitter_sigma=0.0),
+                                               seed % (2**31))
+                    _write((grain_only.apply(t, f) for t, f in enumerate(clean)), folder / "truth.mkv")
             elif kind.startswith("processed/"):
                 op = kind.split("/")[1]
                 _write((process_frame(op, f, t, seed) for t, f in enumerate(clean)), files["input"])
@@ -361,6 +368,8 @@ def build(case: dict, data: Path = DATA, n_frames: int = FRAMES, side: int = SID
         return CaseFiles(case["name"], kind, files["input"], files["clean"], files["input"], files["clean"])
     if kind == "clean":
         return CaseFiles(case["name"], kind, files["input"], files["input"], files["input"], files["input"])
+    if kind == "physical/film":  # flow on the clean clip; PSNR, detail and the floor: clean + the same grain
+        return CaseFiles(case["name"], kind, files["input"], files["clean"], folder / "truth.mkv", folder / "truth.mkv")
     return CaseFiles(case["name"], kind, files["input"], files["clean"], files["clean"], files["clean"])
 
 

@@ -64,3 +64,57 @@ def test_build_a_photo_case_into_the_cache(tmp_path):
     stamp = next(tmp_path.iterdir()) / "done"
     before = stamp.stat().st_mtime_ns
     assert corpus.build(case, n_frames=3, side=64, cache=tmp_path) == files and stamp.stat().st_mtime_ns == before
+
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+heldout = importlib.import_module("heldout")
+
+
+def _row(case, kind, method, **scores):
+    return {"case": case, "kind": kind, "method": method, "warp_error": 1.0, "detail": 1.0, **scores}
+
+
+def test_bars_compare_the_target_with_the_other_methods():
+    rows = [
+        _row("p/a", "processed/x", "input", psnr=float("inf"), gap_closed=0.0, paper_reduction=0.0),
+        _row("p/a", "processed/x", "paper", psnr=30.0, gap_closed=95.0, paper_reduction=50.0),
+        _row("p/a", "processed/x", "neural", psnr=33.0, gap_closed=92.0, paper_reduction=40.0, detail=0.9),
+        _row("p/b", "processed/x", "paper", psnr=31.0, gap_closed=95.0, paper_reduction=50.0),
+        _row("p/b", "processed/x", "neural", psnr=34.0, gap_closed=84.0, paper_reduction=30.0),
+        _row("f/a", "physical/step", "ffmpeg", psnr=25.0, paper_reduction=20.0),
+        _row("f/a", "physical/step", "classical", psnr=28.0, paper_reduction=50.0),
+        _row("f/a", "physical/step", "neural", psnr=29.0, paper_reduction=70.0),
+        _row("c/a", "clean", "neural", psnr=43.0),
+        _row("r/a", "real", "ffmpeg", flicker_index=2.0, warp_error=0.5),
+        _row("r/a", "real", "classical", flicker_index=1.0, warp_error=0.3),
+        _row("r/a", "real", "neural", flicker_index=1.5, warp_error=0.4),
+    ]
+    status = {(b["kind"], b["bar"]): b["status"] for b in heldout.bars(rows, "neural")}
+    assert status[("processed/x", "detail >= 0.95 on every case")] == "NOT met"  # 0.9 on p/a
+    assert status[("processed/x", ">= 90 % of the warping-error gap closed")] == "NOT met"  # mean of 92, 84
+    assert status[("processed/x", "PSNR >= paper stages + 2 dB")] == "met"  # 33.5 vs 30.5
+    assert status[("processed/x", ">= 85 % of the gap at >= 30 dB on every case")] == "NOT met"  # 84 on p/b
+    assert status[("processed/x", "paper E_warp reduction vs input >= 35 %")] == "met"  # mean 35
+    assert status[("physical/step", "PSNR >= classical + 1.5 dB")] == "NOT met"
+    assert status[("physical/step", "PSNR >= ffmpeg + 4 dB")] == "met"
+    assert status[("physical/step", "paper E_warp reduction vs input >= 60 %")] == "met"
+    assert status[("clean", ">= 42 dB to the input on every case")] == "met"
+    assert status[("real", "flicker_index below ffmpeg's on every case")] == "met"
+    assert status[("real", "warp_error below classical's on every case")] == "NOT met"
+    # A bar against the target itself, or against a method not run, is not applicable.
+    own = {(b["kind"], b["bar"]): b["status"] for b in heldout.bars(rows, "classical")}
+    assert own[("physical/step", "PSNR >= classical + 1.5 dB")] == "n/a"
+    assert own[("processed/x", "all")] == "n/a"
+
+
+@pytest.mark.skipif(not corpus.DATA.is_dir(), reason="needs ../shared/data")
+def test_score_case_runs_a_method_and_measures_the_gap(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus, "CACHE", tmp_path / "cache")
+    case = next(c for c in corpus.load_listing() if c["kind"] == "physical/global" and c["source_type"] == "photo")
+    rows = heldout.score_case(case, ["classical"], 10, 128, corpus.DATA, tmp_path / "work", log=lambda _: None)
+    by = {r["method"]: r for r in rows}
+    assert list(by) == ["input", "clean", "classical"] and not any(r["error"] for r in rows)
+    assert by["input"]["gap_closed"] == 0.0 and by["clean"]["gap_closed"] == pytest.approx(100.0)
+    assert by["classical"]["gap_closed"] > 30 and by["classical"]["psnr"] > by["input"]["psnr"]
+    assert by["classical"]["paper_reduction"] > 0 and by["classical"]["seconds"] > 0
+    assert 0.8 < by["classical"]["detail"] < 1.3
