@@ -239,3 +239,26 @@ def test_detail_ratio_blur_sharpen_and_contrast():
         detail_ratio(frames, frames[:, :-1])
     with pytest.raises(InputError):
         detail_ratio([], [])
+
+
+def test_evaluator_reports_the_new_metrics_held_or_streamed(tmp_path, clip, flickering, monkeypatch):
+    from unflicker import evaluation, io
+
+    def write(frames, path):
+        info = io.VideoInfo(path, False, W, H, len(frames), io.DEFAULT_FOLDER_FPS, "rgb24", 8, False, None)
+        with io.VideoWriter(path, info, overwrite=True) as writer:
+            for frame in frames:
+                writer.write(frame)
+        return np.stack([io.to_float(f.image) for f in io.read_frames(path)])
+
+    clean, flick = write(clip, tmp_path / "clean.mkv"), write(flickering, tmp_path / "flick.mkv")
+    held = evaluation.evaluate(tmp_path / "flick.mkv", tmp_path / "clean.mkv", tmp_path / "clean.mkv")
+    monkeypatch.setattr(evaluation, "HOLD_BYTES", 0)  # decode again for every metric: the same numbers
+    assert evaluation.evaluate(tmp_path / "flick.mkv", tmp_path / "clean.mkv", tmp_path / "clean.mkv") == held
+    assert held["paper_warp_error"] == pytest.approx(paper_warp_error(flick, clean) * WARP_ERROR_SCALE, rel=1e-6)
+    assert held["detail"] == pytest.approx(detail_ratio(flick, clean), rel=1e-6)
+    same = evaluation.evaluate(tmp_path / "clean.mkv", tmp_path / "clean.mkv")  # no ground truth: detail vs reference
+    assert same["detail"] == pytest.approx(1.0) and "psnr" not in same
+    assert same["paper_warp_error"] < 0.2 * held["paper_warp_error"]
+    text = evaluation.format_report(held)
+    assert "paper_warp_error" in text and "x1e-3" in text.split("paper_warp_error")[1].splitlines()[0]
