@@ -18,9 +18,10 @@ Kinds (KINDS):
              flow on the clean clip, PSNR to the processed frames (the look to keep); the clean clip is the floor
   clean      the clean clip unchanged (do no harm): PSNR to the input
   shared-processed / real   the shared clips as they are
-The split: sources are grouped (clips of one scene form one group), each source type's groups are shuffled
-with SPLIT_SEED and the first half (rounded up) is held out; then the synthetic kinds are dealt to each
-split's sources in a seeded rotation so every kind occurs in both splits. The result is committed as
+The split: sources are grouped (clips of one scene form one group); within each stratum (source type x
+seen before, see SEEN) the groups are shuffled with SPLIT_SEED and the first half (rounded up) is held out;
+then CASES_PER_SOURCE kinds are dealt to each split's sources from a seeded shuffle of DECK, cycled, so
+every kind occurs in both splits. The result is committed as
 benchmarks/corpus.json; tests/test_corpus.py checks that it is what this file generates.
 Case videos are generated on demand into CACHE (lossless .mkv, never committed).
 """
@@ -102,6 +103,7 @@ PROCESSES = ("tonemap", "autolevels", "awb", "dehaze", "colorize", "stylize", "e
              "denoise", "sharpen", "img2img")
 KINDS = tuple(f"physical/{k}" for k in PHYSICAL) + tuple(f"processed/{k}" for k in PROCESSES) + ("clean",)
 CASES_PER_SOURCE = 3
+DECK = KINDS + ("clean",)  # the kinds dealt to sources; clean twice, as do-no-harm has a bar on every case
 
 
 # ---------------------------------------------------------------- per-frame processing (random per frame)
@@ -216,7 +218,7 @@ def make_listing(seed: int = SPLIT_SEED) -> list[dict]:
     cases = []
     for part in ("tune", "heldout"):
         synthetic = [n for n in table if split[n] == part and table[n][0] in ("video", "photo")]
-        deck = [KINDS[i] for i in rng.permutation(len(KINDS))]
+        deck = [DECK[i] for i in rng.permutation(len(DECK))]
         slot = 0
         for name in synthetic:
             for _ in range(CASES_PER_SOURCE):

@@ -189,7 +189,7 @@ def _num(value, fmt):
 
 
 def format_row(row: dict) -> str:
-    return (f"| {row['case']} | {row['method']} | {_num(row.get('warp_error'), '.3f')} | "
+    return (f"| {row['case']}{' (seen)' if row.get('seen') else ''} | {row['method']} | {_num(row.get('warp_error'), '.3f')} | "
             f"{_num(row.get('gap_closed'), '.1f')} | {_num(row.get('paper_warp_error'), '.2f')} | "
             f"{_num(row.get('paper_reduction'), '.1f')} | {_num(row.get('flicker_index'), '.3f')} | "
             f"{_num(row.get('psnr'), '.2f')} | {_num(row.get('detail'), '.3f')} | {_num(row.get('seconds'), '.1f')} |")
