@@ -2,6 +2,7 @@
 
     python benchmarks/heldout.py --split heldout                      # every method, all held-out cases
     python benchmarks/heldout.py --split tune --methods classical --cases 'physical/*' --frames 24
+    python benchmarks/heldout.py --split heldout --resume              # go on after an interrupted run
 
 Methods: input (the case's input as it is), ffmpeg (libavfilter `deflicker` defaults), classical, neural
 (the default), paper (the neural method's paper stages alone: RunConfig(keep_slow=inf, projection=False)).
@@ -107,7 +108,14 @@ SUMMARY_KEYS = ("gap_closed", "psnr", "detail", "flicker_index", "warp_error", "
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """Per (kind, method): number of cases and mean (and min for gap and detail) of each score."""
+    """Per (kind, method), then per family ("all processed", "all physical", ...) and over every case:
+    number of cases and mean (and min for gap, PSNR and detail) of each score."""
+    families = [{**r, "kind": f"all {group(r['kind'])}"} for r in rows if group(r["kind"]) != r["kind"]]
+    everything = [{**r, "kind": "all cases"} for r in rows]
+    return _summarize(rows) + _summarize(families) + _summarize(everything)
+
+
+def _summarize(rows: list[dict]) -> list[dict]:
     out = []
     for kind in dict.fromkeys(r["kind"] for r in rows):
         for method in dict.fromkeys(r["method"] for r in rows if r["kind"] == kind):
@@ -232,19 +240,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=corpus.DATA)
     parser.add_argument("--out", type=Path, default=ROOT / "results")
     parser.add_argument("--name", help="file stem of the written tables (default: heldout-<split>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cases an interrupted run of the same --name, methods, frames and side finished")
     args = parser.parse_args(argv)
     cases = corpus.select(corpus.load_listing(), args.split, args.cases)
     if not cases:
         parser.error("no case matches")
     target = args.target or ("neural" if "neural" in args.methods else args.methods[-1])
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    name = args.name or f"heldout-{args.split}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / f"{name}.partial.jsonl"  # one line per finished case, for --resume
+    done: dict[str, list[dict]] = {}
+    if args.resume and partial.exists():
+        for line in partial.read_text().splitlines():
+            entry = json.loads(line)
+            if entry["methods"] == args.methods and entry["frames"] == args.frames and entry["side"] == args.side:
+                done[entry["case"]] = entry["rows"]
+    elif partial.exists():
+        partial.unlink()
     rows = []
     work = Path(tempfile.mkdtemp(prefix="unflicker-heldout-"))
     try:
         for i, case in enumerate(cases):
+            if case["name"] in done:
+                rows += done[case["name"]]
+                continue
             print(f"[{i + 1}/{len(cases)}] {case['name']}", file=sys.stderr, flush=True)
-            rows += score_case(case, args.methods, args.frames, args.side, args.data, work,
-                               log=lambda line: print(line, file=sys.stderr, flush=True))
+            case_rows = score_case(case, args.methods, args.frames, args.side, args.data, work,
+                                   log=lambda line: print(line, file=sys.stderr, flush=True))
+            rows += case_rows
+            with partial.open("a") as f:
+                f.write(json.dumps({"case": case["name"], "methods": args.methods, "frames": args.frames,
+                                    "side": args.side, "rows": case_rows}) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary, bar_rows = summarize(rows), bars(rows, target)
@@ -252,13 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             f"Run {started} on {os.cpu_count()} CPUs: {len(cases)} cases, first {args.frames} frames at longer side "
             f"{args.side}; methods {', '.join(args.methods)}; bars checked for `{target}`. Seconds: decode + method + "
             "encode. Cases marked seen in the JSON come from clips the project trained or tuned on before.")
-    name = args.name or f"heldout-{args.split}"
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.md").write_text(markdown(rows, summary, bar_rows, note))
     meta = {"started": started, "split": args.split, "cases": args.cases, "frames": args.frames, "side": args.side,
             "methods": args.methods, "target": target, "cpus": os.cpu_count()}
     (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows, "summary": summary,
                                                        "bars": bar_rows}, indent=1))
+    partial.unlink(missing_ok=True)
     print(markdown(rows, summary, bar_rows, note))
     return 0
 

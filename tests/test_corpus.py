@@ -118,3 +118,29 @@ def test_score_case_runs_a_method_and_measures_the_gap(tmp_path, monkeypatch):
     assert by["classical"]["gap_closed"] > 30 and by["classical"]["psnr"] > by["input"]["psnr"]
     assert by["classical"]["paper_reduction"] > 0 and by["classical"]["seconds"] > 0
     assert 0.8 < by["classical"]["detail"] < 1.3
+
+
+def test_heldout_main_writes_tables_and_resumes(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_score_case(case, methods, frames, side, data, work, log=print):
+        calls.append(case["name"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the run is killed on its second case
+        return [{"case": case["name"], "kind": case["kind"], "split": case["split"], "seen": case["seen"],
+                 "method": m, "warp_error": 1.0, "detail": 1.0, "psnr": 40.0, "gap_closed": 50.0,
+                 "paper_reduction": 10.0, "seconds": 1.0, "error": None} for m in ["input", *methods]]
+
+    monkeypatch.setattr(heldout, "score_case", fake_score_case)
+    args = ["--split", "heldout", "--methods", "classical", "--cases", "clean/*", "processed/detail/bsds-45000",
+            "--out", str(tmp_path), "--name", "t"]
+    with pytest.raises(KeyboardInterrupt):
+        heldout.main(args)
+    assert (tmp_path / "t.partial.jsonl").read_text().count("\n") == 1 and len(calls) == 2
+    heldout.main(args + ["--resume"])
+    assert len(calls) == 2 + 4 and calls.count(calls[0]) == 1  # the finished case was not run again
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert {r["case"] for r in result["rows"]} == set(calls) and not (tmp_path / "t.partial.jsonl").exists()
+    kinds = {s["kind"] for s in result["summary"]}
+    assert {"clean", "processed/detail", "all processed", "all cases"} <= kinds
+    assert "## Issue 17's bars" in (tmp_path / "t.md").read_text()
