@@ -90,10 +90,11 @@ def score_case(case: dict, methods: list[str], frames: int, side: int, data: Pat
     for row in rows:
         if "warp_error" not in row:
             continue
-        if floor and base["warp_error"] - floor["warp_error"] > 1e-9:
-            row["gap_closed"] = 100 * (base["warp_error"] - row["warp_error"]) / (base["warp_error"] - floor["warp_error"])
-        if base["paper_warp_error"] > 0:
-            row["paper_reduction"] = 100 * (base["paper_warp_error"] - row["paper_warp_error"]) / base["paper_warp_error"]
+        e_in, p_in = base.get("warp_error"), base.get("paper_warp_error")
+        if e_in is not None and floor and "warp_error" in floor and e_in - floor["warp_error"] > 1e-9:
+            row["gap_closed"] = 100 * (e_in - row["warp_error"]) / (e_in - floor["warp_error"])
+        if p_in:
+            row["paper_reduction"] = 100 * (p_in - row["paper_warp_error"]) / p_in
         log(format_row(row))
     for row in rows:
         if row["error"]:
@@ -197,7 +198,8 @@ def _num(value, fmt):
 
 
 def format_row(row: dict) -> str:
-    return (f"| {row['case']}{' (seen)' if row.get('seen') else ''} | {row['method']} | {_num(row.get('warp_error'), '.3f')} | "
+    seen = " (seen)" if row.get("seen") else ""
+    return (f"| {row['case']}{seen} | {row['method']} | {_num(row.get('warp_error'), '.3f')} | "
             f"{_num(row.get('gap_closed'), '.1f')} | {_num(row.get('paper_warp_error'), '.2f')} | "
             f"{_num(row.get('paper_reduction'), '.1f')} | {_num(row.get('flicker_index'), '.3f')} | "
             f"{_num(row.get('psnr'), '.2f')} | {_num(row.get('detail'), '.3f')} | {_num(row.get('seconds'), '.1f')} |")
