@@ -182,12 +182,13 @@ def _format_row(row: dict) -> str:
 
     return (f"| {row['case']} | {row['method']} | {num('warp_error', '.3f')} | {num('warp_error_k5', '.3f')} | "
             f"{num('flicker_index', '.3f')} | {num('psnr', '.2f')} | {num('ssim', '.4f')} | "
+            f"{num('paper_warp_error', '.2f')} | {num('detail', '.3f')} | "
             f"{num('seconds', '.1f') if row['seconds'] else ''} | {num('fps', '.1f')} |")
 
 
 def markdown_table(rows: list[dict]) -> str:
     header = ("| case | method | E_warp (x1e-3) | E_warp t,t+5 (x1e-3) | flicker index (x1e-3) | PSNR (dB) | "
-              "SSIM | seconds | frames/s |\n|---|---|---|---|---|---|---|---|---|")
+              "SSIM | paper E_warp (x1e-3) | detail | seconds | frames/s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     return "\n".join([header] + [_format_row(r) for r in rows])
 
 

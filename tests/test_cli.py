@@ -49,6 +49,13 @@ def test_run_then_eval_shows_less_flicker(tmp_path, clips, capsys):
     assert after["flicker_index"] < 0.5 * before["flicker_index"]
     assert after["psnr"] > before["psnr"]
     assert after["warp_error"] < before["warp_error"]
+    # The paper's E_warp (masked L1, short- plus long-term) falls too; the detail ratio to the clean
+    # clip stays near 1 for a global correction, and the text report shows both.
+    assert after["paper_warp_error"] < before["paper_warp_error"]
+    assert 0.8 < after["detail"] < 1.25 and 0.5 < before["detail"] < 2.0
+    assert {"frames", "warp_error", "flicker_index", "psnr", "ssim"} <= set(after)
+    code, out, _ = run_cli(capsys, "eval", output, "--reference", clean, "--ground-truth", clean)
+    assert code == 0 and "paper_warp_error" in out and "detail" in out
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_folder", "corrupt", "exists", "same_as_input", "no_folder",

@@ -9,7 +9,10 @@ from unflicker.errors import InputError
 from unflicker.metrics import (
     WARP_ERROR_SCALE,
     ReferenceFlows,
+    detail_ratio,
     flicker_index,
+    laplacian_energy,
+    paper_warp_error,
     psnr,
     sequence_psnr,
     sequence_ssim,
@@ -180,3 +183,82 @@ def test_warp_error_value_is_mean_over_valid_pixels_and_channels():
     assert warp_error(red_only, reference) == pytest.approx(0.01 / 3, rel=1e-4)
     # Frame t + 2 equals frame t, so the long-term error sees no change at all.
     assert warp_error(all_channels, reference, step=2) < 1e-9
+
+
+def test_paper_warp_error_is_short_plus_long_term_masked_l1():
+    # Static reference: zero flow, every pixel valid; the result has known per-frame offsets c_t.
+    reference = np.repeat(texture(H, W, 7, 0.2, 0.7)[None], 5, axis=0)
+    offsets = np.array([0.0, 0.1, 0.0, 0.2, 0.1])
+    result = reference + offsets[:, None, None, None]
+    short = np.abs(np.diff(offsets)).mean()  # (t, t+1)
+    long = np.abs(offsets[1:] - offsets[0]).mean()  # (first frame, t)
+    assert paper_warp_error(result, reference) == pytest.approx(short + long, rel=1e-4)
+    # Only the red channel changing counts a third (mean over channels), and L1 is not L2.
+    red = reference.copy()
+    red[..., 0] += offsets[:, None, None]
+    assert paper_warp_error(red, reference) == pytest.approx((short + long) / 3, rel=1e-4)
+    assert paper_warp_error(reference, reference) < 1e-6
+    assert paper_warp_error(reference[:1], reference[:1]) == 0.0
+
+
+def test_paper_warp_error_ranks_flicker_and_follows_motion(clip, flickering):
+    clean = paper_warp_error(clip, clip)
+    assert clean < 0.01  # a pan of the texture is explained by the flow
+    assert paper_warp_error(flickering, clip) > 5 * clean
+    # It is the L1 halves of ReferenceFlows.scores on the two pair sets.
+    short = ReferenceFlows.compute(clip).scores(flickering)[1]
+    long = ReferenceFlows.compute(clip, against_first=True).scores(flickering)[1]
+    assert paper_warp_error(iter(flickering), iter(clip)) == pytest.approx(short + long, rel=1e-9)
+    with pytest.raises(InputError):
+        paper_warp_error(clip, clip[:-1])
+    with pytest.raises(InputError):
+        paper_warp_error([], [])
+
+
+def test_detail_ratio_blur_sharpen_and_contrast():
+    frames = np.stack([texture(H, W, s, 0.1, 0.9) for s in range(3)])
+    frames = np.clip(frames + 0.05 * np.random.default_rng(0).standard_normal(frames.shape), 0, 1).astype(np.float32)
+    assert detail_ratio(frames, frames) == pytest.approx(1.0, abs=1e-6)
+    blurred = np.stack([cv2.GaussianBlur(f, (0, 0), 1.0) for f in frames])
+    assert detail_ratio(blurred, frames) < 0.5
+    assert detail_ratio(frames, blurred) > 2.0
+    sharpened = np.clip(frames + 0.5 * (frames - blurred), 0, 1)
+    assert detail_ratio(sharpened, frames) > 1.2
+    # Per-frame contrast matching: a global gain and offset (different per frame) is not detail.
+    gains = np.array([0.5, 0.8, 0.6])[:, None, None, None]
+    dimmer = (0.05 + gains * frames).astype(np.float32)
+    assert detail_ratio(dimmer, frames) == pytest.approx(1.0, rel=1e-3)
+    assert laplacian_energy(dimmer[0]) == pytest.approx(0.25 * laplacian_energy(frames[0]), rel=1e-3)
+    # Streams and uint8 frames; max_side downsamples both.
+    as_uint8 = (frames * 255).round().astype(np.uint8)
+    assert detail_ratio(iter(as_uint8), (f for f in as_uint8)) == pytest.approx(1.0, abs=1e-6)
+    assert detail_ratio(blurred, frames, max_side=48) < 1.0
+    with pytest.raises(InputError):
+        detail_ratio(frames, frames[:-1])
+    with pytest.raises(InputError):
+        detail_ratio(frames, frames[:, :-1])
+    with pytest.raises(InputError):
+        detail_ratio([], [])
+
+
+def test_evaluator_reports_the_new_metrics_held_or_streamed(tmp_path, clip, flickering, monkeypatch):
+    from unflicker import evaluation, io
+
+    def write(frames, path):
+        info = io.VideoInfo(path, False, W, H, len(frames), io.DEFAULT_FOLDER_FPS, "rgb24", 8, False, None)
+        with io.VideoWriter(path, info, overwrite=True) as writer:
+            for frame in frames:
+                writer.write(frame)
+        return np.stack([io.to_float(f.image) for f in io.read_frames(path)])
+
+    clean, flick = write(clip, tmp_path / "clean.mkv"), write(flickering, tmp_path / "flick.mkv")
+    held = evaluation.evaluate(tmp_path / "flick.mkv", tmp_path / "clean.mkv", tmp_path / "clean.mkv")
+    monkeypatch.setattr(evaluation, "HOLD_BYTES", 0)  # decode again for every metric: the same numbers
+    assert evaluation.evaluate(tmp_path / "flick.mkv", tmp_path / "clean.mkv", tmp_path / "clean.mkv") == held
+    assert held["paper_warp_error"] == pytest.approx(paper_warp_error(flick, clean) * WARP_ERROR_SCALE, rel=1e-6)
+    assert held["detail"] == pytest.approx(detail_ratio(flick, clean), rel=1e-6)
+    same = evaluation.evaluate(tmp_path / "clean.mkv", tmp_path / "clean.mkv")  # no ground truth: detail vs reference
+    assert same["detail"] == pytest.approx(1.0) and "psnr" not in same
+    assert same["paper_warp_error"] < 0.2 * held["paper_warp_error"]
+    text = evaluation.format_report(held)
+    assert "paper_warp_error" in text and "x1e-3" in text.split("paper_warp_error")[1].splitlines()[0]

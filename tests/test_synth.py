@@ -43,13 +43,14 @@ def _photo(shape=(240, 320), sigma=3.0, seed=1):
 @pytest.mark.parametrize("kind", KINDS)
 def test_determinism_and_seed(kind):
     x = _frame()
-    a = [Flicker(FLICKER_KINDS[kind](), seed=5).apply(t, x) for t in range(4)]
-    b = [Flicker(FLICKER_KINDS[kind](), seed=5).apply(t, x) for t in range(4)]
-    c = [Flicker(FLICKER_KINDS[kind](), seed=6).apply(t, x) for t in range(4)]
+    frames = (0, 1, 2, 13)  # step holds last at most 12 frames: frame 13 is in another hold
+    a = [Flicker(FLICKER_KINDS[kind](), seed=5).apply(t, x) for t in frames]
+    b = [Flicker(FLICKER_KINDS[kind](), seed=5).apply(t, x) for t in frames]
+    c = [Flicker(FLICKER_KINDS[kind](), seed=6).apply(t, x) for t in frames]
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
     assert max(np.abs(p - q).max() for p, q in zip(a, c)) > 1e-3
     # Different frames of one seed differ too.
-    assert np.abs(a[0] - a[1]).max() > 1e-3
+    assert np.abs(a[0] - a[-1]).max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -57,7 +58,7 @@ def test_apply_order_independent(kind):
     x = _frame()
     fwd = Flicker(FLICKER_KINDS[kind](), seed=2)
     rev = Flicker(FLICKER_KINDS[kind](), seed=2)
-    order = [9, 3, 0, 7, 3]
+    order = [29, 9, 3, 0, 7, 3, 41]
     out_rev = {t: rev.apply(t, x) for t in order}
     for t in sorted(set(order)):
         assert np.array_equal(fwd.apply(t, x), out_rev[t])
@@ -287,3 +288,43 @@ def test_camera_move_determinism_and_static():
         camera_move(photo, 5, motion="dolly")
     with pytest.raises(InputError):
         camera_move(photo, 0)
+
+
+def test_step_holds_gain_and_colour_for_2_to_12_frames():
+    x = _frame()
+    f = Flicker(FLICKER_KINDS["step"](), seed=1)
+    outs = np.stack([f.apply(t, x) for t in range(120)])
+    changed = np.abs(np.diff(outs, axis=0)).max(axis=(1, 2, 3)) > 1e-6
+    starts = np.flatnonzero(np.concatenate([[True], changed]))
+    holds = np.diff(np.concatenate([starts, [120]]))[:-1]  # the last hold is cut by the clip end
+    assert len(holds) >= 8 and holds.min() >= 2 and holds.max() <= 12
+    assert len(set(holds.tolist())) >= 3  # random lengths, not one period
+    # Within a hold the frame is a fixed per-channel gain of the input: colour changes too.
+    ratios = outs[starts[:-1]].reshape(len(starts) - 1, -1, 3).mean(1) / x.reshape(-1, 3).mean(0)
+    assert np.std(np.log(ratios), axis=0).min() > 0.05
+    assert np.std(np.log(ratios[:, 0] / ratios[:, 1])) > 0.02
+    custom = Flicker(FLICKER_KINDS["step"](step_hold=(3, 3)), seed=2)
+    seq = [custom.apply(t, x) for t in range(9)]
+    assert np.array_equal(seq[0], seq[2]) and not np.array_equal(seq[2], seq[3])
+    with pytest.raises(InputError):
+        Flicker(FLICKER_KINDS["step"](step_hold=(0, 3))).apply(0, x)
+
+
+def test_film_pumps_over_10_to_30_frames_with_grain():
+    x = np.full((H, W, 3), 0.4, np.float32)
+    f = Flicker(FLICKER_KINDS["film"](film_jitter_sigma=0.0), seed=3)
+    outs = np.stack([f.apply(t, x) for t in range(120)])
+    level = np.log(outs.mean(axis=(1, 2, 3)) / 0.4)
+    assert level.std() > 0.08  # strong pumping of the global brightness
+    # Slow oscillation: most of its power sits at periods of 8-40 frames, little at 2-4 frames.
+    spectrum = np.abs(np.fft.rfft(level - level.mean())) ** 2
+    periods = 120 / np.maximum(np.arange(len(spectrum)), 1e-9)
+    assert spectrum[(periods >= 8) & (periods <= 40)].sum() > 0.7 * spectrum[1:].sum()
+    assert spectrum[periods <= 4].sum() < 0.05 * spectrum[1:].sum()
+    # Grain: per-frame noise of about film_grain, monochrome, independent between frames.
+    residual = outs - outs.mean(axis=(1, 2), keepdims=True)
+    assert 0.02 < residual.std() < 0.04
+    np.testing.assert_allclose(residual[..., 0], residual[..., 1], atol=1e-6)
+    assert abs(np.corrcoef(residual[0, ..., 0].ravel(), residual[1, ..., 0].ravel())[0, 1]) < 0.2
+    no_grain = Flicker(FLICKER_KINDS["film"](film_grain=0.0, film_jitter_sigma=0.0), seed=3).apply(5, x)
+    assert np.ptp(no_grain) < 1e-6

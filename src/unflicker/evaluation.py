@@ -51,6 +51,19 @@ def float_frames(info: io.VideoInfo) -> Iterator[np.ndarray]:
         yield io.to_float(frame.image)
 
 
+# Sequences up to this many bytes as float32 are decoded once and held while they are scored;
+# longer ones are streamed (decoded again for each metric).
+HOLD_BYTES = 256 * 2**20
+
+
+def _frames_source(info: io.VideoInfo):
+    """A function returning a fresh iterator over the frames of `info`, decoding only once when small."""
+    if info.frame_count * info.width * info.height * 3 * 4 <= HOLD_BYTES:
+        held = list(float_frames(info))
+        return lambda: iter(held)
+    return lambda: float_frames(info)
+
+
 class Evaluator:
     """Scores results against one reference; its flows are computed once for every result.
 
@@ -63,27 +76,48 @@ class Evaluator:
         self._like, self._reference, self._truth = aligned_infos(
             io.probe(like or reference), io.probe(reference), io.probe(ground_truth) if ground_truth else None)
         self.long_term = long_term
-        self._short = metrics.ReferenceFlows.compute(float_frames(self._reference), step=1, max_side=max_side)
+        reference = _frames_source(self._reference)
+        self._short = metrics.ReferenceFlows.compute(reference(), step=1, max_side=max_side)
         self._long = None
         if long_term > 1 and self._reference.frame_count > long_term:
-            self._long = metrics.ReferenceFlows.compute(float_frames(self._reference), step=long_term,
-                                                        max_side=max_side)
+            self._long = metrics.ReferenceFlows.compute(reference(), step=long_term, max_side=max_side)
+        self.max_side = max_side
+        # Pairs (first frame, t) for the long-term half of the paper's E_warp.
+        self._first = metrics.ReferenceFlows.compute(reference(), against_first=True, max_side=max_side)
+        del reference
+        self._truth_frames = _frames_source(self._truth) if self._truth is not None else None
 
     def score(self, result: str | Path) -> dict[str, float]:
-        """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB."""
+        """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB.
+
+        Keys: frames, warp_error (Lai, t -> t+1), warp_error_k<K> (t -> t+K), flicker_index,
+        psnr and ssim (with a ground truth), paper_warp_error (Lei et al. CVPR 2023: masked L1,
+        short-term plus long-term to the first frame) and detail (Laplacian energy of the result
+        over the ground truth's, or the reference's without one, per-frame contrast matched).
+        """
         result_info = aligned_infos(io.probe(result), self._like)[0]
         if (result_info.width, result_info.height) != (self._reference.width, self._reference.height):
             raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
                              f"{self._reference.width}x{self._reference.height}")
         scale = metrics.WARP_ERROR_SCALE
+        frames = _frames_source(result_info)
         report: dict[str, float] = {"frames": float(result_info.frame_count)}
-        report["warp_error"] = self._short.score(float_frames(result_info)) * scale
+        short_l2, short_l1 = self._short.scores(frames())
+        report["warp_error"] = short_l2 * scale
         if self._long is not None:
-            report[f"warp_error_k{self.long_term}"] = self._long.score(float_frames(result_info)) * scale
-        report["flicker_index"] = metrics.flicker_index(float_frames(result_info))["luma"] * scale
-        if self._truth is not None:
-            report["psnr"] = metrics.sequence_psnr(float_frames(result_info), float_frames(self._truth))
-            report["ssim"] = metrics.sequence_ssim(float_frames(result_info), float_frames(self._truth))
+            report[f"warp_error_k{self.long_term}"] = self._long.score(frames()) * scale
+        report["flicker_index"] = metrics.flicker_index(frames())["luma"] * scale
+        if self._truth_frames is not None:
+            report["psnr"] = metrics.sequence_psnr(frames(), self._truth_frames())
+            report["ssim"] = metrics.sequence_ssim(frames(), self._truth_frames())
+        # The paper's E_warp: masked L1, short-term (t, t+1) plus long-term (first frame, t).
+        report["paper_warp_error"] = (short_l1 + self._first.scores(frames())[1]) * scale
+        # Sharpness against the ground truth (the look to keep) or, without one, the reference.
+        if self._truth_frames is not None:
+            detail_ref = self._truth_frames()
+        else:
+            detail_ref = float_frames(self._reference)
+        report["detail"] = metrics.detail_ratio(frames(), detail_ref, max_side=self.max_side)
         return report
 
 
@@ -94,7 +128,8 @@ def evaluate(result: str | Path, reference: str | Path, ground_truth: str | Path
 
 
 def format_report(report: dict[str, float]) -> str:
-    units = {"warp_error": "x1e-3", "flicker_index": "x1e-3", "psnr": "dB"}
+    units = {"warp_error": "x1e-3", "flicker_index": "x1e-3", "psnr": "dB", "paper_warp_error": "x1e-3",
+             "detail": "(1 = as sharp)"}
     lines = []
     for key, value in report.items():
         unit = units.get(key.split("_k")[0], "")

@@ -1,4 +1,5 @@
-"""Evaluation metrics: warping error (Lai et al. ECCV 2018), flicker index, PSNR and SSIM.
+"""Evaluation metrics: warping error (Lai et al. ECCV 2018), the All-In-One deflicker paper's
+warping error (Lei et al. CVPR 2023), flicker index, a detail (sharpness) ratio, PSNR and SSIM.
 
 A frame is (H, W, 3) RGB float32 in [0, 1] (uint8 accepted); a sequence is any iterable of
 frames (a generator streams: only a few frames are held) or a (T, H, W, 3) array.
@@ -75,17 +76,22 @@ def _pairs(items: Iterable, step: int, against_first: bool) -> Iterator[tuple]:
         recent.append(item)
 
 
-def _pair_error(o_t: np.ndarray, o_s: np.ndarray, flow: np.ndarray, valid: np.ndarray) -> float:
-    """Mean squared difference of O_t and O_s warped back to t over valid pixels and channels.
+def _pair_errors(o_t: np.ndarray, o_s: np.ndarray, flow: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """(mean squared, mean absolute) difference of O_t and O_s warped back to t over valid pixels and channels.
 
-    As in Lai et al.'s evaluation, squared differences are summed over channels and divided
-    by (channels x valid pixels); with no valid pixel the pair scores 0.
+    As in Lai et al.'s evaluation, squared (or absolute) differences are summed over channels and
+    divided by (channels x valid pixels); with no valid pixel the pair scores 0.
     """
     n = int(valid.sum()) * o_t.shape[2]
     if n == 0:
-        return 0.0
-    diff = (warp(o_s, flow) - o_t)[valid]
-    return float(np.square(diff, dtype=np.float64).sum() / n)
+        return 0.0, 0.0
+    diff = (warp(o_s, flow) - o_t)[valid].astype(np.float64)
+    return float(np.square(diff).sum() / n), float(np.abs(diff).sum() / n)
+
+
+def _pair_error(o_t: np.ndarray, o_s: np.ndarray, flow: np.ndarray, valid: np.ndarray) -> float:
+    """Mean squared difference of O_t and O_s warped back to t over valid pixels and channels."""
+    return _pair_errors(o_t, o_s, flow, valid)[0]
 
 
 @dataclass
@@ -146,6 +152,14 @@ class ReferenceFlows:
 
     def score(self, result: Iterable[np.ndarray]) -> float:
         """Warping error of a result sequence (same length and size as the reference), raw scale."""
+        return self.scores(result)[0]
+
+    def scores(self, result: Iterable[np.ndarray]) -> tuple[float, float]:
+        """(mean squared, mean absolute) warping error of a result sequence, raw scale, in one pass.
+
+        The first is Lai et al.'s E_warp; the second is the masked L1 pair error of the All-In-One
+        paper's E_warp (see paper_warp_error), averaged over this object's pairs.
+        """
 
         def frames() -> Iterator[np.ndarray]:
             for _, x in _zip_equal(range(self.n_frames), result, "result and reference"):
@@ -155,8 +169,11 @@ class ReferenceFlows:
                 yield _resize(x, self.size)
 
         pairs = _pairs(frames(), self.step, self.against_first)
-        errors = [_pair_error(o_t, o_s, self.flows[i], self.masks[i]) for i, (o_t, o_s) in enumerate(pairs)]
-        return float(np.mean(errors)) if errors else 0.0
+        errors = [_pair_errors(o_t, o_s, self.flows[i], self.masks[i]) for i, (o_t, o_s) in enumerate(pairs)]
+        if not errors:
+            return 0.0, 0.0
+        l2, l1 = np.mean(errors, axis=0)
+        return float(l2), float(l1)
 
 
 def warp_error(
@@ -194,6 +211,78 @@ def warp_error(
     if size is None:
         raise InputError("the sequences are empty")
     return float(np.mean(errors)) if errors else 0.0
+
+
+def paper_warp_error(
+    result: Iterable[np.ndarray],
+    reference: Iterable[np.ndarray],
+    max_side: int | None = None,
+    normalize: bool = True,
+) -> float:
+    """The warping error of the All-In-One deflicker paper (Lei et al. CVPR 2023, after Lai et al.).
+
+    E_pair(t, s) = sum over valid pixels and channels of |O_t - warp(O_s -> t)|, divided by
+    (channels x valid pixels): a masked L1, with flow and occlusion mask from the reference.
+    E = 1/(T-1) sum over t of [E_pair short-term (t, t+1) + E_pair long-term (first frame, t)],
+    i.e. the mean short-term plus the mean long-term pair error (two sums, so about twice an L1
+    per-pair error). Pairs are oriented as in warp_error (the later frame is warped to the earlier
+    one; the paper warps the other way, which differs only at occlusion borders).
+    result, reference: sequences of (H, W, 3) frames in [0, 1]; both are read into memory.
+    Returns: the raw value (multiply by WARP_ERROR_SCALE to report in units of 1e-3); 0.0 for one frame.
+    """
+    reference = [float_rgb(x, "a reference frame", allow_empty=True) for x in reference]
+    result = list(result)
+    if not reference:
+        raise InputError("the sequences are empty")
+    short = ReferenceFlows.compute(reference, step=1, max_side=max_side, normalize=normalize)
+    first = ReferenceFlows.compute(reference, max_side=max_side, against_first=True, normalize=normalize)
+    return short.scores(result)[1] + first.scores(result)[1]
+
+
+def _luma(x: np.ndarray) -> np.ndarray:
+    return (x.astype(np.float32) @ LUMA_WEIGHTS.astype(np.float32)).astype(np.float32)
+
+
+def laplacian_energy(frame: np.ndarray, like: np.ndarray | None = None) -> float:
+    """Mean squared 4-neighbour Laplacian of the Rec.709 luma of one (H, W, 3) frame in [0, 1].
+
+    like: when given, the luma is first contrast matched to it (an affine map giving it `like`'s
+    luma mean and standard deviation), so a global gain or contrast change does not count as detail.
+    """
+    y = _luma(float_rgb(frame, "a frame", allow_empty=True))
+    if like is not None:
+        ref = _luma(float_rgb(like, "a frame", allow_empty=True))
+        if ref.shape != y.shape:
+            raise InputError(f"frames differ in size: {y.shape} vs {ref.shape}")
+        sd = float(y.std())
+        gain = float(ref.std()) / sd if sd > 1e-6 else 1.0
+        y = (y - float(y.mean())) * gain + float(ref.mean())
+    lap = cv2.Laplacian(y, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+    return float(np.mean(np.square(lap, dtype=np.float64)))
+
+
+def detail_ratio(result: Iterable[np.ndarray], reference: Iterable[np.ndarray], max_side: int | None = None) -> float:
+    """Detail (sharpness) of a result relative to a reference: 1.0 = as sharp, below 1 = blurred.
+
+    Per frame the result's luma is contrast matched to the reference frame's (same mean and
+    standard deviation, see laplacian_energy), then the Laplacian energies of all frames are
+    summed: ratio = sum_t E(result_t) / sum_t E(reference_t). Added noise or sharpening gives > 1.
+    result, reference: equally long sequences of (H, W, 3) frames in [0, 1], streamed;
+    max_side: downsample both (area) first, as the other metrics do.
+    """
+    num = den = 0.0
+    size = None
+    for o, r in _zip_equal(result, reference, "result and reference"):
+        o, r = float_rgb(o, "a result frame", allow_empty=True), float_rgb(r, "a reference frame", allow_empty=True)
+        if o.shape != r.shape:
+            raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
+        size = size or _work_size(r.shape, max_side)
+        o, r = _resize(o, size), _resize(r, size)
+        num += laplacian_energy(o, like=r)
+        den += laplacian_energy(r)
+    if size is None:
+        raise InputError("the sequences are empty")
+    return float(num / den) if den > 0 else (1.0 if num == 0 else float("inf"))
 
 
 def flicker_index(frames: Iterable[np.ndarray]) -> dict[str, float]:

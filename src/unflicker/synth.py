@@ -18,8 +18,8 @@ import numpy as np
 from unflicker.errors import InputError
 from unflicker.frames import float_rgb
 
-KINDS = ("global", "colour", "local", "mains", "tone", "mixed")
-_COMPONENT_ID = {"global": 1, "colour": 2, "local": 3, "mains": 4, "tone": 5}
+KINDS = ("global", "colour", "local", "mains", "tone", "step", "film", "mixed")
+_COMPONENT_ID = {"global": 1, "colour": 2, "local": 3, "mains": 4, "tone": 5, "step": 6, "film": 7}
 MOTIONS = ("pan", "shake", "static")
 
 
@@ -28,7 +28,7 @@ class FlickerConfig:
     """Synthetic flicker of one kind; every amplitude is multiplied by `strength`."""
 
     kind: str = "global"
-    """One of KINDS: global, colour, local, mains, tone or mixed."""
+    """One of KINDS: global, colour, local, mains, tone, step, film or mixed."""
     strength: float = 1.0
     """Scale of all amplitudes; 0 gives the identity."""
     drift_weight: float = 0.5
@@ -59,6 +59,21 @@ class FlickerConfig:
     """tone: std of the log slope of each segment of the per-channel tone curve."""
     tone_points: int = 5
     """tone: control points of the piecewise-linear curve (ends fixed at 0 and 1)."""
+    step_hold: tuple[int, int] = (2, 12)
+    """step: each gain/colour is held for a random number of frames in this range (inclusive), as in
+    AI-video chunk jumps or BlazeBVD's protocol; the value changes abruptly between holds."""
+    step_gain_sigma: float = 0.12
+    """step: std of the log exposure gain of each hold."""
+    step_colour_sigma: float = 0.05
+    """step: std of each channel's log gain of each hold."""
+    film_period: tuple[float, float] = (10.0, 30.0)
+    """film: old-film pumping, a brightness oscillation whose two component periods (frames) are drawn here."""
+    film_pump_sigma: float = 0.12
+    """film: std of the oscillating log gain."""
+    film_jitter_sigma: float = 0.03
+    """film: std of an extra independent per-frame log gain."""
+    film_grain: float = 0.03
+    """film: std of the per-frame monochrome grain (slightly blurred Gaussian noise), in [0, 1] units."""
     mixed_kinds: tuple[str, ...] = ("local", "colour", "global", "tone")
     """mixed: kinds applied in this order; mains banding is a capture condition of its own, left out."""
     mixed_scale: float = 0.6
@@ -96,6 +111,7 @@ class Flicker:
             raise InputError(f"seed must be >= 0, got {seed}")
         self.seed = int(seed)
         self._drift_params: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._hold_ends: list[int] = []  # step: cumulative ends of the holds drawn so far
 
     def _noise(self, t: int, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """Unit-variance noise of `shape` at frame t: per-frame white jitter mixed with slow drift."""
@@ -147,6 +163,40 @@ class Flicker:
         ys = np.concatenate([np.zeros((3, 1)), np.cumsum(slopes, 1) / slopes.sum(1, keepdims=True)], 1)
         xs = np.linspace(0.0, 1.0, k)
         return np.stack([np.interp(x[..., c], xs, ys[c]).astype(np.float32) for c in range(3)], -1)
+
+    def _hold_index(self, t: int) -> int:
+        """step: index of the hold that frame t falls in; holds are drawn in order from one seeded stream."""
+        lo, hi = (int(v) for v in self.config.step_hold)
+        if lo < 1 or hi < lo:
+            raise InputError(f"step_hold must be 1 <= min <= max, got {self.config.step_hold}")
+        if not self._hold_ends:
+            self._rng_hold = np.random.default_rng([self.seed, _COMPONENT_ID["step"], 2])
+        while not self._hold_ends or self._hold_ends[-1] <= t:
+            self._hold_ends.append((self._hold_ends[-1] if self._hold_ends else 0)
+                                   + int(self._rng_hold.integers(lo, hi + 1)))
+        return int(np.searchsorted(self._hold_ends, t, side="right"))
+
+    def _step(self, t, x, s):
+        z = np.random.default_rng([self.seed, _COMPONENT_ID["step"], 3, self._hold_index(t)]).standard_normal(4)
+        log_gain = s * (self.config.step_gain_sigma * z[3] + self.config.step_colour_sigma * z[:3])
+        return x * np.exp(log_gain).astype(np.float32)
+
+    def _film(self, t, x, s):
+        cfg = self.config
+        comp = _COMPONENT_ID["film"]
+        rng = np.random.default_rng([self.seed, comp, 0, 0])
+        periods, phases = rng.uniform(*cfg.film_period, 2), rng.uniform(0, 2 * np.pi, 2)
+        # Two random-phase cosines of variance 1/2 each: the pump has unit variance.
+        pump = float(np.cos(2 * np.pi * t / periods + phases).sum())
+        frame_rng = np.random.default_rng([self.seed, comp, 1, t])
+        log_gain = s * (cfg.film_pump_sigma * pump + cfg.film_jitter_sigma * frame_rng.standard_normal())
+        y = x * float(np.exp(log_gain))
+        if s * cfg.film_grain > 0:
+            grain = frame_rng.standard_normal(x.shape[:2]).astype(np.float32)
+            grain = cv2.GaussianBlur(grain, (0, 0), 0.6)
+            grain *= float(s * cfg.film_grain) / max(float(grain.std()), 1e-6)
+            y = y + grain[..., None]
+        return y
 
     def apply(self, t: int, frame: np.ndarray) -> np.ndarray:
         """Flicker frame number t (>= 0). frame: (H, W, 3) float32 in [0, 1] or uint8.
