@@ -113,14 +113,30 @@ def segment_profile(input_path: Path) -> tuple[list[tuple[int, float]], float, f
     return times, total - sum(t for _, t in times), total
 
 
+def looped_clip(length: int, out: Path, source: Path, size: tuple[int, int] = (854, 480)) -> Path:
+    """`source` at `size`, forwards then backwards, with global flicker, repeated to `length` frames;
+    built one frame at a time (a whole 3000-frame clip in float would not fit in memory)."""
+    import dataclasses
+
+    import cv2
+    import numpy as np
+
+    from unflicker import io, synth
+
+    frames = [cv2.resize(io.to_float(f.image), size, interpolation=cv2.INTER_AREA) for f in io.read_frames(source)]
+    loop = synth.add_flicker(np.stack(frames + frames[-2:0:-1]), "global", seed=0)
+    layout = dataclasses.replace(io.probe(source), width=size[0], height=size[1], frame_count=length, has_audio=False)
+    with io.VideoWriter(out, layout) as writer:
+        for t in range(length):
+            writer.write(loop[t % len(loop)], None, None)
+    return out
+
+
 def memory(length: int, workers: int) -> None:
     """Peak RSS of all processes of one default run on a LENGTH-frame 854x480 clip (davis-bear
     played forwards and backwards, global flicker), appended to the results."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from e2e import make_clip
-
     with tempfile.TemporaryDirectory() as tmp:
-        clip = make_clip(length, Path(tmp) / f"clip{length}.mkv", SHARED / "clean" / "davis-bear.mp4")
+        clip = looped_clip(length, Path(tmp) / f"clip{length}.mkv", SHARED / "clean" / "davis-bear.mp4")
         cmd = [sys.executable, "-m", "unflicker", "run", str(clip), "-o", str(Path(tmp) / "out.mp4"), "--quiet",
                "--workers", str(workers)]
         wall, peak, cpu = timed(cmd, dict(os.environ))

@@ -357,6 +357,8 @@ class Job:
             self._t += 1
             for k in [k for k in self._loaded if self.segments[k].span.stop <= self._t]:
                 del self._loaded[k]
+                if self._temp_work is not None:  # written out: a temporary work folder keeps no more
+                    self.results[k].unlink(missing_ok=True)
         self._finish()
         return True
 
