@@ -18,7 +18,7 @@ from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError
-from unflicker.segments import SegmentResult, SegmentTask, fixed_threads, run_segment
+from unflicker.segments import SegmentResult, SegmentTask, run_segment
 
 
 class WorkerDied(UnflickerError):
@@ -28,6 +28,9 @@ class WorkerDied(UnflickerError):
 class Executor(Protocol):
     capacity: int
     """Tasks worth having in flight at once (workers, plus one ready so none waits)."""
+    shares_files: bool
+    """Whether its workers read and write this machine's work folder (else frames and results
+    travel through the engine)."""
 
     def submit(self, task: SegmentTask) -> object: ...
 
@@ -42,14 +45,16 @@ class InProcess:
     """Runs each task in this process when waited for (--workers 1)."""
 
     capacity = 1
+    shares_files = True
 
     def __init__(self, engine: EngineConfig):
         self._tasks: dict[int, SegmentTask] = {}
+        self._next = 0
 
     def submit(self, task: SegmentTask) -> object:
-        handle = len(self._tasks) + 1 + max(self._tasks, default=0)
-        self._tasks[handle] = task
-        return handle
+        self._next += 1
+        self._tasks[self._next] = task
+        return self._next
 
     def wait(self, handles):
         handle = next(iter(handles))
@@ -66,8 +71,8 @@ class InProcess:
 class _Worker:
     """One `python -m unflicker.worker` process and the task it is running."""
 
-    def __init__(self, threads: int):
-        self.process = subprocess.Popen([sys.executable, "-m", "unflicker.worker", str(threads)],
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-m", "unflicker.worker"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.handle: int | None = None
 
@@ -99,11 +104,13 @@ class LocalPool:
     """Worker processes on this machine (python -m unflicker.worker), one task each at a time; a
     task whose worker died runs again on a fresh one (up to `retries` times)."""
 
+    shares_files = True
+
     def __init__(self, engine: EngineConfig):
         self.workers = engine.local_workers()
         self.capacity = self.workers + 1
-        self.threads, self.retries = engine.threads, engine.retries
-        self._pool = [_Worker(self.threads) for _ in range(self.workers)]
+        self.retries = engine.retries
+        self._pool = [_Worker() for _ in range(self.workers)]
         self._queue: list[int] = []
         self._tasks: dict[int, tuple[SegmentTask, int]] = {}
         self._next = 0
@@ -127,7 +134,7 @@ class LocalPool:
     def _replace(self, worker: _Worker, handle: int) -> tuple[int, WorkerDied] | None:
         """The worker died running `handle`: a fresh worker, and the task queued again (or failed)."""
         worker.kill()
-        self._pool[self._pool.index(worker)] = _Worker(self.threads)
+        self._pool[self._pool.index(worker)] = _Worker()
         task, tries = self._tasks[handle]
         if tries >= self.retries:
             del self._tasks[handle]
@@ -185,10 +192,11 @@ class RayEngine:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): {exc}") from None
             self._started = True
-        self.local = engine.ray_address is None
+        self.shares_files = engine.ray_address is None  # a local Ray runs on this machine
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
-        self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(_ray_segment)
+        # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
+        self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(run_segment)
 
     def submit(self, task: SegmentTask) -> object:
         return self._remote.remote(task)
@@ -208,12 +216,6 @@ class RayEngine:
     def close(self) -> None:
         if self._started:
             self.ray.shutdown()
-
-
-def _ray_segment(task: SegmentTask) -> SegmentResult:
-    # Ray's workers keep torch's default threads: the task fixes its own (run_segment does too).
-    with fixed_threads(task.threads):
-        return run_segment(task)
 
 
 def make_executor(engine: EngineConfig) -> Executor:
@@ -246,7 +248,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                     if job is None:
                         break
                     try:
-                        job.start(shared=not isinstance(executor, RayEngine) or executor.local)
+                        job.start(shared=executor.shares_files)
                         active.append(job)
                     except UnflickerError as exc:
                         job.fail(exc)

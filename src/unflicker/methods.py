@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -71,24 +70,11 @@ def _neural(config) -> Method:
     return NeuralDeflicker(config)
 
 
-def _neural_config():
-    from unflicker.neural import NeuralConfig
-
-    return NeuralConfig
-
-
-@dataclass(frozen=True)
-class MethodEntry:
-    build: Callable[[object], Method]
-    """config -> method."""
-    config_type: Callable[[], type]
-    """The method's config dataclass (imported on demand)."""
-
-
-METHODS: dict[str, MethodEntry] = {
-    "classical": MethodEntry(ClassicalMethod, lambda: ClassicalConfig),
-    "neural": MethodEntry(_neural, _neural_config),
+METHODS: dict[str, Callable[[object], Method]] = {
+    "classical": ClassicalMethod,
+    "neural": _neural,
 }
+"""Method name -> build(config) (config: ClassicalConfig or neural.NeuralConfig)."""
 
 
 def config_record(config) -> dict:

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +124,6 @@ class SegmentResult:
     frames: np.ndarray | Path
     """(T, H, W, 3) uint16 span output, or the .npy file holding it."""
     seconds: float
-    pid: int = field(default_factory=os.getpid)
 
 
 _METHOD_CACHE: dict[str, object] = {}
@@ -137,7 +136,7 @@ def build_method(spec: MethodSpec):
     key = f"{spec.name}:{spec.config!r}"
     if key not in _METHOD_CACHE:
         _METHOD_CACHE.clear()  # one method per worker at a time: weights are not kept for old specs
-        _METHOD_CACHE[key] = METHODS[spec.name].build(spec.config)
+        _METHOD_CACHE[key] = METHODS[spec.name](spec.config)
     return _METHOD_CACHE[key]
 
 
@@ -145,15 +144,15 @@ def build_method(spec: MethodSpec):
 def fixed_threads(n: int) -> Iterator[None]:
     """Torch and OpenCV use exactly n threads in the body (restored after)."""
     import cv2
-    import torch
 
-    old_torch, old_cv = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(n)
+    from unflicker.atlas.common import torch_threads
+
+    old_cv = cv2.getNumThreads()
     cv2.setNumThreads(n)
     try:
-        yield
+        with torch_threads(n):
+            yield
     finally:
-        torch.set_num_threads(old_torch)
         cv2.setNumThreads(old_cv)
 
 

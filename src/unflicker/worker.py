@@ -1,4 +1,5 @@
-"""A local worker process: `python -m unflicker.worker THREADS` runs segment tasks read from stdin.
+"""A local worker process: `python -m unflicker.worker` runs segment tasks read from stdin (each
+task fixes its own torch/OpenCV threads).
 
 Each message is a pickle: a SegmentTask in; ("ok", SegmentResult) or ("error", UnflickerError)
 out. The process starts clean (no state inherited from the caller, no re-import of the caller's
@@ -13,26 +14,24 @@ import sys
 
 
 def main() -> int:
-    threads = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     results = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the results
     tasks = sys.stdin.buffer
 
     from unflicker.errors import UnflickerError
-    from unflicker.segments import fixed_threads, run_segment
+    from unflicker.segments import run_segment
 
-    with fixed_threads(threads):
-        while True:
-            try:
-                task = pickle.load(tasks)
-            except EOFError:
-                return 0
-            try:
-                message = ("ok", run_segment(task))
-            except UnflickerError as exc:
-                message = ("error", exc)
-            pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
-            results.flush()
+    while True:
+        try:
+            task = pickle.load(tasks)
+        except EOFError:
+            return 0
+        try:
+            message = ("ok", run_segment(task))
+        except UnflickerError as exc:
+            message = ("error", exc)
+        pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
+        results.flush()
 
 
 if __name__ == "__main__":
