@@ -40,18 +40,23 @@ MIN_CUT_DISTANCE = 0.7
 def thumbnail(frame: np.ndarray, max_side: int = 64) -> np.ndarray:
     """Area-downscale a frame so its longer side is at most max_side.
 
-    frame: (H, W, 3) float in [0, 1] or uint8. Returns (h, w, 3) float32 in [0, 1]; a frame
-    already small enough is returned as float32 unchanged.
+    frame: (H, W, 3) float in [0, 1], uint8 or uint16. Returns (h, w, 3) float32 in [0, 1]; a frame
+    already small enough is returned as float32 unchanged. An integer frame is shrunk before it is
+    converted: no full-resolution float copy is made (a video's first pass allocates little).
     """
-    frame = float_rgb(frame)
     if max_side < 1:
         raise InputError(f"max_side must be >= 1, got {max_side}")
-    h, w = frame.shape[:2]
-    scale = max_side / max(h, w)
-    if scale >= 1.0:
-        return frame
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    frame = np.asarray(frame)
+    if frame.ndim == 3 and frame.shape[2] == 3 and min(frame.shape[:2]) >= 1:
+        h, w = frame.shape[:2]
+        scale = max_side / max(h, w)
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            source = frame if frame.dtype in (np.uint8, np.uint16, np.float32) else frame.astype(np.float32)
+            frame = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
+    if frame.dtype == np.uint16:
+        return frame.astype(np.float32) * np.float32(1 / 65535)
+    return float_rgb(frame)
 
 
 def structure_descriptor(thumb: np.ndarray) -> np.ndarray:

@@ -130,7 +130,7 @@ def _channel_means(frame: np.ndarray) -> np.ndarray:
     return np.array(cv2.mean(np.ascontiguousarray(frame))[:3])
 
 
-def _flicker(means: list[np.ndarray]) -> float:
+def _flicker(means: np.ndarray) -> float:
     return flicker_index([m.reshape(1, 1, 3) for m in means])["luma"] if len(means) > 1 else 0.0
 
 
@@ -212,8 +212,10 @@ class Job:
         self._decoded = self._decoder()  # the spill decoder, started on demand
         self._t = 0
         self._loaded: dict[int, np.ndarray] = {}
-        self._before: list[np.ndarray] = []
-        self._after: list[np.ndarray] = []
+        # Per-channel means of each input and output frame (the flicker index and the plot), in
+        # arrays made once: small per-frame allocations kept between full-size frames fragment the heap.
+        self._before = np.zeros((n, 3))
+        self._after = np.zeros((n, 3))
         self._write_bar = self._bar(n, "deflicker")
         if self.write_output and self._array is None:
             comment = f"unflicker {self.record['unflicker']} {self.spec.name}; config {digest(self.record)}"
@@ -233,16 +235,23 @@ class Job:
         return frames
 
     def _plan(self, n: int) -> list[Segment]:
-        """Cut detection on thumbnails of every frame (one decode), then the segments."""
+        """Cut detection on thumbnails of every frame (one decode, streamed: nothing per frame is
+        kept but a distance), then the segments."""
         bar = self._bar(n, "analyse")
-        thumbs = []
-        for frame in self._decoder():
-            thumbs.append(cuts.thumbnail(io.to_float(frame.image)))
-            bar.update()
+        decoded = 0
+
+        def thumbnails() -> Iterator[np.ndarray]:
+            nonlocal decoded
+            for frame in self._decoder():
+                decoded += 1
+                bar.update()
+                yield cuts.thumbnail(frame.image)
+
+        found = cuts.detect_cuts(thumbnails())
         bar.close()
-        if len(thumbs) != n:
-            raise InputError(f"{self.name}: {len(thumbs)} frames decoded, {n} expected")
-        return plan(cuts.shots(n, cuts.detect_cuts(thumbs)), self.config.segments)
+        if decoded != n:
+            raise InputError(f"{self.name}: {decoded} frames decoded, {n} expected")
+        return plan(cuts.shots(n, found), self.config.segments)
 
     def _check_input(self, info: io.VideoInfo) -> None:
         """Say what will be lost, before any work starts."""
@@ -350,8 +359,8 @@ class Job:
             image = io.to_float(frame.image)
             out = self._stitched(self._t) if self.segments else image
             final = _blend(image, out, self.config.strength)
-            self._before.append(_channel_means(image))
-            self._after.append(_channel_means(final))
+            self._before[self._t] = _channel_means(image)
+            self._after[self._t] = _channel_means(final)
             self.sink.write(final, frame.pts, frame.name, frame.alpha)
             self._write_bar.update()
             self._t += 1
@@ -368,8 +377,8 @@ class Job:
             if isinstance(self.sink, ListSink):
                 self.frames_out = self.sink.frames
         output = self.output if self.write_output else self.config.keep_work
-        summary = RunSummary(output, self.source.info.frame_count if not self.write_output else len(self._before),
-                             0.0, _flicker(self._before), _flicker(self._after), len(self.segments), self.reused,
+        summary = RunSummary(output, self.source.info.frame_count if not self.write_output else self._t,
+                             0.0, _flicker(self._before[: self._t]), _flicker(self._after[: self._t]), len(self.segments), self.reused,
                              config=self.record)
         extras = []
         if self.config.compare is not None:
@@ -382,7 +391,7 @@ class Job:
 
             title = (f"mean brightness per channel: {self.input_path.name} -> {self.output.name}, flicker index "
                      f"{summary.flicker_before * 1e3:.2f} -> {summary.flicker_after * 1e3:.2f} (x1e-3)")
-            extras.append(write_brightness_plot(np.array(self._before), np.array(self._after), self.config.plot,
+            extras.append(write_brightness_plot(self._before[: self._t], self._after[: self._t], self.config.plot,
                                                 title, self.config.overwrite))
         self.summary = dataclasses.replace(summary, seconds=time.perf_counter() - self._started, extras=tuple(extras))
         self.close()
