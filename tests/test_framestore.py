@@ -53,3 +53,24 @@ def test_fit_video_reads_a_store_like_an_array():
     assert len(from_store) == 6
     for t in range(6):
         assert np.array_equal(from_array.render(t), from_store.render(t))
+
+
+def test_frame_file_round_trips_through_npy(tmp_path):
+    from unflicker.framestore import FrameFile
+
+    frames = np.random.default_rng(0).integers(0, 65535, (4, 5, 6, 3), dtype=np.uint16)
+    with FrameFile.create(tmp_path / "a.npy", frames.shape, np.uint16) as out:
+        for t in (2, 0, 3, 1):  # any order
+            out[t] = frames[t]
+        with pytest.raises(InputError):
+            out[0] = frames[0, :2]
+        with pytest.raises(IndexError):
+            out[4] = frames[0]
+    assert np.array_equal(np.load(tmp_path / "a.npy"), frames)
+    np.save(tmp_path / "b.npy", frames.astype(np.float32))  # a file np.save wrote (format 1.0)
+    with FrameFile.open(tmp_path / "b.npy") as read:
+        assert read.shape == frames.shape and read.ndim == 4 and len(read) == 4
+        assert np.array_equal(read[3], frames[3].astype(np.float32))
+    np.save(tmp_path / "f.npy", np.asfortranarray(frames[0]))
+    with pytest.raises(InputError):
+        FrameFile.open(tmp_path / "f.npy")

@@ -77,3 +77,76 @@ class FrameStore:
         file = getattr(self, "_file", None)
         if file is not None:
             file.close()
+
+
+class FrameFile:
+    """A (T, *frame_shape) array in a named .npy file, read and written one frame at a time.
+
+    The segments' spilled frames and their results live in such files (the work folder). Like
+    FrameStore it uses plain reads and writes: a memory map's touched pages would count towards the
+    process's memory, up to a whole segment of full-resolution frames (gigabytes at 4K). Any .npy
+    file (C order) opens; np.load reads one whole.
+    """
+
+    def __init__(self, file, shape: tuple[int, ...], dtype: np.dtype, offset: int):
+        self._file, self.shape, self.dtype, self._offset = file, tuple(shape), np.dtype(dtype), offset
+        self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> FrameFile:
+        """A new file of `shape` (frames not yet written read as zeros)."""
+        dtype = np.dtype(dtype)
+        file = open(path, "w+b")
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": tuple(int(s) for s in shape)}
+        np.lib.format.write_array_header_2_0(file, header)
+        offset = file.tell()
+        file.truncate(offset + int(np.prod(shape)) * dtype.itemsize)
+        return cls(file, shape, dtype, offset)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> FrameFile:
+        """An existing .npy file, for reading."""
+        file = open(path, "rb")
+        version = np.lib.format.read_magic(file)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(file)
+        if fortran or len(shape) < 1:
+            file.close()
+            raise InputError(f"{path}: not a C-order array of frames")
+        return cls(file, shape, dtype, file.tell())
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _position(self, t: int) -> int:
+        t = int(t)
+        if not 0 <= t < self.shape[0]:
+            raise IndexError(f"frame {t} outside [0, {self.shape[0]})")
+        return self._offset + t * self._frame_bytes
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        data = os.pread(self._file.fileno(), self._frame_bytes, self._position(t))
+        if len(data) != self._frame_bytes:
+            raise OSError(f"short read from {self._file.name}: {len(data)} of {self._frame_bytes} bytes")
+        return np.frombuffer(data, self.dtype).reshape(self.shape[1:]).copy()
+
+    def __setitem__(self, t: int, frame: np.ndarray) -> None:
+        frame = np.asarray(frame)
+        if frame.shape != self.shape[1:]:
+            raise InputError(f"expected a frame of shape {self.shape[1:]}, got {frame.shape}")
+        os.pwrite(self._file.fileno(), np.ascontiguousarray(frame, dtype=self.dtype).tobytes(), self._position(t))
+
+    def close(self) -> None:
+        """Close (every write has reached the file system: a written file is complete once closed)."""
+        self._file.close()
+
+    def __enter__(self) -> FrameFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -38,6 +38,7 @@ from unflicker.config import (
     resolve_method,
 )
 from unflicker.errors import InputError, OutputError, UnflickerError
+from unflicker.framestore import FrameFile
 from unflicker.metrics import flicker_index
 from unflicker.resume import JobFolder, input_fingerprint
 from unflicker.segments import Segment, SegmentResult, SegmentTask, build_method, plan
@@ -208,10 +209,10 @@ class Job:
         self.results: dict[int, Path] = {k: self.folder.result(k) for k in finished}
         self.reused = len(finished)
         self._to_submit = [s for s in self.segments if s.index not in finished]
-        self._spills: dict[int, np.ndarray] = {}
+        self._spills: dict[int, FrameFile] = {}
         self._decoded = self._decoder()  # the spill decoder, started on demand
         self._t = 0
-        self._loaded: dict[int, np.ndarray] = {}
+        self._loaded: dict[int, FrameFile] = {}
         # Per-channel means of each input and output frame (the flicker index and the plot), in
         # arrays made once: small per-frame allocations kept between full-size frames fragment the heap.
         self._before = np.zeros((n, 3))
@@ -298,16 +299,13 @@ class Job:
                            running_dir=self.folder.running if self.shared else None)
 
     def _spill(self, segment: Segment, frame: io.Frame) -> None:
+        temp = self.folder.frames / f".partial-{segment.index:05d}.npy"
         if segment.index not in self._spills:
             shape = (len(segment.span), *frame.image.shape)
-            temp = self.folder.frames / f".partial-{segment.index:05d}.npy"
-            self._spills[segment.index] = np.lib.format.open_memmap(temp, "w+", frame.image.dtype, shape)
+            self._spills[segment.index] = FrameFile.create(temp, shape, frame.image.dtype)
         self._spills[segment.index][frame.index - segment.span.start] = frame.image
         if frame.index == segment.span.stop - 1:
-            spill = self._spills.pop(segment.index)
-            spill.flush()
-            temp = Path(spill.filename)
-            del spill
+            self._spills.pop(segment.index).close()
             temp.rename(self.folder.spill(segment.index))
 
     def deliver(self, result: SegmentResult) -> None:
@@ -326,7 +324,7 @@ class Job:
 
     def _result(self, k: int) -> np.ndarray:
         if k not in self._loaded:
-            self._loaded[k] = np.load(self.results[k], mmap_mode="r")
+            self._loaded[k] = FrameFile.open(self.results[k])
         return self._loaded[k]
 
     def _stitched(self, t: int) -> np.ndarray:
@@ -365,7 +363,7 @@ class Job:
             self._write_bar.update()
             self._t += 1
             for k in [k for k in self._loaded if self.segments[k].span.stop <= self._t]:
-                del self._loaded[k]
+                self._loaded.pop(k).close()
                 if self._temp_work is not None:  # written out: a temporary work folder keeps no more
                     self.results[k].unlink(missing_ok=True)
         self._finish()
@@ -415,8 +413,10 @@ class Job:
         if self.summary is None and self.sink is not None and self.error is None:
             self.sink.abort()  # interrupted: no partial output
         self.sink = None
-        spills = getattr(self, "_spills", {})
-        spills.clear()
+        for handle in [*getattr(self, "_spills", {}).values(), *getattr(self, "_loaded", {}).values()]:
+            handle.close()
+        getattr(self, "_spills", {}).clear()
+        getattr(self, "_loaded", {}).clear()
         if hasattr(self, "folder"):
             self.folder.clear_transient()
         if self._temp_work is not None:

@@ -156,9 +156,12 @@ def fixed_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(old_cv)
 
 
-def _open_frames(frames: np.ndarray | Path) -> np.ndarray:
+def _open_frames(frames: np.ndarray | Path):
+    """The span's frames: the array itself, or a FrameFile read one frame at a time."""
+    from unflicker.framestore import FrameFile
+
     if isinstance(frames, (str, Path)):
-        return np.load(frames, mmap_mode="r")
+        return FrameFile.open(frames)
     return frames
 
 
@@ -171,6 +174,7 @@ def _float(image: np.ndarray) -> np.ndarray:
 def run_segment(task: SegmentTask) -> SegmentResult:
     """The one pass loop: analyse the span, then process it frame by frame, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
+    from unflicker.framestore import FrameFile
     from unflicker.io import from_float, write_png
 
     start = time.perf_counter()
@@ -178,7 +182,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
     if task.running_dir is not None:
         marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"
         marker.write_text(str(os.getpid()))
-    out: np.ndarray | None = None
+    out: np.ndarray | FrameFile | None = None
+    frames = None
     temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.partial")
     try:
         frames = _open_frames(task.frames)
@@ -202,8 +207,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     output = stages[method.stages[-1]]
                     if out is None:  # on disk when the result goes to a file: memory does not grow with size
                         shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
-                        out = np.empty(shape, np.uint16) if temp is None else \
-                            np.lib.format.open_memmap(temp, "w+", np.uint16, shape)
+                        out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
                     out[i] = from_float(output, 16)  # held here until the anchor has looked ahead
                     yield i, image, output
 
@@ -213,12 +217,14 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
         result: np.ndarray | Path = out
         if temp is not None:
-            out.flush()
-            del out
+            out.close()
             os.replace(temp, task.output)
             result = Path(task.output)
         return SegmentResult(task.job, task.segment.index, result, time.perf_counter() - start)
     finally:
+        for handle in (out, frames):
+            if isinstance(handle, FrameFile):
+                handle.close()
         if temp is not None:
             temp.unlink(missing_ok=True)
         if marker is not None:
