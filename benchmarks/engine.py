@@ -5,6 +5,11 @@ commit in the same run (interleaved, medians), with the peak memory of the whole
     python benchmarks/engine.py --baseline /tmp/unflicker-base [--input DIR_OR_VIDEO] [--repeats 3]
 
     python benchmarks/engine.py --memory 3000 [--workers 2]
+    python benchmarks/engine.py --baseline /tmp/unflicker-base --size 1920x1080 --frames 40 --only baseline "workers 2"
+
+--size/--frames: instead of --input, the first frames of ../shared/data/clean/cockatoo.mp4 scaled to
+that size with a random global gain per frame (issue 18's 1080p and 4K rows; --no-profile skips the
+in-process segment profile).
 
 Runs, each --repeats times, interleaved: the baseline's default (its src/ first on PYTHONPATH, same
 interpreter and packages), this tree's `--workers 1`, `--workers 2` (the default on 2 cores) and
@@ -132,6 +137,28 @@ def looped_clip(length: int, out: Path, source: Path, size: tuple[int, int] = (8
     return out
 
 
+def scaled_clip(length: int, size: tuple[int, int], out: Path) -> Path:
+    """The first `length` frames of cockatoo scaled to `size` (bicubic), each with a random global
+    gain in 0.88..1.12; streamed, one frame in memory."""
+    import dataclasses
+
+    import cv2
+    import numpy as np
+
+    from unflicker import io
+
+    source = SHARED / "clean" / "cockatoo.mp4"
+    rng = np.random.default_rng(0)
+    layout = dataclasses.replace(io.probe(source), width=size[0], height=size[1], frame_count=length, has_audio=False)
+    with io.VideoWriter(out, layout) as writer:
+        for frame in io.read_frames(source):
+            if frame.index >= length:
+                break
+            image = cv2.resize(io.to_float(frame.image), size, interpolation=cv2.INTER_CUBIC)
+            writer.write(np.clip(image * np.float32(rng.uniform(0.88, 1.12)), 0, 1), None, None)
+    return out
+
+
 def memory(length: int, workers: int) -> None:
     """Peak RSS of all processes of one default run on a LENGTH-frame 854x480 clip (davis-bear
     played forwards and backwards, global flicker), appended to the results."""
@@ -157,12 +184,19 @@ def main() -> None:
     p.add_argument("--only", nargs="*", help="run only the settings whose names contain one of these")
     p.add_argument("--memory", type=int, metavar="LENGTH", help="instead: peak memory of one run on a clip this long")
     p.add_argument("--workers", type=int, default=2, help="--memory: workers of that run")
+    p.add_argument("--size", help="WxH: instead of --input, cockatoo scaled to this size (see above)")
+    p.add_argument("--frames", type=int, default=40, help="--size: frames of that clip")
+    p.add_argument("--no-profile", action="store_true", help="skip the in-process segment profile")
     args = p.parse_args()
     if args.memory:
         memory(args.memory, args.workers)
         return
     from unflicker import io
 
+    clips = tempfile.TemporaryDirectory()
+    if args.size:
+        size = tuple(int(v) for v in args.size.split("x"))
+        args.input = scaled_clip(args.frames, size, Path(clips.name) / f"cockatoo-{args.size}.mp4")
     n = io.probe(args.input).frame_count
     runs = settings(args.baseline)
     if args.only:
@@ -175,7 +209,8 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "unflicker", "run", str(args.input), "-o", str(out), "--quiet", *extra]
                 results[name].append(timed(cmd, env))
                 print(name, results[name][-1], flush=True)
-    lines = [f"### {time.strftime('%Y-%m-%d %H:%M')} engine: {args.input.name} ({n} frames), "
+    info = io.probe(args.input)
+    lines = [f"### {time.strftime('%Y-%m-%d %H:%M')} engine: {args.input.name} ({n} frames, {info.width}x{info.height}), "
              f"{os.cpu_count()} cores, medians of {args.repeats}, interleaved (load at the end "
              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())})", "",
              "| setting | wall s (each run) | median s | frames/s | vs first | CPU s (median; not Ray's workers) "
@@ -187,6 +222,12 @@ def main() -> None:
         lines.append(f"| {name} | {', '.join(f'{t:.1f}' for t, _, _ in values)} | {med:.1f} | {n / med:.2f} | "
                      f"{first / med:.2f}x | {statistics.median(c for _, _, c in values):.1f} | "
                      f"{max(m for _, m, _ in values):.0f} |")
+    if args.no_profile:
+        text = "\n".join(lines) + "\n\n"
+        print(text)
+        with open(RESULTS, "a") as f:
+            f.write(text)
+        return
     seg, serial, total = segment_profile(args.input)
     per_segment = [t for _, t in seg]
     lines += ["", f"In-process profile: {len(seg)} segments of {', '.join(str(f) for f, _ in seg)} frames took "

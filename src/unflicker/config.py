@@ -64,6 +64,11 @@ class EngineConfig:
     def local_workers(self) -> int:
         return self.workers if self.workers is not None else max(1, machine_cores() // self.threads)
 
+    def shares_files(self) -> bool:
+        """Whether the workers read and write this machine's work folder (else frames and results
+        travel through the engine: Ray's object store on a cluster)."""
+        return self.engine != "ray" or self.ray_address is None
+
 
 # --preset of the neural method -> AtlasConfig fields; --atlas and --atlas-steps override them.
 PRESETS: dict[str, dict[str, object]] = {
@@ -165,6 +170,7 @@ def atlas_config(config: RunConfig):
         fields["backend"] = config.atlas
     if config.atlas_steps is not None:
         fields["steps"] = config.atlas_steps
+        fields["full_steps_frames"] = None  # steps asked for are run, whatever the segment's length
     return AtlasConfig(**fields)
 
 

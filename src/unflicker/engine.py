@@ -3,7 +3,7 @@ process pool, or as Ray tasks. `run_jobs` keeps every worker busy with the segme
 videos (one queue), hands results back to their jobs as they finish, and lets the jobs stitch and
 write in order while the workers go on.
 
-A job (pipeline.Job) offers `start()`, `next_task()`, `deliver(result)`, `advance() -> finished`
+A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `deliver(result)`, `advance() -> finished`
 and `fail(error)`; errors of one job do not stop the others.
 """
 
@@ -28,9 +28,6 @@ class WorkerDied(UnflickerError):
 class Executor(Protocol):
     capacity: int
     """Tasks worth having in flight at once (workers, plus one ready so none waits)."""
-    shares_files: bool
-    """Whether its workers read and write this machine's work folder (else frames and results
-    travel through the engine)."""
 
     def submit(self, task: SegmentTask) -> object: ...
 
@@ -45,7 +42,6 @@ class InProcess:
     """Runs each task in this process when waited for (--workers 1)."""
 
     capacity = 1
-    shares_files = True
 
     def __init__(self, engine: EngineConfig):
         self._tasks: dict[int, SegmentTask] = {}
@@ -104,10 +100,9 @@ class LocalPool:
     """Worker processes on this machine (python -m unflicker.worker), one task each at a time; a
     task whose worker died runs again on a fresh one (up to `retries` times)."""
 
-    shares_files = True
-
-    def __init__(self, engine: EngineConfig):
-        self.workers = engine.local_workers()
+    def __init__(self, engine: EngineConfig, tasks: int | None = None):
+        """tasks: how many tasks the run has, if known (no more workers are started)."""
+        self.workers = min(engine.local_workers(), tasks or engine.local_workers())
         self.capacity = self.workers + 1
         self.retries = engine.retries
         self._pool = [_Worker() for _ in range(self.workers)]
@@ -192,7 +187,6 @@ class RayEngine:
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): {exc}") from None
             self._started = True
-        self.shares_files = engine.ray_address is None  # a local Ray runs on this machine
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
         # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
@@ -218,24 +212,28 @@ class RayEngine:
             self.ray.shutdown()
 
 
-def make_executor(engine: EngineConfig) -> Executor:
+def make_executor(engine: EngineConfig, tasks: int | None = None) -> Executor:
+    """The engine's executor; `tasks`, the run's number of tasks if known: one task (a short clip)
+    runs in this process, whose method is loaded already, and a pool starts no idle workers."""
     if engine.engine == "ray":
         return RayEngine(engine)
-    if engine.local_workers() == 1:
+    if engine.local_workers() == 1 or tasks == 1:
         return InProcess(engine)
-    return LocalPool(engine)
+    return LocalPool(engine, tasks)
 
 
 def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], None] = lambda job: None) -> None:
     """Run every job's segments on one executor, oldest job first; `finished(job)` after each job
     completes or fails (its `error` set). Jobs start (probe, plan) only when the workers need tasks."""
-    executor = make_executor(engine)
+    jobs = list(jobs)
+    executor: Executor | None = None  # made when the first task is ready (see make_executor)
     waiting = iter(jobs)
+    started = 0
     active: list = []
     in_flight: dict[object, object] = {}
     try:
         while True:
-            while len(in_flight) < executor.capacity:
+            while executor is None or len(in_flight) < executor.capacity:
                 task, owner = None, None
                 for job in active:
                     if job.error is None:
@@ -247,13 +245,17 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                     job = next(waiting, None)
                     if job is None:
                         break
+                    started += 1
                     try:
-                        job.start(shared=executor.shares_files)
+                        job.start(shared=engine.shares_files())
                         active.append(job)
                     except UnflickerError as exc:
                         job.fail(exc)
                         finished(job)
                     continue
+                if executor is None:
+                    known = started == len(jobs)  # every job planned: the number of tasks is known
+                    executor = make_executor(engine, 1 + sum(job.pending() for job in active) if known else None)
                 in_flight[executor.submit(task)] = owner
             for job in list(active):
                 done = job.error is not None
@@ -279,6 +281,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                 else:
                     job.deliver(outcome)
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
         for job in active:
             job.close()

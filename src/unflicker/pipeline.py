@@ -298,6 +298,10 @@ class Job:
                            threads=self.config.engine.threads, stages_dir=stages, names=names,
                            running_dir=self.folder.running if self.shared else None)
 
+    def pending(self) -> int:
+        """Segments still to be handed out (after the one in hand, if any)."""
+        return len(self._to_submit) if self.error is None else 0
+
     def _spill(self, segment: Segment, frame: io.Frame) -> None:
         temp = self.folder.frames / f".partial-{segment.index:05d}.npy"
         if segment.index not in self._spills:
