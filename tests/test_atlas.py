@@ -236,22 +236,3 @@ def test_our_adam_matches_torchs():
             opt.step()
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, atol=1e-6)
-
-
-def test_grid_steps_scale_with_the_fits_length():
-    from unflicker.atlas.grid_fit import DEFAULT_STEPS, grid_steps
-
-    config = AtlasConfig()  # 250 steps for 120 frames or more, proportionally fewer, at least 100
-    assert grid_steps(config, 120) == grid_steps(config, 500) == DEFAULT_STEPS
-    assert grid_steps(config, 60) == 125
-    assert grid_steps(config, 10) == 100
-    assert grid_steps(AtlasConfig(steps=30), 10) == 30  # never more than asked for
-    assert grid_steps(AtlasConfig(full_steps_frames=None), 10) == DEFAULT_STEPS
-
-
-def test_explicit_atlas_steps_are_run_as_asked():
-    from unflicker.config import RunConfig, atlas_config
-
-    assert atlas_config(RunConfig()).full_steps_frames == 120
-    explicit = atlas_config(RunConfig(atlas_steps=250))
-    assert explicit.steps == 250 and explicit.full_steps_frames is None

@@ -170,7 +170,6 @@ def atlas_config(config: RunConfig):
         fields["backend"] = config.atlas
     if config.atlas_steps is not None:
         fields["steps"] = config.atlas_steps
-        fields["full_steps_frames"] = None  # steps asked for are run, whatever the segment's length
     return AtlasConfig(**fields)
 
 

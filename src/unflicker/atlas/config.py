@@ -108,12 +108,6 @@ class AtlasConfig:
     (`atlas_size`). The paper fits at a quarter of the source size (214 px for 854x480)."""
     steps: int | None = None
     """Optimisation steps; None: the backend's default (grid 250, mlp 10000 as in the paper)."""
-    full_steps_frames: int | None = 120
-    """grid: a fit on fewer frames than this takes proportionally fewer of `steps` (at least
-    `min_steps`), so each frame is visited about as often (each step renders `frames_per_step`
-    frames) whatever the segment's length; None: `steps` for any length."""
-    min_steps: int = 100
-    """grid: fewest steps of a fit shortened by `full_steps_frames`."""
     lr: float | None = None
     """mlp: Adam learning rate (None: 1e-4 as in the paper). grid: scales its three rates
     relative to 1e-2 (None: unscaled)."""

@@ -8,7 +8,6 @@ on the flicker fields.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -164,14 +163,6 @@ def _set_lr(opt: Adam, base: list[float], progress: float) -> None:
         group["lr"] = lr * factor
 
 
-def grid_steps(config: AtlasConfig, n_frames: int) -> int:
-    """Steps of a grid fit on n_frames frames (AtlasConfig.steps, full_steps_frames, min_steps)."""
-    steps = DEFAULT_STEPS if config.steps is None else config.steps
-    if config.full_steps_frames is None or n_frames >= config.full_steps_frames:
-        return steps
-    return min(steps, max(config.min_steps, math.ceil(steps * n_frames / config.full_steps_frames)))
-
-
 def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig) -> GridAtlas:
     """Fit the fast atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None."""
     start = time.monotonic()
@@ -197,7 +188,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
     opt = Adam([{"params": list(model.levels), "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
                 {"params": [model.gain, model.offset], "lr": base[2]}])
-    steps = grid_steps(config, n)
+    steps = DEFAULT_STEPS if config.steps is None else config.steps
     budget = config.time_budget_s
     history: list[float] = []
     for i in range(steps):
