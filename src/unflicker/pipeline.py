@@ -163,6 +163,11 @@ class Job:
         self._temp_work: Path | None = None
         self._bars: list[tqdm] = []
         self._decoders: list = []
+        self.folder: JobFolder | None = None
+        self._spills: dict[int, FrameFile] = {}
+        """Segments' frames being spilled (files not complete yet)."""
+        self._loaded: dict[int, FrameFile] = {}
+        """Finished segments' results open for stitching."""
 
     @property
     def name(self) -> str:
@@ -209,10 +214,8 @@ class Job:
         self.results: dict[int, Path] = {k: self.folder.result(k) for k in finished}
         self.reused = len(finished)
         self._to_submit = [s for s in self.segments if s.index not in finished]
-        self._spills: dict[int, FrameFile] = {}
         self._decoded = self._decoder()  # the spill decoder, started on demand
         self._t = 0
-        self._loaded: dict[int, FrameFile] = {}
         # Per-channel means of each input and output frame (the flicker index and the plot), in
         # arrays made once: small per-frame allocations kept between full-size frames fragment the heap.
         self._before = np.zeros((n, 3))
@@ -412,16 +415,16 @@ class Job:
             bar.close()
         self._bars.clear()
         for decoder in self._decoders:
-            getattr(decoder, "close", lambda: None)()
+            decoder.close()
         self._decoders.clear()
         if self.summary is None and self.sink is not None and self.error is None:
             self.sink.abort()  # interrupted: no partial output
         self.sink = None
-        for handle in [*getattr(self, "_spills", {}).values(), *getattr(self, "_loaded", {}).values()]:
+        for handle in [*self._spills.values(), *self._loaded.values()]:
             handle.close()
-        getattr(self, "_spills", {}).clear()
-        getattr(self, "_loaded", {}).clear()
-        if hasattr(self, "folder"):
+        self._spills.clear()
+        self._loaded.clear()
+        if self.folder is not None:
             self.folder.clear_transient()
         if self._temp_work is not None:
             shutil.rmtree(self._temp_work, ignore_errors=True)
