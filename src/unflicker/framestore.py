@@ -17,6 +17,14 @@ import numpy as np
 from unflicker.errors import InputError
 
 
+def _read_exactly(file, size: int, offset: int, what: str) -> bytes:
+    """`size` bytes of `file` from `offset` (a plain read, no memory map); OSError naming `what` if fewer."""
+    data = os.pread(file.fileno(), size, offset) if size else b""
+    if len(data) != size:
+        raise OSError(f"short read from {what}: {len(data)} of {size} bytes")
+    return data
+
+
 class FrameStore:
     """A growable (T, *frame_shape) array of one dtype on disk; index like an array (ints, slices)."""
 
@@ -64,11 +72,7 @@ class FrameStore:
         return np.frombuffer(self._read(t, 1), self.dtype).reshape(self.frame_shape).copy()
 
     def _read(self, start: int, count: int) -> bytes:
-        size = count * self._frame_bytes
-        data = os.pread(self._file.fileno(), size, start * self._frame_bytes) if size else b""
-        if len(data) != size:
-            raise OSError(f"short read from the frame store: {len(data)} of {size} bytes")
-        return data
+        return _read_exactly(self._file, count * self._frame_bytes, start * self._frame_bytes, "the frame store")
 
     def close(self) -> None:
         self._file.close()
@@ -130,9 +134,7 @@ class FrameFile:
         return self._offset + t * self._frame_bytes
 
     def __getitem__(self, t: int) -> np.ndarray:
-        data = os.pread(self._file.fileno(), self._frame_bytes, self._position(t))
-        if len(data) != self._frame_bytes:
-            raise OSError(f"short read from {self._file.name}: {len(data)} of {self._frame_bytes} bytes")
+        data = _read_exactly(self._file, self._frame_bytes, self._position(t), self._file.name)
         return np.frombuffer(data, self.dtype).reshape(self.shape[1:]).copy()
 
     def __setitem__(self, t: int, frame: np.ndarray) -> None:

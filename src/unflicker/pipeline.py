@@ -382,9 +382,9 @@ class Job:
             if isinstance(self.sink, ListSink):
                 self.frames_out = self.sink.frames
         output = self.output if self.write_output else self.config.keep_work
-        summary = RunSummary(output, self.source.info.frame_count if not self.write_output else self._t,
-                             0.0, _flicker(self._before[: self._t]), _flicker(self._after[: self._t]), len(self.segments), self.reused,
-                             config=self.record)
+        written = self.source.info.frame_count if not self.write_output else self._t
+        summary = RunSummary(output, written, 0.0, _flicker(self._before[: self._t]), _flicker(self._after[: self._t]),
+                             len(self.segments), self.reused, config=self.record)
         extras = []
         if self.config.compare is not None:
             from unflicker.visualize import write_side_by_side

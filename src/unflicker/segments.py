@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.framestore import FrameFile
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,6 @@ def fixed_threads(n: int) -> Iterator[None]:
 
 def _open_frames(frames: np.ndarray | Path):
     """The span's frames: the array itself, or a FrameFile read one frame at a time."""
-    from unflicker.framestore import FrameFile
-
     if isinstance(frames, (str, Path)):
         return FrameFile.open(frames)
     return frames
@@ -174,7 +173,6 @@ def _float(image: np.ndarray) -> np.ndarray:
 def run_segment(task: SegmentTask) -> SegmentResult:
     """The one pass loop: analyse the span, then process it frame by frame, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
-    from unflicker.framestore import FrameFile
     from unflicker.io import from_float, write_png
 
     start = time.perf_counter()
