@@ -150,14 +150,19 @@ def rigidity_energy(jac: torch.Tensor) -> torch.Tensor:
     jac: (..., 2, 2), rows (du, dv), columns (d/dx, d/dy), in units where the target map has
     J = identity. Minimum 2 sqrt(2) (less the 1e-3 regulariser) at a rotation. Returns (...).
     """
-    jtj = jac.transpose(-1, -2) @ jac
-    a = jtj[..., 0, 0] + 1e-3
-    b = jtj[..., 0, 1]
-    c = jtj[..., 1, 0]
-    d = jtj[..., 1, 1] + 1e-3
-    det = a * d - b * c
-    inv_norm = torch.sqrt(a**2 + b**2 + c**2 + d**2) / det.abs()
-    return torch.sqrt((jtj**2).sum(dim=(-1, -2))) + inv_norm
+    return rigidity_energy_of(jac[..., 0, 0], jac[..., 0, 1], jac[..., 1, 0], jac[..., 1, 1])
+
+
+def rigidity_energy_of(j00: torch.Tensor, j01: torch.Tensor, j10: torch.Tensor, j11: torch.Tensor) -> torch.Tensor:
+    """`rigidity_energy` of the Jacobians [[j00, j01], [j10, j11]] given as four tensors: elementwise,
+    several times faster than batched 2x2 matrix products forwards and backwards."""
+    p = j00 * j00 + j10 * j10  # J^T J = [[p, q], [q, r]]
+    q = j00 * j01 + j10 * j11
+    r = j01 * j01 + j11 * j11
+    a, d = p + 1e-3, r + 1e-3
+    det = a * d - q * q
+    inv_norm = torch.sqrt(a**2 + 2 * q**2 + d**2) / det.abs()
+    return torch.sqrt(p**2 + 2 * q**2 + r**2) + inv_norm
 
 
 def pixel_grid(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from unflicker.atlas.common import TrustedFlows, check_frames, prepare_flows, rigidity_energy
+from unflicker.atlas.common import TrustedFlows, check_frames, prepare_flows, rigidity_energy_of
 from unflicker.atlas.config import AtlasConfig
 from unflicker.atlas.grid import GridAtlas, GridModel
 from unflicker.atlas.grid_init import chain_residuals, initial_state, texture_geometry
@@ -50,14 +50,16 @@ class _FlowSamples:
                 dst.append(p + flow[ys, xs])
                 src_t.append(np.full(len(xs), a))
                 dst_t.append(np.full(len(xs), b))
-        self.src_t, self.dst_t = _cat(src_t, np.int64, ()), _cat(dst_t, np.int64, ())
-        self.src, self.dst = _cat(src, np.float32, (2,)), _cat(dst, np.float32, (2,))
+        # Both ends of a correspondence in one row: one gather per step for the frames, one for the points.
+        self.frames = torch.stack((_cat(src_t, np.int64, ()), _cat(dst_t, np.int64, ())), 1)
+        self.points = torch.cat((_cat(src, np.float32, (2,)), _cat(dst, np.float32, (2,))), 1)
 
     def loss(self, model: GridModel, count: int, gen: torch.Generator) -> torch.Tensor:
-        if len(self.src) == 0:
+        if len(self.points) == 0:
             return torch.zeros(())
-        idx = torch.randint(len(self.src), (count,), generator=gen)
-        t0, t1, p0, p1 = self.src_t[idx], self.dst_t[idx], self.src[idx], self.dst[idx]
+        idx = torch.randint(len(self.points), (count,), generator=gen)
+        t0, t1 = self.frames.index_select(0, idx).unbind(1)
+        p0, p1 = self.points.index_select(0, idx).split(2, 1)
         uv0 = model.to_atlas(t0, p0, model.displacement_points(t0, p0))
         uv1 = model.to_atlas(t1, p1, model.displacement_points(t1, p1))
         return (uv1 - uv0).norm(dim=1).mean()
@@ -72,34 +74,34 @@ def residual_rigidity(model: GridModel, k: int) -> torch.Tensor:
     sx, sy = (model.w - 1) / (gx - 1), (model.h - 1) / (gy - 1)
     ddx = ((d[..., k:] - d[..., :-k]) / (k * sx))[..., : gy - k, :]
     ddy = ((d[..., k:, :] - d[..., :-k, :]) / (k * sy))[..., : gx - k]
-    jac = torch.stack((torch.stack((1 + ddx[0], ddy[0]), -1), torch.stack((ddx[1], 1 + ddy[1]), -1)), -2)
-    return rigidity_energy(jac).mean()
+    return rigidity_energy_of(1 + ddx[0], ddy[0], ddx[1], 1 + ddy[1]).mean()
 
 
 def _image_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Colour MSE (summed over channels) and 1-pixel gradient error of (B, 3, h, w) images."""
-    rgb = ((pred - target) ** 2).sum(1).mean()
     err = pred - target
-    gx = ((err[..., :, 1:] - err[..., :, :-1]) ** 2).sum(1).mean() if pred.shape[-1] > 1 else rgb * 0
-    gy = ((err[..., 1:, :] - err[..., :-1, :]) ** 2).sum(1).mean() if pred.shape[-2] > 1 else rgb * 0
+    b, c, h, w = err.shape
+    rgb = err.square().sum() / (b * h * w)
+    gx = (err[..., :, 1:] - err[..., :, :-1]).square().sum() / (b * h * (w - 1)) if w > 1 else rgb * 0
+    gy = (err[..., 1:, :] - err[..., :-1, :]).square().sum() / (b * (h - 1) * w) if h > 1 else rgb * 0
     return rgb, gx + gy
 
 
 def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random frames, each seen through a random crop: (t (B,), pixels (B, ch, cw, 2) or None for
+    """From frames (T, 3, h, w), random frames, each seen through a random crop: (t (B,), pixels (B, ch, cw, 2) or None for
     whole frames, target (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
     flicker fields and warp nodes a gradient at every step, which Adam needs."""
-    n, h, w = frames.shape[:3]
+    n, _, h, w = frames.shape
     t = torch.randperm(n, generator=gen)[: opts.frames_per_step]
     if opts.crop is None:
-        return t, None, frames[t].permute(0, 3, 1, 2)
+        return t, None, frames.index_select(0, t)
     ch, cw = min(opts.crop[0], h), min(opts.crop[1], w)
     y0 = torch.randint(h - ch + 1, (len(t),), generator=gen)
     x0 = torch.randint(w - cw + 1, (len(t),), generator=gen)
     ys = (y0[:, None] + torch.arange(ch))[:, :, None]
     xs = (x0[:, None] + torch.arange(cw))[:, None, :]
-    target = frames[t[:, None, None], ys, xs].permute(0, 3, 1, 2)
+    target = frames.permute(0, 2, 3, 1)[t[:, None, None], ys, xs].permute(0, 3, 1, 2)
     return t, model.frame_pixels(t, y0, x0, (ch, cw)), target
 
 
@@ -183,7 +185,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
         with torch.no_grad():
             model.deform.copy_(torch.from_numpy(residual[frames_of_nodes]).permute(1, 0, 2, 3)[None])
     samples = _FlowSamples(trusted, max(1, opts.flow_stride))
-    target_all = torch.from_numpy(frames)
+    target_all = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
     scale = (config.lr or BASE_LR) / BASE_LR
     base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
     opt = Adam([{"params": list(model.levels), "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
