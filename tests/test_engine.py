@@ -181,6 +181,43 @@ def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path
     assert np.array_equal(frames_of(out), frames_of(tmp_path / "fresh.mkv"))
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_workers_end_with_a_killed_run(tmp_path):
+    clean = synth.camera_move_clip(photo(3), 90, (32, 40), motion="pan", seed=3)
+    source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=4))
+    process = subprocess.Popen([sys.executable, "-m", "unflicker", "run", str(source), "-o", str(tmp_path / "o.mkv"),
+                                "--method", "neural", "--atlas-steps", "2000", "--segment-frames", "40", "--quiet",
+                                "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(workers := _children(process.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(workers) == 2
+    time.sleep(1.0)  # into their first segments
+    process.kill()  # the run alone: its workers are mid-task
+    process.wait()
+    deadline = time.time() + 20
+    while any(map(_running, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_running, workers))
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 # --- no seams -----------------------------------------------------------------------------------
 
 def pair_errors(out, clean):

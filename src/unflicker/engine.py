@@ -18,7 +18,7 @@ from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError
-from unflicker.segments import SegmentResult, SegmentTask, run_segment
+from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, run_segment
 
 
 class WorkerDied(UnflickerError):
@@ -72,7 +72,8 @@ class _Worker:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.handle: int | None = None
 
-    def send(self, handle: int, task: SegmentTask) -> None:
+    def send(self, handle: int | None, task: SegmentTask | MethodSpec) -> None:
+        """A task to run (handle: its id), or a method spec to build ahead (handle None: no reply)."""
         self.handle = handle
         pickle.dump(task, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self.process.stdin.flush()
@@ -101,14 +102,23 @@ class LocalPool:
     task whose worker died runs again on a fresh one (up to `retries` times)."""
 
     def __init__(self, engine: EngineConfig, tasks: int | None = None):
-        """tasks: how many tasks the run has, if known (no more workers are started)."""
-        self.workers = min(engine.local_workers(), tasks or engine.local_workers())
-        self.capacity = self.workers + 1
+        """tasks: how many tasks the run has, or will have at least, if known: that many workers start
+        now (at most engine.local_workers()); more start only when tasks wait for them."""
+        self.limit = engine.local_workers()
+        self.capacity = self.limit + 1
         self.retries = engine.retries
-        self._pool = [_Worker() for _ in range(self.workers)]
+        self._pool = [_Worker() for _ in range(min(self.limit, tasks or self.limit))]
         self._queue: list[int] = []
         self._tasks: dict[int, tuple[SegmentTask, int]] = {}
         self._next = 0
+
+    def warm(self, spec: MethodSpec) -> None:
+        """Have every worker build the method now (imports, weights), ahead of its first task."""
+        for worker in self._pool:
+            try:
+                worker.send(None, spec)
+            except (BrokenPipeError, OSError):  # a dead worker is replaced when a task needs it
+                pass
 
     def submit(self, task: SegmentTask) -> int:
         self._next += 1
@@ -118,6 +128,9 @@ class LocalPool:
         return self._next
 
     def _dispatch(self) -> None:
+        idle = sum(worker.handle is None for worker in self._pool)
+        for _ in range(min(len(self._queue) - idle, self.limit - len(self._pool))):
+            self._pool.append(_Worker())
         for worker in self._pool:
             if worker.handle is None and self._queue:
                 handle = self._queue.pop(0)
@@ -231,6 +244,16 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
     started = 0
     active: list = []
     in_flight: dict[object, object] = {}
+
+    def warm(job) -> None:
+        """Start a local pool before the first job's first pass if it will have tasks for two workers:
+        they import and load the method while this process decodes."""
+        nonlocal executor
+        hint = job.task_hint + len(jobs) - started  # every job not started yet has a task at least
+        if engine.engine == "local" and engine.local_workers() > 1 and hint > 1:
+            executor = LocalPool(engine, hint)
+            executor.warm(job.spec)
+
     try:
         while True:
             while executor is None or len(in_flight) < executor.capacity:
@@ -247,7 +270,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                         break
                     started += 1
                     try:
-                        job.start(shared=engine.shares_files())
+                        job.start(shared=engine.shares_files(), ready=None if executor is not None else warm)
                         active.append(job)
                     except UnflickerError as exc:
                         job.fail(exc)

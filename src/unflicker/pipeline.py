@@ -14,12 +14,13 @@ a few frames in memory; the segments' results persist in the work folder (resume
 from __future__ import annotations
 
 import bisect
+import math
 import dataclasses
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -175,9 +176,11 @@ class Job:
 
     # -- start: checks, cuts, plan --
 
-    def start(self, shared: bool = True) -> None:
+    def start(self, shared: bool = True, ready: Callable[[Job], None] | None = None) -> None:
         """Check everything, find the cuts, plan the segments. shared: whether workers read the
-        work folder (else frames and results travel through the engine, e.g. Ray's object store)."""
+        work folder (else frames and results travel through the engine, e.g. Ray's object store).
+        ready(job), if given, is called once `spec` and `task_hint` are known, before the first pass
+        over the video (the engine starts its workers then, so they load while this one decodes)."""
         self._started = time.perf_counter()
         config = self.config
         config.check()
@@ -208,6 +211,8 @@ class Job:
             work = self._temp_work = Path(tempfile.mkdtemp(prefix="unflicker-"))
         self.folder = JobFolder(work, key)
         self.folder.write_record(self.record)
+        if ready is not None:
+            ready(self)
         self.segments = self._plan(n) if n > 1 else []
         self._core_starts = [s.core.start for s in self.segments]
         finished = self.folder.finished(len(self.segments))
@@ -226,6 +231,14 @@ class Job:
             self.sink = io.VideoWriter(self.output, info, crf=config.crf, overwrite=config.overwrite,
                                        codec=config.codec, bit_depth=config.bit_depth, comment=comment)
         self._output_frames = self._decoder()
+
+    @property
+    def task_hint(self) -> int:
+        """Before the plan (from `ready` on): about how many segments will run, at least one per
+        `segments.frames` of the video (cuts only add), less the finished ones a resumed run reuses."""
+        n = self.source.info.frame_count
+        least = math.ceil(n / self.config.segments.frames) if n > 1 else 0
+        return max(0, least - len(self.folder.finished(least)))
 
     def _bar(self, total: int, desc: str) -> tqdm:
         bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.config.progress, leave=False,

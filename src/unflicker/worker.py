@@ -2,7 +2,7 @@
 task fixes its own torch/OpenCV threads).
 
 Each message is a pickle: a SegmentTask in; ("ok", SegmentResult) or ("error", UnflickerError)
-out. The process starts clean (no state inherited from the caller, no re-import of the caller's
+out. A MethodSpec in builds that method ahead of the first task (no reply). The process starts clean (no state inherited from the caller, no re-import of the caller's
 script) and keeps its weights loaded between tasks. See engine.LocalPool.
 """
 
@@ -11,21 +11,43 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import threading
+import time
+
+
+def _exit_with_parent(interval_s: float = 1.0) -> None:
+    """End this process (mid-task too) once the process that started it is gone: a killed run must
+    not leave its workers computing segments nobody will read."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main() -> int:
+    _exit_with_parent()
     results = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the results
     tasks = sys.stdin.buffer
 
     from unflicker.errors import UnflickerError
-    from unflicker.segments import run_segment
+    from unflicker.segments import MethodSpec, build_method, run_segment
 
     while True:
         try:
             task = pickle.load(tasks)
         except EOFError:
             return 0
+        if isinstance(task, MethodSpec):  # build ahead of the first task; its errors show with the task
+            try:
+                build_method(task)
+            except UnflickerError:
+                pass
+            continue
         try:
             message = ("ok", run_segment(task))
         except UnflickerError as exc:
