@@ -2,7 +2,7 @@
 commit in the same run (interleaved, medians), with the peak memory of the whole process tree.
 
     git worktree add /tmp/unflicker-base abc6f85   # the commit before the engine
-    python benchmarks/engine.py --baseline /tmp/unflicker-base [--input DIR_OR_VIDEO] [--repeats 3]
+    python benchmarks/engine.py --baseline /tmp/unflicker-base [--previous WORKTREE] [--input DIR_OR_VIDEO] [--repeats 3]
 
     python benchmarks/engine.py --memory 3000 [--workers 2]
     python benchmarks/engine.py --baseline /tmp/unflicker-base --size 1920x1080 --frames 40 --only baseline "workers 2"
@@ -83,12 +83,12 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
     return wall, peak[0], usage.ru_utime + usage.ru_stime
 
 
-def settings(baseline: Path | None) -> dict[str, tuple[list[str], dict]]:
+def settings(baseline: Path | None, previous: Path | None = None) -> dict[str, tuple[list[str], dict]]:
     env = dict(os.environ)
     runs = {}
-    if baseline is not None:
-        base_env = dict(env, PYTHONPATH=str(baseline / "src"))
-        runs["baseline default"] = ([], base_env)
+    for name, tree in (("baseline default", baseline), ("previous default", previous)):
+        if tree is not None:
+            runs[name] = ([], dict(env, PYTHONPATH=str(tree / "src")))
     runs["--workers 1"] = (["--workers", "1"], env)
     runs["--workers 2 (default here)"] = (["--workers", "2"], env)
     runs["--engine ray --workers 2"] = (["--engine", "ray", "--workers", "2"], env)
@@ -180,6 +180,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", type=Path, default=SHARED / "processed" / "goat" / "processed")
     p.add_argument("--baseline", type=Path, help="worktree of the commit to compare against")
+    p.add_argument("--previous", type=Path, help="worktree of a second commit, e.g. the one before a change")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--only", nargs="*", help="run only the settings whose names contain one of these")
     p.add_argument("--memory", type=int, metavar="LENGTH", help="instead: peak memory of one run on a clip this long")
@@ -198,7 +199,7 @@ def main() -> None:
         size = tuple(int(v) for v in args.size.split("x"))
         args.input = scaled_clip(args.frames, size, Path(clips.name) / f"cockatoo-{args.size}.mp4")
     n = io.probe(args.input).frame_count
-    runs = settings(args.baseline)
+    runs = settings(args.baseline, args.previous)
     if args.only:
         runs = {k: v for k, v in runs.items() if any(o in k for o in args.only)}
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runs}
