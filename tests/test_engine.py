@@ -197,7 +197,8 @@ def test_workers_end_with_a_killed_run(tmp_path):
     source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=4))
     process = subprocess.Popen([sys.executable, "-m", "unflicker", "run", str(source), "-o", str(tmp_path / "o.mkv"),
                                 "--method", "neural", "--atlas-steps", "2000", "--segment-frames", "40", "--quiet",
-                                "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--workers", "2", "--keep-work", str(tmp_path / "work")],  # not left in /tmp
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while len(workers := _children(process.pid)) < 2 and time.time() < deadline:
         time.sleep(0.05)
