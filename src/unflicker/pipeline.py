@@ -14,8 +14,8 @@ a few frames in memory; the segments' results persist in the work folder (resume
 from __future__ import annotations
 
 import bisect
-import math
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
