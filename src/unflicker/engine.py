@@ -29,6 +29,10 @@ class Executor(Protocol):
     capacity: int
     """Tasks worth having in flight at once (workers, plus one ready so none waits)."""
 
+    def warm(self, spec: MethodSpec) -> None:
+        """Prepare the workers for tasks of this method ahead of the first one (or nothing)."""
+        ...
+
     def submit(self, task: SegmentTask) -> object: ...
 
     def wait(self, handles: Iterable[object]) -> list[tuple[object, SegmentResult | BaseException]]:
@@ -46,6 +50,9 @@ class InProcess:
     def __init__(self, engine: EngineConfig):
         self._tasks: dict[int, SegmentTask] = {}
         self._next = 0
+
+    def warm(self, spec: MethodSpec) -> None:
+        pass  # the method is built in this process already
 
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
@@ -205,6 +212,9 @@ class RayEngine:
         # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
         self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(run_segment)
 
+    def warm(self, spec: MethodSpec) -> None:
+        pass  # Ray's workers build the method with their first task
+
     def submit(self, task: SegmentTask) -> object:
         return self._remote.remote(task)
 
@@ -246,12 +256,12 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
     in_flight: dict[object, object] = {}
 
     def warm(job) -> None:
-        """Start a local pool before the first job's first pass if it will have tasks for two workers:
-        they import and load the method while this process decodes."""
+        """Make the executor before the first job's first pass if the run will have two tasks or more
+        (a lower bound: cuts only add segments); its workers load the method while this process decodes."""
         nonlocal executor
         hint = job.task_hint + len(jobs) - started  # every job not started yet has a task at least
-        if engine.engine == "local" and engine.local_workers() > 1 and hint > 1:
-            executor = LocalPool(engine, hint)
+        if hint > 1:
+            executor = make_executor(engine, hint)
             executor.warm(job.spec)
 
     try:

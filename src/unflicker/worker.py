@@ -2,8 +2,9 @@
 task fixes its own torch/OpenCV threads).
 
 Each message is a pickle: a SegmentTask in; ("ok", SegmentResult) or ("error", UnflickerError)
-out. A MethodSpec in builds that method ahead of the first task (no reply). The process starts clean (no state inherited from the caller, no re-import of the caller's
-script) and keeps its weights loaded between tasks. See engine.LocalPool.
+out. A MethodSpec in builds that method ahead of the first task (no reply). The process starts
+clean (no state inherited from the caller, no re-import of the caller's script) and keeps its
+weights loaded between tasks. See engine.LocalPool.
 """
 
 from __future__ import annotations
