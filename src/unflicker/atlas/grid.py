@@ -37,16 +37,9 @@ def _apply_homography(mats: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> t
 
 
 def _line_weights(nodes: int, pixels: int) -> torch.Tensor:
-    """(pixels, nodes) weights of linear interpolation between `nodes` evenly spread over `pixels`
-    (align_corners: the first and last node sit on the first and last pixel)."""
-    pos = np.arange(pixels) * ((nodes - 1) / (pixels - 1) if pixels > 1 else 0.0)
-    i0 = np.minimum(np.floor(pos).astype(np.int64), nodes - 1)
-    i1 = np.minimum(i0 + 1, nodes - 1)
-    frac = pos - i0
-    weights = np.zeros((pixels, nodes))
-    np.add.at(weights, (np.arange(pixels), i0), 1 - frac)
-    np.add.at(weights, (np.arange(pixels), i1), frac)
-    return torch.from_numpy(weights.astype(np.float32))
+    """(pixels, nodes) weights of linear interpolation (align_corners) from `nodes` to `pixels`:
+    torch's own upsampling of each node's indicator, so the products equal upsampling the fields."""
+    return F.interpolate(torch.eye(nodes)[None], size=pixels, mode="linear", align_corners=True)[0].T.contiguous()
 
 
 class GridModel(nn.Module):

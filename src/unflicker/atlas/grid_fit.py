@@ -89,8 +89,8 @@ def _image_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor,
 
 def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From frames (T, 3, h, w), random frames, each seen through a random crop: (t (B,), pixels (B, ch, cw, 2) or None for
-    whole frames, target (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
+    """From frames (T, 3, h, w), random frames, each seen through a random crop: (t (B,), pixels
+    (B, ch, cw, 2) or None for whole frames, target (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
     flicker fields and warp nodes a gradient at every step, which Adam needs."""
     n, _, h, w = frames.shape
     t = torch.randperm(n, generator=gen)[: opts.frames_per_step]
