@@ -181,15 +181,20 @@ def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path
     assert np.array_equal(frames_of(out), frames_of(tmp_path / "fresh.mkv"))
 
 
+def _stat(pid: int | str) -> list[str]:
+    """Fields of /proc/<pid>/stat after the command name: [state, ppid, ...]; [] if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
 def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _stat(e.name)[1:2] == [str(pid)]]
+
+
+def _running(pid: int) -> bool:
+    return _stat(pid)[:1] not in ([], ["Z"])
 
 
 def test_workers_end_with_a_killed_run(tmp_path):
@@ -210,13 +215,6 @@ def test_workers_end_with_a_killed_run(tmp_path):
     while any(map(_running, workers)) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(map(_running, workers))
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # --- no seams -----------------------------------------------------------------------------------
