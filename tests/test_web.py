@@ -15,7 +15,7 @@ import pytest
 
 from unflicker import io
 from unflicker.cli import main
-from unflicker.errors import OutputError
+from unflicker.errors import InputError, OutputError
 from unflicker.metrics import flicker_index
 from unflicker.web.jobs import ProgressLog
 from unflicker.web.server import startup_lines
@@ -314,3 +314,13 @@ def test_stopping_the_server_stops_a_running_job(tmp_path, clip):
     assert server.process.returncode == 0 and workers_on(folder) == []
     assert server.lines[:2] == [f"unflicker: serving on {server.url} (Ctrl+C to stop)\n",
                                 f"unflicker: work folder {server.work}\n"]
+
+
+def test_what_flickers_is_a_setting_of_the_neural_method():
+    from unflicker.web.jobs import parse_settings, run_options
+
+    assert run_options(parse_settings({"kind": "processed"}))["kind"] == "processed"
+    assert parse_settings({})["kind"] == "auto"
+    assert "kind" not in run_options(parse_settings({"method": "classical", "kind": "film"}))
+    with pytest.raises(InputError, match="what flickers"):
+        parse_settings({"kind": "sunset"})

@@ -35,6 +35,8 @@ class BatchItem:
     seconds: float = 0.0
     flicker_before: float | None = None
     flicker_after: float | None = None
+    kind: str = ""
+    """What flickered, as the neural method treated it (RunSummary.kind)."""
     error: str = ""
 
 
@@ -114,6 +116,7 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         summary = job.summary
         item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
         item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
+        item.kind = summary.kind or ""
         if config.progress:
             print(f"{job.name}: {summary.line()}", flush=True)
 

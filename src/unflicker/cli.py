@@ -49,7 +49,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _method_options(parser: argparse.ArgumentParser) -> None:
-    from unflicker.config import METHOD_NAMES, PRESETS
+    from unflicker.config import KINDS, METHOD_NAMES, PRESETS
 
     parser.add_argument("--method", choices=METHOD_NAMES, default=None,
                         help="neural (default: the paper's atlas, filter and refinement) or classical (fast "
@@ -69,6 +69,12 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "this many frames (a Gaussian sigma; default 1; frame-sized changes use at least 8, "
                              "the frame mean at least 16); only faster changes count as flicker. Larger keeps "
                              "less; 'off' gives every frame the atlas's look, as the paper does")
+    parser.add_argument("--kind", choices=KINDS, default="auto",
+                        help="neural: what flickers. auto (default) measures per segment whether the networks' "
+                             "texture-level correction removes flicker; processed (frames processed one by one: "
+                             "stylized, enhanced, AI) takes all of it; film, timelapse, mains take only the "
+                             "smooth flicker model's correction (film: also the atlas's look across a segment, "
+                             "so slow pumping goes too)")
     parser.add_argument("--strength", type=float, default=1.0, metavar="S",
                         help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own "
                              "look")
@@ -166,7 +172,7 @@ def _config(args, **extra):
     engine = EngineConfig(engine=args.engine, workers=args.workers, threads=args.threads,
                           ray_address=args.ray_address, shared_dir=args.shared_dir)
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
-                     projection=args.projection, keep_slow=args.keep_slow, strength=args.strength,
+                     projection=args.projection, keep_slow=args.keep_slow, kind=args.kind, strength=args.strength,
                      overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
                      codec=args.codec, bit_depth=args.bit_depth,
                      segments=SegmentConfig(frames=args.segment_frames), engine=engine,

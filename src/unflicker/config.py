@@ -19,6 +19,10 @@ from unflicker.errors import InputError, OutputError
 from unflicker.segments import MethodSpec, SegmentConfig
 
 ENGINES = ("local", "ray")
+KINDS = ("auto", "processed", "film", "timelapse", "mains")
+"""--kind: what flickers. auto measures, per segment, whether the networks' fine correction removes
+flicker (unflicker.gate); processed takes all of it; the physical kinds take the smooth flicker model's
+part only, and film also gives every frame of a segment the atlas's look (pumping is flicker)."""
 
 
 def machine_cores() -> int:
@@ -104,6 +108,10 @@ class RunConfig:
     """neural: Gaussian sigma, in frames, of the fine-scale changes of look kept from the input (see
     unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
     the atlas's look, as in the paper. None: AnchorConfig's defaults."""
+    kind: str = "auto"
+    """neural: what flickers, one of KINDS: 'auto' (measured per segment), 'processed' (frames processed
+    one by one: trust the networks' texture-level correction), 'film', 'timelapse' or 'mains'
+    (physical flicker: only the smooth flicker model's correction; film also without the slow-look anchor)."""
     strength: float = 1.0
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input)."""
     crf: int = io.DEFAULT_CRF
@@ -132,7 +140,7 @@ class RunConfig:
     def neural_options_set(self) -> bool:
         """Whether any option that only the neural method takes is given."""
         return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
-                    or not self.projection)
+                    or not self.projection or self.kind != "auto")
 
     def check(self) -> None:
         """Raise InputError / OutputError on options that cannot work together."""
@@ -149,8 +157,10 @@ class RunConfig:
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
         if self.method not in (None, "neural") and self.neural_options_set:
-            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow and --no-projection apply to "
-                             "--method neural only")
+            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow, --kind and --no-projection apply "
+                             "to --method neural only")
+        if self.kind not in KINDS:
+            raise InputError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
         if self.stop_after and (self.compare or self.plot):
@@ -202,13 +212,22 @@ def anchor_config(config: RunConfig):
     coarse and frame-wide windows are never shorter (None: no anchor, --keep-slow off)."""
     from unflicker.anchor import AnchorConfig
 
-    if config.keep_slow == math.inf:
+    if config.keep_slow == math.inf or (config.keep_slow is None and config.kind == "film"):
         return None
     if config.keep_slow is None:
         return AnchorConfig()
     defaults = AnchorConfig()
     return AnchorConfig(sigma=config.keep_slow, coarse_sigma=max(config.keep_slow, defaults.coarse_sigma),
                         global_sigma=max(config.keep_slow, defaults.global_sigma))
+
+
+def gate_config(config: RunConfig):
+    """The share of the networks' fine correction: measured (auto), all of it (processed) or none."""
+    from unflicker.gate import GateConfig
+
+    if config.kind == "auto":
+        return GateConfig()
+    return GateConfig(weight=1.0 if config.kind == "processed" else 0.0)
 
 
 def method_spec(config: RunConfig) -> MethodSpec:
@@ -219,9 +238,10 @@ def method_spec(config: RunConfig) -> MethodSpec:
         return MethodSpec("classical", ClassicalConfig())
     from unflicker.neural import NeuralConfig
 
-    neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config))
+    neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config),
+                          gate=gate_config(config))
     if not config.projection:
-        neural.projection = None
+        neural.projection = neural.gate = None
     return MethodSpec("neural", neural)
 
 
@@ -233,6 +253,7 @@ def record(spec: MethodSpec, config: RunConfig, fingerprint: dict) -> dict:
         "unflicker": __version__,
         "method": spec.name,
         "preset": config.preset,
+        "kind": config.kind,
         spec.name: config_record(spec.config),
         "weights": fingerprint,
         "segments": dataclasses.asdict(config.segments),

@@ -1,8 +1,8 @@
 """The method protocol (every hook the pass loop calls) and the name -> method registry.
 
 A method sees one segment at a time (segments.run_segment): `analyze` once over the span's frames,
-then `process(t, frame)` for t = 0, 1, ... in order; the slow-look anchor it asks for with
-`anchor_config` runs after it. Frames are (H, W, 3) float32 RGB in [0, 1].
+then `process(t, frame)` for t = 0, 1, ... in order, then `settle(t, frame, output)` for t = 0, 1, ...
+in a second sweep; the slow-look anchor it asks for with `anchor_config` runs on the settled frames. Frames are (H, W, 3) float32 RGB in [0, 1].
 """
 
 from __future__ import annotations
@@ -33,6 +33,15 @@ class Method(Protocol):
         """Stage name -> frame for frame t of the analysed segment (called for t = 0, 1, ...)."""
         ...
 
+    def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """Frame t's output revised with what the method learned from the whole segment (a second
+        sweep, t = 0, 1, ..., after `process` saw every frame); `output` is what process returned."""
+        ...
+
+    def report(self) -> dict:
+        """JSON-able facts about the last segment (shown in the run summary), e.g. the gate's weight."""
+        ...
+
     def anchor_config(self, n_frames: int) -> AnchorConfig:
         """How much of the input's slow look the anchor hands back (AnchorConfig.off(): none)."""
         ...
@@ -56,6 +65,12 @@ class ClassicalMethod:
 
     def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
         return {"classical": self._deflicker.process(t, frame)}
+
+    def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
+        return output
+
+    def report(self) -> dict:
+        return {}
 
     def anchor_config(self, n_frames: int) -> AnchorConfig:
         return AnchorConfig.off()

@@ -21,6 +21,7 @@ from unflicker.anchor import AnchorConfig
 from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit_video
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
+from unflicker.gate import FineGate, GateConfig
 from unflicker.projection import FlickerModel, ProjectionConfig
 
 STAGES = ("atlas", "filter", "refine", "project")
@@ -38,6 +39,9 @@ class NeuralConfig:
     """Local refinement weights file (None: the shipped ones)."""
     projection: ProjectionConfig | None = field(default_factory=ProjectionConfig)
     """The flicker model the correction is projected onto; None skips that stage (the paper's way)."""
+    gate: GateConfig | None = field(default_factory=GateConfig)
+    """How much of the refined frames' correction beyond the flicker model each segment takes
+    (unflicker.gate); None: the projection alone. Needs the projection."""
     anchor: AnchorConfig | None = field(default_factory=AnchorConfig)
     """How much of the input's slow look is kept (unflicker.anchor); None: none, as in the paper."""
     stop_after: str | None = None
@@ -68,6 +72,9 @@ class NeuralDeflicker:
 
             self._refine = LocalRefiner.load(self.config.refine_weights, device=self.config.device)
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
+        self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
+        self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
+        self._weight: float | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -108,6 +115,9 @@ class NeuralDeflicker:
             raise InputError("the video has no frames")
         self.atlas = fit_video(low_res, [range(len(low_res))], self.config.atlas, progress=self.progress)
         self._next_t = None
+        if self._gate is not None:
+            self._gate.reset()
+            self._refined, self._weight = None, None
 
     def _prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
         """The stages of frame t that depend on no other frame: 'atlas' and 'filter'."""
@@ -133,4 +143,28 @@ class NeuralDeflicker:
             stages["refine"] = self._refine.apply(stages["filter"])
         if self._projection is not None:
             stages["project"] = self._projection.project(frame, stages["refine"])
+        if self._gate is not None:
+            if self._refined is None:
+                self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
+            self._refined[t] = np.round(np.clip(stages["refine"], 0.0, 1.0) * 65535)
+            self._gate.observe(frame, stages["project"], stages["refine"])
         return stages
+
+    def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """The projected frame t plus the gate's share of the rest of the refined frame's correction
+        (after every frame of the segment went through process)."""
+        if self._gate is None or self._refined is None:
+            return output
+        if self._weight is None:
+            self._weight = self._gate.weight()
+        if self._weight == 0.0:
+            return output
+        refined = self._refined[t].astype(np.float32) * np.float32(1 / 65535)
+        return output + np.float32(self._weight) * (refined - output)
+
+    def report(self) -> dict:
+        """The gate's measurement and weight for the last segment (empty without a gate)."""
+        if self._gate is None:
+            return {}
+        share = self._gate.share
+        return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4)}

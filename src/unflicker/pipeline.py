@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
 import math
 import shutil
 import tempfile
@@ -62,13 +63,31 @@ class RunSummary:
     """Compare video and plot written beside the output."""
     config: dict | None = None
     """The resolved settings (as recorded in the work folder and the output's comment tag)."""
+    segment_info: tuple[dict, ...] = ()
+    """What the method reported about each segment, in order ({} where unknown)."""
+
+    @property
+    def kind(self) -> str | None:
+        """What flickered, as the neural method treated it: the --kind given, or for auto 'processed'
+        (most frames' segments took most of the networks' fine correction), 'physical' or 'mixed'."""
+        kind = (self.config or {}).get("kind")
+        weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
+        if kind != "auto" or not weights:
+            return kind
+        share = sum(w >= 0.5 for w in weights) / len(weights)
+        return "processed" if share == 1 else "physical" if share == 0 else "mixed"
 
     def line(self) -> str:
         reused = f", {self.reused} of them reused from the work folder" if self.reused else ""
+        weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
+        kind = ""
+        if self.kind is not None and weights:
+            kind = (f", kind {self.kind} (fine correction weight {min(weights):.2f}"
+                    + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3), "
-                f"{self.segments} segment{'s' if self.segments != 1 else ''}{reused}")
+                f"{self.segments} segment{'s' if self.segments != 1 else ''}{reused}{kind}")
 
 
 # --- sources and sinks ----------------------------------------------------------------------------
@@ -332,6 +351,7 @@ class Job:
         path = self.folder.result(result.index)
         if isinstance(result.frames, np.ndarray):
             io.atomic_npy(path, result.frames)
+        io.write_file_atomically(self.folder.info(result.index), json.dumps(result.info).encode(), overwrite=True)
         self.results[result.index] = path
         self.folder.spill(result.index).unlink(missing_ok=True)
 
@@ -397,7 +417,7 @@ class Job:
         output = self.output if self.write_output else self.config.keep_work
         written = self.source.info.frame_count if not self.write_output else self._t
         summary = RunSummary(output, written, 0.0, _flicker(self._before[: self._t]), _flicker(self._after[: self._t]),
-                             len(self.segments), self.reused, config=self.record)
+                             len(self.segments), self.reused, config=self.record, segment_info=self._segment_info())
         extras = []
         if self.config.compare is not None:
             from unflicker.visualize import write_side_by_side
@@ -413,6 +433,16 @@ class Job:
                                                 title, self.config.overwrite))
         self.summary = dataclasses.replace(summary, seconds=time.perf_counter() - self._started, extras=tuple(extras))
         self.close()
+
+    def _segment_info(self) -> tuple[dict, ...]:
+        """Each segment's report, read back from the work folder ({} where there is none)."""
+        infos = []
+        for segment in self.segments:
+            try:
+                infos.append(json.loads(self.folder.info(segment.index).read_text()))
+            except (OSError, ValueError):
+                infos.append({})
+        return tuple(infos)
 
     def fail(self, error: BaseException) -> None:
         if not isinstance(error, UnflickerError):

@@ -5,6 +5,7 @@ its files' sizes and modification times) and of the resolved settings the segmen
 (method config, weights' digests, segment plan, threads). It holds:
 - `segment-00003.npy`: one finished segment's span output ((T, H, W, 3) uint16), written under a
   temporary name and renamed, so a file that exists is complete;
+- `segment-00003.json`: what the method reported about it (e.g. the gate's weight; shown in the summary);
 - `config.json`: the resolved settings (what `config.record` returns);
 - `frames/`, `running/`: spilled input frames of segments in flight and the pids of running tasks
   (both transient).
@@ -46,6 +47,10 @@ class JobFolder:
 
     def result(self, index: int) -> Path:
         return self.path / f"segment-{index:05d}.npy"
+
+    def info(self, index: int) -> Path:
+        """What the method reported about a finished segment (JSON)."""
+        return self.path / f"segment-{index:05d}.json"
 
     def finished(self, count: int) -> set[int]:
         """Indices of the segments whose result is in place."""

@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +125,8 @@ class SegmentResult:
     frames: np.ndarray | Path
     """(T, H, W, 3) uint16 span output, or the .npy file holding it."""
     seconds: float
+    info: dict = field(default_factory=dict)
+    """What the method reported about the segment (Method.report), e.g. the gate's weight."""
 
 
 _METHOD_CACHE: dict[str, object] = {}
@@ -171,7 +173,7 @@ def _float(image: np.ndarray) -> np.ndarray:
 
 
 def run_segment(task: SegmentTask) -> SegmentResult:
-    """The one pass loop: analyse the span, then process it frame by frame, anchor, quantise."""
+    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
     from unflicker.io import from_float, write_png
 
@@ -194,31 +196,36 @@ def run_segment(task: SegmentTask) -> SegmentResult:
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
 
-            def processed():
-                nonlocal out
+            for i in range(n):  # the pass: every stage of every frame, in order
+                stages = method.process(i, _float(frames[i]))
+                if task.stages_dir is not None and i in core:
+                    for stage, frame in stages.items():
+                        write_png(Path(task.stages_dir) / stage / task.names[i], frame)
+                output = stages[method.stages[-1]]
+                if out is None:  # on disk when the result goes to a file: memory does not grow with size
+                    shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
+                    out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
+                out[i] = from_float(output, 16)  # held here until settled and anchored
+
+            def settled():  # second sweep: what the method learned from the whole segment
                 for i in range(n):
-                    image = _float(frames[i])
-                    stages = method.process(i, image)
-                    if task.stages_dir is not None and i in core:
-                        for stage, frame in stages.items():
-                            write_png(Path(task.stages_dir) / stage / task.names[i], frame)
-                    output = stages[method.stages[-1]]
-                    if out is None:  # on disk when the result goes to a file: memory does not grow with size
-                        shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
-                        out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
-                    out[i] = from_float(output, 16)  # held here until the anchor has looked ahead
-                    yield i, image, output
+                    image, output = _float(frames[i]), out[i] * np.float32(1 / 65535)
+                    final = method.settle(i, image, output)
+                    if final is not output:
+                        out[i] = from_float(final, 16)
+                    yield i, image, final
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
-            for i, slow in anchor.corrections(processed()):
+            for i, slow in anchor.corrections(settled()):
                 if slow is not None:
                     out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
+            info = method.report()
         result: np.ndarray | Path = out
         if temp is not None:
             out.close()
             os.replace(temp, task.output)
             result = Path(task.output)
-        return SegmentResult(task.job, task.segment.index, result, time.perf_counter() - start)
+        return SegmentResult(task.job, task.segment.index, result, time.perf_counter() - start, info)
     finally:
         for handle in (out, frames):
             if isinstance(handle, FrameFile):

@@ -28,7 +28,8 @@ from unflicker.web.store import Job, Session, Store, Upload
 METHODS = ("neural", "classical")
 PRESETS = ("fast", "balanced", "paper")
 FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "mov": ".mov", "png-zip": ".zip"}
-DEFAULTS = {"method": "neural", "preset": "balanced", "strength": 1.0, "keep_slow": "", "format": "mp4"}
+KINDS = ("auto", "processed", "film", "timelapse", "mains")
+DEFAULTS = {"method": "neural", "preset": "balanced", "kind": "auto", "strength": 1.0, "keep_slow": "", "format": "mp4"}
 """The CLI's defaults (`unflicker run` with no options), as the page shows them."""
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".mxf",
                   ".gif", ".wmv", ".flv", ".3gp", ".y4m", ".zip"}
@@ -46,6 +47,8 @@ def parse_settings(form: dict) -> dict:
         raise InputError(f"method must be one of {', '.join(METHODS)}")
     if settings["preset"] not in PRESETS:
         raise InputError(f"preset must be one of {', '.join(PRESETS)}")
+    if settings["kind"] not in KINDS:
+        raise InputError(f"'what flickers' must be one of {', '.join(KINDS)}")
     if settings["format"] not in FORMATS:
         raise InputError(f"output format must be one of {', '.join(FORMATS)}")
     try:
@@ -70,6 +73,7 @@ def run_options(settings: dict) -> dict:
     options = {"method": settings["method"], "strength": settings["strength"]}
     if settings["method"] == "neural":
         options["preset"] = settings["preset"]
+        options["kind"] = settings["kind"]
         if settings["keep_slow"]:
             options["keep_slow"] = math.inf if settings["keep_slow"] == "off" else float(settings["keep_slow"])
     return options

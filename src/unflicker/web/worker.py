@@ -28,7 +28,8 @@ from unflicker.pipeline import RunConfig, deflicker_file
 def _summary(summary, notes: list[str]) -> dict:
     """The page's copy of a RunSummary (frames, seconds, flicker before and after)."""
     return {"frames": summary.frames, "seconds": round(summary.seconds, 2),
-            "flicker_before": summary.flicker_before, "flicker_after": summary.flicker_after, "notes": notes}
+            "flicker_before": summary.flicker_before, "flicker_after": summary.flicker_after, "kind": summary.kind,
+            "notes": notes}
 
 
 def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Path, str]:

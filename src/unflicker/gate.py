@@ -1,0 +1,105 @@
+"""How much of the networks' fine correction to trust: the gate between the projection and the refined frames.
+
+The projection (projection.py) keeps only the part of the networks' correction that a smooth
+flicker model can express, plus its small remainder. That protects clean video and physical
+flicker from the atlas's flaws, but a per-frame process (stylization, detail enhancement, img2img,
+denoising with random settings) flickers in texture, which no smooth model expresses: there the
+refined frames O_t of the paper's stages are what removes the flicker. The two cases differ in
+what the rest of the correction, O_t - P_t, does over time. Where it removes flicker, the refined
+frames are much more consistent along the motion than the projected ones; where it only carries
+the atlas's flaws (clean or smoothly flickering video, whose projected frames are already
+consistent), it changes little.
+
+`FineGate` measures that per segment: on small copies (longer side `side`), with DIS flow between
+consecutive input frames and Lai et al.'s occlusion mask, the mean absolute difference of
+consecutive warped frames, e_P for the projected and e_O for the refined frames. The share of
+e_P that the refined frames remove, g = 1 - e_O / e_P, sets the weight w of the rest of the
+correction (0 at or below `low`, 1 at or above `high`, linear between); the segment's output is
+P_t + w (O_t - P_t). The weight is one number per segment, so it cannot flicker itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from unflicker.errors import InputError
+
+
+@dataclass
+class GateConfig:
+    """How the share of the refined frames' correction beyond the flicker model is chosen."""
+
+    low: float = 0.15
+    """Share g of the projected frames' temporal error that the refined frames remove, at or below
+    which none of the rest of their correction is taken."""
+    high: float = 0.35
+    """Share g at or above which all of it is taken (the paper's output, anchored)."""
+    side: int = 160
+    """Longer side, in pixels, of the copies the temporal errors are measured on."""
+    weight: float | None = None
+    """A fixed weight in 0..1 instead of the measured one (--kind processed: 1, physical kinds: 0)."""
+
+    def check(self) -> None:
+        if not 0.0 <= self.low < self.high <= 1.0:
+            raise InputError(f"gate needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+        if self.side < 16:
+            raise InputError(f"gate side must be >= 16, got {self.side}")
+        if self.weight is not None and not 0.0 <= self.weight <= 1.0:
+            raise InputError(f"gate weight must be in 0..1, got {self.weight}")
+
+
+def _small(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = min(1.0, side / max(h, w))
+    if scale == 1.0:
+        return np.ascontiguousarray(image, np.float32)
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+class FineGate:
+    """Accumulates e_P and e_O over one segment's frames (in order) and gives the weight."""
+
+    def __init__(self, config: GateConfig | None = None):
+        self.config = config or GateConfig()
+        self.config.check()
+        self.reset()
+
+    def reset(self) -> None:
+        self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._sums = np.zeros(2)
+        self._pixels = 0
+
+    def observe(self, frame: np.ndarray, projected: np.ndarray, refined: np.ndarray) -> None:
+        """Frame t's input, projected and refined frames (H, W, 3) float32, for t = 0, 1, ... in order."""
+        from unflicker.flow import flow_pair, warp
+
+        side = self.config.side
+        current = (_small(frame, side), _small(projected, side), _small(refined, side))
+        if self._previous is not None:
+            pair = flow_pair(self._previous[0], current[0])  # previous -> current on the input
+            valid = pair.valid
+            for k in (1, 2):
+                diff = np.abs(self._previous[k] - warp(current[k], pair.forward)).mean(2)
+                self._sums[k - 1] += float(diff[valid].sum())
+            self._pixels += int(valid.sum())
+        self._previous = current
+
+    @property
+    def share(self) -> float | None:
+        """g = 1 - e_O / e_P over the frames seen (None before two frames)."""
+        if self._pixels == 0 or self._sums[0] <= 0:
+            return None
+        return float(1.0 - self._sums[1] / self._sums[0])
+
+    def weight(self) -> float:
+        """The weight of O_t - P_t in the segment's output."""
+        if self.config.weight is not None:
+            return float(self.config.weight)
+        g = self.share
+        if g is None:
+            return 0.0
+        return float(np.clip((g - self.config.low) / (self.config.high - self.config.low), 0.0, 1.0))

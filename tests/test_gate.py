@@ -1,0 +1,106 @@
+"""The gate of the networks' fine correction (unflicker.gate) and --kind."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import synth
+from unflicker.errors import InputError
+from unflicker.gate import FineGate, GateConfig
+
+
+@pytest.fixture(scope="module")
+def moving_clip():
+    rng = np.random.default_rng(5)
+    photo = cv2.GaussianBlur(rng.random((220, 300, 3)).astype(np.float32), (0, 0), 2.0)
+    photo = (photo - photo.min()) / (photo.max() - photo.min())
+    return synth.camera_move_clip(photo, 12, (90, 120), motion="pan", seed=2)
+
+
+def _texture_flicker(clip, seed):
+    """Per-frame random texture (a process with random settings per frame): not smooth in space."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for frame in clip:
+        noise = cv2.GaussianBlur(rng.normal(0, 1, frame.shape).astype(np.float32), (0, 0), 1.0)
+        out.append(np.clip(frame + 0.06 * noise, 0, 1))
+    return out
+
+
+def _share_and_weight(inputs, projected, refined, config=None):
+    gate = FineGate(config)
+    for frame, p, o in zip(inputs, projected, refined):
+        gate.observe(frame, p, o)
+    return gate.share, gate.weight()
+
+
+def test_refined_frames_that_remove_texture_flicker_are_taken(moving_clip):
+    processed = _texture_flicker(moving_clip, 1)
+    # The projection cannot express texture: its frames keep the flicker; the refined ones are consistent.
+    share, weight = _share_and_weight(processed, processed, moving_clip)
+    assert share > 0.5 and weight == 1.0
+
+
+def test_refined_frames_that_only_differ_by_flaws_are_not_taken(moving_clip):
+    rng = np.random.default_rng(2)
+    # The atlas's flaws: a wrong-coloured patch and some softening, steady over the segment.
+    refined = []
+    for frame in moving_clip:
+        flawed = cv2.GaussianBlur(frame, (0, 0), 1.0)
+        flawed[20:50, 30:70] = np.clip(flawed[20:50, 30:70] + rng.normal(0, 0.01, 3).astype(np.float32) + 0.1, 0, 1)
+        refined.append(flawed)
+    share, weight = _share_and_weight(moving_clip, moving_clip, refined)
+    assert share < GateConfig().low and weight == 0.0
+
+
+def test_a_fixed_weight_overrides_the_measurement_and_bad_settings_are_refused(moving_clip):
+    processed = _texture_flicker(moving_clip, 3)
+    assert _share_and_weight(processed, processed, moving_clip, GateConfig(weight=0.0))[1] == 0.0
+    assert _share_and_weight(moving_clip[:1], moving_clip[:1], moving_clip[:1])[1] == 0.0  # one frame: nothing measured
+    for bad in (dict(low=0.5, high=0.2), dict(weight=1.5), dict(side=4)):
+        with pytest.raises(InputError):
+            GateConfig(**bad).check()
+
+
+def test_kind_sets_the_gate_and_the_anchor():
+    from unflicker.config import RunConfig, method_spec
+
+    spec = lambda kind: method_spec(RunConfig(method="neural", kind=kind)).config  # noqa: E731
+    assert spec("auto").gate.weight is None and spec("processed").gate.weight == 1.0
+    assert spec("mains").gate.weight == 0.0 and spec("timelapse").anchor is not None
+    assert spec("film").gate.weight == 0.0 and spec("film").anchor is None
+    assert method_spec(RunConfig(method="neural", kind="film", keep_slow=2.0)).config.anchor.sigma == 2.0
+    with pytest.raises(InputError, match="unknown kind"):
+        RunConfig(kind="sunset").check()
+    with pytest.raises(InputError, match="--kind"):
+        RunConfig(method="classical", kind="processed").check()
+
+
+def test_processed_kind_takes_the_refined_frames_and_the_summary_says_so(tmp_path, moving_clip):
+    from unflicker import io
+    from unflicker.config import EngineConfig
+    from unflicker.pipeline import RunConfig, deflicker_file
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(_texture_flicker(moving_clip, 4)):
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), cv2.cvtColor(io.from_float(frame), cv2.COLOR_RGB2BGR))
+
+    def run(name, **options):
+        config = RunConfig(method="neural", atlas_steps=20, keep_slow=math.inf, progress=False,
+                           engine=EngineConfig(workers=1), **options)
+        summary = deflicker_file(folder, tmp_path / name, config)
+        return summary, np.stack([io.to_float(f.image) for f in io.read_frames(tmp_path / name)])
+
+    processed, taken = run("processed", kind="processed")
+    _, refined = run("refined", projection=False)
+    _, projected = run("projected", kind="timelapse")
+    assert np.abs(taken - refined).max() <= 1.5 / 255  # P + 1 (O - P) = O, up to rounding
+    assert np.abs(projected - refined).mean() > 4 * np.abs(taken - refined).mean()
+    assert processed.kind == "processed" and "kind processed" in processed.line()
+    auto, _ = run("auto")
+    (info,) = auto.segment_info
+    assert 0.0 <= info["fine_weight"] <= 1.0 and info["fine_share"] is not None
+    assert auto.kind in ("processed", "physical") and auto.config["kind"] == "auto"
