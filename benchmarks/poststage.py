@@ -4,7 +4,8 @@ For every case of a split whose refined frames O_t are cached, each variant maps
 output frames; all are scored with the benchmark's Evaluator (flows computed once per case) and
 summarised per kind like benchmarks/heldout.py. Variants are named in VARIANTS.
 
-    python benchmarks/poststage.py --split tune --variants default paper gate
+    python benchmarks/poststage.py --split tune --variants paper previous default --out results/post-tune.jsonl
+    python benchmarks/poststage.py --out results/post-tune.jsonl --summary
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 import corpus
@@ -23,7 +23,6 @@ import heldout
 from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 from unflicker.evaluation import Evaluator
-from unflicker.flow import flow_pair, warp
 from unflicker.gate import FineGate, GateConfig
 from unflicker.projection import FlickerModel, ProjectionConfig
 
@@ -34,66 +33,62 @@ def anchored(frames: np.ndarray, outputs: list[np.ndarray], config: AnchorConfig
 
 
 def v_paper(I, O, **_):
+    """The paper's stages alone (`--keep-slow off --no-projection`)."""
     return list(O)
 
 
-def v_default(I, O, **_):
+def v_previous(I, O, **_):
+    """The default before the gate (commit 6b47fc7): projection, then the anchor."""
     model = FlickerModel(ProjectionConfig())
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
-def _small(x: np.ndarray, side: int = 160) -> np.ndarray:
-    h, w = x.shape[:2]
-    s = side / max(h, w)
-    return cv2.resize(x, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-
-
-def temporal_errors(I, seqs: dict[str, list[np.ndarray]], side: int = 160) -> dict[str, float]:
-    """Mean masked L1 between consecutive frames of each sequence, warped by DIS flow on I (low res)."""
-    small_I = [_small(f, side) for f in I]
-    small = {k: [_small(f, side) for f in v] for k, v in seqs.items()}
-    sums = {k: 0.0 for k in seqs}
-    count = 0
-    for t in range(len(I) - 1):
-        pair = flow_pair(small_I[t], small_I[t + 1])
-        valid = pair.valid
-        count += valid.sum()
-        for k, v in small.items():
-            diff = np.abs(v[t] - warp(v[t + 1], pair.forward)).mean(2)
-            sums[k] += float(diff[valid].sum())
-    return {k: 1e3 * v / max(count, 1) for k, v in sums.items()}
-
-
-def mixed(w_fixed: float | None):
-    def run(I, O, stats, **_):
-        model = FlickerModel(ProjectionConfig())
-        smooth = FlickerModel(ProjectionConfig(residual_tolerance=0.0))
-        P = [model.project(I[t], O[t]) for t in range(len(I))]
-        S = [smooth.project(I[t], O[t]) for t in range(len(I))]
-        e = temporal_errors(I, {"I": list(I), "S": S, "P": P, "O": list(O)})
-        stats.update({f"e_{k}": v for k, v in e.items()})
-        stats["g"] = 1 - e["O"] / e["P"]
-        w = w_fixed
-        stats["w"] = w
-        return anchored(I, [P[t] + w * (O[t] - P[t]) for t in range(len(I))])
-    return run
-
-
 def gated(config: GateConfig | None = None):
-    """What the default neural run computes after the refinement: projection, gate, anchor."""
+    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
         model, gate = FlickerModel(ProjectionConfig()), FineGate(config)
         P = []
         for t in range(len(I)):
             P.append(model.project(I[t], O[t]))
             gate.observe(I[t], P[t], O[t])
-        w = gate.weight()
-        stats.update(share=gate.share, w=w)
-        return anchored(I, [P[t] + np.float32(w) * (O[t] - P[t]) for t in range(len(I))])
+        w, s = np.float32(gate.weight()), np.float32(gate.strength())
+        stats.update(share=gate.share, w=float(w), input_share=gate.input_share, strength=float(s))
+        return anchored(I, [I[t] + s * (P[t] + w * (O[t] - P[t]) - I[t]) for t in range(len(I))])
     return run
 
 
-VARIANTS = {"paper": v_paper, "default": v_default, "mix50": mixed(0.5), "mix100": mixed(1.0), "gate": gated()}
+VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0))}
+"""default: the library's default; processed: `--kind processed`."""
+
+
+FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",
+            "img2img": "texture", "sharpen": "texture"}
+
+
+def family(kind: str) -> str:
+    """clean, physical, processed (tone/colour) or processed (texture), real."""
+    if kind.startswith("processed/"):
+        return f"processed ({FAMILIES.get(kind.split('/')[1], 'tone/colour')})"
+    return "processed (tone/colour)" if kind == "shared-processed" else kind.split("/")[0]
+
+
+def summary(rows: list[dict]) -> str:
+    """Markdown: per family and method, cases and the means (min) of the benchmark's scores."""
+    latest = {(r["case"], r["method"]): r for r in rows}
+    groups: dict = {}
+    for r in latest.values():
+        groups.setdefault((family(r["kind"]), r["method"]), []).append(r)
+    lines = ["| family | method | cases | gap closed % (min) | PSNR dB (min) | detail (min) | paper E_warp reduction % |",
+             "|---|---|---|---|---|---|---|"]
+
+    def stat(rs, key):
+        values = [min(r[key], 99.0) if key == "psnr" else r[key] for r in rs if r.get(key) is not None]
+        return f"{np.mean(values):.2f} ({min(values):.2f})" if values else ""
+
+    for (fam, method), rs in sorted(groups.items()):
+        lines.append(f"| {fam} | {method} | {len(rs)} | {stat(rs, 'gap_closed')} | {stat(rs, 'psnr')} | "
+                     f"{stat(rs, 'detail')} | {stat(rs, 'paper_reduction')} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*")
     parser.add_argument("--variants", nargs="+", default=["default"])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines of scores (appended)")
+    parser.add_argument("--summary", action="store_true", help="only print the summary of --out")
     args = parser.parse_args(argv)
+    if args.summary:
+        print(summary([json.loads(line) for line in args.out.read_text().splitlines()]))
+        return 0
     cases = [c for c in corpus.select(corpus.load_listing(), args.split, args.cases) if cache_path(c).exists()]
     done = set()
     if args.out.exists():

@@ -16,6 +16,11 @@ consecutive warped frames, e_P for the projected and e_O for the refined frames.
 e_P that the refined frames remove, g = 1 - e_O / e_P, sets the weight w of the rest of the
 correction (0 at or below `low`, 1 at or above `high`, linear between); the segment's output is
 P_t + w (O_t - P_t). The weight is one number per segment, so it cannot flicker itself.
+
+The same measurement guards clean video. Where the projected frames are not more consistent than
+the input (g_in = 1 - e_P / e_I small: nothing flickered, or nothing the method removes), the whole
+correction is only the atlas's flaws; `strength` then fades it out (0 at or below `clean_low`, 1 at
+or above `clean_high`): the output is I_t + s (P_t + w (O_t - P_t) - I_t).
 """
 
 from __future__ import annotations
@@ -37,14 +42,22 @@ class GateConfig:
     which none of the rest of their correction is taken."""
     high: float = 0.35
     """Share g at or above which all of it is taken (the paper's output, anchored)."""
+    clean_low: float = 0.06
+    """Share g_in of the input's temporal error that the projected frames remove, at or below which
+    the segment counts as flicker-free and is left as it is."""
+    clean_high: float = 0.12
+    """Share g_in at or above which the whole correction is applied."""
     side: int = 160
     """Longer side, in pixels, of the copies the temporal errors are measured on."""
     weight: float | None = None
-    """A fixed weight in 0..1 instead of the measured one (--kind processed: 1, physical kinds: 0)."""
+    """A fixed weight in 0..1 instead of the measured one (--kind processed: 1, physical kinds: 0);
+    the strength is then 1 (the user says the video flickers)."""
 
     def check(self) -> None:
         if not 0.0 <= self.low < self.high <= 1.0:
             raise InputError(f"gate needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
+        if not 0.0 <= self.clean_low < self.clean_high <= 1.0:
+            raise InputError(f"gate needs 0 <= clean_low < clean_high <= 1, got {self.clean_low}, {self.clean_high}")
         if self.side < 16:
             raise InputError(f"gate side must be >= 16, got {self.side}")
         if self.weight is not None and not 0.0 <= self.weight <= 1.0:
@@ -61,7 +74,7 @@ def _small(image: np.ndarray, side: int) -> np.ndarray:
 
 
 class FineGate:
-    """Accumulates e_P and e_O over one segment's frames (in order) and gives the weight."""
+    """Accumulates e_I, e_P and e_O over one segment's frames (in order) and gives the weight and strength."""
 
     def __init__(self, config: GateConfig | None = None):
         self.config = config or GateConfig()
@@ -70,7 +83,7 @@ class FineGate:
 
     def reset(self) -> None:
         self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._sums = np.zeros(2)
+        self._sums = np.zeros(3)  # e_P, e_O, e_I
         self._pixels = 0
 
     def observe(self, frame: np.ndarray, projected: np.ndarray, refined: np.ndarray) -> None:
@@ -82,9 +95,9 @@ class FineGate:
         if self._previous is not None:
             pair = flow_pair(self._previous[0], current[0])  # previous -> current on the input
             valid = pair.valid
-            for k in (1, 2):
+            for k, sum_index in ((1, 0), (2, 1), (0, 2)):
                 diff = np.abs(self._previous[k] - warp(current[k], pair.forward)).mean(2)
-                self._sums[k - 1] += float(diff[valid].sum())
+                self._sums[sum_index] += float(diff[valid].sum())
             self._pixels += int(valid.sum())
         self._previous = current
 
@@ -94,6 +107,22 @@ class FineGate:
         if self._pixels == 0 or self._sums[0] <= 0:
             return None
         return float(1.0 - self._sums[1] / self._sums[0])
+
+    @property
+    def input_share(self) -> float | None:
+        """g_in = 1 - e_P / e_I over the frames seen (None before two frames)."""
+        if self._pixels == 0 or self._sums[2] <= 0:
+            return None
+        return float(1.0 - self._sums[0] / self._sums[2])
+
+    def strength(self) -> float:
+        """The share of the whole correction applied (0: the segment is left as it is)."""
+        if self.config.weight is not None:
+            return 1.0
+        g = self.input_share
+        if g is None:
+            return 1.0
+        return float(np.clip((g - self.config.clean_low) / (self.config.clean_high - self.config.clean_low), 0.0, 1.0))
 
     def weight(self) -> float:
         """The weight of O_t - P_t in the segment's output."""

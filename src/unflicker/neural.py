@@ -151,20 +151,27 @@ class NeuralDeflicker:
         return stages
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
-        """The projected frame t plus the gate's share of the rest of the refined frame's correction
-        (after every frame of the segment went through process)."""
+        """The projected frame t plus the gate's share of the rest of the refined frame's correction,
+        the whole correction faded out where the segment shows no flicker (unflicker.gate); called
+        after every frame of the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
         if self._weight is None:
-            self._weight = self._gate.weight()
-        if self._weight == 0.0:
+            self._weight, self._strength = self._gate.weight(), self._gate.strength()
+        if self._weight == 0.0 and self._strength == 1.0:
             return output
-        refined = self._refined[t].astype(np.float32) * np.float32(1 / 65535)
-        return output + np.float32(self._weight) * (refined - output)
+        if self._weight > 0.0:
+            refined = self._refined[t].astype(np.float32) * np.float32(1 / 65535)
+            output = output + np.float32(self._weight) * (refined - output)
+        if self._strength < 1.0:
+            output = frame + np.float32(self._strength) * (output - frame)
+        return output
 
     def report(self) -> dict:
         """The gate's measurement and weight for the last segment (empty without a gate)."""
         if self._gate is None:
             return {}
         share = self._gate.share
-        return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4)}
+        clean = self._gate.input_share
+        return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4),
+                "input_share": None if clean is None else round(clean, 4), "strength": round(self._gate.strength(), 4)}
