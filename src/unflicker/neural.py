@@ -158,13 +158,13 @@ class NeuralDeflicker:
             return output
         if self._weight is None:
             self._weight, self._strength = self._gate.weight(), self._gate.strength()
-        if self._weight == 0.0 and self._strength == 1.0:
-            return output
         if self._weight > 0.0:
             refined = self._refined[t].astype(np.float32) * np.float32(1 / 65535)
             output = output + np.float32(self._weight) * (refined - output)
         if self._strength < 1.0:
             output = frame + np.float32(self._strength) * (output - frame)
+        if t == len(self._refined) - 1:  # the sweep's last frame: the refined frames' disk space goes now
+            self._refined = None
         return output
 
     def report(self) -> dict:

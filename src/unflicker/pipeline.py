@@ -72,7 +72,9 @@ class RunSummary:
         (most frames' segments took most of the networks' fine correction), 'physical' or 'mixed'."""
         kind = (self.config or {}).get("kind")
         weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
-        if kind != "auto" or not weights:
+        if not weights:  # no gate ran (classical, --no-projection, --stop-after): only an explicit kind
+            return None if kind == "auto" else kind
+        if kind != "auto":
             return kind
         share = sum(w >= 0.5 for w in weights) / len(weights)
         return "processed" if share == 1 else "physical" if share == 0 else "mixed"
