@@ -69,21 +69,27 @@ class RunSummary:
     @property
     def kind(self) -> str | None:
         """What flickered, as the neural method treated it: the --kind given, or for auto 'processed'
-        (most frames' segments took most of the networks' fine correction), 'physical' or 'mixed'."""
+        (every flickering segment took most of the networks' fine correction), 'physical', 'mixed',
+        or 'none' (no segment showed flicker: the video was left as it is)."""
         kind = (self.config or {}).get("kind")
-        weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
-        if not weights:  # no gate ran (classical, --no-projection, --stop-after): only an explicit kind
+        gated = [info for info in self.segment_info if "fine_weight" in info]
+        if not gated:  # no gate ran (classical, --no-projection, --stop-after): only an explicit kind
             return None if kind == "auto" else kind
         if kind != "auto":
             return kind
-        share = sum(w >= 0.5 for w in weights) / len(weights)
+        flickering = [info["fine_weight"] for info in gated if info.get("strength", 1.0) > 0]
+        if not flickering:
+            return "none"
+        share = sum(w >= 0.5 for w in flickering) / len(flickering)
         return "processed" if share == 1 else "physical" if share == 0 else "mixed"
 
     def line(self) -> str:
         reused = f", {self.reused} of them reused from the work folder" if self.reused else ""
         weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
         kind = ""
-        if self.kind is not None and weights:
+        if self.kind == "none":
+            kind = ", no flicker found: left as it is"
+        elif self.kind is not None and weights:
             kind = (f", kind {self.kind} (fine correction weight {min(weights):.2f}"
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
