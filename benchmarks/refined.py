@@ -48,7 +48,7 @@ def refine_case(case: dict) -> Path:
     out = unflicker.deflicker(frames, method="neural", keep_slow=math.inf, projection=False, progress=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.npy")
-    np.save(tmp, np.round(np.clip(out, 0, 1) * 65535).astype(np.uint16))
+    np.save(tmp, io.from_float(out, 16))
     tmp.replace(path)
     print(f"{case['name']}: {path.name}", flush=True)
     return path

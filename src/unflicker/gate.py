@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from unflicker.errors import InputError
@@ -64,15 +63,6 @@ class GateConfig:
             raise InputError(f"gate weight must be in 0..1, got {self.weight}")
 
 
-def _small(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    scale = min(1.0, side / max(h, w))
-    if scale == 1.0:
-        return np.ascontiguousarray(image, np.float32)
-    size = (max(8, round(w * scale)), max(8, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-
 class FineGate:
     """Accumulates e_I, e_P and e_O over one segment's frames (in order) and gives the weight and strength."""
 
@@ -88,10 +78,11 @@ class FineGate:
 
     def observe(self, frame: np.ndarray, projected: np.ndarray, refined: np.ndarray) -> None:
         """Frame t's input, projected and refined frames (H, W, 3) float32, for t = 0, 1, ... in order."""
+        from unflicker.atlas.common import atlas_size, downsample
         from unflicker.flow import flow_pair, warp
 
-        side = self.config.side
-        current = (_small(frame, side), _small(projected, side), _small(refined, side))
+        size = atlas_size(*frame.shape[:2], self.config.side)
+        current = (downsample(frame, size), downsample(projected, size), downsample(refined, size))
         if self._previous is not None:
             pair = flow_pair(self._previous[0], current[0])  # previous -> current on the input
             valid = pair.valid

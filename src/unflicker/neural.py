@@ -22,6 +22,7 @@ from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
+from unflicker.io import from_float, to_float
 from unflicker.projection import FlickerModel, ProjectionConfig
 
 STAGES = ("atlas", "filter", "refine", "project")
@@ -74,7 +75,6 @@ class NeuralDeflicker:
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
-        self._weight: float | None = None
 
     @property
     def stages(self) -> list[str]:
@@ -117,7 +117,7 @@ class NeuralDeflicker:
         self._next_t = None
         if self._gate is not None:
             self._gate.reset()
-            self._refined, self._weight = None, None
+            self._refined = None
 
     def _prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
         """The stages of frame t that depend on no other frame: 'atlas' and 'filter'."""
@@ -146,7 +146,7 @@ class NeuralDeflicker:
         if self._gate is not None:
             if self._refined is None:
                 self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
-            self._refined[t] = np.round(np.clip(stages["refine"], 0.0, 1.0) * 65535)
+            self._refined[t] = from_float(stages["refine"], 16)
             self._gate.observe(frame, stages["project"], stages["refine"])
         return stages
 
@@ -156,13 +156,11 @@ class NeuralDeflicker:
         after every frame of the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
-        if self._weight is None:
-            self._weight, self._strength = self._gate.weight(), self._gate.strength()
-        if self._weight > 0.0:
-            refined = self._refined[t].astype(np.float32) * np.float32(1 / 65535)
-            output = output + np.float32(self._weight) * (refined - output)
-        if self._strength < 1.0:
-            output = frame + np.float32(self._strength) * (output - frame)
+        weight, strength = self._gate.weight(), self._gate.strength()
+        if weight > 0.0:
+            output = output + np.float32(weight) * (to_float(self._refined[t]) - output)
+        if strength < 1.0:
+            output = frame + np.float32(strength) * (output - frame)
         if t == len(self._refined) - 1:  # the sweep's last frame: the refined frames' disk space goes now
             self._refined = None
         return output

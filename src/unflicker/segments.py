@@ -209,7 +209,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
 
             def settled():  # second sweep: what the method learned from the whole segment
                 for i in range(n):
-                    image, output = _float(frames[i]), out[i] * np.float32(1 / 65535)
+                    image, output = _float(frames[i]), _float(out[i])
                     final = method.settle(i, image, output)
                     if final is not output:
                         out[i] = from_float(final, 16)
