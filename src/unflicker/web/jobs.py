@@ -22,13 +22,13 @@ import cv2
 import numpy as np
 
 from unflicker import io
+from unflicker.config import KINDS
 from unflicker.errors import InputError
 from unflicker.web.store import Job, Session, Store, Upload
 
 METHODS = ("neural", "classical")
 PRESETS = ("fast", "balanced", "paper")
 FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "mov": ".mov", "png-zip": ".zip"}
-KINDS = ("auto", "processed", "film", "timelapse", "mains")
 DEFAULTS = {"method": "neural", "preset": "balanced", "kind": "auto", "strength": 1.0, "keep_slow": "", "format": "mp4"}
 """The CLI's defaults (`unflicker run` with no options), as the page shows them."""
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".mxf",
