@@ -27,6 +27,7 @@ from unflicker.filter.distortions import warp_image
 from unflicker.filter.network import stats_prior
 from unflicker.filter.training import FilterTrainConfig, train
 from unflicker.filter.upsampling import guided_coefficients
+from unflicker.refine import apply_gain_offset_np
 
 
 def texture(h, w, seed=0):
@@ -85,6 +86,19 @@ def test_apply_coefficients_function_module_and_numpy_agree():
     torch.testing.assert_close(net(image, image), apply_coefficients(image, net.coefficients(image, image)))
     with pytest.raises(InputError):
         apply_coefficients(image, coeffs[:, :9])
+
+
+def test_smaller_coefficients_are_upsampled_plane_by_plane_bilinearly():
+    rng = np.random.default_rng(3)
+    image = rng.random((37, 51, 3)).astype(np.float32)
+    coeffs = rng.normal(0, 0.3, (12, 20, 33)).astype(np.float32)
+    kept = coeffs.copy()
+    full = np.stack([cv2.resize(c, (51, 37), interpolation=cv2.INTER_LINEAR) for c in coeffs])
+    np.testing.assert_array_equal(apply_coefficients_np(image, coeffs), apply_coefficients_np(image, full))
+    np.testing.assert_array_equal(coeffs, kept)  # the caller's coefficients are not written to
+    gain_offset = coeffs[:6] * 0.3
+    np.testing.assert_array_equal(apply_gain_offset_np(image, gain_offset), apply_gain_offset_np(
+        image, np.stack([cv2.resize(c, (51, 37), interpolation=cv2.INTER_LINEAR) for c in gain_offset])))
 
 
 def test_network_rejects_mismatched_inputs():

@@ -105,15 +105,21 @@ class FlickerCorrection:
         # The tone term tabulated finely: a table lookup is several times faster than np.interp.
         tone_tables = np.stack([np.interp(_LUT_LEVELS, np.linspace(0.0, 1.0, self.tone.shape[1]), t)
                                 for t in self.tone]).astype(np.float32)
-        out = np.empty_like(frame)
+        planes = cv2.split(frame)  # contiguous planes: faster than strided channels
+        scratch = np.empty(planes[0].shape, np.float32)
+        out = []
         for c in range(3):
             gain = by @ self.gain[c] @ bx.T  # separable: bilinear upsampling of the grid
             if by_rows is not None:
                 gain += (by_rows @ self.row_gain[c])[:, None]
-            channel = frame[..., c]
-            index = (np.clip(channel, 0.0, 1.0) * (len(_LUT_LEVELS) - 1) + 0.5).astype(np.int32)
-            out[..., c] = channel * gain + tone_tables[c][index]
-        return np.clip(out, 0.0, 1.0, out=out)
+            channel = planes[c]
+            np.clip(channel, 0.0, 1.0, out=scratch)
+            scratch *= len(_LUT_LEVELS) - 1
+            scratch += 0.5
+            gain *= channel
+            gain += tone_tables[c][scratch.astype(np.int32)]
+            out.append(np.clip(gain, 0.0, 1.0, out=gain))
+        return cv2.merge(out)
 
 
 class FlickerModel:
@@ -207,6 +213,11 @@ class FlickerModel:
         tolerance = self.config.residual_tolerance
         if tolerance > 0:
             residual = target - out
-            out += residual * np.exp(-np.square(residual / np.float32(tolerance)))
+            weight = np.divide(residual, np.float32(tolerance))  # exp(-(r / tolerance)^2) r, in place
+            np.square(weight, out=weight)
+            np.negative(weight, out=weight)
+            np.exp(weight, out=weight)
+            weight *= residual
+            out += weight
             np.clip(out, 0.0, 1.0, out=out)
         return out

@@ -53,13 +53,14 @@ def guided_coefficients(guide: np.ndarray, target: np.ndarray, radius: int = 2, 
     return np.ascontiguousarray(_box(coeffs.astype(np.float32), radius).transpose(2, 0, 1))
 
 
-def resize_coefficients(coeffs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear (half-pixel centres) resize of (C, h, w) coefficients to (C, H, W); size = (H, W)."""
-    c, h, w = coeffs.shape
-    if (h, w) == tuple(size):
-        return coeffs
-    out = np.empty((c, *size), np.float32)
-    # cv2 handles at most 4 channels quickly; planes one by one keep it simple and fast.
-    for i in range(c):
-        out[i] = cv2.resize(coeffs[i], (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return out
+def resized_plane(coeffs: np.ndarray, index: int, size: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """Plane `index` of (C, h, w) coefficients, bilinearly (half-pixel centres) resized to size = (H, W),
+    written into `out` (a new float32 array when None; never a view of coeffs).
+
+    One plane at a time: the frame-sized coefficient stack (12 planes, 100 MB at 1080p) is never made."""
+    out = np.empty(size, np.float32) if out is None else out
+    plane = coeffs[index]
+    if plane.shape == tuple(size):
+        np.copyto(out, plane)
+        return out
+    return cv2.resize(plane, (size[1], size[0]), dst=out, interpolation=cv2.INTER_LINEAR)

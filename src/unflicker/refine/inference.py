@@ -16,7 +16,7 @@ import torch
 from unflicker import netfiles
 from unflicker.errors import InputError
 from unflicker.frames import float_rgb
-from unflicker.filter.upsampling import resize_coefficients
+from unflicker.filter.upsampling import resized_plane
 from unflicker.refine.align import align_previous
 from unflicker.refine.network import RefineNet, RefineNetConfig
 
@@ -125,15 +125,21 @@ class LocalRefiner:
             out, coeffs = self.net(_to_tensor(small, d), _to_tensor(self._prev_out, d), _to_tensor(self._prev_in, d),
                                    _to_tensor(flow, d), _to_tensor(mask, d))
         self._prev_in, self._prev_out = small, out[0].cpu().numpy().transpose(1, 2, 0)
-        coeffs = resize_coefficients(coeffs[0].float().cpu().numpy(), (h_full, w_full))
-        return apply_gain_offset_np(frame, coeffs)
+        return apply_gain_offset_np(frame, coeffs[0].float().cpu().numpy())
 
 
 def apply_gain_offset_np(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    """NumPy twin of network.apply_gain_offset, clipped: image (H, W, 3), coeffs (6, H, W) -> (H, W, 3) float32."""
-    if coeffs.shape != (6, *image.shape[:2]):
-        raise InputError(f"expected coeffs of shape {(6, *image.shape[:2])}, got {coeffs.shape}")
-    out = np.empty(image.shape, np.float32)
+    """NumPy twin of network.apply_gain_offset, clipped: image (H, W, 3), coeffs (6, h, w) -> (H, W, 3)
+    float32; coefficients of another size are bilinearly upsampled to the image's, a plane at a time."""
+    if coeffs.ndim != 3 or coeffs.shape[0] != 6:
+        raise InputError(f"expected coeffs of shape (6, h, w), got {coeffs.shape}")
+    planes = cv2.split(np.asarray(image, np.float32))  # contiguous planes: faster than strided channels
+    size = planes[0].shape
+    offset = np.empty(size, np.float32)
+    out = []
     for c in range(3):
-        out[..., c] = image[..., c] * np.exp(coeffs[c]) + coeffs[3 + c]
-    return np.clip(out, 0.0, 1.0, out=out)
+        plane = np.exp(resized_plane(coeffs, c, size, offset), out=np.empty(size, np.float32))
+        plane *= planes[c]
+        plane += resized_plane(coeffs, 3 + c, size, offset)
+        out.append(np.clip(plane, 0.0, 1.0, out=plane))
+    return cv2.merge(out)
