@@ -145,15 +145,20 @@ def build_method(spec: MethodSpec):
 
 @contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
-    """Torch and OpenCV use exactly n threads in the body (restored after)."""
+    """Torch, OpenCV and NumPy's BLAS use exactly n threads in the body (restored after).
+
+    The BLAS matters too: OpenBLAS starts a thread per core for the projection's small matrix
+    products, and its threads spin while they wait, so two one-thread workers on two cores ran
+    four busy threads (the projection alone took 1.5x the time and 1.7x the CPU on a loaded machine)."""
     import cv2
+    from threadpoolctl import threadpool_limits
 
     from unflicker.atlas.common import torch_threads
 
     old_cv = cv2.getNumThreads()
     cv2.setNumThreads(n)
     try:
-        with torch_threads(n):
+        with torch_threads(n), threadpool_limits(limits=n, user_api="blas"):
             yield
     finally:
         cv2.setNumThreads(old_cv)
