@@ -236,3 +236,17 @@ def test_our_adam_matches_torchs():
             opt.step()
     for a, b in zip(ours, theirs):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_default_steps_visit_each_frame_of_a_short_span_at_most_max_visits_times():
+    from unflicker.atlas.grid_fit import DEFAULT_STEPS, default_steps
+
+    opts = GridOptions()  # 4 frames per step, 24 visits
+    assert default_steps(2, opts) == 24  # both frames in every step
+    assert default_steps(8, opts) == 48
+    assert default_steps(60, opts) == default_steps(42, opts) == DEFAULT_STEPS  # full segments: unchanged
+    assert default_steps(2, GridOptions(max_visits=None)) == DEFAULT_STEPS
+    # The cap is what a default fit runs; explicit steps are taken as given.
+    _, flick, _ = moving_plane(3)
+    assert len(fit(flick, None, AtlasConfig(threads=1)).losses) == 24
+    assert len(fit(flick, None, AtlasConfig(steps=30, threads=1)).losses) == 30

@@ -79,6 +79,10 @@ class GridOptions:
     """Nodes (rows, cols) of each frame's per-channel log-gain and offset fields."""
     frames_per_step: int = 4
     """Frames rendered per step (each through a random crop) for the colour and gradient losses."""
+    max_visits: float | None = 24.0
+    """With the default number of steps: at most this many renderings of each frame, so a short span
+    is not fitted as long as a full one (2 frames: 24 steps instead of 250). A segment of 42 frames
+    or more is not affected (a default 60-frame segment with margins gets 12-18 visits). None: no cap."""
     crop: tuple[int, int] | None = None
     """(rows, cols) of each frame's random crop per step; None renders whole frames."""
     flow_points: int = 8192

@@ -8,6 +8,7 @@ on the flicker fields.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from unflicker.atlas.common import TrustedFlows, check_frames, prepare_flows, rigidity_energy_of
-from unflicker.atlas.config import AtlasConfig
+from unflicker.atlas.config import AtlasConfig, GridOptions
 from unflicker.atlas.grid import GridAtlas, GridModel
 from unflicker.atlas.grid_init import chain_residuals, initial_state, texture_geometry
 from unflicker.atlas.motion import chain_transforms
@@ -165,6 +166,14 @@ def _set_lr(opt: Adam, base: list[float], progress: float) -> None:
         group["lr"] = lr * factor
 
 
+def default_steps(n_frames: int, opts: GridOptions) -> int:
+    """DEFAULT_STEPS, capped at opts.max_visits renderings of each of n_frames frames."""
+    if opts.max_visits is None:
+        return DEFAULT_STEPS
+    per_step = max(1, min(n_frames, opts.frames_per_step))
+    return max(1, min(DEFAULT_STEPS, math.ceil(opts.max_visits * n_frames / per_step)))
+
+
 def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig) -> GridAtlas:
     """Fit the fast atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None."""
     start = time.monotonic()
@@ -190,7 +199,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
     opt = Adam([{"params": list(model.levels), "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
                 {"params": [model.gain, model.offset], "lr": base[2]}])
-    steps = DEFAULT_STEPS if config.steps is None else config.steps
+    steps = default_steps(n, opts) if config.steps is None else config.steps
     budget = config.time_budget_s
     history: list[float] = []
     for i in range(steps):
