@@ -1,5 +1,6 @@
 """Tests for unflicker.filter: network, distortions, training smoke run, weights I/O and inference."""
 
+import dataclasses
 import json
 import shutil
 
@@ -25,7 +26,7 @@ from unflicker.filter import (
 )
 from unflicker.filter.distortions import warp_image
 from unflicker.filter.network import stats_prior
-from unflicker.filter.training import FilterTrainConfig, train
+from unflicker.filter.training import FilterTrainConfig, slice_weights, train
 from unflicker.filter.upsampling import guided_coefficients
 from unflicker.refine import apply_gain_offset_np
 
@@ -257,3 +258,28 @@ def test_apply_rejects_bad_frames(shipped):
         shipped.apply(np.zeros((10, 10), np.float32), np.zeros((10, 10, 3), np.float32))
     with pytest.raises(InputError):
         shipped.apply(np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 4), np.float32))
+
+
+def test_a_student_starts_as_the_teacher_cut_to_its_widths_and_distils(tiny_data, tmp_path):
+    g = torch.Generator().manual_seed(4)
+    teacher = FilterUNet(FilterNetConfig(base_width=6, depth=3))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    student = FilterUNet(FilterNetConfig(base_width=4, depth=3))
+    slice_weights(student, teacher)
+    t, s = teacher.state_dict(), student.state_dict()
+    torch.testing.assert_close(s["down.0.0.weight"], t["down.0.0.weight"][:4])
+    torch.testing.assert_close(s["merge.1.0.weight"][:, :4], t["merge.1.0.weight"][:4, :4])  # up-conv half
+    torch.testing.assert_close(s["merge.1.0.weight"][:, 4:], t["merge.1.0.weight"][:4, 6:10])  # skip half
+    torch.testing.assert_close(s["merge.1.2.weight"], t["merge.1.2.weight"][:4, :4])  # not a concatenation
+    torch.testing.assert_close(s["head.bias"], t["head.bias"])
+    with pytest.raises(InputError):
+        slice_weights(FilterUNet(FilterNetConfig(base_width=4, depth=2)), teacher)
+    # Distillation runs end to end and writes a loadable student that records its teacher.
+    path = save_weights(teacher, tmp_path / "teacher.safetensors")
+    config = dataclasses.replace(tiny_config(tiny_data, tmp_path / "student", steps=2),
+                                 network=FilterNetConfig(base_width=4, depth=3), teacher=path, teacher_weight=0.8)
+    assert train(config)["steps"] == 2
+    _, meta = load_network(tmp_path / "student" / "filter.safetensors")
+    assert meta["network"]["base_width"] == 4 and meta["training"]["config"]["teacher"] == str(path)

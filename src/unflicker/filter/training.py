@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
-from unflicker.filter.inference import FilterInferenceConfig, save_weights
+from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import add_run_control_args, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
@@ -86,6 +86,12 @@ class FilterTrainConfig:
     """Continue from output/checkpoint.pt when it exists."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    teacher: Path | None = None
+    """Distillation: filter weights (e.g. the shipped ones) whose output on the same distorted crops
+    is the target, mixed with the clean photo by teacher_weight; the student starts from the
+    teacher's weights cut to its widths. None trains on the clean photos alone."""
+    teacher_weight: float = 1.0
+    """Distillation: share of the loss on matching the teacher (the rest on the clean photo)."""
 
 
 def load_images(folder: Path) -> list[np.ndarray]:
@@ -191,6 +197,30 @@ def _loss(out: torch.Tensor, target: torch.Tensor, grad_weight: float) -> torch.
     return loss
 
 
+def slice_weights(student: FilterUNet, teacher: FilterUNet) -> None:
+    """Start a narrower student from the teacher: each tensor cut to the student's channels (the first
+    ones of every level; both halves of a merge's concatenated input). Same depth and prior needed."""
+    s_cfg, t_cfg = student.config, teacher.config
+    if (s_cfg.depth, s_cfg.prior) != (t_cfg.depth, t_cfg.prior) or s_cfg.base_width > t_cfg.base_width:
+        raise InputError(f"a student needs the teacher's depth and prior and no more width; got {s_cfg} for {t_cfg}")
+    teacher_state = teacher.state_dict()
+    with torch.no_grad():
+        for name, tensor in student.state_dict().items():
+            source = teacher_state[name]
+            index = []
+            for dim, (n_s, n_t) in enumerate(zip(tensor.shape, source.shape)):
+                if n_s == n_t:
+                    index.append(torch.arange(n_t))
+                elif dim == 1 and name.startswith("merge.") and name.endswith(".0.weight"):
+                    half_s, half_t = n_s // 2, n_t // 2  # [up-conv channels, skip channels]
+                    index.append(torch.cat([torch.arange(half_s), half_t + torch.arange(half_s)]))
+                else:
+                    index.append(torch.arange(n_s))
+            for dim, idx in enumerate(index):
+                source = source.index_select(dim, idx)
+            tensor.copy_(source)
+
+
 def train(config: FilterTrainConfig) -> dict:
     """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path)."""
     out_dir = Path(config.output)
@@ -207,6 +237,11 @@ def train(config: FilterTrainConfig) -> dict:
 
     torch.manual_seed(config.seed)
     net = FilterUNet(config.network)
+    teacher = None
+    if config.teacher is not None:
+        teacher, _ = load_network(config.teacher)
+        teacher.requires_grad_(False)
+        slice_weights(net, teacher)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
@@ -241,7 +276,12 @@ def train(config: FilterTrainConfig) -> dict:
             frame, atlas, target = pending.result()
             next_state = json.dumps(rng.bit_generator.state)
             pending = pool.submit(make_batch, images, config, rng)
-            loss = _loss(filter_batch(net, frame, atlas, config.net_scale), target, config.grad_weight)
+            out = filter_batch(net, frame, atlas, config.net_scale)
+            loss = _loss(out, target, config.grad_weight)
+            if teacher is not None:
+                with torch.no_grad():
+                    taught = filter_batch(teacher, frame, atlas, config.net_scale)
+                loss = config.teacher_weight * _loss(out, taught, config.grad_weight) + (1 - config.teacher_weight) * loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -298,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stats prior window sigma, in net input pixels")
     p.add_argument("--working-side", type=int, default=d.inference.working_side,
                    help="inference working resolution written beside the weights")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="distil: filter weights whose output is the target (the student starts from them, cut)")
+    p.add_argument("--teacher-weight", type=float, default=d.teacher_weight,
+                   help="distil: share of the loss on the teacher's output (the rest on the clean photo)")
     add_run_control_args(p, d)
     return p
 
@@ -310,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         val_crop=a.val_crop,
         output=a.output, crop=a.crop, batch=a.batch, steps=a.steps, lr=a.lr, net_scale=a.net_scale, grad_weight=a.grad_weight,
         network=FilterNetConfig(base_width=a.base_width, depth=a.depth, prior=a.prior, prior_sigma=a.prior_sigma),
-        inference=FilterInferenceConfig(working_side=a.working_side), **run_control(a),
+        inference=FilterInferenceConfig(working_side=a.working_side), teacher=a.teacher,
+        teacher_weight=a.teacher_weight, **run_control(a),
     )
     try:
         print(json.dumps(train(config)))
