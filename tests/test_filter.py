@@ -281,5 +281,7 @@ def test_a_student_starts_as_the_teacher_cut_to_its_widths_and_distils(tiny_data
     config = dataclasses.replace(tiny_config(tiny_data, tmp_path / "student", steps=2),
                                  network=FilterNetConfig(base_width=4, depth=3), teacher=path, teacher_weight=0.8)
     assert train(config)["steps"] == 2
+    with pytest.raises(InputError):
+        train(dataclasses.replace(config, teacher_weight=1.5, output=tmp_path / "bad"))
     _, meta = load_network(tmp_path / "student" / "filter.safetensors")
     assert meta["network"]["base_width"] == 4 and meta["training"]["config"]["teacher"] == str(path)

@@ -230,6 +230,8 @@ def train(config: FilterTrainConfig) -> dict:
     for name in ("crop", "batch", "steps"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 <= config.teacher_weight <= 1.0:
+        raise InputError(f"teacher_weight must be in 0..1, got {config.teacher_weight}")
     root = Path(config.data_root)
     images = [img for folder in config.train_folders for img in load_images(root / folder)]
     val_images = [center_crop(img, config.val_crop) for img in load_images(root / config.val_folder)[: config.val_images]]
