@@ -138,7 +138,8 @@ def apply_gain_offset_np(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     offset = np.empty(size, np.float32)
     out = []
     for c in range(3):
-        plane = np.exp(resized_plane(coeffs, c, size, offset), out=np.empty(size, np.float32))
+        plane = resized_plane(coeffs, c, size)  # a new array: exponentiated in place
+        np.exp(plane, out=plane)
         plane *= planes[c]
         plane += resized_plane(coeffs, 3 + c, size, offset)
         out.append(np.clip(plane, 0.0, 1.0, out=plane))
