@@ -227,13 +227,23 @@ def pair_errors(out, clean):
     return np.array(errors)
 
 
-def test_segment_boundaries_leave_no_seam(tmp_path):
-    # 300 frames in 5 segments against the same clip as one segment. The residual flicker of this
-    # clip has spikes (up to 20x the median) at the same frames in both runs, so a boundary pair
-    # counts as a seam when it is worse than 1.2x both the median pair and the one-segment run there.
+def seams(errors, errors_one, boundaries):
+    """Boundary pairs (b - 1, b) worse than 1.2x both the median of the other pairs and the
+    one-segment run's same pair."""
+    median = np.median([e for t, e in enumerate(errors) if t not in boundaries])
+    return [t for t in boundaries if errors[t] > 1.2 * max(median, errors_one[t])]
+
+
+def test_segment_boundaries_leave_no_seam(tmp_path, monkeypatch):
+    # 300 frames in 5 segments against the same clip as one segment. This clip's residual flicker
+    # varies from pair to pair (the input's jumps, some clipped, spike up to 30x the median pair in
+    # both runs, and the one-segment run's pairs at the boundary positions reach 2.6x the median),
+    # so a boundary pair counts as a seam only when it is also worse than the one-segment run there.
+    # The check can fail: stitched with a hard cut instead of the cross-fade, every boundary is one.
     clean = synth.camera_move_clip(photo(5, (200, 260)), 300, (48, 64), motion="pan", seed=5)
     source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=6))
-    config = RunConfig(method="neural", progress=False, engine=EngineConfig(workers=2))  # default settings
+    config = RunConfig(method="neural", progress=False, engine=EngineConfig(workers=2),  # default settings
+                       keep_work=tmp_path / "work")
     cut = deflicker_file(source, tmp_path / "cut.mkv", config)
     whole = deflicker_file(source, tmp_path / "whole.mkv", RunConfig(
         method="neural", progress=False, engine=EngineConfig(workers=2), segments=SegmentConfig(frames=300)))
@@ -241,11 +251,19 @@ def test_segment_boundaries_leave_no_seam(tmp_path):
     out = frames_of(tmp_path / "cut.mkv").astype(np.float32) / 255
     one = frames_of(tmp_path / "whole.mkv").astype(np.float32) / 255
     errors, errors_one = pair_errors(out, clean), pair_errors(one, clean)
-    boundaries = [s.core.start - 1 for s in plan([range(300)], SegmentConfig())[1:]]  # pairs (b - 1, b)
-    median = np.median([e for t, e in enumerate(errors) if t not in boundaries])
-    for t in boundaries:
-        assert errors[t] <= 1.2 * max(median, errors_one[t]), (t, errors[t], median, errors_one[t])
+    boundaries = [s.core.start - 1 for s in plan([range(300)], SegmentConfig())[1:]]
+    assert seams(errors, errors_one, boundaries) == []
     assert metrics.sequence_psnr(out, clean) >= metrics.sequence_psnr(one, clean) - 0.2
+
+    import unflicker.segments
+
+    def hard_cut(segment, following, t, margin):
+        return float(blend_weight(segment, following, t, margin) >= 0.5)
+
+    monkeypatch.setattr(unflicker.segments, "blend_weight", hard_cut)
+    deflicker_file(source, tmp_path / "hard.mkv", config)  # the same finished segments, stitched again
+    hard = frames_of(tmp_path / "hard.mkv").astype(np.float32) / 255
+    assert seams(pair_errors(hard, clean), errors_one, boundaries) == boundaries
 
 
 # --- batch --------------------------------------------------------------------------------------
