@@ -43,10 +43,10 @@ def v_previous(I, O, **_):
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
-def gated(config: GateConfig | None = None):
+def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None):
     """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
-        model, gate = FlickerModel(ProjectionConfig()), FineGate(config)
+        model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
         P = []
         for t in range(len(I)):
             P.append(model.project(I[t], O[t]))
@@ -57,8 +57,14 @@ def gated(config: GateConfig | None = None):
     return run
 
 
-VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0))}
-"""default: the library's default; processed: `--kind processed`."""
+VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
+            "physical": gated(GateConfig(weight=0.0)),
+            **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
+            **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
+               for s in (0.005, 0.01, 0.02)}}
+"""default: the library's default; processed: `--kind processed`; physical: `--kind timelapse` or
+`mains` (the smooth model's part only); blurS: the projection's kept differences low-passed
+(ProjectionConfig.residual_blur = S)."""
 
 
 FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",

@@ -5,7 +5,7 @@ import pytest
 from unflicker import synth
 from unflicker.errors import InputError
 from unflicker.metrics import psnr
-from unflicker.projection import FlickerModel, ProjectionConfig, hat_basis
+from unflicker.projection import FlickerModel, ProjectionConfig, hat_basis, low_pass
 
 
 def texture(h=96, w=160, seed=0):
@@ -80,6 +80,37 @@ def test_small_differences_the_model_cannot_express_are_kept_large_ones_dropped(
     assert np.abs(kept[patch] - model_only[patch]).mean() < 0.005  # the transfer adds nothing there
 
 
+def test_the_low_pass_keeps_the_mean_and_coarse_shapes_and_removes_fine_ones():
+    image = texture(180, 320)
+    assert low_pass(image, 0.0) is image
+    fine = low_pass(high_pass(image), 0.01)  # sigma 3.2 px: the 3-px high pass is nearly gone
+    assert np.std(fine) < 0.25 * np.std(high_pass(image))
+    coarse = cv2.GaussianBlur(image, (0, 0), 20)
+    smooth = low_pass(coarse, 0.01)
+    assert smooth.shape == image.shape and smooth.dtype == np.float32
+    assert abs(float(smooth.mean() - coarse.mean())) < 1e-3 and np.abs(smooth - coarse).max() < 0.02
+    big = texture(1080, 1920)  # blurred at a reduced size: about the same as a full-size blur
+    exact = cv2.GaussianBlur(big, (0, 0), 0.01 * 1920, borderType=cv2.BORDER_REFLECT)
+    assert np.abs(low_pass(big, 0.01) - exact).mean() < 2e-3
+
+
+def test_the_low_pass_of_the_kept_differences_keeps_the_input_detail_and_coarse_differences():
+    # The network's output is the frame softened, plus a coarse non-smooth difference (as a
+    # dehazing's, following the scene's depth). Added pixel by pixel, the small differences take
+    # the softening along; low-passed, the output keeps the frame's detail and the coarse part.
+    frame = texture(180, 320)
+    depth = np.zeros((180, 320, 1), np.float32)
+    depth[:, 160:] = 0.012
+    target = cv2.GaussianBlur(frame, (0, 0), 1.5) + depth
+    per_pixel = FlickerModel(ProjectionConfig(residual_blur=0.0)).project(frame, target)
+    low_passed = FlickerModel(ProjectionConfig(residual_blur=0.01)).project(frame, target)
+    detail = lambda out: float(np.std(high_pass(out)) / np.std(high_pass(frame)))  # noqa: E731
+    assert detail(low_passed) > detail(per_pixel) + 0.02 and detail(low_passed) > 0.94  # per pixel: 0.918
+    assert psnr(low_passed, frame + depth) > psnr(per_pixel, frame + depth) + 2
+    step = lambda out: float(np.mean((out - frame)[20:160, 200:300]) - np.mean((out - frame)[20:160, 20:120]))  # noqa: E731
+    assert step(low_passed) > 0.008  # of 0.012: the coarse difference still comes through
+
+
 def test_a_stronger_spatial_ridge_fits_flatter_gains():
     clean = texture()
     flickering = synth.add_flicker(clean[None], kind="local", strength=1.0, seed=1)[0]
@@ -99,7 +130,7 @@ def test_size_and_dtype_follow_the_input():
 
 @pytest.mark.parametrize("fields", [dict(grid=(0, 3)), dict(rows=-1), dict(tone_knots=1), dict(fit_side=4),
                                     dict(ridge=-1.0), dict(global_ridge=-1.0), dict(iterations=0),
-                                    dict(residual_tolerance=-0.1)])
+                                    dict(residual_tolerance=-0.1), dict(residual_blur=-0.01), dict(residual_blur=1.0)])
 def test_bad_settings_are_refused(fields):
     with pytest.raises(InputError):
         FlickerModel(ProjectionConfig(**fields))

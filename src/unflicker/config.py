@@ -221,6 +221,21 @@ def anchor_config(config: RunConfig):
                         global_sigma=max(config.keep_slow, defaults.global_sigma))
 
 
+PHYSICAL_RESIDUAL_BLUR = 0.005
+"""ProjectionConfig.residual_blur of the physical kinds: their flicker is smooth, so what the model
+leaves of the networks' correction at the scale of texture is their softening, not flicker
+(chosen on the tune split, 0.005 of 0.005/0.01/0.02; docs/research-notes.md, Session 6)."""
+
+
+def projection_config(config: RunConfig):
+    """The flicker model: the physical kinds take only a low-passed remainder of the correction."""
+    from unflicker.projection import ProjectionConfig
+
+    if config.kind in ("film", "timelapse", "mains"):
+        return ProjectionConfig(residual_blur=PHYSICAL_RESIDUAL_BLUR)
+    return ProjectionConfig()
+
+
 def gate_config(config: RunConfig):
     """The share of the networks' fine correction: measured (auto), all of it (processed) or none."""
     from unflicker.gate import GateConfig
@@ -239,7 +254,7 @@ def method_spec(config: RunConfig) -> MethodSpec:
     from unflicker.neural import NeuralConfig
 
     neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config),
-                          gate=gate_config(config))
+                          projection=projection_config(config), gate=gate_config(config))
     if not config.projection:
         neural.projection = neural.gate = None
     return MethodSpec("neural", neural)
