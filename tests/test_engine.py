@@ -181,6 +181,34 @@ def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path
     assert np.array_equal(frames_of(out), frames_of(tmp_path / "fresh.mkv"))
 
 
+def test_kill_9_during_a_batch_then_the_same_command_resumes_every_input(tmp_path):
+    inputs, work, out = tmp_path / "in", tmp_path / "work", tmp_path / "out"
+    for name, seed in (("a", 9), ("b", 10)):
+        clean = synth.camera_move_clip(photo(seed), 90, (32, 40), motion="pan", seed=seed)
+        write_folder(inputs / name, synth.add_flicker(clean, "global", 1.5, seed=seed))
+    options = ["--method", "neural", "--atlas-steps", "5", "--segment-frames", "40", "--quiet"]
+    command = [sys.executable, "-m", "unflicker", "batch", str(inputs), "-o", str(out), *options,
+               "--keep-work", str(work), "--workers", "2"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(work.glob("jobs/*/segment-*.npy")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    finished = len(list(work.glob("jobs/*/segment-*.npy")))
+    assert 0 < finished < 6 and not (out / "unflicker-batch.json").exists()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = json.loads((out / "unflicker-batch.json").read_text())
+    assert [r["status"] for r in rows] == ["done", "done"] and [r["segments"] for r in rows] == [3, 3]
+    assert sum(r["reused"] for r in rows) == finished  # only the unfinished segments ran
+    for name in ("a", "b"):
+        fresh = tmp_path / f"{name}-fresh"
+        subprocess.run([sys.executable, "-m", "unflicker", "run", str(inputs / name), "-o", str(fresh), *options,
+                        "--workers", "1"], check=True, capture_output=True, timeout=300)
+        assert np.array_equal(frames_of(out / name), frames_of(fresh))
+
+
 def _stat(pid: int | str) -> list[str]:
     """Fields of /proc/<pid>/stat after the command name: [state, ppid, ...]; [] if it is gone."""
     try:

@@ -37,6 +37,9 @@ class BatchItem:
     flicker_after: float | None = None
     kind: str = ""
     """What flickered, as the neural method treated it (RunSummary.kind)."""
+    segments: int = 0
+    reused: int = 0
+    """Of the segments, those a resumed batch (--keep-work) took from the work folder."""
     error: str = ""
 
 
@@ -117,6 +120,7 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
         item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
         item.kind = summary.kind or ""
+        item.segments, item.reused = summary.segments, summary.reused
         if config.progress:
             print(f"{job.name}: {summary.line()}", flush=True)
 
