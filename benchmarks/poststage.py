@@ -24,7 +24,7 @@ from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 from unflicker.evaluation import Evaluator
 from unflicker.gate import FineGate, GateConfig
-from unflicker.projection import FlickerModel, ProjectionConfig
+from unflicker.projection import FlickerModel, ProjectionConfig, low_pass
 
 
 def anchored(frames: np.ndarray, outputs: list[np.ndarray], config: AnchorConfig | None = None) -> list[np.ndarray]:
@@ -47,23 +47,31 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
     """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
-        P = []
+        P, M = [], []
         for t in range(len(I)):
-            P.append(model.project(I[t], O[t]))
+            projected, alone = model.project_with_model(I[t], O[t])
+            P.append(projected)
+            M.append(alone)
             gate.observe(I[t], P[t], O[t])
-        w, s = np.float32(gate.weight()), np.float32(gate.strength())
-        stats.update(share=gate.share, w=float(w), input_share=gate.input_share, strength=float(s))
+        b, w, s = np.float32(gate.smoothness()), np.float32(gate.weight()), np.float32(gate.strength())
+        stats.update(share=gate.share, w=float(w), input_share=gate.input_share, strength=float(s), smooth=float(b))
+        if b > 0:
+            blur = gate.config.smooth_blur
+            P = [p + b * (np.clip(m + low_pass(p - m, blur), 0, 1) - p) for p, m in zip(P, M)]
         return anchored(I, [I[t] + s * (P[t] + w * (O[t] - P[t]) - I[t]) for t in range(len(I))])
     return run
 
 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
+            "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}
 """default: the library's default; processed: `--kind processed`; physical: `--kind timelapse` or
-`mains` (the smooth model's part only); blurS: the projection's kept differences low-passed
+`mains` (the smooth model's part only); pixelwise: the default before session 6 (the model's
+remainder always pixel by pixel; rows named "default" before session 6 and "smooth" in
+results/smooth-*-s6.jsonl are today's default); blurS: the remainder always low-passed
 (ProjectionConfig.residual_blur = S)."""
 
 

@@ -59,9 +59,27 @@ def test_a_fixed_weight_overrides_the_measurement_and_bad_settings_are_refused(m
     processed = _texture_flicker(moving_clip, 3)
     assert _share_and_weight(processed, processed, moving_clip, GateConfig(weight=0.0))[1] == 0.0
     assert _share_and_weight(moving_clip[:1], moving_clip[:1], moving_clip[:1])[1] == 0.0  # one frame: nothing measured
-    for bad in (dict(low=0.5, high=0.2), dict(weight=1.5), dict(side=4)):
+    for bad in (dict(low=0.5, high=0.2), dict(weight=1.5), dict(side=4), dict(smooth_low=0.5, smooth_high=0.4),
+                dict(smooth_blur=-0.1)):
         with pytest.raises(InputError):
             GateConfig(**bad).check()
+
+
+def test_flicker_the_smooth_model_removes_well_takes_the_remainder_low_passed(moving_clip):
+    # Global flicker the projection removes (its frames are the clean clip): g_in is high, the
+    # remainder is taken low-passed. Texture flicker it cannot remove: g_in low, pixel by pixel.
+    flickering = synth.add_flicker(np.stack(moving_clip), "global", 1.0, seed=3)
+    smooth = FineGate()
+    texture = FineGate()
+    fixed = FineGate(GateConfig(weight=0.0))
+    processed = _texture_flicker(moving_clip, 4)
+    for t in range(len(moving_clip)):
+        smooth.observe(flickering[t], moving_clip[t], moving_clip[t])
+        fixed.observe(flickering[t], moving_clip[t], moving_clip[t])
+        texture.observe(processed[t], processed[t], moving_clip[t])
+    assert smooth.input_share > GateConfig().smooth_high and smooth.smoothness() == 1.0
+    assert texture.input_share < GateConfig().smooth_low and texture.smoothness() == 0.0
+    assert fixed.smoothness() == 0.0  # with a fixed weight the kind sets the projection's own low pass
 
 
 def test_kind_sets_the_gate_the_anchor_and_the_projection():

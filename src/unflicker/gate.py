@@ -46,6 +46,15 @@ class GateConfig:
     the segment counts as flicker-free and is left as it is."""
     clean_high: float = 0.12
     """Share g_in at or above which the whole correction is applied."""
+    smooth_low: float = 0.32
+    """Share g_in at or below which the projection's remainder is added pixel by pixel (it removes
+    part of a per-frame process's texture flicker)."""
+    smooth_high: float = 0.45
+    """Share g_in at or above which the remainder is added low-passed (`smooth_blur`): flicker the
+    smooth model removes this well is physical, and the remainder's texture-scale part is the
+    networks' softening."""
+    smooth_blur: float = 0.005
+    """Sigma of that low pass, as a fraction of the frame's longer side (ProjectionConfig.residual_blur)."""
     side: int = 160
     """Longer side, in pixels, of the copies the temporal errors are measured on."""
     weight: float | None = None
@@ -57,6 +66,9 @@ class GateConfig:
             raise InputError(f"gate needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
         if not 0.0 <= self.clean_low < self.clean_high <= 1.0:
             raise InputError(f"gate needs 0 <= clean_low < clean_high <= 1, got {self.clean_low}, {self.clean_high}")
+        if not 0.0 <= self.smooth_low < self.smooth_high <= 1.0 or not 0.0 <= self.smooth_blur < 1.0:
+            raise InputError(f"gate needs 0 <= smooth_low < smooth_high <= 1 and smooth_blur in [0, 1), got "
+                             f"{self.smooth_low}, {self.smooth_high}, {self.smooth_blur}")
         if self.side < 16:
             raise InputError(f"gate side must be >= 16, got {self.side}")
         if self.weight is not None and not 0.0 <= self.weight <= 1.0:
@@ -114,6 +126,15 @@ class FineGate:
         if g is None:
             return 1.0
         return float(np.clip((g - self.config.clean_low) / (self.config.clean_high - self.config.clean_low), 0.0, 1.0))
+
+    def smoothness(self) -> float:
+        """How much of the projection's remainder is taken low-passed rather than pixel by pixel (0
+        with a fixed weight: the kinds set the projection's own low pass)."""
+        g = self.input_share
+        if self.config.weight is not None or g is None or self.config.smooth_blur <= 0:
+            return 0.0
+        low, high = self.config.smooth_low, self.config.smooth_high
+        return float(np.clip((g - low) / (high - low), 0.0, 1.0))
 
     def weight(self) -> float:
         """The weight of O_t - P_t in the segment's output."""

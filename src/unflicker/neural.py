@@ -23,7 +23,7 @@ from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
-from unflicker.projection import FlickerModel, ProjectionConfig
+from unflicker.projection import FlickerModel, ProjectionConfig, low_pass
 
 STAGES = ("atlas", "filter", "refine", "project")
 
@@ -75,6 +75,7 @@ class NeuralDeflicker:
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
+        self._model: FrameStore | None = None  # the flicker model's frames alone, for settle()
 
     @property
     def stages(self) -> list[str]:
@@ -117,7 +118,7 @@ class NeuralDeflicker:
         self._next_t = None
         if self._gate is not None:
             self._gate.reset()
-            self._refined = None
+            self._refined = self._model = None
 
     def _prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
         """The stages of frame t that depend on no other frame: 'atlas' and 'filter'."""
@@ -142,27 +143,34 @@ class NeuralDeflicker:
             self._next_t = t + 1
             stages["refine"] = self._refine.apply(stages["filter"])
         if self._projection is not None:
-            stages["project"] = self._projection.project(frame, stages["refine"])
+            stages["project"], model = self._projection.project_with_model(frame, stages["refine"])
         if self._gate is not None:
             if self._refined is None:
                 self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
+                self._model = FrameStore(frame.shape, np.uint16)
             self._refined[t] = from_float(stages["refine"], 16)
+            self._model[t] = from_float(model, 16)
             self._gate.observe(frame, stages["project"], stages["refine"])
         return stages
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
-        """The projected frame t plus the gate's share of the rest of the refined frame's correction,
-        the whole correction faded out where the segment shows no flicker (unflicker.gate); called
-        after every frame of the segment went through process."""
+        """The projected frame t (its model's remainder low-passed as far as the gate's smoothness
+        says) plus the gate's share of the rest of the refined frame's correction, the whole
+        correction faded out where the segment shows no flicker (unflicker.gate); called after
+        every frame of the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
-        weight, strength = self._gate.weight(), self._gate.strength()
+        smooth, weight, strength = self._gate.smoothness(), self._gate.weight(), self._gate.strength()
+        if smooth > 0.0:
+            model = to_float(self._model[t])
+            smoothed = model + low_pass(output - model, self._gate.config.smooth_blur)
+            output = output + np.float32(smooth) * (np.clip(smoothed, 0.0, 1.0) - output)
         if weight > 0.0:
             output = output + np.float32(weight) * (to_float(self._refined[t]) - output)
         if strength < 1.0:
             output = frame + np.float32(strength) * (output - frame)
-        if t == len(self._refined) - 1:  # the sweep's last frame: the refined frames' disk space goes now
-            self._refined = None
+        if t == len(self._refined) - 1:  # the sweep's last frame: the stored frames' disk space goes now
+            self._refined = self._model = None
         return output
 
     def report(self) -> dict:
@@ -172,4 +180,5 @@ class NeuralDeflicker:
         share = self._gate.share
         clean = self._gate.input_share
         return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4),
+                "smooth": round(self._gate.smoothness(), 4),
                 "input_share": None if clean is None else round(clean, 4), "strength": round(self._gate.strength(), 4)}

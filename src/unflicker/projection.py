@@ -232,17 +232,23 @@ class FlickerModel:
 
     def project(self, frame: np.ndarray, target: np.ndarray) -> np.ndarray:
         """`frame` corrected by the model fitted from it to `target`, plus the small part of what the
-        model leaves of the correction (see residual_tolerance)."""
+        model leaves of the correction (see residual_tolerance and residual_blur)."""
+        return self.project_with_model(frame, target)[0]
+
+    def project_with_model(self, frame: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the projected frame, the model's correction alone)."""
         frame, target = float_rgb(frame), float_rgb(target)  # converted once, for the fit and the apply
-        out = self.fit(frame, target).apply(frame)
+        model = self.fit(frame, target).apply(frame)
         tolerance = self.config.residual_tolerance
-        if tolerance > 0:
-            residual = target - out
-            weight = np.divide(residual, np.float32(tolerance))  # exp(-(r / tolerance)^2) r, in place
-            np.square(weight, out=weight)
-            np.negative(weight, out=weight)
-            np.exp(weight, out=weight)
-            weight *= residual
-            out += low_pass(weight, self.config.residual_blur)
-            np.clip(out, 0.0, 1.0, out=out)
-        return out
+        if tolerance <= 0:
+            return model, model
+        residual = target - model
+        weight = np.divide(residual, np.float32(tolerance))  # exp(-(r / tolerance)^2) r, in place
+        np.square(weight, out=weight)
+        np.negative(weight, out=weight)
+        np.exp(weight, out=weight)
+        weight *= residual
+        out = low_pass(weight, self.config.residual_blur)
+        out += model
+        np.clip(out, 0.0, 1.0, out=out)
+        return out, model
