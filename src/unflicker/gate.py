@@ -21,6 +21,11 @@ The same measurement guards clean video. Where the projected frames are not more
 the input (g_in = 1 - e_P / e_I small: nothing flickered, or nothing the method removes), the whole
 correction is only the atlas's flaws; `strength` then fades it out (0 at or below `clean_low`, 1 at
 or above `clean_high`): the output is I_t + s (P_t + w (O_t - P_t) - I_t).
+
+g_in also says how smooth the flicker is: where the projected frames remove most of it (g_in at or
+above `smooth_high`, physical flicker) the projection's pixel-by-pixel remainder carries only the
+networks' softening, so P_t takes that remainder low-passed instead (`smoothness`, linear from
+`smooth_low`); where they remove little (texture flicker), the remainder stays pixel by pixel.
 """
 
 from __future__ import annotations

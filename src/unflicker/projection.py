@@ -16,7 +16,8 @@ model towards the identity (G = 1, R = 0, T = 0) where the data say little.
 Some flicker is not smooth: a per-frame dehazing, for one, changes its haze estimate with the
 scene's depth. What the model leaves of the network's correction, O_t - P, is therefore added
 back where it is small (weight exp(-(r / residual_tolerance)^2) per pixel): small differences are
-such flicker, large ones are the atlas's flaws and stay out.
+such flicker, large ones are the atlas's flaws and stay out. With `residual_blur`, that remainder is
+low-passed first, so the networks' softening of fine texture does not come with it.
 """
 
 from __future__ import annotations
