@@ -43,8 +43,9 @@ def v_previous(I, O, **_):
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
-def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None):
-    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
+def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None, weighted: bool | None = None):
+    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor.
+    weighted=False: the refined frames' share pixel by pixel even where the flicker is smooth."""
     def run(I, O, stats, **_):
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
         P, M = [], []
@@ -55,22 +56,29 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             gate.observe(I[t], P[t], O[t])
         b, w, s = np.float32(gate.smoothness()), np.float32(gate.weight()), np.float32(gate.strength())
         stats.update(share=gate.share, w=float(w), input_share=gate.input_share, strength=float(s), smooth=float(b))
+        blur = gate.config.smooth_blur
         if b > 0:
-            blur = gate.config.smooth_blur
             P = [p + b * (np.clip(m + low_pass(p - m, blur), 0, 1) - p) for p, m in zip(P, M)]
-        return anchored(I, [I[t] + s * (P[t] + w * (O[t] - P[t]) - I[t]) for t in range(len(I))])
+        out = []
+        for t in range(len(I)):
+            taken = O[t] - P[t]
+            if b > 0 and w > 0 and (weighted or weighted is None):
+                taken = taken + b * (low_pass(taken, blur) - taken)
+            out.append(I[t] + s * (P[t] + w * taken - I[t]))
+        return anchored(I, out)
     return run
 
 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
-            "pixelwise": gated(GateConfig(smooth_blur=0.0)),
+            "pixelwise": gated(GateConfig(smooth_blur=0.0)), "smooth": gated(weighted=False),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}
 """default: the library's default; processed: `--kind processed`; physical: `--kind timelapse` or
-`mains` (the smooth model's part only); pixelwise: the default before session 6 (the model's
-remainder always pixel by pixel; rows named "default" before session 6 and "smooth" in
+`mains` (the smooth model's part only); pixelwise: the default before session 6 (both remainders
+pixel by pixel; rows named "default" before session 6); smooth: the model's remainder low-passed
+where the flicker is smooth, the refined frames' share not ("smoothw" rows in
 results/smooth-*-s6.jsonl are today's default); blurS: the remainder always low-passed
 (ProjectionConfig.residual_blur = S)."""
 

@@ -25,7 +25,8 @@ or above `clean_high`): the output is I_t + s (P_t + w (O_t - P_t) - I_t).
 g_in also says how smooth the flicker is: where the projected frames remove most of it (g_in at or
 above `smooth_high`, physical flicker) the projection's pixel-by-pixel remainder carries only the
 networks' softening, so P_t takes that remainder low-passed instead (`smoothness`, linear from
-`smooth_low`); where they remove little (texture flicker), the remainder stays pixel by pixel.
+`smooth_low`), and so does the share w of O_t - P_t; where they remove little (texture flicker),
+both stay pixel by pixel.
 """
 
 from __future__ import annotations

@@ -154,10 +154,10 @@ class NeuralDeflicker:
         return stages
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
-        """The projected frame t (its model's remainder low-passed as far as the gate's smoothness
-        says) plus the gate's share of the rest of the refined frame's correction, the whole
-        correction faded out where the segment shows no flicker (unflicker.gate); called after
-        every frame of the segment went through process."""
+        """The projected frame t plus the gate's share of the rest of the refined frame's correction
+        (both remainders low-passed as far as the gate's smoothness says), the whole correction
+        faded out where the segment shows no flicker (unflicker.gate); called after every frame of
+        the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
         smooth, weight, strength = self._gate.smoothness(), self._gate.weight(), self._gate.strength()
@@ -166,7 +166,10 @@ class NeuralDeflicker:
             smoothed = model + low_pass(output - model, self._gate.config.smooth_blur)
             output = output + np.float32(smooth) * (np.clip(smoothed, 0.0, 1.0) - output)
         if weight > 0.0:
-            output = output + np.float32(weight) * (to_float(self._refined[t]) - output)
+            taken = to_float(self._refined[t]) - output
+            if smooth > 0.0:  # smooth flicker: the refined frames' fine part is their softness
+                taken += np.float32(smooth) * (low_pass(taken, self._gate.config.smooth_blur) - taken)
+            output = output + np.float32(weight) * taken
         if strength < 1.0:
             output = frame + np.float32(strength) * (output - frame)
         if t == len(self._refined) - 1:  # the sweep's last frame: the stored frames' disk space goes now
