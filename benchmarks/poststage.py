@@ -24,7 +24,7 @@ from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 from unflicker.evaluation import Evaluator
 from unflicker.gate import FineGate, GateConfig
-from unflicker.projection import FlickerModel, ProjectionConfig, low_pass
+from unflicker.projection import FlickerModel, ProjectionConfig
 
 
 def anchored(frames: np.ndarray, outputs: list[np.ndarray], config: AnchorConfig | None = None) -> list[np.ndarray]:
@@ -43,9 +43,8 @@ def v_previous(I, O, **_):
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
-def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None, weighted: bool | None = None):
-    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor.
-    weighted=False: the refined frames' share pixel by pixel even where the flicker is smooth."""
+def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None):
+    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
         P, M = [], []
@@ -54,33 +53,24 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             P.append(projected)
             M.append(alone)
             gate.observe(I[t], P[t], O[t])
-        b, w, s = np.float32(gate.smoothness()), np.float32(gate.weight()), np.float32(gate.strength())
-        stats.update(share=gate.share, w=float(w), input_share=gate.input_share, strength=float(s), smooth=float(b))
-        blur = gate.config.smooth_blur
-        if b > 0:
-            P = [p + b * (np.clip(m + low_pass(p - m, blur), 0, 1) - p) for p, m in zip(P, M)]
-        out = []
-        for t in range(len(I)):
-            taken = O[t] - P[t]
-            if b > 0 and w > 0 and (weighted or weighted is None):
-                taken = taken + b * (low_pass(taken, blur) - taken)
-            out.append(I[t] + s * (P[t] + w * taken - I[t]))
-        return anchored(I, out)
+        stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
+                     smooth=gate.smoothness())
+        return anchored(I, [gate.apply(I[t], P[t], M[t], O[t]) for t in range(len(I))])
     return run
 
 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
-            "pixelwise": gated(GateConfig(smooth_blur=0.0)), "smooth": gated(weighted=False),
+            "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}
 """default: the library's default; processed: `--kind processed`; physical: `--kind timelapse` or
 `mains` (the smooth model's part only); pixelwise: the default before session 6 (both remainders
-pixel by pixel; rows named "default" before session 6); smooth: the model's remainder low-passed
-where the flicker is smooth, the refined frames' share not ("smoothw" rows in
-results/smooth-*-s6.jsonl are today's default); blurS: the remainder always low-passed
-(ProjectionConfig.residual_blur = S)."""
+pixel by pixel; rows named "default" before session 6); blurS: the remainder always low-passed
+(ProjectionConfig.residual_blur = S). In results/smooth-*-s6.jsonl, "smoothw" rows are today's
+default and "smooth" rows the step before it (only the model's remainder low-passed; poststage.py
+at 777468f)."""
 
 
 FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",

@@ -83,7 +83,7 @@ def test_flicker_the_smooth_model_removes_well_takes_the_remainder_low_passed(mo
 
 
 def test_kind_sets_the_gate_the_anchor_and_the_projection():
-    from unflicker.config import PHYSICAL_RESIDUAL_BLUR, RunConfig, method_spec
+    from unflicker.config import RunConfig, method_spec
 
     spec = lambda kind: method_spec(RunConfig(method="neural", kind=kind)).config  # noqa: E731
     assert spec("auto").gate.weight is None and spec("processed").gate.weight == 1.0
@@ -91,7 +91,7 @@ def test_kind_sets_the_gate_the_anchor_and_the_projection():
     assert spec("film").gate.weight == 0.0 and spec("film").anchor is None
     assert method_spec(RunConfig(method="neural", kind="film", keep_slow=2.0)).config.anchor.sigma == 2.0
     # Physical flicker is smooth: only a low-passed remainder of the networks' correction is kept.
-    assert all(spec(kind).projection.residual_blur == PHYSICAL_RESIDUAL_BLUR > 0 for kind in ("film", "timelapse", "mains"))
+    assert all(spec(kind).projection.residual_blur == GateConfig().smooth_blur > 0 for kind in ("film", "timelapse", "mains"))
     assert spec("auto").projection.residual_blur == spec("processed").projection.residual_blur == 0
     with pytest.raises(InputError, match="unknown kind"):
         RunConfig(kind="sunset").check()

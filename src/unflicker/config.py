@@ -221,18 +221,14 @@ def anchor_config(config: RunConfig):
                         global_sigma=max(config.keep_slow, defaults.global_sigma))
 
 
-PHYSICAL_RESIDUAL_BLUR = 0.005
-"""ProjectionConfig.residual_blur of the physical kinds: their flicker is smooth, so what the model
-leaves of the networks' correction at the scale of texture is their softening, not flicker
-(chosen on the tune split, 0.005 of 0.005/0.01/0.02; docs/research-notes.md, Session 6)."""
-
-
 def projection_config(config: RunConfig):
-    """The flicker model: the physical kinds take only a low-passed remainder of the correction."""
+    """The flicker model: the physical kinds take the model's remainder low-passed as `auto` does
+    where it finds smooth flicker (GateConfig.smooth_blur; docs/research-notes.md, Session 6)."""
+    from unflicker.gate import GateConfig
     from unflicker.projection import ProjectionConfig
 
     if config.kind in ("film", "timelapse", "mains"):
-        return ProjectionConfig(residual_blur=PHYSICAL_RESIDUAL_BLUR)
+        return ProjectionConfig(residual_blur=GateConfig().smooth_blur)
     return ProjectionConfig()
 
 

@@ -133,14 +133,41 @@ class FineGate:
             return 1.0
         return float(np.clip((g - self.config.clean_low) / (self.config.clean_high - self.config.clean_low), 0.0, 1.0))
 
+    @property
+    def smooths(self) -> bool:
+        """Whether `smoothness` can be above 0: a measured weight and a low pass (with a fixed
+        weight the kinds set the projection's own low pass)."""
+        return self.config.weight is None and self.config.smooth_blur > 0
+
     def smoothness(self) -> float:
-        """How much of the projection's remainder is taken low-passed rather than pixel by pixel (0
-        with a fixed weight: the kinds set the projection's own low pass)."""
+        """How much of the remainders is taken low-passed rather than pixel by pixel."""
         g = self.input_share
-        if self.config.weight is not None or g is None or self.config.smooth_blur <= 0:
+        if not self.smooths or g is None:
             return 0.0
         low, high = self.config.smooth_low, self.config.smooth_high
         return float(np.clip((g - low) / (high - low), 0.0, 1.0))
+
+    def apply(self, frame: np.ndarray, projected: np.ndarray, model: np.ndarray | None,
+              refined: np.ndarray | None) -> np.ndarray:
+        """Frame t's output once the segment is measured: the projected frame, its model's remainder
+        (projected - model) and the taken share of refined - projected low-passed as far as
+        `smoothness` says, faded by `strength`. model is needed where smoothness > 0, refined where
+        weight > 0 (None otherwise); returns `projected` itself when nothing changes it."""
+        from unflicker.projection import low_pass  # here: the gate's measurement needs no torch
+
+        smooth, weight, strength = self.smoothness(), self.weight(), self.strength()
+        blur, output = self.config.smooth_blur, projected
+        if smooth > 0.0:
+            smoothed = model + low_pass(output - model, blur)
+            output = output + np.float32(smooth) * (np.clip(smoothed, 0.0, 1.0) - output)
+        if weight > 0.0:
+            taken = refined - output
+            if smooth > 0.0:  # smooth flicker: the refined frames' fine part is their softness
+                taken += np.float32(smooth) * (low_pass(taken, blur) - taken)
+            output = output + np.float32(weight) * taken
+        if strength < 1.0:
+            output = frame + np.float32(strength) * (output - frame)
+        return output
 
     def weight(self) -> float:
         """The weight of O_t - P_t in the segment's output."""

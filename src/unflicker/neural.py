@@ -23,7 +23,7 @@ from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
-from unflicker.projection import FlickerModel, ProjectionConfig, low_pass
+from unflicker.projection import FlickerModel, ProjectionConfig
 
 STAGES = ("atlas", "filter", "refine", "project")
 
@@ -147,9 +147,10 @@ class NeuralDeflicker:
         if self._gate is not None:
             if self._refined is None:
                 self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
-                self._model = FrameStore(frame.shape, np.uint16)
+                self._model = FrameStore(frame.shape, np.uint16) if self._gate.smooths else None
             self._refined[t] = from_float(stages["refine"], 16)
-            self._model[t] = from_float(model, 16)
+            if self._model is not None:
+                self._model[t] = from_float(model, 16)
             self._gate.observe(frame, stages["project"], stages["refine"])
         return stages
 
@@ -160,18 +161,9 @@ class NeuralDeflicker:
         the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
-        smooth, weight, strength = self._gate.smoothness(), self._gate.weight(), self._gate.strength()
-        if smooth > 0.0:
-            model = to_float(self._model[t])
-            smoothed = model + low_pass(output - model, self._gate.config.smooth_blur)
-            output = output + np.float32(smooth) * (np.clip(smoothed, 0.0, 1.0) - output)
-        if weight > 0.0:
-            taken = to_float(self._refined[t]) - output
-            if smooth > 0.0:  # smooth flicker: the refined frames' fine part is their softness
-                taken += np.float32(smooth) * (low_pass(taken, self._gate.config.smooth_blur) - taken)
-            output = output + np.float32(weight) * taken
-        if strength < 1.0:
-            output = frame + np.float32(strength) * (output - frame)
+        model = to_float(self._model[t]) if self._gate.smoothness() > 0.0 else None
+        refined = to_float(self._refined[t]) if self._gate.weight() > 0.0 else None
+        output = self._gate.apply(frame, output, model, refined)
         if t == len(self._refined) - 1:  # the sweep's last frame: the stored frames' disk space goes now
             self._refined = self._model = None
         return output
