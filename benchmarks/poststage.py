@@ -49,13 +49,13 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
         P, M = [], []
         for t in range(len(I)):
-            projected, alone = model.project_with_model(I[t], O[t])
+            projected, correction = model.project_with_model(I[t], O[t])
             P.append(projected)
-            M.append(alone)
+            M.append(correction)
             gate.observe(I[t], P[t], O[t])
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
                      smooth=gate.smoothness())
-        return anchored(I, [gate.apply(I[t], P[t], M[t], O[t]) for t in range(len(I))])
+        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.smoothness() > 0 else None, O[t]) for t in range(len(I))])
     return run
 
 

@@ -83,15 +83,46 @@ def test_cross_fade_weights_ramp_across_the_overlap_and_never_cross_a_cut():
 
 @pytest.fixture(scope="module")
 def reference(flickering, tmp_path_factory):
-    """The in-process (--workers 1) lossless output everything else must equal bit for bit."""
+    """The in-process (--workers 1) lossless output everything else must equal bit for bit (two
+    lanes: each frame's filter and settling one frame ahead on a second thread)."""
     out = tmp_path_factory.mktemp("ref") / "ref.mkv"
-    summary = deflicker_file(flickering, out, neural(engine=EngineConfig(workers=1)))
+    summary = deflicker_file(flickering, out, neural(engine=EngineConfig(workers=1, lanes=2)))
     assert summary.segments == 3
     return frames_of(out)
 
 
 def busy_process():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
+
+
+def test_one_lane_gives_the_same_bits_as_two(flickering, reference, tmp_path):
+    deflicker_file(flickering, tmp_path / "one.mkv", neural(engine=EngineConfig(workers=1, lanes=1)))
+    assert np.array_equal(frames_of(tmp_path / "one.mkv"), reference)
+    with pytest.raises(InputError):
+        EngineConfig(lanes=0).check()
+
+
+def test_a_second_lane_runs_one_frame_ahead_in_order_and_passes_errors_on():
+    from unflicker.segments import _ahead
+
+    started, handled = [], []
+
+    def work(i):
+        started.append((i, len(handled)))  # how many frames the caller had handled when i started
+        if i == 5:
+            raise InputError("frame 5 is bad")
+        return i * i
+
+    results = []
+    with pytest.raises(InputError, match="frame 5"):
+        for i, value in _ahead(work, 8, 2):
+            time.sleep(0.01)  # the caller's own work on frame i
+            handled.append(i)
+            results.append((i, value))
+    assert results == [(i, i * i) for i in range(5)]
+    assert all(i - 1 <= done <= i for i, done in started)  # never more than one frame ahead
+    assert any(done == i - 1 for i, done in started[1:])  # and ahead while the caller works
+    assert list(_ahead(lambda i: -i, 3, 1)) == [(0, 0), (1, -1), (2, -2)]
 
 
 def test_two_workers_and_a_busy_machine_give_the_same_bits(flickering, reference, tmp_path):

@@ -84,10 +84,10 @@ def test_an_error_in_a_segment_leaves_no_output_and_no_work_folder(tmp_path, fli
 
     real_process = unflicker.neural.NeuralDeflicker.process
 
-    def fails_at_frame_3(self, t, frame):
+    def fails_at_frame_3(self, t, frame, prepared=None):
         if t == 3:
             raise OutputError("disk full")
-        return real_process(self, t, frame)
+        return real_process(self, t, frame, prepared)
 
     monkeypatch.setattr(unflicker.neural.NeuralDeflicker, "process", fails_at_frame_3)
     temp = tmp_path / "temp"

@@ -44,6 +44,12 @@ class EngineConfig:
     threads: int = 1
     """Torch and OpenCV threads per worker. Fixed, so outputs never depend on machine load; the
     same value gives bit-identical outputs with any worker count and engine."""
+    lanes: int | None = None
+    """Frames of a segment in flight at once in a local worker: with 2, a second thread prepares the
+    next frame's stages that depend on no other frame (the neural method's atlas frame and filter)
+    while this frame's refinement and projection run, and settles the next frame while the anchor
+    takes this one. The same bits with any value. None: 2 where the machine has a core for the
+    second lane of every worker running (a short clip's one segment), else 1."""
     ray_address: str | None = None
     """ray: address of an existing cluster ('HOST:6379' or 'auto'); None starts a local Ray
     (127.0.0.1 only) for the run."""
@@ -60,6 +66,8 @@ class EngineConfig:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
         if self.threads < 1:
             raise InputError(f"--threads must be at least 1, got {self.threads}")
+        if self.lanes is not None and self.lanes < 1:
+            raise InputError(f"lanes must be at least 1, got {self.lanes}")
         if self.engine != "ray" and (self.ray_address or self.shared_dir):
             raise InputError("--ray-address and --shared-dir apply to --engine ray only")
         if self.retries < 0:
@@ -67,6 +75,12 @@ class EngineConfig:
 
     def local_workers(self) -> int:
         return self.workers if self.workers is not None else max(1, machine_cores() // self.threads)
+
+    def lanes_for(self, running: int) -> int:
+        """Lanes of each of `running` local workers (see `lanes`)."""
+        if self.lanes is not None:
+            return self.lanes
+        return 2 if machine_cores() >= 2 * running * self.threads else 1
 
     def shares_files(self) -> bool:
         """Whether the workers read and write this machine's work folder (else frames and results

@@ -9,6 +9,7 @@ and `fail(error)`; errors of one job do not stop the others.
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import select
 import subprocess
@@ -50,13 +51,14 @@ class InProcess:
     def __init__(self, engine: EngineConfig):
         self._tasks: dict[int, SegmentTask] = {}
         self._next = 0
+        self._lanes = engine.lanes_for(1)
 
     def warm(self, spec: MethodSpec) -> None:
         pass  # the method is built in this process already
 
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
-        self._tasks[self._next] = task
+        self._tasks[self._next] = dataclasses.replace(task, lanes=self._lanes)
         return self._next
 
     def wait(self, handles):
@@ -115,6 +117,7 @@ class LocalPool:
         self.capacity = self.limit + 1
         self.retries = engine.retries
         self._pool = [_Worker() for _ in range(min(self.limit, tasks or self.limit))]
+        self._lanes = engine.lanes_for(len(self._pool))
         self._queue: list[int] = []
         self._tasks: dict[int, tuple[SegmentTask, int]] = {}
         self._next = 0
@@ -129,7 +132,7 @@ class LocalPool:
 
     def submit(self, task: SegmentTask) -> int:
         self._next += 1
-        self._tasks[self._next] = (task, 0)
+        self._tasks[self._next] = (dataclasses.replace(task, lanes=self._lanes), 0)
         self._queue.append(self._next)
         self._dispatch()
         return self._next

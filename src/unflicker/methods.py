@@ -1,7 +1,8 @@
 """The method protocol (every hook the pass loop calls) and the name -> method registry.
 
 A method sees one segment at a time (segments.run_segment): `analyze` once over the span's frames,
-then `process(t, frame)` for t = 0, 1, ... in order, then `settle(t, frame, output)` for t = 0, 1, ...
+then `prepare(t, frame)` and `process(t, frame, prepared)` for t = 0, 1, ... in order (prepare may
+run one frame ahead on a second thread), then `settle(t, frame, output)` for t = 0, 1, ...
 in a second sweep; the slow-look anchor it asks for with `anchor_config` runs on the settled frames. Frames are (H, W, 3) float32 RGB in [0, 1].
 """
 
@@ -29,8 +30,14 @@ class Method(Protocol):
         """See every frame of the segment once, in order (e.g. fit the atlas)."""
         ...
 
-    def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """Stage name -> frame for frame t of the analysed segment (called for t = 0, 1, ...)."""
+    def prepare(self, t: int, frame: np.ndarray) -> object:
+        """The part of frame t's work that needs no other frame (neural: its atlas frame and filter).
+        The pass loop may call it for t + 1 on a second thread while `process(t, ...)` runs."""
+        ...
+
+    def process(self, t: int, frame: np.ndarray, prepared: object) -> dict[str, np.ndarray]:
+        """Stage name -> frame for frame t of the analysed segment (called for t = 0, 1, ...);
+        `prepared` is what `prepare(t, frame)` returned."""
         ...
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -63,7 +70,10 @@ class ClassicalMethod:
     def analyze(self, frames: Iterable[np.ndarray]) -> None:
         self._deflicker.analyze(frames)
 
-    def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
+    def prepare(self, t: int, frame: np.ndarray) -> None:
+        return None  # every frame's correction depends on its neighbours' (analyze)
+
+    def process(self, t: int, frame: np.ndarray, prepared: None = None) -> dict[str, np.ndarray]:
         return {"classical": self._deflicker.process(t, frame)}
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:

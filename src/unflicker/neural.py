@@ -23,7 +23,7 @@ from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
-from unflicker.projection import FlickerModel, ProjectionConfig
+from unflicker.projection import FlickerCorrection, FlickerModel, ProjectionConfig
 
 STAGES = ("atlas", "filter", "refine", "project")
 
@@ -75,7 +75,7 @@ class NeuralDeflicker:
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
-        self._model: FrameStore | None = None  # the flicker model's frames alone, for settle()
+        self._corrections: dict[int, FlickerCorrection] = {}  # the flicker model's fit per frame, for settle()
 
     @property
     def stages(self) -> list[str]:
@@ -118,39 +118,41 @@ class NeuralDeflicker:
         self._next_t = None
         if self._gate is not None:
             self._gate.reset()
-            self._refined = self._model = None
+            self._refined, self._corrections = None, {}
 
-    def _prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
-        """The stages of frame t that depend on no other frame: 'atlas' and 'filter'."""
+    def prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
+        """The stages of frame t that depend on no other frame: 'atlas' and 'filter' (safe to run
+        for t + 1 on another thread while process(t) runs: they share no state with it)."""
         if self.atlas is None:
-            raise RuntimeError("process() before analyze()")
+            raise RuntimeError("prepare() or process() before analyze()")
         stages = {"atlas": self.atlas.render(t)}
         if self._filter is not None:
             stages["filter"] = self._filter.apply(frame, stages["atlas"])
         return stages
 
-    def process(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
+    def process(self, t: int, frame: np.ndarray,
+                prepared: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Stage name -> frame for t: 'atlas' (atlas resolution), 'filter', 'refine', 'project' (full
-        resolution).
+        resolution); `prepared`: what prepare(t, frame) returned (None: prepared here).
 
         The refinement is recurrent: call for t = 0, 1, ... in order; its history restarts at
         each shot's first frame (and whenever t does not follow the previous call's).
         """
-        stages = self._prepare(t, frame)
+        stages = dict(self.prepare(t, frame) if prepared is None else prepared)
         if self._refine is not None:
             if t != self._next_t or any(t == shot.start for shot in self.atlas.shots):
                 self._refine.reset()
             self._next_t = t + 1
             stages["refine"] = self._refine.apply(stages["filter"])
         if self._projection is not None:
-            stages["project"], model = self._projection.project_with_model(frame, stages["refine"])
+            stages["project"], correction = self._projection.project_with_model(frame, stages["refine"])
         if self._gate is not None:
             if self._refined is None:
                 self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
-                self._model = FrameStore(frame.shape, np.uint16) if self._gate.smooths else None
+                self._corrections = {}
             self._refined[t] = from_float(stages["refine"], 16)
-            if self._model is not None:
-                self._model[t] = from_float(model, 16)
+            if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
+                self._corrections[t] = correction
             self._gate.observe(frame, stages["project"], stages["refine"])
         return stages
 
@@ -161,11 +163,11 @@ class NeuralDeflicker:
         the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
-        model = to_float(self._model[t]) if self._gate.smoothness() > 0.0 else None
+        model = self._corrections[t].apply(frame) if self._gate.smoothness() > 0.0 else None
         refined = to_float(self._refined[t]) if self._gate.weight() > 0.0 else None
         output = self._gate.apply(frame, output, model, refined)
         if t == len(self._refined) - 1:  # the sweep's last frame: the stored frames' disk space goes now
-            self._refined = self._model = None
+            self._refined, self._corrections = None, {}
         return output
 
     def report(self) -> dict:

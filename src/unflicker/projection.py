@@ -236,13 +236,16 @@ class FlickerModel:
         model leaves of the correction (see residual_tolerance and residual_blur)."""
         return self.project_with_model(frame, target)[0]
 
-    def project_with_model(self, frame: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the projected frame, the model's correction alone)."""
+    def project_with_model(self, frame: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, FlickerCorrection]:
+        """(the projected frame, the fitted correction): `correction.apply(frame)` is the model's
+        correction alone, bit for bit the frame the projection started from (a few numbers to keep
+        instead of a frame)."""
         frame, target = float_rgb(frame), float_rgb(target)  # converted once, for the fit and the apply
-        model = self.fit(frame, target).apply(frame)
+        correction = self.fit(frame, target)
+        model = correction.apply(frame)
         tolerance = self.config.residual_tolerance
         if tolerance <= 0:
-            return model, model
+            return model, correction
         residual = target - model
         weight = np.divide(residual, np.float32(tolerance))  # exp(-(r / tolerance)^2) r, in place
         np.square(weight, out=weight)
@@ -252,4 +255,4 @@ class FlickerModel:
         out = low_pass(weight, self.config.residual_blur)
         out += model
         np.clip(out, 0.0, 1.0, out=out)
-        return out, model
+        return out, correction

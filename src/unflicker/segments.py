@@ -21,15 +21,19 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from unflicker.errors import InputError
 from unflicker.framestore import FrameFile
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ class SegmentTask:
     """Where to write the result .npy (atomically); None returns it as an array."""
     threads: int = 1
     """Torch and OpenCV threads while the task runs (fixed, so the result never depends on load)."""
+    lanes: int = 1
+    """Frames in flight at once (EngineConfig.lanes; set by the executor): 2 runs each frame's
+    independent stages and its settling one frame ahead on a second thread. Same bits either way."""
     stages_dir: Path | None = None
     """With a method stopped early (stop_after): write each stage's core frames as PNG into
     stages_dir/<stage>/<name>."""
@@ -164,6 +171,24 @@ def fixed_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(old_cv)
 
 
+def _ahead(work: Callable[[int], T], n: int, lanes: int) -> Iterator[tuple[int, T]]:
+    """(i, work(i)) for i in range(n), in order; with 2 lanes or more, work(i + 1) runs on a second
+    thread while the caller handles i (one frame ahead: memory does not grow). `work` must need
+    nothing from the caller's handling of earlier frames; each call computes what it would alone,
+    so the results are the same bits with any number of lanes."""
+    if lanes < 2 or n < 2:
+        for i in range(n):
+            yield i, work(i)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane") as pool:
+        pending = pool.submit(work, 0)
+        for i in range(n):
+            current = pending
+            if i + 1 < n:
+                pending = pool.submit(work, i + 1)  # queued behind i: starts as soon as i is done
+            yield i, current.result()
+
+
 def _open_frames(frames: np.ndarray | Path):
     """The span's frames: the array itself, or a FrameFile read one frame at a time."""
     if isinstance(frames, (str, Path)):
@@ -201,8 +226,12 @@ def run_segment(task: SegmentTask) -> SegmentResult:
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
 
-            for i in range(n):  # the pass: every stage of every frame, in order
-                stages = method.process(i, _float(frames[i]))
+            def prepared(i):  # what frame i needs from no other frame: one lane ahead of the pass
+                image = _float(frames[i])
+                return image, method.prepare(i, image)
+
+            for i, (image, ready) in _ahead(prepared, n, task.lanes):  # the pass: every frame, in order
+                stages = method.process(i, image, ready)
                 if task.stages_dir is not None and i in core:
                     for stage, frame in stages.items():
                         write_png(Path(task.stages_dir) / stage / task.names[i], frame)
@@ -212,16 +241,16 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
                 out[i] = from_float(output, 16)  # held here until settled and anchored
 
-            def settled():  # second sweep: what the method learned from the whole segment
-                for i in range(n):
-                    image, output = _float(frames[i]), _float(out[i])
-                    final = method.settle(i, image, output)
-                    if final is not output:
-                        out[i] = from_float(final, 16)
-                    yield i, image, final
+            def settled(i):  # second sweep: what the method learned from the whole segment
+                image, output = _float(frames[i]), _float(out[i])
+                final = method.settle(i, image, output)
+                if final is not output:
+                    out[i] = from_float(final, 16)
+                return image, final
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
-            for i, slow in anchor.corrections(settled()):
+            sweep = ((i, image, final) for i, (image, final) in _ahead(settled, n, task.lanes))
+            for i, slow in anchor.corrections(sweep):
                 if slow is not None:
                     out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
             info = method.report()

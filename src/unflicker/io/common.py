@@ -49,7 +49,9 @@ def from_float(image: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     if image.dtype in (np.uint8, np.uint16):
         return image
     top, dtype = (255.0, np.uint8) if bit_depth == 8 else (65535.0, np.uint16)
-    return np.clip(image * top + 0.5, 0, top).astype(dtype)
+    scaled = np.multiply(image, top)  # one temporary, updated in place: the same values as
+    scaled += 0.5                     # np.clip(image * top + 0.5, 0, top) at a third of the traffic
+    return np.clip(scaled, 0, top, out=scaled).astype(dtype)
 
 
 def to_depth(channel: np.ndarray, depth: int) -> np.ndarray:
