@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -230,16 +230,18 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 image = _float(frames[i])
                 return image, method.prepare(i, image)
 
-            for i, (image, ready) in _ahead(prepared, n, task.lanes):  # the pass: every frame, in order
-                stages = method.process(i, image, ready)
-                if task.stages_dir is not None and i in core:
-                    for stage, frame in stages.items():
-                        write_png(Path(task.stages_dir) / stage / task.names[i], frame)
-                output = stages[method.stages[-1]]
-                if out is None:  # on disk when the result goes to a file: memory does not grow with size
-                    shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
-                    out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
-                out[i] = from_float(output, 16)  # held here until settled and anchored
+            # closing(): the lane has stopped before the frames close, also when a frame fails
+            with closing(_ahead(prepared, n, task.lanes)) as ahead:
+                for i, (image, ready) in ahead:  # the pass: every frame, in order
+                    stages = method.process(i, image, ready)
+                    if task.stages_dir is not None and i in core:
+                        for stage, frame in stages.items():
+                            write_png(Path(task.stages_dir) / stage / task.names[i], frame)
+                    output = stages[method.stages[-1]]
+                    if out is None:  # on disk when the result goes to a file: memory does not grow with size
+                        shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
+                        out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
+                    out[i] = from_float(output, 16)  # held here until settled and anchored
 
             def settled(i):  # second sweep: what the method learned from the whole segment
                 image, output = _float(frames[i]), _float(out[i])
@@ -249,10 +251,10 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 return image, final
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
-            sweep = ((i, image, final) for i, (image, final) in _ahead(settled, n, task.lanes))
-            for i, slow in anchor.corrections(sweep):
-                if slow is not None:
-                    out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
+            with closing(_ahead(settled, n, task.lanes)) as ahead:
+                for i, slow in anchor.corrections((i, image, final) for i, (image, final) in ahead):
+                    if slow is not None:
+                        out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
             info = method.report()
         result: np.ndarray | Path = out
         if temp is not None:
