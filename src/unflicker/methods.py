@@ -3,7 +3,7 @@
 A method sees one segment at a time (segments.run_segment): `analyze` once over the span's frames,
 then `prepare(t, frame)` and `process(t, frame, prepared)` for t = 0, 1, ... in order (prepare may
 run one frame ahead on a second thread), then `settle(t, frame, output)` for t = 0, 1, ...
-in a second sweep; the slow-look anchor it asks for with `anchor_config` runs on the settled frames. Frames are (H, W, 3) float32 RGB in [0, 1].
+in a second sweep (in order, possibly on that second thread); the slow-look anchor it asks for with `anchor_config` runs on the settled frames. Frames are (H, W, 3) float32 RGB in [0, 1].
 """
 
 from __future__ import annotations
