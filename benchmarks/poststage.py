@@ -43,7 +43,8 @@ def v_previous(I, O, **_):
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
-def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None):
+def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None,
+          anchor: AnchorConfig | None = None):
     """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
@@ -55,20 +56,26 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             gate.observe(I[t], P[t], O[t])
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
                      smooth=gate.smoothness())
-        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.smoothness() > 0 else None, O[t]) for t in range(len(I))])
+        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.smoothness() > 0 else None, O[t])
+                            for t in range(len(I))], anchor)
     return run
 
 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
+            "noanchor": gated(anchor=AnchorConfig.off()),
+            "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}
 """default: the library's default; processed: `--kind processed`; physical: `--kind timelapse` or
 `mains` (the smooth model's part only); pixelwise: the default before session 6 (both remainders
 pixel by pixel; rows named "default" before session 6); blurS: the remainder always low-passed
-(ProjectionConfig.residual_blur = S). In results/smooth-*-s6.jsonl, "smoothw" rows are today's
+(ProjectionConfig.residual_blur = S); noanchor / processed-noanchor: default / processed without the
+slow-look anchor. results/anchor-tune-s7.jsonl also holds "trend32"/"trend48" rows (the anchor's
+windows as Gaussian-weighted straight lines, 32 / 48 frames, tried in session 7 and removed), and
+results/atlas192-tune-s7.jsonl the default on paper stages fitted with a 256 / 192-pixel atlas. In results/smooth-*-s6.jsonl, "smoothw" rows are today's
 default and "smooth" rows the step before it (only the model's remainder low-passed; poststage.py
 at 777468f)."""
 
