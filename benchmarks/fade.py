@@ -1,0 +1,84 @@
+"""Slow changes of light under flicker: what the slow-look anchor keeps (issue 17, flicker kinds).
+
+The corpus (corpus.py) has no case where the light itself changes slowly, so it cannot tell what
+the anchor buys: it scores only the flicker the anchor gives back. Here each clean clip gets a fade
+(exposure rising by `--fade` stops over the clip, part of the truth) and physical flicker on top;
+the default and `--keep-slow off` (no anchor) are scored against the faded clean clip: PSNR, and
+how much of the fade the output's mean brightness keeps (slope of output against truth means).
+
+    python benchmarks/fade.py [--split tune] [--kinds global colour mains] [--out results/fade-tune.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import corpus
+import unflicker
+from unflicker import synth
+from unflicker.metrics import psnr
+
+VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}}
+
+
+def faded(clean: np.ndarray, stops: float) -> np.ndarray:
+    """The clip with its exposure rising linearly in log2 from -stops/2 to +stops/2 (clipped)."""
+    gains = np.exp2(np.linspace(-stops / 2, stops / 2, len(clean))).astype(np.float32)
+    return np.clip(clean * gains[:, None, None, None], 0, 1)
+
+
+def clip_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of each frame's PSNR."""
+    return float(np.mean([min(psnr(x, y), 99.0) for x, y in zip(a, b)]))
+
+
+def luma_means(frames: np.ndarray) -> np.ndarray:
+    return (frames @ np.float32([0.299, 0.587, 0.114])).mean((1, 2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", default="tune", choices=("tune", "heldout"))
+    parser.add_argument("--kinds", nargs="+", default=["global", "colour", "mains"])
+    parser.add_argument("--fade", type=float, default=1.0, help="stops of exposure change over the clip")
+    parser.add_argument("--out", type=Path, default=corpus.ROOT / "results" / "fade-tune.md")
+    args = parser.parse_args(argv)
+    listing = corpus.load_listing()
+    sources = sorted({c["source"] for c in listing if c["split"] == args.split and c["source_type"] == "video"})
+    rows = []
+    for k, source in enumerate(sources):
+        clean = corpus._read(corpus.DATA / corpus.VIDEO_SOURCES[source], corpus.FRAMES, corpus.SIDE)[0]
+        truth = faded(clean, args.fade)
+        for kind in args.kinds:
+            flickering = synth.add_flicker(truth, kind, 1.0, seed=1000 + k)
+            row = {"case": f"{kind}/{source}", "input": clip_psnr(flickering, truth)}
+            for name, options in VARIANTS.items():
+                start = time.monotonic()
+                out = unflicker.deflicker(flickering, method="neural", progress=False, **options)
+                t_means, o_means = luma_means(truth), luma_means(out)
+                slope = float(np.polyfit(t_means, o_means, 1)[0])  # 1: the fade kept, 0: flattened
+                row[name] = (clip_psnr(out, truth), slope, time.monotonic() - start)
+            rows.append(row)
+            print(row, flush=True)
+    lines = [f"# Fade under flicker ({args.split} video sources, {corpus.FRAMES} frames at {corpus.SIDE} px, "
+             f"{args.fade:g} stops over the clip, flicker strength 1)", "",
+             "| case | input PSNR dB | " + " | ".join(f"{v} PSNR dB / fade kept" for v in VARIANTS) + " |",
+             "|---|---|" + "---|" * len(VARIANTS)]
+    for row in rows:
+        lines.append(f"| {row['case']} | {row['input']:.2f} | "
+                     + " | ".join(f"{row[v][0]:.2f} / {row[v][1]:.2f}" for v in VARIANTS) + " |")
+    means = [f"{np.mean([r[v][0] for r in rows]):.2f} / {np.mean([r[v][1] for r in rows]):.2f}" for v in VARIANTS]
+    lines.append(f"| mean | {np.mean([r['input'] for r in rows]):.2f} | " + " | ".join(means) + " |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
