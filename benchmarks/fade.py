@@ -12,9 +12,11 @@ how much of the fade the output's mean brightness keeps (slope of output against
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,26 @@ import unflicker
 from unflicker import synth
 from unflicker.metrics import psnr
 
-VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}}
+VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "fade anchor": {}}
+"""`fade anchor`: the default with AnchorConfig(fade=True) (session 7's candidate; set here, as the run
+goes through unflicker.config.anchor_config in this process: a 48-frame clip is one segment)."""
+
+
+@contextmanager
+def variant(name: str):
+    """The library as variant `name` runs it."""
+    if name != "fade anchor":
+        yield
+        return
+    from unflicker import config
+    from unflicker.anchor import AnchorConfig
+
+    real = config.anchor_config
+    config.anchor_config = lambda run: None if real(run) is None else dataclasses.replace(real(run), fade=True)
+    try:
+        yield
+    finally:
+        config.anchor_config = real
 
 
 def faded(clean: np.ndarray, stops: float) -> np.ndarray:
@@ -46,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="tune", choices=("tune", "heldout"))
     parser.add_argument("--kinds", nargs="+", default=["global", "colour", "mains"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--fade", type=float, default=1.0, help="stops of exposure change over the clip")
     parser.add_argument("--out", type=Path, default=corpus.ROOT / "results" / "fade-tune.md")
     args = parser.parse_args(argv)
@@ -58,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.kinds:
             flickering = synth.add_flicker(truth, kind, 1.0, seed=1000 + k)
             row = {"case": f"{kind}/{source}", "input": clip_psnr(flickering, truth)}
-            for name, options in VARIANTS.items():
+            for name in args.variants:
                 start = time.monotonic()
-                out = unflicker.deflicker(flickering, method="neural", progress=False, **options)
+                with variant(name):
+                    out = unflicker.deflicker(flickering, method="neural", progress=False, **VARIANTS[name])
                 t_means, o_means = luma_means(truth), luma_means(out)
                 slope = float(np.polyfit(t_means, o_means, 1)[0])  # 1: the fade kept, 0: flattened
                 row[name] = (clip_psnr(out, truth), slope, time.monotonic() - start)
@@ -68,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
     lines = [f"# Fade under flicker ({args.split} video sources, {corpus.FRAMES} frames at {corpus.SIDE} px, "
              f"{args.fade:g} stops over the clip, flicker strength 1)", "",
-             "| case | input PSNR dB | " + " | ".join(f"{v} PSNR dB / fade kept" for v in VARIANTS) + " |",
-             "|---|---|" + "---|" * len(VARIANTS)]
+             "| case | input PSNR dB | " + " | ".join(f"{v} PSNR dB / fade kept" for v in args.variants) + " |",
+             "|---|---|" + "---|" * len(args.variants)]
     for row in rows:
         lines.append(f"| {row['case']} | {row['input']:.2f} | "
-                     + " | ".join(f"{row[v][0]:.2f} / {row[v][1]:.2f}" for v in VARIANTS) + " |")
-    means = [f"{np.mean([r[v][0] for r in rows]):.2f} / {np.mean([r[v][1] for r in rows]):.2f}" for v in VARIANTS]
+                     + " | ".join(f"{row[v][0]:.2f} / {row[v][1]:.2f}" for v in args.variants) + " |")
+    means = [f"{np.mean([r[v][0] for r in rows]):.2f} / {np.mean([r[v][1] for r in rows]):.2f}" for v in args.variants]
     lines.append(f"| mean | {np.mean([r['input'] for r in rows]):.2f} | " + " | ".join(means) + " |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

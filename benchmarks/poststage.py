@@ -65,6 +65,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             "noanchor": gated(anchor=AnchorConfig.off()),
+            "fade": gated(anchor=AnchorConfig(fade=True)),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))

@@ -47,6 +47,15 @@ class AnchorConfig:
     """Gaussian sigma, as a fraction of the frame height, that separates coarse from fine."""
     grid_rows: int = 96
     """The correction is averaged on a grid this many rows high (aspect kept), then upsampled."""
+    fade: bool = False
+    """The coarse and frame-wide parts go back as a fade, not as a window mean: per shot (a segment),
+    the straight line over its frames, in proportion to how well that line explains the frame-wide
+    part's slow change (`fade_share`); a change of light that comes and goes (slow flicker, pumping)
+    is not a line and stays corrected, a fade or a sunset goes back whole, also at the shot's ends
+    (where a window mean bends it)."""
+    fade_share: tuple[float, float] = (0.5, 0.8)
+    """Share of the frame-wide part's slow change (local linear, sigma `coarse_sigma`) the line explains,
+    at or below which none of the line goes back, at or above which all of it does."""
 
     @classmethod
     def off(cls) -> AnchorConfig:
@@ -62,12 +71,32 @@ class AnchorConfig:
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
         if self.grid_rows < 1:
             raise InputError(f"anchor grid_rows must be >= 1, got {self.grid_rows}")
+        if len(self.fade_share) != 2 or not 0.0 <= self.fade_share[0] < self.fade_share[1] <= 1.0:
+            raise InputError(f"anchor fade_share must be (low, high) with 0 <= low < high <= 1, got {self.fade_share}")
+
+    @property
+    def window(self) -> int:
+        """Frames each window mean reaches ahead and back."""
+        finite = [x for x in (self.sigma, self.coarse_sigma, self.global_sigma) if math.isfinite(x)]
+        return math.ceil(3 * max(finite, default=0.0))
 
     @property
     def radius(self) -> int:
-        """Frames the means look ahead (and back)."""
-        finite = [x for x in (self.sigma, self.coarse_sigma, self.global_sigma) if math.isfinite(x)]
-        return math.ceil(3 * max(finite, default=0.0))
+        """Frames the outputs leave after their inputs: `window`, or with `fade` the whole shot."""
+        return 1 << 30 if self.fade else self.window
+
+
+def _local_line(values: np.ndarray, i: int, sigma: float) -> np.ndarray:
+    """The value at i of a Gaussian-weighted (sigma) straight line fitted to values (T, ...) around i."""
+    r = math.ceil(3 * sigma)
+    lo, hi = max(0, i - r), min(len(values), i + r + 1)
+    k = np.arange(lo - i, hi - i, dtype=np.float64)
+    w = np.exp(-0.5 * (k / sigma) ** 2)
+    s1, s2 = float(w @ k), float(w @ k**2)
+    denominator = float(w.sum()) * s2 - s1 * s1
+    if denominator <= 1e-12:
+        return np.tensordot(w / w.sum(), values[lo:hi], axes=(0, 0))
+    return np.tensordot(w * (s2 - s1 * k) / denominator, values[lo:hi], axes=(0, 0))
 
 
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
@@ -88,7 +117,7 @@ class SlowAppearanceAnchor:
         self.config = config or AnchorConfig()
         self.config.check()
         self.shot_starts = set(shot_starts) | {0}
-        r = self.config.radius
+        r = self.config.window
         offsets = np.arange(-r, r + 1)
         # Per part (fine, coarse, frame-wide mean): None for an infinite sigma, nothing of that part
         # goes back; sigma 0 gives everything back.
@@ -141,14 +170,39 @@ class SlowAppearanceAnchor:
                     coarse.popleft()
         yield from self._emit(coarse, pending, len(pending))
 
+    def _fade(self, coarse: deque) -> list[np.ndarray]:
+        """The coarse and frame-wide parts' slow corrections of a whole shot as a fade (see `fade`)."""
+        n = len(coarse)
+        if n < 3:
+            return [np.zeros_like(c[0]) for c in coarse]
+        t = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        levels, ramps = [], []
+        for part in (1, 2):  # the straight line through each grid value (least squares): level + ramp
+            values = np.stack([c[part] for c in coarse]).astype(np.float64)
+            levels.append(values.mean(0))
+            slope = np.tensordot(t, values - levels[-1], axes=(0, 0)) / float(t @ t)
+            ramps.append(t.reshape(-1, *([1] * slope.ndim)) * slope)
+        means = np.stack([c[2] for c in coarse]).astype(np.float64)
+        sigma = self.config.coarse_sigma if math.isfinite(self.config.coarse_sigma) else 8.0
+        slow = np.stack([_local_line(means, i, sigma) for i in range(n)])
+        spread = float(np.sum((slow - slow.mean(0)) ** 2))
+        explained = 1.0 - float(np.sum((slow - levels[1] - ramps[1]) ** 2)) / spread if spread > 1e-12 else 0.0
+        low, high = self.config.fade_share
+        share = float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0))
+        # The shot's steady level always goes back (a look), its ramp as far as it is a fade.
+        return [(levels[0] + levels[1] + share * (ramps[0][i] + ramps[1][i])).astype(np.float32) for i in range(n)]
+
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
-        r = self.config.radius
+        r = self.config.window
+        faded = self._fade(coarse) if self.config.fade else None
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
-            slow = np.zeros(coarse[i][0].shape, np.float32)
+            slow = np.zeros(coarse[i][0].shape, np.float32) if faded is None else faded[i].copy()
             for part, weights in enumerate(self.part_weights):
+                if faded is not None and part > 0:
+                    continue
                 if weights is not None:
                     w = weights[lo - i + r : hi - i + r]
                     slow += sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
