@@ -38,7 +38,6 @@ def variant(name: str):
         yield
         return
     from unflicker import config
-    from unflicker.anchor import AnchorConfig
 
     real = config.anchor_config
     config.anchor_config = lambda run: None if real(run) is None else dataclasses.replace(real(run), fade=True)

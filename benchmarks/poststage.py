@@ -50,7 +50,7 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
         P, M = [], []
         for t in range(len(I)):
-            projected, correction = model.project_with_model(I[t], O[t])
+            projected, correction = model.project_with_correction(I[t], O[t])
             P.append(projected)
             M.append(correction)
             gate.observe(I[t], P[t], O[t])

@@ -147,9 +147,9 @@ def test_the_returned_correction_re_applies_to_the_model_frame_the_projection_st
     frame = texture(120, 200, seed=3)
     target = np.clip(cv2.GaussianBlur(frame, (0, 0), 1.0) * 1.15 + 0.02, 0, 1).astype(np.float32)
     alone = FlickerModel(ProjectionConfig(residual_tolerance=0.0))
-    projected, correction = alone.project_with_model(frame, target)
+    projected, correction = alone.project_with_correction(frame, target)
     assert np.array_equal(correction.apply(frame), projected)  # without a remainder the output is the model
-    projected, correction = FlickerModel().project_with_model(frame, target)
+    projected, correction = FlickerModel().project_with_correction(frame, target)
     model = correction.apply(frame)
     assert np.array_equal(model, correction.apply(frame))
     assert 0 < np.abs(projected - model).max() < 0.05  # the remainder is added on top of exactly that frame

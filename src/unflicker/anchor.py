@@ -183,7 +183,7 @@ class SlowAppearanceAnchor:
             slope = np.tensordot(t, values - levels[-1], axes=(0, 0)) / float(t @ t)
             ramps.append(t.reshape(-1, *([1] * slope.ndim)) * slope)
         means = np.stack([c[2] for c in coarse]).astype(np.float64)
-        sigma = self.config.coarse_sigma if math.isfinite(self.config.coarse_sigma) else 8.0
+        sigma = self.config.coarse_sigma if math.isfinite(self.config.coarse_sigma) else AnchorConfig().coarse_sigma
         slow = np.stack([_local_line(means, i, sigma) for i in range(n)])
         spread = float(np.sum((slow - slow.mean(0)) ** 2))
         explained = 1.0 - float(np.sum((slow - levels[1] - ramps[1]) ** 2)) / spread if spread > 1e-12 else 0.0

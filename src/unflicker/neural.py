@@ -138,14 +138,14 @@ class NeuralDeflicker:
         The refinement is recurrent: call for t = 0, 1, ... in order; its history restarts at
         each shot's first frame (and whenever t does not follow the previous call's).
         """
-        stages = dict(self.prepare(t, frame) if prepared is None else prepared)
+        stages = self.prepare(t, frame) if prepared is None else prepared  # this frame's own dict
         if self._refine is not None:
             if t != self._next_t or any(t == shot.start for shot in self.atlas.shots):
                 self._refine.reset()
             self._next_t = t + 1
             stages["refine"] = self._refine.apply(stages["filter"])
         if self._projection is not None:
-            stages["project"], correction = self._projection.project_with_model(frame, stages["refine"])
+            stages["project"], correction = self._projection.project_with_correction(frame, stages["refine"])
         if self._gate is not None:
             if self._refined is None:
                 self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames

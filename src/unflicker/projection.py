@@ -234,9 +234,9 @@ class FlickerModel:
     def project(self, frame: np.ndarray, target: np.ndarray) -> np.ndarray:
         """`frame` corrected by the model fitted from it to `target`, plus the small part of what the
         model leaves of the correction (see residual_tolerance and residual_blur)."""
-        return self.project_with_model(frame, target)[0]
+        return self.project_with_correction(frame, target)[0]
 
-    def project_with_model(self, frame: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, FlickerCorrection]:
+    def project_with_correction(self, frame: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, FlickerCorrection]:
         """(the projected frame, the fitted correction): `correction.apply(frame)` is the model's
         correction alone, bit for bit the frame the projection started from (a few numbers to keep
         instead of a frame)."""
