@@ -48,11 +48,14 @@ class AnchorConfig:
     grid_rows: int = 96
     """The correction is averaged on a grid this many rows high (aspect kept), then upsampled."""
     fade: bool = False
-    """The coarse and frame-wide parts go back as a fade, not as a window mean: per shot (a segment),
-    the straight line over its frames, in proportion to how well that line explains the frame-wide
-    part's slow change (`fade_share`); a change of light that comes and goes (slow flicker, pumping)
-    is not a line and stays corrected, a fade or a sunset goes back whole, also at the shot's ends
-    (where a window mean bends it)."""
+    """Keep a fade whole up to the shot's ends. A window mean is a straight line's own value inside
+    a shot, but near either end its window is cut and it bends the line towards the middle (a fade
+    across a 48-frame shot comes back about half as steep). With `fade`, per shot (a segment) the
+    coarse and frame-wide parts' straight lines over the shot are fitted, and what their window
+    means miss of them goes back too, in proportion to how well the line explains the frame-wide
+    part's slow change (`fade_share`). Everything else is the window means': a change of light that
+    comes and goes (slow flicker, pumping) is not a line, and if one passes for a line by chance,
+    only the line's ends change."""
     fade_share: tuple[float, float] = (0.5, 0.8)
     """Share of the frame-wide part's slow change (local linear, sigma `coarse_sigma`) the line explains,
     at or below which none of the line goes back, at or above which all of it does."""
@@ -170,42 +173,44 @@ class SlowAppearanceAnchor:
                     coarse.popleft()
         yield from self._emit(coarse, pending, len(pending))
 
-    def _fade(self, coarse: deque) -> list[np.ndarray]:
-        """The coarse and frame-wide parts' slow corrections of a whole shot as a fade (see `fade`)."""
+    def _ramps(self, coarse: deque) -> tuple[float, list[np.ndarray | None]]:
+        """A shot's fade (see `fade`): the share of its line that goes back, and per part (fine,
+        coarse, frame-wide) the slope per frame of the straight line through each grid value (least
+        squares over the shot; None for the fine part, whose window stays as it is)."""
         n = len(coarse)
         if n < 3:
-            return [np.zeros_like(c[0]) for c in coarse]
+            return 0.0, [None, None, None]
         t = np.arange(n, dtype=np.float64) - (n - 1) / 2
-        levels, ramps = [], []
-        for part in (1, 2):  # the straight line through each grid value (least squares): level + ramp
+        slopes: list[np.ndarray | None] = [None]
+        for part in (1, 2):
             values = np.stack([c[part] for c in coarse]).astype(np.float64)
-            levels.append(values.mean(0))
-            slope = np.tensordot(t, values - levels[-1], axes=(0, 0)) / float(t @ t)
-            ramps.append(t.reshape(-1, *([1] * slope.ndim)) * slope)
+            slopes.append(np.tensordot(t, values - values.mean(0), axes=(0, 0)) / float(t @ t))
         means = np.stack([c[2] for c in coarse]).astype(np.float64)
+        line = means.mean(0) + t[:, None] * slopes[2]
         sigma = self.config.coarse_sigma if math.isfinite(self.config.coarse_sigma) else AnchorConfig().coarse_sigma
         slow = np.stack([_local_line(means, i, sigma) for i in range(n)])
         spread = float(np.sum((slow - slow.mean(0)) ** 2))
-        explained = 1.0 - float(np.sum((slow - levels[1] - ramps[1]) ** 2)) / spread if spread > 1e-12 else 0.0
+        explained = 1.0 - float(np.sum((slow - line) ** 2)) / spread if spread > 1e-12 else 0.0
         low, high = self.config.fade_share
-        share = float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0))
-        # The shot's steady level always goes back (a look), its ramp as far as it is a fade.
-        return [(levels[0] + levels[1] + share * (ramps[0][i] + ramps[1][i])).astype(np.float32) for i in range(n)]
+        return float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0)), slopes
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
         r = self.config.window
-        faded = self._fade(coarse) if self.config.fade else None
+        share, slopes = self._ramps(coarse) if self.config.fade else (0.0, [None, None, None])
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
-            slow = np.zeros(coarse[i][0].shape, np.float32) if faded is None else faded[i].copy()
+            slow = np.zeros(coarse[i][0].shape, np.float32)
             for part, weights in enumerate(self.part_weights):
-                if faded is not None and part > 0:
+                if weights is None:
                     continue
-                if weights is not None:
-                    w = weights[lo - i + r : hi - i + r]
-                    slow += sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                w = weights[lo - i + r : hi - i + r]
+                slow += sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                if share > 0 and slopes[part] is not None:
+                    # The line's value at i less its window mean: zero where the window is whole.
+                    bend = i - float(w @ np.arange(lo, hi)) / float(w.sum())
+                    slow += (share * bend * slopes[part]).astype(np.float32)
             yield pending.popleft(), slow
 
     @staticmethod
