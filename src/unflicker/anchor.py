@@ -53,12 +53,12 @@ class AnchorConfig:
     across a 48-frame shot comes back about half as steep). With `fade`, per shot (a segment) the
     coarse and frame-wide parts' straight lines over the shot are fitted, and what their window
     means miss of them goes back too, in proportion to how well the line explains the frame-wide
-    part's slow change (`fade_share`). Everything else is the window means': a change of light that
+    part's variation (`fade_share`). Everything else is the window means': a change of light that
     comes and goes (slow flicker, pumping) is not a line, and if one passes for a line by chance,
     only the line's ends change."""
     fade_share: tuple[float, float] = (0.5, 0.8)
-    """Share of the frame-wide part's slow change (local linear, sigma `coarse_sigma`) the line explains,
-    at or below which none of the line goes back, at or above which all of it does."""
+    """Share of the frame-wide part's variation over the shot that its line explains (R^2), at or
+    below which none of the line goes back, at or above which all of it does."""
 
     @classmethod
     def off(cls) -> AnchorConfig:
@@ -87,19 +87,6 @@ class AnchorConfig:
     def radius(self) -> int:
         """Frames the outputs leave after their inputs: `window`, or with `fade` the whole shot."""
         return 1 << 30 if self.fade else self.window
-
-
-def _local_line(values: np.ndarray, i: int, sigma: float) -> np.ndarray:
-    """The value at i of a Gaussian-weighted (sigma) straight line fitted to values (T, ...) around i."""
-    r = math.ceil(3 * sigma)
-    lo, hi = max(0, i - r), min(len(values), i + r + 1)
-    k = np.arange(lo - i, hi - i, dtype=np.float64)
-    w = np.exp(-0.5 * (k / sigma) ** 2)
-    s1, s2 = float(w @ k), float(w @ k**2)
-    denominator = float(w.sum()) * s2 - s1 * s1
-    if denominator <= 1e-12:
-        return np.tensordot(w / w.sum(), values[lo:hi], axes=(0, 0))
-    return np.tensordot(w * (s2 - s1 * k) / denominator, values[lo:hi], axes=(0, 0))
 
 
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
@@ -185,12 +172,12 @@ class SlowAppearanceAnchor:
         for part in (1, 2):
             values = np.stack([c[part] for c in coarse]).astype(np.float64)
             slopes.append(np.tensordot(t, values - values.mean(0), axes=(0, 0)) / float(t @ t))
+        # How much of the frame-wide part's whole variation over the shot the line is: flicker that
+        # comes and goes, fast or slow, is variation the line does not explain.
         means = np.stack([c[2] for c in coarse]).astype(np.float64)
+        spread = float(np.sum((means - means.mean(0)) ** 2))
         line = means.mean(0) + t[:, None] * slopes[2]
-        sigma = self.config.coarse_sigma if math.isfinite(self.config.coarse_sigma) else AnchorConfig().coarse_sigma
-        slow = np.stack([_local_line(means, i, sigma) for i in range(n)])
-        spread = float(np.sum((slow - slow.mean(0)) ** 2))
-        explained = 1.0 - float(np.sum((slow - line) ** 2)) / spread if spread > 1e-12 else 0.0
+        explained = 1.0 - float(np.sum((means - line) ** 2)) / spread if spread > 1e-12 else 0.0
         low, high = self.config.fade_share
         return float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0)), slopes
 
