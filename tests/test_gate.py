@@ -125,7 +125,9 @@ def test_processed_kind_takes_the_refined_frames_and_the_summary_says_so(tmp_pat
     (info,) = auto.segment_info
     assert 0.0 <= info["fine_weight"] <= 1.0 and info["fine_share"] is not None
     # 20 atlas steps on 12 tiny frames: whatever the measurement finds, the summary says it.
-    assert auto.kind == ("none" if info["strength"] == 0 else "processed" if info["fine_weight"] >= 0.5 else "physical")
+    assert auto.kind == ("none" if info["strength"] == 0 else "processed" if info["fine_weight"] >= 0.5
+                         else info["flicker_kind"])
+    assert info["flicker_kind"] in ("film", "timelapse", "mains")
     assert auto.config["kind"] == "auto"
 
 
@@ -142,6 +144,9 @@ def test_the_summary_names_what_the_segments_found():
     assert clean.kind == "none" and "left as it is" in clean.line()
     assert summary("auto", {"fine_weight": 1.0, "strength": 1.0}, {"fine_weight": 0.0, "strength": 1.0}).kind == "mixed"
     assert summary("auto", {"fine_weight": 0.9, "strength": 1.0}, {"fine_weight": 0.0, "strength": 0.0}).kind == "processed"
-    assert summary("auto", {"fine_weight": 0.2, "strength": 0.5}).kind == "physical"
+    assert summary("auto", {"fine_weight": 0.2, "strength": 0.5}).kind == "physical"  # a segment that did not say
+    film = summary("auto", *({"fine_weight": 0.0, "strength": 1.0, "flicker_kind": k} for k in ("film", "mains", "film")))
+    assert film.kind == "film" and "kind film (found, treated as physical flicker" in film.line()
+    assert "found" not in summary("film", {"fine_weight": 0.0, "strength": 1.0}).line()
     assert summary("film", {"fine_weight": 0.0, "strength": 1.0}).kind == "film"
     assert summary("auto").kind is None and "kind" not in summary("auto").line()

@@ -23,6 +23,7 @@ from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
+from unflicker.kinds import KindProbe
 from unflicker.projection import FlickerCorrection, FlickerModel, ProjectionConfig
 
 STAGES = ("atlas", "filter", "refine", "project")
@@ -74,6 +75,7 @@ class NeuralDeflicker:
             self._refine = LocalRefiner.load(self.config.refine_weights, device=self.config.device)
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
+        self._kinds = KindProbe() if self._gate is not None else None  # names physical flicker for the summary
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
         self._corrections: dict[int, FlickerCorrection] = {}  # the flicker model's fit per frame, for settle()
 
@@ -118,6 +120,7 @@ class NeuralDeflicker:
         self._next_t = None
         if self._gate is not None:
             self._gate.reset()
+            self._kinds.reset()
             self._refined, self._corrections = None, {}
 
     def prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
@@ -154,6 +157,7 @@ class NeuralDeflicker:
             if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
                 self._corrections[t] = correction
             self._gate.observe(frame, stages["project"], stages["refine"])
+            self._kinds.observe(frame, stages["project"])
         return stages
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -171,11 +175,14 @@ class NeuralDeflicker:
         return output
 
     def report(self) -> dict:
-        """The gate's measurement and weight for the last segment (empty without a gate)."""
+        """The gate's measurement and weight for the last segment, and what physical flicker the
+        projection's corrections look like (unflicker.kinds); empty without a gate."""
         if self._gate is None:
             return {}
         share = self._gate.share
         clean = self._gate.input_share
+        features = self._kinds.features() or {}
         return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4),
                 "smooth": round(self._gate.smoothness(), 4),
-                "input_share": None if clean is None else round(clean, 4), "strength": round(self._gate.strength(), 4)}
+                "input_share": None if clean is None else round(clean, 4), "strength": round(self._gate.strength(), 4),
+                "flicker_kind": self._kinds.kind(), **{f"kind_{k}": round(v, 4) for k, v in features.items()}}

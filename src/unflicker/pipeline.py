@@ -40,6 +40,7 @@ from unflicker.config import (
     resolve_method,
 )
 from unflicker.errors import InputError, OutputError, UnflickerError
+from unflicker.kinds import PHYSICAL_KINDS
 from unflicker.framestore import FrameFile
 from unflicker.metrics import flicker_index
 from unflicker.resume import JobFolder, input_fingerprint
@@ -69,19 +70,24 @@ class RunSummary:
     @property
     def kind(self) -> str | None:
         """What flickered, as the neural method treated it: the --kind given, or for auto 'processed'
-        (every flickering segment took most of the networks' fine correction), 'physical', 'mixed',
-        or 'none' (no segment showed flicker: the video was left as it is)."""
+        (every flickering segment took most of the networks' fine correction), 'mixed', 'none' (no
+        segment showed flicker: the video was left as it is), or where every flickering segment
+        took the smooth model's part: the physical kind most of them look like ('film', 'timelapse'
+        or 'mains', unflicker.kinds; 'physical' where the segments did not say)."""
         kind = (self.config or {}).get("kind")
         gated = [info for info in self.segment_info if "fine_weight" in info]
         if not gated:  # no gate ran (classical, --no-projection, --stop-after): only an explicit kind
             return None if kind == "auto" else kind
         if kind != "auto":
             return kind
-        flickering = [info["fine_weight"] for info in gated if info.get("strength", 1.0) > 0]
+        flickering = [info for info in gated if info.get("strength", 1.0) > 0]
         if not flickering:
             return "none"
-        share = sum(w >= 0.5 for w in flickering) / len(flickering)
-        return "processed" if share == 1 else "physical" if share == 0 else "mixed"
+        share = sum(info["fine_weight"] >= 0.5 for info in flickering) / len(flickering)
+        if share > 0:
+            return "processed" if share == 1 else "mixed"
+        named = [info["flicker_kind"] for info in flickering if info.get("flicker_kind")]
+        return max(sorted(set(named)), key=named.count) if named else "physical"
 
     def line(self) -> str:
         reused = f", {self.reused} of them reused from the work folder" if self.reused else ""
@@ -90,7 +96,9 @@ class RunSummary:
         if self.kind == "none":
             kind = ", no flicker found: left as it is"
         elif self.kind is not None and weights:
-            kind = (f", kind {self.kind} (fine correction weight {min(weights):.2f}"
+            physical = self.kind in PHYSICAL_KINDS and (self.config or {}).get("kind") == "auto"
+            found = "found, treated as physical flicker; " if physical else ""
+            kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
