@@ -111,6 +111,11 @@ class FineGate:
         self._previous = current
 
     @property
+    def latest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The small copies (input, projected, refined) of the last frame observed."""
+        return self._previous
+
+    @property
     def share(self) -> float | None:
         """g = 1 - e_O / e_P over the frames seen (None before two frames)."""
         if self._pixels == 0 or self._sums[0] <= 0:

@@ -86,11 +86,14 @@ class KindProbe:
         self._chroma: list[float] = []
 
     def observe(self, frame: np.ndarray, projected: np.ndarray) -> None:
-        """Frame t's input and projected frames (H, W, 3) float32 in [0, 1], for t = 0, 1, ... in order."""
+        """Frame t's input and projected frames (H, W, 3) float32 in [0, 1], for t = 0, 1, ... in order;
+        frames larger than `side` are measured on small copies (pass small copies where they exist)."""
         from unflicker.atlas.common import atlas_size, downsample
 
-        size = atlas_size(*frame.shape[:2], self.config.side)
-        small_i, small_p = downsample(frame, size), downsample(projected, size)
+        small_i, small_p = frame, projected
+        if max(frame.shape[:2]) > self.config.side:
+            size = atlas_size(*frame.shape[:2], self.config.side)
+            small_i, small_p = downsample(frame, size), downsample(projected, size)
         level = _log_ratio(small_p, small_i, (0, 1))
         luma_i, luma_p = small_i.mean(2), small_p.mean(2)
         rows = (self.config.rows, 1)

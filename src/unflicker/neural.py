@@ -157,7 +157,7 @@ class NeuralDeflicker:
             if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
                 self._corrections[t] = correction
             self._gate.observe(frame, stages["project"], stages["refine"])
-            self._kinds.observe(frame, stages["project"])
+            self._kinds.observe(*self._gate.latest[:2])  # the gate's small copies of I_t and P_t
         return stages
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
