@@ -65,7 +65,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             "noanchor": gated(anchor=AnchorConfig.off()),
-            "fade": gated(anchor=AnchorConfig(fade=True)),
+            "window": gated(anchor=AnchorConfig(fade=False)),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
@@ -74,7 +74,10 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
 `mains` (the smooth model's part only); pixelwise: the default before session 6 (both remainders
 pixel by pixel; rows named "default" before session 6); blurS: the remainder always low-passed
 (ProjectionConfig.residual_blur = S); noanchor / processed-noanchor: default / processed without the
-slow-look anchor. results/anchor-tune-s7.jsonl also holds "trend32"/"trend48" rows (the anchor's
+slow-look anchor; window: the default before session 8 (the anchor's window means alone, a fade bent
+at the shot's ends; the "default" rows of results/*-s7.jsonl and earlier). "fade" rows: session 7's
+fade anchor in results/anchor-fade-tune-s7.jsonl; session 8's edge-fade anchor (today's default) in
+results/fade-*-s8.jsonl. results/anchor-tune-s7.jsonl also holds "trend32"/"trend48" rows (the anchor's
 windows as Gaussian-weighted straight lines, 32 / 48 frames, tried in session 7 and removed), and
 results/atlas192-tune-s7.jsonl the default on paper stages fitted with a 256 / 192-pixel atlas. In results/smooth-*-s6.jsonl, "smoothw" rows are today's
 default and "smooth" rows the step before it (only the model's remainder low-passed; poststage.py

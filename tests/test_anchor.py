@@ -133,7 +133,7 @@ def test_a_fade_goes_back_whole_and_pumping_stays_corrected():
         return max(np.abs(out - (0.4 + fade[t])).max() for t, out in result)
 
     fade, steady = np.linspace(0.0, 0.2, n, dtype=np.float32), np.zeros(n, np.float32)
-    window, line = AnchorConfig(grid_rows=16), AnchorConfig(grid_rows=16, fade=True)
+    window, line = AnchorConfig(grid_rows=16, fade=False), AnchorConfig(grid_rows=16)
     small, large = 0.04 * wobble, 0.08 * wobble
     assert error(line, fade, small) < 0.5 * error(window, fade, small)  # 0.008 against 0.057 (no anchor: 0.1)
     assert error(line, fade, large) == error(window, fade, large)  # the line explains too little: 0.062
@@ -150,8 +150,8 @@ def test_a_fade_changes_only_frames_whose_window_the_shot_cuts():
     inputs = (0.3 + np.linspace(0, 0.3, n)[:, None, None, None] + 0.02 * rng.standard_normal((n, 8, 8, 3))
               ).astype(np.float32)
     outputs = np.full_like(inputs, 0.5)
-    window = dict(run(SlowAppearanceAnchor(AnchorConfig(grid_rows=8)), inputs, outputs))
-    line = dict(run(SlowAppearanceAnchor(AnchorConfig(grid_rows=8, fade=True)), inputs, outputs))
+    window = dict(run(SlowAppearanceAnchor(AnchorConfig(grid_rows=8, fade=False)), inputs, outputs))
+    line = dict(run(SlowAppearanceAnchor(AnchorConfig(grid_rows=8)), inputs, outputs))
     r = AnchorConfig().window
     inside = range(r, n - r)
     assert max(np.abs(line[t] - window[t]).max() for t in inside) < 1e-5

@@ -12,6 +12,10 @@ per channel (global_sigma), its spatially coarse remainder (coarse_sigma) and th
 Light-borne flicker (old film's exposure, uneven or drifting light) lives in the mean and the coarse
 part and has slow swings too, so only truly slow changes go back there; the look a per-frame process
 gives (colours of objects, local contrast) is finer and changes quickly, so the short window keeps it.
+A window cut by a shot's ends bends a fade (a slow change of light over the shot) towards the
+shot's middle; `AnchorConfig.fade` gives back what the window misses of the shot's straight line,
+as far as the line explains the change (a fade is content; pumping is not a line).
+
 The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive;
 `corrections` holds only coarse-grid arrays meanwhile (the caller keeps the outputs, e.g. on disk).
 """
@@ -47,7 +51,7 @@ class AnchorConfig:
     """Gaussian sigma, as a fraction of the frame height, that separates coarse from fine."""
     grid_rows: int = 96
     """The correction is averaged on a grid this many rows high (aspect kept), then upsampled."""
-    fade: bool = False
+    fade: bool = True
     """Keep a fade whole up to the shot's ends. A window mean is a straight line's own value inside
     a shot, but near either end its window is cut and it bends the line towards the middle (a fade
     across a 48-frame shot comes back about half as steep). With `fade`, per shot (a segment) the
