@@ -26,23 +26,25 @@ import unflicker
 from unflicker import synth
 from unflicker.metrics import psnr
 
-VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}}
+VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}, "lines anchor": {}}
+ANCHORS = {"window anchor": {"fade": False}, "lines anchor": {"physical_lines": True}}
 """`window anchor`: the default with AnchorConfig(fade=False), the anchor before session 8 (set here, as
 the run goes through unflicker.config.anchor_config in this process: a 48-frame clip is one segment).
 In results/fade-*.md of sessions 7 and 8, "default" is that window anchor and "fade anchor" a
-candidate (session 7's in fade-anchor-*.md, session 8's, today's default, in fade-*-s8.md)."""
+candidate (session 7's in fade-anchor-*.md, session 8's, today's default, in fade-*-s8.md). `lines anchor`:
+AnchorConfig(physical_lines=True), a session-8 candidate (results/lines-*-s8.*)."""
 
 
 @contextmanager
 def variant(name: str):
     """The library as variant `name` runs it."""
-    if name != "window anchor":
+    if name not in ANCHORS:
         yield
         return
     from unflicker import config
 
     real = config.anchor_config
-    config.anchor_config = lambda run: None if real(run) is None else dataclasses.replace(real(run), fade=False)
+    config.anchor_config = lambda run: None if real(run) is None else dataclasses.replace(real(run), **ANCHORS[name])
     try:
         yield
     finally:

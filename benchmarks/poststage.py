@@ -56,8 +56,9 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             gate.observe(I[t], P[t], O[t])
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
                      smooth=gate.smoothness())
+        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness())  # as NeuralDeflicker.anchor_config
         return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.smoothness() > 0 else None, O[t])
-                            for t in range(len(I))], anchor)
+                            for t in range(len(I))], segment_anchor)
     return run
 
 
@@ -66,6 +67,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             "noanchor": gated(anchor=AnchorConfig.off()),
             "window": gated(anchor=AnchorConfig(fade=False)),
+            "lines": gated(anchor=AnchorConfig(physical_lines=True)),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))

@@ -156,3 +156,26 @@ def test_a_fade_changes_only_frames_whose_window_the_shot_cuts():
     inside = range(r, n - r)
     assert max(np.abs(line[t] - window[t]).max() for t in inside) < 1e-5
     assert max(np.abs(line[t] - window[t]).max() for t in (0, n - 1)) > 0.02  # the ends do (0.032, 0.024)
+
+
+def test_lines_give_back_a_fade_but_no_slow_swing():
+    # Smooth physical flicker (lines = 1): a slow swing of the light (period 40 frames) is flicker
+    # and stays corrected, where the window means give part of it back; the shot's steady
+    # difference of look and a fade (here larger than the swing) still go back.
+    n = 80
+    swing = 0.05 * np.sin(np.arange(n) * 2 * np.pi / 40)
+
+    def error(config, change):  # how far the output is from "the input without its swing"
+        inputs = (0.3 + change + swing)[:, None, None, None] * np.ones((1, 8, 8, 3))
+        outputs = np.full_like(inputs, 0.5, dtype=np.float32)
+        result = run(SlowAppearanceAnchor(config), inputs.astype(np.float32), outputs)
+        return max(np.abs(out - (0.3 + change[t])).max() for t, out in result)
+
+    window, lines = AnchorConfig(grid_rows=8), AnchorConfig(grid_rows=8, lines=1.0)
+    steady, fade = np.zeros(n), np.linspace(0.0, 0.3, n)
+    assert error(lines, steady) < 1e-5 and error(window, steady) > 0.015  # 0.0196
+    assert error(lines, fade) < error(window, fade)  # 0.024 against 0.027: the line is the fade
+    assert AnchorConfig(physical_lines=True).for_segment(0.7).lines == 0.7
+    assert AnchorConfig().for_segment(1.0).lines == 0.0
+    with pytest.raises(InputError):
+        AnchorConfig(lines=1.5).check()

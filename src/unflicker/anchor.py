@@ -22,6 +22,7 @@ The means look `radius` frames ahead, so outputs leave `radius` frames after the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -60,6 +61,14 @@ class AnchorConfig:
     part's variation (`fade_share`). Everything else is the window means': a change of light that
     comes and goes (slow flicker, pumping) is not a line, and if one passes for a line by chance,
     only the line's ends change."""
+    lines: float = 0.0
+    """How much of the coarse and frame-wide parts goes back as the shot's steady level plus its fade
+    (the line's share, see `fade`) instead of the window means: nothing of a slow swing or wander
+    then goes back. For segments of smooth physical flicker (old-film pumping, a time-lapse's slow
+    drift: a change of light that is not a line is flicker there); the neural method sets it per
+    segment from its gate (`for_segment`)."""
+    physical_lines: bool = False
+    """`for_segment` sets `lines` to the gate's smoothness (1: smooth physical flicker)."""
     fade_share: tuple[float, float] = (0.5, 0.8)
     """Share of the frame-wide part's variation over the shot that its line explains (R^2), at or
     below which none of the line goes back, at or above which all of it does."""
@@ -78,8 +87,16 @@ class AnchorConfig:
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
         if self.grid_rows < 1:
             raise InputError(f"anchor grid_rows must be >= 1, got {self.grid_rows}")
+        if not 0.0 <= self.lines <= 1.0:
+            raise InputError(f"anchor lines must be in [0, 1], got {self.lines}")
         if len(self.fade_share) != 2 or not 0.0 <= self.fade_share[0] < self.fade_share[1] <= 1.0:
             raise InputError(f"anchor fade_share must be (low, high) with 0 <= low < high <= 1, got {self.fade_share}")
+
+    def for_segment(self, smoothness: float) -> AnchorConfig:
+        """The config for a segment whose gate measured this smoothness (0..1)."""
+        if not self.physical_lines:
+            return self
+        return dataclasses.replace(self, lines=float(np.clip(smoothness, 0.0, 1.0)))
 
     @property
     def window(self) -> int:
@@ -90,7 +107,7 @@ class AnchorConfig:
     @property
     def radius(self) -> int:
         """Frames the outputs leave after their inputs: `window`, or with `fade` the whole shot."""
-        return 1 << 30 if self.fade else self.window
+        return 1 << 30 if self.fade or self.lines > 0 else self.window
 
 
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
@@ -173,8 +190,10 @@ class SlowAppearanceAnchor:
             return 0.0, [None, None, None]
         t = np.arange(n, dtype=np.float64) - (n - 1) / 2
         slopes: list[np.ndarray | None] = [None]
+        self._levels: list[np.ndarray | None] = [None]
         for part in (1, 2):
             values = np.stack([c[part] for c in coarse]).astype(np.float64)
+            self._levels.append(values.mean(0))
             slopes.append(np.tensordot(t, values - values.mean(0), axes=(0, 0)) / float(t @ t))
         # How much of the frame-wide part's whole variation over the shot the line is: flicker that
         # comes and goes, fast or slow, is variation the line does not explain.
@@ -187,8 +206,9 @@ class SlowAppearanceAnchor:
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
-        r = self.config.window
-        share, slopes = self._ramps(coarse) if self.config.fade else (0.0, [None, None, None])
+        r, lines = self.config.window, self.config.lines
+        use_lines = (self.config.fade or lines > 0) and len(coarse) >= 3
+        share, slopes = self._ramps(coarse) if use_lines else (0.0, [None, None, None])
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
@@ -196,12 +216,18 @@ class SlowAppearanceAnchor:
             for part, weights in enumerate(self.part_weights):
                 if weights is None:
                     continue
+                lined = lines if slopes[part] is not None else 0.0
                 w = weights[lo - i + r : hi - i + r]
-                slow += sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
-                if share > 0 and slopes[part] is not None:
-                    # The line's value at i less its window mean: zero where the window is whole.
-                    bend = i - float(w @ np.arange(lo, hi)) / float(w.sum())
-                    slow += (share * bend * slopes[part]).astype(np.float32)
+                if lined < 1.0:
+                    mean = sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                    if self.config.fade and share > 0 and slopes[part] is not None:
+                        # The line's value at i less its window mean: zero where the window is whole.
+                        bend = i - float(w @ np.arange(lo, hi)) / float(w.sum())
+                        mean = mean + (share * bend * slopes[part]).astype(np.float32)
+                    slow += mean if lined == 0.0 else np.float32(1.0 - lined) * mean
+                if lined > 0.0:  # the shot's level and its fade alone
+                    line = self._levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
+                    slow += (lined * line).astype(np.float32)
             yield pending.popleft(), slow
 
     @staticmethod

@@ -50,7 +50,8 @@ class Method(Protocol):
         ...
 
     def anchor_config(self, n_frames: int) -> AnchorConfig:
-        """How much of the input's slow look the anchor hands back (AnchorConfig.off(): none)."""
+        """How much of the input's slow look the anchor hands back to this segment (AnchorConfig.off():
+        none); asked after the pass, so it may depend on what the method measured there."""
         ...
 
     def fingerprint(self) -> dict:

@@ -88,10 +88,11 @@ class NeuralDeflicker:
         return list(available[: available.index(self.config.stop_after) + 1])
 
     def anchor_config(self, n_frames: int) -> AnchorConfig:
-        """The anchor after the last stage: off for runs stopped early and for --keep-slow off."""
+        """The anchor after the last stage: off for runs stopped early and for --keep-slow off; for a
+        segment of smooth physical flicker (the gate's smoothness) as AnchorConfig.for_segment says."""
         if self.config.anchor is None or self.config.stop_after is not None or n_frames < 2:
             return AnchorConfig.off()
-        return self.config.anchor
+        return self.config.anchor.for_segment(self._gate.smoothness() if self._gate is not None else 0.0)
 
     def fingerprint(self) -> dict:
         """What the frames depend on beyond the config: a digest of each network's weights and
