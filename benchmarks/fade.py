@@ -26,13 +26,16 @@ import unflicker
 from unflicker import synth
 from unflicker.metrics import psnr
 
-VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}, "lines anchor": {}}
-ANCHORS = {"window anchor": {"fade": False}, "lines anchor": {"physical_lines": True}}
+VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}, "lines anchor": {},
+            "share 0.3-0.6": {}}
+ANCHORS = {"window anchor": {"fade": False}, "lines anchor": {"physical_lines": True},
+           "share 0.3-0.6": {"fade_share": (0.3, 0.6)}}
 """`window anchor`: the default with AnchorConfig(fade=False), the anchor before session 8 (set here, as
 the run goes through unflicker.config.anchor_config in this process: a 48-frame clip is one segment).
 In results/fade-*.md of sessions 7 and 8, "default" is that window anchor and "fade anchor" a
 candidate (session 7's in fade-anchor-*.md, session 8's, today's default, in fade-*-s8.md). `lines anchor`:
-AnchorConfig(physical_lines=True), a session-8 candidate (results/lines-*-s8.*)."""
+AnchorConfig(physical_lines=True), and `share 0.3-0.6`: AnchorConfig(fade_share=(0.3, 0.6)), session-8
+candidates (results/lines-*-s8.*, results/share03-*-s8.*)."""
 
 
 @contextmanager

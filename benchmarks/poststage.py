@@ -68,6 +68,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "noanchor": gated(anchor=AnchorConfig.off()),
             "window": gated(anchor=AnchorConfig(fade=False)),
             "lines": gated(anchor=AnchorConfig(physical_lines=True)),
+            "share03": gated(anchor=AnchorConfig(fade_share=(0.3, 0.6))),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
