@@ -106,7 +106,7 @@ class AnchorConfig:
 
     @property
     def radius(self) -> int:
-        """Frames the outputs leave after their inputs: `window`, or with `fade` the whole shot."""
+        """Frames the outputs leave after their inputs: `window`, or with `fade` or `lines` the whole shot."""
         return 1 << 30 if self.fade or self.lines > 0 else self.window
 
 
@@ -181,19 +181,19 @@ class SlowAppearanceAnchor:
                     coarse.popleft()
         yield from self._emit(coarse, pending, len(pending))
 
-    def _ramps(self, coarse: deque) -> tuple[float, list[np.ndarray | None]]:
+    def _ramps(self, coarse: deque) -> tuple[float, list[np.ndarray | None], list[np.ndarray | None]]:
         """A shot's fade (see `fade`): the share of its line that goes back, and per part (fine,
-        coarse, frame-wide) the slope per frame of the straight line through each grid value (least
-        squares over the shot; None for the fine part, whose window stays as it is)."""
+        coarse, frame-wide) the slope per frame and the mean of the straight line through each grid
+        value (least squares over the shot; None for the fine part, whose window stays as it is)."""
         n = len(coarse)
         if n < 3:
-            return 0.0, [None, None, None]
+            return 0.0, [None, None, None], [None, None, None]
         t = np.arange(n, dtype=np.float64) - (n - 1) / 2
         slopes: list[np.ndarray | None] = [None]
-        self._levels: list[np.ndarray | None] = [None]
+        levels: list[np.ndarray | None] = [None]
         for part in (1, 2):
             values = np.stack([c[part] for c in coarse]).astype(np.float64)
-            self._levels.append(values.mean(0))
+            levels.append(values.mean(0))
             slopes.append(np.tensordot(t, values - values.mean(0), axes=(0, 0)) / float(t @ t))
         # How much of the frame-wide part's whole variation over the shot the line is: flicker that
         # comes and goes, fast or slow, is variation the line does not explain.
@@ -202,13 +202,13 @@ class SlowAppearanceAnchor:
         line = means.mean(0) + t[:, None] * slopes[2]
         explained = 1.0 - float(np.sum((means - line) ** 2)) / spread if spread > 1e-12 else 0.0
         low, high = self.config.fade_share
-        return float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0)), slopes
+        return float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0)), slopes, levels
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
         r, lines = self.config.window, self.config.lines
         use_lines = (self.config.fade or lines > 0) and len(coarse) >= 3
-        share, slopes = self._ramps(coarse) if use_lines else (0.0, [None, None, None])
+        share, slopes, levels = self._ramps(coarse) if use_lines else (0.0, [None] * 3, [None] * 3)
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
@@ -226,7 +226,7 @@ class SlowAppearanceAnchor:
                         mean = mean + (share * bend * slopes[part]).astype(np.float32)
                     slow += mean if lined == 0.0 else np.float32(1.0 - lined) * mean
                 if lined > 0.0:  # the shot's level and its fade alone
-                    line = self._levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
+                    line = levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
                     slow += (lined * line).astype(np.float32)
             yield pending.popleft(), slow
 
