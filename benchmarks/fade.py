@@ -24,10 +24,11 @@ import numpy as np
 import corpus
 import unflicker
 from unflicker import synth
+from unflicker.baselines import ffmpeg_deflicker
 from unflicker.metrics import psnr
 
 VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}, "lines anchor": {},
-            "share 0.3-0.6": {}}
+            "share 0.3-0.6": {}, "classical": {"method": "classical"}, "ffmpeg": {}}
 ANCHORS = {"window anchor": {"fade": False}, "lines anchor": {"physical_lines": True},
            "share 0.3-0.6": {"fade_share": (0.3, 0.6)}}
 """`window anchor`: the default with AnchorConfig(fade=False), the anchor before session 8 (set here, as
@@ -35,7 +36,8 @@ the run goes through unflicker.config.anchor_config in this process: a 48-frame 
 In results/fade-*.md of sessions 7 and 8, "default" is that window anchor and "fade anchor" a
 candidate (session 7's in fade-anchor-*.md, session 8's, today's default, in fade-*-s8.md). `lines anchor`:
 AnchorConfig(physical_lines=True), and `share 0.3-0.6`: AnchorConfig(fade_share=(0.3, 0.6)), session-8
-candidates (results/lines-*-s8.*, results/share03-*-s8.*)."""
+candidates (results/lines-*-s8.*, results/share03-*-s8.*). `classical` and `ffmpeg` (libavfilter's
+`deflicker`): the baselines (results/fade-baselines-*-s8.md)."""
 
 
 @contextmanager
@@ -52,6 +54,14 @@ def variant(name: str):
         yield
     finally:
         config.anchor_config = real
+
+
+def run(name: str, flickering: np.ndarray) -> np.ndarray:
+    """Variant `name`'s output for a (T, H, W, 3) float32 clip; "ffmpeg" is libavfilter's `deflicker`."""
+    if name == "ffmpeg":
+        return np.stack(list(ffmpeg_deflicker(flickering)))
+    options = {"method": "neural", **VARIANTS[name]}
+    return unflicker.deflicker(flickering, progress=False, **options)
 
 
 def faded(clean: np.ndarray, stops: float) -> np.ndarray:
@@ -89,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.variants:
                 start = time.monotonic()
                 with variant(name):
-                    out = unflicker.deflicker(flickering, method="neural", progress=False, **VARIANTS[name])
+                    out = run(name, flickering)
                 t_means, o_means = luma_means(truth), luma_means(out)
                 slope = float(np.polyfit(t_means, o_means, 1)[0])  # 1: the fade kept, 0: flattened
                 row[name] = (clip_psnr(out, truth), slope, time.monotonic() - start)
