@@ -194,21 +194,20 @@ class SlowAppearanceAnchor:
         for part in (1, 2):
             values = np.stack([c[part] for c in coarse]).astype(np.float64)
             levels.append(values.mean(0))
-            slopes.append(np.tensordot(t, values - values.mean(0), axes=(0, 0)) / float(t @ t))
+            slopes.append(np.tensordot(t, values - levels[-1], axes=(0, 0)) / float(t @ t))
         # How much of the frame-wide part's whole variation over the shot the line is: flicker that
-        # comes and goes, fast or slow, is variation the line does not explain.
-        means = np.stack([c[2] for c in coarse]).astype(np.float64)
-        spread = float(np.sum((means - means.mean(0)) ** 2))
-        line = means.mean(0) + t[:, None] * slopes[2]
-        explained = 1.0 - float(np.sum((means - line) ** 2)) / spread if spread > 1e-12 else 0.0
+        # comes and goes, fast or slow, is variation the line does not explain. `values`: that part's.
+        spread = float(np.sum((values - levels[2]) ** 2))
+        line = levels[2] + t[:, None] * slopes[2]
+        explained = 1.0 - float(np.sum((values - line) ** 2)) / spread if spread > 1e-12 else 0.0
         low, high = self.config.fade_share
         return float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0)), slopes, levels
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
         r, lines = self.config.window, self.config.lines
-        use_lines = (self.config.fade or lines > 0) and len(coarse) >= 3
-        share, slopes, levels = self._ramps(coarse) if use_lines else (0.0, [None] * 3, [None] * 3)
+        fitted = self.config.fade or lines > 0  # the shot's lines are needed (_ramps: none under 3 frames)
+        share, slopes, levels = self._ramps(coarse) if fitted else (0.0, [None] * 3, [None] * 3)
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
@@ -224,7 +223,7 @@ class SlowAppearanceAnchor:
                         # The line's value at i less its window mean: zero where the window is whole.
                         bend = i - float(w @ np.arange(lo, hi)) / float(w.sum())
                         mean = mean + (share * bend * slopes[part]).astype(np.float32)
-                    slow += mean if lined == 0.0 else np.float32(1.0 - lined) * mean
+                    slow += np.float32(1.0 - lined) * mean  # x 1.0 is exact: the window means' bits
                 if lined > 0.0:  # the shot's level and its fade alone
                     line = levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
                     slow += (lined * line).astype(np.float32)

@@ -68,8 +68,9 @@ class KindConfig:
             raise InputError("kind probe needs bands > 0, jumps in (0, 1], pumping in [-1, 1], monochrome and grey >= 0")
 
 
-def _log_ratio(a: np.ndarray, b: np.ndarray, axis) -> np.ndarray:
-    return np.log(a.mean(axis) + 1e-3) - np.log(b.mean(axis) + 1e-3)
+def _log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log(a / b) of means of intensities, kept finite near black."""
+    return np.log(a + 1e-3) - np.log(b + 1e-3)
 
 
 class KindProbe:
@@ -94,12 +95,12 @@ class KindProbe:
         if max(frame.shape[:2]) > self.config.side:
             size = atlas_size(*frame.shape[:2], self.config.side)
             small_i, small_p = downsample(frame, size), downsample(projected, size)
-        level = _log_ratio(small_p, small_i, (0, 1))
+        level = _log_ratio(small_p.mean((0, 1)), small_i.mean((0, 1)))
         luma_i, luma_p = small_i.mean(2), small_p.mean(2)
         rows = (self.config.rows, 1)
         band_i = cv2.resize(luma_i.mean(1, keepdims=True), rows[::-1], interpolation=cv2.INTER_AREA)[:, 0]
         band_p = cv2.resize(luma_p.mean(1, keepdims=True), rows[::-1], interpolation=cv2.INTER_AREA)[:, 0]
-        profile = np.log(band_p + 1e-3) - np.log(band_i + 1e-3)
+        profile = _log_ratio(band_p, band_i)
         self._levels.append(level)
         self._profiles.append(profile - profile.mean())
         # Colour that is not a tint: chroma (R - G, B - G) less its straight-line fit on the luma
@@ -138,7 +139,10 @@ class KindProbe:
 
     def kind(self) -> str | None:
         """'mains', 'film' or 'timelapse' (None before three frames)."""
-        f = self.features()
+        return self.name(self.features())
+
+    def name(self, f: dict[str, float] | None) -> str | None:
+        """The kind `features` f say (None for None)."""
         if f is None:
             return None
         cfg = self.config

@@ -182,8 +182,9 @@ class NeuralDeflicker:
             return {}
         share = self._gate.share
         clean = self._gate.input_share
-        features = self._kinds.features() or {}
+        features = self._kinds.features()
         return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4),
                 "smooth": round(self._gate.smoothness(), 4),
                 "input_share": None if clean is None else round(clean, 4), "strength": round(self._gate.strength(), 4),
-                "flicker_kind": self._kinds.kind(), **{f"kind_{k}": round(v, 4) for k, v in features.items()}}
+                "flicker_kind": self._kinds.name(features),
+                **{f"kind_{k}": round(v, 4) for k, v in (features or {}).items()}}

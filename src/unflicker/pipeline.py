@@ -40,8 +40,8 @@ from unflicker.config import (
     resolve_method,
 )
 from unflicker.errors import InputError, OutputError, UnflickerError
-from unflicker.kinds import PHYSICAL_KINDS
 from unflicker.framestore import FrameFile
+from unflicker.kinds import PHYSICAL_KINDS
 from unflicker.metrics import flicker_index
 from unflicker.resume import JobFolder, input_fingerprint
 from unflicker.segments import Segment, SegmentResult, SegmentTask, build_method, plan
