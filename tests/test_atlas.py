@@ -182,6 +182,18 @@ def test_single_frame_clip_fits():
     assert np.abs(atlas.reconstruct(0) - flick[0]).mean() < 0.02
 
 
+@pytest.mark.parametrize("crop", [None, (24, 32)])
+def test_grid_fit_is_the_same_bits_with_two_lanes(crop):
+    """Each step's two parts run on two threads with lanes=2; the atlas must not change."""
+    _, flick, _ = moving_plane(9)
+    config = grid_config(steps=12, grid=GridOptions(crop=crop))
+    one, two = fit(flick, None, config, lanes=1), fit(flick, None, config, lanes=2)
+    assert one.losses == two.losses
+    for t in (0, 4, 8):
+        assert np.array_equal(one.render(t), two.render(t))
+        assert np.array_equal(one.mapping(t), two.mapping(t))
+
+
 def test_rigidity_energy_is_smallest_for_rotations():
     angle = 0.3
     rot = torch.tensor([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], dtype=torch.float32)

@@ -45,7 +45,8 @@ class EngineConfig:
     """Torch and OpenCV threads per worker. Fixed, so outputs never depend on machine load; the
     same value gives bit-identical outputs with any worker count and engine."""
     lanes: int | None = None
-    """Frames of a segment in flight at once in a local worker: with 2, a second thread prepares the
+    """Threads of a segment at once in a local worker: with 2, the atlas fit computes each step's
+    two halves on two threads, and a second thread prepares the
     next frame's stages that depend on no other frame (the neural method's atlas frame and filter)
     while this frame's refinement and projection run, and settles the next frame while the anchor
     takes this one. The same bits with any value. None: 2 where the machine has a core for the

@@ -26,8 +26,9 @@ class Method(Protocol):
         """Names of the frames `process` returns, in order; the last is the method's output."""
         ...
 
-    def analyze(self, frames: Iterable[np.ndarray]) -> None:
-        """See every frame of the segment once, in order (e.g. fit the atlas)."""
+    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
+        """See every frame of the segment once, in order (e.g. fit the atlas). `lanes`: threads it
+        may keep busy at once; what it learns must be the same bits with any number."""
         ...
 
     def prepare(self, t: int, frame: np.ndarray) -> object:
@@ -68,8 +69,8 @@ class ClassicalMethod:
         self.config = config or ClassicalConfig()
         self._deflicker = ClassicalDeflicker(self.config)
 
-    def analyze(self, frames: Iterable[np.ndarray]) -> None:
-        self._deflicker.analyze(frames)
+    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
+        self._deflicker.analyze(frames)  # one cheap sweep: nothing to share
 
     def prepare(self, t: int, frame: np.ndarray) -> None:
         return None  # every frame's correction depends on its neighbours' (analyze)

@@ -107,8 +107,9 @@ class NeuralDeflicker:
                 record[name] = digest.hexdigest()
         return record
 
-    def analyze(self, frames: Iterable[np.ndarray]) -> None:
-        """Fit the atlas of one shot (the pipeline cuts shots into segments; none crosses a cut)."""
+    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
+        """Fit the atlas of one shot (the pipeline cuts shots into segments; none crosses a cut);
+        with lanes >= 2 the fit keeps two threads busy (same atlas, `fit_grid`)."""
         low_res: FrameStore | None = None  # on disk: memory must not grow with the video's length
         for frame in frames:
             if low_res is None:
@@ -117,7 +118,7 @@ class NeuralDeflicker:
             low_res.append(downsample(frame, size))
         if low_res is None:
             raise InputError("the video has no frames")
-        self.atlas = fit_video(low_res, [range(len(low_res))], self.config.atlas, progress=self.progress)
+        self.atlas = fit_video(low_res, [range(len(low_res))], self.config.atlas, progress=self.progress, lanes=lanes)
         self._next_t = None
         if self._gate is not None:
             self._gate.reset()

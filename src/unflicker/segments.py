@@ -114,8 +114,9 @@ class SegmentTask:
     threads: int = 1
     """Torch and OpenCV threads while the task runs (fixed, so the result never depends on load)."""
     lanes: int = 1
-    """Frames in flight at once (EngineConfig.lanes; set by the executor): 2 runs each frame's
-    independent stages and its settling one frame ahead on a second thread. Same bits either way."""
+    """Threads at once (EngineConfig.lanes; set by the executor): 2 splits each atlas step in two
+    parts on two threads and runs each frame's independent stages and its settling one frame ahead
+    on a second thread. Same bits either way."""
     stages_dir: Path | None = None
     """With a method stopped early (stop_after): write each stage's core frames as PNG into
     stages_dir/<stage>/<name>."""
@@ -222,7 +223,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
             raise InputError(f"segment {task.segment.index}: expected {n} frames (T, H, W, 3), got {frames.shape}")
         with fixed_threads(task.threads):
             method = build_method(task.method)
-            method.analyze(_float(frames[i]) for i in range(n))
+            method.analyze((_float(frames[i]) for i in range(n)), task.lanes)
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
 

@@ -14,22 +14,26 @@ from unflicker.atlas.mlp import fit_mlp
 from unflicker.errors import InputError
 from unflicker.flow import FlowPair
 
-ATLAS_BACKENDS: dict[str, Callable[[np.ndarray, Sequence[FlowPair] | None, AtlasConfig], Atlas]] = {
+# Each backend: (frames, flows, config, lanes) -> Atlas; lanes (threads it may use at once) never changes the result.
+ATLAS_BACKENDS: dict[str, Callable[[np.ndarray, Sequence[FlowPair] | None, AtlasConfig, int], Atlas]] = {
     "grid": fit_grid,
     "mlp": fit_mlp,
 }
 
 
-def fit(frames: np.ndarray, flows: Sequence[FlowPair] | None = None, config: AtlasConfig | None = None) -> Atlas:
+def fit(frames: np.ndarray, flows: Sequence[FlowPair] | None = None, config: AtlasConfig | None = None,
+        lanes: int = 1) -> Atlas:
     """Fit an atlas to one clip (one shot) with the backend named by config.backend.
 
     frames: (T, h, w, 3) float32 RGB in [0, 1] (uint8 accepted) at the atlas resolution.
     flows: T-1 FlowPair between consecutive frames at that resolution, or None to compute them
     with unflicker.flow on flicker-normalised frames.
+    lanes: threads the fit may keep busy at once (the grid backend splits each step in two); the
+    atlas is the same bits with any number.
     Returns an Atlas: render(t) -> (h, w, 3) float32 A_t.
     """
     config = config or AtlasConfig()
     if config.backend not in ATLAS_BACKENDS:
         raise InputError(f"unknown atlas backend {config.backend!r}; choose one of {sorted(ATLAS_BACKENDS)}")
     with torch_threads(config.threads):
-        return ATLAS_BACKENDS[config.backend](frames, flows, config)
+        return ATLAS_BACKENDS[config.backend](frames, flows, config, lanes)

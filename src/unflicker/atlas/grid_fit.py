@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
@@ -55,10 +56,14 @@ class _FlowSamples:
         self.frames = torch.stack((_cat(src_t, np.int64, ()), _cat(dst_t, np.int64, ())), 1)
         self.points = torch.cat((_cat(src, np.float32, (2,)), _cat(dst, np.float32, (2,))), 1)
 
-    def loss(self, model: GridModel, count: int, gen: torch.Generator) -> torch.Tensor:
-        if len(self.points) == 0:
+    def draw(self, count: int, gen: torch.Generator) -> torch.Tensor | None:
+        """Indices of `count` random correspondences (None when there are none)."""
+        return None if len(self.points) == 0 else torch.randint(len(self.points), (count,), generator=gen)
+
+    def loss(self, model: GridModel, idx: torch.Tensor | None) -> torch.Tensor:
+        """Mean atlas-pixel distance between the two ends of the correspondences idx (from `draw`)."""
+        if idx is None:
             return torch.zeros(())
-        idx = torch.randint(len(self.points), (count,), generator=gen)
         t0, t1 = self.frames.index_select(0, idx).unbind(1)
         p0, p1 = self.points.index_select(0, idx).split(2, 1)
         uv0 = model.to_atlas(t0, p0, model.displacement_points(t0, p0))
@@ -78,10 +83,12 @@ def residual_rigidity(model: GridModel, k: int) -> torch.Tensor:
     return rigidity_energy_of(1 + ddx[0], ddy[0], ddx[1], 1 + ddy[1]).mean()
 
 
-def _image_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour MSE (summed over channels) and 1-pixel gradient error of (B, 3, h, w) images."""
+def _image_loss(pred: torch.Tensor, target: torch.Tensor, of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour MSE (summed over channels) and 1-pixel gradient error of (B, 3, h, w) images; with
+    `of`, these B images' share of the means over `of` images (the parts of a step add up)."""
     err = pred - target
     b, c, h, w = err.shape
+    b = b if of is None else of
     rgb = err.square().sum() / (b * h * w)
     gx = (err[..., :, 1:] - err[..., :, :-1]).square().sum() / (b * h * (w - 1)) if w > 1 else rgb * 0
     gy = (err[..., 1:, :] - err[..., :-1, :]).square().sum() / (b * (h - 1) * w) if h > 1 else rgb * 0
@@ -159,6 +166,35 @@ def _lazy(opt: Adam, params: list[torch.Tensor], rows: torch.Tensor) -> Iterator
                 opt.state[p][k][keep] = v
 
 
+def _regularisers(model: GridModel, opts: GridOptions, wts, global_rigidity: bool) -> torch.Tensor:
+    """The residual warp's rigidity (local; global while `global_rigidity`) and the flicker fields' size."""
+    loss = wts.rigidity * residual_rigidity(model, 1)
+    if global_rigidity:
+        loss = loss + wts.global_rigidity * residual_rigidity(model, max(1, round(opts.global_offset / opts.deform_cell)))
+    g = model.gain - model.gain.mean(0, keepdim=True)
+    o = model.offset - model.offset.mean(0, keepdim=True)
+    return loss + wts.gain * ((g**2).mean() + (o**2).mean())
+
+
+class _Part:
+    """One part of a step's loss: the image losses of frames t (their share of the mean over `of`
+    frames) plus `extra()`; `gradients` differentiates it alone (no shared .grad: safe on a thread)."""
+
+    def __init__(self, model: GridModel, t: torch.Tensor, pts: torch.Tensor | None, target: torch.Tensor, of: int,
+                 extra: Callable[[], torch.Tensor]):
+        self.model, self.t, self.pts, self.target, self.of, self.extra = model, t, pts, target, of, extra
+
+    def gradients(self, params: list[torch.Tensor], wts) -> tuple[float, list[torch.Tensor | None]]:
+        loss = self.extra()
+        if len(self.t):
+            _, pred, _ = self.model.render(self.t, self.pts)
+            rgb, grad = _image_loss(pred, self.target, self.of)
+            loss = loss + wts.rgb * rgb + wts.gradient * grad
+        if not loss.requires_grad:
+            return float(loss), [None] * len(params)
+        return float(loss.detach()), list(torch.autograd.grad(loss, params, allow_unused=True))
+
+
 def _set_lr(opt: Adam, base: list[float], progress: float) -> None:
     # Full rate for the first half, then linear decay to a tenth: settles texture and warp.
     factor = 1.0 if progress < 0.5 else 1.0 - 1.8 * (progress - 0.5)
@@ -174,8 +210,13 @@ def default_steps(n_frames: int, opts: GridOptions) -> int:
     return max(1, min(DEFAULT_STEPS, math.ceil(opts.max_visits * n_frames / per_step)))
 
 
-def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig) -> GridAtlas:
-    """Fit the fast atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None."""
+def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig, lanes: int = 1) -> GridAtlas:
+    """Fit the fast atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None.
+
+    Each step's loss is two parts (half of the step's frames with the warp and flicker-field
+    regularisers, the other half with the flow loss), each differentiated on its own and the
+    gradients added: with lanes >= 2 the second part runs on a second thread. Every op still runs
+    on one thread with the same inputs, so the atlas is the same bits with any number of lanes."""
     start = time.monotonic()
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]
@@ -201,30 +242,32 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
                 {"params": [model.gain, model.offset], "lr": base[2]}])
     steps = default_steps(n, opts) if config.steps is None else config.steps
     budget = config.time_budget_s
+    params = [p for group in opt.param_groups for p in group["params"]]
     history: list[float] = []
-    for i in range(steps):
-        progress = i / steps
-        if budget is not None:
-            progress = max(progress, (time.monotonic() - start) / budget)
-        if progress >= 1.0:
-            break
-        _set_lr(opt, base, progress)
-        model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
-        t, pts, target = _batch(model, target_all, opts, gen)
-        _, pred, _ = model.render(t, pts)
-        rgb, grad = _image_loss(pred, target)
-        loss = wts.rgb * rgb + wts.gradient * grad + wts.rigidity * residual_rigidity(model, 1)
-        if progress <= config.global_rigidity_until:
-            cells = max(1, round(opts.global_offset / opts.deform_cell))
-            loss = loss + wts.global_rigidity * residual_rigidity(model, cells)
-        loss = loss + wts.flow * samples.loss(model, opts.flow_points, gen)
-        g = model.gain - model.gain.mean(0, keepdim=True)
-        o = model.offset - model.offset.mean(0, keepdim=True)
-        loss = loss + wts.gain * ((g**2).mean() + (o**2).mean())
-        opt.zero_grad()
-        loss.backward()
-        with _lazy(opt, [model.gain, model.offset], t):
-            opt.step()
-        history.append(float(loss.detach()))
+    with ExitStack() as stack:
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="atlas")) if lanes >= 2 else None
+        for i in range(steps):
+            progress = i / steps
+            if budget is not None:
+                progress = max(progress, (time.monotonic() - start) / budget)
+            if progress >= 1.0:
+                break
+            _set_lr(opt, base, progress)
+            model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
+            t, pts, target = _batch(model, target_all, opts, gen)
+            idx = samples.draw(opts.flow_points, gen)
+            half = (len(t) + 1) // 2
+            first = _Part(model, t[:half], None if pts is None else pts[:half], target[:half], len(t),
+                          lambda: _regularisers(model, opts, wts, progress <= config.global_rigidity_until))
+            second = _Part(model, t[half:], None if pts is None else pts[half:], target[half:], len(t),
+                           lambda: wts.flow * samples.loss(model, idx))
+            pending = None if pool is None else pool.submit(second.gradients, params, wts)
+            loss_a, grads_a = first.gradients(params, wts)
+            loss_b, grads_b = second.gradients(params, wts) if pending is None else pending.result()
+            for p, ga, gb in zip(params, grads_a, grads_b):  # always part one plus part two: same bits with any lanes
+                p.grad = ga if gb is None else gb if ga is None else ga + gb
+            with _lazy(opt, [model.gain, model.offset], t):
+                opt.step()
+            history.append(loss_a + loss_b)
     model.unlocked = opts.levels
     return GridAtlas(model, history)

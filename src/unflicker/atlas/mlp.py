@@ -196,7 +196,7 @@ class _Losses:
         return loss + wts.flow * self.flow(mapping, x, y, t, uv)
 
 
-def fit_mlp(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig) -> MLPAtlas:
+def fit_mlp(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig, lanes: int = 1) -> MLPAtlas:
     """Fit the faithful atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None."""
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]

@@ -78,6 +78,7 @@ def fit_video(
     config: AtlasConfig | None = None,
     flows: Sequence[FlowPair] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    lanes: int = 1,
 ) -> VideoAtlas:
     """Fit atlases over a whole (low-resolution) video and render A_t for every frame.
 
@@ -88,6 +89,7 @@ def fit_video(
     config.overlap frames, whose A_t are cross-faded linearly across each overlap.
     flows: optional T-1 FlowPair between consecutive frames (pairs across a cut are ignored).
     progress: called as progress(frames_done, T) after each window.
+    lanes: threads each fit may keep busy at once (`fit`); the result does not depend on it.
     """
     config = config or AtlasConfig()
     if not isinstance(frames, FrameStore):
@@ -109,7 +111,7 @@ def fit_video(
         for win in windows(len(shot), config.window, config.overlap):
             a, b = shot.start + win.start, shot.start + win.stop
             clip_flows = None if flows is None else flows[a : b - 1]
-            atlas = fit(check_frames(frames[a:b]), clip_flows, config)
+            atlas = fit(check_frames(frames[a:b]), clip_flows, config, lanes)
             for t in range(a, b):
                 rendered = atlas.render(t - a)
                 if t < prev_end:  # inside the overlap with the previous window
