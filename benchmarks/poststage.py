@@ -53,11 +53,11 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             projected, correction = model.project_with_correction(I[t], O[t])
             P.append(projected)
             M.append(correction)
-            gate.observe(I[t], P[t], O[t])
+            gate.observe(I[t], P[t], O[t], correction)
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
-                     smooth=gate.smoothness())
+                     smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share)
         segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness())  # as NeuralDeflicker.anchor_config
-        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.smoothness() > 0 else None, O[t])
+        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
                             for t in range(len(I))], segment_anchor)
     return run
 
@@ -65,6 +65,9 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
+            "finegate": gated(GateConfig(fine_side=480)),  # today's default (session 9)
+            "coarsegate": gated(GateConfig(fine_side=0)),  # the default before session 9
+            "finegate8": gated(GateConfig(fine_side=480, fine_every=8)),
             "noanchor": gated(anchor=AnchorConfig.off()),
             "window": gated(anchor=AnchorConfig(fade=False)),
             "lines": gated(anchor=AnchorConfig(physical_lines=True)),

@@ -82,6 +82,34 @@ def test_flicker_the_smooth_model_removes_well_takes_the_remainder_low_passed(mo
     assert fixed.smoothness() == 0.0  # with a fixed weight the kind sets the projection's own low pass
 
 
+def _identity_correction():
+    from unflicker.projection import FlickerCorrection, ProjectionConfig
+
+    cfg = ProjectionConfig()
+    return FlickerCorrection(np.ones((3, *cfg.grid), np.float32), np.zeros((3, cfg.rows), np.float32),
+                             np.zeros((3, cfg.tone_knots), np.float32))
+
+
+def test_a_remainder_whose_fine_part_adds_no_consistency_is_taken_low_passed(moving_clip):
+    # The model is the identity, so the projected frame's remainder is P - I. Where it removes a
+    # per-frame texture (P is the clean clip), its fine part adds consistency: f > 0, kept pixel by
+    # pixel. Where it only adds per-frame fine changes (the networks' softening varies), f < 0: low-passed.
+    config = GateConfig(fine_side=120, fine_every=1, smooth_blur=0.03)
+    identity = _identity_correction()
+    assert np.allclose(identity.apply(moving_clip[0]), np.clip(moving_clip[0], 0, 1), atol=1e-6)
+    processed = _texture_flicker(moving_clip, 6)
+    removing, adding, off = FineGate(config), FineGate(config), FineGate(GateConfig(fine_side=0, smooth_blur=0.03))
+    for t in range(len(moving_clip)):
+        removing.observe(processed[t], moving_clip[t], moving_clip[t], identity)
+        adding.observe(moving_clip[t], processed[t], processed[t], identity)
+        off.observe(processed[t], moving_clip[t], moving_clip[t], identity)
+    assert removing.fine_share > config.fine_high and removing.remainder_smoothness() == removing.smoothness()
+    assert adding.fine_share < config.fine_low and adding.remainder_smoothness() == 1.0
+    assert off.fine_share is None and off.remainder_smoothness() == off.smoothness()
+    with pytest.raises(InputError):
+        GateConfig(fine_low=0.1, fine_high=0.05).check()
+
+
 def test_kind_sets_the_gate_the_anchor_and_the_projection():
     from unflicker.config import RunConfig, method_spec
 

@@ -27,6 +27,13 @@ above `smooth_high`, physical flicker) the projection's pixel-by-pixel remainder
 networks' softening, so P_t takes that remainder low-passed instead (`smoothness`, linear from
 `smooth_low`), and so does the share w of O_t - P_t; where they remove little (texture flicker),
 both stay pixel by pixel.
+
+Optionally (`fine_side` > 0) the gate also asks what the remainder's fine part does over time: on
+copies of longer side `fine_side`, every `fine_every` frames a pair, e_P against e_L, the temporal
+error of the projected frames with the remainder low-passed. f = 1 - e_P / e_L is what the
+pixel-by-pixel remainder adds in consistency; where it adds none (f at or below `fine_low`), its
+fine part is only the networks' softening and the remainder is taken low-passed whatever g_in
+says (`remainder_smoothness`; the share w of O_t - P_t keeps g_in's smoothness).
 """
 
 from __future__ import annotations
@@ -63,6 +70,15 @@ class GateConfig:
     """Sigma of that low pass, as a fraction of the frame's longer side (ProjectionConfig.residual_blur)."""
     side: int = 160
     """Longer side, in pixels, of the copies the temporal errors are measured on."""
+    fine_side: int = 480
+    """Longer side of the copies on which the remainder's fine part is measured (f, see the module
+    docstring); 0 leaves it out (the remainder's smoothness follows g_in alone, as before session 9)."""
+    fine_every: int = 4
+    """One pair of consecutive frames measured for f in this many frames."""
+    fine_low: float = 0.0
+    """Share f at or below which the remainder is taken low-passed (it adds no consistency)."""
+    fine_high: float = 0.02
+    """Share f at or above which f leaves the remainder pixel by pixel (linear between)."""
     weight: float | None = None
     """A fixed weight in 0..1 instead of the measured one (--kind processed: 1, physical kinds: 0);
     the strength is then 1 (the user says the video flickers)."""
@@ -75,6 +91,10 @@ class GateConfig:
         if not 0.0 <= self.smooth_low < self.smooth_high <= 1.0 or not 0.0 <= self.smooth_blur < 1.0:
             raise InputError(f"gate needs 0 <= smooth_low < smooth_high <= 1 and smooth_blur in [0, 1), got "
                              f"{self.smooth_low}, {self.smooth_high}, {self.smooth_blur}")
+        if not 0.0 <= self.fine_low < self.fine_high <= 1.0 or self.fine_every < 1 or not (
+                self.fine_side == 0 or self.fine_side >= 16):
+            raise InputError(f"gate needs 0 <= fine_low < fine_high <= 1, fine_every >= 1 and fine_side 0 or >= 16, got "
+                             f"{self.fine_low}, {self.fine_high}, {self.fine_every}, {self.fine_side}")
         if self.side < 16:
             raise InputError(f"gate side must be >= 16, got {self.side}")
         if self.weight is not None and not 0.0 <= self.weight <= 1.0:
@@ -93,12 +113,19 @@ class FineGate:
         self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._sums = np.zeros(3)  # e_P, e_O, e_I
         self._pixels = 0
+        self._t = 0
+        self._fine_previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._fine_sums = np.zeros(2)  # e_P, e_L on the fine copies
 
-    def observe(self, frame: np.ndarray, projected: np.ndarray, refined: np.ndarray) -> None:
-        """Frame t's input, projected and refined frames (H, W, 3) float32, for t = 0, 1, ... in order."""
+    def observe(self, frame: np.ndarray, projected: np.ndarray, refined: np.ndarray, correction=None) -> None:
+        """Frame t's input, projected and refined frames (H, W, 3) float32, for t = 0, 1, ... in order;
+        `correction`: the projection's fitted FlickerCorrection (needed for f where fine_side > 0)."""
         from unflicker.atlas.common import atlas_size, downsample
         from unflicker.flow import flow_pair, warp
 
+        if self.config.fine_side and correction is not None:
+            self._observe_fine(frame, projected, correction)
+        self._t += 1
         size = atlas_size(*frame.shape[:2], self.config.side)
         current = (downsample(frame, size), downsample(projected, size), downsample(refined, size))
         if self._previous is not None:
@@ -109,6 +136,34 @@ class FineGate:
                 self._sums[sum_index] += float(diff[valid].sum())
             self._pixels += int(valid.sum())
         self._previous = current
+
+    def _observe_fine(self, frame: np.ndarray, projected: np.ndarray, correction) -> None:
+        """e_P and e_L (the remainder low-passed) on fine copies of the pairs (t - 1, t), t a multiple of fine_every."""
+        from unflicker.atlas.common import atlas_size, downsample
+        from unflicker.flow import flow_pair, warp
+        from unflicker.projection import low_pass
+
+        every = self.config.fine_every
+        if self._t % every not in (0, every - 1):
+            return
+        size = atlas_size(*frame.shape[:2], self.config.fine_side)
+        small, proj = downsample(frame, size), downsample(projected, size)
+        model = correction.apply(small)  # the correction is resolution-free: the model at this size
+        smoothed = np.clip(model + low_pass(proj - model, self.config.smooth_blur), 0.0, 1.0)
+        current = (small, proj, smoothed)
+        if self._t % every == 0 and self._fine_previous is not None and self._t > 0:
+            pair = flow_pair(self._fine_previous[0], small)
+            for k in (1, 2):
+                diff = np.abs(self._fine_previous[k] - warp(current[k], pair.forward)).mean(2)
+                self._fine_sums[k - 1] += float(diff[pair.valid].sum())
+        self._fine_previous = current if self._t % every == every - 1 else None
+
+    @property
+    def fine_share(self) -> float | None:
+        """f = 1 - e_P / e_L on the fine copies (None when not measured)."""
+        if self._fine_sums[1] <= 0:
+            return None
+        return float(1.0 - self._fine_sums[0] / self._fine_sums[1])
 
     @property
     def latest(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -152,19 +207,30 @@ class FineGate:
         low, high = self.config.smooth_low, self.config.smooth_high
         return float(np.clip((g - low) / (high - low), 0.0, 1.0))
 
+    def remainder_smoothness(self) -> float:
+        """How much of the projection's remainder is taken low-passed: `smoothness`, or more where f
+        says its fine part adds no consistency."""
+        smooth, f = self.smoothness(), self.fine_share
+        if not self.smooths or f is None:
+            return smooth
+        low, high = self.config.fine_low, self.config.fine_high
+        return max(smooth, float(np.clip((high - f) / (high - low), 0.0, 1.0)))
+
     def apply(self, frame: np.ndarray, projected: np.ndarray, model: np.ndarray | None,
               refined: np.ndarray | None) -> np.ndarray:
         """Frame t's output once the segment is measured: the projected frame, its model's remainder
         (projected - model) and the taken share of refined - projected low-passed as far as
-        `smoothness` says, faded by `strength`. model is needed where smoothness > 0, refined where
+        `remainder_smoothness` and `smoothness` say, faded by `strength`. model is needed where
+        remainder_smoothness > 0, refined where
         weight > 0 (None otherwise); returns `projected` itself when nothing changes it."""
         from unflicker.projection import low_pass  # here: the gate's measurement needs no torch
 
         smooth, weight, strength = self.smoothness(), self.weight(), self.strength()
+        remainder = self.remainder_smoothness()
         blur, output = self.config.smooth_blur, projected
-        if smooth > 0.0:
+        if remainder > 0.0:
             smoothed = model + low_pass(output - model, blur)
-            output = output + np.float32(smooth) * (np.clip(smoothed, 0.0, 1.0) - output)
+            output = output + np.float32(remainder) * (np.clip(smoothed, 0.0, 1.0) - output)
         if weight > 0.0:
             taken = refined - output
             if smooth > 0.0:  # smooth flicker: the refined frames' fine part is their softness

@@ -158,7 +158,7 @@ class NeuralDeflicker:
             self._refined[t] = from_float(stages["refine"], 16)
             if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
                 self._corrections[t] = correction
-            self._gate.observe(frame, stages["project"], stages["refine"])
+            self._gate.observe(frame, stages["project"], stages["refine"], correction)
             self._kinds.observe(*self._gate.latest[:2])  # the gate's small copies of I_t and P_t
         return stages
 
@@ -169,7 +169,7 @@ class NeuralDeflicker:
         the segment went through process."""
         if self._gate is None or self._refined is None:
             return output
-        model = self._corrections[t].apply(frame) if self._gate.smoothness() > 0.0 else None
+        model = self._corrections[t].apply(frame) if self._gate.remainder_smoothness() > 0.0 else None
         refined = to_float(self._refined[t]) if self._gate.weight() > 0.0 else None
         output = self._gate.apply(frame, output, model, refined)
         if t == len(self._refined) - 1:  # the sweep's last frame: the stored frames' disk space goes now
@@ -186,6 +186,8 @@ class NeuralDeflicker:
         features = self._kinds.features()
         return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4),
                 "smooth": round(self._gate.smoothness(), 4),
+                "remainder_smooth": round(self._gate.remainder_smoothness(), 4),
+                "fine_remainder": None if self._gate.fine_share is None else round(self._gate.fine_share, 4),
                 "input_share": None if clean is None else round(clean, 4), "strength": round(self._gate.strength(), 4),
                 "flicker_kind": self._kinds.name(features),
                 **{f"kind_{k}": round(v, 4) for k, v in (features or {}).items()}}
