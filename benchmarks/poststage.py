@@ -65,9 +65,9 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
-            "finegate": gated(GateConfig(fine_side=480)),  # today's default (session 9)
+            "finegate": gated(GateConfig(fine_side=480, fine_every=4)),  # one pair in four (session 9, not taken: cost)
             "coarsegate": gated(GateConfig(fine_side=0)),  # the default before session 9
-            "finegate8": gated(GateConfig(fine_side=480, fine_every=8)),
+            "finegate8": gated(GateConfig(fine_side=480, fine_every=8)),  # today's default (session 9)
             "noanchor": gated(anchor=AnchorConfig.off()),
             "window": gated(anchor=AnchorConfig(fade=False)),
             "lines": gated(anchor=AnchorConfig(physical_lines=True)),

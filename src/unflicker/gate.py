@@ -73,7 +73,7 @@ class GateConfig:
     fine_side: int = 480
     """Longer side of the copies on which the remainder's fine part is measured (f, see the module
     docstring); 0 leaves it out (the remainder's smoothness follows g_in alone, as before session 9)."""
-    fine_every: int = 4
+    fine_every: int = 8
     """One pair of consecutive frames measured for f in this many frames."""
     fine_low: float = 0.0
     """Share f at or below which the remainder is taken low-passed (it adds no consistency)."""
