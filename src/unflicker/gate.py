@@ -101,6 +101,18 @@ class GateConfig:
             raise InputError(f"gate weight must be in 0..1, got {self.weight}")
 
 
+def _warped_errors(previous: tuple[np.ndarray, ...], current: tuple[np.ndarray, ...], planes: tuple[int, ...]
+                   ) -> tuple[list[float], int]:
+    """Copies of two consecutive frames, the input first in each: DIS flow previous -> current on the
+    inputs, then for each index in `planes` the sum over the pixels seen in both (Lai et al.'s mask)
+    of the mean absolute difference of previous[k] and current[k] warped back; and that pixel count."""
+    from unflicker.flow import flow_pair, warp
+
+    pair = flow_pair(previous[0], current[0])
+    sums = [float(np.abs(previous[k] - warp(current[k], pair.forward)).mean(2)[pair.valid].sum()) for k in planes]
+    return sums, int(pair.valid.sum())
+
+
 class FineGate:
     """Accumulates e_I, e_P and e_O over one segment's frames (in order) and gives the weight and strength."""
 
@@ -121,7 +133,6 @@ class FineGate:
         """Frame t's input, projected and refined frames (H, W, 3) float32, for t = 0, 1, ... in order;
         `correction`: the projection's fitted FlickerCorrection (needed for f where fine_side > 0)."""
         from unflicker.atlas.common import atlas_size, downsample
-        from unflicker.flow import flow_pair, warp
 
         if self.config.fine_side and correction is not None:
             self._observe_fine(frame, projected, correction)
@@ -129,34 +140,29 @@ class FineGate:
         size = atlas_size(*frame.shape[:2], self.config.side)
         current = (downsample(frame, size), downsample(projected, size), downsample(refined, size))
         if self._previous is not None:
-            pair = flow_pair(self._previous[0], current[0])  # previous -> current on the input
-            valid = pair.valid
-            for k, sum_index in ((1, 0), (2, 1), (0, 2)):
-                diff = np.abs(self._previous[k] - warp(current[k], pair.forward)).mean(2)
-                self._sums[sum_index] += float(diff[valid].sum())
-            self._pixels += int(valid.sum())
+            sums, pixels = _warped_errors(self._previous, current, (1, 2, 0))  # e_P, e_O, e_I
+            self._sums += sums
+            self._pixels += pixels
         self._previous = current
 
     def _observe_fine(self, frame: np.ndarray, projected: np.ndarray, correction) -> None:
         """e_P and e_L (the remainder low-passed) on fine copies of the pairs (t - 1, t), t a multiple of fine_every."""
         from unflicker.atlas.common import atlas_size, downsample
-        from unflicker.flow import flow_pair, warp
         from unflicker.projection import low_pass
 
         every = self.config.fine_every
-        if self._t % every not in (0, every - 1):
+        first = self._t % every == every - 1  # the pair's first frame: keep its copies
+        second = self._t % every == 0 and self._fine_previous is not None  # its second: measure the pair
+        if not (first or second):
             return
         size = atlas_size(*frame.shape[:2], self.config.fine_side)
         small, proj = downsample(frame, size), downsample(projected, size)
         model = correction.apply(small)  # the correction is resolution-free: the model at this size
         smoothed = np.clip(model + low_pass(proj - model, self.config.smooth_blur), 0.0, 1.0)
         current = (small, proj, smoothed)
-        if self._t % every == 0 and self._fine_previous is not None and self._t > 0:
-            pair = flow_pair(self._fine_previous[0], small)
-            for k in (1, 2):
-                diff = np.abs(self._fine_previous[k] - warp(current[k], pair.forward)).mean(2)
-                self._fine_sums[k - 1] += float(diff[pair.valid].sum())
-        self._fine_previous = current if self._t % every == every - 1 else None
+        if second:
+            self._fine_sums += _warped_errors(self._fine_previous, current, (1, 2))[0]  # e_P, e_L
+        self._fine_previous = current if first else None
 
     @property
     def fine_share(self) -> float | None:

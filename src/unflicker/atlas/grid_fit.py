@@ -83,15 +83,14 @@ def residual_rigidity(model: GridModel, k: int) -> torch.Tensor:
     return rigidity_energy_of(1 + ddx[0], ddy[0], ddx[1], 1 + ddy[1]).mean()
 
 
-def _image_loss(pred: torch.Tensor, target: torch.Tensor, of: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Colour MSE (summed over channels) and 1-pixel gradient error of (B, 3, h, w) images; with
-    `of`, these B images' share of the means over `of` images (the parts of a step add up)."""
+def _image_loss(pred: torch.Tensor, target: torch.Tensor, of: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """These (B, 3, h, w) images' share of the colour MSE (summed over channels) and 1-pixel gradient
+    error, as means over `of` images (a step's parts add up to its means)."""
     err = pred - target
-    b, c, h, w = err.shape
-    b = b if of is None else of
-    rgb = err.square().sum() / (b * h * w)
-    gx = (err[..., :, 1:] - err[..., :, :-1]).square().sum() / (b * h * (w - 1)) if w > 1 else rgb * 0
-    gy = (err[..., 1:, :] - err[..., :-1, :]).square().sum() / (b * (h - 1) * w) if h > 1 else rgb * 0
+    h, w = err.shape[-2:]
+    rgb = err.square().sum() / (of * h * w)
+    gx = (err[..., :, 1:] - err[..., :, :-1]).square().sum() / (of * h * (w - 1)) if w > 1 else rgb * 0
+    gy = (err[..., 1:, :] - err[..., :-1, :]).square().sum() / (of * (h - 1) * w) if h > 1 else rgb * 0
     return rgb, gx + gy
 
 
