@@ -128,6 +128,23 @@ def test_a_second_lane_runs_one_frame_ahead_in_order_and_passes_errors_on():
 def test_two_workers_and_a_busy_machine_give_the_same_bits(flickering, reference, tmp_path):
     deflicker_file(flickering, tmp_path / "two.mkv", neural(engine=EngineConfig(workers=2)))
     assert np.array_equal(frames_of(tmp_path / "two.mkv"), reference)
+
+
+def test_a_run_on_workers_never_loads_torch_in_its_main_process(flickering, reference, tmp_path):
+    """The workers build the method (networks, atlas); the process that plans, decodes and stitches
+    records the weights' digests without torch, so nothing delays the workers' start (issue 18)."""
+    out = tmp_path / "main.mkv"
+    code = ("import sys\n"
+            "from unflicker.config import EngineConfig\n"
+            "from unflicker.pipeline import RunConfig, deflicker_file\n"
+            "from unflicker.segments import SegmentConfig\n"
+            f"deflicker_file({str(flickering)!r}, {str(out)!r}, RunConfig(method='neural', atlas_steps=5, progress=False,"
+            " segments=SegmentConfig(frames=12, margin=3), engine=EngineConfig(workers=2)))\n"
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "no torch"
+    assert np.array_equal(frames_of(out), reference)
     hog = busy_process()
     try:
         deflicker_file(flickering, tmp_path / "busy.mkv", neural(engine=EngineConfig(workers=2)))

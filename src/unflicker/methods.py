@@ -9,13 +9,14 @@ in a second sweep (in order, possibly on that second thread); the slow-look anch
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
 
 from unflicker.anchor import AnchorConfig
 from unflicker.classical import ClassicalConfig, ClassicalDeflicker
+from unflicker.neural import NeuralDeflicker
 
 
 class Method(Protocol):
@@ -55,8 +56,10 @@ class Method(Protocol):
         none); asked after the pass, so it may depend on what the method measured there."""
         ...
 
-    def fingerprint(self) -> dict:
-        """JSON-able record of everything the output depends on beyond the config (weights' digests)."""
+    @staticmethod
+    def fingerprint(config) -> dict:
+        """JSON-able record of everything the output depends on beyond `config` (weights' digests),
+        without building the method (the main process of a run records it; workers build)."""
         ...
 
 
@@ -87,21 +90,17 @@ class ClassicalMethod:
     def anchor_config(self, n_frames: int) -> AnchorConfig:
         return AnchorConfig.off()
 
-    def fingerprint(self) -> dict:
+    @staticmethod
+    def fingerprint(config: ClassicalConfig) -> dict:
         return {}
 
 
-def _neural(config) -> Method:
-    from unflicker.neural import NeuralDeflicker  # torch is imported only when a neural method runs
-
-    return NeuralDeflicker(config)
-
-
-METHODS: dict[str, Callable[[object], Method]] = {
+METHODS: dict[str, type[Method]] = {
     "classical": ClassicalMethod,
-    "neural": _neural,
+    "neural": NeuralDeflicker,  # loads torch when built (its networks), not when imported
 }
-"""Method name -> build(config) (config: ClassicalConfig or neural.NeuralConfig)."""
+"""Method name -> its class: build with cls(config) (config: ClassicalConfig or neural.NeuralConfig);
+cls.fingerprint(config) without building."""
 
 
 def config_record(config) -> dict:

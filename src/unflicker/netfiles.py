@@ -7,13 +7,21 @@ WeightsError with a one-line reason, so a wrong or damaged file never reaches th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from unflicker.errors import UnflickerError, WeightsError
+
+if TYPE_CHECKING:  # torch loads with the networks, not with this module (a run's main process reads digests)
+    import torch
+
+SHIPPED = Path(__file__).resolve().parent / "weights"
+"""Where the shipped weights live: <name>.safetensors with <name>.json beside it."""
+FORMATS = {"filter": ("unflicker.filter", 1), "refine": ("unflicker.refine", 1)}
+"""Network name -> (format, version) its JSON must state."""
 
 
 def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
@@ -45,16 +53,8 @@ def load_network(path: Path, what: str, fmt: str, version: int,
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    meta = read_meta(path, what, fmt, version)
     meta_path = path.with_suffix(".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise WeightsError(f"{what} weights not found: need {path} and {meta_path.name} beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"cannot read {what} config {meta_path}: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("version") != version:
-        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
-        raise WeightsError(f"{meta_path} is not {fmt} version {version} (got {got[0]!r} version {got[1]!r})")
     try:
         net = build(meta["network"])
     except (KeyError, TypeError, UnflickerError) as exc:
@@ -75,3 +75,34 @@ def load_network(path: Path, what: str, fmt: str, version: int,
                                f"network needs {tuple(v.shape)}")
     net.load_state_dict(tensors)
     return net.eval(), meta
+
+
+def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
+    """The JSON beside weights `path`, checked (both files present, format and version as given);
+    WeightsError with a one-line reason otherwise."""
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise WeightsError(f"{what} weights not found: need {path} and {meta_path.name} beside it")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read {what} config {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt or meta.get("version") != version:
+        got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (None, None)
+        raise WeightsError(f"{meta_path} is not {fmt} version {version} (got {got[0]!r} version {got[1]!r})")
+    return meta
+
+
+def weights_digest(path: Path, what: str, fmt: str, version: int) -> str:
+    """SHA-256 of a weights file and its JSON (network, inference settings), read without torch:
+    what an output depends on beyond the run's config. Checks the JSON as `read_meta` does."""
+    read_meta(path, what, fmt, version)
+    digest = hashlib.sha256()
+    for part in (path, path.with_suffix(".json")):
+        try:
+            with part.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as exc:
+            raise WeightsError(f"cannot read {what} weights {part}: {exc}") from exc
+    return digest.hexdigest()

@@ -9,22 +9,28 @@ projects the correction. The slow-look anchor (anchor.py) it asks for runs after
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from unflicker import netfiles
 from unflicker.anchor import AnchorConfig
-from unflicker.atlas import AtlasConfig, VideoAtlas, atlas_size, downsample, fit_video
+from unflicker.atlas import AtlasConfig, atlas_size
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
 from unflicker.kinds import KindProbe
 from unflicker.projection import FlickerCorrection, FlickerModel, ProjectionConfig
+
+if TYPE_CHECKING:
+    from unflicker.atlas import VideoAtlas
+
+# No torch at import: the config and the fingerprint serve a run's main process, which plans and
+# stitches while its workers build this method (networks and atlas load torch then).
 
 STAGES = ("atlas", "filter", "refine", "project")
 
@@ -94,22 +100,25 @@ class NeuralDeflicker:
             return AnchorConfig.off()
         return self.config.anchor.for_segment(self._gate.smoothness() if self._gate is not None else 0.0)
 
-    def fingerprint(self) -> dict:
-        """What the frames depend on beyond the config: a digest of each network's weights and
-        inference settings (so a --keep-work resume notices new weights)."""
+    @staticmethod
+    def fingerprint(config: NeuralConfig) -> dict:
+        """What the frames depend on beyond the config: a digest of each network's weight file and its
+        JSON (network, inference settings), so a --keep-work resume notices new weights; read without
+        torch. A missing or wrong-format file fails here, before any work (its tensors are checked
+        when a worker loads them)."""
+        runs = {"filter": config.stop_after != "atlas", "refine": config.stop_after not in ("atlas", "filter")}
         record: dict = {}
-        for name, stage in (("filter", self._filter), ("refine", self._refine)):
-            if stage is not None:
-                digest = hashlib.sha256(json.dumps(dataclasses.asdict(stage.config), sort_keys=True).encode())
-                for key, tensor in sorted(stage.net.state_dict().items()):
-                    digest.update(key.encode())
-                    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-                record[name] = digest.hexdigest()
+        for name, path in (("filter", config.filter_weights), ("refine", config.refine_weights)):
+            if runs[name]:
+                path = Path(path) if path is not None else netfiles.SHIPPED / f"{name}.safetensors"
+                record[name] = netfiles.weights_digest(path, name, *netfiles.FORMATS[name])
         return record
 
     def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
         """Fit the atlas of one shot (the pipeline cuts shots into segments; none crosses a cut);
         with lanes >= 2 the fit keeps two threads busy (same atlas, `fit_grid`)."""
+        from unflicker.atlas import downsample, fit_video
+
         low_res: FrameStore | None = None  # on disk: memory must not grow with the video's length
         for frame in frames:
             if low_res is None:

@@ -42,9 +42,10 @@ from unflicker.config import (
 from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.framestore import FrameFile
 from unflicker.kinds import PHYSICAL_KINDS
+from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
 from unflicker.resume import JobFolder, input_fingerprint
-from unflicker.segments import Segment, SegmentResult, SegmentTask, build_method, plan
+from unflicker.segments import Segment, SegmentResult, SegmentTask, plan
 
 __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "deflicker_frames"]
 
@@ -237,8 +238,9 @@ class Job:
         self.spec = method_spec(config)
         self.shared = shared
         n = info.frame_count
-        method = build_method(self.spec)  # loads the weights: a bad weights file fails before any work
-        self.record = record(self.spec, config, method.fingerprint())
+        # Digests of the weight files, without building the method: this process never loads torch
+        # when workers run the segments (they build it while it decodes), and bad weights fail here.
+        self.record = record(self.spec, config, METHODS[self.spec.name].fingerprint(self.spec.config))
         key = digest({"input": self.source.fingerprint(), **{k: v for k, v in self.record.items() if k != "output"}})
         if config.keep_work is not None and self._array is None:
             work = Path(config.keep_work)

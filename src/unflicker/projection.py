@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from unflicker.errors import InputError
 from unflicker.frames import float_rgb
@@ -152,6 +151,8 @@ class FlickerModel:
     """Fits `FlickerCorrection`s that map an input frame onto a deflickered one."""
 
     def __init__(self, config: ProjectionConfig | None = None):
+        import torch  # here, not at the top: ProjectionConfig loads without torch (a run's main process)
+
         self.config = config or ProjectionConfig()
         self.config.check()
         self._bases: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
@@ -198,6 +199,8 @@ class FlickerModel:
 
     def fit(self, frame: np.ndarray, target: np.ndarray) -> FlickerCorrection:
         """The correction of the model's form that best maps `frame` onto `target` (both (H, W, 3))."""
+        import torch
+
         frame, target = float_rgb(frame), float_rgb(target)
         if frame.shape != target.shape:
             raise InputError(f"frame is {frame.shape}, target is {target.shape}")

@@ -4,14 +4,36 @@
 splits a long video into shots and overlapping windows and renders A_t for every frame.
 Backends (ATLAS_BACKENDS): 'grid' (fast: texture pyramid, flow-initialised global motion, coarse
 residual warp, per-frame flicker fields) and 'mlp' (the paper's single-layer Layered Neural Atlas).
+
+The configuration and `atlas_size` load without torch; the rest on first use (a run's main process
+plans segments with the config only, its workers fit).
 """
 
 from __future__ import annotations
 
-from unflicker.atlas.backends import ATLAS_BACKENDS, fit
-from unflicker.atlas.common import Atlas, atlas_size, downsample
-from unflicker.atlas.config import AtlasConfig, GridOptions, LossWeights, MLPOptions
-from unflicker.atlas.video import VideoAtlas, fit_video, shots_from_starts, windows
+import importlib
+
+from unflicker.atlas.config import AtlasConfig, GridOptions, LossWeights, MLPOptions, atlas_size
+
+_LAZY = {
+    "ATLAS_BACKENDS": "backends",
+    "fit": "backends",
+    "Atlas": "common",
+    "downsample": "common",
+    "VideoAtlas": "video",
+    "fit_video": "video",
+    "shots_from_starts": "video",
+    "windows": "video",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"unflicker.atlas.{_LAZY[name]}"), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module 'unflicker.atlas' has no attribute {name!r}")
+
 
 __all__ = [
     "ATLAS_BACKENDS",

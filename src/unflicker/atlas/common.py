@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from unflicker.atlas.config import atlas_size  # noqa: F401  (kept importable from here)
 from unflicker.errors import InputError
 from unflicker.flow import FlowPair, flow_pair, warp
 
@@ -80,14 +81,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def atlas_size(h: int, w: int, resolution: int) -> tuple[int, int]:
-    """(h', w') with the longer side at most `resolution`, aspect kept (never upsampled)."""
-    if resolution < 8:
-        raise InputError(f"atlas resolution must be at least 8 pixels, got {resolution}")
-    s = min(1.0, resolution / max(h, w))
-    return max(1, round(h * s)), max(1, round(w * s))
 
 
 def downsample(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -1,8 +1,19 @@
-"""Configuration of the stage-1 neural atlas (Lei et al. CVPR 2023), both backends."""
+"""Configuration of the stage-1 neural atlas (Lei et al. CVPR 2023), both backends, and the size it
+is fitted at (no torch here: a run's main process plans with it without loading torch)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from unflicker.errors import InputError
+
+
+def atlas_size(h: int, w: int, resolution: int) -> tuple[int, int]:
+    """(h', w') with the longer side at most `resolution`, aspect kept (never upsampled)."""
+    if resolution < 8:
+        raise InputError(f"atlas resolution must be at least 8 pixels, got {resolution}")
+    s = min(1.0, resolution / max(h, w))
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
 @dataclass

@@ -19,14 +19,13 @@ from unflicker.frames import float_rgb
 from unflicker.filter.network import FilterNetConfig, FilterUNet
 from unflicker.filter.upsampling import UPSAMPLE_MODES, guided_coefficients, resized_plane
 
-FORMAT = "unflicker.filter"
-FORMAT_VERSION = 1
+FORMAT, FORMAT_VERSION = netfiles.FORMATS["filter"]
 PRECISIONS = ("fp32", "bf16")
 
 
 def default_weights_path() -> Path:
     """The shipped weights: src/unflicker/weights/filter.safetensors (config in filter.json beside it)."""
-    return Path(__file__).resolve().parent.parent / "weights" / "filter.safetensors"
+    return netfiles.SHIPPED / "filter.safetensors"
 
 
 @dataclass

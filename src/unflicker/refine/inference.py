@@ -20,14 +20,13 @@ from unflicker.filter.upsampling import resized_plane
 from unflicker.refine.align import align_previous
 from unflicker.refine.network import RefineNet, RefineNetConfig
 
-FORMAT = "unflicker.refine"
-FORMAT_VERSION = 1
+FORMAT, FORMAT_VERSION = netfiles.FORMATS["refine"]
 FLOW_PRESETS = ("ultrafast", "fast", "medium")
 
 
 def default_weights_path() -> Path:
     """The shipped weights: src/unflicker/weights/refine.safetensors (config in refine.json beside it)."""
-    return Path(__file__).resolve().parent.parent / "weights" / "refine.safetensors"
+    return netfiles.SHIPPED / "refine.safetensors"
 
 
 @dataclass
