@@ -125,6 +125,35 @@ def test_a_second_lane_runs_one_frame_ahead_in_order_and_passes_errors_on():
     assert list(_ahead(lambda i: -i, 3, 1)) == [(0, 0), (1, -1), (2, -2)]
 
 
+def test_two_lanes_settle_two_frames_ahead_in_order_and_pass_errors_on():
+    from unflicker.segments import _ahead
+
+    started, handled, running, most = [], [], [0], [0]
+    lock = threading.Lock()
+
+    def work(i):
+        with lock:
+            started.append((i, len(handled)))
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+        if i == 6:
+            raise InputError("frame 6 is bad")
+        return i * i
+
+    results = []
+    with pytest.raises(InputError, match="frame 6"):
+        for i, value in _ahead(work, 10, 2, depth=2):
+            time.sleep(0.005)
+            handled.append(i)
+            results.append((i, value))
+    assert results == [(i, i * i) for i in range(6)]  # in order, up to the failure
+    assert all(i - 2 <= done <= i for i, done in started)  # never more than two frames ahead
+    assert most[0] == 2  # two at once
+
+
 def test_two_workers_and_a_busy_machine_give_the_same_bits(flickering, reference, tmp_path):
     deflicker_file(flickering, tmp_path / "two.mkv", neural(engine=EngineConfig(workers=2)))
     assert np.array_equal(frames_of(tmp_path / "two.mkv"), reference)

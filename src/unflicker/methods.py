@@ -2,8 +2,10 @@
 
 A method sees one segment at a time (segments.run_segment): `analyze` once over the span's frames,
 then `prepare(t, frame)` and `process(t, frame, prepared)` for t = 0, 1, ... in order (prepare may
-run one frame ahead on a second thread), then `settle(t, frame, output)` for t = 0, 1, ...
-in a second sweep (in order, possibly on that second thread); the slow-look anchor it asks for with `anchor_config` runs on the settled frames. Frames are (H, W, 3) float32 RGB in [0, 1].
+run one frame ahead on a second thread), then `settle(t, frame, output)` once for every t in a
+second sweep (possibly several frames at once, on threads of their own); the slow-look anchor it
+asks for with `anchor_config` runs on the settled frames, in order. Frames are (H, W, 3) float32 RGB
+in [0, 1].
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class Method(Protocol):
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
         """Frame t's output revised with what the method learned from the whole segment (a second
-        sweep, t = 0, 1, ..., after `process` saw every frame); `output` is what process returned."""
+        sweep after `process` saw every frame: once per t, in any order, possibly for several frames
+        at once on other threads); `output` is what process returned."""
         ...
 
     def report(self) -> dict:

@@ -9,6 +9,7 @@ projects the correction. The slow-look anchor (anchor.py) it asks for runs after
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,8 @@ class NeuralDeflicker:
         self._kinds = KindProbe() if self._gate is not None else None  # names physical flicker for the summary
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
         self._corrections: dict[int, FlickerCorrection] = {}  # the flicker model's fit per frame, for settle()
+        self._settling = threading.Lock()  # settle() may run for several frames at once
+        self._settled = 0  # frames settled since the pass
 
     @property
     def stages(self) -> list[str]:
@@ -132,7 +135,7 @@ class NeuralDeflicker:
         if self._gate is not None:
             self._gate.reset()
             self._kinds.reset()
-            self._refined, self._corrections = None, {}
+            self._refined, self._corrections, self._settled = None, {}, 0
 
     def prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
         """The stages of frame t that depend on no other frame: 'atlas' and 'filter' (safe to run
@@ -174,15 +177,18 @@ class NeuralDeflicker:
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The projected frame t plus the gate's share of the rest of the refined frame's correction
         (both remainders low-passed as far as the gate's smoothness says), the whole correction
-        faded out where the segment shows no flicker (unflicker.gate); called after every frame of
-        the segment went through process."""
+        faded out where the segment shows no flicker (unflicker.gate); called once for every frame
+        after the pass, in any order, possibly for several frames at once (threads)."""
         if self._gate is None or self._refined is None:
             return output
-        model = self._corrections[t].apply(frame) if self._gate.remainder_smoothness() > 0.0 else None
-        refined = to_float(self._refined[t]) if self._gate.weight() > 0.0 else None
+        refined_store, corrections = self._refined, self._corrections  # this call's, whatever others do
+        model = corrections[t].apply(frame) if self._gate.remainder_smoothness() > 0.0 else None
+        refined = to_float(refined_store[t]) if self._gate.weight() > 0.0 else None
         output = self._gate.apply(frame, output, model, refined)
-        if t == len(self._refined) - 1:  # the sweep's last frame: the stored frames' disk space goes now
-            self._refined, self._corrections = None, {}
+        with self._settling:
+            self._settled += 1
+            if self._settled == len(refined_store):  # every frame settled: the stored frames' disk space goes now
+                self._refined, self._corrections, self._settled = None, {}, 0
         return output
 
     def report(self) -> dict:

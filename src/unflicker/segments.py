@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
@@ -172,22 +173,27 @@ def fixed_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(old_cv)
 
 
-def _ahead(work: Callable[[int], T], n: int, lanes: int) -> Iterator[tuple[int, T]]:
-    """(i, work(i)) for i in range(n), in order; with 2 lanes or more, work(i + 1) runs on a second
-    thread while the caller handles i (one frame ahead: memory does not grow). `work` must need
-    nothing from the caller's handling of earlier frames; each call computes what it would alone,
-    so the results are the same bits with any number of lanes."""
+def _ahead(work: Callable[[int], T], n: int, lanes: int, depth: int = 1) -> Iterator[tuple[int, T]]:
+    """(i, work(i)) for i in range(n), in order; with 2 lanes or more, work(i + 1) ... work(i + depth)
+    run on `depth` threads of their own while the caller handles i (a few frames ahead: memory does
+    not grow). `work` must need nothing from the caller's handling of earlier frames (with depth > 1,
+    nor from its own calls for other frames); each call computes what it would alone, so the results
+    are the same bits with any number of lanes."""
     if lanes < 2 or n < 2:
         for i in range(n):
             yield i, work(i)
         return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lane") as pool:
-        pending = pool.submit(work, 0)
-        for i in range(n):
-            current = pending
-            if i + 1 < n:
-                pending = pool.submit(work, i + 1)  # queued behind i: starts as soon as i is done
-            yield i, current.result()
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="lane") as pool:
+        pending = deque(pool.submit(work, i) for i in range(min(depth, n)))
+        try:
+            for i in range(n):
+                current = pending.popleft()
+                if i + depth < n:
+                    pending.append(pool.submit(work, i + depth))  # queued: starts as soon as a thread is free
+                yield i, current.result()
+        finally:
+            for future in pending:  # a failed or abandoned sweep: what has not started never will
+                future.cancel()
 
 
 def _open_frames(frames: np.ndarray | Path):
@@ -252,7 +258,9 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 return image, final
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
-            with closing(_ahead(settled, n, task.lanes)) as ahead:
+            # Settling needs no other frame's: with two lanes, two frames settle at once while this
+            # thread anchors (it was the sweep's slower side at 1080p).
+            with closing(_ahead(settled, n, task.lanes, depth=task.lanes)) as ahead:
                 for i, slow in anchor.corrections((i, image, final) for i, (image, final) in ahead):
                     if slow is not None:
                         out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
