@@ -98,3 +98,46 @@ def test_an_error_in_a_segment_leaves_no_output_and_no_work_folder(tmp_path, fli
     assert not (tmp_path / "out").exists()
     assert list(temp.iterdir()) == []  # the temporary work folder is gone
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_the_background_writer_keeps_order_and_reports_the_sinks_errors():
+    import threading
+    import time
+
+    from unflicker.errors import OutputError
+    from unflicker.pipeline import BackgroundSink
+
+    class Sink:
+        def __init__(self, fail_at=None):
+            self.written, self.threads, self.closed, self.aborted, self.fail_at = [], set(), False, False, fail_at
+
+        def write(self, image, pts=None, name=None, alpha=None):
+            time.sleep(0.005)
+            if pts == self.fail_at:
+                raise OutputError("disk full")
+            self.written.append(pts)
+            self.threads.add(threading.get_ident())
+
+        def close(self):
+            self.closed = True
+            return "done"
+
+        def abort(self):
+            self.aborted = True
+
+    sink = Sink()
+    background = BackgroundSink(sink, depth=2)
+    for t in range(10):
+        background.write(np.zeros((2, 2, 3), np.float32), t)
+        assert len(background._pending) <= 2  # never more than depth frames waiting
+    assert background.close() == "done" and sink.closed
+    assert sink.written == list(range(10)) and threading.get_ident() not in sink.threads
+
+    failing = Sink(fail_at=3)
+    background = BackgroundSink(failing, depth=1)
+    with pytest.raises(OutputError, match="disk full"):
+        for t in range(10):
+            background.write(np.zeros((2, 2, 3), np.float32), t)
+    assert failing.written == [0, 1, 2]
+    background.abort()
+    assert failing.aborted and not failing.closed

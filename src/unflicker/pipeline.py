@@ -21,7 +21,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -163,6 +165,39 @@ class ListSink:
         self.frames.clear()
 
 
+class BackgroundSink:
+    """Writes through another sink on a thread of its own, in order, with at most `depth` frames
+    waiting: the encoder (colour conversion, compression) works while the job decodes, stitches and
+    measures the next frames. The frames handed over must not change afterwards. An error of the
+    sink shows at the next write or at close(); abort() discards what is queued and the output."""
+
+    def __init__(self, sink, depth: int = 2):
+        self.sink = sink
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending: deque = deque()
+
+    def write(self, image: np.ndarray, pts=None, name=None, alpha=None) -> None:
+        while len(self._pending) >= self.depth:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self.sink.write, image, pts, name, alpha))
+
+    def close(self):
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
+        return self.sink.close()
+
+    def abort(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)  # a write already running ends before the output goes
+        self.sink.abort()
+
+
 def _channel_means(frame: np.ndarray) -> np.ndarray:
     """(3,) per-channel mean: the global flicker index and the plot need nothing more per frame."""
     return np.array(cv2.mean(np.ascontiguousarray(frame))[:3])
@@ -194,7 +229,7 @@ class Job:
         self._array = frames
         self.error: UnflickerError | None = None
         self.summary: RunSummary | None = None
-        self.sink: io.VideoWriter | ListSink | None = None
+        self.sink: BackgroundSink | ListSink | None = None
         self.frames_out: list[np.ndarray] = []
         self._started = time.perf_counter()
         self._temp_work: Path | None = None
@@ -265,8 +300,8 @@ class Job:
         self._write_bar = self._bar(n, "deflicker")
         if self.write_output and self._array is None:
             comment = f"unflicker {self.record['unflicker']} {self.spec.name}; config {digest(self.record)}"
-            self.sink = io.VideoWriter(self.output, info, crf=config.crf, overwrite=config.overwrite,
-                                       codec=config.codec, bit_depth=config.bit_depth, comment=comment)
+            self.sink = BackgroundSink(io.VideoWriter(self.output, info, crf=config.crf, overwrite=config.overwrite,
+                                                      codec=config.codec, bit_depth=config.bit_depth, comment=comment))
         self._output_frames = self._decoder()
 
     @property
