@@ -222,7 +222,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     opts, wts = config.grid, config.weights
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    trusted = prepare_flows(frames, flows, FLOW_THRESHOLD, config.flow_preset)
+    trusted = prepare_flows(frames, flows, FLOW_THRESHOLD, config.flow_preset, lanes)
     ref = n // 2
     mats = chain_transforms(trusted, n, opts.motion, ref)
     origin, texel, size = texture_geometry(mats, h, w, opts)
