@@ -229,7 +229,9 @@ def run_segment(task: SegmentTask) -> SegmentResult:
             raise InputError(f"segment {task.segment.index}: expected {n} frames (T, H, W, 3), got {frames.shape}")
         with fixed_threads(task.threads):
             method = build_method(task.method)
-            method.analyze((_float(frames[i]) for i in range(n)), task.lanes)
+            # Each frame read and converted one ahead on the lane while the method takes the last one in.
+            with closing(_ahead(lambda i: _float(frames[i]), n, task.lanes)) as floats:
+                method.analyze((image for _, image in floats), task.lanes)
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
 
