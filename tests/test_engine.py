@@ -154,6 +154,34 @@ def test_two_lanes_settle_two_frames_ahead_in_order_and_pass_errors_on():
     assert most[0] == 2  # two at once
 
 
+def test_one_task_in_a_fresh_process_loads_the_method_on_a_thread_meanwhile(flickering, tmp_path):
+    """A one-task local run preloads the method (torch, weights) on a thread while the process plans
+    and spills; the segment waits for it before setting thread counts (threadpoolctl walks the loaded
+    libraries under the loader's lock, which that import may hold: this once hung). Fresh
+    interpreters, so the import really runs beside the segment's start."""
+    from unflicker.classical import ClassicalConfig
+    from unflicker.errors import WeightsError
+    from unflicker.neural import NeuralConfig
+    from unflicker.segments import MethodSpec, _PRELOADING, build_method, preload_method
+
+    for i in range(3):
+        out = tmp_path / f"one{i}.mkv"
+        code = ("from unflicker.config import EngineConfig\n"
+                "from unflicker.pipeline import RunConfig, deflicker_file\n"
+                "from unflicker.segments import SegmentConfig\n"
+                f"deflicker_file({str(flickering)!r}, {str(out)!r}, RunConfig(method='neural', atlas_steps=5, progress=False,"
+                " segments=SegmentConfig(frames=40, margin=3), engine=EngineConfig(workers=1, lanes=2)))\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    spec = MethodSpec("classical", ClassicalConfig(radius=11))
+    preload_method(spec)
+    assert list(_PRELOADING) and build_method(spec) is build_method(spec) and not _PRELOADING
+    bad = MethodSpec("neural", NeuralConfig(filter_weights=str(tmp_path / "missing.safetensors")))
+    preload_method(bad)
+    with pytest.raises(WeightsError, match="not found"):
+        build_method(bad)
+
+
 def test_two_workers_and_a_busy_machine_give_the_same_bits(flickering, reference, tmp_path):
     deflicker_file(flickering, tmp_path / "two.mkv", neural(engine=EngineConfig(workers=2)))
     assert np.array_equal(frames_of(tmp_path / "two.mkv"), reference)

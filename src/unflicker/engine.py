@@ -19,7 +19,7 @@ from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError
-from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, run_segment
+from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, preload_method, run_segment
 
 
 class WorkerDied(UnflickerError):
@@ -54,7 +54,7 @@ class InProcess:
         self._lanes = engine.lanes_for(1)
 
     def warm(self, spec: MethodSpec) -> None:
-        pass  # the method is built in this process already
+        preload_method(spec)  # imports and weights load on a thread while this process decodes
 
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
@@ -260,12 +260,15 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
 
     def warm(job) -> None:
         """Make the executor before the first job's first pass if the run will have two tasks or more
-        (a lower bound: cuts only add segments); its workers load the method while this process decodes."""
+        (a lower bound: cuts only add segments); its workers load the method while this process decodes.
+        With one task on this machine, this process loads the method on a thread meanwhile."""
         nonlocal executor
         hint = job.task_hint + len(jobs) - started  # every job not started yet has a task at least
         if hint > 1:
             executor = make_executor(engine, hint)
             executor.warm(job.spec)
+        elif engine.engine == "local":  # one task (unless cuts add more): it will run in this process
+            preload_method(job.spec)
 
     try:
         while True:

@@ -23,7 +23,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,16 +139,42 @@ class SegmentResult:
 
 
 _METHOD_CACHE: dict[str, object] = {}
+_PRELOADING: dict[str, Future] = {}
+
+
+def _method_key(spec: MethodSpec) -> str:
+    return f"{spec.name}:{spec.config!r}"
+
+
+def _build(spec: MethodSpec):
+    from unflicker.methods import METHODS
+
+    method = METHODS[spec.name](spec.config)
+    _METHOD_CACHE.clear()  # one method per worker at a time: weights are not kept for old specs
+    _METHOD_CACHE[_method_key(spec)] = method
+    return method
+
+
+def preload_method(spec: MethodSpec) -> None:
+    """Start building the method for a spec on a thread of its own (imports, weights), so that this
+    process can decode and plan meanwhile; `build_method` waits for it. Its errors show there."""
+    key = _method_key(spec)
+    if key in _METHOD_CACHE or key in _PRELOADING:
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preload")
+    _PRELOADING[key] = pool.submit(_build, spec)
+    pool.shutdown(wait=False)  # the thread ends with the build
 
 
 def build_method(spec: MethodSpec):
     """The method for a spec, built once per process (the neural method loads its weights then)."""
-    from unflicker.methods import METHODS
-
-    key = f"{spec.name}:{spec.config!r}"
+    key = _method_key(spec)
+    done = {k: _PRELOADING.pop(k) for k in list(_PRELOADING)}
+    failed = {k: preload.exception() is not None for k, preload in done.items()}  # every preload ends first
+    if key in done and not failed[key]:  # a failed preload is built again below, to raise here
+        return done[key].result()
     if key not in _METHOD_CACHE:
-        _METHOD_CACHE.clear()  # one method per worker at a time: weights are not kept for old specs
-        _METHOD_CACHE[key] = METHODS[spec.name](spec.config)
+        return _build(spec)
     return _METHOD_CACHE[key]
 
 
@@ -227,8 +253,10 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         n = len(task.segment.span)
         if frames.shape[0] != n or frames.ndim != 4 or frames.shape[3] != 3:
             raise InputError(f"segment {task.segment.index}: expected {n} frames (T, H, W, 3), got {frames.shape}")
+        # Built (or a preload awaited) before fixed_threads: threadpoolctl walks the loaded libraries
+        # under the dynamic loader's lock, which a preload thread's import may be waiting for.
+        method = build_method(task.method)
         with fixed_threads(task.threads):
-            method = build_method(task.method)
             # Each frame read and converted one ahead on the lane while the method takes the last one in.
             with closing(_ahead(lambda i: _float(frames[i]), n, task.lanes)) as floats:
                 method.analyze((image for _, image in floats), task.lanes)
