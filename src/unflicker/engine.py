@@ -267,7 +267,9 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
         if hint > 1:
             executor = make_executor(engine, hint)
             executor.warm(job.spec)
-        elif engine.engine == "local":  # one task (unless cuts add more): it will run in this process
+        elif hint == 1 and engine.engine == "local":
+            # One task: it runs in this process (cuts may still add segments; those run on workers,
+            # and this process has loaded the method for nothing).
             preload_method(job.spec)
 
     try:

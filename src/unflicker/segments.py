@@ -289,8 +289,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
             # Settling needs no other frame's: with two lanes, two frames settle at once while this
-            # thread anchors (it was the sweep's slower side at 1080p).
-            with closing(_ahead(settled, n, task.lanes, depth=task.lanes)) as ahead:
+            # thread anchors (it was the sweep's slower side at 1080p); never more than two (memory).
+            with closing(_ahead(settled, n, task.lanes, depth=min(task.lanes, 2))) as ahead:
                 for i, slow in anchor.corrections((i, image, final) for i, (image, final) in ahead):
                     if slow is not None:
                         out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
