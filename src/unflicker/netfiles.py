@@ -77,6 +77,11 @@ def load_network(path: Path, what: str, fmt: str, version: int,
     return net.eval(), meta
 
 
+def weights_path(name: str, path: str | Path | None = None) -> Path:
+    """Network `name`'s weights file: `path` if given, else the shipped one."""
+    return Path(path) if path is not None else SHIPPED / f"{name}.safetensors"
+
+
 def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
     """The JSON beside weights `path`, checked (both files present, format and version as given);
     WeightsError with a one-line reason otherwise."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,6 +58,14 @@ class NeuralConfig:
     """Torch device (None: CUDA when present, else CPU)."""
 
 
+def _networks(config: NeuralConfig) -> dict[str, str | None]:
+    """The networks a config runs (a run stopped after the atlas or the filter needs fewer) -> their
+    weights file (None: the shipped one)."""
+    runs = {"filter": config.stop_after != "atlas", "refine": config.stop_after not in ("atlas", "filter")}
+    return {name: path for name, path in (("filter", config.filter_weights), ("refine", config.refine_weights))
+            if runs[name]}
+
+
 class NeuralDeflicker:
     """Pipeline method: `analyze` fits the atlas, `process` returns each stage's frame for t."""
 
@@ -68,18 +75,19 @@ class NeuralDeflicker:
             raise ValueError(f"unknown stage {self.config.stop_after!r}; choose from {', '.join(STAGES)}")
         self.progress = progress
         self.atlas: VideoAtlas | None = None
+        networks = _networks(self.config)
         self._filter = None
-        if self.config.stop_after != "atlas":
+        if "filter" in networks:
             from unflicker.filter import NeuralFilter
 
             # Loaded up front so missing or mismatched weights fail before any long work.
-            self._filter = NeuralFilter.load(self.config.filter_weights, device=self.config.device)
+            self._filter = NeuralFilter.load(networks["filter"], device=self.config.device)
         self._refine = None
         self._next_t: int | None = None
-        if self.config.stop_after not in ("atlas", "filter"):
+        if "refine" in networks:
             from unflicker.refine import LocalRefiner
 
-            self._refine = LocalRefiner.load(self.config.refine_weights, device=self.config.device)
+            self._refine = LocalRefiner.load(networks["refine"], device=self.config.device)
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
         self._kinds = KindProbe() if self._gate is not None else None  # names physical flicker for the summary
@@ -109,13 +117,8 @@ class NeuralDeflicker:
         JSON (network, inference settings), so a --keep-work resume notices new weights; read without
         torch. A missing or wrong-format file fails here, before any work (its tensors are checked
         when a worker loads them)."""
-        runs = {"filter": config.stop_after != "atlas", "refine": config.stop_after not in ("atlas", "filter")}
-        record: dict = {}
-        for name, path in (("filter", config.filter_weights), ("refine", config.refine_weights)):
-            if runs[name]:
-                path = Path(path) if path is not None else netfiles.SHIPPED / f"{name}.safetensors"
-                record[name] = netfiles.weights_digest(path, name, *netfiles.FORMATS[name])
-        return record
+        return {name: netfiles.weights_digest(netfiles.weights_path(name, path), name, *netfiles.FORMATS[name])
+                for name, path in _networks(config).items()}
 
     def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
         """Fit the atlas of one shot (the pipeline cuts shots into segments; none crosses a cut);

@@ -25,7 +25,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def default_weights_path() -> Path:
     """The shipped weights: src/unflicker/weights/filter.safetensors (config in filter.json beside it)."""
-    return netfiles.SHIPPED / "filter.safetensors"
+    return netfiles.weights_path("filter")
 
 
 @dataclass
@@ -58,7 +58,7 @@ def load_network(path: str | Path | None = None) -> tuple[FilterUNet, dict]:
     Raises WeightsError if either file is missing or unreadable, the format or version differs, or
     a tensor is missing, unexpected or of the wrong shape.
     """
-    path = Path(path) if path is not None else default_weights_path()
+    path = netfiles.weights_path("filter", path)
     return netfiles.load_network(path, "filter", FORMAT, FORMAT_VERSION, lambda cfg: FilterUNet(FilterNetConfig(**cfg)))
 
 

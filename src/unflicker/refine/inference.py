@@ -26,7 +26,7 @@ FLOW_PRESETS = ("ultrafast", "fast", "medium")
 
 def default_weights_path() -> Path:
     """The shipped weights: src/unflicker/weights/refine.safetensors (config in refine.json beside it)."""
-    return netfiles.SHIPPED / "refine.safetensors"
+    return netfiles.weights_path("refine")
 
 
 @dataclass
@@ -53,7 +53,7 @@ def load_network(path: str | Path | None = None) -> tuple[RefineNet, dict]:
     Raises WeightsError if either file is missing or unreadable, the format or version differs, or
     a tensor is missing, unexpected or of the wrong shape.
     """
-    path = Path(path) if path is not None else default_weights_path()
+    path = netfiles.weights_path("refine", path)
     return netfiles.load_network(path, "refine", FORMAT, FORMAT_VERSION, lambda cfg: RefineNet(RefineNetConfig(**cfg)))
 
 
