@@ -74,3 +74,29 @@ def test_frame_file_round_trips_through_npy(tmp_path):
     np.save(tmp_path / "f.npy", np.asfortranarray(frames[0]))
     with pytest.raises(InputError):
         FrameFile.open(tmp_path / "f.npy")
+
+
+def test_frames_read_back_are_the_written_ones_and_their_own_arrays(tmp_path):
+    """Reads fill fresh arrays straight from the file; writes take any array (strided, another
+    dtype); a file cut short fails with a clear OSError rather than returning zeros."""
+    from unflicker.framestore import FrameFile
+
+    rng = np.random.default_rng(2)
+    frames = rng.random((3, 4, 5, 3))  # float64, converted on the way in
+    store = FrameStore((4, 5, 3), np.float32)
+    for frame in frames:
+        store.append(frame[:, :, ::-1])  # not contiguous
+    first = store[0]
+    first[:] = 7  # a copy: the store keeps its frame
+    assert np.array_equal(store[0], frames[0, :, :, ::-1].astype(np.float32))
+    assert np.array_equal(store[1:3], frames[1:3, :, :, ::-1].astype(np.float32))
+    path = tmp_path / "cut.npy"
+    with FrameFile.create(path, frames.shape, np.float32) as out:
+        for t, frame in enumerate(frames):
+            out[t] = frame
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size - 8)
+    with FrameFile.open(path) as cut:
+        assert np.array_equal(cut[1], frames[1].astype(np.float32))
+        with pytest.raises(OSError, match="short read"):
+            cut[2]

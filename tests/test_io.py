@@ -170,3 +170,14 @@ def test_output_checks(tmp_path):
         io.check_output(src, tmp_path / "out.xyz")
     assert io.check_output(tmp_path / "x.mp4", src, overwrite=True) == src
     assert io.check_output(src, tmp_path / "new.mp4") == tmp_path / "new.mp4"
+
+
+def test_to_float_is_every_code_value_over_its_maximum_in_float32():
+    """Every 8- and 16-bit code value converts to float32(v) * float32(1 / max), the values the
+    two-step cast-then-scale gave, and back again unchanged."""
+    for dtype, top in ((np.uint8, 255.0), (np.uint16, 65535.0)):
+        values = np.arange(int(top) + 1, dtype=dtype).reshape(-1, 1, 1)
+        floats = io.to_float(values)
+        assert floats.dtype == np.float32
+        assert np.array_equal(floats, values.astype(np.float32) * np.float32(1.0 / top))
+        assert np.array_equal(io.from_float(floats, 8 if top == 255.0 else 16), values)

@@ -108,12 +108,20 @@ def test_the_background_writer_keeps_order_and_reports_the_sinks_errors():
     from unflicker.pipeline import BackgroundSink
 
     class Sink:
-        def __init__(self, fail_at=None):
-            self.written, self.threads, self.closed, self.aborted, self.fail_at = [], set(), False, False, fail_at
+        def __init__(self, fail_at=None, fail_in="put"):
+            self.written, self.threads, self.closed, self.aborted = [], set(), False, False
+            self.fail_at, self.fail_in, self.converting = fail_at, fail_in, set()
 
-        def write(self, image, pts=None, name=None, alpha=None):
+        def prepare(self, image, pts=None, name=None, alpha=None):
+            self.converting.add(threading.get_ident())
             time.sleep(0.005)
-            if pts == self.fail_at:
+            if pts == self.fail_at and self.fail_in == "prepare":
+                raise OutputError("cannot convert")
+            return pts
+
+        def put(self, pts):
+            time.sleep(0.005)
+            if pts == self.fail_at and self.fail_in == "put":
                 raise OutputError("disk full")
             self.written.append(pts)
             self.threads.add(threading.get_ident())
@@ -132,12 +140,15 @@ def test_the_background_writer_keeps_order_and_reports_the_sinks_errors():
         assert len(background._pending) <= 2  # never more than depth frames waiting
     assert background.close() == "done" and sink.closed
     assert sink.written == list(range(10)) and threading.get_ident() not in sink.threads
+    # conversion and encoding each on a thread of their own, neither the caller's
+    assert len(sink.converting) == 1 and len(sink.threads) == 1 and not sink.converting & sink.threads
 
-    failing = Sink(fail_at=3)
-    background = BackgroundSink(failing, depth=1)
-    with pytest.raises(OutputError, match="disk full"):
-        for t in range(10):
-            background.write(np.zeros((2, 2, 3), np.float32), t)
-    assert failing.written == [0, 1, 2]
-    background.abort()
-    assert failing.aborted and not failing.closed
+    for stage, message in (("put", "disk full"), ("prepare", "cannot convert")):
+        failing = Sink(fail_at=3, fail_in=stage)
+        background = BackgroundSink(failing, depth=1)
+        with pytest.raises(OutputError, match=message):
+            for t in range(10):
+                background.write(np.zeros((2, 2, 3), np.float32), t)
+        assert failing.written == [0, 1, 2]
+        background.abort()
+        assert failing.aborted and not failing.closed

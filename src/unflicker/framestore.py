@@ -17,12 +17,25 @@ import numpy as np
 from unflicker.errors import InputError
 
 
-def _read_exactly(file, size: int, offset: int, what: str) -> bytes:
-    """`size` bytes of `file` from `offset` (a plain read, no memory map); OSError naming `what` if fewer."""
-    data = os.pread(file.fileno(), size, offset) if size else b""
-    if len(data) != size:
-        raise OSError(f"short read from {what}: {len(data)} of {size} bytes")
-    return data
+def _read_into(file, out: np.ndarray, offset: int, what: str) -> np.ndarray:
+    """`out` (C-contiguous) filled from `file` at `offset` with a plain read (no memory map, one copy:
+    straight into the array); OSError naming `what` if the file holds fewer bytes."""
+    size, done = out.nbytes, 0
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    while done < size:
+        got = os.preadv(file.fileno(), [view[done:]], offset + done)
+        if got == 0:
+            raise OSError(f"short read from {what}: {done} of {size} bytes")
+        done += got
+    return out
+
+
+def _write_from(file, frame: np.ndarray, dtype: np.dtype, offset: int) -> None:
+    """`frame` as `dtype` written to `file` at `offset`, straight from the array's memory."""
+    data = memoryview(np.ascontiguousarray(frame, dtype=dtype).reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(data):
+        done += os.pwrite(file.fileno(), data[done:], offset + done)
 
 
 class FrameStore:
@@ -53,8 +66,7 @@ class FrameStore:
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape:
             raise InputError(f"expected a frame of shape {self.frame_shape}, got {frame.shape}")
-        data = np.ascontiguousarray(frame, dtype=self.dtype).tobytes()
-        os.pwrite(self._file.fileno(), data, t * self._frame_bytes)
+        _write_from(self._file, frame, self.dtype, t * self._frame_bytes)
         self._length = max(self._length, t + 1)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
@@ -64,15 +76,14 @@ class FrameStore:
             if step != 1:
                 raise IndexError("FrameStore slices take no step")
             count = max(0, stop - start)
-            data = self._read(start, count)
-            return np.frombuffer(data, self.dtype).reshape(count, *self.frame_shape).copy()
+            return self._read(start, (count, *self.frame_shape))
         t = int(index) + (self._length if int(index) < 0 else 0)
         if not 0 <= t < self._length:
             raise IndexError(f"frame {index} outside [0, {self._length})")
-        return np.frombuffer(self._read(t, 1), self.dtype).reshape(self.frame_shape).copy()
+        return self._read(t, self.frame_shape)
 
-    def _read(self, start: int, count: int) -> bytes:
-        return _read_exactly(self._file, count * self._frame_bytes, start * self._frame_bytes, "the frame store")
+    def _read(self, start: int, shape: tuple[int, ...]) -> np.ndarray:
+        return _read_into(self._file, np.empty(shape, self.dtype), start * self._frame_bytes, "the frame store")
 
     def close(self) -> None:
         self._file.close()
@@ -134,14 +145,13 @@ class FrameFile:
         return self._offset + t * self._frame_bytes
 
     def __getitem__(self, t: int) -> np.ndarray:
-        data = _read_exactly(self._file, self._frame_bytes, self._position(t), self._file.name)
-        return np.frombuffer(data, self.dtype).reshape(self.shape[1:]).copy()
+        return _read_into(self._file, np.empty(self.shape[1:], self.dtype), self._position(t), self._file.name)
 
     def __setitem__(self, t: int, frame: np.ndarray) -> None:
         frame = np.asarray(frame)
         if frame.shape != self.shape[1:]:
             raise InputError(f"expected a frame of shape {self.shape[1:]}, got {frame.shape}")
-        os.pwrite(self._file.fileno(), np.ascontiguousarray(frame, dtype=self.dtype).tobytes(), self._position(t))
+        _write_from(self._file, frame, self.dtype, self._position(t))
 
     def close(self) -> None:
         """Close (every write has reached the file system: a written file is complete once closed)."""

@@ -156,7 +156,13 @@ class ListSink:
         self.frames: list[np.ndarray] = []
 
     def write(self, image: np.ndarray, pts=None, name=None, alpha=None) -> None:
-        self.frames.append(image)
+        self.put(self.prepare(image, pts, name, alpha))
+
+    def prepare(self, image: np.ndarray, pts=None, name=None, alpha=None) -> np.ndarray:
+        return image
+
+    def put(self, prepared: np.ndarray) -> None:
+        self.frames.append(prepared)
 
     def close(self) -> None:
         pass
@@ -166,49 +172,61 @@ class ListSink:
 
 
 class BackgroundSink:
-    """Writes through another sink on a thread of its own, in order, with at most `depth` frames
-    waiting: the encoder (colour conversion, compression) works while the job decodes, stitches and
-    measures the next frames. The frames handed over must not change afterwards. An error of the
-    sink shows at the next write or at close(); abort() discards what is queued and the output."""
+    """Writes through another sink (its `prepare`, then its `put`) on two threads of its own, in
+    order, with at most `depth` frames on their way: the next frame's conversion and this one's
+    encoding run while the job decodes, stitches and measures the frames after them. The frames
+    handed over must not change afterwards. An error of the sink shows at the next write or at
+    close(); abort() discards what is queued and the output."""
 
     def __init__(self, sink, depth: int = 2):
         self.sink = sink
         self.depth = depth
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._pending: deque = deque()
+        self._convert = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert")
+        self._encode = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        self._pending: deque = deque()  # (conversion, encoding) futures, oldest first
 
     def write(self, image: np.ndarray, pts=None, name=None, alpha=None) -> None:
         while len(self._pending) >= self.depth:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(self.sink.write, image, pts, name, alpha))
+            self._pending.popleft()[1].result()
+        converted = self._convert.submit(self.sink.prepare, image, pts, name, alpha)
+        self._pending.append((converted, self._encode.submit(lambda: self.sink.put(converted.result()))))
 
     def close(self):
         try:
             while self._pending:
-                self._pending.popleft().result()
+                self._pending.popleft()[1].result()
         finally:
-            self._pool.shutdown(wait=True)
+            self._shutdown()
         return self.sink.close()
 
     def abort(self) -> None:
-        for future in self._pending:
-            future.cancel()
+        for futures in self._pending:
+            for future in futures:
+                future.cancel()
         self._pending.clear()
-        self._pool.shutdown(wait=True)  # a write already running ends before the output goes
+        self._shutdown()  # a frame already being written ends before the output goes
         self.sink.abort()
+
+    def _shutdown(self) -> None:
+        self._convert.shutdown(wait=True)
+        self._encode.shutdown(wait=True)
 
 
 def _channel_means(frame: np.ndarray) -> np.ndarray:
-    """(3,) per-channel mean: the global flicker index and the plot need nothing more per frame."""
-    return np.array(cv2.mean(np.ascontiguousarray(frame))[:3])
+    """(3,) per-channel mean in [0, 1] units: the global flicker index and the plot need nothing more
+    per frame. An integer frame is averaged as it is, then scaled (no float copy of it is made)."""
+    frame = np.ascontiguousarray(frame)
+    means = np.array(cv2.mean(frame)[:3])
+    return means / np.iinfo(frame.dtype).max if frame.dtype.kind in "ui" else means
 
 
 def _flicker(means: np.ndarray) -> float:
     return flicker_index([m.reshape(1, 1, 3) for m in means])["luma"] if len(means) > 1 else 0.0
 
 
-def _blend(frame: np.ndarray, out: np.ndarray, strength: float) -> np.ndarray:
-    """The output frame: `out` blended with the input by strength, clipped."""
+def _blend(frame: np.ndarray | None, out: np.ndarray, strength: float) -> np.ndarray:
+    """The output frame: `out` blended with the input by strength, clipped (the input may be None
+    at strength 1)."""
     if strength < 1.0:
         out = frame + np.float32(strength) * (out - frame)
     return np.clip(out, 0.0, 1.0)
@@ -285,6 +303,13 @@ class Job:
         self.folder.write_record(self.record)
         if ready is not None:
             ready(self)
+        # Per-channel means of each input and output frame (the flicker index and the plot), in
+        # arrays made once: small per-frame allocations kept between full-size frames fragment the heap.
+        self._before = np.zeros((n, 3))
+        self._after = np.zeros((n, 3))
+        self._stamps: list[tuple[int | None, str]] = []
+        """Each frame's (pts, name), from the plan's pass: the output needs no second decode of the
+        input where it takes nothing else from it (see `_input_needed`)."""
         self.segments = self._plan(n) if n > 1 else []
         self._core_starts = [s.core.start for s in self.segments]
         finished = self.folder.finished(len(self.segments))
@@ -293,10 +318,6 @@ class Job:
         self._to_submit = [s for s in self.segments if s.index not in finished]
         self._decoded = self._decoder()  # the spill decoder, started on demand
         self._t = 0
-        # Per-channel means of each input and output frame (the flicker index and the plot), in
-        # arrays made once: small per-frame allocations kept between full-size frames fragment the heap.
-        self._before = np.zeros((n, 3))
-        self._after = np.zeros((n, 3))
         self._write_bar = self._bar(n, "deflicker")
         if self.write_output and self._array is None:
             comment = f"unflicker {self.record['unflicker']} {self.spec.name}; config {digest(self.record)}"
@@ -325,7 +346,7 @@ class Job:
 
     def _plan(self, n: int) -> list[Segment]:
         """Cut detection on thumbnails of every frame (one decode, streamed: nothing per frame is
-        kept but a distance), then the segments."""
+        kept but a distance, the input's channel means and the frame's timestamp), then the segments."""
         bar = self._bar(n, "analyse")
         decoded = 0
 
@@ -334,6 +355,9 @@ class Job:
             for frame in self._decoder():
                 decoded += 1
                 bar.update()
+                if frame.index < n:  # a longer video fails below
+                    self._before[frame.index] = _channel_means(frame.image)
+                    self._stamps.append((frame.pts, frame.name))
                 yield cuts.thumbnail(frame.image)
 
         found = cuts.detect_cuts(thumbnails())
@@ -446,13 +470,17 @@ class Job:
         while self._t < n:
             if self.segments and any(k not in self.results for k in self._covering(self._t)):
                 return False
-            frame = next(self._output_frames)
-            image = io.to_float(frame.image)
+            if self._input_needed():
+                frame = next(self._output_frames)
+                image, (pts, name, alpha) = io.to_float(frame.image), (frame.pts, frame.name, frame.alpha)
+                if not self.segments:  # a single frame: no plan measured it
+                    self._before[self._t] = _channel_means(frame.image)
+            else:
+                image, (pts, name), alpha = None, self._stamps[self._t], None
             out = self._stitched(self._t) if self.segments else image
             final = _blend(image, out, self.config.strength)
-            self._before[self._t] = _channel_means(image)
             self._after[self._t] = _channel_means(final)
-            self.sink.write(final, frame.pts, frame.name, frame.alpha)
+            self.sink.write(final, pts, name, alpha)
             self._write_bar.update()
             self._t += 1
             for k in [k for k in self._loaded if self.segments[k].span.stop <= self._t]:
@@ -461,6 +489,11 @@ class Job:
                     self.results[k].unlink(missing_ok=True)
         self._finish()
         return True
+
+    def _input_needed(self) -> bool:
+        """Whether writing the output decodes the input again: for a blend with it (strength < 1),
+        its alpha, or a clip with no plan (one frame); else the stitched results are the output."""
+        return not self.segments or self.config.strength < 1.0 or self.source.info.has_alpha
 
     def _finish(self) -> None:
         if self.sink is not None:

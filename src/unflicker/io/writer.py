@@ -92,12 +92,25 @@ class VideoWriter:
 
         alpha: optional (H, W) alpha (uint8/uint16 or float in [0, 1]), kept where the output holds it.
         """
+        self.put(self.prepare(image, pts, name, alpha))
+
+    def prepare(self, image: np.ndarray, pts: int | None = None, name: str | None = None,
+                alpha: np.ndarray | None = None) -> tuple:
+        """`write`'s first half: the frame converted for the encoder (samples, colour, alpha). It
+        changes nothing in the writer, so the next frame's can run while `put` encodes this one."""
         if image.shape != (self.source.height, self.source.width, 3):
             raise ValueError(f"frame shape {image.shape} != source {(self.source.height, self.source.width, 3)}")
         if self.to_folder:
+            return image, pts, name, alpha
+        return self._video_frame(image, alpha), pts, name, None
+
+    def put(self, prepared: tuple) -> None:
+        """`write`'s second half: append a frame `prepare` made (frames in the order they are shown)."""
+        image, pts, name, alpha = prepared
+        if self.to_folder:
             self._write_image(image, name, alpha)
         else:
-            self._write_video_frame(image, pts, alpha)
+            self._encode(image, pts)
         self.count += 1
 
     def _write_image(self, image: np.ndarray, name: str | None, alpha: np.ndarray | None) -> None:
@@ -110,7 +123,7 @@ class VideoWriter:
                     self.plan.bits, self.source.grayscale, self.source.pixel_format if folder else "",
                     self.source.path / name if folder and name else None)
 
-    def _write_video_frame(self, image: np.ndarray, pts: int | None, alpha: np.ndarray | None) -> None:
+    def _video_frame(self, image: np.ndarray, alpha: np.ndarray | None) -> av.VideoFrame:
         plan = self.plan
         depth = 16 if plan.bits > 8 else 8
         data = from_float(image, depth) if image.dtype.kind == "f" else to_depth(image, depth)
@@ -124,6 +137,9 @@ class VideoWriter:
                                    dst_color_range=plan.color_range or 1)  # untagged: limited, as read
         elif plan.pix_fmt != plan.frame_layout:
             frame = frame.reformat(format=plan.pix_fmt)
+        return frame
+
+    def _encode(self, frame: av.VideoFrame, pts: int | None) -> None:
         if pts is not None and self.source.time_base is not None:
             frame.pts = pts
             frame.time_base = self.source.time_base
