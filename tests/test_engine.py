@@ -154,6 +154,46 @@ def test_two_lanes_settle_two_frames_ahead_in_order_and_pass_errors_on():
     assert most[0] == 2  # two at once
 
 
+def test_each_spreads_independent_calls_over_two_lanes_and_passes_errors_on():
+    from unflicker.segments import _each
+
+    done, threads, running, most, drawn = [], set(), [0], [0], []
+    lock = threading.Lock()
+
+    def work(i, value):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            threads.add(threading.get_ident())
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+            done.append((i, value))
+
+    def items(n, bad=None):
+        for i in range(n):
+            drawn.append((i, len(done)))  # how many calls had ended when item i was drawn
+            yield (i, "bad" if i == bad else i * i)
+
+    _each(work, items(8), 2)
+    assert sorted(done) == [(i, i * i) for i in range(8)] and most[0] == 2
+    assert threading.get_ident() not in threads
+    assert all(i - done_then <= 2 for i, done_then in drawn)  # never more than two calls waiting
+
+    def failing(i, value):
+        if value == "bad":
+            raise InputError(f"frame {i} is bad")
+        work(i, value)
+
+    done.clear()
+    with pytest.raises(InputError, match="frame 3"):
+        _each(failing, items(20, bad=3), 2)
+    assert len(done) < 20  # stopped drawing at the failure
+    done.clear()
+    _each(work, items(3), 1)  # one lane: in order on the caller's thread
+    assert done == [(0, 0), (1, 1), (2, 4)]
+
+
 def test_settling_in_any_order_on_two_threads_gives_the_same_frames():
     from concurrent.futures import ThreadPoolExecutor
 

@@ -152,3 +152,43 @@ def test_the_background_writer_keeps_order_and_reports_the_sinks_errors():
         assert failing.written == [0, 1, 2]
         background.abort()
         assert failing.aborted and not failing.closed
+
+
+def test_a_one_segment_clip_is_decoded_once_and_its_output_is_the_same(tmp_path, flickering_folder, monkeypatch):
+    """The plan's pass also spills a clip that fits one segment and keeps each frame's timestamp and
+    name, so the run decodes the input once; the output equals a run that decodes it again to write
+    (names, timestamps, bits). Two segments, or a blend with the input, decode it again."""
+    from unflicker.pipeline import FileSource, Job
+    from unflicker.segments import SegmentConfig
+
+    info = io.probe(flickering_folder)
+    video = tmp_path / "in.mkv"
+    with io.VideoWriter(video, info, codec="ffv1") as writer:
+        for frame in io.read_frames(flickering_folder, info):
+            writer.write(frame.image, None, frame.name)
+    decodes = []
+    original = FileSource.frames
+
+    def counted(self):  # a decode counts once it yields a frame (decoders are made before they are used)
+        for i, frame in enumerate(original(self)):
+            if i == 0:
+                decodes.append(1)
+            yield frame
+
+    monkeypatch.setattr(FileSource, "frames", counted)
+
+    def run(source, name, **kw):
+        decodes.clear()
+        deflicker_file(source, tmp_path / name, workers1(method="classical", **kw))
+        return len(decodes)
+
+    assert run(flickering_folder, "once") == 1 and run(video, "once.mkv") == 1
+    assert run(video, "two.mkv", segments=SegmentConfig(frames=4, margin=1)) == 2  # plan, then spill
+    assert run(video, "half.mkv", strength=0.5) == 2  # plan and spill, then the blend's
+    monkeypatch.setattr(Job, "_input_needed", lambda self: True)
+    assert run(flickering_folder, "again") == 2 and run(video, "again.mkv") == 2
+    assert [p.name for p in sorted((tmp_path / "once").iterdir())] == [p.name for p in sorted(flickering_folder.iterdir())]
+    for a, b in (("once", "again"), ("once.mkv", "again.mkv")):
+        first, second = list(io.read_frames(tmp_path / a)), list(io.read_frames(tmp_path / b))
+        assert [(f.pts, f.name) for f in first] == [(f.pts, f.name) for f in second]
+        assert all(np.array_equal(f.image, g.image) for f, g in zip(first, second))

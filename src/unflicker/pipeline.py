@@ -349,22 +349,41 @@ class Job:
         kept but a distance, the input's channel means and the frame's timestamp), then the segments."""
         bar = self._bar(n, "analyse")
         decoded = 0
+        # A clip short enough for one segment is spilled in this same pass, as that segment's frames
+        # (unless it is finished already): with no cut, the input is decoded once in the whole run.
+        whole = self.folder.frames / ".partial-whole.npy"
+        speculate = n <= self.config.segments.frames and not self.folder.result(0).is_file()
+        spill: FrameFile | None = None
 
         def thumbnails() -> Iterator[np.ndarray]:
-            nonlocal decoded
+            nonlocal decoded, spill
             for frame in self._decoder():
                 decoded += 1
                 bar.update()
                 if frame.index < n:  # a longer video fails below
                     self._before[frame.index] = _channel_means(frame.image)
                     self._stamps.append((frame.pts, frame.name))
+                    if speculate:
+                        if spill is None:
+                            spill = FrameFile.create(whole, (n, *frame.image.shape), frame.image.dtype)
+                        spill[frame.index] = frame.image
                 yield cuts.thumbnail(frame.image)
 
-        found = cuts.detect_cuts(thumbnails())
-        bar.close()
-        if decoded != n:
-            raise InputError(f"{self.name}: {decoded} frames decoded, {n} expected")
-        return plan(cuts.shots(n, found), self.config.segments)
+        try:
+            found = cuts.detect_cuts(thumbnails())
+            bar.close()
+            if decoded != n:
+                raise InputError(f"{self.name}: {decoded} frames decoded, {n} expected")
+            segments = plan(cuts.shots(n, found), self.config.segments)
+            if spill is not None:
+                spill.close()
+                if len(segments) == 1 and segments[0].span == range(n):
+                    whole.rename(self.folder.spill(0))
+        finally:
+            if spill is not None:
+                spill.close()
+            whole.unlink(missing_ok=True)
+        return segments
 
     def _check_input(self, info: io.VideoInfo) -> None:
         """Say what will be lost, before any work starts."""

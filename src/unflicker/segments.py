@@ -222,6 +222,28 @@ def _ahead(work: Callable[[int], T], n: int, lanes: int, depth: int = 1) -> Iter
                 future.cancel()
 
 
+def _each(work: Callable[..., None], items: Iterator[tuple], lanes: int) -> None:
+    """work(*item) for every item, on `lanes` threads with at most `lanes` calls waiting (the items
+    are drawn on the caller's thread); the first error is raised once the calls started have ended.
+    Each call must need nothing from the others: they run in any order."""
+    if lanes < 2:
+        for item in items:
+            work(*item)
+        return
+    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
+        pending: deque[Future] = deque()
+        try:
+            for item in items:
+                if len(pending) >= lanes:
+                    pending.popleft().result()
+                pending.append(pool.submit(work, *item))
+            while pending:
+                pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def _open_frames(frames: np.ndarray | Path):
     """The span's frames: the array itself, or a FrameFile read one frame at a time."""
     if isinstance(frames, (str, Path)):
@@ -287,13 +309,18 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     out[i] = from_float(final, 16)
                 return image, final
 
+            def anchored(i, slow):
+                if slow is not None:
+                    out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
+
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
             # Settling needs no other frame's: with two lanes, two frames settle at once while this
-            # thread anchors (it was the sweep's slower side at 1080p); never more than two (memory).
+            # thread measures them for the anchor (it was the sweep's slower side at 1080p); never
+            # more than two (memory). The anchor's corrections come a window or a shot late (fades:
+            # all at the end), each frame's on its own: two frames at once again.
             with closing(_ahead(settled, n, task.lanes, depth=min(task.lanes, 2))) as ahead:
-                for i, slow in anchor.corrections((i, image, final) for i, (image, final) in ahead):
-                    if slow is not None:
-                        out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
+                _each(anchored, anchor.corrections((i, image, final) for i, (image, final) in ahead),
+                      min(task.lanes, 2))
             info = method.report()
         result: np.ndarray | Path = out
         if temp is not None:
