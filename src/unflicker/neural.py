@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +21,7 @@ from unflicker import netfiles
 from unflicker.anchor import AnchorConfig
 from unflicker.atlas import AtlasConfig, atlas_size
 from unflicker.errors import InputError
-from unflicker.framestore import FrameStore
+from unflicker.framestore import FrameStore, WriteBehind
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
 from unflicker.kinds import KindProbe
@@ -28,6 +29,7 @@ from unflicker.projection import FlickerCorrection, FlickerModel, ProjectionConf
 
 if TYPE_CHECKING:
     from unflicker.atlas import VideoAtlas
+
 
 # No torch at import: the config and the fingerprint serve a run's main process, which plans and
 # stitches while its workers build this method (networks and atlas load torch then).
@@ -138,6 +140,8 @@ class NeuralDeflicker:
         if self._gate is not None:
             self._gate.reset()
             self._kinds.reset()
+            if self._refined is not None:  # a segment that failed before it was settled
+                self._refined.abort()
             self._refined, self._corrections, self._settled = None, {}, 0
 
     def prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
@@ -167,10 +171,10 @@ class NeuralDeflicker:
         if self._projection is not None:
             stages["project"], correction = self._projection.project_with_correction(frame, stages["refine"])
         if self._gate is not None:
-            if self._refined is None:
-                self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
+            if self._refined is None:  # on disk, like the low-res frames; written while the pass goes on
+                self._refined = WriteBehind(FrameStore(frame.shape, np.uint16), partial(from_float, bit_depth=16))
                 self._corrections = {}
-            self._refined[t] = from_float(stages["refine"], 16)
+            self._refined[t] = stages["refine"]
             if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
                 self._corrections[t] = correction
             self._gate.observe(frame, stages["project"], stages["refine"], correction)
@@ -191,6 +195,7 @@ class NeuralDeflicker:
         with self._settling:
             self._settled += 1
             if self._settled == len(refined_store):  # every frame settled: the stored frames' disk space goes now
+                refined_store.close()
                 self._refined, self._corrections, self._settled = None, {}, 0
         return output
 

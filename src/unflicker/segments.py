@@ -26,13 +26,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.framestore import FrameFile
+from unflicker.framestore import FrameFile, WriteBehind
 
 T = TypeVar("T")
 
@@ -268,6 +269,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"
         marker.write_text(str(os.getpid()))
     out: np.ndarray | FrameFile | None = None
+    behind: WriteBehind | None = None
     frames = None
     temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.partial")
     try:
@@ -300,7 +302,10 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     if out is None:  # on disk when the result goes to a file: memory does not grow with size
                         shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
                         out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
-                    out[i] = from_float(output, 16)  # held here until settled and anchored
+                        behind = WriteBehind(out, partial(from_float, bit_depth=16))
+                    behind[i] = output  # held here until settled and anchored (written while the pass goes on)
+            if behind is not None:
+                behind.close()
 
             def settled(i):  # second sweep: what the method learned from the whole segment
                 image, output = _float(frames[i]), _float(out[i])
@@ -329,6 +334,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
             result = Path(task.output)
         return SegmentResult(task.job, task.segment.index, result, time.perf_counter() - start, info)
     finally:
+        if behind is not None:
+            behind.abort()  # after a failure: what is being written ends before the file closes
         for handle in (out, frames):
             if isinstance(handle, FrameFile):
                 handle.close()
