@@ -101,38 +101,3 @@ def test_frames_read_back_are_the_written_ones_and_their_own_arrays(tmp_path):
         with pytest.raises(OSError, match="short read"):
             cut[2]
 
-
-def test_write_behind_writes_in_order_on_its_own_thread_and_reports_errors():
-    import threading
-    import time
-
-    from unflicker.framestore import WriteBehind
-
-    class Store(dict):
-        threads: set = set()
-
-        def __setitem__(self, t, frame):
-            time.sleep(0.005)
-            if frame is None:
-                raise OSError("disk full")
-            Store.threads.add(threading.get_ident())
-            super().__setitem__(t, frame)
-
-    store = Store()
-    behind = WriteBehind(store, lambda frame: frame * 2, depth=1)
-    for t in range(6):
-        behind[t] = np.full(2, t)
-        assert len(behind._pending) <= 1  # never more than depth waiting
-    assert len(behind) == 6 and behind[5].tolist() == [10, 10]  # a read waits for the writes
-    assert list(store) == list(range(6)) and threading.get_ident() not in Store.threads
-    behind.close()
-    behind.close()  # twice is fine
-
-    failing = WriteBehind(Store(), None, depth=2)
-    failing[0] = np.zeros(2)
-    failing[1] = None
-    with pytest.raises(OSError, match="disk full"):
-        failing.flush()
-    with pytest.raises(OSError, match="disk full"):  # and again: a failed write is not forgotten
-        failing[2] = np.zeros(2)
-    failing.abort()  # stops without raising

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -167,55 +163,3 @@ class FrameFile:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-class WriteBehind:
-    """Writes frames into a FrameStore or FrameFile on a thread of its own, in order, each passed
-    through `convert` there (e.g. float -> 16 bits) and at most `depth` waiting: the caller goes on
-    with its next frame meanwhile. The frames handed over must not change afterwards. Reads see a
-    frame once `flush()` has returned (any thread may call it; it raises the first error of a write);
-    `close()` flushes and stops the thread, `abort()` only stops it (the store stays open)."""
-
-    def __init__(self, store, convert: Callable[[np.ndarray], np.ndarray] | None = None, depth: int = 1):
-        self.store, self.convert, self.depth = store, convert, depth
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._pending: deque = deque()
-        self._lock = threading.Lock()
-
-    def _write(self, t: int, frame: np.ndarray) -> None:
-        self.store[t] = frame if self.convert is None else self.convert(frame)
-
-    def __setitem__(self, t: int, frame: np.ndarray) -> None:
-        with self._lock:
-            self._wait(self.depth - 1)
-            self._pending.append(self._pool.submit(self._write, t, frame))
-
-    def __getitem__(self, t: int) -> np.ndarray:
-        self.flush()
-        return self.store[t]
-
-    def __len__(self) -> int:
-        self.flush()
-        return len(self.store)
-
-    def flush(self) -> None:
-        with self._lock:
-            self._wait(0)
-
-    def _wait(self, most: int) -> None:
-        while self._pending and (len(self._pending) > most or self._pending[0].done()):
-            self._pending[0].result()  # a failed write stays queued: every later call raises its error
-            self._pending.popleft()
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            self.abort()
-
-    def abort(self) -> None:
-        """Stop without raising: writes not started are dropped, one being written ends first."""
-        with self._lock:
-            for future in self._pending:
-                future.cancel()
-            self._pending.clear()
-        self._pool.shutdown(wait=True)

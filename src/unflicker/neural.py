@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,10 +20,11 @@ from unflicker import netfiles
 from unflicker.anchor import AnchorConfig
 from unflicker.atlas import AtlasConfig, atlas_size
 from unflicker.errors import InputError
-from unflicker.framestore import FrameStore, WriteBehind
+from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
 from unflicker.io import from_float, to_float
 from unflicker.kinds import KindProbe
+from unflicker.lanes import Behind
 from unflicker.projection import FlickerCorrection, FlickerModel, ProjectionConfig
 
 if TYPE_CHECKING:
@@ -94,6 +94,7 @@ class NeuralDeflicker:
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
         self._kinds = KindProbe() if self._gate is not None else None  # names physical flicker for the summary
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
+        self._behind: Behind | None = None  # stores them and measures the gate while the pass goes on
         self._corrections: dict[int, FlickerCorrection] = {}  # the flicker model's fit per frame, for settle()
         self._settling = threading.Lock()  # settle() may run for several frames at once
         self._settled = 0  # frames settled since the pass
@@ -111,6 +112,7 @@ class NeuralDeflicker:
         segment of smooth physical flicker (the gate's smoothness) as AnchorConfig.for_segment says."""
         if self.config.anchor is None or self.config.stop_after is not None or n_frames < 2:
             return AnchorConfig.off()
+        self._measured()
         return self.config.anchor.for_segment(self._gate.smoothness() if self._gate is not None else 0.0)
 
     @staticmethod
@@ -140,9 +142,9 @@ class NeuralDeflicker:
         if self._gate is not None:
             self._gate.reset()
             self._kinds.reset()
-            if self._refined is not None:  # a segment that failed before it was settled
-                self._refined.abort()
-            self._refined, self._corrections, self._settled = None, {}, 0
+            if self._behind is not None:  # a segment that failed before it was settled
+                self._behind.abort()
+            self._refined, self._behind, self._corrections, self._settled = None, None, {}, 0
 
     def prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
         """The stages of frame t that depend on no other frame: 'atlas' and 'filter' (safe to run
@@ -171,32 +173,48 @@ class NeuralDeflicker:
         if self._projection is not None:
             stages["project"], correction = self._projection.project_with_correction(frame, stages["refine"])
         if self._gate is not None:
-            if self._refined is None:  # on disk, like the low-res frames; written while the pass goes on
-                self._refined = WriteBehind(FrameStore(frame.shape, np.uint16), partial(from_float, bit_depth=16))
+            if self._refined is None:
+                self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
+                self._behind = Behind(name="measure")
                 self._corrections = {}
-            self._refined[t] = stages["refine"]
             if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
                 self._corrections[t] = correction
-            self._gate.observe(frame, stages["project"], stages["refine"], correction)
-            self._kinds.observe(*self._gate.latest[:2])  # the gate's small copies of I_t and P_t
+            # In order on a thread of its own while the pass goes on: nothing in the pass waits for it.
+            self._behind.submit(self._measure, t, frame, stages["project"], stages["refine"], correction)
         return stages
+
+    def _measure(self, t: int, frame: np.ndarray, projected: np.ndarray, refined: np.ndarray, correction) -> None:
+        """Frame t's part of what settle() needs: its refined frame stored, the gate's and the kinds'
+        measurements (in frame order)."""
+        self._refined[t] = from_float(refined, 16)
+        self._gate.observe(frame, projected, refined, correction)
+        self._kinds.observe(*self._gate.latest[:2])  # the gate's small copies of I_t and P_t
+
+    def _measured(self) -> None:
+        """Wait until every frame the pass handed to `_measure` is measured and stored."""
+        if self._behind is not None:
+            self._behind.flush()
 
     def settle(self, t: int, frame: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The projected frame t plus the gate's share of the rest of the refined frame's correction
         (both remainders low-passed as far as the gate's smoothness says), the whole correction
         faded out where the segment shows no flicker (unflicker.gate); called once for every frame
         after the pass, in any order, possibly for several frames at once (threads)."""
-        if self._gate is None or self._refined is None:
+        if self._gate is None:
             return output
-        refined_store, corrections = self._refined, self._corrections  # this call's, whatever others do
+        with self._settling:
+            if self._refined is None:
+                return output
+            refined_store, corrections, behind = self._refined, self._corrections, self._behind  # this call's
+        behind.flush()
         model = corrections[t].apply(frame) if self._gate.remainder_smoothness() > 0.0 else None
         refined = to_float(refined_store[t]) if self._gate.weight() > 0.0 else None
         output = self._gate.apply(frame, output, model, refined)
         with self._settling:
             self._settled += 1
             if self._settled == len(refined_store):  # every frame settled: the stored frames' disk space goes now
-                refined_store.close()
-                self._refined, self._corrections, self._settled = None, {}, 0
+                behind.close()
+                self._refined, self._behind, self._corrections, self._settled = None, None, {}, 0
         return output
 
     def report(self) -> dict:
@@ -204,6 +222,7 @@ class NeuralDeflicker:
         projection's corrections look like (unflicker.kinds); empty without a gate."""
         if self._gate is None:
             return {}
+        self._measured()
         share = self._gate.share
         clean = self._gate.input_share
         features = self._kinds.features()

@@ -21,21 +21,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.framestore import FrameFile, WriteBehind
-
-T = TypeVar("T")
+from unflicker.framestore import FrameFile
+from unflicker.lanes import Behind, ahead, each
 
 
 @dataclass(frozen=True)
@@ -200,56 +196,18 @@ def fixed_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(old_cv)
 
 
-def _ahead(work: Callable[[int], T], n: int, lanes: int, depth: int = 1) -> Iterator[tuple[int, T]]:
-    """(i, work(i)) for i in range(n), in order; with 2 lanes or more, work(i + 1) ... work(i + depth)
-    run on `depth` threads of their own while the caller handles i (a few frames ahead: memory does
-    not grow). `work` must need nothing from the caller's handling of earlier frames (with depth > 1,
-    nor from its own calls for other frames); each call computes what it would alone, so the results
-    are the same bits with any number of lanes."""
-    if lanes < 2 or n < 2:
-        for i in range(n):
-            yield i, work(i)
-        return
-    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="lane") as pool:
-        pending = deque(pool.submit(work, i) for i in range(min(depth, n)))
-        try:
-            for i in range(n):
-                current = pending.popleft()
-                if i + depth < n:
-                    pending.append(pool.submit(work, i + depth))  # queued: starts as soon as a thread is free
-                yield i, current.result()
-        finally:
-            for future in pending:  # a failed or abandoned sweep: what has not started never will
-                future.cancel()
-
-
-def _each(work: Callable[..., None], items: Iterator[tuple], lanes: int) -> None:
-    """work(*item) for every item, on `lanes` threads with at most `lanes` calls waiting (the items
-    are drawn on the caller's thread); the first error is raised once the calls started have ended.
-    Each call must need nothing from the others: they run in any order."""
-    if lanes < 2:
-        for item in items:
-            work(*item)
-        return
-    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-        pending: deque[Future] = deque()
-        try:
-            for item in items:
-                if len(pending) >= lanes:
-                    pending.popleft().result()
-                pending.append(pool.submit(work, *item))
-            while pending:
-                pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-
-
 def _open_frames(frames: np.ndarray | Path):
     """The span's frames: the array itself, or a FrameFile read one frame at a time."""
     if isinstance(frames, (str, Path)):
         return FrameFile.open(frames)
     return frames
+
+
+def _store(out, i: int, frame: np.ndarray) -> None:
+    """Frame i of a segment's output, at 16 bits (on a `Behind` thread while the pass goes on)."""
+    from unflicker.io import from_float
+
+    out[i] = from_float(frame, 16)
 
 
 def _float(image: np.ndarray) -> np.ndarray:
@@ -269,7 +227,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"
         marker.write_text(str(os.getpid()))
     out: np.ndarray | FrameFile | None = None
-    behind: WriteBehind | None = None
+    behind: Behind | None = None
     frames = None
     temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.partial")
     try:
@@ -282,7 +240,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         method = build_method(task.method)
         with fixed_threads(task.threads):
             # Each frame read and converted one ahead on the lane while the method takes the last one in.
-            with closing(_ahead(lambda i: _float(frames[i]), n, task.lanes)) as floats:
+            with closing(ahead(lambda i: _float(frames[i]), n, task.lanes)) as floats:
                 method.analyze((image for _, image in floats), task.lanes)
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
@@ -292,8 +250,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 return image, method.prepare(i, image)
 
             # closing(): the lane has stopped before the frames close, also when a frame fails
-            with closing(_ahead(prepared, n, task.lanes)) as ahead:
-                for i, (image, ready) in ahead:  # the pass: every frame, in order
+            with closing(ahead(prepared, n, task.lanes)) as passing:
+                for i, (image, ready) in passing:  # the pass: every frame, in order
                     stages = method.process(i, image, ready)
                     if task.stages_dir is not None and i in core:
                         for stage, frame in stages.items():
@@ -302,8 +260,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     if out is None:  # on disk when the result goes to a file: memory does not grow with size
                         shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
                         out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
-                        behind = WriteBehind(out, partial(from_float, bit_depth=16))
-                    behind[i] = output  # held here until settled and anchored (written while the pass goes on)
+                        behind = Behind(name="store")
+                    behind.submit(_store, out, i, output)  # held there until settled and anchored
             if behind is not None:
                 behind.close()
 
@@ -323,8 +281,8 @@ def run_segment(task: SegmentTask) -> SegmentResult:
             # thread measures them for the anchor (it was the sweep's slower side at 1080p); never
             # more than two (memory). The anchor's corrections come a window or a shot late (fades:
             # all at the end), each frame's on its own: two frames at once again.
-            with closing(_ahead(settled, n, task.lanes, depth=min(task.lanes, 2))) as ahead:
-                _each(anchored, anchor.corrections((i, image, final) for i, (image, final) in ahead),
+            with closing(ahead(settled, n, task.lanes, depth=min(task.lanes, 2))) as settling:
+                each(anchored, anchor.corrections((i, image, final) for i, (image, final) in settling),
                       min(task.lanes, 2))
             info = method.report()
         result: np.ndarray | Path = out
