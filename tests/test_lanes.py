@@ -98,15 +98,18 @@ def test_each_spreads_independent_calls_over_two_lanes_and_passes_errors_on():
 def test_behind_runs_calls_in_order_on_its_own_thread_and_reports_errors():
     done, threads = [], set()
 
-    def work(t, value):
-        time.sleep(0.005)
+    def work(t, value, pause=0.005):
+        time.sleep(pause)
         if value is None:
             raise OSError("disk full")
         threads.add(threading.get_ident())
         done.append((t, value))
 
-    behind = Behind(depth=1)
-    for t in range(6):
+    behind = Behind(2, depth=1)
+    start = time.perf_counter()
+    behind.submit(work, 0, 0, 0.2)
+    assert time.perf_counter() - start < 0.1 and done == []  # the caller goes on meanwhile
+    for t in range(1, 6):
         behind.submit(work, t, t * 2)
         assert len(behind._pending) <= 1  # never more than depth waiting
     behind.flush()
@@ -115,12 +118,21 @@ def test_behind_runs_calls_in_order_on_its_own_thread_and_reports_errors():
     behind.close()  # twice is fine
 
     done.clear()
-    failing = Behind(depth=2)
+    failing = Behind(2, depth=2)
     failing.submit(work, 0, 0)
     failing.submit(work, 1, None)
     with pytest.raises(OSError, match="disk full"):
         failing.flush()
     with pytest.raises(OSError, match="disk full"):  # and again: a failed call is not forgotten
         failing.submit(work, 2, 4)
-    failing.abort()  # stops without raising
-    assert done == [(0, 0)]  # nothing after the failure ran
+    with pytest.raises(OSError, match="disk full"):
+        failing.close()  # raises, and stops the thread all the same
+    assert failing._pool._shutdown and done == [(0, 0)]  # nothing after the failure ran
+
+    threads.clear()
+    inline = Behind(1)  # one lane: no thread, each call at submit
+    inline.submit(work, 7, 7)
+    assert done[-1] == (7, 7) and threads == {threading.get_ident()}
+    with pytest.raises(OSError, match="disk full"):
+        inline.submit(work, 8, None)
+    inline.close()

@@ -158,6 +158,7 @@ def test_a_one_segment_clip_is_decoded_once_and_its_output_is_the_same(tmp_path,
     """The plan's pass also spills a clip that fits one segment and keeps each frame's timestamp and
     name, so the run decodes the input once; the output equals a run that decodes it again to write
     (names, timestamps, bits). Two segments, or a blend with the input, decode it again."""
+    from unflicker.framestore import FrameFile
     from unflicker.pipeline import FileSource, Job
     from unflicker.segments import SegmentConfig
 
@@ -179,16 +180,50 @@ def test_a_one_segment_clip_is_decoded_once_and_its_output_is_the_same(tmp_path,
 
     def run(source, name, **kw):
         decodes.clear()
-        deflicker_file(source, tmp_path / name, workers1(method="classical", **kw))
-        return len(decodes)
+        summary = deflicker_file(source, tmp_path / name, workers1(method="classical", **kw))
+        return len(decodes), summary
 
-    assert run(flickering_folder, "once") == 1 and run(video, "once.mkv") == 1
-    assert run(video, "two.mkv", segments=SegmentConfig(frames=4, margin=1)) == 2  # plan, then spill
-    assert run(video, "half.mkv", strength=0.5) == 2  # plan and spill, then the blend's
+    assert run(flickering_folder, "once")[0] == 1 and run(video, "once.mkv")[0] == 1
+    assert run(video, "two.mkv", segments=SegmentConfig(frames=4, margin=1))[0] == 2  # plan, then spill
+    assert run(video, "half.mkv", strength=0.5)[0] == 2  # plan and spill, then the blend's
+    work = tmp_path / "work"
+    assert run(video, "kept.mkv", keep_work=work)[0] == 1
+    assert not list(work.rglob(".partial-*"))
+    spilled = []
+    original_create = FrameFile.create
+    monkeypatch.setattr(FrameFile, "create", classmethod(lambda cls, path, *a: spilled.append(path) or
+                                                         original_create(path, *a)))
+    count, resumed = run(video, "resumed.mkv", keep_work=work)  # segment 0 is done: nothing to spill
+    assert count == 1 and resumed.reused == 1 and spilled == []
+    # The reference: no spill while planning, and the input decoded again for the output.
     monkeypatch.setattr(Job, "_input_needed", lambda self: True)
-    assert run(flickering_folder, "again") == 2 and run(video, "again.mkv") == 2
+    monkeypatch.setattr(Job, "_spill_while_planning", lambda self, n: False)
+    assert run(flickering_folder, "again")[0] == 3 and run(video, "again.mkv")[0] == 3
     assert [p.name for p in sorted((tmp_path / "once").iterdir())] == [p.name for p in sorted(flickering_folder.iterdir())]
-    for a, b in (("once", "again"), ("once.mkv", "again.mkv")):
+    for a, b in (("once", "again"), ("once.mkv", "again.mkv"), ("kept.mkv", "again.mkv"), ("resumed.mkv", "again.mkv")):
         first, second = list(io.read_frames(tmp_path / a)), list(io.read_frames(tmp_path / b))
         assert [(f.pts, f.name) for f in first] == [(f.pts, f.name) for f in second]
         assert all(np.array_equal(f.image, g.image) for f, g in zip(first, second))
+
+
+def test_a_short_clip_with_a_cut_drops_the_spill_made_while_planning(tmp_path, monkeypatch):
+    """A clip short enough for one segment but cut in two: the whole-clip spill is dropped (nothing
+    of it stays in the work folder) and each segment gets its own frames; the output equals a run
+    that spills nothing while planning."""
+    from unflicker.pipeline import Job
+
+    def shot(seed):  # a window sliding over its own smooth random texture
+        big = cv2.GaussianBlur(np.random.default_rng(seed).random((80, 112, 3)).astype(np.float32), (0, 0), 3.0)
+        big = 0.15 + 0.55 * (big - big.min()) / (big.max() - big.min())
+        return [big[t : t + 48, t : t + 64] for t in range(10)]
+
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    for i, frame in enumerate([*shot(1), *shot(2)]):
+        cv2.imwrite(str(folder / f"f{i:03d}.png"), cv2.cvtColor(io.from_float(frame), cv2.COLOR_RGB2BGR))
+    work = tmp_path / "work"
+    summary = deflicker_file(folder, tmp_path / "out", workers1(method="classical", keep_work=work))
+    assert summary.segments == 2 and not list(work.rglob("*.partial*")) and not list(work.rglob("frames/*"))
+    monkeypatch.setattr(Job, "_spill_while_planning", lambda self, n: False)
+    deflicker_file(folder, tmp_path / "reference", workers1(method="classical"))
+    assert all(np.array_equal(a, b) for a, b in zip(read_folder(tmp_path / "out"), read_folder(tmp_path / "reference")))

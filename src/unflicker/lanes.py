@@ -68,18 +68,22 @@ class Behind:
     waiting: the caller goes on meanwhile. What a call reads must not change after it is submitted.
     `flush()` (any thread) returns once every call has run and raises the first error; a failed call
     stays queued, so every later submit or flush raises it again. `close()` flushes and stops the
-    thread; `abort()` only stops it (calls not started are dropped)."""
+    thread; `abort()` only stops it (calls not started are dropped). With fewer than 2 `lanes` there
+    is no thread: each call runs at submit, on the caller's (a worker keeps to its one core)."""
 
-    def __init__(self, depth: int = 1, name: str = "behind"):
+    def __init__(self, lanes: int, depth: int = 1, name: str = "behind"):
         self.depth = depth
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) if lanes >= 2 else None
         self._pending: deque[Future] = deque()
         self._lock = threading.Lock()
 
     def submit(self, work: Callable[..., None], *args) -> None:
         with self._lock:
             self._wait(self.depth - 1)
-            self._pending.append(self._pool.submit(work, *args))
+            if self._pool is None:
+                work(*args)
+            else:
+                self._pending.append(self._pool.submit(work, *args))
 
     def flush(self) -> None:
         with self._lock:
@@ -101,4 +105,5 @@ class Behind:
             for future in self._pending:
                 future.cancel()
             self._pending.clear()
-        self._pool.shutdown(wait=True)  # a call already running ends first
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # a call already running ends first

@@ -95,6 +95,7 @@ class NeuralDeflicker:
         self._kinds = KindProbe() if self._gate is not None else None  # names physical flicker for the summary
         self._refined: FrameStore | None = None  # the segment's refined frames, for settle()
         self._behind: Behind | None = None  # stores them and measures the gate while the pass goes on
+        self._lanes = 1  # threads the segment may keep busy (analyze's lanes)
         self._corrections: dict[int, FlickerCorrection] = {}  # the flicker model's fit per frame, for settle()
         self._settling = threading.Lock()  # settle() may run for several frames at once
         self._settled = 0  # frames settled since the pass
@@ -139,11 +140,12 @@ class NeuralDeflicker:
             raise InputError("the video has no frames")
         self.atlas = fit_video(low_res, [range(len(low_res))], self.config.atlas, progress=self.progress, lanes=lanes)
         self._next_t = None
+        self._lanes = lanes
         if self._gate is not None:
+            if self._behind is not None:  # a segment that failed before it was settled: stopped
+                self._behind.abort()      # before the gate is reset (its last call may be running)
             self._gate.reset()
             self._kinds.reset()
-            if self._behind is not None:  # a segment that failed before it was settled
-                self._behind.abort()
             self._refined, self._behind, self._corrections, self._settled = None, None, {}, 0
 
     def prepare(self, t: int, frame: np.ndarray) -> dict[str, np.ndarray]:
@@ -175,7 +177,7 @@ class NeuralDeflicker:
         if self._gate is not None:
             if self._refined is None:
                 self._refined = FrameStore(frame.shape, np.uint16)  # on disk, like the low-res frames
-                self._behind = Behind(name="measure")
+                self._behind = Behind(self._lanes, name="measure")
                 self._corrections = {}
             if self._gate.smooths:  # a few numbers per frame: settle re-applies them where it needs the model
                 self._corrections[t] = correction

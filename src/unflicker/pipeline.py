@@ -17,6 +17,7 @@ import bisect
 import dataclasses
 import json
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -351,8 +352,8 @@ class Job:
         decoded = 0
         # A clip short enough for one segment is spilled in this same pass, as that segment's frames
         # (unless it is finished already): with no cut, the input is decoded once in the whole run.
-        whole = self.folder.frames / ".partial-whole.npy"
-        speculate = n <= self.config.segments.frames and not self.folder.result(0).is_file()
+        whole = self.folder.frames / f".partial-whole-{os.getpid()}.npy"  # another run may share the folder
+        speculate = self._spill_while_planning(n)
         spill: FrameFile | None = None
 
         def thumbnails() -> Iterator[np.ndarray]:
@@ -384,6 +385,11 @@ class Job:
                 spill.close()
             whole.unlink(missing_ok=True)
         return segments
+
+    def _spill_while_planning(self, n: int) -> bool:
+        """Whether the plan's pass spills the clip as segment 0's frames: it fits one segment (unless
+        a cut splits it) and that segment has no result yet (a resumed run needs no frames for it)."""
+        return n <= self.config.segments.frames and not self.folder.result(0).is_file()
 
     def _check_input(self, info: io.VideoInfo) -> None:
         """Say what will be lost, before any work starts."""
@@ -434,7 +440,7 @@ class Job:
         return len(self._to_submit) if self.error is None else 0
 
     def _spill(self, segment: Segment, frame: io.Frame) -> None:
-        temp = self.folder.frames / f".partial-{segment.index:05d}.npy"
+        temp = self.folder.frames / f".partial-{segment.index:05d}-{os.getpid()}.npy"
         if segment.index not in self._spills:
             shape = (len(segment.span), *frame.image.shape)
             self._spills[segment.index] = FrameFile.create(temp, shape, frame.image.dtype)

@@ -260,7 +260,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                     if out is None:  # on disk when the result goes to a file: memory does not grow with size
                         shape = (n, *output.shape)  # a run stopped early returns its last stage (atlas: smaller)
                         out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
-                        behind = Behind(name="store")
+                        behind = Behind(task.lanes, name="store")
                     behind.submit(_store, out, i, output)  # held there until settled and anchored
             if behind is not None:
                 behind.close()
