@@ -178,3 +178,36 @@ def test_the_summary_names_what_the_segments_found():
     assert "found" not in summary("film", {"fine_weight": 0.0, "strength": 1.0}).line()
     assert summary("film", {"fine_weight": 0.0, "strength": 1.0}).kind == "film"
     assert summary("auto").kind is None and "kind" not in summary("auto").line()
+
+
+def test_apply_computes_the_written_out_blends_bit_for_bit_and_leaves_its_inputs_alone():
+    """FineGate.apply works in place on arrays of its own: every combination of its shares gives
+    the plain formula's bits, the caller's frames are unchanged, and the projected frame itself
+    comes back when nothing changes it."""
+    import itertools
+
+    from unflicker.projection import low_pass
+
+    rng = np.random.default_rng(0)
+    blur = 0.02
+    for remainder, weight, smooth, strength in itertools.product([0.0, 0.4, 1.0], [0.0, 0.6], [0.0, 0.5], [1.0, 0.7]):
+        frame, projected, model, refined = (rng.random((30, 40, 3), dtype=np.float32) * 1.1 - 0.05 for _ in range(4))
+        kept = [a.copy() for a in (frame, projected, model, refined)]
+        expected = projected
+        if remainder > 0:
+            smoothed = model + low_pass(expected - model, blur)
+            expected = expected + np.float32(remainder) * (np.clip(smoothed, 0.0, 1.0) - expected)
+        if weight > 0:
+            taken = refined - expected
+            if smooth > 0:
+                taken += np.float32(smooth) * (low_pass(taken, blur) - taken)
+            expected = expected + np.float32(weight) * taken
+        if strength < 1:
+            expected = frame + np.float32(strength) * (expected - frame)
+        gate = FineGate(GateConfig(smooth_blur=blur))
+        gate.remainder_smoothness, gate.weight = (lambda: remainder), (lambda: weight)
+        gate.smoothness, gate.strength = (lambda: smooth), (lambda: strength)
+        out = gate.apply(frame, projected, model, refined)
+        assert np.array_equal(out, expected)
+        assert (out is projected) == (expected is projected)
+        assert all(np.array_equal(a, b) for a, b in zip((frame, projected, model, refined), kept))

@@ -154,3 +154,25 @@ def test_the_returned_correction_re_applies_to_the_model_frame_the_projection_st
     assert np.array_equal(model, correction.apply(frame))
     assert 0 < np.abs(projected - model).max() < 0.05  # the remainder is added on top of exactly that frame
     assert np.array_equal(projected, FlickerModel().project(frame, target))
+
+
+def test_a_correction_applies_its_written_out_formula_bit_for_bit():
+    """FlickerCorrection.apply (planes, reused buffers, a table lookup) gives exactly the model
+    written out: per channel x * (bilinear gain grid + row gain) + the tone term at the nearest of
+    4096 levels, clipped; inputs outside [0, 1] included."""
+    from unflicker.projection import _LUT_LEVELS, FlickerCorrection, _axis, hat_basis
+
+    rng = np.random.default_rng(4)
+    frame = rng.random((37, 53, 3), dtype=np.float32) * 1.4 - 0.2
+    for rows in (24, 0):
+        fix = FlickerCorrection(rng.random((3, 4, 5), dtype=np.float32) * 0.4 + 0.8,
+                                rng.random((3, rows), dtype=np.float32) * 0.1, rng.random((3, 6), dtype=np.float32) * 0.1)
+        expected = np.empty_like(frame)
+        for c in range(3):
+            gain = hat_basis(_axis(37), 4) @ fix.gain[c] @ hat_basis(_axis(53), 5).T
+            if rows:
+                gain = gain + (hat_basis(_axis(37), rows) @ fix.row_gain[c])[:, None]
+            table = np.interp(_LUT_LEVELS, np.linspace(0, 1, 6), fix.tone[c]).astype(np.float32)
+            level = (np.clip(frame[..., c], 0, 1) * np.float32(4095) + np.float32(0.5)).astype(np.int32)
+            expected[..., c] = np.clip(frame[..., c] * gain + table[level], 0, 1)
+        assert np.array_equal(fix.apply(frame), expected)

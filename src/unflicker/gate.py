@@ -113,6 +113,14 @@ def _warped_errors(previous: tuple[np.ndarray, ...], current: tuple[np.ndarray, 
     return sums, int(pair.valid.sum())
 
 
+def _towards(base: np.ndarray, target: np.ndarray, share: float) -> np.ndarray:
+    """base + share * (target - base), computed in `target` (a fresh array the caller gives up)."""
+    target -= base
+    target *= np.float32(share)
+    target += base
+    return target
+
+
 class FineGate:
     """Accumulates e_I, e_P and e_O over one segment's frames (in order) and gives the weight and strength."""
 
@@ -234,16 +242,21 @@ class FineGate:
         smooth, weight, strength = self.smoothness(), self.weight(), self.strength()
         remainder = self.remainder_smoothness()
         blur, output = self.config.smooth_blur, projected
+        # Each blend computes output + share * (target - output) in a fresh array it owns, in place
+        # (sums and products in the same order as written out: the same bits, fewer frame-sized arrays).
         if remainder > 0.0:
-            smoothed = model + low_pass(output - model, blur)
-            output = output + np.float32(remainder) * (np.clip(smoothed, 0.0, 1.0) - output)
+            smoothed = low_pass(output - model, blur)
+            smoothed += model  # = model + low_pass(...)
+            output = _towards(output, np.clip(smoothed, 0.0, 1.0, out=smoothed), remainder)
         if weight > 0.0:
             taken = refined - output
             if smooth > 0.0:  # smooth flicker: the refined frames' fine part is their softness
                 taken += np.float32(smooth) * (low_pass(taken, blur) - taken)
-            output = output + np.float32(weight) * taken
+            taken *= np.float32(weight)
+            taken += output
+            output = taken
         if strength < 1.0:
-            output = frame + np.float32(strength) * (output - frame)
+            output = _towards(frame, output.copy() if output is projected else output, strength)
         return output
 
     def weight(self) -> float:

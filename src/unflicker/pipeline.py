@@ -226,11 +226,11 @@ def _flicker(means: np.ndarray) -> float:
 
 
 def _blend(frame: np.ndarray | None, out: np.ndarray, strength: float) -> np.ndarray:
-    """The output frame: `out` blended with the input by strength, clipped (the input may be None
-    at strength 1)."""
+    """The output frame: `out` (a fresh array, changed in place) blended with the input by strength,
+    clipped (the input may be None at strength 1)."""
     if strength < 1.0:
         out = frame + np.float32(strength) * (out - frame)
-    return np.clip(out, 0.0, 1.0)
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 # --- the job --------------------------------------------------------------------------------------
@@ -502,7 +502,7 @@ class Job:
                     self._before[self._t] = _channel_means(frame.image)
             else:
                 image, (pts, name), alpha = None, self._stamps[self._t], None
-            out = self._stitched(self._t) if self.segments else image
+            out = self._stitched(self._t) if self.segments else image.copy()  # the input may be the caller's
             final = _blend(image, out, self.config.strength)
             self._after[self._t] = _channel_means(final)
             self.sink.write(final, pts, name, alpha)

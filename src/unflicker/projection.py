@@ -113,6 +113,7 @@ class FlickerCorrection:
                                 for t in self.tone]).astype(np.float32)
         planes = cv2.split(frame)  # contiguous planes: faster than strided channels
         scratch = np.empty(planes[0].shape, np.float32)
+        index = np.empty(planes[0].shape, np.intp)  # the lookup's own index type: no converted copy
         out = []
         for c in range(3):
             gain = by @ self.gain[c] @ bx.T  # separable: bilinear upsampling of the grid
@@ -122,8 +123,9 @@ class FlickerCorrection:
             np.clip(channel, 0.0, 1.0, out=scratch)
             scratch *= len(_LUT_LEVELS) - 1
             scratch += 0.5
+            np.copyto(index, scratch, casting="unsafe")  # truncation, as astype: the nearest level
             gain *= channel
-            gain += tone_tables[c][scratch.astype(np.int32)]
+            gain += np.take(tone_tables[c], index, out=scratch)
             out.append(np.clip(gain, 0.0, 1.0, out=gain))
         return cv2.merge(out)
 
