@@ -137,7 +137,7 @@ def test_the_background_writer_keeps_order_and_reports_the_sinks_errors():
     background = BackgroundSink(sink, depth=2)
     for t in range(10):
         background.write(np.zeros((2, 2, 3), np.float32), t)
-        assert len(background._pending) <= 2  # never more than depth frames waiting
+        assert len(background._encode._pending) <= 2  # never more than depth frames waiting
     assert background.close() == "done" and sink.closed
     assert sink.written == list(range(10)) and threading.get_ident() not in sink.threads
     # conversion and encoding each on a thread of their own, neither the caller's

@@ -162,4 +162,3 @@ class FrameFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
-

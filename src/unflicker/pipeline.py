@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from unflicker.config import (
 from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.framestore import FrameFile
 from unflicker.kinds import PHYSICAL_KINDS
+from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
 from unflicker.resume import JobFolder, input_fingerprint
@@ -181,36 +181,25 @@ class BackgroundSink:
 
     def __init__(self, sink, depth: int = 2):
         self.sink = sink
-        self.depth = depth
         self._convert = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert")
-        self._encode = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
-        self._pending: deque = deque()  # (conversion, encoding) futures, oldest first
+        self._encode = Behind(2, depth=depth, name="writer")  # always a thread of its own
 
     def write(self, image: np.ndarray, pts=None, name=None, alpha=None) -> None:
-        while len(self._pending) >= self.depth:
-            self._pending.popleft()[1].result()
         converted = self._convert.submit(self.sink.prepare, image, pts, name, alpha)
-        self._pending.append((converted, self._encode.submit(lambda: self.sink.put(converted.result()))))
+        self._encode.submit(lambda: self.sink.put(converted.result()))
 
     def close(self):
         try:
-            while self._pending:
-                self._pending.popleft()[1].result()
+            self._encode.close()
         finally:
-            self._shutdown()
+            self._convert.shutdown(wait=True)
         return self.sink.close()
 
     def abort(self) -> None:
-        for futures in self._pending:
-            for future in futures:
-                future.cancel()
-        self._pending.clear()
-        self._shutdown()  # a frame already being written ends before the output goes
-        self.sink.abort()
-
-    def _shutdown(self) -> None:
+        self._convert.shutdown(wait=False, cancel_futures=True)
+        self._encode.abort()  # a frame already being written ends before the output goes
         self._convert.shutdown(wait=True)
-        self._encode.shutdown(wait=True)
+        self.sink.abort()
 
 
 def _channel_means(frame: np.ndarray) -> np.ndarray:
