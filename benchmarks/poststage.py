@@ -73,6 +73,8 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "lines": gated(anchor=AnchorConfig(physical_lines=True)),
             "share03": gated(anchor=AnchorConfig(fade_share=(0.3, 0.6))),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
+            "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"))),  # the default before session 12
+            "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0)),  # session 12's other candidate
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}
@@ -87,7 +89,10 @@ results/fade-*-s8.jsonl. results/anchor-tune-s7.jsonl also holds "trend32"/"tren
 windows as Gaussian-weighted straight lines, 32 / 48 frames, tried in session 7 and removed), and
 results/atlas192-tune-s7.jsonl the default on paper stages fitted with a 256 / 192-pixel atlas. In results/smooth-*-s6.jsonl, "smoothw" rows are today's
 default and "smooth" rows the step before it (only the model's remainder low-passed; poststage.py
-at 777468f)."""
+at 777468f). nocontrast: the default before session 12 (the anchor without its contrast part,
+AnchorConfig.contrast_sigma); in results/contrast-tune-s12.jsonl "prototype-contrast*" rows are a first
+version applied after the anchor, and results/param-anchor-tune-s12.jsonl holds "param8"/"param16", the
+flicker model's parameters' window means given back (tried in session 12, dropped, code removed)."""
 
 
 FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",

@@ -179,3 +179,60 @@ def test_lines_give_back_a_fade_but_no_slow_swing():
     assert AnchorConfig().for_segment(1.0).lines == 0.0
     with pytest.raises(InputError):
         AnchorConfig(lines=1.5).check()
+
+
+def _local_std(images, cell=4):
+    """Mean over frames of the luma's standard deviation in cell x cell blocks."""
+    luma = np.asarray(images) @ np.float32([0.299, 0.587, 0.114])
+    n, h, w = luma.shape
+    blocks = luma[:, : h - h % cell, : w - w % cell].reshape(n, h // cell, cell, w // cell, cell)
+    return float(blocks.std(axis=(2, 4)).mean())
+
+
+def test_a_steady_loss_of_contrast_goes_back_with_the_contrast_part():
+    # The method's output is the input with its texture at 0.6 of the contrast, steadily: that is
+    # the method's softness, not flicker. The contrast part gives it back; the mean parts alone cannot.
+    inputs = frames(12, 24, 40)
+    outputs = 0.5 + 0.6 * (inputs - 0.5)
+    config = dict(sigma=2.0, coarse_sigma=2.0, global_sigma=2.0, grid_rows=6, fade=False)
+    with_contrast = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_sigma=2.0, **config)), inputs, outputs)]
+    without = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_sigma=float("inf"), **config)), inputs, outputs)]
+    ratio = _local_std(with_contrast) / _local_std(inputs)
+    assert 0.9 < ratio < 1.1
+    assert _local_std(without) / _local_std(inputs) < 0.7
+    assert np.abs(np.mean(with_contrast) - np.mean(inputs)) < 0.01  # the mean goes back as before
+
+
+def test_contrast_flicker_stays_corrected():
+    # The input's texture contrast alternates (0.5 and 1.0 of the picture's); the method's output
+    # keeps one contrast. Only the slow part goes back: consecutive outputs keep one contrast.
+    base = frames(1, 24, 40)[0]
+    contrast = np.where(np.arange(24) % 2 == 0, 1.0, 0.5).astype(np.float32)
+    inputs = np.stack([0.5 + c * (base - 0.5) for c in contrast])
+    outputs = np.stack([0.5 + 0.8 * (base - 0.5)] * 24)
+    result = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_sigma=4.0, grid_rows=6)), inputs, outputs)]
+    stds = [_local_std([o]) for o in result[6:-6]]
+    assert max(stds) / min(stds) < 1.05  # the input's swing is 2x
+    geometric = _local_std([0.5 + np.sqrt(0.5) * (base - 0.5)])
+    assert abs(np.mean(stds) / geometric - 1) < 0.1  # the slow look: the input's contrast on average
+
+
+@pytest.mark.parametrize("config", [AnchorConfig(contrast_sigma=-1), AnchorConfig(contrast_floor=0),
+                                    AnchorConfig(contrast_side=8)])
+def test_bad_contrast_settings_are_refused(config):
+    with pytest.raises(InputError):
+        SlowAppearanceAnchor(config)
+
+
+def test_the_contrast_part_is_measured_at_a_bounded_size():
+    # A frame above contrast_side is measured on an area-averaged copy: same slow parts as a frame
+    # that size (up to the averaging's rounding), and the output at the full size.
+    small = frames(4, 24, 40)
+    large = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)
+    outputs_small, outputs_large = 0.5 + 0.7 * (small - 0.5), 0.5 + 0.7 * (large - 0.5)
+    config = AnchorConfig(grid_rows=6, contrast_side=40, fade=False)
+    anchor = SlowAppearanceAnchor(config)
+    slow_small = [s for _, s in anchor.corrections((t, i, o) for t, (i, o) in enumerate(zip(small, outputs_small)))]
+    slow_large = [s for _, s in anchor.corrections((t, i, o) for t, (i, o) in enumerate(zip(large, outputs_large)))]
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(slow_small, slow_large))
+    assert anchor.apply(outputs_large[0], slow_large[0]).shape == large[0].shape

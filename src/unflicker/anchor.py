@@ -69,6 +69,18 @@ class AnchorConfig:
     segment from its gate (`for_segment`)."""
     physical_lines: bool = False
     """`for_segment` sets `lines` to the gate's smoothness (1: smooth physical flicker)."""
+    contrast_sigma: float = 16.0
+    """The same for the change of local contrast: per grid cell, the log-ratio of the standard
+    deviations of the output's and the input's luma (`contrast_floor` added to both). The window
+    means above give back a slow change of the local mean only; a slow change of gain or tone also
+    changes the texture's contrast, and the networks soften it. Its slow part goes back as a gain
+    on the output's deviation from its local mean: the texture of the input's own look returns, its
+    fast changes (flicker) do not. inf: none goes back."""
+    contrast_floor: float = 0.01
+    """Added to both standard deviations of `contrast_sigma` (flat cells: no gain from noise)."""
+    contrast_side: int = 960
+    """The local contrast (and with it the local means) is measured on copies of at most this longer
+    side (area averaged): at 1080p and above it costs what a 960-pixel frame does."""
     fade_share: tuple[float, float] = (0.5, 0.8)
     """Share of the frame-wide part's variation over the shot that its line explains (R^2), at or
     below which none of the line goes back, at or above which all of it does."""
@@ -76,15 +88,19 @@ class AnchorConfig:
     @classmethod
     def off(cls) -> AnchorConfig:
         """Every sigma infinite: the anchor passes the outputs through."""
-        return cls(sigma=math.inf, coarse_sigma=math.inf, global_sigma=math.inf)
+        return cls(sigma=math.inf, coarse_sigma=math.inf, global_sigma=math.inf, contrast_sigma=math.inf)
 
     def check(self) -> None:
         if not self.coarse_scale >= 0:
             raise InputError(f"anchor coarse_scale must be >= 0, got {self.coarse_scale}")
-        for name in ("sigma", "coarse_sigma", "global_sigma"):
+        for name in ("sigma", "coarse_sigma", "global_sigma", "contrast_sigma"):
             value = getattr(self, name)
             if not value >= 0:  # inf is allowed: that part of the correction is kept in full
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
+        if not self.contrast_floor > 0:
+            raise InputError(f"anchor contrast_floor must be > 0, got {self.contrast_floor}")
+        if self.contrast_side < 16:
+            raise InputError(f"anchor contrast_side must be >= 16, got {self.contrast_side}")
         if self.grid_rows < 1:
             raise InputError(f"anchor grid_rows must be >= 1, got {self.grid_rows}")
         if not 0.0 <= self.lines <= 1.0:
@@ -101,13 +117,16 @@ class AnchorConfig:
     @property
     def window(self) -> int:
         """Frames each window mean reaches ahead and back."""
-        finite = [x for x in (self.sigma, self.coarse_sigma, self.global_sigma) if math.isfinite(x)]
+        finite = [x for x in (self.sigma, self.coarse_sigma, self.global_sigma, self.contrast_sigma) if math.isfinite(x)]
         return math.ceil(3 * max(finite, default=0.0))
 
     @property
     def radius(self) -> int:
         """Frames the outputs leave after their inputs: `window`, or with `fade` or `lines` the whole shot."""
         return 1 << 30 if self.fade or self.lines > 0 else self.window
+
+
+_LUMA = np.float32([0.299, 0.587, 0.114])
 
 
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
@@ -130,10 +149,33 @@ class SlowAppearanceAnchor:
         self.shot_starts = set(shot_starts) | {0}
         r = self.config.window
         offsets = np.arange(-r, r + 1)
-        # Per part (fine, coarse, frame-wide mean): None for an infinite sigma, nothing of that part
-        # goes back; sigma 0 gives everything back.
+        # Per part (fine, coarse, frame-wide mean, local contrast): None for an infinite sigma, nothing
+        # of that part goes back; sigma 0 gives everything back.
         self.part_weights = [None if math.isinf(sigma) else np.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
-                             for sigma in (self.config.sigma, self.config.coarse_sigma, self.config.global_sigma)]
+                             for sigma in (self.config.sigma, self.config.coarse_sigma, self.config.global_sigma,
+                                           self.config.contrast_sigma)]
+        self._contrast = self.part_weights[3] is not None
+
+    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple:
+        """Frame t's coarse-grid arrays: the (fine, coarse, frame-wide mean) parts of the correction
+        O_t - I_t; with `contrast_sigma`, also the log-ratio of their luma's local standard deviations
+        and O_t's local mean (the anchored output keeps its deviation from it, `_emit`)."""
+        rows = self.config.grid_rows
+        if not self._contrast:
+            return self._parts(_coarse(output - frame, rows))
+        stats = []
+        for image in (output, frame):
+            h, w = image.shape[:2]
+            if max(h, w) > self.config.contrast_side:
+                scale = self.config.contrast_side / max(h, w)
+                image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+            luma = image @ _LUMA
+            mean = _coarse(image, rows)
+            variance = _coarse(np.square(luma, out=luma), rows) - np.square(mean @ _LUMA)
+            stats.append((mean, np.sqrt(np.maximum(variance, 0.0, out=variance), out=variance)))
+        (mean_o, std_o), (mean_i, std_i) = stats
+        floor = np.float32(self.config.contrast_floor)
+        return (*self._parts(mean_o - mean_i), np.log((std_o + floor) / (std_i + floor)), mean_o)
 
     def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fine, coarse, frame-wide mean) parts of a coarse-grid correction; they sum to it."""
@@ -159,7 +201,8 @@ class SlowAppearanceAnchor:
     def corrections(self, items: Iterable[tuple[Tag, np.ndarray, np.ndarray]]
                     ) -> Iterator[tuple[Tag, np.ndarray | None]]:
         """Yield (tag, slow part of the correction on the coarse grid, or None for nothing) for each
-        (tag, I_t, O_t), `radius` frames late; only coarse-grid arrays are held, never a frame."""
+        (tag, I_t, O_t), `radius` frames late; only coarse-grid arrays are held, never a frame. With
+        `contrast_sigma` the slow part has a fourth channel, see `apply`."""
         if all(weights is None for weights in self.part_weights):
             for tag, _, _ in items:
                 yield tag, None
@@ -173,7 +216,7 @@ class SlowAppearanceAnchor:
             if t in self.shot_starts and coarse:
                 yield from self._emit(coarse, pending, len(pending))
                 coarse.clear()
-            coarse.append(self._parts(_coarse(output - frame, self.config.grid_rows)))
+            coarse.append(self._grids(frame, output))
             pending.append(tag)
             if len(pending) > r:  # the oldest pending frame now has its whole look-ahead
                 yield from self._emit(coarse, pending, 1)
@@ -212,7 +255,7 @@ class SlowAppearanceAnchor:
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
             slow = np.zeros(coarse[i][0].shape, np.float32)
-            for part, weights in enumerate(self.part_weights):
+            for part, weights in enumerate(self.part_weights[:3]):
                 if weights is None:
                     continue
                 lined = lines if slopes[part] is not None else 0.0
@@ -227,16 +270,30 @@ class SlowAppearanceAnchor:
                 if lined > 0.0:  # the shot's level and its fade alone
                     line = levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
                     slow += (lined * line).astype(np.float32)
+            if self._contrast:  # O_t'' = g O_t + (1 - g) mean(O_t) - slow: see `apply`
+                w = self.part_weights[3][lo - i + r : hi - i + r]
+                gain = np.exp(-sum(wk * coarse[k][3] for wk, k in zip(w, range(lo, hi))) / w.sum()).astype(np.float32)
+                offset = (1 - gain)[..., None] * coarse[i][4] - slow
+                slow = np.concatenate([offset, gain[..., None]], 2)
             yield pending.popleft(), slow
 
     @staticmethod
     def apply(output: np.ndarray, slow: np.ndarray | None) -> np.ndarray:
-        """O_t minus the upsampled slow correction, clipped to [0, 1] (float32)."""
+        """O_t minus the upsampled slow correction, clipped to [0, 1] (float32). A slow part with a
+        fourth channel (`contrast_sigma`) is an offset and a gain: g O_t + offset, where the gain g
+        gives back the slow part of the local contrast's change and the offset both the slow part of
+        the local mean's and what g does to O_t's local mean."""
         if slow is None:
             return output
         h, wd = output.shape[:2]
-        if slow.shape[:2] != (h, wd):
-            slow = cv2.resize(slow, (wd, h), interpolation=cv2.INTER_LINEAR)
+        up = (lambda grid: grid if grid.shape[:2] == (h, wd) else
+              cv2.resize(grid, (wd, h), interpolation=cv2.INTER_LINEAR))  # noqa: E731
+        if slow.shape[2] == 4:
+            gain = up(np.ascontiguousarray(slow[..., 3]))
+            anchored = cv2.multiply(output, cv2.merge([gain, gain, gain]), dtype=cv2.CV_32F)
+            anchored += up(np.ascontiguousarray(slow[..., :3]))
+            return np.clip(anchored, 0.0, 1.0, out=anchored)
+        slow = up(slow)
         # float32 throughout (the weights are float64): a float64 full-resolution frame would
         # double the cost of this and of every step after it.
         anchored = np.subtract(output, slow, dtype=np.float32)

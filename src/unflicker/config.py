@@ -224,7 +224,7 @@ def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) ->
 
 def anchor_config(config: RunConfig):
     """The slow-look anchor of the neural method: --keep-slow sets the fine part's window; the
-    coarse and frame-wide windows are never shorter (None: no anchor, --keep-slow off)."""
+    coarse, frame-wide and contrast windows are never shorter (None: no anchor, --keep-slow off)."""
     from unflicker.anchor import AnchorConfig
 
     if config.keep_slow == math.inf or (config.keep_slow is None and config.kind == "film"):
@@ -233,7 +233,8 @@ def anchor_config(config: RunConfig):
         return AnchorConfig()
     defaults = AnchorConfig()
     return AnchorConfig(sigma=config.keep_slow, coarse_sigma=max(config.keep_slow, defaults.coarse_sigma),
-                        global_sigma=max(config.keep_slow, defaults.global_sigma))
+                        global_sigma=max(config.keep_slow, defaults.global_sigma),
+                        contrast_sigma=max(config.keep_slow, defaults.contrast_sigma))
 
 
 def projection_config(config: RunConfig):
