@@ -195,8 +195,8 @@ def test_a_steady_loss_of_contrast_goes_back_with_the_contrast_part():
     inputs = frames(12, 24, 40)
     outputs = 0.5 + 0.6 * (inputs - 0.5)
     config = dict(sigma=2.0, coarse_sigma=2.0, global_sigma=2.0, grid_rows=6, fade=False)
-    with_contrast = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_sigma=2.0, **config)), inputs, outputs)]
-    without = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_sigma=float("inf"), **config)), inputs, outputs)]
+    with_contrast, without = ([o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_sigma=sigma, **config)),
+                                                 inputs, outputs)] for sigma in (2.0, float("inf")))
     ratio = _local_std(with_contrast) / _local_std(inputs)
     assert 0.9 < ratio < 1.1
     assert _local_std(without) / _local_std(inputs) < 0.7
@@ -218,7 +218,7 @@ def test_contrast_flicker_stays_corrected():
 
 
 @pytest.mark.parametrize("config", [AnchorConfig(contrast_sigma=-1), AnchorConfig(contrast_floor=0),
-                                    AnchorConfig(contrast_side=8)])
+                                    AnchorConfig(contrast_side=8), AnchorConfig(contrast_limit=0.5)])
 def test_bad_contrast_settings_are_refused(config):
     with pytest.raises(InputError):
         SlowAppearanceAnchor(config)
@@ -236,3 +236,21 @@ def test_the_contrast_part_is_measured_at_a_bounded_size():
     slow_large = [s for _, s in anchor.corrections((t, i, o) for t, (i, o) in enumerate(zip(large, outputs_large)))]
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(slow_small, slow_large))
     assert anchor.apply(outputs_large[0], slow_large[0]).shape == large[0].shape
+
+
+def test_the_contrast_gain_is_limited():
+    # The output flattened the texture to 2 % of the input's: at most `contrast_limit` of it comes back.
+    inputs = frames(6, 24, 40)
+    outputs = 0.5 + 0.02 * (inputs - 0.5)
+    config = dict(grid_rows=6, fade=False, contrast_sigma=2.0)
+    limited = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(contrast_limit=3.0, **config)), inputs, outputs)]
+    ratio = _local_std(limited) / _local_std(outputs)
+    assert 2.0 < ratio < 3.3
+
+
+def test_keep_slow_sets_the_contrast_window_like_the_coarse_one():
+    from unflicker.config import RunConfig, anchor_config
+
+    assert anchor_config(RunConfig(keep_slow=4.0)).contrast_sigma == AnchorConfig().contrast_sigma
+    assert anchor_config(RunConfig(keep_slow=40.0)).contrast_sigma == 40.0
+    assert anchor_config(RunConfig(keep_slow=float("inf"))) is None

@@ -16,6 +16,12 @@ A window cut by a shot's ends bends a fade (a slow change of light over the shot
 shot's middle; `AnchorConfig.fade` gives back what the window misses of the shot's straight line,
 as far as the line explains the change (a fade is content; pumping is not a line).
 
+The mean parts give back a change of the local mean colour only. A slow change of gain or tone (a
+camera's own exposure drift taken out by the flicker model, the networks' softening) also changes
+the texture's contrast, so a fourth part does the same for the log-ratio of the output's and the
+input's local contrast (`contrast_sigma`): its slow part goes back as a gain on the output's
+deviation from its local mean, O_t'' = g O_t + (1 - g) mean(O_t) - upsample(slow D_t).
+
 The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive;
 `corrections` holds only coarse-grid arrays meanwhile (the caller keeps the outputs, e.g. on disk).
 """
@@ -33,6 +39,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.frames import LUMA
 
 Tag = TypeVar("Tag")
 
@@ -43,7 +50,7 @@ class AnchorConfig:
 
     sigma: float = 1.0
     """Temporal Gaussian sigma, frames, of the slow part of the fine-scale correction (inf: none goes
-    back; with the other two sigmas inf too the anchor is off)."""
+    back; with the other three sigmas inf too the anchor is off)."""
     coarse_sigma: float = 8.0
     """The same for the spatially coarse part of the correction (below the frame-wide mean)."""
     global_sigma: float = 16.0
@@ -75,12 +82,17 @@ class AnchorConfig:
     means above give back a slow change of the local mean only; a slow change of gain or tone also
     changes the texture's contrast, and the networks soften it. Its slow part goes back as a gain
     on the output's deviation from its local mean: the texture of the input's own look returns, its
-    fast changes (flicker) do not. inf: none goes back."""
+    fast changes (flicker) do not. inf: none goes back. It has no `lines` or `fade` (window means
+    only), and does nothing where a grid cell is a pixel (frames at most `grid_rows` high)."""
     contrast_floor: float = 0.01
     """Added to both standard deviations of `contrast_sigma` (flat cells: no gain from noise)."""
     contrast_side: int = 960
     """The local contrast (and with it the local means) is measured on copies of at most this longer
-    side (area averaged): at 1080p and above it costs what a 960-pixel frame does."""
+    side (area averaged): at 1080p and above it costs what a 960-pixel frame does, and sees texture
+    from two source pixels up (1080p) or four (4K)."""
+    contrast_limit: float = 4.0
+    """The contrast part's gain stays within [1 / limit, limit] (a texture the output flattened almost
+    entirely would otherwise be scaled up many times, edge halos with it)."""
     fade_share: tuple[float, float] = (0.5, 0.8)
     """Share of the frame-wide part's variation over the shot that its line explains (R^2), at or
     below which none of the line goes back, at or above which all of it does."""
@@ -97,6 +109,8 @@ class AnchorConfig:
             value = getattr(self, name)
             if not value >= 0:  # inf is allowed: that part of the correction is kept in full
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
+        if not self.contrast_limit >= 1:
+            raise InputError(f"anchor contrast_limit must be >= 1, got {self.contrast_limit}")
         if not self.contrast_floor > 0:
             raise InputError(f"anchor contrast_floor must be > 0, got {self.contrast_floor}")
         if self.contrast_side < 16:
@@ -117,7 +131,8 @@ class AnchorConfig:
     @property
     def window(self) -> int:
         """Frames each window mean reaches ahead and back."""
-        finite = [x for x in (self.sigma, self.coarse_sigma, self.global_sigma, self.contrast_sigma) if math.isfinite(x)]
+        sigmas = (self.sigma, self.coarse_sigma, self.global_sigma, self.contrast_sigma)
+        finite = [x for x in sigmas if math.isfinite(x)]
         return math.ceil(3 * max(finite, default=0.0))
 
     @property
@@ -126,7 +141,11 @@ class AnchorConfig:
         return 1 << 30 if self.fade or self.lines > 0 else self.window
 
 
-_LUMA = np.float32([0.299, 0.587, 0.114])
+def _upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A coarse-grid array at the frame's size (h, w), bilinear."""
+    if grid.shape[:2] == tuple(size):
+        return grid
+    return cv2.resize(grid, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
@@ -156,7 +175,7 @@ class SlowAppearanceAnchor:
                                            self.config.contrast_sigma)]
         self._contrast = self.part_weights[3] is not None
 
-    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple:
+    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, ...]:
         """Frame t's coarse-grid arrays: the (fine, coarse, frame-wide mean) parts of the correction
         O_t - I_t; with `contrast_sigma`, also the log-ratio of their luma's local standard deviations
         and O_t's local mean (the anchored output keeps its deviation from it, `_emit`)."""
@@ -168,11 +187,14 @@ class SlowAppearanceAnchor:
             h, w = image.shape[:2]
             if max(h, w) > self.config.contrast_side:
                 scale = self.config.contrast_side / max(h, w)
-                image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-            luma = image @ _LUMA
+                size = (max(1, round(w * scale)), max(1, round(h * scale)))
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             mean = _coarse(image, rows)
-            variance = _coarse(np.square(luma, out=luma), rows) - np.square(mean @ _LUMA)
-            stats.append((mean, np.sqrt(np.maximum(variance, 0.0, out=variance), out=variance)))
+            # E[l^2] - E[l]^2 in float64: in float32 a flat bright cell's variance is rounding noise
+            # of the size of faint texture's.
+            luma = (image @ LUMA).astype(np.float64)
+            variance = _coarse(np.square(luma, out=luma), rows) - np.square((mean @ LUMA).astype(np.float64))
+            stats.append((mean, np.sqrt(np.maximum(variance, 0.0, out=variance)).astype(np.float32)))
         (mean_o, std_o), (mean_i, std_i) = stats
         floor = np.float32(self.config.contrast_floor)
         return (*self._parts(mean_o - mean_i), np.log((std_o + floor) / (std_i + floor)), mean_o)
@@ -272,7 +294,9 @@ class SlowAppearanceAnchor:
                     slow += (lined * line).astype(np.float32)
             if self._contrast:  # O_t'' = g O_t + (1 - g) mean(O_t) - slow: see `apply`
                 w = self.part_weights[3][lo - i + r : hi - i + r]
-                gain = np.exp(-sum(wk * coarse[k][3] for wk, k in zip(w, range(lo, hi))) / w.sum()).astype(np.float32)
+                log_gain = -sum(wk * coarse[k][3] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                limit = math.log(self.config.contrast_limit)
+                gain = np.exp(np.clip(log_gain, -limit, limit)).astype(np.float32)
                 offset = (1 - gain)[..., None] * coarse[i][4] - slow
                 slow = np.concatenate([offset, gain[..., None]], 2)
             yield pending.popleft(), slow
@@ -285,15 +309,13 @@ class SlowAppearanceAnchor:
         the local mean's and what g does to O_t's local mean."""
         if slow is None:
             return output
-        h, wd = output.shape[:2]
-        up = (lambda grid: grid if grid.shape[:2] == (h, wd) else
-              cv2.resize(grid, (wd, h), interpolation=cv2.INTER_LINEAR))  # noqa: E731
+        size = output.shape[:2]
         if slow.shape[2] == 4:
-            gain = up(np.ascontiguousarray(slow[..., 3]))
+            gain = _upsample(np.ascontiguousarray(slow[..., 3]), size)
             anchored = cv2.multiply(output, cv2.merge([gain, gain, gain]), dtype=cv2.CV_32F)
-            anchored += up(np.ascontiguousarray(slow[..., :3]))
+            anchored += _upsample(np.ascontiguousarray(slow[..., :3]), size)
             return np.clip(anchored, 0.0, 1.0, out=anchored)
-        slow = up(slow)
+        slow = _upsample(slow, size)
         # float32 throughout (the weights are float64): a float64 full-resolution frame would
         # double the cost of this and of every step after it.
         anchored = np.subtract(output, slow, dtype=np.float32)

@@ -15,9 +15,8 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.frames import float_rgb
+from unflicker.frames import LUMA, float_rgb
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 # Side of the square the descriptor is resampled to: the same for every video, so distances are
 # comparable, and small enough that mild motion and grain average out.
@@ -66,7 +65,7 @@ def structure_descriptor(thumb: np.ndarray) -> np.ndarray:
     A flat image gives the zero vector (no structure to compare).
     """
     thumb = float_rgb(thumb, "a thumbnail")
-    luma = thumb @ _LUMA
+    luma = thumb @ LUMA
     side = DESCRIPTOR_SIDE
     interp = cv2.INTER_AREA if min(luma.shape) >= side else cv2.INTER_LINEAR
     luma = cv2.resize(luma, (side, side), interpolation=interp)

@@ -6,6 +6,9 @@ import numpy as np
 
 from unflicker.errors import InputError
 
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+"""Rec.601 luma weights of float RGB frames (frame @ LUMA)."""
+
 
 def float_rgb(frame, what: str = "a frame", *, array_like: bool = True, allow_empty: bool = False) -> np.ndarray:
     """(H, W, 3) uint8 or float in [0, 1] -> (H, W, 3) float32 in [0, 1] (no copy if already float32).
