@@ -273,6 +273,11 @@ class SlowAppearanceAnchor:
         r, lines = self.config.window, self.config.lines
         fitted = self.config.fade or lines > 0  # the shot's lines are needed (_ramps: none under 3 frames)
         share, slopes, levels = self._ramps(coarse) if fitted else (0.0, [None] * 3, [None] * 3)
+
+        def window_mean(part: int, w: np.ndarray) -> np.ndarray:
+            """The window mean of a part at the frame being emitted; w: its weights cut to [lo, hi)."""
+            return sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
             lo, hi = max(0, i - r), min(len(coarse), i + r + 1)
@@ -283,7 +288,7 @@ class SlowAppearanceAnchor:
                 lined = lines if slopes[part] is not None else 0.0
                 w = weights[lo - i + r : hi - i + r]
                 if lined < 1.0:
-                    mean = sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                    mean = window_mean(part, w)
                     if self.config.fade and share > 0 and slopes[part] is not None:
                         # The line's value at i less its window mean: zero where the window is whole.
                         bend = i - float(w @ np.arange(lo, hi)) / float(w.sum())
@@ -293,8 +298,7 @@ class SlowAppearanceAnchor:
                     line = levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
                     slow += (lined * line).astype(np.float32)
             if self._contrast:  # O_t'' = g O_t + (1 - g) mean(O_t) - slow: see `apply`
-                w = self.part_weights[3][lo - i + r : hi - i + r]
-                log_gain = -sum(wk * coarse[k][3] for wk, k in zip(w, range(lo, hi))) / w.sum()
+                log_gain = -window_mean(3, self.part_weights[3][lo - i + r : hi - i + r])
                 limit = math.log(self.config.contrast_limit)
                 gain = np.exp(np.clip(log_gain, -limit, limit)).astype(np.float32)
                 offset = (1 - gain)[..., None] * coarse[i][4] - slow
