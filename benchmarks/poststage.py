@@ -56,7 +56,8 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             gate.observe(I[t], P[t], O[t], correction)
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
                      smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share)
-        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness())  # as NeuralDeflicker.anchor_config
+        # as NeuralDeflicker.anchor_config
+        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), corrected=gate.strength() > 0)
         return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
                             for t in range(len(I))], segment_anchor)
     return run
@@ -73,8 +74,10 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "lines": gated(anchor=AnchorConfig(physical_lines=True)),
             "share03": gated(anchor=AnchorConfig(fade_share=(0.3, 0.6))),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
-            "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"))),  # the default before session 12
-            "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0)),  # session 12's other candidate
+            "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"), detail_sigma=float("inf"))),
+            "nodetail": gated(anchor=AnchorConfig(detail_sigma=float("inf"))),  # the default before session 13
+            **{f"detail-share{s}": gated(anchor=AnchorConfig(detail_share=s)) for s in (0.5, 1.0)},
+            "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),  # session 12's other candidate
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}

@@ -254,3 +254,84 @@ def test_keep_slow_sets_the_contrast_window_like_the_coarse_one():
     assert anchor_config(RunConfig(keep_slow=4.0)).contrast_sigma == AnchorConfig().contrast_sigma
     assert anchor_config(RunConfig(keep_slow=40.0)).contrast_sigma == 40.0
     assert anchor_config(RunConfig(keep_slow=float("inf"))) is None
+
+
+def _textured(n, amounts, seed=0, h=48, w=64):
+    """A still picture whose fine detail (a 1-pixel-scale texture) is scaled by amounts[t] in frame t."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.uniform(0.3, 0.7, (h, w, 3)).astype(np.float32), (0, 0), 3.0)
+    texture = rng.normal(0.0, 0.05, (h, w, 1)).astype(np.float32) * np.ones(3, np.float32)
+    return np.stack([np.clip(base + a * texture, 0, 1) for a in amounts[:n]]).astype(np.float32)
+
+
+def _fine_energy(images):
+    import cv2
+
+    luma = np.asarray(images, np.float32) @ np.float32([0.299, 0.587, 0.114])
+    return np.array([np.mean((y - cv2.GaussianBlur(y, (0, 0), 1.0)) ** 2) for y in luma])  # detail_scale 1/48 at 48 rows
+
+
+def test_flicker_in_the_amount_of_detail_is_evened_out():
+    # A per-frame sharpening of random strength: the outputs (= the inputs, the networks left it)
+    # keep their own detail, at one amount, near the clip's mean amount; the mean parts change nothing.
+    amounts = np.random.default_rng(3).uniform(0.4, 1.6, 24)
+    clip = _textured(24, amounts)
+    config = dict(grid_rows=6, fade=False, detail_scale=1 / 48)
+    before = np.sqrt(_fine_energy(clip) + 1e-5)
+    spread = {}
+    for share in (1.0, 0.5):
+        anchor = SlowAppearanceAnchor(AnchorConfig(detail_sigma=4.0, detail_share=share, **config))
+        after = np.sqrt(_fine_energy(np.stack([o for _, o in run(anchor, clip, clip)])) + 1e-5)
+        spread[share] = np.std(np.log(after[4:-4])) / np.std(np.log(before[4:-4]))
+        assert 0.85 < np.mean(after) / np.mean(before) < 1.15  # not blurred: the same amount on average
+    assert spread[1.0] < 0.3  # what is left: the window mean's own wander
+    assert 0.35 < spread[0.5] < 0.7  # half the way in log
+    off = np.stack([o for _, o in run(SlowAppearanceAnchor(AnchorConfig(detail_sigma=float("inf"), **config)), clip, clip)])
+    assert np.abs(off - clip).max() < 1e-5  # without it the same clip comes back (a steady correction: none)
+
+
+def test_steady_detail_is_left_as_it_is():
+    clip = _textured(10, np.ones(10))
+    result = [o for _, o in run(SlowAppearanceAnchor(AnchorConfig(grid_rows=6, detail_scale=1 / 48)), clip, clip)]
+    assert max(float(np.abs(o - c).max()) for o, c in zip(result, clip)) < 1e-5
+
+
+def test_the_detail_part_works_without_the_contrast_part():
+    amounts = np.where(np.arange(12) % 2 == 0, 1.5, 0.5)
+    clip = _textured(12, amounts)
+    config = AnchorConfig(grid_rows=6, contrast_sigma=float("inf"), detail_scale=1 / 48)
+    anchor = SlowAppearanceAnchor(config)
+    slow = [s for _, s in anchor.corrections((t, c, c) for t, c in enumerate(clip))]
+    assert all(s.shape[2] == 5 for s in slow)
+    gains = np.array([s[0, 0, 4] for s in slow])
+    assert np.all(gains[::2] < 0.9) and np.all(gains[1::2] > 1.1)  # strong frames down, weak ones up
+    assert np.all(gains >= 1 / config.detail_limit) and np.all(gains <= config.detail_limit)
+
+
+def test_a_segment_left_as_it_is_has_no_detail_part():
+    config = AnchorConfig()
+    assert config.for_segment(0.0, corrected=False).detail_sigma == float("inf")
+    assert config.for_segment(0.0).detail_sigma == config.detail_sigma
+    assert AnchorConfig.off().detail_sigma == float("inf")
+    assert AnchorConfig(physical_lines=True).for_segment(1.0, corrected=False).lines == 1.0
+
+
+@pytest.mark.parametrize("config", [AnchorConfig(detail_sigma=-1), AnchorConfig(detail_floor=0),
+                                    AnchorConfig(detail_scale=0), AnchorConfig(detail_limit=0.5),
+                                    AnchorConfig(detail_share=1.5)])
+def test_bad_detail_settings_are_refused(config):
+    with pytest.raises(InputError):
+        SlowAppearanceAnchor(config)
+
+
+@pytest.mark.parametrize("factor", [0.5, 2.0])
+def test_the_detail_gain_reaches_its_target_energy(factor):
+    # Scaling the fine detail by h also changes the blur of the result, so h is solved for, not sqrt(ratio).
+    anchor = SlowAppearanceAnchor(AnchorConfig(detail_scale=1 / 48))
+    image = _textured(1, [1.0])[0]
+    energy = anchor._detail_energy(image)
+    gain = anchor._detail_gain(factor * energy[0], *energy)
+    result = image + np.float32(gain - 1) * anchor._fine(image)
+    assert abs(anchor._detail_energy(result)[0] / (factor * energy[0]) - 1) < 0.01

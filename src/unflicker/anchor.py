@@ -22,6 +22,13 @@ the texture's contrast, so a fourth part does the same for the log-ratio of the 
 input's local contrast (`contrast_sigma`): its slow part goes back as a gain on the output's
 deviation from its local mean, O_t'' = g O_t + (1 - g) mean(O_t) - upsample(slow D_t).
 
+A per-frame process with random settings (sharpening, detail enhancement, edge-preserving smoothing,
+denoising) also flickers in the *amount* of fine detail, which the networks, correcting colour with
+smooth fields, leave as it is. A fifth part (`detail_sigma`) evens that out: the output's frame-wide
+energy of fine detail (luma less its Gaussian blur) is brought to its window mean by a gain on the
+fine detail alone. The detail stays the frame's own (nothing is resampled or averaged over frames),
+only its amount stops jumping.
+
 The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive;
 `corrections` holds only coarse-grid arrays meanwhile (the caller keeps the outputs, e.g. on disk).
 """
@@ -93,6 +100,21 @@ class AnchorConfig:
     contrast_limit: float = 4.0
     """The contrast part's gain stays within [1 / limit, limit] (a texture the output flattened almost
     entirely would otherwise be scaled up many times, edge halos with it)."""
+    detail_sigma: float = 4.0
+    """Temporal Gaussian sigma, frames, of the window over which the output's amount of fine detail
+    (the frame-wide mean square of its luma less a Gaussian blur of `detail_scale`) is evened out:
+    frame t's fine detail is scaled by the h, within [1 / detail_limit, detail_limit], that brings
+    that energy to its window mean. inf: off. Frame-wide (chosen on the tune split, session 13): a
+    gain per region, with the camera's motion, trades textured areas' detail for flat areas' noise."""
+    detail_scale: float = 1 / 480
+    """Sigma of the blur that separates fine detail, as a fraction of the frame height (1 pixel at 480)."""
+    detail_floor: float = 1e-5
+    """Added to both energies of `detail_sigma` (a nearly flat frame gets no gain from noise)."""
+    detail_share: float = 0.5
+    """How much of the way to the window mean each frame's fine-detail energy goes, in log (1: all of
+    it; a change of detail that is real, such as motion blur or a pan onto texture, is evened out too)."""
+    detail_limit: float = 4.0
+    """The detail gain stays within [1 / limit, limit]."""
     fade_share: tuple[float, float] = (0.5, 0.8)
     """Share of the frame-wide part's variation over the shot that its line explains (R^2), at or
     below which none of the line goes back, at or above which all of it does."""
@@ -100,17 +122,22 @@ class AnchorConfig:
     @classmethod
     def off(cls) -> AnchorConfig:
         """Every sigma infinite: the anchor passes the outputs through."""
-        return cls(sigma=math.inf, coarse_sigma=math.inf, global_sigma=math.inf, contrast_sigma=math.inf)
+        return cls(sigma=math.inf, coarse_sigma=math.inf, global_sigma=math.inf, contrast_sigma=math.inf,
+                   detail_sigma=math.inf)
 
     def check(self) -> None:
         if not self.coarse_scale >= 0:
             raise InputError(f"anchor coarse_scale must be >= 0, got {self.coarse_scale}")
-        for name in ("sigma", "coarse_sigma", "global_sigma", "contrast_sigma"):
+        for name in ("sigma", "coarse_sigma", "global_sigma", "contrast_sigma", "detail_sigma"):
             value = getattr(self, name)
             if not value >= 0:  # inf is allowed: that part of the correction is kept in full
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
         if not self.contrast_limit >= 1:
             raise InputError(f"anchor contrast_limit must be >= 1, got {self.contrast_limit}")
+        if not self.detail_limit >= 1 or not self.detail_floor > 0 or not self.detail_scale > 0 or not (
+                0.0 <= self.detail_share <= 1.0):
+            raise InputError(f"anchor needs detail_limit >= 1, detail_floor > 0, detail_scale > 0 and detail_share in "
+                             f"[0, 1], got {self.detail_limit}, {self.detail_floor}, {self.detail_scale}, {self.detail_share}")
         if not self.contrast_floor > 0:
             raise InputError(f"anchor contrast_floor must be > 0, got {self.contrast_floor}")
         if self.contrast_side < 16:
@@ -122,16 +149,18 @@ class AnchorConfig:
         if len(self.fade_share) != 2 or not 0.0 <= self.fade_share[0] < self.fade_share[1] <= 1.0:
             raise InputError(f"anchor fade_share must be (low, high) with 0 <= low < high <= 1, got {self.fade_share}")
 
-    def for_segment(self, smoothness: float) -> AnchorConfig:
-        """The config for a segment whose gate measured this smoothness (0..1)."""
-        if not self.physical_lines:
-            return self
-        return dataclasses.replace(self, lines=float(np.clip(smoothness, 0.0, 1.0)))
+    def for_segment(self, smoothness: float, corrected: bool = True) -> AnchorConfig:
+        """The config for a segment whose gate measured this smoothness (0..1); `corrected` False: the
+        segment is left as it is (a flicker-free input), so its detail is not evened out either."""
+        config = self if corrected else dataclasses.replace(self, detail_sigma=math.inf)
+        if not config.physical_lines:
+            return config
+        return dataclasses.replace(config, lines=float(np.clip(smoothness, 0.0, 1.0)))
 
     @property
     def window(self) -> int:
         """Frames each window mean reaches ahead and back."""
-        sigmas = (self.sigma, self.coarse_sigma, self.global_sigma, self.contrast_sigma)
+        sigmas = (self.sigma, self.coarse_sigma, self.global_sigma, self.contrast_sigma, self.detail_sigma)
         finite = [x for x in sigmas if math.isfinite(x)]
         return math.ceil(3 * max(finite, default=0.0))
 
@@ -168,27 +197,26 @@ class SlowAppearanceAnchor:
         self.shot_starts = set(shot_starts) | {0}
         r = self.config.window
         offsets = np.arange(-r, r + 1)
-        # Per part (fine, coarse, frame-wide mean, local contrast): None for an infinite sigma, nothing
-        # of that part goes back; sigma 0 gives everything back.
+        # Per part (fine, coarse, frame-wide mean, local contrast, detail): None for an infinite sigma,
+        # nothing of that part goes back (detail: none is evened out); sigma 0 gives everything back.
         self.part_weights = [None if math.isinf(sigma) else np.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
                              for sigma in (self.config.sigma, self.config.coarse_sigma, self.config.global_sigma,
-                                           self.config.contrast_sigma)]
+                                           self.config.contrast_sigma, self.config.detail_sigma)]
         self._contrast = self.part_weights[3] is not None
+        self._detail = self.part_weights[4] is not None
 
-    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple[np.ndarray | None, ...]:
         """Frame t's coarse-grid arrays: the (fine, coarse, frame-wide mean) parts of the correction
         O_t - I_t; with `contrast_sigma`, also the log-ratio of their luma's local standard deviations
-        and O_t's local mean (the anchored output keeps its deviation from it, `_emit`)."""
+        and O_t's local mean (the anchored output keeps its deviation from it, `_emit`), else None,
+        None; with `detail_sigma`, last, O_t's energy of fine detail (a 0-d float64 array), else None."""
         rows = self.config.grid_rows
+        energy = self._detail_energy(self._measured_copy(output)) if self._detail else None
         if not self._contrast:
-            return self._parts(_coarse(output - frame, rows))
+            return (*self._parts(_coarse(output - frame, rows)), None, None, energy)
         stats = []
         for image in (output, frame):
-            h, w = image.shape[:2]
-            if max(h, w) > self.config.contrast_side:
-                scale = self.config.contrast_side / max(h, w)
-                size = (max(1, round(w * scale)), max(1, round(h * scale)))
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            image = self._measured_copy(image)
             mean = _coarse(image, rows)
             # E[l^2] - E[l]^2 in float64: in float32 a flat bright cell's variance is rounding noise
             # of the size of faint texture's.
@@ -197,7 +225,29 @@ class SlowAppearanceAnchor:
             stats.append((mean, np.sqrt(np.maximum(variance, 0.0, out=variance)).astype(np.float32)))
         (mean_o, std_o), (mean_i, std_i) = stats
         floor = np.float32(self.config.contrast_floor)
-        return (*self._parts(mean_o - mean_i), np.log((std_o + floor) / (std_i + floor)), mean_o)
+        return (*self._parts(mean_o - mean_i), np.log((std_o + floor) / (std_i + floor)), mean_o, energy)
+
+    def _measured_copy(self, image: np.ndarray) -> np.ndarray:
+        """The image, area-averaged to at most `contrast_side` on its longer side."""
+        h, w = image.shape[:2]
+        if max(h, w) <= self.config.contrast_side:
+            return image
+        scale = self.config.contrast_side / max(h, w)
+        return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+    def _fine(self, image: np.ndarray) -> np.ndarray:
+        """The image less its Gaussian blur of sigma `detail_scale` x its height (the fine detail)."""
+        sigma = self.config.detail_scale * image.shape[0]
+        return image - cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+    def _detail_energy(self, image: np.ndarray) -> np.ndarray:
+        """(3,) float64: the mean square of the image's fine detail d in luma (`detail_floor` added),
+        the mean of d fine(d) and the mean square of fine(d). Scaling d by h = 1 + a (`apply`) makes
+        the result's fine detail d + a fine(d): its energy is the quadratic E + 2 a B + a^2 C."""
+        fine = self._fine(np.ascontiguousarray(image @ LUMA))
+        finer = self._fine(fine)
+        fine, finer = fine.astype(np.float64), finer.astype(np.float64)
+        return np.array([np.mean(fine * fine) + self.config.detail_floor, np.mean(fine * finer), np.mean(finer * finer)])
 
     def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fine, coarse, frame-wide mean) parts of a coarse-grid correction; they sum to it."""
@@ -303,21 +353,41 @@ class SlowAppearanceAnchor:
                 gain = np.exp(np.clip(log_gain, -limit, limit)).astype(np.float32)
                 offset = (1 - gain)[..., None] * coarse[i][4] - slow
                 slow = np.concatenate([offset, gain[..., None]], 2)
+            if self._detail:  # a fifth channel: the detail gain (one value; `apply`)
+                if not self._contrast:
+                    slow = np.concatenate([-slow, np.ones((*slow.shape[:2], 1), np.float32)], 2)
+                own = coarse[i][5]
+                mean = float(window_mean(5, self.part_weights[4][lo - i + r : hi - i + r])[0])
+                part = self.config.detail_share  # how much of the way to the mean, in log
+                gain = self._detail_gain(own[0] ** (1 - part) * mean**part, *own)
+                slow = np.concatenate([slow, np.full((*slow.shape[:2], 1), gain, np.float32)], 2)
             yield pending.popleft(), slow
 
-    @staticmethod
-    def apply(output: np.ndarray, slow: np.ndarray | None) -> np.ndarray:
+    def _detail_gain(self, target: float, energy: float, cross: float, finer: float) -> float:
+        """The h that brings a frame's fine-detail energy to `target` (see `_detail_energy`), within
+        [1 / detail_limit, detail_limit]; the nearest one where none does."""
+        a = -cross / finer if finer > 0 else 0.0  # the quadratic's lowest point
+        disc = cross * cross - finer * (energy - target)
+        if finer > 0 and disc > 0:
+            a = (-cross + math.sqrt(disc)) / finer
+        limit = self.config.detail_limit
+        return float(np.clip(1.0 + a, 1.0 / limit, limit))
+
+    def apply(self, output: np.ndarray, slow: np.ndarray | None) -> np.ndarray:
         """O_t minus the upsampled slow correction, clipped to [0, 1] (float32). A slow part with a
         fourth channel (`contrast_sigma`) is an offset and a gain: g O_t + offset, where the gain g
         gives back the slow part of the local contrast's change and the offset both the slow part of
-        the local mean's and what g does to O_t's local mean."""
+        the local mean's and what g does to O_t's local mean. A fifth channel (`detail_sigma`, one
+        value h) then scales the result's fine detail: X + (h - 1) (X - blur(X))."""
         if slow is None:
             return output
         size = output.shape[:2]
-        if slow.shape[2] == 4:
+        if slow.shape[2] >= 4:
             gain = _upsample(np.ascontiguousarray(slow[..., 3]), size)
             anchored = cv2.multiply(output, cv2.merge([gain, gain, gain]), dtype=cv2.CV_32F)
             anchored += _upsample(np.ascontiguousarray(slow[..., :3]), size)
+            if slow.shape[2] == 5 and slow[0, 0, 4] != 1:
+                anchored += np.float32(slow[0, 0, 4] - 1) * self._fine(anchored)
             return np.clip(anchored, 0.0, 1.0, out=anchored)
         slow = _upsample(slow, size)
         # float32 throughout (the weights are float64): a float64 full-resolution frame would
