@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluator = Evaluator(reference, DATA / truth if truth else None, like=source, long_term=5, max_side=480)
         for setting in args.settings:
             sigma, global_sigma, rows = setting.split(":")
-            # contrast_sigma: the contrast part (session 12) is newer than this table; off here.
+            # The contrast and detail parts (sessions 12, 13) are newer than this table; off here.
             config = AnchorConfig(sigma=float(sigma), global_sigma=float(global_sigma), grid_rows=int(rows),
-                                  contrast_sigma=math.inf)
+                                  contrast_sigma=math.inf, detail_sigma=math.inf)
             with tempfile.TemporaryDirectory() as tmp:
                 score = evaluator.score(anchored(source, work / "refine", config, Path(tmp) / "out"))
             psnr = f"{score['psnr']:.2f}" if "psnr" in score else ""

@@ -57,7 +57,7 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
                      smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share)
         # as NeuralDeflicker.anchor_config
-        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), corrected=gate.strength() > 0)
+        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), gate.strength())
         return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
                             for t in range(len(I))], segment_anchor)
     return run
@@ -76,7 +76,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"), detail_sigma=float("inf"))),
             "nodetail": gated(anchor=AnchorConfig(detail_sigma=float("inf"))),  # the default before session 13
-            **{f"detail-share{s}": gated(anchor=AnchorConfig(detail_share=s)) for s in (0.5, 1.0)},
+            "detail-share1.0": gated(anchor=AnchorConfig(detail_share=1.0)),
             "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),  # session 12's other candidate
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
@@ -95,7 +95,11 @@ default and "smooth" rows the step before it (only the model's remainder low-pas
 at 777468f). nocontrast: the default before session 12 (the anchor without its contrast part,
 AnchorConfig.contrast_sigma); in results/contrast-tune-s12.jsonl "prototype-contrast*" rows are a first
 version applied after the anchor, and results/param-anchor-tune-s12.jsonl holds "param8"/"param16", the
-flicker model's parameters' window means given back (tried in session 12, dropped, code removed)."""
+flicker model's parameters' window means given back (tried in session 12, dropped, code removed).
+nodetail: the default before session 13 (no detail part, AnchorConfig.detail_sigma inf); in
+results/detail-tune-s13.jsonl "detail-v1" rows are a first version (gain sqrt(window mean / own)),
+"detail-share1.0" the energy taken all the way to its window mean, "detail-share0.5" today's before the
+review (energy measured on the 960-pixel copy, not relative to the mean luma, on/off by the gate's strength)."""
 
 
 FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",

@@ -312,15 +312,16 @@ def test_the_detail_part_works_without_the_contrast_part():
 
 def test_a_segment_left_as_it_is_has_no_detail_part():
     config = AnchorConfig()
-    assert config.for_segment(0.0, corrected=False).detail_sigma == float("inf")
+    assert config.for_segment(0.0, strength=0.0).detail_sigma == float("inf")
     assert config.for_segment(0.0).detail_sigma == config.detail_sigma
+    assert config.for_segment(0.0, strength=0.5).detail_share == 0.5 * config.detail_share  # as the gate fades
     assert AnchorConfig.off().detail_sigma == float("inf")
-    assert AnchorConfig(physical_lines=True).for_segment(1.0, corrected=False).lines == 1.0
+    assert AnchorConfig(physical_lines=True).for_segment(1.0, strength=0.0).lines == 1.0
 
 
 @pytest.mark.parametrize("config", [AnchorConfig(detail_sigma=-1), AnchorConfig(detail_floor=0),
                                     AnchorConfig(detail_scale=0), AnchorConfig(detail_limit=0.5),
-                                    AnchorConfig(detail_share=1.5)])
+                                    AnchorConfig(detail_share=1.5), AnchorConfig(detail_dark=0)])
 def test_bad_detail_settings_are_refused(config):
     with pytest.raises(InputError):
         SlowAppearanceAnchor(config)
@@ -332,6 +333,50 @@ def test_the_detail_gain_reaches_its_target_energy(factor):
     anchor = SlowAppearanceAnchor(AnchorConfig(detail_scale=1 / 48))
     image = _textured(1, [1.0])[0]
     energy = anchor._detail_energy(image)
-    gain = anchor._detail_gain(factor * energy[0], *energy)
+    gain = anchor._solved_gain(factor * energy[0], *energy[:3])
     result = image + np.float32(gain - 1) * anchor._fine(image)
     assert abs(anchor._detail_energy(result)[0] / (factor * energy[0]) - 1) < 0.01
+
+
+@pytest.mark.parametrize("contrast", [16.0, float("inf")])
+def test_a_detail_part_that_goes_none_of_the_way_changes_no_bit(contrast):
+    # With a real correction (not the input itself), share 0 must give the previous code path's output.
+    inputs = _textured(10, np.random.default_rng(4).uniform(0.5, 1.5, 10))
+    outputs = np.clip(0.9 * inputs + 0.05, 0, 1).astype(np.float32)
+    base = dict(grid_rows=6, contrast_sigma=contrast, detail_scale=1 / 48)
+    none = run(SlowAppearanceAnchor(AnchorConfig(detail_share=0.0, **base)), inputs, outputs)
+    off = run(SlowAppearanceAnchor(AnchorConfig(detail_sigma=float("inf"), **base)), inputs, outputs)
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(none, off))
+
+
+def test_a_dark_frame_and_a_flat_one_get_no_detail_gain_from_their_noise():
+    rng = np.random.default_rng(5)
+    clip = _textured(9, np.ones(9))
+    clip[4] = (0.02 + rng.normal(0, 0.004, clip[4].shape)).astype(np.float32)  # nearly black, noise only
+    clip[6] = 0.5  # flat
+    anchor = SlowAppearanceAnchor(AnchorConfig(grid_rows=6, detail_scale=1 / 48))
+    gains = [s[0, 0, 4] for _, s in anchor.corrections((t, c, c) for t, c in enumerate(clip))]
+    assert gains[6] == 1.0
+    assert gains[4] < 1.5  # the energy is relative to the mean luma (1.35; 4, the limit, if it were not)
+
+
+def test_a_frame_that_is_not_finite_gets_no_detail_gain():
+    clip = _textured(5, np.array([1.0, 0.5, 1.5, 1.0, 1.0]))
+    clip[2, 0, 0] = np.nan
+    anchor = SlowAppearanceAnchor(AnchorConfig(grid_rows=6, detail_scale=1 / 48))
+    gains = [s[0, 0, 4] for _, s in anchor.corrections((t, c, c) for t, c in enumerate(clip))]
+    assert all(g == 1.0 for g in gains)
+
+
+def test_the_detail_gain_is_measured_on_a_bounded_copy_and_applied_at_full_size():
+    # Frames twice the size, measured on a copy of shorter side `detail_side` (the small frames'):
+    # the same gains, and the output at the full size.
+    amounts = np.random.default_rng(6).uniform(0.5, 1.5, 8)
+    small = _textured(8, amounts)
+    large = np.repeat(np.repeat(small, 2, axis=1), 2, axis=2)
+    config = dict(grid_rows=6, detail_scale=1 / 48, detail_side=48)
+    gains_small, gains_large = ([s[0, 0, 4] for _, s in SlowAppearanceAnchor(AnchorConfig(**config)).corrections(
+        (t, c, c) for t, c in enumerate(clip))] for clip in (small, large))
+    assert np.allclose(gains_small, gains_large, atol=1e-4) and np.ptp(gains_small) > 0.1
+    anchor = SlowAppearanceAnchor(AnchorConfig(**config))
+    assert anchor.apply(large[0], np.full((6, 8, 5), 1.0, np.float32)).shape == large[0].shape

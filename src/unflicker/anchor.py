@@ -25,9 +25,10 @@ deviation from its local mean, O_t'' = g O_t + (1 - g) mean(O_t) - upsample(slow
 A per-frame process with random settings (sharpening, detail enhancement, edge-preserving smoothing,
 denoising) also flickers in the *amount* of fine detail, which the networks, correcting colour with
 smooth fields, leave as it is. A fifth part (`detail_sigma`) evens that out: the output's frame-wide
-energy of fine detail (luma less its Gaussian blur) is brought to its window mean by a gain on the
-fine detail alone. The detail stays the frame's own (nothing is resampled or averaged over frames),
-only its amount stops jumping.
+energy of fine detail (luma less its Gaussian blur, relative to the frame's mean luma squared) goes
+part of the way (`detail_share`) to its window mean, by a gain on the fine detail alone, applied
+after the other parts. The detail stays the frame's own (nothing is resampled or averaged over
+frames), only its amount stops jumping.
 
 The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive;
 `corrections` holds only coarse-grid arrays meanwhile (the caller keeps the outputs, e.g. on disk).
@@ -57,7 +58,7 @@ class AnchorConfig:
 
     sigma: float = 1.0
     """Temporal Gaussian sigma, frames, of the slow part of the fine-scale correction (inf: none goes
-    back; with the other three sigmas inf too the anchor is off)."""
+    back; with the other four sigmas inf too the anchor is off)."""
     coarse_sigma: float = 8.0
     """The same for the spatially coarse part of the correction (below the frame-wide mean)."""
     global_sigma: float = 16.0
@@ -101,18 +102,31 @@ class AnchorConfig:
     """The contrast part's gain stays within [1 / limit, limit] (a texture the output flattened almost
     entirely would otherwise be scaled up many times, edge halos with it)."""
     detail_sigma: float = 4.0
-    """Temporal Gaussian sigma, frames, of the window over which the output's amount of fine detail
-    (the frame-wide mean square of its luma less a Gaussian blur of `detail_scale`) is evened out:
-    frame t's fine detail is scaled by the h, within [1 / detail_limit, detail_limit], that brings
-    that energy to its window mean. inf: off. Frame-wide (chosen on the tune split, session 13): a
-    gain per region, with the camera's motion, trades textured areas' detail for flat areas' noise."""
+    """Temporal Gaussian sigma, frames, of the window over which the output's amount of fine detail is
+    evened out: E_t, the frame-wide mean square of its luma less a Gaussian blur of `detail_scale`
+    (at full resolution), over the frame's mean luma squared (a fade changes no amount). Frame t's fine
+    detail is scaled by the h, within [1 / detail_limit, detail_limit], that takes E_t `detail_share`
+    of the way, in log, to its window mean. inf: off. Frame-wide (chosen on the tune split, session
+    13): a gain per region, with the camera's motion, trades textured areas' detail for flat areas' noise."""
     detail_scale: float = 1 / 480
-    """Sigma of the blur that separates fine detail, as a fraction of the frame height (1 pixel at 480)."""
+    """Sigma of the blur that separates fine detail, as a fraction of the frame's shorter side (1 pixel
+    at 480)."""
+    detail_side: int = 480
+    """The energies are measured on a copy whose shorter side is at most this (area averaged; the blur
+    scaled with it): at 1080p it costs what an 854x480 frame does and sees the band the corpus chose
+    it on (the finest detail above that band is scaled with the rest, not measured)."""
+    detail_min_change: float = 0.002
+    """A gain within this of 1 is not applied (a full-size blur of the frame saved where it would
+    change nothing visible)."""
     detail_floor: float = 1e-5
-    """Added to both energies of `detail_sigma` (a nearly flat frame gets no gain from noise)."""
+    """Added to the fine detail's mean square (a flat frame's energy is not zero)."""
+    detail_dark: float = 0.05
+    """Added to the mean luma that the energy is relative to: a nearly black frame's noise is not
+    taken for a large amount of detail to be matched."""
     detail_share: float = 0.5
     """How much of the way to the window mean each frame's fine-detail energy goes, in log (1: all of
-    it; a change of detail that is real, such as motion blur or a pan onto texture, is evened out too)."""
+    it; a change of detail that is real, such as motion blur or a pan onto texture, is evened out too;
+    1 lost 0.22 dB on a tune case of mains flicker, 0.5 none)."""
     detail_limit: float = 4.0
     """The detail gain stays within [1 / limit, limit]."""
     fade_share: tuple[float, float] = (0.5, 0.8)
@@ -135,9 +149,12 @@ class AnchorConfig:
         if not self.contrast_limit >= 1:
             raise InputError(f"anchor contrast_limit must be >= 1, got {self.contrast_limit}")
         if not self.detail_limit >= 1 or not self.detail_floor > 0 or not self.detail_scale > 0 or not (
-                0.0 <= self.detail_share <= 1.0):
+                0.0 <= self.detail_share <= 1.0) or not self.detail_dark > 0 or self.detail_side < 16 or not (
+                self.detail_min_change >= 0):
             raise InputError(f"anchor needs detail_limit >= 1, detail_floor > 0, detail_scale > 0 and detail_share in "
-                             f"[0, 1], got {self.detail_limit}, {self.detail_floor}, {self.detail_scale}, {self.detail_share}")
+                             f"[0, 1], detail_dark > 0, detail_side >= 16, detail_min_change >= 0, got {self.detail_limit}, "
+                             f"{self.detail_floor}, {self.detail_scale}, {self.detail_share}, {self.detail_dark}, "
+                             f"{self.detail_side}, {self.detail_min_change}")
         if not self.contrast_floor > 0:
             raise InputError(f"anchor contrast_floor must be > 0, got {self.contrast_floor}")
         if self.contrast_side < 16:
@@ -149,10 +166,12 @@ class AnchorConfig:
         if len(self.fade_share) != 2 or not 0.0 <= self.fade_share[0] < self.fade_share[1] <= 1.0:
             raise InputError(f"anchor fade_share must be (low, high) with 0 <= low < high <= 1, got {self.fade_share}")
 
-    def for_segment(self, smoothness: float, corrected: bool = True) -> AnchorConfig:
-        """The config for a segment whose gate measured this smoothness (0..1); `corrected` False: the
-        segment is left as it is (a flicker-free input), so its detail is not evened out either."""
-        config = self if corrected else dataclasses.replace(self, detail_sigma=math.inf)
+    def for_segment(self, smoothness: float, strength: float = 1.0) -> AnchorConfig:
+        """The config for a segment whose gate measured this smoothness and strength (0..1): the detail
+        part goes `strength` of its way (none for a segment left as it is, as the gate's correction)."""
+        strength = float(np.clip(strength, 0.0, 1.0))
+        config = self if strength == 1.0 else dataclasses.replace(
+            self, detail_share=self.detail_share * strength, detail_sigma=self.detail_sigma if strength > 0 else math.inf)
         if not config.physical_lines:
             return config
         return dataclasses.replace(config, lines=float(np.clip(smoothness, 0.0, 1.0)))
@@ -209,9 +228,9 @@ class SlowAppearanceAnchor:
         """Frame t's coarse-grid arrays: the (fine, coarse, frame-wide mean) parts of the correction
         O_t - I_t; with `contrast_sigma`, also the log-ratio of their luma's local standard deviations
         and O_t's local mean (the anchored output keeps its deviation from it, `_emit`), else None,
-        None; with `detail_sigma`, last, O_t's energy of fine detail (a 0-d float64 array), else None."""
+        None; with `detail_sigma`, last, O_t's fine-detail energies (`_detail_energy`), else None."""
         rows = self.config.grid_rows
-        energy = self._detail_energy(self._measured_copy(output)) if self._detail else None
+        energy = self._detail_energy(output) if self._detail else None
         if not self._contrast:
             return (*self._parts(_coarse(output - frame, rows)), None, None, energy)
         stats = []
@@ -236,18 +255,28 @@ class SlowAppearanceAnchor:
         return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
     def _fine(self, image: np.ndarray) -> np.ndarray:
-        """The image less its Gaussian blur of sigma `detail_scale` x its height (the fine detail)."""
-        sigma = self.config.detail_scale * image.shape[0]
+        """The image less its Gaussian blur of sigma `detail_scale` x its shorter side (the fine detail)."""
+        sigma = self.config.detail_scale * min(image.shape[:2])
         return image - cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
     def _detail_energy(self, image: np.ndarray) -> np.ndarray:
-        """(3,) float64: the mean square of the image's fine detail d in luma (`detail_floor` added),
-        the mean of d fine(d) and the mean square of fine(d). Scaling d by h = 1 + a (`apply`) makes
-        the result's fine detail d + a fine(d): its energy is the quadratic E + 2 a B + a^2 C."""
-        fine = self._fine(np.ascontiguousarray(image @ LUMA))
+        """(4,) float64 of the image (a copy of shorter side at most `detail_side`): E, the mean square of its fine detail d in luma
+        (`detail_floor` added), B, the mean of d fine(d), C, the mean square of fine(d), and the
+        square of its mean luma plus `detail_dark`. Scaling d by h = 1 + a (`apply`) makes the
+        result's fine detail d + a fine(d): its energy is the quadratic E + 2 a B + a^2 C."""
+        h, w = image.shape[:2]
+        if min(h, w) > self.config.detail_side:
+            scale = self.config.detail_side / min(h, w)
+            image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        luma = np.ascontiguousarray(image @ LUMA)
+        fine = self._fine(luma)
         finer = self._fine(fine)
-        fine, finer = fine.astype(np.float64), finer.astype(np.float64)
-        return np.array([np.mean(fine * fine) + self.config.detail_floor, np.mean(fine * finer), np.mean(finer * finer)])
+
+        def mean(x: np.ndarray) -> float:  # float32 values, summed in float64 (numpy's pairwise sum)
+            return float(np.mean(x, dtype=np.float64))
+
+        return np.array([mean(np.square(fine)) + self.config.detail_floor, mean(fine * finer), mean(np.square(finer)),
+                         (mean(luma) + self.config.detail_dark) ** 2])
 
     def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fine, coarse, frame-wide mean) parts of a coarse-grid correction; they sum to it."""
@@ -356,15 +385,24 @@ class SlowAppearanceAnchor:
             if self._detail:  # a fifth channel: the detail gain (one value; `apply`)
                 if not self._contrast:
                     slow = np.concatenate([-slow, np.ones((*slow.shape[:2], 1), np.float32)], 2)
-                own = coarse[i][5]
-                mean = float(window_mean(5, self.part_weights[4][lo - i + r : hi - i + r])[0])
-                part = self.config.detail_share  # how much of the way to the mean, in log
-                gain = self._detail_gain(own[0] ** (1 - part) * mean**part, *own)
+                gain = self._detail_gain(i, lo, hi, self.part_weights[4][lo - i + r : hi - i + r], coarse)
                 slow = np.concatenate([slow, np.full((*slow.shape[:2], 1), gain, np.float32)], 2)
             yield pending.popleft(), slow
 
-    def _detail_gain(self, target: float, energy: float, cross: float, finer: float) -> float:
-        """The h that brings a frame's fine-detail energy to `target` (see `_detail_energy`), within
+    def _detail_gain(self, i: int, lo: int, hi: int, weights: np.ndarray, coarse: deque) -> float:
+        """Frame i's detail gain h: its relative energy E / L (`_detail_energy`) goes `detail_share` of
+        the way, in log, to the window mean over frames [lo, hi) (weights); 1 where a value is not finite."""
+        energies = np.stack([coarse[k][5] for k in range(lo, hi)])
+        mean = float(weights @ (energies[:, 0] / energies[:, 3])) / float(weights.sum())
+        energy, cross, finer, level = coarse[i][5]
+        share = self.config.detail_share
+        target = (energy / level) ** (1 - share) * mean**share * level
+        if not np.all(np.isfinite(energies)) or not math.isfinite(target):
+            return 1.0
+        return self._solved_gain(target, energy, cross, finer)
+
+    def _solved_gain(self, target: float, energy: float, cross: float, finer: float) -> float:
+        """The h that brings fine-detail energy E (with B and C, `_detail_energy`) to `target`, within
         [1 / detail_limit, detail_limit]; the nearest one where none does."""
         a = -cross / finer if finer > 0 else 0.0  # the quadratic's lowest point
         disc = cross * cross - finer * (energy - target)
@@ -378,7 +416,9 @@ class SlowAppearanceAnchor:
         fourth channel (`contrast_sigma`) is an offset and a gain: g O_t + offset, where the gain g
         gives back the slow part of the local contrast's change and the offset both the slow part of
         the local mean's and what g does to O_t's local mean. A fifth channel (`detail_sigma`, one
-        value h) then scales the result's fine detail: X + (h - 1) (X - blur(X))."""
+        value h) then scales the result's fine detail: X + (h - 1) (X - blur(X)), the blur's sigma
+        `detail_scale` x the frame's shorter side. With the detail part the slow part always has the
+        offset and gain form (gain 1 without the contrast part)."""
         if slow is None:
             return output
         size = output.shape[:2]
@@ -386,7 +426,7 @@ class SlowAppearanceAnchor:
             gain = _upsample(np.ascontiguousarray(slow[..., 3]), size)
             anchored = cv2.multiply(output, cv2.merge([gain, gain, gain]), dtype=cv2.CV_32F)
             anchored += _upsample(np.ascontiguousarray(slow[..., :3]), size)
-            if slow.shape[2] == 5 and slow[0, 0, 4] != 1:
+            if slow.shape[2] == 5 and abs(slow[0, 0, 4] - 1) > self.config.detail_min_change:
                 anchored += np.float32(slow[0, 0, 4] - 1) * self._fine(anchored)
             return np.clip(anchored, 0.0, 1.0, out=anchored)
         slow = _upsample(slow, size)

@@ -122,7 +122,8 @@ class RunConfig:
     keep_slow: float | None = None
     """neural: Gaussian sigma, in frames, of the fine-scale changes of look kept from the input (see
     unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
-    the atlas's look, as in the paper. None: AnchorConfig's defaults."""
+    the atlas's look, as in the paper, and the amount of fine detail is not evened out either (the
+    anchor's detail part). None: AnchorConfig's defaults."""
     kind: str = "auto"
     """neural: what flickers, one of KINDS: 'auto' (measured per segment), 'processed' (frames processed
     one by one: trust the networks' texture-level correction), 'film', 'timelapse' or 'mains'
@@ -224,7 +225,8 @@ def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) ->
 
 def anchor_config(config: RunConfig):
     """The slow-look anchor of the neural method: --keep-slow sets the fine part's window; the
-    coarse, frame-wide and contrast windows are never shorter (None: no anchor, --keep-slow off)."""
+    coarse, frame-wide and contrast windows are never shorter, the detail part keeps its own (None:
+    no anchor, --keep-slow off, and with it no detail part)."""
     from unflicker.anchor import AnchorConfig
 
     if config.keep_slow == math.inf or (config.keep_slow is None and config.kind == "film"):

@@ -110,14 +110,14 @@ class NeuralDeflicker:
 
     def anchor_config(self, n_frames: int) -> AnchorConfig:
         """The anchor after the last stage: off for runs stopped early and for --keep-slow off; for a
-        segment of smooth physical flicker (the gate's smoothness) and one left as it is (strength 0:
-        no detail evened out) as AnchorConfig.for_segment says."""
+        segment of smooth physical flicker (the gate's smoothness) and for the detail part (the gate's
+        strength: none for a segment left as it is) as AnchorConfig.for_segment says."""
         if self.config.anchor is None or self.config.stop_after is not None or n_frames < 2:
             return AnchorConfig.off()
         self._measured()
         if self._gate is None:
             return self.config.anchor.for_segment(0.0)
-        return self.config.anchor.for_segment(self._gate.smoothness(), corrected=self._gate.strength() > 0)
+        return self.config.anchor.for_segment(self._gate.smoothness(), self._gate.strength())
 
     @staticmethod
     def fingerprint(config: NeuralConfig) -> dict:
