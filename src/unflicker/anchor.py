@@ -196,6 +196,15 @@ def _upsample(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(grid, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _shrunk(image: np.ndarray, limit: int, side=max) -> np.ndarray:
+    """The image area-averaged so that side(h, w) (max: the longer side, min: the shorter) is at most limit."""
+    h, w = image.shape[:2]
+    if side(h, w) <= limit:
+        return image
+    scale = limit / side(h, w)
+    return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
     h, w = image.shape[:2]
     if rows >= h:
@@ -235,7 +244,7 @@ class SlowAppearanceAnchor:
             return (*self._parts(_coarse(output - frame, rows)), None, None, energy)
         stats = []
         for image in (output, frame):
-            image = self._measured_copy(image)
+            image = _shrunk(image, self.config.contrast_side)
             mean = _coarse(image, rows)
             # E[l^2] - E[l]^2 in float64: in float32 a flat bright cell's variance is rounding noise
             # of the size of faint texture's.
@@ -246,29 +255,17 @@ class SlowAppearanceAnchor:
         floor = np.float32(self.config.contrast_floor)
         return (*self._parts(mean_o - mean_i), np.log((std_o + floor) / (std_i + floor)), mean_o, energy)
 
-    def _measured_copy(self, image: np.ndarray) -> np.ndarray:
-        """The image, area-averaged to at most `contrast_side` on its longer side."""
-        h, w = image.shape[:2]
-        if max(h, w) <= self.config.contrast_side:
-            return image
-        scale = self.config.contrast_side / max(h, w)
-        return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-
     def _fine(self, image: np.ndarray) -> np.ndarray:
         """The image less its Gaussian blur of sigma `detail_scale` x its shorter side (the fine detail)."""
         sigma = self.config.detail_scale * min(image.shape[:2])
         return image - cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
     def _detail_energy(self, image: np.ndarray) -> np.ndarray:
-        """(4,) float64 of the image (a copy of shorter side at most `detail_side`): E, the mean square of its fine detail d in luma
-        (`detail_floor` added), B, the mean of d fine(d), C, the mean square of fine(d), and the
+        """(4,) float64, measured on a copy of shorter side at most `detail_side`: E, the mean square of
+        its fine detail d in luma (`detail_floor` added), B, the mean of d fine(d), C, the mean square of fine(d), and the
         square of its mean luma plus `detail_dark`. Scaling d by h = 1 + a (`apply`) makes the
         result's fine detail d + a fine(d): its energy is the quadratic E + 2 a B + a^2 C."""
-        h, w = image.shape[:2]
-        if min(h, w) > self.config.detail_side:
-            scale = self.config.detail_side / min(h, w)
-            image = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        luma = np.ascontiguousarray(image @ LUMA)
+        luma = np.ascontiguousarray(_shrunk(image, self.config.detail_side, min) @ LUMA)
         fine = self._fine(luma)
         finer = self._fine(fine)
 
