@@ -54,7 +54,8 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
             P.append(projected)
             M.append(correction)
             gate.observe(I[t], P[t], O[t], correction)
-        stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, strength=gate.strength(),
+        stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, efficiency=gate.efficiency,
+                     strength=gate.strength(),
                      smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share)
         # as NeuralDeflicker.anchor_config
         segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), gate.strength())
@@ -76,6 +77,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"), detail_sigma=float("inf"))),
             "nodetail": gated(anchor=AnchorConfig(detail_sigma=float("inf"))),  # the default before session 13
+            "noefficiency": gated(GateConfig(efficient_low=0.0, efficient_high=1e-12)),  # the default before session 14
             "detail-share1.0": gated(anchor=AnchorConfig(detail_share=1.0)),
             "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),  # session 12's other candidate
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=90, help="frames of each built case")
     parser.add_argument("--lengths", nargs="+", type=int, default=[60, 90], help="--segment-frames values")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines of scores (appended)")
+    parser.add_argument("--label", default="", help="appended to each row's method (segmentN), e.g. for another commit")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="only print the comparison of --out")
     args = parser.parse_args(argv)
     if args.compare:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         done = {(r["case"], r["method"]) for r in map(json.loads, args.out.read_text().splitlines())}
     for case in corpus.select(corpus.load_listing(), args.split, args.cases):
-        todo = [n for n in args.lengths if (case["name"], f"segment{n}") not in done]
+        todo = [n for n in args.lengths if (case["name"], f"segment{n}{args.label}") not in done]
         if not todo:
             continue
         files = corpus.build(case, n_frames=args.frames)
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 deflicker_file(files.input, output, RunConfig(method="neural", progress=False,
                                                               segments=SegmentConfig(frames=n)))
-                row = {"case": case["name"], "kind": case["kind"], "method": f"segment{n}", "frames": args.frames,
+                row = {"case": case["name"], "kind": case["kind"], "method": f"segment{n}" + args.label, "frames": args.frames,
                        **evaluator.score(output), "seconds": time.perf_counter() - start}
                 if floor and base["warp_error"] - floor["warp_error"] > 1e-9:
                     row["gap_closed"] = 100 * (base["warp_error"] - row["warp_error"]) / (base["warp_error"] - floor["warp_error"])

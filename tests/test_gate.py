@@ -55,6 +55,31 @@ def test_refined_frames_that_only_differ_by_flaws_are_not_taken(moving_clip):
     assert share < GateConfig().low and weight == 0.0
 
 
+def _strength(inputs, projected, config=None):
+    gate = FineGate(config)
+    for frame, p in zip(inputs, projected):
+        gate.observe(frame, p, p)
+    return gate.input_share, gate.efficiency, gate.strength()
+
+
+def test_a_correction_that_changes_much_and_removes_little_is_left_out(moving_clip):
+    rng = np.random.default_rng(7)
+    jitter = [np.clip(f * np.float32(1 + 0.02 * rng.normal()), 0, 1) for f in moving_clip]  # a camera's exposure jitter
+    flicker = [np.clip(f * np.float32(1 + 0.08 * rng.normal()), 0, 1) for f in moving_clip]
+    shift = np.float32([0.08, -0.06, 0.07])  # the atlas's flaw: a steady colour cast, consistent over time
+    flawed = [np.clip(f + shift, 0, 1) for f in moving_clip]
+    g, r, strength = _strength(jitter, flawed)  # removes the jitter but changes every pixel by far more
+    assert g > GateConfig().clean_high and r < GateConfig().efficient_low and strength == 0.0
+    g, r, strength = _strength(jitter, moving_clip)  # the jitter removed and nothing else: efficient
+    assert g > GateConfig().clean_high and r > GateConfig().efficient_high and strength == 1.0
+    g, r, strength = _strength(flicker, flawed)  # real flicker removed, with the same flaw
+    assert r > GateConfig().efficient_high and strength == 1.0
+    assert _strength(jitter, flawed, GateConfig(efficient_low=0.0, efficient_high=1e-12))[2] == 1.0
+    assert _strength(moving_clip[:1], moving_clip[:1])[1] is None  # one frame: nothing measured
+    with pytest.raises(InputError):
+        GateConfig(efficient_low=0.1, efficient_high=0.05).check()
+
+
 def test_a_fixed_weight_overrides_the_measurement_and_bad_settings_are_refused(moving_clip):
     processed = _texture_flicker(moving_clip, 3)
     assert _share_and_weight(processed, processed, moving_clip, GateConfig(weight=0.0))[1] == 0.0

@@ -20,7 +20,14 @@ P_t + w (O_t - P_t). The weight is one number per segment, so it cannot flicker 
 The same measurement guards clean video. Where the projected frames are not more consistent than
 the input (g_in = 1 - e_P / e_I small: nothing flickered, or nothing the method removes), the whole
 correction is only the atlas's flaws; `strength` then fades it out (0 at or below `clean_low`, 1 at
-or above `clean_high`): the output is I_t + s (P_t + w (O_t - P_t) - I_t).
+or above `clean_high`): the output is I_t + s (P_t + w (O_t - P_t) - I_t). A clean clip from a real
+camera can still give a g_in of 0.1: the projected frames follow the atlas a little where the flow
+fails, and its frames' small exposure jitter is removed. What gives it away is how little
+consistency the projected frames buy for how much they change the frames: the efficiency
+r = (e_I - e_P) / d, with d the mean absolute change |P_t - I_t| on the same copies. Flicker
+removed is change that buys consistency (r of 0.1 to 1 on the corpus's flickering cases); the
+atlas's flaws are change that buys almost none (0.04 on a clean handheld clip). The strength is
+also faded out below `efficient_high` (0 at or below `efficient_low`).
 
 g_in also says how smooth the flicker is: where the projected frames remove most of it (g_in at or
 above `smooth_high`, physical flicker) the projection's pixel-by-pixel remainder carries only the
@@ -59,6 +66,12 @@ class GateConfig:
     the segment counts as flicker-free and is left as it is."""
     clean_high: float = 0.12
     """Share g_in at or above which the whole correction is applied."""
+    efficient_low: float = 0.05
+    """Efficiency r (the input's temporal error that the projected frames remove, over the mean
+    absolute change they make) at or below which the segment is left as it is: the change is the
+    atlas's flaws, not flicker removed."""
+    efficient_high: float = 0.09
+    """Efficiency r at or above which it does not fade the correction (linear between)."""
     smooth_low: float = 0.32
     """Share g_in at or below which the projection's remainder is added pixel by pixel (it removes
     part of a per-frame process's texture flicker)."""
@@ -88,6 +101,9 @@ class GateConfig:
             raise InputError(f"gate needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
         if not 0.0 <= self.clean_low < self.clean_high <= 1.0:
             raise InputError(f"gate needs 0 <= clean_low < clean_high <= 1, got {self.clean_low}, {self.clean_high}")
+        if not 0.0 <= self.efficient_low < self.efficient_high:
+            raise InputError(f"gate needs 0 <= efficient_low < efficient_high, got {self.efficient_low}, "
+                             f"{self.efficient_high}")
         if not 0.0 <= self.smooth_low < self.smooth_high <= 1.0 or not 0.0 <= self.smooth_blur < 1.0:
             raise InputError(f"gate needs 0 <= smooth_low < smooth_high <= 1 and smooth_blur in [0, 1), got "
                              f"{self.smooth_low}, {self.smooth_high}, {self.smooth_blur}")
@@ -133,6 +149,7 @@ class FineGate:
         self._previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._sums = np.zeros(3)  # e_P, e_O, e_I
         self._pixels = 0
+        self._change = np.zeros(2)  # sum of |P - I| (channel mean) over the copies' pixels, their count
         self._t = 0
         self._fine_previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._fine_sums = np.zeros(2)  # e_P, e_L on the fine copies
@@ -147,6 +164,7 @@ class FineGate:
         self._t += 1
         size = atlas_size(*frame.shape[:2], self.config.side)
         current = (downsample(frame, size), downsample(projected, size), downsample(refined, size))
+        self._change += (float(np.abs(current[1] - current[0]).mean(2).sum()), size[0] * size[1])
         if self._previous is not None:
             sums, pixels = _warped_errors(self._previous, current, (1, 2, 0))  # e_P, e_O, e_I
             self._sums += sums
@@ -198,14 +216,27 @@ class FineGate:
             return None
         return float(1.0 - self._sums[0] / self._sums[2])
 
+    @property
+    def efficiency(self) -> float | None:
+        """r = (e_I - e_P) / d: the input's temporal error per pixel that the projected frames
+        remove, over their mean absolute change of the frames (None before two frames or without
+        change)."""
+        if self._pixels == 0 or self._change[0] <= 0:
+            return None
+        return float((self._sums[2] - self._sums[0]) / self._pixels / (self._change[0] / self._change[1]))
+
     def strength(self) -> float:
         """The share of the whole correction applied (0: the segment is left as it is)."""
         if self.config.weight is not None:
             return 1.0
-        g = self.input_share
+        g, r = self.input_share, self.efficiency
         if g is None:
             return 1.0
-        return float(np.clip((g - self.config.clean_low) / (self.config.clean_high - self.config.clean_low), 0.0, 1.0))
+        cfg = self.config
+        strength = np.clip((g - cfg.clean_low) / (cfg.clean_high - cfg.clean_low), 0.0, 1.0)
+        if r is not None:
+            strength = min(strength, np.clip((r - cfg.efficient_low) / (cfg.efficient_high - cfg.efficient_low), 0.0, 1.0))
+        return float(strength)
 
     @property
     def smooths(self) -> bool:
