@@ -5,7 +5,7 @@ cases with more frames (corpus.build's n_frames; cases whose source is shorter a
 the default neural method once per segment length, scored like benchmarks/poststage.py.
 
     python benchmarks/segment_length.py --split tune --frames 90 --lengths 60 90 --out results/seglen-tune.jsonl
-    python benchmarks/segment_length.py --out results/seglen-tune.jsonl --compare 60 90
+    python benchmarks/segment_length.py --out results/seglen-tune.jsonl --compare segment60 segment90
 
 A 90-frame clip is two segments of 45 core frames (55 with their margins) at 60 and one at 90.
 """
@@ -39,7 +39,7 @@ def compare(rows: list[dict], before: str, after: str) -> str:
     for case in cases:
         a, b = by[(case, before)], by[(case, after)]
         change = 100 * (b["warp_error"] / a["warp_error"] - 1)
-        drop = b["psnr"] - a["psnr"] if np.isfinite(a["psnr"]) and np.isfinite(b["psnr"]) else 0.0
+        drop = b["psnr"] - a["psnr"] if np.isfinite(a["psnr"]) or np.isfinite(b["psnr"]) else 0.0  # +-inf: left as it is
         changes.append(change)
         drops.append(drop)
         lines.append(f"| {case} | {a['warp_error']:.3f} -> {b['warp_error']:.3f} | {change:+.1f} | "
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=90, help="frames of each built case")
     parser.add_argument("--lengths", nargs="+", type=int, default=[60, 90], help="--segment-frames values")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines of scores (appended)")
-    parser.add_argument("--label", default="", help="appended to each row's method (segmentN), e.g. for another commit")
+    parser.add_argument("--label", default="", help="appended to each row's method (segmentN), e.g. '-efficiency' for another commit")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="only print the comparison of --out")
     args = parser.parse_args(argv)
     if args.compare:

@@ -76,8 +76,9 @@ def test_a_correction_that_changes_much_and_removes_little_is_left_out(moving_cl
     assert r > GateConfig().efficient_high and strength == 1.0
     assert _strength(jitter, flawed, GateConfig(efficient_low=0.0, efficient_high=1e-12))[2] == 1.0
     assert _strength(moving_clip[:1], moving_clip[:1])[1] is None  # one frame: nothing measured
-    with pytest.raises(InputError):
-        GateConfig(efficient_low=0.1, efficient_high=0.05).check()
+    for low, high in ((0.1, 0.05), (0.05, math.inf), (-0.1, 0.05)):
+        with pytest.raises(InputError):
+            GateConfig(efficient_low=low, efficient_high=high).check()
 
 
 def test_a_fixed_weight_overrides_the_measurement_and_bad_settings_are_refused(moving_clip):

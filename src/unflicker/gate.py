@@ -25,8 +25,8 @@ camera can still give a g_in of 0.1: the projected frames follow the atlas a lit
 fails, and its frames' small exposure jitter is removed. What gives it away is how little
 consistency the projected frames buy for how much they change the frames: the efficiency
 r = (e_I - e_P) / d, with d the mean absolute change |P_t - I_t| on the same copies. Flicker
-removed is change that buys consistency (r of 0.1 to 1 on the corpus's flickering cases); the
-atlas's flaws are change that buys almost none (0.04 on a clean handheld clip). The strength is
+removed is change that buys consistency (r of 0.1 to about 1.2 on the corpus's flickering cases);
+the atlas's flaws are change that buys almost none (0.03-0.06 on clean handheld clips). The strength is
 also faded out below `efficient_high` (0 at or below `efficient_low`).
 
 g_in also says how smooth the flicker is: where the projected frames remove most of it (g_in at or
@@ -101,8 +101,8 @@ class GateConfig:
             raise InputError(f"gate needs 0 <= low < high <= 1, got low={self.low}, high={self.high}")
         if not 0.0 <= self.clean_low < self.clean_high <= 1.0:
             raise InputError(f"gate needs 0 <= clean_low < clean_high <= 1, got {self.clean_low}, {self.clean_high}")
-        if not 0.0 <= self.efficient_low < self.efficient_high:
-            raise InputError(f"gate needs 0 <= efficient_low < efficient_high, got {self.efficient_low}, "
+        if not 0.0 <= self.efficient_low < self.efficient_high <= 2.0:  # |e_I - e_P| <= about 2 d
+            raise InputError(f"gate needs 0 <= efficient_low < efficient_high <= 2, got {self.efficient_low}, "
                              f"{self.efficient_high}")
         if not 0.0 <= self.smooth_low < self.smooth_high <= 1.0 or not 0.0 <= self.smooth_blur < 1.0:
             raise InputError(f"gate needs 0 <= smooth_low < smooth_high <= 1 and smooth_blur in [0, 1), got "

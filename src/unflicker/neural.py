@@ -229,14 +229,14 @@ class NeuralDeflicker:
             return {}
         self._measured()
         share = self._gate.share
-        clean = self._gate.input_share
+        clean, efficiency = self._gate.input_share, self._gate.efficiency
         features = self._kinds.features()
         return {"fine_share": None if share is None else round(share, 4), "fine_weight": round(self._gate.weight(), 4),
                 "smooth": round(self._gate.smoothness(), 4),
                 "remainder_smooth": round(self._gate.remainder_smoothness(), 4),
                 "fine_remainder": None if self._gate.fine_share is None else round(self._gate.fine_share, 4),
                 "input_share": None if clean is None else round(clean, 4),
-                "efficiency": None if self._gate.efficiency is None else round(self._gate.efficiency, 4),
+                "efficiency": None if efficiency is None else round(efficiency, 4),
                 "strength": round(self._gate.strength(), 4),
                 "flicker_kind": self._kinds.name(features),
                 **{f"kind_{k}": round(v, 4) for k, v in (features or {}).items()}}
