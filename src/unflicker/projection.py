@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.frames import float_rgb
+from unflicker.frames import float_rgb, planes as frame_planes
 
 
 @dataclass
@@ -111,7 +111,7 @@ class FlickerCorrection:
         # The tone term tabulated finely: a table lookup is several times faster than np.interp.
         tone_tables = np.stack([np.interp(_LUT_LEVELS, np.linspace(0.0, 1.0, self.tone.shape[1]), t)
                                 for t in self.tone]).astype(np.float32)
-        planes = cv2.split(frame)  # contiguous planes: faster than strided channels
+        planes = frame_planes(frame)  # contiguous planes: faster than strided channels
         scratch = np.empty(planes[0].shape, np.float32)
         index = np.empty(planes[0].shape, np.intp)  # the lookup's own index type: no converted copy
         out = []

@@ -15,7 +15,7 @@ import torch
 
 from unflicker import netfiles
 from unflicker.errors import InputError
-from unflicker.frames import float_rgb
+from unflicker.frames import float_rgb, planes as frame_planes
 from unflicker.filter.network import FilterNetConfig, FilterUNet
 from unflicker.filter.upsampling import UPSAMPLE_MODES, guided_coefficients, resized_plane
 
@@ -137,7 +137,7 @@ def apply_coefficients_np(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     a plane at a time as the sums use them."""
     # Contiguous planes (cv2.split / merge) and one scratch buffer per use: the same sums in the same
     # order as on interleaved channels with a full-size coefficient stack, in about half the time.
-    planes = cv2.split(np.asarray(image, np.float32))
+    planes = frame_planes(np.asarray(image, np.float32))
     size = planes[0].shape
     plane, scratch = np.empty(size, np.float32), np.empty(size, np.float32)
     out = []

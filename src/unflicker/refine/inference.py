@@ -15,7 +15,7 @@ import torch
 
 from unflicker import netfiles
 from unflicker.errors import InputError
-from unflicker.frames import float_rgb
+from unflicker.frames import float_rgb, planes as frame_planes
 from unflicker.filter.upsampling import resized_plane
 from unflicker.refine.align import align_previous
 from unflicker.refine.network import RefineNet, RefineNetConfig
@@ -132,7 +132,7 @@ def apply_gain_offset_np(image: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     float32; coefficients of another size are bilinearly upsampled to the image's, a plane at a time."""
     if coeffs.ndim != 3 or coeffs.shape[0] != 6:
         raise InputError(f"expected coeffs of shape (6, h, w), got {coeffs.shape}")
-    planes = cv2.split(np.asarray(image, np.float32))  # contiguous planes: faster than strided channels
+    planes = frame_planes(np.asarray(image, np.float32))  # contiguous planes: faster than strided channels
     size = planes[0].shape
     offset = np.empty(size, np.float32)
     out = []
