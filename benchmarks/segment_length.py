@@ -39,7 +39,7 @@ def compare(rows: list[dict], before: str, after: str) -> str:
     for case in cases:
         a, b = by[(case, before)], by[(case, after)]
         change = 100 * (b["warp_error"] / a["warp_error"] - 1)
-        drop = b["psnr"] - a["psnr"] if np.isfinite(a["psnr"]) or np.isfinite(b["psnr"]) else 0.0  # +-inf: left as it is
+        drop = b["psnr"] - a["psnr"] if np.isfinite(a["psnr"]) or np.isfinite(b["psnr"]) else 0.0  # +-inf where one side was left as it is
         changes.append(change)
         drops.append(drop)
         lines.append(f"| {case} | {a['warp_error']:.3f} -> {b['warp_error']:.3f} | {change:+.1f} | "

@@ -176,3 +176,14 @@ def test_a_correction_applies_its_written_out_formula_bit_for_bit():
             level = (np.clip(frame[..., c], 0, 1) * np.float32(4095) + np.float32(0.5)).astype(np.int32)
             expected[..., c] = np.clip(frame[..., c] * gain + table[level], 0, 1)
         assert np.array_equal(fix.apply(frame), expected)
+
+
+def test_planes_are_the_channels_of_any_layout():
+    from unflicker.frames import planes
+
+    image = np.random.default_rng(0).random((7, 10, 3), dtype=np.float32)
+    for view in (image, image[:, ::2], image[::-1], np.asfortranarray(image), image.astype(np.float64)):
+        out = planes(view)
+        assert len(out) == 3 and all(p.flags.c_contiguous for p in out)
+        for c in range(3):
+            np.testing.assert_array_equal(out[c], view[..., c])

@@ -36,5 +36,7 @@ def planes(image: np.ndarray) -> list[np.ndarray]:
     at 1080p in a process's main thread (24-29 against 4 ms, page faults on freshly mapped memory;
     NumPy asks for huge pages for large arrays)."""
     out = [np.empty(image.shape[:2], image.dtype) for _ in range(image.shape[2])]
-    cv2.split(image, out)
+    written = cv2.split(image, out)
+    if len(written) != len(out) or any(a is not b for a, b in zip(written, out)):  # OpenCV took it another way
+        return [np.ascontiguousarray(image[..., c]) for c in range(image.shape[2])]
     return out

@@ -25,7 +25,8 @@ camera can still give a g_in of 0.1: the projected frames follow the atlas a lit
 fails, and its frames' small exposure jitter is removed. What gives it away is how little
 consistency the projected frames buy for how much they change the frames: the efficiency
 r = (e_I - e_P) / d, with d the mean absolute change |P_t - I_t| on the same copies. Flicker
-removed is change that buys consistency (r of 0.1 to about 1.2 on the corpus's flickering cases);
+removed is change that buys consistency (r of about 0.1 to 1.2 on the corpus's flickering cases; 0.07 for
+a weak per-frame denoise on a camera clip, which the ramp half-corrects);
 the atlas's flaws are change that buys almost none (0.03-0.06 on clean handheld clips). The strength is
 also faded out below `efficient_high` (0 at or below `efficient_low`).
 
