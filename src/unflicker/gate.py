@@ -130,6 +130,11 @@ def _warped_errors(previous: tuple[np.ndarray, ...], current: tuple[np.ndarray, 
     return sums, int(pair.valid.sum())
 
 
+def _ramp(x: float, low: float, high: float) -> float:
+    """0 at or below low, 1 at or above high, linear between."""
+    return float(np.clip((x - low) / (high - low), 0.0, 1.0))
+
+
 def _towards(base: np.ndarray, target: np.ndarray, share: float) -> np.ndarray:
     """base + share * (target - base), computed in `target` (a fresh array the caller gives up)."""
     target -= base
@@ -234,10 +239,8 @@ class FineGate:
         if g is None:
             return 1.0
         cfg = self.config
-        strength = np.clip((g - cfg.clean_low) / (cfg.clean_high - cfg.clean_low), 0.0, 1.0)
-        if r is not None:
-            strength = min(strength, np.clip((r - cfg.efficient_low) / (cfg.efficient_high - cfg.efficient_low), 0.0, 1.0))
-        return float(strength)
+        strength = _ramp(g, cfg.clean_low, cfg.clean_high)
+        return strength if r is None else min(strength, _ramp(r, cfg.efficient_low, cfg.efficient_high))
 
     @property
     def smooths(self) -> bool:
@@ -251,7 +254,7 @@ class FineGate:
         if not self.smooths or g is None:
             return 0.0
         low, high = self.config.smooth_low, self.config.smooth_high
-        return float(np.clip((g - low) / (high - low), 0.0, 1.0))
+        return _ramp(g, low, high)
 
     def remainder_smoothness(self) -> float:
         """How much of the projection's remainder is taken low-passed: `smoothness`, or more where f
@@ -260,7 +263,7 @@ class FineGate:
         if not self.smooths or f is None:
             return smooth
         low, high = self.config.fine_low, self.config.fine_high
-        return max(smooth, float(np.clip((high - f) / (high - low), 0.0, 1.0)))
+        return max(smooth, float(np.clip((high - f) / (high - low), 0.0, 1.0)))  # a falling ramp, as written
 
     def apply(self, frame: np.ndarray, projected: np.ndarray, model: np.ndarray | None,
               refined: np.ndarray | None) -> np.ndarray:
@@ -298,4 +301,4 @@ class FineGate:
         g = self.share
         if g is None:
             return 0.0
-        return float(np.clip((g - self.config.low) / (self.config.high - self.config.low), 0.0, 1.0))
+        return _ramp(g, self.config.low, self.config.high)
