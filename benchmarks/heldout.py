@@ -42,6 +42,23 @@ OPTIONS = {"classical": {"method": "classical"}, "neural": {"method": "neural"},
            "paper": {"method": "neural", "keep_slow": math.inf, "projection": False}}
 
 
+def case_evaluator(files: corpus.CaseFiles) -> Evaluator:
+    """The benchmark's scorer of a corpus case (flow on its reference, long-term pairs 5 apart, 480 px)."""
+    return Evaluator(files.reference, files.ground_truth, like=files.input, long_term=5, max_side=480)
+
+
+def relative_scores(row: dict, base: dict | None, floor: dict | None) -> dict:
+    """Adds to a scored row what it means against the input's scores (base) and the clean floor's:
+    gap_closed, the share of the input's warping-error gap to the floor closed, % (where there is a
+    floor below the input), and paper_reduction, the paper's E_warp reduction against the input, %."""
+    e_in, p_in = (base or {}).get("warp_error"), (base or {}).get("paper_warp_error")
+    if e_in is not None and floor and "warp_error" in floor and e_in - floor["warp_error"] > 1e-9:
+        row["gap_closed"] = 100 * (e_in - row["warp_error"]) / (e_in - floor["warp_error"])
+    if p_in:
+        row["paper_reduction"] = 100 * (p_in - row["paper_warp_error"]) / p_in
+    return row
+
+
 def run_method(method: str, files: corpus.CaseFiles, work: Path) -> tuple[Path, float | None]:
     """The result of `method` on the case and its wall seconds (decode + method + encode)."""
     if method == "input":
@@ -69,7 +86,7 @@ def group(kind: str) -> str:
 def score_case(case: dict, methods: list[str], frames: int, side: int, data: Path, work: Path,
                log=print) -> list[dict]:
     files = corpus.build(case, data, frames, side)
-    evaluator = Evaluator(files.reference, files.ground_truth, like=files.input, long_term=5, max_side=480)
+    evaluator = case_evaluator(files)
     rows = []
     for method in (["input"] + (["clean"] if files.floor else []) + [m for m in methods if m != "input"]):
         case_work = work / method
@@ -90,11 +107,7 @@ def score_case(case: dict, methods: list[str], frames: int, side: int, data: Pat
     for row in rows:
         if "warp_error" not in row:
             continue
-        e_in, p_in = base.get("warp_error"), base.get("paper_warp_error")
-        if e_in is not None and floor and "warp_error" in floor and e_in - floor["warp_error"] > 1e-9:
-            row["gap_closed"] = 100 * (e_in - row["warp_error"]) / (e_in - floor["warp_error"])
-        if p_in:
-            row["paper_reduction"] = 100 * (p_in - row["paper_warp_error"]) / p_in
+        relative_scores(row, base, floor)
         log(format_row(row))
     for row in rows:
         if row["error"]:

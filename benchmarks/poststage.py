@@ -22,7 +22,6 @@ import corpus
 import heldout
 from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
-from unflicker.evaluation import Evaluator
 from unflicker.gate import FineGate, GateConfig
 from unflicker.projection import FlickerModel, ProjectionConfig
 
@@ -79,7 +78,8 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "nodetail": gated(anchor=AnchorConfig(detail_sigma=float("inf"))),  # the default before session 13
             "noefficiency": gated(GateConfig(efficient_low=0.0, efficient_high=1e-12)),  # the default before session 14
             "detail-share1.0": gated(anchor=AnchorConfig(detail_share=1.0)),
-            "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),  # session 12's other candidate
+            # session 12's other candidate
+            "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
             **{f"physical-blur{s}": gated(GateConfig(weight=0.0), ProjectionConfig(residual_blur=s))
                for s in (0.005, 0.01, 0.02)}}
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         files = corpus.build(case)
         I = read_video(files.input)
         O = np.load(cache_path(case)).astype(np.float32) / 65535
-        evaluator = Evaluator(files.reference, files.ground_truth, like=files.input, long_term=5, max_side=480)
+        evaluator = heldout.case_evaluator(files)
         base = evaluator.score(files.input)
         floor = evaluator.score(files.floor) if files.floor else None
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,10 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 frames = VARIANTS[name](I, O, stats=stats)
                 path = Path(tmp) / f"{name}.mkv"
                 corpus._write(frames, path)
-                row = {"case": case["name"], "kind": case["kind"], "method": name, **evaluator.score(path), **stats}
-                if floor and base["warp_error"] - floor["warp_error"] > 1e-9:
-                    row["gap_closed"] = 100 * (base["warp_error"] - row["warp_error"]) / (base["warp_error"] - floor["warp_error"])
-                row["paper_reduction"] = 100 * (base["paper_warp_error"] - row["paper_warp_error"]) / base["paper_warp_error"]
+                row = heldout.relative_scores({"case": case["name"], "kind": case["kind"], "method": name,
+                                               **evaluator.score(path), **stats}, base, floor)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(heldout.format_row(row), {k: round(v, 4) for k, v in stats.items()}, flush=True)

@@ -25,7 +25,6 @@ import corpus
 import heldout
 from unflicker import io
 from unflicker.config import SegmentConfig
-from unflicker.evaluation import Evaluator
 from unflicker.pipeline import RunConfig, deflicker_file
 
 
@@ -39,7 +38,8 @@ def compare(rows: list[dict], before: str, after: str) -> str:
     for case in cases:
         a, b = by[(case, before)], by[(case, after)]
         change = 100 * (b["warp_error"] / a["warp_error"] - 1)
-        drop = b["psnr"] - a["psnr"] if np.isfinite(a["psnr"]) or np.isfinite(b["psnr"]) else 0.0  # +-inf where one side was left as it is
+        # +-inf where one side was left as it is
+        drop = b["psnr"] - a["psnr"] if np.isfinite(a["psnr"]) or np.isfinite(b["psnr"]) else 0.0
         changes.append(change)
         drops.append(drop)
         lines.append(f"| {case} | {a['warp_error']:.3f} -> {b['warp_error']:.3f} | {change:+.1f} | "
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=90, help="frames of each built case")
     parser.add_argument("--lengths", nargs="+", type=int, default=[60, 90], help="--segment-frames values")
     parser.add_argument("--out", type=Path, required=True, help="JSON lines of scores (appended)")
-    parser.add_argument("--label", default="", help="appended to each row's method (segmentN), e.g. '-efficiency' for another commit")
+    parser.add_argument("--label", default="",
+                        help="appended to each row's method (segmentN), e.g. --label=-efficiency for another commit")
     parser.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="only print the comparison of --out")
     args = parser.parse_args(argv)
     if args.compare:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if io.probe(files.input).frame_count < args.frames:
             print(f"skipped {case['name']}: its source is shorter than {args.frames} frames", flush=True)
             continue
-        evaluator = Evaluator(files.reference, files.ground_truth, like=files.input, long_term=5, max_side=480)
+        evaluator = heldout.case_evaluator(files)
         base = evaluator.score(files.input)
         floor = evaluator.score(files.floor) if files.floor else None
         with tempfile.TemporaryDirectory() as tmp:
@@ -86,11 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 deflicker_file(files.input, output, RunConfig(method="neural", progress=False,
                                                               segments=SegmentConfig(frames=n)))
-                row = {"case": case["name"], "kind": case["kind"], "method": f"segment{n}" + args.label, "frames": args.frames,
-                       **evaluator.score(output), "seconds": time.perf_counter() - start}
-                if floor and base["warp_error"] - floor["warp_error"] > 1e-9:
-                    row["gap_closed"] = 100 * (base["warp_error"] - row["warp_error"]) / (base["warp_error"] - floor["warp_error"])
-                row["paper_reduction"] = 100 * (base["paper_warp_error"] - row["paper_warp_error"]) / base["paper_warp_error"]
+                row = heldout.relative_scores({"case": case["name"], "kind": case["kind"], "method": f"segment{n}{args.label}",
+                                               "frames": args.frames, **evaluator.score(output),
+                                               "seconds": time.perf_counter() - start}, base, floor)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(heldout.format_row(row), flush=True)
