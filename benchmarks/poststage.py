@@ -141,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["default"])
     parser.add_argument("--out", type=Path, required=True, help="JSON lines of scores (appended)")
     parser.add_argument("--summary", action="store_true", help="only print the summary of --out")
+    parser.add_argument("--refined", metavar="TAG", help="refined frames of other weights (refined.py --tag)")
     args = parser.parse_args(argv)
     if args.summary:
         print(summary([json.loads(line) for line in args.out.read_text().splitlines()]))
         return 0
-    cases = [c for c in corpus.select(corpus.load_listing(), args.split, args.cases) if cache_path(c).exists()]
+    cases = [c for c in corpus.select(corpus.load_listing(), args.split, args.cases) if cache_path(c, args.refined).exists()]
     done = set()
     if args.out.exists():
         done = {(r["case"], r["method"]) for r in map(json.loads, args.out.read_text().splitlines())}
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         files = corpus.build(case)
         I = read_video(files.input)
-        O = np.load(cache_path(case)).astype(np.float32) / 65535
+        O = np.load(cache_path(case, args.refined)).astype(np.float32) / 65535
         evaluator = heldout.case_evaluator(files)
         base = evaluator.score(files.input)
         floor = evaluator.score(files.floor) if files.floor else None

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -177,3 +178,18 @@ def test_training_subcommands_hand_over_their_arguments(capsys, monkeypatch):
     code, _, err = run_cli(capsys, "train-refine", "--steps", "2")
     assert code == 1 and err.strip() == ("unflicker: error: train-refine is not available in this installation "
                                          "(unflicker.refine.training is missing)")
+
+
+def test_weights_options_reach_the_method_and_missing_weights_fail_in_one_line(tmp_path, clips, capsys):
+    from unflicker.config import RunConfig, method_spec
+
+    spec = method_spec(RunConfig(method="neural", filter_weights=Path("mine.safetensors")))
+    assert spec.config.filter_weights == "mine.safetensors" and spec.config.refine_weights is None
+    _, flickering = clips
+    output = tmp_path / "o.mp4"
+    for args in (["--filter-weights", tmp_path / "none.safetensors"], ["--refine-weights", tmp_path / "none.safetensors"],
+                 ["--method", "classical", "--filter-weights", tmp_path / "none.safetensors"]):
+        code, _, err = run_cli(capsys, "run", flickering, "-o", output, "--quiet", *args)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code != 0 and len(lines) == 1 and lines[0].startswith("unflicker: error:"), err
+        assert ("weights" in err) and not output.exists()

@@ -24,7 +24,7 @@ from unflicker.filter import (
     save_weights,
     structure_distortion,
 )
-from unflicker.filter.distortions import warp_image
+from unflicker.filter.distortions import texture_distortion, warp_image
 from unflicker.filter.network import stats_prior
 from unflicker.filter.training import FilterTrainConfig, slice_weights, train
 from unflicker.filter.upsampling import guided_coefficients
@@ -141,6 +141,29 @@ def test_appearance_keeps_structure_and_structure_keeps_colours():
     assert np.median(str_corr) < np.median(app_corr) - 0.2
     assert np.median(str_hist) < 0.03
     assert np.median(app_hist) > 2 * np.median(str_hist)
+
+
+def test_texture_distortion_changes_fine_detail_and_keeps_coarse_colours():
+    x = texture(96, 128, seed=4)
+    blur = lambda y: cv2.GaussianBlur(y, (0, 0), 6.0)
+    fine = lambda y: y - cv2.GaussianBlur(y, (0, 0), 1.5)
+    coarse_err, fine_err = [], []
+    for seed in range(10):
+        y = texture_distortion(x, np.random.default_rng(seed))
+        assert y.shape == x.shape and y.dtype == np.float32 and 0 <= y.min() and y.max() <= 1
+        np.testing.assert_array_equal(y, texture_distortion(x, np.random.default_rng(seed)))
+        coarse_err.append(np.abs(blur(y) - blur(x)).mean())
+        fine_err.append(np.abs(fine(y) - fine(x)).mean() / np.abs(fine(x)).mean())
+    assert np.median(coarse_err) < 0.01  # large-scale colours stay
+    assert np.median(fine_err) > 0.15  # the fine detail changes by a sizeable share of itself
+    # A config without texture changes draws exactly what it drew before the option existed.
+    cfg = DistortionConfig(identity_prob=0)
+    with_prob = appearance_distortion(x, np.random.default_rng(3), dataclasses.replace(cfg, texture_prob=1.0))
+    without = appearance_distortion(x, np.random.default_rng(3), cfg)
+    rng = np.random.default_rng(3)
+    appearance_distortion(x, rng, cfg)
+    rng.random()
+    np.testing.assert_array_equal(with_prob, texture_distortion(without, rng))
 
 
 def test_structure_distortion_moves_pixels():
@@ -285,3 +308,21 @@ def test_a_student_starts_as_the_teacher_cut_to_its_widths_and_distils(tiny_data
         train(dataclasses.replace(config, teacher_weight=1.5, output=tmp_path / "bad"))
     _, meta = load_network(tmp_path / "student" / "filter.safetensors")
     assert meta["network"]["base_width"] == 4 and meta["training"]["config"]["teacher"] == str(path)
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_records_both_validations(tiny_data, tmp_path):
+    g = torch.Generator().manual_seed(5)
+    start = FilterUNet(FilterNetConfig(base_width=4, depth=2))
+    with torch.no_grad():
+        for p in start.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    path = save_weights(start, tmp_path / "start.safetensors")
+    config = dataclasses.replace(tiny_config(tiny_data, tmp_path / "tuned", steps=1), init=path, lr=1e-12,
+                                 distortion=DistortionConfig(texture_prob=0.5))
+    assert train(config)["steps"] == 1
+    tuned, meta = load_network(tmp_path / "tuned" / "filter.safetensors")
+    for (k, v), w in zip(tuned.state_dict().items(), start.state_dict().values()):
+        torch.testing.assert_close(v, w, msg=k, atol=1e-6, rtol=0)  # a step of lr 1e-12 from the start
+    assert set(meta["training"]["val_psnr_appearance_only"]) == {"filter", "frame", "atlas"}
+    with pytest.raises(InputError):
+        train(dataclasses.replace(config, distortion=DistortionConfig(texture_prob=1.5), output=tmp_path / "bad"))

@@ -75,6 +75,11 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "stylized, enhanced, AI) takes all of it; film, timelapse, mains take only the "
                              "smooth flicker model's correction (film: also the atlas's look across a segment, "
                              "so slow pumping goes too)")
+    parser.add_argument("--filter-weights", type=Path, metavar="FILE",
+                        help="neural: the filter's weights (.safetensors with its .json beside it, e.g. from "
+                             "`unflicker train-filter`); default: the shipped ones")
+    parser.add_argument("--refine-weights", type=Path, metavar="FILE",
+                        help="neural: the local refinement's weights; default: the shipped ones")
     parser.add_argument("--strength", type=float, default=1.0, metavar="S",
                         help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own "
                              "look")
@@ -173,7 +178,7 @@ def _config(args, **extra):
                           ray_address=args.ray_address, shared_dir=args.shared_dir)
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
                      projection=args.projection, keep_slow=args.keep_slow, kind=args.kind, strength=args.strength,
-                     overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
+                     filter_weights=args.filter_weights, refine_weights=args.refine_weights, overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
                      codec=args.codec, bit_depth=args.bit_depth,
                      segments=SegmentConfig(frames=args.segment_frames), engine=engine,
                      **({} if args.crf is None else {"crf": args.crf}), **extra)

@@ -128,6 +128,10 @@ class RunConfig:
     """neural: what flickers, one of KINDS: 'auto' (measured per segment), 'processed' (frames processed
     one by one: trust the networks' texture-level correction), 'film', 'timelapse' or 'mains'
     (physical flicker: only the smooth flicker model's correction; film also without the slow-look anchor)."""
+    filter_weights: Path | None = None
+    """neural: the neural filter's weights file (e.g. from `unflicker train-filter`); None: the shipped ones."""
+    refine_weights: Path | None = None
+    """neural: the local refinement's weights file; None: the shipped ones."""
     strength: float = 1.0
     """How much of the correction to apply, 0..1: output = input + strength * (deflickered - input)."""
     crf: int = io.DEFAULT_CRF
@@ -156,7 +160,7 @@ class RunConfig:
     def neural_options_set(self) -> bool:
         """Whether any option that only the neural method takes is given."""
         return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
-                    or not self.projection or self.kind != "auto")
+                    or not self.projection or self.kind != "auto" or self.filter_weights or self.refine_weights)
 
     def check(self) -> None:
         """Raise InputError / OutputError on options that cannot work together."""
@@ -173,8 +177,8 @@ class RunConfig:
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
         if self.method not in (None, "neural") and self.neural_options_set:
-            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow, --kind and --no-projection apply "
-                             "to --method neural only")
+            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow, --kind, --no-projection and the "
+                             "weights options apply to --method neural only")
         if self.kind not in KINDS:
             raise InputError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.stop_after and self.keep_work is None:
@@ -268,7 +272,9 @@ def method_spec(config: RunConfig) -> MethodSpec:
     from unflicker.neural import NeuralConfig
 
     neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config),
-                          projection=projection_config(config), gate=gate_config(config))
+                          projection=projection_config(config), gate=gate_config(config),
+                          filter_weights=None if config.filter_weights is None else str(config.filter_weights),
+                          refine_weights=None if config.refine_weights is None else str(config.refine_weights))
     if not config.projection:
         neural.projection = neural.gate = None
     return MethodSpec("neural", neural)

@@ -28,6 +28,10 @@ class DistortionConfig:
     """Largest smooth displacement of A', in pixels at a 256-pixel longer side (scaled with the image)."""
     atlas_jitter: float = 1.0
     """Multiplies the small appearance jitter of A' (the atlas is consistent, not exact)."""
+    texture_prob: float = 0.0
+    """Probability that I' also gets a texture-level change (`texture_distortion`: detail gains per
+    scale, edge-preserving smoothing, fresh fine noise): the flicker of per-frame enhancement,
+    stylization and img2img. 0 (the shipped filter's first training) draws nothing for it."""
 
 
 def smooth_field(shape: tuple[int, int], grid: tuple[int, int], rng: np.random.Generator,
@@ -62,7 +66,8 @@ def appearance_distortion(x: np.ndarray, rng: np.random.Generator, config: Disto
     x: (H, W, 3) float32 in [0, 1] (uint8 accepted). Returns a new (H, W, 3) float32 in [0, 1].
     A random subset of: tone curves, gamma, contrast, saturation, hue mixing, channel gains,
     exposure, smooth spatial gain fields, haze / black-level offsets; sized to cover processing
-    flicker (per-frame colourisation, enhancement, dehazing) and film flicker.
+    flicker (per-frame colourisation, enhancement, dehazing) and film flicker; then, with
+    probability config.texture_prob, a texture-level change (`texture_distortion`).
     """
     x = float_rgb(x, "an image", array_like=False, allow_empty=True)
     cfg = config or DistortionConfig()
@@ -102,6 +107,37 @@ def appearance_distortion(x: np.ndarray, rng: np.random.Generator, config: Disto
             y = y * (1 - amount) + amount * veil  # haze veil
         else:
             y = (y - 0.3 * amount * veil) / (1 - 0.3 * amount)  # crushed blacks (over-dehazed)
+    y = np.clip(y, 0.0, 1.0).astype(np.float32)
+    if cfg.texture_prob > 0 and rng.random() < cfg.texture_prob:
+        y = texture_distortion(y, rng)
+    return y
+
+
+def texture_distortion(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Texture-level change of x that keeps its large-scale colours: one to three of detail gains on two
+    difference-of-Gaussian bands (sharpened or softened detail), an edge-preserving (bilateral) smoothing
+    blended in, and fresh fine multiplicative noise. x: (H, W, 3) float32 in [0, 1]; returns a new one."""
+    h, w = x.shape[:2]
+    scale = max(h, w) / 256.0
+    y = x
+    kinds = rng.permutation(3)[: int(rng.integers(1, 4))]
+    for kind in kinds:
+        if kind == 0:  # detail gain per band: sharpening, local contrast enhancement or softening
+            s1, s2 = rng.uniform(0.6, 1.5) * np.sqrt(scale), rng.uniform(2.0, 6.0) * np.sqrt(scale)
+            b1, b2 = cv2.GaussianBlur(y, (0, 0), s1), cv2.GaussianBlur(y, (0, 0), s2)
+            g1, g2 = np.exp(rng.normal(0.0, 0.6, 2)).astype(np.float32)
+            y = b2 + g2 * (b1 - b2) + g1 * (y - b1)
+        elif kind == 1:  # edge-preserving smoothing, partly blended
+            d = int(rng.integers(5, 10))
+            smooth = cv2.bilateralFilter(np.clip(y, 0, 1).astype(np.float32), d, float(rng.uniform(0.05, 0.25)),
+                                         float(rng.uniform(2.0, 8.0) * scale))
+            a = np.float32(rng.uniform(0.4, 1.0))
+            y = a * smooth + (1 - a) * y
+        else:  # fresh fine texture, as a generator re-rendering each frame
+            cell = rng.uniform(1.5, 5.0) * scale
+            grid = (max(2, int(h / cell)), max(2, int(w / cell)))
+            field = smooth_field((h, w), grid, rng, 3 if rng.random() < 0.3 else 1)
+            y = y * np.exp(np.float32(rng.uniform(0.02, 0.08)) * field)
     return np.clip(y, 0.0, 1.0).astype(np.float32)
 
 

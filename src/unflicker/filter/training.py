@@ -14,7 +14,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -92,6 +92,8 @@ class FilterTrainConfig:
     teacher's weights cut to its widths. None trains on the clean photos alone."""
     teacher_weight: float = 1.0
     """Distillation: share of the loss on matching the teacher (the rest on the clean photo)."""
+    init: Path | None = None
+    """Fine-tuning: filter weights of the same shape to start from (e.g. the shipped ones)."""
 
 
 def load_images(folder: Path) -> list[np.ndarray]:
@@ -230,6 +232,8 @@ def train(config: FilterTrainConfig) -> dict:
     for name in ("crop", "batch", "steps"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 <= config.distortion.texture_prob <= 1.0:
+        raise InputError(f"texture_prob must be in 0..1, got {config.distortion.texture_prob}")
     if not 0.0 <= config.teacher_weight <= 1.0:
         raise InputError(f"teacher_weight must be in 0..1, got {config.teacher_weight}")
     root = Path(config.data_root)
@@ -244,6 +248,9 @@ def train(config: FilterTrainConfig) -> dict:
         teacher, _ = load_network(config.teacher)
         teacher.requires_grad_(False)
         slice_weights(net, teacher)
+    if config.init is not None:
+        start_net, _ = load_network(config.init)
+        slice_weights(net, start_net)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
@@ -280,7 +287,7 @@ def train(config: FilterTrainConfig) -> dict:
             pending = pool.submit(make_batch, images, config, rng)
             out = filter_batch(net, frame, atlas, config.net_scale)
             loss = _loss(out, target, config.grad_weight)
-            if teacher is not None:
+            if teacher is not None and config.teacher_weight > 0:
                 with torch.no_grad():
                     taught = filter_batch(teacher, frame, atlas, config.net_scale)
                 loss = config.teacher_weight * _loss(out, taught, config.grad_weight) + (1 - config.teacher_weight) * loss
@@ -309,9 +316,14 @@ def train(config: FilterTrainConfig) -> dict:
         log.close()
     if not last_val:
         last_val = validate(net, val, config.net_scale)
+    extra_val = {}
+    if config.distortion.texture_prob > 0:  # also the appearance-only set of a run without texture changes
+        plain = replace(config.distortion, texture_prob=0.0)
+        extra_val["val_psnr_appearance_only"] = validate(net, validation_set(val_images, config.val_seed, plain),
+                                                         config.net_scale)
     weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
         "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
-                     "train_images": len(images), "val_images": len(val),
+                     **extra_val, "train_images": len(images), "val_images": len(val),
                      "seconds": round(seconds + time.time() - start, 1)},
     })
     return {"steps": step, "seconds": round(seconds + time.time() - start, 1), "val_psnr": last_val,
@@ -344,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil: filter weights whose output is the target (the student starts from them, cut)")
     p.add_argument("--teacher-weight", type=float, default=d.teacher_weight,
                    help="distil: share of the loss on the teacher's output (the rest on the clean photo)")
+    p.add_argument("--init", type=Path, default=None, help="fine-tune: start from these filter weights")
+    p.add_argument("--texture-prob", type=float, default=d.distortion.texture_prob,
+                   help="share of training frames that also get a texture-level change")
     add_run_control_args(p, d)
     return p
 
@@ -357,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         output=a.output, crop=a.crop, batch=a.batch, steps=a.steps, lr=a.lr, net_scale=a.net_scale, grad_weight=a.grad_weight,
         network=FilterNetConfig(base_width=a.base_width, depth=a.depth, prior=a.prior, prior_sigma=a.prior_sigma),
         inference=FilterInferenceConfig(working_side=a.working_side), teacher=a.teacher,
-        teacher_weight=a.teacher_weight, **run_control(a),
+        teacher_weight=a.teacher_weight, init=a.init, distortion=DistortionConfig(texture_prob=a.texture_prob),
+        **run_control(a),
     )
     try:
         print(json.dumps(train(config)))
