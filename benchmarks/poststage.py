@@ -77,7 +77,7 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"), detail_sigma=float("inf"))),
             "nodetail": gated(anchor=AnchorConfig(detail_sigma=float("inf"))),  # the default before session 13
             "noefficiency": gated(GateConfig(efficient_low=0.0, efficient_high=1e-12)),  # the default before session 14
-            "detail-share1.0": gated(anchor=AnchorConfig(detail_share=1.0)),
+            "detail-share0.5": gated(anchor=AnchorConfig(detail_share=0.5)),  # half the way (session 15)
             # session 12's other candidate
             "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
@@ -101,7 +101,11 @@ flicker model's parameters' window means given back (tried in session 12, droppe
 nodetail: the default before session 13 (no detail part, AnchorConfig.detail_sigma inf); in
 results/detail-tune-s13.jsonl "detail-v1" rows are a first version (gain sqrt(window mean / own)),
 "detail-share1.0" the energy taken all the way to its window mean, "detail-share0.5" today's before the
-review (energy measured on the 960-pixel copy, not relative to the mean luma, on/off by the gate's strength)."""
+review (energy measured on the 960-pixel copy, not relative to the mean luma, on/off by the gate's strength).
+Session 15 replaced that frame-wide detail part by gains per region and band along the motion: "default"
+rows of results/*-s14 and earlier have the frame-wide part (its code is gone; "detail-share1.0" rows of
+session 13 too); results/mcdetail-v1-tune-s15.jsonl holds the first library version ("mcdetail-v1": bands
+of every channel, exact blurs), and "detail-share0.5" takes the energies half the way."""
 
 
 FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",

@@ -24,11 +24,15 @@ deviation from its local mean, O_t'' = g O_t + (1 - g) mean(O_t) - upsample(slow
 
 A per-frame process with random settings (sharpening, detail enhancement, edge-preserving smoothing,
 denoising) also flickers in the *amount* of fine detail, which the networks, correcting colour with
-smooth fields, leave as it is. A fifth part (`detail_sigma`) evens that out: the output's frame-wide
-energy of fine detail (luma less its Gaussian blur, relative to the frame's mean luma squared) goes
-part of the way (`detail_share`) to its window mean, by a gain on the fine detail alone, applied
-after the other parts. The detail stays the frame's own (nothing is resampled or averaged over
-frames), only its amount stops jumping.
+smooth fields, leave as it is. A fifth part (`detail_sigma`) evens that out, region by region and
+along the motion: per frame and per band of fine detail (luma differences of Gaussian blurs,
+`detail_bands`), a map of the local energy relative to the local mean luma squared; each map is
+averaged over neighbouring frames of the shot by a forward and a backward recursive filter that
+warp it along the input's optical flow (DIS on grid-sized copies, occluded pixels restart), and
+the band is scaled by the gain that takes its energy `detail_share` of the way, in log, to that
+mean. The detail stays the frame's own (nothing is resampled or averaged over frames; only the
+smooth energy maps are warped), only its amount stops jumping. Without the motion (session 13) a
+region's mean mixed the different textures that moved through it.
 
 The means look `radius` frames ahead, so outputs leave `radius` frames after their inputs arrive;
 `corrections` holds only coarse-grid arrays meanwhile (the caller keeps the outputs, e.g. on disk).
@@ -47,7 +51,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.frames import LUMA
+from unflicker.frames import LUMA, luma as luma_of
 
 Tag = TypeVar("Tag")
 
@@ -101,34 +105,32 @@ class AnchorConfig:
     contrast_limit: float = 4.0
     """The contrast part's gain stays within [1 / limit, limit] (a texture the output flattened almost
     entirely would otherwise be scaled up many times, edge halos with it)."""
-    detail_sigma: float = 4.0
-    """Temporal Gaussian sigma, frames, of the window over which the output's amount of fine detail is
-    evened out: E_t, the frame-wide mean square of its luma less a Gaussian blur of `detail_scale`
-    (at full resolution), over the frame's mean luma squared (a fade changes no amount). Frame t's fine
-    detail is scaled by the h, within [1 / detail_limit, detail_limit], that takes E_t `detail_share`
-    of the way, in log, to its window mean. inf: off. Frame-wide (chosen on the tune split, session
-    13): a gain per region, with the camera's motion, trades textured areas' detail for flat areas' noise."""
-    detail_scale: float = 1 / 480
-    """Sigma of the blur that separates fine detail, as a fraction of the frame's shorter side (1 pixel
-    at 480)."""
+    detail_sigma: float = 5.0
+    """Temporal reach, frames, over which the amount of fine detail is evened out (the forward and
+    backward recursions' factor a is the one whose two-sided filter has this standard deviation,
+    sigma^2 = 2 a / (1 - a)^2: 0.75 at 5). inf: off."""
+    detail_bands: tuple[float, ...] = (1 / 270, 3 / 270)
+    """Gaussian sigmas, as fractions of the frame's shorter side, whose successive differences are
+    the bands of fine detail (the first band: the luma less its blur of the first sigma): 1 and 3
+    pixels at 270 rows, the corpus's size, where they were chosen."""
+    detail_cell: float = 0.04
+    """Sigma of the Gaussian that makes each band's squared detail (and the luma it is relative to) a
+    local energy, as a fraction of the frame's shorter side."""
     detail_side: int = 480
-    """The energies are measured on a copy whose shorter side is at most this (area averaged; the blur
-    scaled with it): at 1080p it costs what an 854x480 frame does and sees the band the corpus chose
-    it on (the finest detail above that band is scaled with the rest, not measured)."""
+    """The energies are measured on a copy whose shorter side is at most this (area averaged; the
+    blurs scaled with it): at 1080p it costs what an 854x480 frame does."""
     detail_min_change: float = 0.002
-    """A gain within this of 1 is not applied (a full-size blur of the frame saved where it would
+    """Gains within this of 1 everywhere are not applied (full-size blurs saved where they would
     change nothing visible)."""
     detail_floor: float = 1e-5
-    """Added to the fine detail's mean square (a flat frame's energy is not zero)."""
+    """Added to the local mean square of each band (flat regions: no gain from noise)."""
     detail_dark: float = 0.05
-    """Added to the mean luma that the energy is relative to: a nearly black frame's noise is not
-    taken for a large amount of detail to be matched."""
-    detail_share: float = 0.5
-    """How much of the way to the window mean each frame's fine-detail energy goes, in log (1: all of
-    it; a change of detail that is real, such as motion blur or a pan onto texture, is evened out too;
-    1 lost 0.22 dB on a tune case of mains flicker, 0.5 none)."""
+    """Added to the local mean luma that the energy is relative to: a nearly black region's noise is
+    not taken for a large amount of detail to be matched."""
+    detail_share: float = 1.0
+    """How much of the way to the mean along the motion each band's local energy goes, in log."""
     detail_limit: float = 4.0
-    """The detail gain stays within [1 / limit, limit]."""
+    """The detail gains stay within [1 / limit, limit]."""
     fade_share: tuple[float, float] = (0.5, 0.8)
     """Share of the frame-wide part's variation over the shot that its line explains (R^2), at or
     below which none of the line goes back, at or above which all of it does."""
@@ -148,13 +150,15 @@ class AnchorConfig:
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
         if not self.contrast_limit >= 1:
             raise InputError(f"anchor contrast_limit must be >= 1, got {self.contrast_limit}")
-        if not self.detail_limit >= 1 or not self.detail_floor > 0 or not self.detail_scale > 0 or not (
+        bands = tuple(self.detail_bands)
+        if not self.detail_limit >= 1 or not self.detail_floor > 0 or not bands or not all(
+                a < b for a, b in zip((0.0, *bands), bands)) or not self.detail_cell > 0 or not (
                 0.0 <= self.detail_share <= 1.0) or not self.detail_dark > 0 or self.detail_side < 16 or not (
                 self.detail_min_change >= 0):
-            raise InputError(f"anchor needs detail_limit >= 1, detail_floor > 0, detail_scale > 0 and detail_share in "
-                             f"[0, 1], detail_dark > 0, detail_side >= 16, detail_min_change >= 0, got {self.detail_limit}, "
-                             f"{self.detail_floor}, {self.detail_scale}, {self.detail_share}, {self.detail_dark}, "
-                             f"{self.detail_side}, {self.detail_min_change}")
+            raise InputError(f"anchor needs detail_limit >= 1, detail_floor > 0, detail_bands rising above 0, detail_cell > 0, "
+                             f"detail_share in [0, 1], detail_dark > 0, detail_side >= 16, detail_min_change >= 0, got "
+                             f"{self.detail_limit}, {self.detail_floor}, {self.detail_bands}, {self.detail_cell}, "
+                             f"{self.detail_share}, {self.detail_dark}, {self.detail_side}, {self.detail_min_change}")
         if not self.contrast_floor > 0:
             raise InputError(f"anchor contrast_floor must be > 0, got {self.contrast_floor}")
         if self.contrast_side < 16:
@@ -205,11 +209,39 @@ def _shrunk(image: np.ndarray, limit: int, side=max) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
+def _blur(image: np.ndarray, sigma: float, exact: float = 3.0) -> np.ndarray:
+    """Gaussian blur of sigma pixels (reflected borders). Above `exact` pixels it runs on a copy shrunk
+    by the largest power of two f that leaves at least 1.5 pixels of sigma there (area averaged), with
+    the rest of the blur, then enlarged bilinearly: a wide blur of a large frame costs a small one's."""
+    factor = 1
+    while sigma / (2 * factor) >= 1.5:
+        factor *= 2
+    if sigma <= exact or factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    rest = math.sqrt(max(sigma**2 - (factor**2 - 1) / 12, 0.25)) / factor  # area averaging blurred by about (f^2 - 1) / 12
+    small = cv2.GaussianBlur(small, (0, 0), rest, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
+
+
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
     h, w = image.shape[:2]
     if rows >= h:
         return image
     return cv2.resize(image, (max(1, round(w * rows / h)), rows), interpolation=cv2.INTER_AREA)
+
+
+@dataclass
+class _DetailFrame:
+    """One frame's part of the detail evening: its local energies per band, the input's grid-sized
+    copy, the flow pair from the previous frame of the shot (None for a shot's first) and the
+    forward recursion's value."""
+
+    energy: np.ndarray
+    small: np.ndarray
+    pair: object = None
+    forward: np.ndarray | None = None
 
 
 class SlowAppearanceAnchor:
@@ -232,16 +264,20 @@ class SlowAppearanceAnchor:
                                            self.config.contrast_sigma, self.config.detail_sigma)]
         self._contrast = self.part_weights[3] is not None
         self._detail = self.part_weights[4] is not None
+        # The recursions' factor a: a two-sided recursive filter of factor a has the variance 2 a / (1 - a)^2.
+        variance = self.config.detail_sigma ** 2
+        self._detail_factor = ((variance + 1) - math.sqrt(2 * variance + 1)) / variance if self._detail and variance > 0 else 0.0
 
-    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple:
         """Frame t's coarse-grid arrays: the (fine, coarse, frame-wide mean) parts of the correction
         O_t - I_t; with `contrast_sigma`, also the log-ratio of their luma's local standard deviations
         and O_t's local mean (the anchored output keeps its deviation from it, `_emit`), else None,
-        None; with `detail_sigma`, last, O_t's fine-detail energies (`_detail_energy`), else None."""
+        None; with `detail_sigma`, last, O_t's local detail energies on the same grid (`_DetailFrame`),
+        else None."""
         rows = self.config.grid_rows
-        energy = self._detail_energy(output) if self._detail else None
         if not self._contrast:
-            return (*self._parts(_coarse(output - frame, rows)), None, None, energy)
+            parts = self._parts(_coarse(output - frame, rows))
+            return (*parts, None, None, self._detail_frame(frame, output, parts[0].shape[:2]))
         stats = []
         for image in (output, frame):
             image = _shrunk(image, self.config.contrast_side)
@@ -253,27 +289,83 @@ class SlowAppearanceAnchor:
             stats.append((mean, np.sqrt(np.maximum(variance, 0.0, out=variance)).astype(np.float32)))
         (mean_o, std_o), (mean_i, std_i) = stats
         floor = np.float32(self.config.contrast_floor)
-        return (*self._parts(mean_o - mean_i), np.log((std_o + floor) / (std_i + floor)), mean_o, energy)
+        parts = self._parts(mean_o - mean_i)
+        return (*parts, np.log((std_o + floor) / (std_i + floor)), mean_o,
+                self._detail_frame(frame, output, parts[0].shape[:2]))
 
-    def _fine(self, image: np.ndarray) -> np.ndarray:
-        """The image less its Gaussian blur of sigma `detail_scale` x its shorter side (the fine detail)."""
-        sigma = self.config.detail_scale * min(image.shape[:2])
-        return image - cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    def _detail_frame(self, frame: np.ndarray, output: np.ndarray, grid: tuple[int, int]) -> _DetailFrame | None:
+        """O_t's local energy per band of fine detail (`detail_bands`; luma measured on a copy of
+        shorter side at most `detail_side`) over the square of its local mean luma plus `detail_dark`,
+        as a (rows, cols, bands) grid; and the input's copy of the grid's size (for the flow)."""
+        if not self._detail:
+            return None
+        cfg = self.config
+        luma = luma_of(_shrunk(output, cfg.detail_side, min))
+        side = min(luma.shape)
+        blurs = [luma] + [_blur(luma, band * side) for band in cfg.detail_bands]
+        cell = cfg.detail_cell * side
+        level = _blur(luma, cell) + np.float32(cfg.detail_dark)
+        level *= level
+        size = (grid[1], grid[0])
+        energies = []
+        for k in range(len(cfg.detail_bands)):
+            band = blurs[k] - blurs[k + 1]
+            energy = _blur(band * band, cell) + np.float32(cfg.detail_floor)
+            energies.append(cv2.resize(energy / level, size, interpolation=cv2.INTER_AREA))
+        small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        return _DetailFrame(np.stack(energies, -1).reshape(grid[0], grid[1], -1), small)
 
-    def _detail_energy(self, image: np.ndarray) -> np.ndarray:
-        """(4,) float64, measured on a copy of shorter side at most `detail_side`: E, the mean square of
-        its fine detail d in luma (`detail_floor` added), B, the mean of d fine(d), C, the mean square of fine(d), and the
-        square of its mean luma plus `detail_dark`. Scaling d by h = 1 + a (`apply`) makes the
-        result's fine detail d + a fine(d): its energy is the quadratic E + 2 a B + a^2 C."""
-        luma = np.ascontiguousarray(_shrunk(image, self.config.detail_side, min) @ LUMA)
-        fine = self._fine(luma)
-        finer = self._fine(fine)
+    def _detail_forward(self, coarse: deque) -> None:
+        """The forward recursion for the newest frame of the shot: its energies blended with the
+        previous frame's recursion warped along the flow (where the flow is consistent)."""
+        current = coarse[-1][5]
+        if len(coarse) < 2:
+            current.forward = current.energy
+            return
+        from unflicker.flow import consistency_mask, flow_pair, warp
 
-        def mean(x: np.ndarray) -> float:  # float32 values, summed in float64 (numpy's pairwise sum)
-            return float(np.mean(x, dtype=np.float64))
+        previous = coarse[-2][5]
+        current.pair = flow_pair(previous.small, current.small)
+        valid = consistency_mask(current.pair.backward, current.pair.forward)
+        current.forward = self._blend(current.energy, warp(previous.forward, current.pair.backward), valid)
 
-        return np.array([mean(np.square(fine)) + self.config.detail_floor, mean(fine * finer), mean(np.square(finer)),
-                         (mean(luma) + self.config.detail_dark) ** 2])
+    def _blend(self, own: np.ndarray, carried: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """own + a (carried - own) where valid, own elsewhere (a: the recursion's factor)."""
+        mixed = own + np.float32(self._detail_factor) * (carried.reshape(own.shape) - own)
+        return np.where(valid[..., None], mixed, own).astype(np.float32)
+
+    def _detail_gains(self, coarse: deque, i: int) -> np.ndarray:
+        """Frame i's gains per band (rows, cols, bands): each band's energy goes `detail_share` of the
+        way, in log, to its mean along the motion (the forward recursion's and a backward one's from up
+        to `detail_sigma` x 3 frames ahead); 1 where a value is not finite."""
+        from unflicker.flow import warp
+
+        end = min(len(coarse) - 1, i + math.ceil(3 * self.config.detail_sigma))
+        backward = coarse[end][5].energy
+        for j in range(end - 1, i - 1, -1):
+            pair = coarse[j + 1][5].pair  # frames j and j + 1
+            backward = self._blend(coarse[j][5].energy, warp(backward, pair.forward), pair.valid)
+        own = coarse[i][5]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            log_gain = 0.5 * self.config.detail_share * np.log(0.5 * (own.forward + backward) / own.energy)
+            limit = math.log(self.config.detail_limit)
+            gains = np.exp(np.clip(log_gain, -limit, limit))
+        return np.where(np.isfinite(gains), gains, 1.0).astype(np.float32)
+
+    def _scale_detail(self, image: np.ndarray, gains: np.ndarray) -> np.ndarray:
+        """image + sum over bands of (gain_k - 1) band_k of its luma (added to every channel), the bands
+        at the image's full size; bands whose gain is within `detail_min_change` of 1 everywhere are skipped."""
+        luma = luma_of(image)
+        side = min(image.shape[:2])
+        detail = np.zeros(luma.shape, np.float32)
+        previous = luma
+        for k, band in enumerate(self.config.detail_bands):
+            blurred = _blur(luma, band * side)
+            gain = gains[..., k]
+            if float(np.abs(gain - 1).max()) > self.config.detail_min_change:
+                detail += (_upsample(np.ascontiguousarray(gain), luma.shape) - np.float32(1)) * (previous - blurred)
+            previous = blurred
+        return cv2.add(image, cv2.merge([detail, detail, detail]), dst=image)
 
     def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fine, coarse, frame-wide mean) parts of a coarse-grid correction; they sum to it."""
@@ -315,6 +407,8 @@ class SlowAppearanceAnchor:
                 yield from self._emit(coarse, pending, len(pending))
                 coarse.clear()
             coarse.append(self._grids(frame, output))
+            if self._detail:
+                self._detail_forward(coarse)
             pending.append(tag)
             if len(pending) > r:  # the oldest pending frame now has its whole look-ahead
                 yield from self._emit(coarse, pending, 1)
@@ -379,42 +473,19 @@ class SlowAppearanceAnchor:
                 gain = np.exp(np.clip(log_gain, -limit, limit)).astype(np.float32)
                 offset = (1 - gain)[..., None] * coarse[i][4] - slow
                 slow = np.concatenate([offset, gain[..., None]], 2)
-            if self._detail:  # a fifth channel: the detail gain (one value; `apply`)
+            if self._detail:  # from the fifth channel on: the detail gains per band (`apply`)
                 if not self._contrast:
                     slow = np.concatenate([-slow, np.ones((*slow.shape[:2], 1), np.float32)], 2)
-                gain = self._detail_gain(i, lo, hi, self.part_weights[4][lo - i + r : hi - i + r], coarse)
-                slow = np.concatenate([slow, np.full((*slow.shape[:2], 1), gain, np.float32)], 2)
+                slow = np.concatenate([slow, self._detail_gains(coarse, i)], 2)
             yield pending.popleft(), slow
-
-    def _detail_gain(self, i: int, lo: int, hi: int, weights: np.ndarray, coarse: deque) -> float:
-        """Frame i's detail gain h: its relative energy E / L (`_detail_energy`) goes `detail_share` of
-        the way, in log, to the window mean over frames [lo, hi) (weights); 1 where a value is not finite."""
-        energies = np.stack([coarse[k][5] for k in range(lo, hi)])
-        mean = float(weights @ (energies[:, 0] / energies[:, 3])) / float(weights.sum())
-        energy, cross, finer, level = coarse[i][5]
-        share = self.config.detail_share
-        target = (energy / level) ** (1 - share) * mean**share * level
-        if not np.all(np.isfinite(energies)) or not math.isfinite(target):
-            return 1.0
-        return self._solved_gain(target, energy, cross, finer)
-
-    def _solved_gain(self, target: float, energy: float, cross: float, finer: float) -> float:
-        """The h that brings fine-detail energy E (with B and C, `_detail_energy`) to `target`, within
-        [1 / detail_limit, detail_limit]; the nearest one where none does."""
-        a = -cross / finer if finer > 0 else 0.0  # the quadratic's lowest point
-        disc = cross * cross - finer * (energy - target)
-        if finer > 0 and disc > 0:
-            a = (-cross + math.sqrt(disc)) / finer
-        limit = self.config.detail_limit
-        return float(np.clip(1.0 + a, 1.0 / limit, limit))
 
     def apply(self, output: np.ndarray, slow: np.ndarray | None) -> np.ndarray:
         """O_t minus the upsampled slow correction, clipped to [0, 1] (float32). A slow part with a
         fourth channel (`contrast_sigma`) is an offset and a gain: g O_t + offset, where the gain g
         gives back the slow part of the local contrast's change and the offset both the slow part of
-        the local mean's and what g does to O_t's local mean. A fifth channel (`detail_sigma`, one
-        value h) then scales the result's fine detail: X + (h - 1) (X - blur(X)), the blur's sigma
-        `detail_scale` x the frame's shorter side. With the detail part the slow part always has the
+        the local mean's and what g does to O_t's local mean. Further channels (`detail_sigma`, one
+        gain h_k per band) then scale the bands of the result's luma: X + sum (h_k - 1) band_k(luma X),
+        added to each channel (`detail_bands`, at the frame's size). With the detail part the slow part always has the
         offset and gain form (gain 1 without the contrast part)."""
         if slow is None:
             return output
@@ -423,8 +494,8 @@ class SlowAppearanceAnchor:
             gain = _upsample(np.ascontiguousarray(slow[..., 3]), size)
             anchored = cv2.multiply(output, cv2.merge([gain, gain, gain]), dtype=cv2.CV_32F)
             anchored += _upsample(np.ascontiguousarray(slow[..., :3]), size)
-            if slow.shape[2] == 5 and abs(slow[0, 0, 4] - 1) > self.config.detail_min_change:
-                anchored += np.float32(slow[0, 0, 4] - 1) * self._fine(anchored)
+            if slow.shape[2] > 4 and float(np.abs(slow[..., 4:] - 1).max()) > self.config.detail_min_change:
+                anchored = self._scale_detail(anchored, slow[..., 4:])
             return np.clip(anchored, 0.0, 1.0, out=anchored)
         slow = _upsample(slow, size)
         # float32 throughout (the weights are float64): a float64 full-resolution frame would

@@ -29,6 +29,12 @@ def float_rgb(frame, what: str = "a frame", *, array_like: bool = True, allow_em
     return frame.astype(np.float32, copy=False)
 
 
+def luma(image: np.ndarray) -> np.ndarray:
+    """(H, W) float32 Rec.601 luma of an (H, W, 3) float32 frame (cv2.transform: a fraction of the time
+    of `image @ LUMA` at 1080p, same weights, float32 sums)."""
+    return cv2.transform(np.ascontiguousarray(image, np.float32), LUMA.reshape(1, 3))
+
+
 def planes(image: np.ndarray) -> list[np.ndarray]:
     """The channels of an (H, W, C) float32 image as C contiguous (H, W) arrays (cv2.split's values).
 
