@@ -151,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         print(summary([json.loads(line) for line in args.out.read_text().splitlines()]))
         return 0
     cases = [c for c in corpus.select(corpus.load_listing(), args.split, args.cases) if cache_path(c, args.refined).exists()]
+    if not cases:
+        parser.error(f"no case of the selection has cached refined frames{f' under tag {args.refined}' if args.refined else ''}")
     done = set()
     if args.out.exists():
-        done = {(r["case"], r["method"]) for r in map(json.loads, args.out.read_text().splitlines())}
+        done = {(r["case"], r["method"], r.get("refined")) for r in map(json.loads, args.out.read_text().splitlines())}
     for case in cases:
-        todo = [v for v in args.variants if (case["name"], v) not in done]
+        todo = [v for v in args.variants if (case["name"], v, args.refined) not in done]
         if not todo:
             continue
         files = corpus.build(case)
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(tmp) / f"{name}.mkv"
                 corpus._write(frames, path)
                 row = heldout.relative_scores({"case": case["name"], "kind": case["kind"], "method": name,
+                                               **({"refined": args.refined} if args.refined else {}),
                                                **evaluator.score(path), **stats}, base, floor)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")

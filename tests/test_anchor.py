@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -352,12 +354,16 @@ def test_a_segment_left_as_it_is_has_no_detail_part():
     assert config.for_segment(0.0, strength=0.0).detail_sigma == float("inf")
     assert config.for_segment(0.0).detail_sigma == config.detail_sigma
     assert config.for_segment(0.0, strength=0.5).detail_share == 0.5 * config.detail_share  # as the gate fades
+    assert config.for_segment(0.25, strength=0.5).detail_share == 0.375 * config.detail_share
+    assert config.for_segment(1.0).detail_sigma == float("inf")  # smooth (physical) flicker: the amount of detail stays
     assert AnchorConfig.off().detail_sigma == float("inf")
     assert AnchorConfig(physical_lines=True).for_segment(1.0, strength=0.0).lines == 1.0
 
 
 @pytest.mark.parametrize("config", [AnchorConfig(detail_sigma=-1), AnchorConfig(detail_floor=0),
                                     AnchorConfig(detail_bands=()), AnchorConfig(detail_bands=(0.0, 0.01)),
+                                    AnchorConfig(detail_bands=(0.01, math.inf)), AnchorConfig(detail_bands=0.01),
+                                    AnchorConfig(detail_cell=math.inf),
                                     AnchorConfig(detail_bands=(0.02, 0.01)), AnchorConfig(detail_cell=0),
                                     AnchorConfig(detail_limit=0.5), AnchorConfig(detail_share=1.5),
                                     AnchorConfig(detail_dark=0)])
@@ -377,24 +383,35 @@ def test_a_detail_part_that_goes_none_of_the_way_changes_no_bit(contrast):
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(none, off))
 
 
-def test_a_dark_frame_and_a_flat_one_get_no_detail_from_their_noise():
+def test_a_dark_frame_gets_little_detail_from_its_noise_and_a_flat_one_none():
     rng = np.random.default_rng(5)
     clip = _textured(9, np.ones(9))
     clip[4] = (0.02 + rng.normal(0, 0.004, clip[4].shape)).astype(np.float32)  # nearly black, noise only
-    clip[6] = 0.5  # flat
+    clip[6] = 0.5  # no detail at all: nothing to scale
     anchor = SlowAppearanceAnchor(AnchorConfig(grid_rows=6, detail_bands=BANDS))
     result = [o for _, o in run(anchor, clip, clip)]
-    assert np.abs(result[6] - 0.5).max() < 1e-6  # nothing to scale
+    assert np.abs(result[6] - 0.5).max() < 1e-6
     # The energy is relative to the local mean luma: the noise is raised by far less than the limit (4).
     assert np.std(result[4]) < 1.6 * np.std(clip[4])
 
 
-def test_a_frame_that_is_not_finite_gets_no_detail_gain():
-    clip = _textured(5, np.array([1.0, 0.5, 1.5, 1.0, 1.0]))
-    clip[2, 0, 0] = np.nan
-    anchor = SlowAppearanceAnchor(AnchorConfig(grid_rows=6, detail_bands=BANDS))
-    gains = np.stack([s[..., 4:] for _, s in anchor.corrections((t, c, c) for t, c in enumerate(clip))])
-    assert np.all(np.isfinite(gains)) and np.all(gains >= 0.25) and np.all(gains <= 4)
+def test_a_frame_that_is_not_finite_does_not_spread_into_its_neighbours():
+    amounts = np.random.default_rng(7).uniform(0.5, 1.5, 12)
+    clean = _textured(12, amounts)
+    broken = clean.copy()
+    broken[2, 0, 0] = np.nan
+    config = AnchorConfig(grid_rows=6, detail_bands=BANDS)
+
+    def gains(clip):
+        anchor = SlowAppearanceAnchor(config)
+        return np.stack([s[..., 4:] for _, s in anchor.corrections((t, c, c) for t, c in enumerate(clip))])
+
+    ok, bad = gains(clean), gains(broken)
+    assert np.all(np.isfinite(bad)) and np.all(bad >= 1 / config.detail_limit) and np.all(bad <= config.detail_limit)
+    others = [t for t in range(12) if t != 2]
+    # Only the broken frame falls back to a gain of 1; its neighbours keep theirs (without it in their means).
+    assert np.sum(bad[others] == 1.0) == np.sum(ok[others] == 1.0)
+    assert np.any(bad[2] == 1.0)
 
 
 def test_the_detail_gain_is_measured_on_a_bounded_copy_and_applied_at_full_size():

@@ -187,3 +187,13 @@ def test_planes_are_the_channels_of_any_layout():
         assert len(out) == 3 and all(p.flags.c_contiguous for p in out)
         for c in range(3):
             np.testing.assert_array_equal(out[c], view[..., c])
+
+
+def test_luma_is_the_weighted_sum_of_the_channels_of_any_layout():
+    from unflicker.frames import LUMA, luma
+
+    image = np.random.default_rng(1).random((7, 10, 3), dtype=np.float32)
+    for view in (image, image[:, ::2], image[::-1], image.astype(np.float64)):
+        out = luma(view)
+        assert out.shape == view.shape[:2] and out.dtype == np.float32
+        np.testing.assert_allclose(out, view @ LUMA.astype(view.dtype), atol=1e-6)

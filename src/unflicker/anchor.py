@@ -106,9 +106,10 @@ class AnchorConfig:
     """The contrast part's gain stays within [1 / limit, limit] (a texture the output flattened almost
     entirely would otherwise be scaled up many times, edge halos with it)."""
     detail_sigma: float = 5.0
-    """Temporal reach, frames, over which the amount of fine detail is evened out (the forward and
-    backward recursions' factor a is the one whose two-sided filter has this standard deviation,
-    sigma^2 = 2 a / (1 - a)^2: 0.75 at 5). inf: off."""
+    """Temporal reach, frames, over which the amount of fine detail is evened out: the forward and
+    backward recursions' factor is a = ((s^2 + 1) - sqrt(2 s^2 + 1)) / s^2 for s = detail_sigma (0.754
+    at 5; the mean of the two recursions then weighs frame t + k by about a^|k|, a standard deviation
+    of 4.7 frames). inf or 0: off."""
     detail_bands: tuple[float, ...] = (1 / 270, 3 / 270)
     """Gaussian sigmas, as fractions of the frame's shorter side, whose successive differences are
     the bands of fine detail (the first band: the luma less its blur of the first sigma): 1 and 3
@@ -118,12 +119,14 @@ class AnchorConfig:
     local energy, as a fraction of the frame's shorter side."""
     detail_side: int = 480
     """The energies are measured on a copy whose shorter side is at most this (area averaged; the
-    blurs scaled with it): at 1080p it costs what an 854x480 frame does."""
+    blurs scaled with it): at 1080p it costs what an 854x480 frame does (detail finer than that copy
+    holds is scaled with its band, not measured)."""
     detail_min_change: float = 0.002
     """Gains within this of 1 everywhere are not applied (full-size blurs saved where they would
     change nothing visible)."""
     detail_floor: float = 1e-5
-    """Added to the local mean square of each band (flat regions: no gain from noise)."""
+    """Added to the local mean square of each band (a region flat all through the shot gets no gain from
+    its noise; a flat frame between textured ones does: its noise is raised, up to `detail_limit`)."""
     detail_dark: float = 0.05
     """Added to the local mean luma that the energy is relative to: a nearly black region's noise is
     not taken for a large amount of detail to be matched."""
@@ -150,9 +153,13 @@ class AnchorConfig:
                 raise InputError(f"anchor {name} must be a number >= 0 or inf, got {value}")
         if not self.contrast_limit >= 1:
             raise InputError(f"anchor contrast_limit must be >= 1, got {self.contrast_limit}")
-        bands = tuple(self.detail_bands)
+        try:
+            bands = tuple(float(band) for band in self.detail_bands)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"anchor detail_bands must be numbers, got {self.detail_bands!r}") from exc
         if not self.detail_limit >= 1 or not self.detail_floor > 0 or not bands or not all(
-                a < b for a, b in zip((0.0, *bands), bands)) or not self.detail_cell > 0 or not (
+                a < b for a, b in zip((0.0, *bands), bands)) or not all(map(math.isfinite, bands)) or not (
+                0 < self.detail_cell < math.inf) or not (
                 0.0 <= self.detail_share <= 1.0) or not self.detail_dark > 0 or self.detail_side < 16 or not (
                 self.detail_min_change >= 0):
             raise InputError(f"anchor needs detail_limit >= 1, detail_floor > 0, detail_bands rising above 0, detail_cell > 0, "
@@ -172,10 +179,12 @@ class AnchorConfig:
 
     def for_segment(self, smoothness: float, strength: float = 1.0) -> AnchorConfig:
         """The config for a segment whose gate measured this smoothness and strength (0..1): the detail
-        part goes `strength` of its way (none for a segment left as it is, as the gate's correction)."""
+        part goes `strength` x (1 - smoothness) of its way (none for a segment left as it is, as the
+        gate's correction, nor where the flicker is smooth: light does not change the amount of detail)."""
         strength = float(np.clip(strength, 0.0, 1.0))
-        config = self if strength == 1.0 else dataclasses.replace(
-            self, detail_share=self.detail_share * strength, detail_sigma=self.detail_sigma if strength > 0 else math.inf)
+        share = strength * (1.0 - float(np.clip(smoothness, 0.0, 1.0)))
+        config = self if share == 1.0 else dataclasses.replace(
+            self, detail_share=self.detail_share * share, detail_sigma=self.detail_sigma if share > 0 else math.inf)
         if not config.physical_lines:
             return config
         return dataclasses.replace(config, lines=float(np.clip(smoothness, 0.0, 1.0)))
@@ -235,12 +244,14 @@ def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
 @dataclass
 class _DetailFrame:
     """One frame's part of the detail evening: its local energies per band, the input's grid-sized
-    copy, the flow pair from the previous frame of the shot (None for a shot's first) and the
-    forward recursion's value."""
+    copy (until the next frame's flow is made), the flow from the previous frame of the shot to this
+    one with the previous frame's consistency mask (None for a shot's first; the backward recursion's
+    step) and the forward recursion's value."""
 
     energy: np.ndarray
-    small: np.ndarray
-    pair: object = None
+    small: np.ndarray | None
+    flow: np.ndarray | None = None
+    valid: np.ndarray | None = None
     forward: np.ndarray | None = None
 
 
@@ -263,10 +274,10 @@ class SlowAppearanceAnchor:
                              for sigma in (self.config.sigma, self.config.coarse_sigma, self.config.global_sigma,
                                            self.config.contrast_sigma, self.config.detail_sigma)]
         self._contrast = self.part_weights[3] is not None
-        self._detail = self.part_weights[4] is not None
-        # The recursions' factor a: a two-sided recursive filter of factor a has the variance 2 a / (1 - a)^2.
+        self._detail = self.part_weights[4] is not None and self.config.detail_share > 0 and self.config.detail_sigma > 0
+        # The recursions' factor a (`detail_sigma`): a forward and a backward recursion in turn would have the variance 2 a / (1 - a)^2.
         variance = self.config.detail_sigma ** 2
-        self._detail_factor = ((variance + 1) - math.sqrt(2 * variance + 1)) / variance if self._detail and variance > 0 else 0.0
+        self._detail_factor = ((variance + 1) - math.sqrt(2 * variance + 1)) / variance if self._detail else 0.0
 
     def _grids(self, frame: np.ndarray, output: np.ndarray) -> tuple:
         """Frame t's coarse-grid arrays: the (fine, coarse, frame-wide mean) parts of the correction
@@ -312,7 +323,7 @@ class SlowAppearanceAnchor:
             band = blurs[k] - blurs[k + 1]
             energy = _blur(band * band, cell) + np.float32(cfg.detail_floor)
             energies.append(cv2.resize(energy / level, size, interpolation=cv2.INTER_AREA))
-        small = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        small = np.nan_to_num(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), nan=0.0, posinf=1.0, neginf=0.0)
         return _DetailFrame(np.stack(energies, -1).reshape(grid[0], grid[1], -1), small)
 
     def _detail_forward(self, coarse: deque) -> None:
@@ -325,14 +336,18 @@ class SlowAppearanceAnchor:
         from unflicker.flow import consistency_mask, flow_pair, warp
 
         previous = coarse[-2][5]
-        current.pair = flow_pair(previous.small, current.small)
-        valid = consistency_mask(current.pair.backward, current.pair.forward)
-        current.forward = self._blend(current.energy, warp(previous.forward, current.pair.backward), valid)
+        pair = flow_pair(previous.small, current.small)
+        previous.small = None  # its flows are made
+        current.flow, current.valid = pair.forward, pair.valid
+        valid = consistency_mask(pair.backward, pair.forward)
+        current.forward = self._blend(current.energy, warp(previous.forward, pair.backward), valid)
 
     def _blend(self, own: np.ndarray, carried: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """own + a (carried - own) where valid, own elsewhere (a: the recursion's factor)."""
-        mixed = own + np.float32(self._detail_factor) * (carried.reshape(own.shape) - own)
-        return np.where(valid[..., None], mixed, own).astype(np.float32)
+        """own + a (carried - own) where valid and carried is finite, own elsewhere (a: the recursion's
+        factor): a frame that is not finite does not spread into its neighbours."""
+        carried = carried.reshape(own.shape)
+        mixed = own + np.float32(self._detail_factor) * (carried - own)
+        return np.where(valid[..., None] & np.isfinite(carried), mixed, own).astype(np.float32)
 
     def _detail_gains(self, coarse: deque, i: int) -> np.ndarray:
         """Frame i's gains per band (rows, cols, bands): each band's energy goes `detail_share` of the
@@ -343,8 +358,8 @@ class SlowAppearanceAnchor:
         end = min(len(coarse) - 1, i + math.ceil(3 * self.config.detail_sigma))
         backward = coarse[end][5].energy
         for j in range(end - 1, i - 1, -1):
-            pair = coarse[j + 1][5].pair  # frames j and j + 1
-            backward = self._blend(coarse[j][5].energy, warp(backward, pair.forward), pair.valid)
+            step = coarse[j + 1][5]  # the flow from frame j to j + 1, frame j's mask
+            backward = self._blend(coarse[j][5].energy, warp(backward, step.flow), step.valid)
         own = coarse[i][5]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             log_gain = 0.5 * self.config.detail_share * np.log(0.5 * (own.forward + backward) / own.energy)
@@ -392,7 +407,8 @@ class SlowAppearanceAnchor:
                     ) -> Iterator[tuple[Tag, np.ndarray | None]]:
         """Yield (tag, slow part of the correction on the coarse grid, or None for nothing) for each
         (tag, I_t, O_t), `radius` frames late; only coarse-grid arrays are held, never a frame. With
-        `contrast_sigma` the slow part has a fourth channel, see `apply`."""
+        `contrast_sigma` the slow part has a fourth channel, with `detail_sigma` one more per detail band
+        (and the fourth then always), see `apply`."""
         if all(weights is None for weights in self.part_weights):
             for tag, _, _ in items:
                 yield tag, None

@@ -93,7 +93,7 @@ class FilterTrainConfig:
     teacher_weight: float = 1.0
     """Distillation: share of the loss on matching the teacher (the rest on the clean photo)."""
     init: Path | None = None
-    """Fine-tuning: filter weights of the same shape to start from (e.g. the shipped ones)."""
+    """Fine-tuning: filter weights of the same network config to start from (e.g. the shipped ones)."""
 
 
 def load_images(folder: Path) -> list[np.ndarray]:
@@ -250,7 +250,10 @@ def train(config: FilterTrainConfig) -> dict:
         slice_weights(net, teacher)
     if config.init is not None:
         start_net, _ = load_network(config.init)
-        slice_weights(net, start_net)
+        if start_net.config != net.config:
+            raise InputError(f"--init weights are a {start_net.config.to_dict()} network, not the {net.config.to_dict()} "
+                             "this run trains: give the same --base-width, --depth, --prior and --prior-sigma")
+        net.load_state_dict(start_net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
