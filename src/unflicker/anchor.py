@@ -372,15 +372,20 @@ class SlowAppearanceAnchor:
         at the image's full size; bands whose gain is within `detail_min_change` of 1 everywhere are skipped."""
         luma = luma_of(image)
         side = min(image.shape[:2])
-        detail = np.zeros(luma.shape, np.float32)
+        detail = None
         previous = luma
         for k, band in enumerate(self.config.detail_bands):
             blurred = _blur(luma, band * side)
             gain = gains[..., k]
             if float(np.abs(gain - 1).max()) > self.config.detail_min_change:
-                detail += (_upsample(np.ascontiguousarray(gain), luma.shape) - np.float32(1)) * (previous - blurred)
+                # OpenCV's float32 arithmetic in place: the same sums as NumPy's without its temporaries.
+                scaled = cv2.subtract(_upsample(np.ascontiguousarray(gain), luma.shape), 1.0)
+                cv2.multiply(scaled, cv2.subtract(previous, blurred), dst=scaled)
+                detail = scaled if detail is None else cv2.add(detail, scaled, dst=detail)
             previous = blurred
-        return cv2.add(image, cv2.merge([detail, detail, detail]), dst=image)
+        if detail is None:
+            return image
+        return np.add(image, detail[..., None], out=image)  # no frame-sized temporary (cv2.merge's faults in its pages)
 
     def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(fine, coarse, frame-wide mean) parts of a coarse-grid correction; they sum to it."""
