@@ -283,12 +283,18 @@ def test_apply_rejects_bad_frames(shipped):
         shipped.apply(np.zeros((10, 10, 3), np.float32), np.zeros((10, 10, 4), np.float32))
 
 
-def test_a_student_starts_as_the_teacher_cut_to_its_widths_and_distils(tiny_data, tmp_path):
-    g = torch.Generator().manual_seed(4)
-    teacher = FilterUNet(FilterNetConfig(base_width=6, depth=3))
+def random_net(base_width, depth, seed):
+    """A filter net with small random weights (a fresh one's head is zero: it would return its prior)."""
+    g = torch.Generator().manual_seed(seed)
+    net = FilterUNet(FilterNetConfig(base_width=base_width, depth=depth))
     with torch.no_grad():
-        for p in teacher.parameters():
+        for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return net
+
+
+def test_a_student_starts_as_the_teacher_cut_to_its_widths_and_distils(tiny_data, tmp_path):
+    teacher = random_net(6, 3, seed=4)
     student = FilterUNet(FilterNetConfig(base_width=4, depth=3))
     slice_weights(student, teacher)
     t, s = teacher.state_dict(), student.state_dict()
@@ -311,11 +317,7 @@ def test_a_student_starts_as_the_teacher_cut_to_its_widths_and_distils(tiny_data
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_records_both_validations(tiny_data, tmp_path):
-    g = torch.Generator().manual_seed(5)
-    start = FilterUNet(FilterNetConfig(base_width=4, depth=2))
-    with torch.no_grad():
-        for p in start.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    start = random_net(4, 2, seed=5)
     path = save_weights(start, tmp_path / "start.safetensors")
     config = dataclasses.replace(tiny_config(tiny_data, tmp_path / "tuned", steps=1), init=path, lr=1e-12,
                                  distortion=DistortionConfig(texture_prob=0.5))
@@ -326,3 +328,5 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_both_validations(
     assert set(meta["training"]["val_psnr_appearance_only"]) == {"filter", "frame", "atlas"}
     with pytest.raises(InputError):
         train(dataclasses.replace(config, distortion=DistortionConfig(texture_prob=1.5), output=tmp_path / "bad"))
+    with pytest.raises(InputError):  # weights of another network
+        train(dataclasses.replace(config, network=FilterNetConfig(4, 3), output=tmp_path / "other"))
