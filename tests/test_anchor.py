@@ -256,6 +256,11 @@ def test_keep_slow_sets_the_contrast_window_like_the_coarse_one():
     assert anchor_config(RunConfig(keep_slow=4.0)).contrast_sigma == AnchorConfig().contrast_sigma
     assert anchor_config(RunConfig(keep_slow=40.0)).contrast_sigma == 40.0
     assert anchor_config(RunConfig(keep_slow=float("inf"))) is None
+    # Physical kinds given by the user leave the amount of detail as it is (auto: where the flicker is smooth).
+    for kind, detail in (("timelapse", math.inf), ("mains", math.inf), ("processed", AnchorConfig().detail_sigma),
+                         ("auto", AnchorConfig().detail_sigma)):
+        assert anchor_config(RunConfig(kind=kind)).detail_sigma == detail
+        assert anchor_config(RunConfig(kind=kind, keep_slow=3.0)).detail_sigma == detail
 
 
 def _textured(n, amounts, seed=0, h=48, w=64):

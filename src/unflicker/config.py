@@ -230,17 +230,20 @@ def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) ->
 def anchor_config(config: RunConfig):
     """The slow-look anchor of the neural method: --keep-slow sets the fine part's window; the
     coarse, frame-wide and contrast windows are never shorter, the detail part keeps its own (None:
-    no anchor, --keep-slow off, and with it no detail part)."""
+    no anchor, --keep-slow off, and with it no detail part). The physical kinds (timelapse, mains)
+    leave the amount of detail as it is, as `auto` does where it finds smooth flicker (light does
+    not change it; AnchorConfig.for_segment)."""
     from unflicker.anchor import AnchorConfig
 
     if config.keep_slow == math.inf or (config.keep_slow is None and config.kind == "film"):
         return None
+    detail = {"detail_sigma": math.inf} if config.kind in ("timelapse", "mains") else {}
     if config.keep_slow is None:
-        return AnchorConfig()
+        return AnchorConfig(**detail)
     defaults = AnchorConfig()
     return AnchorConfig(sigma=config.keep_slow, coarse_sigma=max(config.keep_slow, defaults.coarse_sigma),
                         global_sigma=max(config.keep_slow, defaults.global_sigma),
-                        contrast_sigma=max(config.keep_slow, defaults.contrast_sigma))
+                        contrast_sigma=max(config.keep_slow, defaults.contrast_sigma), **detail)
 
 
 def projection_config(config: RunConfig):
