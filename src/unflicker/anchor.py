@@ -268,13 +268,14 @@ class SlowAppearanceAnchor:
         self.shot_starts = set(shot_starts) | {0}
         r = self.config.window
         offsets = np.arange(-r, r + 1)
-        # Per part (fine, coarse, frame-wide mean, local contrast, detail): None for an infinite sigma,
-        # nothing of that part goes back (detail: none is evened out); sigma 0 gives everything back.
+        # Per window-mean part (fine, coarse, frame-wide mean, local contrast): None for an infinite
+        # sigma, nothing of that part goes back; sigma 0 gives everything back. The detail part has no
+        # window (recursions along the motion): on for a finite sigma above 0 and a share above 0.
         self.part_weights = [None if math.isinf(sigma) else np.exp(-0.5 * (offsets / max(sigma, 1e-6)) ** 2)
                              for sigma in (self.config.sigma, self.config.coarse_sigma, self.config.global_sigma,
-                                           self.config.contrast_sigma, self.config.detail_sigma)]
+                                           self.config.contrast_sigma)]
         self._contrast = self.part_weights[3] is not None
-        self._detail = self.part_weights[4] is not None and self.config.detail_share > 0 and self.config.detail_sigma > 0
+        self._detail = 0 < self.config.detail_sigma < math.inf and self.config.detail_share > 0
         # The recursions' factor a (`detail_sigma`): a forward and a backward recursion in turn would have the variance 2 a / (1 - a)^2.
         variance = self.config.detail_sigma ** 2
         self._detail_factor = ((variance + 1) - math.sqrt(2 * variance + 1)) / variance if self._detail else 0.0
@@ -414,7 +415,7 @@ class SlowAppearanceAnchor:
         (tag, I_t, O_t), `radius` frames late; only coarse-grid arrays are held, never a frame. With
         `contrast_sigma` the slow part has a fourth channel, with `detail_sigma` one more per detail band
         (and the fourth then always), see `apply`."""
-        if all(weights is None for weights in self.part_weights):
+        if all(weights is None for weights in self.part_weights) and not self._detail:
             for tag, _, _ in items:
                 yield tag, None
             return
