@@ -101,3 +101,50 @@ def test_frames_read_back_are_the_written_ones_and_their_own_arrays(tmp_path):
         with pytest.raises(OSError, match="short read"):
             cut[2]
 
+
+
+def test_whole_block_frames_go_straight_to_the_device_and_a_refusal_falls_back(tmp_path, monkeypatch):
+    """Frames of whole blocks skip the page cache where the file system takes direct I/O (else the
+    test has nothing to check); a refusal mid-run (EINVAL) turns the file to buffered I/O with
+    every frame intact, and a frame of odd size goes buffered from the start."""
+    import errno
+    import os
+
+    from unflicker.framestore import FrameFile
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 65535, (4, 16, 32, 3), dtype=np.uint16)  # 3072 bytes: whole blocks
+    store = FrameStore(frames.shape[1:], np.uint16, directory=str(tmp_path))
+    out = FrameFile.create(tmp_path / "r.npy", frames.shape, np.uint16)
+    if store._io._direct is None or out._io._direct is None:
+        pytest.skip("no direct I/O on this file system")
+    used = []
+    real = os.pwrite
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: used.append(fd) or real(fd, data, offset))
+    for t in range(2):
+        store.append(frames[t])
+        out[t] = frames[t]
+    monkeypatch.undo()
+    assert set(used) == {store._io._direct, out._io._direct}  # every write went direct
+    assert out._offset == 4096
+    direct = {store._io._direct, out._io._direct}
+
+    def refuse(fd, data, offset):
+        if fd in direct:
+            raise OSError(errno.EINVAL, "refused")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", refuse)
+    for t in range(2, 4):
+        store.append(frames[t])
+        out[t] = frames[t]
+    assert store._io._direct is None and out._io._direct is None
+    monkeypatch.undo()
+    assert np.array_equal(store[0:4], frames) and np.array_equal(store[1], frames[1])
+    out.close()
+    assert np.array_equal(np.load(tmp_path / "r.npy"), frames)
+    odd = FrameFile.create(tmp_path / "odd.npy", (2, 5, 7, 3), np.uint8)  # 105 bytes a frame
+    odd[1] = frames[0, :5, :7].astype(np.uint8)
+    assert odd._io._direct is not None and np.array_equal(odd[1], frames[0, :5, :7].astype(np.uint8))
+    odd.close()
+    store.close()

@@ -1,52 +1,136 @@
-"""Per-frame arrays of a whole video kept in an anonymous temporary file instead of in memory.
+"""Per-frame arrays of a whole video kept in files instead of in memory.
 
 The neural method needs two such arrays for every frame (the low-resolution frame the atlas is
 fitted on, and the rendered A_t). Held in memory they would make peak memory grow with the
 video's length; here they go to disk (plain reads and writes, not a memory map, so the pages do
 not count towards the process's memory) and are read back one frame or one window at a time.
-The file has no name and is gone when the store is closed or the process ends.
+A FrameStore's file has no name and is gone when the store is closed or the process ends.
+
+Frames travel straight between the arrays and the device (Linux's O_DIRECT) wherever the file
+system takes it and a frame's offset and size are whole blocks (512 bytes: 1280x720, 1920x1080
+and 3840x2160 frames are; a FrameStore pads its slots to be). Through the page cache, each
+written frame would first take pages of fresh memory, which costs more than the write itself on
+a machine whose memory is handed out lazily (a virtual machine); the frames are read back once
+or twice, at the device's speed. Anything else (another system, an odd frame size, a refusal)
+goes through the page cache as before, with the same bytes in the file.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
 import tempfile
+import threading
 
 import numpy as np
 
 from unflicker.errors import InputError
 
-
-def _read_into(file, out: np.ndarray, offset: int, what: str) -> np.ndarray:
-    """`out` (C-contiguous) filled from `file` at `offset` with a plain read (no memory map, one copy:
-    straight into the array); OSError naming `what` if the file holds fewer bytes."""
-    size, done = out.nbytes, 0
-    view = memoryview(out.reshape(-1).view(np.uint8))
-    while done < size:
-        got = os.preadv(file.fileno(), [view[done:]], offset + done)
-        if got == 0:
-            raise OSError(f"short read from {what}: {done} of {size} bytes")
-        done += got
-    return out
+_BLOCK = 512
+"""What direct I/O asks of offsets and sizes on most devices (one that asks more refuses, and
+the file goes on through the page cache)."""
+_PAGE = 4096
+"""Alignment of the memory direct I/O reads into and writes from (more than any device asks)."""
+_bounce = threading.local()
 
 
-def _write_from(file, frame: np.ndarray, dtype: np.dtype, offset: int) -> None:
-    """`frame` as `dtype` written to `file` at `offset`, straight from the array's memory."""
-    data = memoryview(np.ascontiguousarray(frame, dtype=dtype).reshape(-1).view(np.uint8))
-    done = 0
-    while done < len(data):
-        done += os.pwrite(file.fileno(), data[done:], offset + done)
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """np.empty(shape, dtype) whose data starts at a page boundary (a view into a larger array)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _PAGE, np.uint8)
+    start = -raw.ctypes.data % _PAGE
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def _bounce_buffer(nbytes: int) -> memoryview:
+    """This thread's page-aligned scratch of at least `nbytes` (kept: warm memory for every write)."""
+    buffer = getattr(_bounce, "buffer", None)
+    if buffer is None or len(buffer) < nbytes:
+        if buffer is not None:
+            buffer.close()
+        buffer = _bounce.buffer = mmap.mmap(-1, max(nbytes, _PAGE))
+    return memoryview(buffer)[:nbytes]
+
+
+def _aligned(offset: int, view: memoryview) -> bool:
+    address = np.frombuffer(view, np.uint8).ctypes.data if len(view) else 0
+    return offset % _BLOCK == 0 and len(view) % _BLOCK == 0 and address % _BLOCK == 0
+
+
+class _Blocks:
+    """Positional reads and writes of an open file: direct where allowed (see the module), else
+    through the page cache. Thread-safe (positional calls on two descriptors of one file; the
+    kernel keeps the two ways coherent)."""
+
+    def __init__(self, file, writable: bool):
+        self.file = file
+        self._direct: int | None = None
+        if hasattr(os, "O_DIRECT") and os.path.isdir("/proc/self/fd"):
+            try:
+                flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT
+                self._direct = os.open(f"/proc/self/fd/{file.fileno()}", flags)
+            except OSError:  # a file system without direct I/O (tmpfs, some network file systems)
+                self._direct = None
+
+    def _call(self, direct: bool, op, *args) -> int:
+        """op(fd, *args) on the direct descriptor if `direct` (and still allowed), else buffered."""
+        fd = self._direct
+        if direct and fd is not None:
+            try:
+                return op(fd, *args)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = None  # refused (alignment the device wants, file system): buffered from now on
+        return op(self.file.fileno(), *args)
+
+    def read_into(self, out: np.ndarray, offset: int, what: str) -> np.ndarray:
+        """`out` (C-contiguous) filled from the file at `offset` (one copy, straight into the array);
+        OSError naming `what` if the file holds fewer bytes."""
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        size, done = len(view), 0
+        while done < size:
+            part = view[done:]
+            got = self._call(_aligned(offset + done, part), os.preadv, [part], offset + done)
+            if got == 0:
+                raise OSError(f"short read from {what}: {done} of {size} bytes")
+            done += got
+        return out
+
+    def write(self, frame: np.ndarray, dtype: np.dtype, offset: int) -> None:
+        """`frame` as `dtype` written at `offset` (converted into this thread's aligned scratch when the
+        write can go direct, else from the array's own memory)."""
+        nbytes = int(np.prod(frame.shape)) * dtype.itemsize
+        if self._direct is not None and offset % _BLOCK == 0 and nbytes % _BLOCK == 0:
+            data = _bounce_buffer(nbytes)
+            np.copyto(np.frombuffer(data, dtype).reshape(frame.shape), frame, casting="unsafe")
+        else:
+            data = memoryview(np.ascontiguousarray(frame, dtype=dtype).reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(data):
+            part = data[done:]
+            done += self._call(_aligned(offset + done, part), os.pwrite, part, offset + done)
+
+    def close(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        self.file.close()
 
 
 class FrameStore:
-    """A growable (T, *frame_shape) array of one dtype on disk; index like an array (ints, slices)."""
+    """A growable (T, *frame_shape) array of one dtype on disk; index like an array (ints, slices).
+    Each frame has a slot of whole pages in the file (direct I/O, see the module)."""
 
     def __init__(self, frame_shape: tuple[int, ...], dtype=np.float16, directory: str | None = None):
         self.frame_shape, self.dtype = tuple(int(s) for s in frame_shape), np.dtype(dtype)
         if not self.frame_shape or min(self.frame_shape) < 1:
             raise InputError(f"frame shape must be non-empty and positive, got {self.frame_shape}")
         self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
-        self._file = tempfile.TemporaryFile(dir=directory)
+        self._slot = -(-self._frame_bytes // _PAGE) * _PAGE
+        self._io = _Blocks(tempfile.TemporaryFile(dir=directory), writable=True)
         self._length = 0
 
     @property
@@ -66,7 +150,9 @@ class FrameStore:
         frame = np.asarray(frame)
         if frame.shape != self.frame_shape:
             raise InputError(f"expected a frame of shape {self.frame_shape}, got {frame.shape}")
-        _write_from(self._file, frame, self.dtype, t * self._frame_bytes)
+        if t == self._length:  # the file grows by whole slots (a hole until written): full slots read back
+            os.ftruncate(self._io.file.fileno(), (t + 1) * self._slot)
+        self._io.write(frame, self.dtype, t * self._slot)
         self._length = max(self._length, t + 1)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
@@ -76,22 +162,21 @@ class FrameStore:
             if step != 1:
                 raise IndexError("FrameStore slices take no step")
             count = max(0, stop - start)
-            return self._read(start, (count, *self.frame_shape))
+            slots = self._io.read_into(aligned_empty((count, self._slot), np.uint8), start * self._slot, "the frame store")
+            return np.ascontiguousarray(slots[:, : self._frame_bytes]).view(self.dtype).reshape(count, *self.frame_shape)
         t = int(index) + (self._length if int(index) < 0 else 0)
         if not 0 <= t < self._length:
             raise IndexError(f"frame {index} outside [0, {self._length})")
-        return self._read(t, self.frame_shape)
-
-    def _read(self, start: int, shape: tuple[int, ...]) -> np.ndarray:
-        return _read_into(self._file, np.empty(shape, self.dtype), start * self._frame_bytes, "the frame store")
+        slot = self._io.read_into(aligned_empty((self._slot,), np.uint8), t * self._slot, "the frame store")
+        return slot[: self._frame_bytes].view(self.dtype).reshape(self.frame_shape)
 
     def close(self) -> None:
-        self._file.close()
+        self._io.close()
 
     def __del__(self) -> None:
-        file = getattr(self, "_file", None)
-        if file is not None:
-            file.close()
+        io = getattr(self, "_io", None)
+        if io is not None:
+            io.close()
 
 
 class FrameFile:
@@ -100,24 +185,32 @@ class FrameFile:
     The segments' spilled frames and their results live in such files (the work folder). Like
     FrameStore it uses plain reads and writes: a memory map's touched pages would count towards the
     process's memory, up to a whole segment of full-resolution frames (gigabytes at 4K). Any .npy
-    file (C order) opens; np.load reads one whole.
+    file (C order) opens; np.load reads one whole. A file made here has its frames from byte 4096
+    on (the header padded), so frames of whole blocks go direct (see the module).
     """
 
-    def __init__(self, file, shape: tuple[int, ...], dtype: np.dtype, offset: int):
-        self._file, self.shape, self.dtype, self._offset = file, tuple(shape), np.dtype(dtype), offset
+    def __init__(self, file, shape: tuple[int, ...], dtype: np.dtype, offset: int, writable: bool = False):
+        self.shape, self.dtype, self._offset = tuple(shape), np.dtype(dtype), offset
         self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._io, self._name = _Blocks(file, writable), file.name
 
     @classmethod
     def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> FrameFile:
         """A new file of `shape` (frames not yet written read as zeros)."""
         dtype = np.dtype(dtype)
         file = open(path, "w+b")
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                  "shape": tuple(int(s) for s in shape)}
-        np.lib.format.write_array_header_2_0(file, header)
+        header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                       "shape": tuple(int(s) for s in shape)}).encode("latin1")
+        magic = np.lib.format.magic(2, 0)
+        pad = _PAGE - len(magic) - 4 - len(header) - 1  # format 2.0: magic, 4-byte length, header, newline
+        if pad < 0:
+            raise InputError(f"array header too long: shape {shape}")
+        header += b" " * pad + b"\n"
+        file.write(magic + len(header).to_bytes(4, "little") + header)
+        file.flush()
         offset = file.tell()
         file.truncate(offset + int(np.prod(shape)) * dtype.itemsize)
-        return cls(file, shape, dtype, offset)
+        return cls(file, shape, dtype, offset, writable=True)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> FrameFile:
@@ -145,17 +238,17 @@ class FrameFile:
         return self._offset + t * self._frame_bytes
 
     def __getitem__(self, t: int) -> np.ndarray:
-        return _read_into(self._file, np.empty(self.shape[1:], self.dtype), self._position(t), self._file.name)
+        return self._io.read_into(aligned_empty(self.shape[1:], self.dtype), self._position(t), self._name)
 
     def __setitem__(self, t: int, frame: np.ndarray) -> None:
         frame = np.asarray(frame)
         if frame.shape != self.shape[1:]:
             raise InputError(f"expected a frame of shape {self.shape[1:]}, got {frame.shape}")
-        _write_from(self._file, frame, self.dtype, self._position(t))
+        self._io.write(frame, self.dtype, self._position(t))
 
     def close(self) -> None:
         """Close (every write has reached the file system: a written file is complete once closed)."""
-        self._file.close()
+        self._io.close()
 
     def __enter__(self) -> FrameFile:
         return self
