@@ -262,6 +262,9 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
+    from unflicker.segments import keep_freed_memory
+
+    keep_freed_memory()  # before the first frame is decoded (this process decodes, stitches and encodes)
     if argv and argv[0] in DELEGATES:
         # Not through argparse: it would claim options such as --help meant for the script.
         handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]

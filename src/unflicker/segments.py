@@ -175,6 +175,34 @@ def build_method(spec: MethodSpec):
     return _METHOD_CACHE[key]
 
 
+_MALLOC_KEPT = False
+
+
+def keep_freed_memory() -> None:
+    """Large frames freed by one step stay in the process for the next (glibc; elsewhere nothing).
+
+    By default glibc hands a freed frame of 128 KB to 32 MB back to the kernel (its own map, or the
+    trimmed top of a heap; a thread's heap too), and the next frame of that size is mapped and
+    zeroed page by page again. Here: one heap for all threads (a thread's heap holds at most
+    64 MB), allocations up to 32 MB (glibc's limit; a float frame at 1080p) from it, its top
+    kept. Peak memory stays what the pass holds at once; set once per process, for every later
+    allocation."""
+    global _MALLOC_KEPT
+    if _MALLOC_KEPT:
+        return
+    _MALLOC_KEPT = True
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): its own allocator's defaults
+        return
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's malloc.h
+    mallopt(m_arena_max, 1)
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 @contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
     """Torch, OpenCV and NumPy's BLAS use exactly n threads in the body (restored after).
@@ -222,6 +250,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
     from unflicker.io import from_float, write_png
 
     start = time.perf_counter()
+    keep_freed_memory()
     marker = None
     if task.running_dir is not None:
         marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"
