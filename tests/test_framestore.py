@@ -103,48 +103,85 @@ def test_frames_read_back_are_the_written_ones_and_their_own_arrays(tmp_path):
 
 
 
-def test_whole_block_frames_go_straight_to_the_device_and_a_refusal_falls_back(tmp_path, monkeypatch):
-    """Frames of whole blocks skip the page cache where the file system takes direct I/O (else the
-    test has nothing to check); a refusal mid-run (EINVAL) turns the file to buffered I/O with
-    every frame intact, and a frame of odd size goes buffered from the start."""
-    import errno
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def test_whole_block_frames_go_straight_to_the_device(tmp_path, monkeypatch):
+    """Where the file system takes direct I/O (else the test has nothing to check), frames of whole
+    blocks are written and read back direct, every FrameStore frame too (its slots are whole pages:
+    5x6x3 float16 is 180 bytes), a FrameFile's data starts at 4096 and np.load reads it; a FrameFile
+    frame of odd size goes through the page cache; closing leaves no descriptor open."""
     import os
 
     from unflicker.framestore import FrameFile
 
     rng = np.random.default_rng(3)
     frames = rng.integers(0, 65535, (4, 16, 32, 3), dtype=np.uint16)  # 3072 bytes: whole blocks
-    store = FrameStore(frames.shape[1:], np.uint16, directory=str(tmp_path))
+    small = rng.random((4, 5, 6, 3), dtype=np.float32)
+    before = _open_fds()
+    store = FrameStore(small.shape[1:], np.float16, directory=str(tmp_path))
     out = FrameFile.create(tmp_path / "r.npy", frames.shape, np.uint16)
-    if store._io._direct is None or out._io._direct is None:
+    odd = FrameFile.create(tmp_path / "odd.npy", (2, 5, 7, 3), np.uint8)  # 105 bytes a frame
+    if not (store._io._direct and out._io._direct):
+        store.close(), out.close(), odd.close()
         pytest.skip("no direct I/O on this file system")
+    direct = {store._io._fd, out._io._fd, odd._io._fd}
     used = []
-    real = os.pwrite
-    monkeypatch.setattr(os, "pwrite", lambda fd, data, offset: used.append(fd) or real(fd, data, offset))
-    for t in range(2):
-        store.append(frames[t])
+    real_write, real_read = os.pwrite, os.preadv
+    monkeypatch.setattr(os, "pwrite", lambda fd, data, at: used.append(("w", fd in direct)) or real_write(fd, data, at))
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, at: used.append(("r", fd in direct)) or real_read(fd, bufs, at))
+    for t in range(4):
+        store.append(small[t])
         out[t] = frames[t]
+    assert np.array_equal(store[1], small[1].astype(np.float16)) and np.array_equal(out[2], frames[2])
+    assert np.array_equal(store[0:4], small.astype(np.float16))
+    assert used and all(went_direct for _, went_direct in used) and {kind for kind, _ in used} == {"w", "r"}
+    used.clear()
+    odd[1] = frames[0, :5, :7].astype(np.uint8)
+    assert np.array_equal(odd[1], frames[0, :5, :7].astype(np.uint8))
+    assert used and not any(went_direct for _, went_direct in used)
     monkeypatch.undo()
-    assert set(used) == {store._io._direct, out._io._direct}  # every write went direct
     assert out._offset == 4096
-    direct = {store._io._direct, out._io._direct}
+    out.close(), odd.close(), store.close()
+    assert np.array_equal(np.load(tmp_path / "r.npy"), frames)
+    with FrameFile.open(tmp_path / "r.npy") as read:
+        assert read._io._direct and np.array_equal(read[3], frames[3])
+    assert _open_fds() == before
 
-    def refuse(fd, data, offset):
-        if fd in direct:
+
+def test_a_refusal_mid_file_turns_it_to_the_page_cache_with_every_frame_intact(tmp_path, monkeypatch):
+    """An EINVAL from a direct write after the first try passed: that write and the later ones go
+    through the page cache, nothing is lost, and the direct descriptor still closes with the file
+    (a stand-in descriptor here, so this runs on any file system)."""
+    import errno
+    import os
+    import weakref
+
+    from unflicker.framestore import FrameFile
+
+    frames = np.random.default_rng(4).integers(0, 255, (3, 16, 32, 3), dtype=np.uint8)  # 1536 bytes
+    before = _open_fds()
+    out = FrameFile.create(tmp_path / "f.npy", frames.shape, np.uint8)
+    if out._io._closer is not None:
+        out._io._closer()  # the real direct descriptor, if any, closed: a stand-in takes its place
+    out._io._fd, out._io._direct = os.dup(out._io.file.fileno()), True
+    out._io._closer = weakref.finalize(out._io, os.close, out._io._fd)
+    out[0] = frames[0]
+    refused, real = out._io._fd, os.pwrite
+
+    def refuse(fd, data, at):
+        if fd == refused:
             raise OSError(errno.EINVAL, "refused")
-        return real(fd, data, offset)
+        return real(fd, data, at)
 
     monkeypatch.setattr(os, "pwrite", refuse)
-    for t in range(2, 4):
-        store.append(frames[t])
-        out[t] = frames[t]
-    assert store._io._direct is None and out._io._direct is None
+    out[1] = frames[1]
+    assert not out._io._direct
+    out[2] = frames[2]
     monkeypatch.undo()
-    assert np.array_equal(store[0:4], frames) and np.array_equal(store[1], frames[1])
+    assert [np.array_equal(out[t], frames[t]) for t in range(3)] == [True] * 3
     out.close()
-    assert np.array_equal(np.load(tmp_path / "r.npy"), frames)
-    odd = FrameFile.create(tmp_path / "odd.npy", (2, 5, 7, 3), np.uint8)  # 105 bytes a frame
-    odd[1] = frames[0, :5, :7].astype(np.uint8)
-    assert odd._io._direct is not None and np.array_equal(odd[1], frames[0, :5, :7].astype(np.uint8))
-    odd.close()
-    store.close()
+    assert np.array_equal(np.load(tmp_path / "f.npy"), frames) and _open_fds() == before

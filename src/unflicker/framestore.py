@@ -6,13 +6,14 @@ video's length; here they go to disk (plain reads and writes, not a memory map, 
 not count towards the process's memory) and are read back one frame or one window at a time.
 A FrameStore's file has no name and is gone when the store is closed or the process ends.
 
-Frames travel straight between the arrays and the device (Linux's O_DIRECT) wherever the file
-system takes it and a frame's offset and size are whole blocks (512 bytes: 1280x720, 1920x1080
-and 3840x2160 frames are; a FrameStore pads its slots to be). Through the page cache, each
-written frame would first take pages of fresh memory, which costs more than the write itself on
-a machine whose memory is handed out lazily (a virtual machine); the frames are read back once
-or twice, at the device's speed. Anything else (another system, an odd frame size, a refusal)
-goes through the page cache as before, with the same bytes in the file.
+Frames travel straight between the arrays and the device (Linux's O_DIRECT) where the file
+system takes it (tried once per file, on one block at an offset of 512 bytes) and a frame's offset
+and size are whole blocks of 512 bytes: a FrameStore's slots always are (whole pages), a
+FrameFile's frames are at 1280x720, 1920x1080 and 3840x2160. Through the page cache, each written
+frame would first take pages of fresh memory, which costs more than the write itself on a machine
+whose memory is handed out lazily (a virtual machine: 60-170 ms for a 12 MB frame against 11 ms
+direct); the frames are read back once or twice, at the device's speed. Anything else (another
+system, an odd frame size) goes through the page cache as before, with the same bytes in the file.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ import mmap
 import os
 import tempfile
 import threading
+import weakref
 
 import numpy as np
 
 from unflicker.errors import InputError
 
 _BLOCK = 512
-"""What direct I/O asks of offsets and sizes on most devices (one that asks more refuses, and
-the file goes on through the page cache)."""
+"""What direct I/O asks of offsets and sizes on most devices (a file on a device that asks more
+fails the first try and goes through the page cache)."""
 _PAGE = 4096
 """Alignment of the memory direct I/O reads into and writes from (more than any device asks)."""
 _bounce = threading.local()
@@ -50,7 +52,7 @@ def _bounce_buffer(nbytes: int) -> memoryview:
     if buffer is None or len(buffer) < nbytes:
         if buffer is not None:
             buffer.close()
-        buffer = _bounce.buffer = mmap.mmap(-1, max(nbytes, _PAGE))
+        buffer = _bounce.buffer = mmap.mmap(-1, max(nbytes, _PAGE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     return memoryview(buffer)[:nbytes]
 
 
@@ -60,30 +62,41 @@ def _aligned(offset: int, view: memoryview) -> bool:
 
 
 class _Blocks:
-    """Positional reads and writes of an open file: direct where allowed (see the module), else
-    through the page cache. Thread-safe (positional calls on two descriptors of one file; the
-    kernel keeps the two ways coherent)."""
+    """Positional reads and writes of an open file (thread-safe): straight to the device where the
+    file took a direct write (writable) or read (read-only) of one block at `probe` and a call's
+    offset, size and memory are whole blocks, else through the page cache. A file's frames of whole
+    blocks thus all go one way (no page of theirs is ever both cached and written direct); only an
+    unexpected later refusal (EINVAL) turns the file to the page cache mid-way."""
 
-    def __init__(self, file, writable: bool):
+    def __init__(self, file, writable: bool, probe: int | None):
         self.file = file
-        self._direct: int | None = None
-        if hasattr(os, "O_DIRECT") and os.path.isdir("/proc/self/fd"):
-            try:
-                flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT
-                self._direct = os.open(f"/proc/self/fd/{file.fileno()}", flags)
-            except OSError:  # a file system without direct I/O (tmpfs, some network file systems)
-                self._direct = None
+        self._fd: int | None = None  # the direct descriptor, closed with the file (or when collected)
+        self._closer = None
+        self._direct = False
+        if probe is None or not hasattr(os, "O_DIRECT") or not os.path.isdir("/proc/self/fd"):
+            return
+        try:
+            self._fd = os.open(f"/proc/self/fd/{file.fileno()}", (os.O_RDWR if writable else os.O_RDONLY) | os.O_DIRECT)
+        except OSError:  # a file system without direct I/O (tmpfs, some network file systems)
+            return
+        self._closer = weakref.finalize(self, os.close, self._fd)
+        block = aligned_empty((_BLOCK,), np.uint8)
+        block[:] = 0
+        try:  # a writable file's probe writes zeros where no frame has been written yet
+            done = os.pwrite(self._fd, block, probe) if writable else os.preadv(self._fd, [block], probe)
+        except OSError:  # refused: the device wants larger blocks, or the file system will not
+            return
+        self._direct = done == _BLOCK
 
     def _call(self, direct: bool, op, *args) -> int:
         """op(fd, *args) on the direct descriptor if `direct` (and still allowed), else buffered."""
-        fd = self._direct
-        if direct and fd is not None:
+        if direct and self._direct:
             try:
-                return op(fd, *args)
+                return op(self._fd, *args)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
-                self._direct = None  # refused (alignment the device wants, file system): buffered from now on
+                self._direct = False  # refused after all: the page cache from now on
         return op(self.file.fileno(), *args)
 
     def read_into(self, out: np.ndarray, offset: int, what: str) -> np.ndarray:
@@ -99,13 +112,15 @@ class _Blocks:
             done += got
         return out
 
-    def write(self, frame: np.ndarray, dtype: np.dtype, offset: int) -> None:
-        """`frame` as `dtype` written at `offset` (converted into this thread's aligned scratch when the
-        write can go direct, else from the array's own memory)."""
+    def write(self, frame: np.ndarray, dtype: np.dtype, offset: int, slot: int = 0) -> None:
+        """`frame` as `dtype` written at `offset`. Direct: converted into this thread's aligned
+        scratch and written as `slot` bytes if that is more (the rest is padding); else from the
+        array's own memory, its own bytes."""
         nbytes = int(np.prod(frame.shape)) * dtype.itemsize
-        if self._direct is not None and offset % _BLOCK == 0 and nbytes % _BLOCK == 0:
-            data = _bounce_buffer(nbytes)
-            np.copyto(np.frombuffer(data, dtype).reshape(frame.shape), frame, casting="unsafe")
+        size = max(nbytes, slot)
+        if self._direct and offset % _BLOCK == 0 and size % _BLOCK == 0:
+            data = _bounce_buffer(size)
+            np.copyto(np.frombuffer(data[:nbytes], dtype).reshape(frame.shape), frame, casting="unsafe")
         else:
             data = memoryview(np.ascontiguousarray(frame, dtype=dtype).reshape(-1).view(np.uint8))
         done = 0
@@ -114,9 +129,9 @@ class _Blocks:
             done += self._call(_aligned(offset + done, part), os.pwrite, part, offset + done)
 
     def close(self) -> None:
-        if self._direct is not None:
-            os.close(self._direct)
-            self._direct = None
+        self._fd, self._direct = None, False
+        if self._closer is not None:
+            self._closer()  # closes the descriptor once, however often close() is called
         self.file.close()
 
 
@@ -130,7 +145,7 @@ class FrameStore:
             raise InputError(f"frame shape must be non-empty and positive, got {self.frame_shape}")
         self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
         self._slot = -(-self._frame_bytes // _PAGE) * _PAGE
-        self._io = _Blocks(tempfile.TemporaryFile(dir=directory), writable=True)
+        self._io = _Blocks(tempfile.TemporaryFile(dir=directory), writable=True, probe=_BLOCK)
         self._length = 0
 
     @property
@@ -152,7 +167,7 @@ class FrameStore:
             raise InputError(f"expected a frame of shape {self.frame_shape}, got {frame.shape}")
         if t == self._length:  # the file grows by whole slots (a hole until written): full slots read back
             os.ftruncate(self._io.file.fileno(), (t + 1) * self._slot)
-        self._io.write(frame, self.dtype, t * self._slot)
+        self._io.write(frame, self.dtype, t * self._slot, self._slot)
         self._length = max(self._length, t + 1)
 
     def __getitem__(self, index: int | slice) -> np.ndarray:
@@ -192,13 +207,15 @@ class FrameFile:
     def __init__(self, file, shape: tuple[int, ...], dtype: np.dtype, offset: int, writable: bool = False):
         self.shape, self.dtype, self._offset = tuple(shape), np.dtype(dtype), offset
         self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        self._io, self._name = _Blocks(file, writable), file.name
+        # The probe: a block of the header's page, or (a new file) of frame 0's place, not yet written.
+        data = int(np.prod(self.shape)) * self.dtype.itemsize
+        probe = offset + _BLOCK if writable and data >= 2 * _BLOCK else (_BLOCK if not writable and offset > _BLOCK else None)
+        self._io, self._name = _Blocks(file, writable, probe), file.name
 
     @classmethod
     def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> FrameFile:
         """A new file of `shape` (frames not yet written read as zeros)."""
         dtype = np.dtype(dtype)
-        file = open(path, "w+b")
         header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                        "shape": tuple(int(s) for s in shape)}).encode("latin1")
         magic = np.lib.format.magic(2, 0)
@@ -206,6 +223,7 @@ class FrameFile:
         if pad < 0:
             raise InputError(f"array header too long: shape {shape}")
         header += b" " * pad + b"\n"
+        file = open(path, "w+b")
         file.write(magic + len(header).to_bytes(4, "little") + header)
         file.flush()
         offset = file.tell()

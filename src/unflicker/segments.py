@@ -181,12 +181,12 @@ _MALLOC_KEPT = False
 def keep_freed_memory() -> None:
     """Large frames freed by one step stay in the process for the next (glibc; elsewhere nothing).
 
-    By default glibc hands a freed frame of 128 KB to 32 MB back to the kernel (its own map, or the
-    trimmed top of a heap; a thread's heap too), and the next frame of that size is mapped and
-    zeroed page by page again. Here: one heap for all threads (a thread's heap holds at most
-    64 MB), allocations up to 32 MB (glibc's limit; a float frame at 1080p) from it, its top
-    kept. Peak memory stays what the pass holds at once; set once per process, for every later
-    allocation."""
+    By default glibc gives a thread's heap (64 MB at most) back to the kernel once it is free, and
+    trims the main heap's free top beyond twice its mmap threshold; the next frame then takes
+    freshly mapped, zeroed pages again (at 1080p a float frame is 25 MB). Here: one heap for all
+    threads, allocations up to 32 MB (glibc's limit) from it, and its top kept up to 1 GB. The
+    process's memory stays near the most it held at once (plus what fragments); set once per
+    process, for every later allocation."""
     global _MALLOC_KEPT
     if _MALLOC_KEPT:
         return
@@ -195,7 +195,7 @@ def keep_freed_memory() -> None:
 
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl): its own allocator's defaults
+    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl, Windows): its allocator's defaults
         return
     m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's malloc.h
     mallopt(m_arena_max, 1)
