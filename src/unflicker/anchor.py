@@ -371,21 +371,22 @@ class SlowAppearanceAnchor:
     def _scale_detail(self, image: np.ndarray, gains: np.ndarray) -> np.ndarray:
         """image + sum over bands of (gain_k - 1) band_k of its luma (added to every channel), the bands
         at the image's full size; bands whose gain is within `detail_min_change` of 1 everywhere are skipped."""
+        bands = self.config.detail_bands
+        changing = [float(np.abs(gains[..., k] - 1).max()) > self.config.detail_min_change for k in range(len(bands))]
+        if not any(changing):
+            return image
         luma = luma_of(image)
         side = min(image.shape[:2])
         detail = None
         previous = luma
-        for k, band in enumerate(self.config.detail_bands):
-            blurred = _blur(luma, band * side)
-            gain = gains[..., k]
-            if float(np.abs(gain - 1).max()) > self.config.detail_min_change:
+        for k in range(max(k for k, c in enumerate(changing) if c) + 1):  # no blur past the last band scaled
+            blurred = _blur(luma, bands[k] * side)
+            if changing[k]:
                 # OpenCV's float32 arithmetic in place: the same sums as NumPy's without its temporaries.
-                scaled = cv2.subtract(_upsample(np.ascontiguousarray(gain), luma.shape), 1.0)
+                scaled = cv2.subtract(_upsample(np.ascontiguousarray(gains[..., k]), luma.shape), 1.0)
                 cv2.multiply(scaled, cv2.subtract(previous, blurred), dst=scaled)
                 detail = scaled if detail is None else cv2.add(detail, scaled, dst=detail)
             previous = blurred
-        if detail is None:
-            return image
         return np.add(image, detail[..., None], out=image)  # no frame-sized temporary (cv2.merge's faults in its pages)
 
     def _parts(self, correction: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
