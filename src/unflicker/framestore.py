@@ -24,6 +24,8 @@ import os
 import tempfile
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -34,7 +36,10 @@ _BLOCK = 512
 fails the first try and goes through the page cache)."""
 _PAGE = 4096
 """Alignment of the memory direct I/O reads into and writes from (more than any device asks)."""
-_bounce = threading.local()
+_SPARES = 8
+"""Scratch buffers kept (one per thread writing at once, lanes and their helpers)."""
+_spare: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
 
 
 def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -46,14 +51,24 @@ def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
-def _bounce_buffer(nbytes: int) -> memoryview:
-    """This thread's page-aligned scratch of at least `nbytes` (kept: warm memory for every write)."""
-    buffer = getattr(_bounce, "buffer", None)
-    if buffer is None or len(buffer) < nbytes:
+@contextmanager
+def _scratch(nbytes: int) -> Iterator[memoryview]:
+    """A page-aligned scratch of `nbytes` for one write, from a few kept for the process: threads
+    come and go with every segment, and a new buffer would be fresh memory (see the module)."""
+    with _spare_lock:
+        buffer = min((b for b in _spare if len(b) >= nbytes), key=len, default=None)
         if buffer is not None:
-            buffer.close()
-        buffer = _bounce.buffer = mmap.mmap(-1, max(nbytes, _PAGE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return memoryview(buffer)[:nbytes]
+            _spare.remove(buffer)
+    if buffer is None:
+        buffer = mmap.mmap(-1, max(nbytes, _PAGE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        with memoryview(buffer) as view:
+            yield view[:nbytes]
+    finally:
+        with _spare_lock:
+            _spare.append(buffer)
+            if len(_spare) > _SPARES:  # more writers at once than usual ended: the smallest goes
+                _spare.remove(min(_spare, key=len))
 
 
 def _aligned(offset: int, view: memoryview) -> bool:
@@ -113,16 +128,19 @@ class _Blocks:
         return out
 
     def write(self, frame: np.ndarray, dtype: np.dtype, offset: int, slot: int = 0) -> None:
-        """`frame` as `dtype` written at `offset`. Direct: converted into this thread's aligned
+        """`frame` as `dtype` written at `offset`. Direct: converted into an aligned
         scratch and written as `slot` bytes if that is more (the rest is padding); else from the
         array's own memory, its own bytes."""
         nbytes = int(np.prod(frame.shape)) * dtype.itemsize
         size = max(nbytes, slot)
         if self._direct and offset % _BLOCK == 0 and size % _BLOCK == 0:
-            data = _bounce_buffer(size)
-            np.copyto(np.frombuffer(data[:nbytes], dtype).reshape(frame.shape), frame, casting="unsafe")
+            with _scratch(size) as data:
+                np.copyto(np.frombuffer(data[:nbytes], dtype).reshape(frame.shape), frame, casting="unsafe")
+                self._write_all(data, offset)
         else:
-            data = memoryview(np.ascontiguousarray(frame, dtype=dtype).reshape(-1).view(np.uint8))
+            self._write_all(memoryview(np.ascontiguousarray(frame, dtype=dtype).reshape(-1).view(np.uint8)), offset)
+
+    def _write_all(self, data: memoryview, offset: int) -> None:
         done = 0
         while done < len(data):
             part = data[done:]
