@@ -185,3 +185,21 @@ def test_a_refusal_mid_file_turns_it_to_the_page_cache_with_every_frame_intact(t
     assert [np.array_equal(out[t], frames[t]) for t in range(3)] == [True] * 3
     out.close()
     assert np.array_equal(np.load(tmp_path / "f.npy"), frames) and _open_fds() == before
+
+
+def test_threads_writing_at_once_each_get_their_own_scratch_and_few_are_kept(tmp_path):
+    """Eight threads write frames of one store at once (each frame checked back); the aligned
+    scratch buffers they borrowed are kept for later writes, never more than the module keeps."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import unflicker.framestore as fs
+
+    frames = np.random.default_rng(5).random((32, 24, 40, 3), dtype=np.float32)
+    store = FrameStore(frames.shape[1:], np.float32, directory=str(tmp_path))
+    for t in range(len(frames)):
+        store.append(np.zeros(frames.shape[1:], np.float32))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda t: store.__setitem__(t, frames[t]), range(len(frames))))
+    assert np.array_equal(store[0:32], frames)
+    assert len(fs._spare) <= fs._SPARES
+    store.close()
