@@ -178,7 +178,8 @@ def _config(args, **extra):
                           ray_address=args.ray_address, shared_dir=args.shared_dir)
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
                      projection=args.projection, keep_slow=args.keep_slow, kind=args.kind, strength=args.strength,
-                     filter_weights=args.filter_weights, refine_weights=args.refine_weights, overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
+                     filter_weights=args.filter_weights, refine_weights=args.refine_weights,
+                     overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
                      codec=args.codec, bit_depth=args.bit_depth,
                      segments=SegmentConfig(frames=args.segment_frames), engine=engine,
                      **({} if args.crf is None else {"crf": args.crf}), **extra)
@@ -262,9 +263,6 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
-    from unflicker.segments import keep_freed_memory
-
-    keep_freed_memory()  # before the first frame is decoded (this process decodes, stitches and encodes)
     if argv and argv[0] in DELEGATES:
         # Not through argparse: it would claim options such as --help meant for the script.
         handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]

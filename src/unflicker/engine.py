@@ -19,7 +19,7 @@ from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError
-from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, preload_method, run_segment
+from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, keep_freed_memory, preload_method, run_segment
 
 
 class WorkerDied(UnflickerError):
@@ -251,6 +251,7 @@ def make_executor(engine: EngineConfig, tasks: int | None = None) -> Executor:
 def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], None] = lambda job: None) -> None:
     """Run every job's segments on one executor, oldest job first; `finished(job)` after each job
     completes or fails (its `error` set). Jobs start (probe, plan) only when the workers need tasks."""
+    keep_freed_memory()  # before the first frame is decoded: this process decodes, stitches and encodes
     jobs = list(jobs)
     executor: Executor | None = None  # made when the first task is ready (see make_executor)
     waiting = iter(jobs)

@@ -195,7 +195,8 @@ class FrameStore:
             if step != 1:
                 raise IndexError("FrameStore slices take no step")
             count = max(0, stop - start)
-            slots = self._io.read_into(aligned_empty((count, self._slot), np.uint8), start * self._slot, "the frame store")
+            slots = aligned_empty((count, self._slot), np.uint8)
+            self._io.read_into(slots, start * self._slot, "the frame store")
             return np.ascontiguousarray(slots[:, : self._frame_bytes]).view(self.dtype).reshape(count, *self.frame_shape)
         t = int(index) + (self._length if int(index) < 0 else 0)
         if not 0 <= t < self._length:
@@ -225,9 +226,12 @@ class FrameFile:
     def __init__(self, file, shape: tuple[int, ...], dtype: np.dtype, offset: int, writable: bool = False):
         self.shape, self.dtype, self._offset = tuple(shape), np.dtype(dtype), offset
         self._frame_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
-        # The probe: a block of the header's page, or (a new file) of frame 0's place, not yet written.
-        data = int(np.prod(self.shape)) * self.dtype.itemsize
-        probe = offset + _BLOCK if writable and data >= 2 * _BLOCK else (_BLOCK if not writable and offset > _BLOCK else None)
+        # The direct try: a new file writes a block of zeros into frame 0's place (not written yet; the
+        # data must hold it), an existing one reads a block of its header's page (the header must hold it).
+        if writable:
+            probe = offset + _BLOCK if int(np.prod(self.shape)) * self.dtype.itemsize >= 2 * _BLOCK else None
+        else:
+            probe = _BLOCK if offset > _BLOCK else None
         self._io, self._name = _Blocks(file, writable, probe), file.name
 
     @classmethod
