@@ -262,3 +262,59 @@ def test_default_steps_visit_each_frame_of_a_short_span_at_most_max_visits_times
     _, flick, _ = moving_plane(3)
     assert len(fit(flick, None, AtlasConfig(threads=1)).losses) == 24
     assert len(fit(flick, None, AtlasConfig(steps=30, threads=1)).losses) == 30
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7), (1, 3, 1, 5), (1, 3, 4, 1)])
+def test_image_loss_and_its_backward_match_autograd_of_the_plain_formula(shape):
+    from unflicker.atlas.config import LossWeights
+    from unflicker.atlas.grid_fit import _ImageLoss
+
+    wts, of = LossWeights(), 4
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.randn(*shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    target = torch.randn(*shape, dtype=torch.float64, generator=gen)
+    err = pred - target
+    h, w = shape[-2:]
+    plain = wts.rgb * err.square().sum() / (of * h * w)
+    if w > 1:
+        plain = plain + wts.gradient * (err[..., 1:] - err[..., :-1]).square().sum() / (of * h * (w - 1))
+    if h > 1:
+        plain = plain + wts.gradient * (err[..., 1:, :] - err[..., :-1, :]).square().sum() / (of * (h - 1) * w)
+    ours = _ImageLoss.apply(pred, target, wts, of)
+    assert torch.allclose(ours, plain, rtol=1e-12)
+    (g_ours,) = torch.autograd.grad(ours, pred)
+    (g_plain,) = torch.autograd.grad(plain, pred)
+    assert torch.allclose(g_ours, g_plain, rtol=1e-10, atol=1e-10)
+
+
+def test_half_size_steps_see_the_frames_2x2_means_at_their_centres(plane_fit):
+    # The early steps render at the centres of 2x2 pixel blocks and compare with the blocks' means:
+    # for the fitted model, that is (up to the bilinear sampling of a smooth texture) the full-size
+    # rendering's 2x2 means.
+    from unflicker.atlas.grid_fit import _HalfSize
+
+    _, flick, atlas, _ = plane_fit
+    frames = torch.from_numpy(flick).permute(0, 3, 1, 2).contiguous()
+    half = _HalfSize(frames)
+    t = torch.tensor([0, 6, 11])
+    pts, target = half.batch(t)
+    assert pts.shape == (3, H // 2, W // 2, 2) and target.shape == (3, 3, H // 2, W // 2)
+    assert torch.equal(pts[0, 1, 2], torch.tensor([4.5, 2.5]))
+    assert torch.allclose(target[1, :, 1, 2], frames[6, :, 2:4, 4:6].mean((1, 2)))
+    with torch.no_grad():
+        small = atlas.model.render(t, pts)[1]
+        full = torch.nn.functional.avg_pool2d(atlas.model.render(t)[1], 2)
+    m = M // 2
+    assert (small - full)[..., m:-m, m:-m].abs().mean() < 0.01
+
+
+def test_a_fit_with_half_size_steps_is_as_good_as_one_without():
+    clean, flick, _ = moving_plane(12)
+    scores = []
+    for coarse in (0.0, 0.5):
+        atlas = fit(flick, None, grid_config(grid=GridOptions(coarse_until=coarse)))
+        rendered = np.stack([atlas.render(t) for t in range(len(flick))])
+        scores.append(warp_error(interior(rendered), interior(clean)))
+    e_in = warp_error(interior(flick), interior(clean))
+    assert scores[1] < 0.05 * e_in
+    assert scores[1] < 1.5 * scores[0] + 1e-4

@@ -110,6 +110,10 @@ class GridOptions:
     """Fraction of the steps after which every texture level is trainable (coarse-to-fine)."""
     global_offset: float = 64.0
     """Global-rigidity finite-difference offset in pixels (rounded to whole deformation cells)."""
+    coarse_until: float = 0.5
+    """Fraction of the steps that render whole frames at half size (2x2 means of the frames as the
+    target): the early steps fit the coarse texture levels, motion and flicker fields at a quarter of
+    the cost. 0: every step at full size. Not used with `crop`."""
 
 
 @dataclass

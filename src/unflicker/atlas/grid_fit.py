@@ -16,6 +16,7 @@ from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from unflicker.atlas.common import TrustedFlows, check_frames, prepare_flows, rigidity_energy_of
 from unflicker.atlas.config import AtlasConfig, GridOptions
@@ -83,15 +84,35 @@ def residual_rigidity(model: GridModel, k: int) -> torch.Tensor:
     return rigidity_energy_of(1 + ddx[0], ddy[0], ddx[1], 1 + ddy[1]).mean()
 
 
-def _image_loss(pred: torch.Tensor, target: torch.Tensor, of: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """These (B, 3, h, w) images' share of the colour MSE (summed over channels) and 1-pixel gradient
-    error, as means over `of` images (a step's parts add up to its means)."""
-    err = pred - target
-    h, w = err.shape[-2:]
-    rgb = err.square().sum() / (of * h * w)
-    gx = (err[..., :, 1:] - err[..., :, :-1]).square().sum() / (of * h * (w - 1)) if w > 1 else rgb * 0
-    gy = (err[..., 1:, :] - err[..., :-1, :]).square().sum() / (of * (h - 1) * w) if h > 1 else rgb * 0
-    return rgb, gx + gy
+class _ImageLoss(torch.autograd.Function):
+    """wts.rgb x the colour MSE (summed over channels) plus wts.gradient x the 1-pixel gradient error of
+    (B, 3, h, w) images, as means over `of` images (a step's parts add up to its means). Its own
+    backward: the gradient in a few whole-image operations rather than autograd's one per op of the
+    forward and a zero-filled image per slice."""
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, wts, of: int) -> torch.Tensor:
+        err = pred - target
+        h, w = err.shape[-2:]
+        dx = err[..., :, 1:] - err[..., :, :-1]
+        dy = err[..., 1:, :] - err[..., :-1, :]
+        scales = (wts.rgb / (of * h * w), wts.gradient / (of * h * max(w - 1, 1)),
+                  wts.gradient / (of * max(h - 1, 1) * w))
+        ctx.save_for_backward(err, dx, dy)
+        ctx.scales = scales
+        return scales[0] * (err * err).sum() + scales[1] * (dx * dx).sum() + scales[2] * (dy * dy).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        err, dx, dy = ctx.saved_tensors
+        c_rgb, c_x, c_y = (2 * c * grad for c in ctx.scales)
+        out = err * c_rgb
+        dx, dy = dx * c_x, dy * c_y
+        out[..., :, 1:] += dx
+        out[..., :, :-1] -= dx
+        out[..., 1:, :] += dy
+        out[..., :-1, :] -= dy
+        return out, None, None, None
 
 
 def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
@@ -110,6 +131,23 @@ def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
     xs = (x0[:, None] + torch.arange(cw))[:, None, :]
     target = frames.permute(0, 2, 3, 1)[t[:, None, None], ys, xs].permute(0, 3, 1, 2)
     return t, model.frame_pixels(t, y0, x0, (ch, cw)), target
+
+
+class _HalfSize:
+    """The frames at half size (2x2 means) and the frame-pixel coordinates of their pixels' centres:
+    the early steps of the fit, while only the texture's coarse levels learn, render these (a quarter
+    of the pixels)."""
+
+    def __init__(self, frames: torch.Tensor):
+        h, w = frames.shape[-2] // 2, frames.shape[-1] // 2
+        self.frames = F.avg_pool2d(frames[..., : 2 * h, : 2 * w], 2)
+        ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) * 2 + 0.5,
+                                torch.arange(w, dtype=torch.float32) * 2 + 0.5, indexing="ij")
+        self.pixels = torch.stack((xs, ys), -1)[None]
+
+    def batch(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels (B, h/2, w/2, 2), target (B, 3, h/2, w/2)) of frames t."""
+        return self.pixels.expand(len(t), -1, -1, -1), self.frames.index_select(0, t)
 
 
 class Adam:
@@ -172,26 +210,31 @@ def _regularisers(model: GridModel, opts: GridOptions, wts, global_rigidity: boo
         loss = loss + wts.global_rigidity * residual_rigidity(model, max(1, round(opts.global_offset / opts.deform_cell)))
     g = model.gain - model.gain.mean(0, keepdim=True)
     o = model.offset - model.offset.mean(0, keepdim=True)
-    return loss + wts.gain * ((g**2).mean() + (o**2).mean())
+    return loss + wts.gain * ((g * g).mean() + (o * o).mean())
 
 
 class _Part:
     """One part of a step's loss: the image losses of frames t (their share of the mean over `of`
-    frames) plus `extra()`; `gradients` differentiates it alone (no shared .grad: safe on a thread)."""
+    frames), rendered from the step's texture `tex`, plus `extra()`; `gradients` differentiates it
+    alone (no shared .grad: safe on a thread)."""
 
-    def __init__(self, model: GridModel, t: torch.Tensor, pts: torch.Tensor | None, target: torch.Tensor, of: int,
-                 extra: Callable[[], torch.Tensor]):
-        self.model, self.t, self.pts, self.target, self.of, self.extra = model, t, pts, target, of, extra
+    def __init__(self, model: GridModel, tex: torch.Tensor, t: torch.Tensor, pts: torch.Tensor | None,
+                 target: torch.Tensor, of: int, extra: Callable[[], torch.Tensor]):
+        self.model, self.tex, self.t, self.pts, self.target, self.of, self.extra = model, tex, t, pts, target, of, extra
 
-    def gradients(self, params: list[torch.Tensor], wts) -> tuple[float, list[torch.Tensor | None]]:
+    def gradients(self, inputs: list[torch.Tensor], wts) -> tuple[float, list[torch.Tensor | None]]:
         loss = self.extra()
         if len(self.t):
-            _, pred, _ = self.model.render(self.t, self.pts)
-            rgb, grad = _image_loss(pred, self.target, self.of)
-            loss = loss + wts.rgb * rgb + wts.gradient * grad
+            _, pred, _ = self.model.render(self.t, self.pts, self.tex)
+            loss = loss + _ImageLoss.apply(pred, self.target, wts, self.of)
         if not loss.requires_grad:
-            return float(loss), [None] * len(params)
-        return float(loss.detach()), list(torch.autograd.grad(loss, params, allow_unused=True))
+            return float(loss), [None] * len(inputs)
+        return float(loss.detach()), list(torch.autograd.grad(loss, inputs, allow_unused=True))
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Part one's gradient plus part two's, always in that order: the same bits with any lanes."""
+    return a if b is None else b if a is None else a + b
 
 
 def _set_lr(opt: Adam, base: list[float], progress: float) -> None:
@@ -215,7 +258,8 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     Each step's loss is two parts (half of the step's frames with the warp and flicker-field
     regularisers, the other half with the flow loss), each differentiated on its own and the
     gradients added: with lanes >= 2 the second part runs on a second thread. Every op still runs
-    on one thread with the same inputs, so the atlas is the same bits with any number of lanes."""
+    on one thread with the same inputs, so the atlas is the same bits with any number of lanes.
+    The first `coarse_until` of the steps render whole frames at half size (`_HalfSize`)."""
     start = time.monotonic()
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]
@@ -235,13 +279,15 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             model.deform.copy_(torch.from_numpy(residual[frames_of_nodes]).permute(1, 0, 2, 3)[None])
     samples = _FlowSamples(trusted, max(1, opts.flow_stride))
     target_all = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    coarse = _HalfSize(target_all) if opts.coarse_until > 0 and min(h, w) >= 4 else None
     scale = (config.lr or BASE_LR) / BASE_LR
     base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
     opt = Adam([{"params": list(model.levels), "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
                 {"params": [model.gain, model.offset], "lr": base[2]}])
     steps = default_steps(n, opts) if config.steps is None else config.steps
     budget = config.time_budget_s
-    params = [p for group in opt.param_groups for p in group["params"]]
+    levels = list(model.levels)
+    others = [model.deform, model.gain, model.offset]
     history: list[float] = []
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="atlas")) if lanes >= 2 else None
@@ -254,17 +300,27 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             _set_lr(opt, base, progress)
             model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
             t, pts, target = _batch(model, target_all, opts, gen)
+            if coarse is not None and progress < opts.coarse_until and pts is None:
+                pts, target = coarse.batch(t)
             idx = samples.draw(opts.flow_points, gen)
             half = (len(t) + 1) // 2
-            first = _Part(model, t[:half], None if pts is None else pts[:half], target[:half], len(t),
+            # The texture pyramid's sum once per step for both parts: each part differentiates up to
+            # the summed texture, and one backward through the pyramid takes both parts' gradient.
+            tex = model.texture()
+            shared = tex.detach().requires_grad_()
+            first = _Part(model, shared, t[:half], None if pts is None else pts[:half], target[:half], len(t),
                           lambda: _regularisers(model, opts, wts, progress <= config.global_rigidity_until))
-            second = _Part(model, t[half:], None if pts is None else pts[half:], target[half:], len(t),
+            second = _Part(model, shared, t[half:], None if pts is None else pts[half:], target[half:], len(t),
                            lambda: wts.flow * samples.loss(model, idx))
-            pending = None if pool is None else pool.submit(second.gradients, params, wts)
-            loss_a, grads_a = first.gradients(params, wts)
-            loss_b, grads_b = second.gradients(params, wts) if pending is None else pending.result()
-            for p, ga, gb in zip(params, grads_a, grads_b):  # always part one plus part two: same bits with any lanes
-                p.grad = ga if gb is None else gb if ga is None else ga + gb
+            inputs = [*others, shared]
+            pending = None if pool is None else pool.submit(second.gradients, inputs, wts)
+            loss_a, grads_a = first.gradients(inputs, wts)
+            loss_b, grads_b = second.gradients(inputs, wts) if pending is None else pending.result()
+            *grads, g_tex = [_add(ga, gb) for ga, gb in zip(grads_a, grads_b)]
+            grads += (torch.autograd.grad(tex, levels, g_tex, allow_unused=True) if g_tex is not None
+                      else [None] * len(levels))
+            for p, g in zip([*others, *levels], grads):
+                p.grad = g
             with _lazy(opt, [model.gain, model.offset], t):
                 opt.step()
             history.append(loss_a + loss_b)
