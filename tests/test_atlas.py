@@ -318,3 +318,16 @@ def test_a_fit_with_half_size_steps_is_as_good_as_one_without():
     e_in = warp_error(interior(flick), interior(clean))
     assert scores[1] < 0.05 * e_in
     assert scores[1] < 1.5 * scores[0] + 1e-4
+
+
+def test_a_fit_does_not_import_sympy():
+    # autograd given an output gradient imports torch's symbolic shapes (sympy) on first use: half a
+    # second of every run's start-up. The fit differentiates scalars only.
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\nfrom unflicker.atlas import fit, AtlasConfig\n"
+            "fit(np.random.default_rng(0).random((3, 24, 32, 3)).astype(np.float32), None, AtlasConfig(steps=4))\n"
+            "print('sympy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

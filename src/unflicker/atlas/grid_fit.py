@@ -317,7 +317,9 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             loss_a, grads_a = first.gradients(inputs, wts)
             loss_b, grads_b = second.gradients(inputs, wts) if pending is None else pending.result()
             *grads, g_tex = [_add(ga, gb) for ga, gb in zip(grads_a, grads_b)]
-            grads += (torch.autograd.grad(tex, levels, g_tex, allow_unused=True) if g_tex is not None
+            # Through the pyramid as the gradient of <tex, g_tex>: a scalar output, as autograd given an
+            # output gradient imports sympy on its first use (half a second of every run).
+            grads += (torch.autograd.grad((tex * g_tex).sum(), levels, allow_unused=True) if g_tex is not None
                       else [None] * len(levels))
             for p, g in zip([*others, *levels], grads):
                 p.grad = g
