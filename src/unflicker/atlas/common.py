@@ -28,6 +28,7 @@ class Atlas(Protocol):
     n_frames: int
     shape: tuple[int, int]
     losses: list[float]
+    """The fit's loss per step (grid: steps at half size and at full size are not comparable)."""
 
     def render(self, t: int) -> np.ndarray:
         """A_t: (h, w, 3) float32 in [0, 1], the consistent (flicker-free) rendering of frame t."""

@@ -89,7 +89,7 @@ class GridOptions:
     gain_grid: tuple[int, int] = (3, 3)
     """Nodes (rows, cols) of each frame's per-channel log-gain and offset fields."""
     frames_per_step: int = 4
-    """Frames rendered per step (each through a random crop) for the colour and gradient losses."""
+    """Frames rendered per step (whole, or each through a random `crop`) for the colour and gradient losses."""
     max_visits: float | None = 24.0
     """With the default number of steps: at most this many renderings of each frame, so a short span
     is not fitted as long as a full one (2 frames: 24 steps instead of 250). A segment of 42 frames
@@ -112,8 +112,9 @@ class GridOptions:
     """Global-rigidity finite-difference offset in pixels (rounded to whole deformation cells)."""
     coarse_until: float = 0.5
     """Fraction of the steps that render whole frames at half size (2x2 means of the frames as the
-    target): the early steps fit the coarse texture levels, motion and flicker fields at a quarter of
-    the cost. 0: every step at full size. Not used with `crop`."""
+    target), at a quarter of the cost: the early steps, in which motion, flicker fields and the coarser
+    texture levels settle (with the defaults the finest level, unlocked at `unlock_until`, also takes
+    its first tenth of the steps from them). 0: every step at full size. Not used with `crop`."""
 
 
 @dataclass

@@ -103,6 +103,7 @@ class _ImageLoss(torch.autograd.Function):
         return scales[0] * (err * err).sum() + scales[1] * (dx * dx).sum() + scales[2] * (dy * dy).sum()
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         err, dx, dy = ctx.saved_tensors
         c_rgb, c_x, c_y = (2 * c * grad for c in ctx.scales)
@@ -117,9 +118,8 @@ class _ImageLoss(torch.autograd.Function):
 
 def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From frames (T, 3, h, w), random frames, each seen through a random crop: (t (B,), pixels
-    (B, ch, cw, 2) or None for whole frames, target (B, 3, ch, cw)). Many small crops rather than a few whole frames give every frame's
-    flicker fields and warp nodes a gradient at every step, which Adam needs."""
+    """From frames (T, 3, h, w), random frames, whole or (with `opts.crop`) each through a random crop:
+    (t (B,), pixels (B, ch, cw, 2) or None for whole frames, target (B, 3, ch, cw))."""
     n, _, h, w = frames.shape
     t = torch.randperm(n, generator=gen)[: opts.frames_per_step]
     if opts.crop is None:
@@ -135,8 +135,8 @@ def _batch(model: GridModel, frames: torch.Tensor, opts, gen: torch.Generator
 
 class _HalfSize:
     """The frames at half size (2x2 means) and the frame-pixel coordinates of their pixels' centres:
-    the early steps of the fit, while only the texture's coarse levels learn, render these (a quarter
-    of the pixels)."""
+    the early steps of the fit (`GridOptions.coarse_until`), while motion, flicker fields and the
+    texture's coarser levels settle, render these (a quarter of the pixels)."""
 
     def __init__(self, frames: torch.Tensor):
         h, w = frames.shape[-2] // 2, frames.shape[-1] // 2
@@ -279,7 +279,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             model.deform.copy_(torch.from_numpy(residual[frames_of_nodes]).permute(1, 0, 2, 3)[None])
     samples = _FlowSamples(trusted, max(1, opts.flow_stride))
     target_all = torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
-    coarse = _HalfSize(target_all) if opts.coarse_until > 0 and min(h, w) >= 4 else None
+    coarse = _HalfSize(target_all) if opts.coarse_until > 0 and opts.crop is None and min(h, w) >= 4 else None
     scale = (config.lr or BASE_LR) / BASE_LR
     base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
     opt = Adam([{"params": list(model.levels), "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
@@ -300,7 +300,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             _set_lr(opt, base, progress)
             model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
             t, pts, target = _batch(model, target_all, opts, gen)
-            if coarse is not None and progress < opts.coarse_until and pts is None:
+            if coarse is not None and progress < opts.coarse_until:
                 pts, target = coarse.batch(t)
             idx = samples.draw(opts.flow_points, gen)
             half = (len(t) + 1) // 2
