@@ -297,7 +297,7 @@ def test_half_size_steps_see_the_frames_2x2_means_at_their_centres(plane_fit):
     frames = torch.from_numpy(flick).permute(0, 3, 1, 2).contiguous()
     half = _HalfSize(frames)
     t = torch.tensor([0, 6, 11])
-    pts, target = half.batch(t)
+    pts, target = half.pixels_of(len(t)), half.frames.index_select(0, t)
     assert pts.shape == (3, H // 2, W // 2, 2) and target.shape == (3, 3, H // 2, W // 2)
     assert torch.equal(pts[0, 1, 2], torch.tensor([4.5, 2.5]))
     assert torch.allclose(target[1, :, 1, 2], frames[6, :, 2:4, 4:6].mean((1, 2)))

@@ -145,9 +145,9 @@ class _HalfSize:
                                 torch.arange(w, dtype=torch.float32) * 2 + 0.5, indexing="ij")
         self.pixels = torch.stack((xs, ys), -1)[None]
 
-    def batch(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixels (B, h/2, w/2, 2), target (B, 3, h/2, w/2)) of frames t."""
-        return self.pixels.expand(len(t), -1, -1, -1), self.frames.index_select(0, t)
+    def pixels_of(self, count: int) -> torch.Tensor:
+        """(count, h/2, w/2, 2): the half-size pixels' centres of `count` frames."""
+        return self.pixels.expand(count, -1, -1, -1)
 
 
 class Adam:
@@ -282,12 +282,11 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     coarse = _HalfSize(target_all) if opts.coarse_until > 0 and opts.crop is None and min(h, w) >= 4 else None
     scale = (config.lr or BASE_LR) / BASE_LR
     base = [opts.lr_texture * scale, opts.lr_deform * scale, opts.lr_gain * scale]
-    opt = Adam([{"params": list(model.levels), "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
+    levels, others = list(model.levels), [model.deform, model.gain, model.offset]
+    opt = Adam([{"params": levels, "lr": base[0]}, {"params": [model.deform], "lr": base[1]},
                 {"params": [model.gain, model.offset], "lr": base[2]}])
     steps = default_steps(n, opts) if config.steps is None else config.steps
     budget = config.time_budget_s
-    levels = list(model.levels)
-    others = [model.deform, model.gain, model.offset]
     history: list[float] = []
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="atlas")) if lanes >= 2 else None
@@ -299,9 +298,10 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
                 break
             _set_lr(opt, base, progress)
             model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
-            t, pts, target = _batch(model, target_all, opts, gen)
-            if coarse is not None and progress < opts.coarse_until:
-                pts, target = coarse.batch(t)
+            half_size = coarse is not None and progress < opts.coarse_until
+            t, pts, target = _batch(model, coarse.frames if half_size else target_all, opts, gen)
+            if half_size:  # whole frames (no crops with half-size steps), seen at the half-size pixels
+                pts = coarse.pixels_of(len(t))
             idx = samples.draw(opts.flow_points, gen)
             half = (len(t) + 1) // 2
             # The texture pyramid's sum once per step for both parts: each part differentiates up to
