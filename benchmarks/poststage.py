@@ -22,7 +22,6 @@ import corpus
 import heldout
 from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
-from unflicker.carry import CarryConfig, DetailCarry
 from unflicker.gate import FineGate, GateConfig
 from unflicker.projection import FlickerModel, ProjectionConfig
 
@@ -43,20 +42,9 @@ def v_previous(I, O, **_):
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
-def carried(frames: np.ndarray, outputs: list[np.ndarray], config: CarryConfig, stats: dict) -> list[np.ndarray]:
-    """As a run's third sweep (segments.run_segment): carried in full, then taken the measured share."""
-    carry = DetailCarry(config)
-    if not config.on:
-        return outputs
-    full = [carry.apply(outputs[t], carry.motion(frames[t - 1], frames[t]) if t else None) for t in range(len(frames))]
-    stats.update(carry=carry.amount(), carry_efficiency=carry.efficiency)
-    return [carry.blend(o, c, carry.amount()) for o, c in zip(outputs, full)]
-
-
 def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None,
-          anchor: AnchorConfig | None = None, carry: CarryConfig | None = None):
-    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor, the
-    detail carried along the motion (unflicker.carry)."""
+          anchor: AnchorConfig | None = None):
+    """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
         model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
         P, M = [], []
@@ -70,16 +58,12 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
                      smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share)
         # as NeuralDeflicker.anchor_config
         segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), gate.strength())
-        segment_carry = (carry or CarryConfig.off()).for_segment(gate.smoothness(), gate.strength())
-        outputs = anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
-                               for t in range(len(I))], segment_anchor)
-        return carried(I, outputs, segment_carry, stats)
+        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
+                            for t in range(len(I))], segment_anchor)
     return run
 
 
-VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(),
-            "processed": gated(GateConfig(weight=1.0), carry=CarryConfig()),  # --kind processed (session 18: the carry)
-            "processed-nocarry": gated(GateConfig(weight=1.0)),  # --kind processed before session 18, or --no-carry
+VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             "finegate": gated(GateConfig(fine_side=480, fine_every=4)),  # one pair in four (session 9, not taken: cost)
@@ -193,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                                **evaluator.score(path), **stats}, base, floor)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(heldout.format_row(row), {k: None if v is None else round(v, 4) for k, v in stats.items()}, flush=True)
+                print(heldout.format_row(row), {k: round(v, 4) for k, v in stats.items()}, flush=True)
     return 0
 
 

@@ -169,7 +169,7 @@ def test_processed_kind_takes_the_refined_frames_and_the_summary_says_so(tmp_pat
         summary = deflicker_file(folder, tmp_path / name, config)
         return summary, np.stack([io.to_float(f.image) for f in io.read_frames(tmp_path / name)])
 
-    processed, taken = run("processed", kind="processed", carry=False)  # the carry alone: tests/test_carry.py
+    processed, taken = run("processed", kind="processed")
     _, refined = run("refined", projection=False)
     _, projected = run("projected", kind="timelapse")
     assert np.abs(taken - refined).max() <= 1.5 / 255  # P + 1 (O - P) = O, up to rounding

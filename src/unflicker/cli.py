@@ -64,9 +64,6 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-projection", dest="projection", action="store_false",
                         help="neural: take the networks' output as it is (the paper's way) instead of projecting "
                              "its correction onto a smooth flicker model, which keeps the input's detail")
-    parser.add_argument("--no-carry", dest="carry", action="store_false",
-                        help="neural, --kind processed: leave the pattern of the finest detail as each frame has "
-                             "it (by default it is carried along the motion where that removes flicker)")
     parser.add_argument("--keep-slow", type=_frames_or_off, default=None, metavar="FRAMES|off",
                         help="neural: keep the input's own fine-scale changes of look that last longer than about "
                              "this many frames (a Gaussian sigma; default 1; frame-sized changes use at least 8, "
@@ -180,7 +177,7 @@ def _config(args, **extra):
     engine = EngineConfig(engine=args.engine, workers=args.workers, threads=args.threads,
                           ray_address=args.ray_address, shared_dir=args.shared_dir)
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
-                     projection=args.projection, carry=args.carry, keep_slow=args.keep_slow, kind=args.kind, strength=args.strength,
+                     projection=args.projection, keep_slow=args.keep_slow, kind=args.kind, strength=args.strength,
                      filter_weights=args.filter_weights, refine_weights=args.refine_weights,
                      overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
                      codec=args.codec, bit_depth=args.bit_depth,

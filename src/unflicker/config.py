@@ -1,6 +1,6 @@
 """Settings: `RunConfig` (the options of one `unflicker run`), `EngineConfig` (where segments run),
 presets as named configs, and `resolve`, which turns the options into each component's dataclass
-config (atlas, filter, refine, projection, anchor, carry, segments) and records them with every output.
+config (atlas, filter, refine, projection, anchor, segments) and records them with every output.
 """
 
 from __future__ import annotations
@@ -119,9 +119,6 @@ class RunConfig:
     projection: bool = True
     """neural: project the network's correction onto a smooth flicker model (unflicker.projection),
     which keeps every pixel's detail from the input; False takes the network's output as it is."""
-    carry: bool = True
-    """neural, kind 'processed': carry the finest detail along the motion (unflicker.carry); False
-    leaves its pattern as each frame has it."""
     keep_slow: float | None = None
     """neural: Gaussian sigma, in frames, of the fine-scale changes of look kept from the input (see
     unflicker.anchor); faster changes count as flicker. inf turns the anchor off: every frame gets
@@ -163,7 +160,7 @@ class RunConfig:
     def neural_options_set(self) -> bool:
         """Whether any option that only the neural method takes is given."""
         return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
-                    or not self.projection or not self.carry or self.kind != "auto" or self.filter_weights or self.refine_weights)
+                    or not self.projection or self.kind != "auto" or self.filter_weights or self.refine_weights)
 
     def check(self) -> None:
         """Raise InputError / OutputError on options that cannot work together."""
@@ -260,14 +257,6 @@ def projection_config(config: RunConfig):
     return ProjectionConfig()
 
 
-def carry_config(config: RunConfig):
-    """The finest detail carried along the motion (unflicker.carry): for `--kind processed` only (the
-    user says the flicker is a per-frame process's; `auto` cannot tell fresh texture from film grain)."""
-    from unflicker.carry import CarryConfig
-
-    return CarryConfig() if config.carry and config.kind == "processed" else None
-
-
 def gate_config(config: RunConfig):
     """The share of the networks' fine correction: measured (auto), all of it (processed) or none."""
     from unflicker.gate import GateConfig
@@ -286,11 +275,11 @@ def method_spec(config: RunConfig) -> MethodSpec:
     from unflicker.neural import NeuralConfig
 
     neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config),
-                          projection=projection_config(config), gate=gate_config(config), carry=carry_config(config),
+                          projection=projection_config(config), gate=gate_config(config),
                           filter_weights=None if config.filter_weights is None else str(config.filter_weights),
                           refine_weights=None if config.refine_weights is None else str(config.refine_weights))
-    if not config.projection:  # the paper's stages: after the refinement only the anchor (--keep-slow)
-        neural.projection = neural.gate = neural.carry = None
+    if not config.projection:
+        neural.projection = neural.gate = None
     return MethodSpec("neural", neural)
 
 

@@ -4,8 +4,8 @@ A method sees one segment at a time (segments.run_segment): `analyze` once over 
 then `prepare(t, frame)` and `process(t, frame, prepared)` for t = 0, 1, ... in order (prepare may
 run one frame ahead on a second thread), then `settle(t, frame, output)` once for every t in a
 second sweep (possibly several frames at once, on threads of their own); the slow-look anchor it
-asks for with `anchor_config` runs on the settled frames, and the detail carry it asks for with
-`carry_config` on the anchored ones, in order. Frames are (H, W, 3) float32 RGB in [0, 1].
+asks for with `anchor_config` runs on the settled frames, in order. Frames are (H, W, 3) float32 RGB
+in [0, 1].
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Protocol
 import numpy as np
 
 from unflicker.anchor import AnchorConfig
-from unflicker.carry import CarryConfig
 from unflicker.classical import ClassicalConfig, ClassicalDeflicker
 from unflicker.neural import NeuralDeflicker
 
@@ -60,11 +59,6 @@ class Method(Protocol):
         none); asked after the pass, so it may depend on what the method measured there."""
         ...
 
-    def carry_config(self, n_frames: int) -> CarryConfig:
-        """How much of the anchored outputs' finest detail is carried along the motion (unflicker.carry;
-        CarryConfig.off(): none); asked after the pass, like `anchor_config`."""
-        ...
-
     @staticmethod
     def fingerprint(config) -> dict:
         """JSON-able record of everything the output depends on beyond `config` (weights' digests),
@@ -98,9 +92,6 @@ class ClassicalMethod:
 
     def anchor_config(self, n_frames: int) -> AnchorConfig:
         return AnchorConfig.off()
-
-    def carry_config(self, n_frames: int) -> CarryConfig:
-        return CarryConfig.off()
 
     @staticmethod
     def fingerprint(config: ClassicalConfig) -> dict:

@@ -102,18 +102,12 @@ class RunSummary:
         elif self.kind is not None and weights:
             physical = self.kind in PHYSICAL_KINDS and (self.config or {}).get("kind") == "auto"
             found = "found, treated as physical flicker; " if physical else ""
-            carried = [info["carry"] for info in self.segment_info if info.get("carry", 0) > 0]
-            kind = (f", kind {self.kind} ({found}fine correction weight {_span(weights)}"
-                    + (f", detail carried {_span(carried)}" if carried else "") + ")")
+            kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
+                    + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3), "
                 f"{self.segments} segment{'s' if self.segments != 1 else ''}{reused}{kind}")
-
-
-def _span(values: list[float]) -> str:
-    """'0.25' or '0.25-0.80': the range of per-segment values in a summary line."""
-    return f"{min(values):.2f}" + (f"-{max(values):.2f}" if max(values) > min(values) else "")
 
 
 # --- sources and sinks ----------------------------------------------------------------------------

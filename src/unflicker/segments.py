@@ -5,12 +5,12 @@ core frames; a segment's span adds `margin` frames of its shot on either side. B
 only on the video and the settings, never on how many workers run them. `run_segment` is the one
 pass loop: it sees nothing but the span's frames and the settings, runs the method's analysis
 (for the neural method: low-resolution frames, flow, atlas fit) and its per-frame pass (filter,
-refinement, projection) with the slow-look anchor and the detail carry, and returns the span's
-output frames. The same function runs in-process, in a local process pool and as a Ray task (engine.py).
+refinement, projection) with the slow-look anchor, and returns the span's output frames. The same
+function runs in-process, in a local process pool and as a Ray task (engine.py).
 
 Consecutive spans of a shot overlap by 2 * margin frames around each core boundary; the job
-(pipeline.py) cross-fades them linearly there, so the recurrent refinement, the anchor and the carry, which
-restart at a span's first frame, have warmed up (and carry little weight) where their output is used.
+(pipeline.py) cross-fades them linearly there, so the recurrent refinement and the anchor, which restart at a
+span's first frame, have warmed up (and carry little weight) where their output is used.
 
 Layouts: span frames (T, H, W, 3) uint8, uint16 or float32 in [0, 1]; results (T, H, W, 3) uint16
 (1/65535 steps, finer than any output), the same bits whichever worker made them.
@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.framestore import FrameFile, FrameStore
+from unflicker.framestore import FrameFile
 from unflicker.lanes import Behind, ahead, each
 
 
@@ -245,9 +245,8 @@ def _float(image: np.ndarray) -> np.ndarray:
 
 
 def run_segment(task: SegmentTask) -> SegmentResult:
-    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, carry, quantise."""
+    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
-    from unflicker.carry import DetailCarry
     from unflicker.io import from_float, write_png
 
     start = time.perf_counter()
@@ -315,28 +314,6 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 each(anchored, anchor.corrections((i, image, final) for i, (image, final) in settling),
                       min(task.lanes, 2))
             info = method.report()
-            carry = DetailCarry(method.carry_config(n))
-            if carry.config.on:
-                def moving(i):  # frame i's flow from the inputs and its anchored output: one lane ahead
-                    motion = carry.motion(_float(frames[i - 1]), _float(frames[i])) if i else None
-                    return motion, _float(out[i])
-
-                # Third sweep, in order (a recursion) into a store of its own; then each frame takes the
-                # share of it that the segment's measurement gives (unflicker.carry).
-                carried = FrameStore(frames.shape[1:], np.uint16)
-                try:
-                    with closing(ahead(moving, n, task.lanes)) as carrying:
-                        for i, (motion, output) in carrying:
-                            carried.append(from_float(carry.apply(output, motion), 16))
-                    amount = carry.amount()
-                    if amount > 0.0:
-                        def blended(i):
-                            out[i] = from_float(carry.blend(_float(out[i]), _float(carried[i]), amount), 16)
-
-                        each(blended, ((i,) for i in range(n)), min(task.lanes, 2))
-                finally:
-                    carried.close()
-                info = {**info, "carry": round(amount, 4), "carry_efficiency": carry.efficiency}
         result: np.ndarray | Path = out
         if temp is not None:
             out.close()
