@@ -145,26 +145,26 @@ def consistency_mask(flow_fw: np.ndarray, flow_bw: np.ndarray) -> np.ndarray:
     """
     flow_fw = _check_flow(flow_fw)
     flow_bw = _check_flow(flow_bw, flow_fw.shape)
-    bw_at_a = warp(flow_bw, flow_fw)
-    # On the u and v planes: the same sums in the same order as over the last axis (a + b for two
-    # components), without NumPy's slow reduction over an axis of two.
+    mag_fw, mag_bw, round_trip, grad = _lai_terms(flow_fw, warp(flow_bw, flow_fw))
+    occluded = round_trip > 0.01 * (mag_fw + mag_bw) + 0.5
+    boundary = grad > 0.01 * mag_fw + 0.002
+    return ~(occluded | boundary)
+
+
+def _lai_terms(flow_fw: np.ndarray, bw_at_a: np.ndarray) -> tuple[np.ndarray, ...]:
+    """|F_fw|^2, |W(F_bw)|^2, |F_fw + W(F_bw)|^2 and the forward differences' |grad u|^2 + |grad v|^2 (zero
+    on the last row and column), each (H, W). Computed on the u and v planes: the same sums in the same
+    order as over the last axis (a + b for two components), without NumPy's slow reduction over an axis of two."""
     u, v = flow_fw[..., 0], flow_fw[..., 1]
     bu, bv = bw_at_a[..., 0], bw_at_a[..., 1]
-    mag_fw = u * u + v * v
-    mag_bw = bu * bu + bv * bv
     su, sv = u + bu, v + bv
-    round_trip = su * su + sv * sv
-    occluded = round_trip > 0.01 * (mag_fw + mag_bw) + 0.5
-
-    # Forward differences; the last row/column has no neighbour and gets zero gradient.
     dxu, dxv, dyu, dyv = (np.zeros_like(u) for _ in range(4))
     np.subtract(u[:, 1:], u[:, :-1], out=dxu[:, :-1])
     np.subtract(v[:, 1:], v[:, :-1], out=dxv[:, :-1])
     np.subtract(u[1:], u[:-1], out=dyu[:-1])
     np.subtract(v[1:], v[:-1], out=dyv[:-1])
-    grad = (dxu * dxu + dyu * dyu) + (dxv * dxv + dyv * dyv)
-    boundary = grad > 0.01 * mag_fw + 0.002
-    return ~(occluded | boundary)
+    return (u * u + v * v, bu * bu + bv * bv, su * su + sv * sv,
+            (dxu * dxu + dyu * dyu) + (dxv * dxv + dyv * dyv))
 
 
 def in_frame_mask(flow: np.ndarray) -> np.ndarray:
