@@ -163,19 +163,37 @@ def test_a_correction_applies_its_written_out_formula_bit_for_bit():
     from unflicker.projection import _LUT_LEVELS, FlickerCorrection, _axis, hat_basis
 
     rng = np.random.default_rng(4)
-    frame = rng.random((37, 53, 3), dtype=np.float32) * 1.4 - 0.2
-    for rows in (24, 0):
-        fix = FlickerCorrection(rng.random((3, 4, 5), dtype=np.float32) * 0.4 + 0.8,
-                                rng.random((3, rows), dtype=np.float32) * 0.1, rng.random((3, 6), dtype=np.float32) * 0.1)
-        expected = np.empty_like(frame)
-        for c in range(3):
-            gain = hat_basis(_axis(37), 4) @ fix.gain[c] @ hat_basis(_axis(53), 5).T
-            if rows:
-                gain = gain + (hat_basis(_axis(37), rows) @ fix.row_gain[c])[:, None]
-            table = np.interp(_LUT_LEVELS, np.linspace(0, 1, 6), fix.tone[c]).astype(np.float32)
-            level = (np.clip(frame[..., c], 0, 1) * np.float32(4095) + np.float32(0.5)).astype(np.int32)
-            expected[..., c] = np.clip(frame[..., c] * gain + table[level], 0, 1)
-        assert np.array_equal(fix.apply(frame), expected)
+    for h, w in ((37, 53), (300, 530)):  # one row band; three, the last one short (frames.row_bands)
+        frame = rng.random((h, w, 3), dtype=np.float32) * 1.4 - 0.2
+        for rows in (24, 0):
+            fix = FlickerCorrection(rng.random((3, 4, 5), dtype=np.float32) * 0.4 + 0.8,
+                                    rng.random((3, rows), dtype=np.float32) * 0.1,
+                                    rng.random((3, 6), dtype=np.float32) * 0.1)
+            expected = np.empty_like(frame)
+            for c in range(3):
+                gain = hat_basis(_axis(h), 4) @ fix.gain[c] @ hat_basis(_axis(w), 5).T
+                if rows:
+                    gain = gain + (hat_basis(_axis(h), rows) @ fix.row_gain[c])[:, None]
+                table = np.interp(_LUT_LEVELS, np.linspace(0, 1, 6), fix.tone[c]).astype(np.float32)
+                level = (np.clip(frame[..., c], 0, 1) * np.float32(4095) + np.float32(0.5)).astype(np.int32)
+                expected[..., c] = np.clip(frame[..., c] * gain + table[level], 0, 1)
+            assert np.array_equal(fix.apply(frame), expected)
+
+
+@pytest.mark.parametrize("blur", [0.0, 0.02])
+def test_the_kept_remainder_is_its_written_out_formula_bit_for_bit(blur):
+    """The projected frame, computed band by band: model + exp(-(r / tolerance)^2) r (low-passed
+    first with residual_blur), clipped, r = target - model, over the whole frame."""
+    rng = np.random.default_rng(5)
+    frame = rng.random((300, 530, 3), dtype=np.float32)
+    target = np.clip(frame * 1.1 + rng.normal(0, 0.03, frame.shape), 0, 1).astype(np.float32)
+    model_config = ProjectionConfig(residual_blur=blur)
+    projected, correction = FlickerModel(model_config).project_with_correction(frame, target)
+    model = correction.apply(frame)
+    r = target - model
+    weight = r / np.float32(model_config.residual_tolerance)
+    kept = low_pass(np.exp(-(weight * weight)) * r, blur)
+    assert np.array_equal(projected, np.clip(kept + model, 0, 1))
 
 
 def test_planes_are_the_channels_of_any_layout():

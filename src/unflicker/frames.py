@@ -46,3 +46,15 @@ def planes(image: np.ndarray) -> list[np.ndarray]:
     if len(written) != len(out) or any(a is not b for a, b in zip(written, out)):  # OpenCV took it another way
         return [np.ascontiguousarray(image[..., c]) for c in range(image.shape[2])]
     return out
+
+
+_BAND_VALUES = 1 << 16
+"""float32 values of one row band (256 KB): a band's arrays stay in a core's cache between the steps of
+an elementwise chain, where a whole 1080p plane (8 MB) goes to memory and back at each step."""
+
+
+def row_bands(height: int, width: int, channels: int = 1) -> list[slice]:
+    """Row slices covering `height` rows of a (height, width, channels) image, about 256 KB of float32
+    each: elementwise work done band by band gives the same values as on the whole image, faster."""
+    rows = max(1, _BAND_VALUES // max(1, width * channels))
+    return [slice(y, min(y + rows, height)) for y in range(0, height, rows)]
