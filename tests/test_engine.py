@@ -191,6 +191,88 @@ def test_a_run_on_workers_never_loads_torch_in_its_main_process(flickering, refe
     assert np.array_equal(frames_of(out), reference)
 
 
+def test_a_segment_reports_its_frames_final_in_order_and_they_stay_so(flickering, tmp_path):
+    """run_segment's on_final: counts 1, 2, ... n on the calling thread, each frame already as in the
+    result (in memory, and in the file a worker writes: a job reads those frames from it meanwhile)."""
+    from unflicker.config import method_spec, resolve_method
+    from unflicker.framestore import FrameFile
+    from unflicker.segments import SegmentTask, run_segment
+
+    frames = frames_of(flickering)[:14]
+    config = resolve_method(neural(), *frames.shape[1:3], len(frames))
+    segment = Segment(0, range(14), range(14), 0)
+    for output in (None, tmp_path / "segment-00000.npy"):
+        events, seen = [], []
+
+        def on_final(event):
+            events.append(event)
+            if isinstance(event.frames, Path):
+                with FrameFile.open(event.frames) as partial:
+                    seen.append(partial[event.count - 1])
+            else:
+                seen.append(event.frames[event.count - 1].copy())
+
+        task = SegmentTask("job", segment, method_spec(config), frames, output=output, lanes=2)
+        result = run_segment(task, on_final)
+        final = result.frames if output is None else np.load(result.frames)
+        assert [e.count for e in events] == list(range(1, 15))
+        assert all(e.index == 0 and e.job == "job" for e in events)
+        assert all(np.array_equal(seen[i], final[i]) for i in range(14))
+        if output is not None:  # written under a name of its own, renamed when done
+            assert all(e.frames.name.endswith(".partial") and not e.frames.exists() for e in events)
+
+
+def test_a_job_writes_frames_while_its_segment_still_runs(flickering, reference, tmp_path, monkeypatch):
+    """One segment in this process: the frames it reports final are written before it ends."""
+    import unflicker.engine
+    import unflicker.pipeline
+
+    real = unflicker.engine.run_segment
+    written = []
+
+    def slow_reports(task, on_final=None):  # the segment thread pauses at each report: the job catches up
+        return real(task, lambda event: (on_final(event), time.sleep(0.05)))
+
+    deliver = unflicker.pipeline.Job.deliver
+
+    def noted(job, result):
+        written.append(job._t)
+        return deliver(job, result)
+
+    monkeypatch.setattr(unflicker.engine, "run_segment", slow_reports)
+    monkeypatch.setattr(unflicker.pipeline.Job, "deliver", noted)
+    config = RunConfig(method="neural", atlas_steps=5, progress=False, segments=SegmentConfig(frames=40, margin=3),
+                       engine=EngineConfig(workers=1, lanes=2))
+    deflicker_file(flickering, tmp_path / "one.mkv", config)
+    assert written and written[0] > 0
+    monkeypatch.undo()
+    deflicker_file(flickering, tmp_path / "two.mkv", config)
+    assert np.array_equal(frames_of(tmp_path / "one.mkv"), frames_of(tmp_path / "two.mkv"))
+
+
+def test_a_workers_messages_are_all_seen_when_they_arrive_together():
+    """A task sends several messages; all must be read, also when they reach the pipe at once (a
+    buffered reader once kept the second from `select`: a hang at the end of a run)."""
+    import pickle
+    import select
+
+    from unflicker.engine import _Worker
+    from unflicker.segments import SegmentReady
+
+    read, write = os.pipe()
+    worker = _Worker.__new__(_Worker)
+    worker.process = type("P", (), {"stdout": os.fdopen(read, "rb")})()
+    worker.handle = 7
+    messages = [("ready", SegmentReady("job", 0, 1, Path("a"))), ("ok", "result")]
+    os.write(write, b"".join(len(d).to_bytes(8, "little") + d for d in map(pickle.dumps, messages)))
+    assert isinstance(worker.receive(), SegmentReady) and worker.handle == 7  # still running
+    assert select.select([worker.process.stdout], [], [], 0)[0]  # the second is still seen
+    assert worker.receive() == "result" and worker.handle is None
+    os.close(write)
+    assert worker.receive() is None  # the pipe closed: the worker died
+    worker.process.stdout.close()
+
+
 def kill_a_running_worker(work: Path, done: threading.Event, killed: list) -> None:
     """Kill -9 the first worker seen running a segment (its pid is in the work folder)."""
     while not done.is_set():

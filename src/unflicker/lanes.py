@@ -41,25 +41,36 @@ def ahead(work: Callable[[int], T], n: int, lanes: int, depth: int = 1) -> Itera
                 future.cancel()
 
 
-def each(work: Callable[..., None], items: Iterator[tuple], lanes: int) -> None:
+def each(work: Callable[..., None], items: Iterator[tuple], lanes: int,
+         done: Callable[..., None] | None = None) -> None:
     """work(*item) for every item, on `lanes` threads with at most `lanes` calls waiting (the items
     are drawn on the caller's thread); the first error is raised once the calls started have ended.
-    Each call must need nothing from the others: they run in any order."""
+    Each call must need nothing from the others: they run in any order. `done(*item)`, if given,
+    runs on the caller's thread in the items' order, each once its call and every earlier one ended."""
     if lanes < 2:
         for item in items:
             work(*item)
+            if done is not None:
+                done(*item)
         return
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-        pending: deque[Future] = deque()
+        pending: deque[tuple[Future, tuple]] = deque()
+
+        def finish() -> None:
+            future, item = pending.popleft()
+            future.result()
+            if done is not None:
+                done(*item)
+
         try:
             for item in items:
                 if len(pending) >= lanes:
-                    pending.popleft().result()
-                pending.append(pool.submit(work, *item))
+                    finish()
+                pending.append((pool.submit(work, *item), item))
             while pending:
-                pending.popleft().result()
+                finish()
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
 
 
