@@ -95,26 +95,6 @@ def test_each_spreads_independent_calls_over_two_lanes_and_passes_errors_on():
     assert done == [(0, 0), (1, 1), (2, 4)]
 
 
-@pytest.mark.parametrize("lanes", [1, 2])
-def test_each_reports_calls_done_in_order_on_the_callers_thread(lanes):
-    ended, reported, callers = set(), [], set()
-    lock = threading.Lock()
-
-    def work(i):
-        time.sleep(0.03 if i % 3 == 0 else 0.001)  # later calls often end first
-        with lock:
-            ended.add(i)
-
-    def done(i):
-        callers.add(threading.get_ident())
-        with lock:
-            assert set(range(i + 1)) <= ended  # this call and every earlier one have ended
-        reported.append(i)
-
-    each(work, ((i,) for i in range(10)), lanes, done=done)
-    assert reported == list(range(10)) and callers == {threading.get_ident()}
-
-
 def test_behind_runs_calls_in_order_on_its_own_thread_and_reports_errors():
     done, threads = [], set()
 

@@ -265,7 +265,7 @@ def test_keep_work_reuses_finished_segments_and_only_rewrites_the_output(tmp_pat
 
     import unflicker.engine
 
-    def no_segment(task, on_final=None):
+    def no_segment(task):
         raise AssertionError("a segment was processed again")
 
     monkeypatch.setattr(unflicker.engine, "run_segment", no_segment)
@@ -294,18 +294,18 @@ def test_an_interrupted_run_keeps_its_finished_segments(tmp_path, monkeypatch):
     real = unflicker.engine.run_segment
     ran = []
 
-    def dies_at_the_second(task, on_final=None):
+    def dies_at_the_second(task):
         ran.append(task.segment.index)
         if task.segment.index == 1:
             raise KeyboardInterrupt
-        return real(task, on_final)
+        return real(task)
 
     monkeypatch.setattr(unflicker.engine, "run_segment", dies_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         deflicker_file(source, tmp_path / "out", config)
     assert not (tmp_path / "out").exists() and ran == [0, 1]
     ran.clear()
-    monkeypatch.setattr(unflicker.engine, "run_segment", lambda task, on_final=None: ran.append(task.segment.index) or real(task, on_final))
+    monkeypatch.setattr(unflicker.engine, "run_segment", lambda task: ran.append(task.segment.index) or real(task))
     resumed = deflicker_file(source, tmp_path / "out", config)
     assert ran == [1, 2] and (resumed.segments, resumed.reused) == (3, 1)
     fresh = deflicker_file(source, tmp_path / "fresh", dataclasses.replace(config, keep_work=None))

@@ -3,29 +3,23 @@ process pool, or as Ray tasks. `run_jobs` keeps every worker busy with the segme
 videos (one queue), hands results back to their jobs as they finish, and lets the jobs stitch and
 write in order while the workers go on.
 
-A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `ready(event)`, `deliver(result)`,
-`advance() -> finished` and `fail(error)`; errors of one job do not stop the others. While a segment
-runs, the in-process and local executors pass on its `SegmentReady` events (its first frames are final),
-so a job writes those out while the segment's last frames are still settled and anchored.
+A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `deliver(result)`, `advance() -> finished`
+and `fail(error)`; errors of one job do not stop the others.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import queue
 import select
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError
-from unflicker.segments import (MethodSpec, SegmentReady, SegmentResult, SegmentTask, keep_freed_memory, preload_method,
-                                run_segment)
+from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, keep_freed_memory, preload_method, run_segment
 
 
 class WorkerDied(UnflickerError):
@@ -42,17 +36,15 @@ class Executor(Protocol):
 
     def submit(self, task: SegmentTask) -> object: ...
 
-    def wait(self, handles: Iterable[object]) -> list[tuple[object, SegmentReady | SegmentResult | BaseException]]:
-        """Block until at least one handle is done or has news; (handle, result or the task's error) for
-        each done one, (handle, SegmentReady) for a running one whose first frames are final."""
+    def wait(self, handles: Iterable[object]) -> list[tuple[object, SegmentResult | BaseException]]:
+        """Block until at least one handle is done; (handle, result or the task's error) for each done one."""
         ...
 
     def close(self) -> None: ...
 
 
 class InProcess:
-    """Runs each task in this process (--workers 1, or a run of one segment), on a thread of its own
-    while this thread writes the frames it reports final."""
+    """Runs each task in this process when waited for (--workers 1)."""
 
     capacity = 1
 
@@ -60,8 +52,6 @@ class InProcess:
         self._tasks: dict[int, SegmentTask] = {}
         self._next = 0
         self._lanes = engine.lanes_for(1)
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._running: int | None = None
 
     def warm(self, spec: MethodSpec) -> None:
         preload_method(spec)  # imports and weights load on a thread while this process decodes
@@ -71,44 +61,16 @@ class InProcess:
         self._tasks[self._next] = dataclasses.replace(task, lanes=self._lanes)
         return self._next
 
-    def _run(self, handle: int, task: SegmentTask) -> None:
-        try:
-            outcome = run_segment(task, lambda event: self._events.put((handle, event)))
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides
-            outcome = exc
-        self._events.put((handle, outcome))
-
     def wait(self, handles):
-        if self._running is None:
-            handle = next(iter(handles))
-            self._running = handle
-            # A daemon: a run stopped on this thread (Ctrl-C) does not wait for the segment to end.
-            threading.Thread(target=self._run, args=(handle, self._tasks.pop(handle)), name="segment",
-                             daemon=True).start()
-        out = [self._events.get()]
-        while not self._events.empty():
-            out.append(self._events.get())
-        for handle, outcome in out:
-            if not isinstance(outcome, SegmentReady):
-                self._running = None
-                if isinstance(outcome, BaseException) and not isinstance(outcome, UnflickerError):
-                    raise outcome  # a bug, not bad input: as if it had happened on this thread
-        return out
+        handle = next(iter(handles))
+        task = self._tasks.pop(handle)
+        try:
+            return [(handle, run_segment(task))]
+        except UnflickerError as exc:
+            return [(handle, exc)]
 
     def close(self) -> None:
         self._tasks.clear()
-
-
-def _read_exactly(fd: int, size: int) -> bytes:
-    """`size` bytes from a pipe (EOFError if it closes first)."""
-    parts, left = [], size
-    while left:
-        part = os.read(fd, left)
-        if not part:
-            raise EOFError("the worker's pipe closed")
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
 
 
 class _Worker:
@@ -126,16 +88,12 @@ class _Worker:
         self.process.stdin.flush()
 
     def receive(self):
-        """The task's outcome or a SegmentReady of it (the task goes on), or None if the process died.
-        Messages are length-prefixed and read straight from the pipe: nothing waits in a buffer, so
-        `select` sees every message still to be read (a task sends several)."""
+        """The task's outcome, or None if the process died."""
         try:
-            size = int.from_bytes(_read_exactly(self.process.stdout.fileno(), 8), "little")
-            status, payload = pickle.loads(_read_exactly(self.process.stdout.fileno(), size))
-        except (EOFError, pickle.UnpicklingError, OSError, ValueError):
+            status, payload = pickle.load(self.process.stdout)
+        except (EOFError, pickle.UnpicklingError, OSError):
             return None
-        if status != "ready":
-            self.handle = None
+        self.handle = None
         return payload
 
     def kill(self) -> None:
@@ -218,8 +176,7 @@ class LocalPool:
                     if failed is not None:
                         out.append(failed)
                     continue
-                if not isinstance(payload, SegmentReady):
-                    del self._tasks[handle]
+                del self._tasks[handle]
                 out.append((handle, payload))
             self._dispatch()
             out = [item for item in out if item[0] in wanted]
@@ -358,10 +315,6 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                     return
                 continue
             for handle, outcome in executor.wait(list(in_flight)):
-                if isinstance(outcome, SegmentReady):  # still running: its first frames can be written
-                    if in_flight[handle].error is None:
-                        in_flight[handle].ready(outcome)
-                    continue
                 job = in_flight.pop(handle)
                 if job.error is not None:
                     continue

@@ -41,36 +41,25 @@ def ahead(work: Callable[[int], T], n: int, lanes: int, depth: int = 1) -> Itera
                 future.cancel()
 
 
-def each(work: Callable[..., None], items: Iterator[tuple], lanes: int,
-         done: Callable[..., None] | None = None) -> None:
+def each(work: Callable[..., None], items: Iterator[tuple], lanes: int) -> None:
     """work(*item) for every item, on `lanes` threads with at most `lanes` calls waiting (the items
     are drawn on the caller's thread); the first error is raised once the calls started have ended.
-    Each call must need nothing from the others: they run in any order. `done(*item)`, if given,
-    runs on the caller's thread in the items' order, each once its call and every earlier one ended."""
+    Each call must need nothing from the others: they run in any order."""
     if lanes < 2:
         for item in items:
             work(*item)
-            if done is not None:
-                done(*item)
         return
     with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="lane") as pool:
-        pending: deque[tuple[Future, tuple]] = deque()
-
-        def finish() -> None:
-            future, item = pending.popleft()
-            future.result()
-            if done is not None:
-                done(*item)
-
+        pending: deque[Future] = deque()
         try:
             for item in items:
                 if len(pending) >= lanes:
-                    finish()
-                pending.append((pool.submit(work, *item), item))
+                    pending.popleft().result()
+                pending.append(pool.submit(work, *item))
             while pending:
-                finish()
+                pending.popleft().result()
         finally:
-            for future, _ in pending:
+            for future in pending:
                 future.cancel()
 
 

@@ -48,7 +48,7 @@ from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
 from unflicker.resume import JobFolder, input_fingerprint
-from unflicker.segments import Segment, SegmentReady, SegmentResult, SegmentTask, plan
+from unflicker.segments import Segment, SegmentResult, SegmentTask, plan
 
 __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "deflicker_frames"]
 
@@ -202,11 +202,6 @@ class BackgroundSink:
         self.sink.abort()
 
 
-def _close(handle: FrameFile | np.ndarray) -> None:
-    if isinstance(handle, FrameFile):
-        handle.close()
-
-
 def _channel_means(frame: np.ndarray) -> np.ndarray:
     """(3,) per-channel mean in [0, 1] units: the global flicker index and the plot need nothing more
     per frame. An integer frame is averaged as it is, then scaled (no float copy of it is made)."""
@@ -251,10 +246,8 @@ class Job:
         self.folder: JobFolder | None = None
         self._spills: dict[int, FrameFile] = {}
         """Segments' frames being spilled (files not complete yet)."""
-        self._loaded: dict[int, FrameFile | np.ndarray] = {}
-        """Segments' results open for stitching (a running segment's too: the array or file it fills)."""
-        self._ready: dict[int, tuple[int, np.ndarray | Path]] = {}
-        """Running segments' final first frames: (how many, the result array or the file being written)."""
+        self._loaded: dict[int, FrameFile] = {}
+        """Finished segments' results open for stitching."""
 
     @property
     def name(self) -> str:
@@ -445,22 +438,7 @@ class Job:
             self._spills.pop(segment.index).close()
             temp.rename(self.folder.spill(segment.index))
 
-    def ready(self, event: SegmentReady) -> None:
-        """A running segment's first `event.count` span frames are final: they may be written out. A
-        file is opened now, before its worker could die and the task run again into another file."""
-        k = event.index
-        if k in self.results:
-            return
-        previous = self._ready.get(k, (0, None))[1]
-        same = previous is event.frames or (isinstance(previous, Path) and previous == event.frames)
-        self._ready[k] = (event.count, event.frames)
-        if not same:
-            if k in self._loaded:  # another try of the segment: its frames from its own file on
-                _close(self._loaded.pop(k))
-            self._result(k)
-
     def deliver(self, result: SegmentResult) -> None:
-        self._ready.pop(result.index, None)
         path = self.folder.result(result.index)
         if isinstance(result.frames, np.ndarray):
             io.atomic_npy(path, result.frames)
@@ -475,20 +453,9 @@ class Job:
         k = bisect.bisect_right(self._core_starts, t) - 1
         return [j for j in (k - 1, k, k + 1) if 0 <= j < len(self.segments) and t in self.segments[j].span]
 
-    def _final(self, k: int, t: int) -> bool:
-        """Whether segment k's output of frame t is final (the segment finished, or reported it so)."""
-        return k in self.results or (k in self._ready and t - self.segments[k].span.start < self._ready[k][0])
-
-    def _result(self, k: int) -> FrameFile | np.ndarray:
+    def _result(self, k: int) -> np.ndarray:
         if k not in self._loaded:
-            frames = self.results[k] if k in self.results else self._ready[k][1]
-            if isinstance(frames, np.ndarray):
-                self._loaded[k] = frames
-            else:  # a file being written too: the frames its segment reported final stay as they are
-                try:
-                    self._loaded[k] = FrameFile.open(frames)
-                except FileNotFoundError:  # finished meanwhile (its result not delivered yet): renamed
-                    self._loaded[k] = FrameFile.open(self.folder.result(k))
+            self._loaded[k] = FrameFile.open(self.results[k])
         return self._loaded[k]
 
     def _stitched(self, t: int) -> np.ndarray:
@@ -515,7 +482,7 @@ class Job:
             self._finish()
             return True
         while self._t < n:
-            if self.segments and not all(self._final(k, self._t) for k in self._covering(self._t)):
+            if self.segments and any(k not in self.results for k in self._covering(self._t)):
                 return False
             if self._input_needed():
                 frame = next(self._output_frames)
@@ -530,12 +497,10 @@ class Job:
             self.sink.write(final, pts, name, alpha)
             self._write_bar.update()
             self._t += 1
-            for k in [k for k in self._loaded if self.segments[k].span.stop <= self._t and k in self.results]:
-                _close(self._loaded.pop(k))
+            for k in [k for k in self._loaded if self.segments[k].span.stop <= self._t]:
+                self._loaded.pop(k).close()
                 if self._temp_work is not None:  # written out: a temporary work folder keeps no more
                     self.results[k].unlink(missing_ok=True)
-        if len(self.results) < len(self.segments):  # every frame written; a segment's report is still to come
-            return False
         self._finish()
         return True
 
@@ -599,10 +564,9 @@ class Job:
             self.sink.abort()  # interrupted: no partial output
         self.sink = None
         for handle in [*self._spills.values(), *self._loaded.values()]:
-            _close(handle)
+            handle.close()
         self._spills.clear()
         self._loaded.clear()
-        self._ready.clear()
         if self.folder is not None:
             self.folder.clear_transient()
         if self._temp_work is not None:

@@ -8,8 +8,7 @@ its files' sizes and modification times) and of the resolved settings the segmen
 - `segment-00003.json`: what the method reported about it (e.g. the gate's weight; shown in the summary);
 - `config.json`: the resolved settings (what `config.record` returns);
 - `frames/`, `running/`: spilled input frames of segments in flight and the pids of running tasks
-  (both transient), and `.segment-00003.npy.<pid>.partial`: a result being written (the job reads
-  the frames its worker reports final from it).
+  (both transient).
 A rerun with the same input and settings finds its folder and runs only the missing segments;
 new settings or a changed input get a new folder. Output-only options (strength, CRF, format)
 are not in the key: changing them reruns no segment.
@@ -66,5 +65,3 @@ class JobFolder:
     def clear_transient(self) -> None:
         shutil.rmtree(self.frames, ignore_errors=True)
         shutil.rmtree(self.running, ignore_errors=True)
-        for partial in self.path.glob(".segment-*.partial"):  # what a worker that died was writing
-            partial.unlink(missing_ok=True)

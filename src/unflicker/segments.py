@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -135,17 +135,6 @@ class SegmentResult:
     """What the method reported about the segment (Method.report), e.g. the gate's weight."""
 
 
-@dataclass
-class SegmentReady:
-    """Sent while a segment runs: its first `count` span frames are final in `frames` (the result array
-    being filled, or the file its worker is writing) and will not change; the job may write them out."""
-
-    job: str
-    index: int
-    count: int
-    frames: np.ndarray | Path
-
-
 _METHOD_CACHE: dict[str, object] = {}
 _PRELOADING: dict[str, Future] = {}
 
@@ -255,10 +244,8 @@ def _float(image: np.ndarray) -> np.ndarray:
     return to_float(np.asarray(image))
 
 
-def run_segment(task: SegmentTask, on_final: Callable[[SegmentReady], None] | None = None) -> SegmentResult:
-    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise.
-    `on_final`, if given, hears on this thread, in frame order, as the span's frames become final (each
-    once anchored), so the caller can write them out while the last ones are settled and anchored."""
+def run_segment(task: SegmentTask) -> SegmentResult:
+    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
     from unflicker.io import from_float, write_png
 
@@ -271,8 +258,7 @@ def run_segment(task: SegmentTask, on_final: Callable[[SegmentReady], None] | No
     out: np.ndarray | FrameFile | None = None
     behind: Behind | None = None
     frames = None
-    # Named for this process: a job reading a dead worker's frames keeps them when the task runs again.
-    temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.{os.getpid()}.partial")
+    temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.partial")
     try:
         frames = _open_frames(task.frames)
         n = len(task.segment.span)
@@ -319,9 +305,6 @@ def run_segment(task: SegmentTask, on_final: Callable[[SegmentReady], None] | No
                 if slow is not None:
                     out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
 
-            def published(i, slow):  # frame i anchored, and every frame before it: final
-                on_final(SegmentReady(task.job, task.segment.index, i + 1, out if temp is None else temp))
-
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
             # Settling needs no other frame's: with two lanes, two frames settle at once while this
             # thread measures them for the anchor (it was the sweep's slower side at 1080p); never
@@ -329,7 +312,7 @@ def run_segment(task: SegmentTask, on_final: Callable[[SegmentReady], None] | No
             # all at the end), each frame's on its own: two frames at once again.
             with closing(ahead(settled, n, task.lanes, depth=min(task.lanes, 2))) as settling:
                 each(anchored, anchor.corrections((i, image, final) for i, (image, final) in settling),
-                     min(task.lanes, 2), done=None if on_final is None or out is None else published)
+                      min(task.lanes, 2))
             info = method.report()
         result: np.ndarray | Path = out
         if temp is not None:

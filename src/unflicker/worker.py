@@ -1,11 +1,10 @@
 """A local worker process: `python -m unflicker.worker` runs segment tasks read from stdin (each
 task fixes its own torch/OpenCV threads).
 
-In, each message a pickle: a SegmentTask to run, or a MethodSpec to build ahead of the first task
-(no reply). Out, each a pickle after its length (8 bytes, little-endian): ("ready", SegmentReady) as
-the segment's first frames become final, then ("ok", SegmentResult) or ("error", UnflickerError).
-The process starts clean (no state inherited from the caller, no re-import of the caller's script)
-and keeps its weights loaded between tasks. See engine.LocalPool.
+Each message is a pickle: a SegmentTask in; ("ok", SegmentResult) or ("error", UnflickerError)
+out. A MethodSpec in builds that method ahead of the first task (no reply). The process starts
+clean (no state inherited from the caller, no re-import of the caller's script) and keeps its
+weights loaded between tasks. See engine.LocalPool.
 """
 
 from __future__ import annotations
@@ -50,16 +49,12 @@ def main() -> int:
             except UnflickerError:
                 pass
             continue
-        def send(message) -> None:
-            data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-            results.write(len(data).to_bytes(8, "little") + data)
-            results.flush()
-
         try:
-            message = ("ok", run_segment(task, lambda event: send(("ready", event))))
+            message = ("ok", run_segment(task))
         except UnflickerError as exc:
             message = ("error", exc)
-        send(message)
+        pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
+        results.flush()
 
 
 if __name__ == "__main__":
