@@ -312,6 +312,31 @@ def test_an_interrupted_run_keeps_its_finished_segments(tmp_path, monkeypatch):
     assert np.array_equal(read(tmp_path / "out"), read(tmp_path / "fresh")) and fresh.reused == 0
 
 
+def test_a_job_failing_while_its_segments_run_on_workers_ends_without_a_traceback(tmp_path, monkeypatch, capfd):
+    """An error of the job's own (here: writing the output) while workers still run its other segments:
+    one error, no output, and the work folder stays until they end (it used to go at once, and a worker
+    writing into it died with a traceback and ran again)."""
+    from unflicker.config import EngineConfig
+    from unflicker.errors import OutputError
+    from unflicker.segments import SegmentConfig
+
+    source = write_pngs(tmp_path / "clip", list(clip(60, h=48, w=64)))
+    real = pipeline.Job.advance
+
+    def advance(job):
+        if job.results and len(job.results) < len(job.segments):  # one segment back, others running
+            raise OutputError("the disk is full")
+        return real(job)
+
+    monkeypatch.setattr(pipeline.Job, "advance", advance)
+    config = RunConfig(method="classical", progress=False, segments=SegmentConfig(frames=12, margin=3),
+                       engine=EngineConfig(workers=2, lanes=1))
+    with pytest.raises(OutputError, match="disk is full"):
+        deflicker_file(source, tmp_path / "out.mkv", config)
+    assert "Traceback" not in capfd.readouterr().err
+    assert not (tmp_path / "out.mkv").exists()
+
+
 def test_classical_output_is_not_touched_by_the_anchor():
     frames = clip(8, h=24, w=32)
     floats = [io.to_float(f) for f in frames]

@@ -293,6 +293,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                         active.append(job)
                     except UnflickerError as exc:
                         job.fail(exc)
+                        job.close()
                         finished(job)
                     continue
                 if executor is None:
@@ -309,6 +310,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                         done = True
                 if done and not any(owner is job for owner in in_flight.values()):
                     active.remove(job)
+                    job.close()  # a failed job's files too, now that none of its segments is running
                     finished(job)
             if not in_flight:
                 if not active:

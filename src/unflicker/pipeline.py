@@ -545,12 +545,14 @@ class Job:
         return tuple(infos)
 
     def fail(self, error: BaseException) -> None:
+        """Stop the job with `error` (its output is not written). Its files go with `close()`, which the
+        engine calls once none of the job's segments is still running (they write into the work folder)."""
         if not isinstance(error, UnflickerError):
             raise error
         self.error = error
         if self.sink is not None:
             self.sink.abort()
-        self.close()
+        self.sink = None
 
     def close(self) -> None:
         """Release decoders and bars; remove the temporary work folder (a kept one keeps its results)."""
