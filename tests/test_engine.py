@@ -401,6 +401,30 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
     assert code == 1 and [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
 
 
+def test_a_frame_that_cannot_be_read_mid_batch_fails_that_input_alone(tmp_path, monkeypatch, capsys):
+    """An input whose frames fail while its segments are handed out (the video ends early, say) is
+    reported failed; the batch goes on with the others (it used to end the whole run)."""
+    import unflicker.pipeline
+
+    inputs = tmp_path / "in"
+    for name, seed in (("a", 1), ("b", 2)):
+        clean = synth.camera_move_clip(photo(seed), 30, (32, 40), motion="pan", seed=seed)
+        write_folder(inputs / name, synth.add_flicker(clean, "global", 1.5, seed=seed))
+    real = unflicker.pipeline.Job.next_task
+
+    def next_task(job):
+        if job.input_path.name == "a" and job.pending() == 0:  # a's last (here: only) segment
+            raise InputError("a: the video ended before frame 29")
+        return real(job)
+
+    monkeypatch.setattr(unflicker.pipeline.Job, "next_task", next_task)
+    out = tmp_path / "out"
+    code = main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
+    assert code == 1 and "ended before frame 29" in capsys.readouterr().err
+    status = {Path(r["input"]).name: r["status"] for r in json.loads((out / "unflicker-batch.json").read_text())}
+    assert status == {"a": "failed", "b": "done"} and (out / "b").is_dir() and not (out / "a").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--workers", "0"], "--workers must be at least 1"),
     (["--threads", "0"], "--threads must be at least 1"),

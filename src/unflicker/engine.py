@@ -3,8 +3,8 @@ process pool, or as Ray tasks. `run_jobs` keeps every worker busy with the segme
 videos (one queue), hands results back to their jobs as they finish, and lets the jobs stitch and
 write in order while the workers go on.
 
-A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `deliver(result)`, `advance() -> finished`
-and `fail(error)`; errors of one job do not stop the others.
+A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `deliver(result)`, `advance() -> finished`,
+`fail(error)` and `close()` (called once none of its tasks is running); errors of one job do not stop the others.
 """
 
 from __future__ import annotations
@@ -279,7 +279,11 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                 task, owner = None, None
                 for job in active:
                     if job.error is None:
-                        task = job.next_task()
+                        try:
+                            task = job.next_task()
+                        except UnflickerError as exc:  # e.g. the video ended early: this job only
+                            job.fail(exc)
+                            continue
                         if task is not None:
                             owner = job
                             break
@@ -295,6 +299,9 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                         job.fail(exc)
                         job.close()
                         finished(job)
+                    except BaseException:  # interrupted while starting: its temporary folder goes too
+                        job.close()
+                        raise
                     continue
                 if executor is None:
                     known = started == len(jobs)  # every job planned: the number of tasks is known
@@ -309,8 +316,8 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                         job.fail(exc)
                         done = True
                 if done and not any(owner is job for owner in in_flight.values()):
-                    active.remove(job)
                     job.close()  # a failed job's files too, now that none of its segments is running
+                    active.remove(job)
                     finished(job)
             if not in_flight:
                 if not active:
