@@ -263,6 +263,44 @@ def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path
     assert np.array_equal(frames_of(out), frames_of(tmp_path / "fresh.mkv"))
 
 
+def test_sigterm_stops_a_run_like_ctrl_c_leaving_no_files(tmp_path):
+    """`kill` (SIGTERM: a scheduler, the web page's Cancel) cleans up as Ctrl-C does: exit code 143, one
+    line, no output, no partial file beside it, no temporary work folder, no worker left."""
+    clean = synth.camera_move_clip(photo(7), 90, (32, 40), motion="pan", seed=7)
+    source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=8))
+    temp, out = tmp_path / "temp", tmp_path / "out" / "out.mkv"
+    temp.mkdir()
+    out.parent.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "unflicker", "run", str(source), "-o", str(out), "--method",
+                                "neural", "--atlas-steps", "5", "--segment-frames", "40", "--workers", "2", "--quiet"],
+                               env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(temp.glob("unflicker-*/jobs/*/running/*.pid")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be stopped"
+    process.terminate()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and err.strip().splitlines()[-1] == "unflicker: terminated; no partial output was left"
+    assert "Traceback" not in err
+    assert not list(out.parent.iterdir()) and not list(temp.glob("unflicker-*"))
+    time.sleep(2.0)  # the workers watch their parent every second
+    assert not session_members(process.pid)
+
+
+def session_members(session: int) -> list[int]:
+    """Pids of the live processes in a session (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[3] == str(session) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
 def test_kill_9_during_a_batch_then_the_same_command_resumes_every_input(tmp_path):
     inputs, work, out = tmp_path / "in", tmp_path / "work", tmp_path / "out"
     for name, seed in (("a", 9), ("b", 10)):

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from unflicker import __version__
-from unflicker.errors import OutputError, UnflickerError
+from unflicker.errors import OutputError, Terminated, UnflickerError, sigterm_as_interrupt
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -271,10 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo,
                    "serve": _serve}[args.command]
     try:
-        return handler(args)
+        with sigterm_as_interrupt():
+            return handler(args)
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("unflicker: terminated; no partial output was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("unflicker: interrupted; no partial output was left", file=sys.stderr)
         return 130

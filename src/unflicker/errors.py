@@ -1,5 +1,12 @@
 """Typed errors raised by the library; the CLI turns each into one line and an exit code."""
 
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UnflickerError(Exception):
     """Base class for every error the library raises on purpose."""
@@ -23,3 +30,25 @@ class WeightsError(UnflickerError):
     """Shipped or given network weights are missing or do not match the network."""
 
     exit_code = 4
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, the web page's Cancel), raised in the main thread like Ctrl-C, so a
+    run cleans up the same way: workers stopped, temporary files and folders removed, no partial output."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside: SIGTERM raises `Terminated` in the main thread (elsewhere: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -21,7 +21,7 @@ import cv2
 from tqdm import tqdm
 
 from unflicker import io
-from unflicker.errors import UnflickerError
+from unflicker.errors import Terminated, UnflickerError, sigterm_as_interrupt
 from unflicker.pipeline import RunConfig, deflicker_file
 
 
@@ -90,10 +90,13 @@ def main(argv: list[str]) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = (preview if spec["kind"] == "preview" else run)(spec, folder, [])
+            with sigterm_as_interrupt():  # Cancel: the run's temporary files go as with Ctrl-C
+                result = (preview if spec["kind"] == "preview" else run)(spec, folder, [])
             result["summary"]["notes"] = sorted({str(w.message) for w in caught})
         except UnflickerError as exc:
             result, code = {"error": str(exc)}, 1
+        except Terminated:
+            result, code = {"error": "cancelled"}, 143
         except Exception as exc:  # noqa: BLE001 - the page gets one line, the log keeps the traceback
             traceback.print_exc()
             result, code = {"error": f"internal error ({exc.__class__.__name__}: {exc}); see log.txt in the "
