@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from unflicker.config import EngineConfig
-from unflicker.errors import UnflickerError
+from unflicker.errors import UnflickerError, keep_sigterm_handler
 from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, keep_freed_memory, preload_method, run_segment
 
 
@@ -205,10 +205,11 @@ class RayEngine:
                 options.update(num_cpus=engine.local_workers() * engine.threads, _node_ip_address="127.0.0.1")
             else:
                 options.update(address=engine.ray_address)
-            try:
-                ray.init(**options)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): {exc}") from None
+            with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
+                try:
+                    ray.init(**options)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): {exc}") from None
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1

@@ -39,16 +39,29 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside: SIGTERM raises `Terminated` in the main thread (elsewhere: nothing changes)."""
+    """While inside: SIGTERM raises `Terminated` in the main thread, once (a second one during the clean-up
+    is ignored); elsewhere nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def terminated(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the clean-up runs to its end
         raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, terminated)
+    with keep_sigterm_handler():
+        signal.signal(signal.SIGTERM, terminated)
+        yield
+
+
+@contextmanager
+def keep_sigterm_handler() -> Iterator[None]:
+    """The SIGTERM handler as it was before, again on leaving (main thread; elsewhere nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

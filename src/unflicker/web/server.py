@@ -7,7 +7,7 @@ import os
 import socket
 import sys
 
-from unflicker.errors import UnflickerError
+from unflicker.errors import Terminated, UnflickerError
 from unflicker.web.store import Limits
 
 
@@ -59,6 +59,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
             config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
             try:
                 uvicorn.Server(config).run(sockets=[sock])
+            except Terminated:  # SIGTERM, re-raised by uvicorn once stopped: the CLI says so (exit 143)
+                raise
             except KeyboardInterrupt:  # uvicorn re-raises the Ctrl+C it stopped on: the normal way out
                 pass
         finally:
