@@ -258,7 +258,8 @@ class FlickerModel:
             return model, correction
         blur = self.config.residual_blur
         out = np.empty_like(model)  # exp(-(r / tolerance)^2) r, r = target - model, band by band in place
-        for band in row_bands(*model.shape):
+        bands = row_bands(*model.shape)
+        for band in bands:
             residual = np.subtract(target[band], model[band])
             weight = np.divide(residual, np.float32(tolerance), out=out[band])
             np.square(weight, out=weight)
@@ -270,7 +271,7 @@ class FlickerModel:
                 np.clip(weight, 0.0, 1.0, out=weight)
         if blur > 0:
             out = low_pass(out, blur)
-            for band in row_bands(*model.shape):
+            for band in bands:
                 part = out[band]
                 part += model[band]
                 np.clip(part, 0.0, 1.0, out=part)
