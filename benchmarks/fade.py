@@ -28,16 +28,21 @@ from unflicker.baselines import ffmpeg_deflicker
 from unflicker.metrics import psnr
 
 VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}, "lines anchor": {},
-            "share 0.3-0.6": {}, "no contrast": {}, "no detail": {}, "classical": {"method": "classical"}, "ffmpeg": {}}
+            "share 0.3-0.6": {}, "lines pump": {}, "lines pump whole": {}, "lines pump share": {}, "no contrast": {}, "no detail": {}, "classical": {"method": "classical"}, "ffmpeg": {}}
 ANCHORS = {"window anchor": {"fade": False}, "lines anchor": {"physical_lines": True},
-           "share 0.3-0.6": {"fade_share": (0.3, 0.6)}, "no contrast": {"contrast_sigma": math.inf, "detail_sigma": math.inf},
+           "share 0.3-0.6": {"fade_share": (0.3, 0.6)},
+           "lines pump": {"physical_lines": True, "lines_pumping": (0.3, 0.5)},
+           "lines pump whole": {"physical_lines": True, "lines_pumping": (0.3, 0.5), "lines_fade_share": (0.0, 1e-9)},
+           "lines pump share": {"physical_lines": True, "lines_pumping": (0.3, 0.5), "lines_fade_share": (0.35, 0.55)},
+           "no contrast": {"contrast_sigma": math.inf, "detail_sigma": math.inf},
            "no detail": {"detail_sigma": math.inf}}
 """`window anchor`: the default with AnchorConfig(fade=False), the anchor before session 8 (set here, as
 the run goes through unflicker.config.anchor_config in this process: a 48-frame clip is one segment).
 In results/fade-*.md of sessions 7 and 8, "default" is that window anchor and "fade anchor" a
 candidate (session 7's in fade-anchor-*.md, session 8's, today's default, in fade-*-s8.md). `lines anchor`:
 AnchorConfig(physical_lines=True), and `share 0.3-0.6`: AnchorConfig(fade_share=(0.3, 0.6)), session-8
-candidates (results/lines-*-s8.*, results/share03-*-s8.*). `no contrast`: AnchorConfig(contrast_sigma=inf,
+candidates (results/lines-*-s8.*, results/share03-*-s8.*). `lines pump` / `lines pump whole`: session 20's candidates
+(results/pumping-lines-*-s20.*). `no contrast`: AnchorConfig(contrast_sigma=inf,
 detail_sigma=inf), the default before session 12 (the anchor without its contrast part). `no detail`:
 AnchorConfig(detail_sigma=inf), the default before session 13. `classical` and `ffmpeg` (libavfilter's
 `deflicker`): the baselines (results/fade-baselines-*-s8.md)."""

@@ -23,6 +23,7 @@ import heldout
 from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 from unflicker.gate import FineGate, GateConfig
+from unflicker.kinds import KindProbe
 from unflicker.projection import FlickerModel, ProjectionConfig
 
 
@@ -46,18 +47,21 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
           anchor: AnchorConfig | None = None):
     """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
-        model, gate = FlickerModel(projection or ProjectionConfig()), FineGate(config)
+        model, gate, probe = FlickerModel(projection or ProjectionConfig()), FineGate(config), KindProbe()
         P, M = [], []
         for t in range(len(I)):
             projected, correction = model.project_with_correction(I[t], O[t])
             P.append(projected)
             M.append(correction)
             gate.observe(I[t], P[t], O[t], correction)
+            probe.observe(*gate.latest[:2])
+        pumping = (probe.features() or {}).get("pumping")
         stats.update(share=gate.share, w=gate.weight(), input_share=gate.input_share, efficiency=gate.efficiency,
                      strength=gate.strength(),
-                     smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share)
+                     smooth=gate.smoothness(), remainder_smooth=gate.remainder_smoothness(), fine=gate.fine_share,
+                     pumping=pumping)
         # as NeuralDeflicker.anchor_config
-        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), gate.strength())
+        segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), gate.strength(), pumping)
         return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
                             for t in range(len(I))], segment_anchor)
     return run
@@ -72,6 +76,12 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "noanchor": gated(anchor=AnchorConfig.off()),
             "window": gated(anchor=AnchorConfig(fade=False)),
             "lines": gated(anchor=AnchorConfig(physical_lines=True)),
+            # session 20: the line anchor where the flicker also changes smoothly from frame to frame
+            "lines-pump": gated(anchor=AnchorConfig(physical_lines=True, lines_pumping=(0.3, 0.5))),
+            "lines-pump-whole": gated(anchor=AnchorConfig(physical_lines=True, lines_pumping=(0.3, 0.5),
+                                                          lines_fade_share=(0.0, 1e-9))),  # the line always whole
+            "lines-pump-share": gated(anchor=AnchorConfig(physical_lines=True, lines_pumping=(0.3, 0.5),
+                                                          lines_fade_share=(0.35, 0.55))),
             "share03": gated(anchor=AnchorConfig(fade_share=(0.3, 0.6))),
             "processed-noanchor": gated(GateConfig(weight=1.0), anchor=AnchorConfig.off()),
             "nocontrast": gated(anchor=AnchorConfig(contrast_sigma=float("inf"), detail_sigma=float("inf"))),

@@ -431,3 +431,30 @@ def test_the_detail_gain_is_measured_on_a_bounded_copy_and_applied_at_full_size(
     assert np.allclose(gains_small, gains_large, atol=1e-4) and np.ptp(gains_small) > 0.1
     anchor = SlowAppearanceAnchor(AnchorConfig(**config))
     assert anchor.apply(large[0], np.full((6, 8, 6), 1.1, np.float32)).shape == large[0].shape
+
+
+def test_lines_only_where_the_flicker_drifts_and_a_fade_keeps_its_line():
+    # The lines apply as far as the flicker's pumping says (a process with independent per-frame
+    # parameters has no slow part of its own); where they apply, `lines_fade_share` decides how much
+    # of the shot's line goes back: a fade under a swing whose line explains about half of its course.
+    config = AnchorConfig(physical_lines=True, lines_pumping=(0.3, 0.5))
+    assert config.for_segment(0.8, pumping=0.6).lines == pytest.approx(0.8)
+    assert config.for_segment(0.8, pumping=0.4).lines == pytest.approx(0.4)
+    assert config.for_segment(0.8, pumping=0.2).lines == 0.0
+    assert config.for_segment(0.8).lines == 0.0  # not measured: the window means
+    assert AnchorConfig(physical_lines=True).for_segment(0.8, pumping=-0.5).lines == pytest.approx(0.8)
+    n = 80
+    swing, fade = 0.05 * np.sin(np.arange(n) * 2 * np.pi / 40), np.linspace(0.0, 0.15, n)  # R^2 0.46
+    inputs = ((0.3 + fade + swing)[:, None, None, None] * np.ones((1, 8, 8, 3))).astype(np.float32)
+    outputs = np.full_like(inputs, 0.5)
+
+    def error(**options):  # how far the output is from "the input without its swing"
+        result = run(SlowAppearanceAnchor(AnchorConfig(grid_rows=8, lines=1.0, **options)), inputs, outputs)
+        return max(np.abs(out - (0.3 + fade[t])).max() for t, out in result)
+
+    default, lower, whole = error(), error(lines_fade_share=(0.35, 0.55)), error(lines_fade_share=(0.0, 0.1))
+    assert whole < lower < 0.7 * default, (whole, lower, default)  # 0.075 at share 0, 0.047 at 0.55
+    with pytest.raises(InputError):
+        AnchorConfig(lines_pumping=(0.5, 0.3)).check()
+    with pytest.raises(InputError):
+        AnchorConfig(lines_fade_share=(0.6, 0.2)).check()

@@ -87,7 +87,19 @@ class AnchorConfig:
     drift: a change of light that is not a line is flicker there); the neural method sets it per
     segment from its gate (`for_segment`)."""
     physical_lines: bool = False
-    """`for_segment` sets `lines` to the gate's smoothness (1: smooth physical flicker)."""
+    """`for_segment` sets `lines` to the gate's smoothness (1: smooth physical flicker), times the
+    ramp of `lines_pumping` where that is set."""
+    lines_pumping: tuple[float, float] | None = None
+    """With `physical_lines`: `lines` also scaled by a ramp of the flicker's pumping (the lag-1
+    autocorrelation of the correction's frame-wide level, unflicker.kinds), 0 at or below the first
+    value, 1 at or above the second. Light that drifts changes smoothly from frame to frame, so its
+    slow part is flicker too; a process with independent parameters per frame has no slow part of its
+    own, and what is slow in its correction is the video's look. None: the smoothness alone."""
+    lines_fade_share: tuple[float, float] | None = None
+    """Where `lines` applies, the R^2 ramp of the share of the shot's line that goes back, in place
+    of `fade_share` (None: `fade_share`). With the lines nothing else gives a fade back, so a lower
+    ramp: a drift of the light leaves a line that explains little of its course (tune: R^2 at most
+    0.33), a fade under flicker one that explains most (0.59-1.00)."""
     contrast_sigma: float = 16.0
     """The same for the change of local contrast: per grid cell, the log-ratio of the standard
     deviations of the output's and the input's luma (`contrast_floor` added to both). The window
@@ -176,18 +188,29 @@ class AnchorConfig:
             raise InputError(f"anchor lines must be in [0, 1], got {self.lines}")
         if len(self.fade_share) != 2 or not 0.0 <= self.fade_share[0] < self.fade_share[1] <= 1.0:
             raise InputError(f"anchor fade_share must be (low, high) with 0 <= low < high <= 1, got {self.fade_share}")
+        if self.lines_pumping is not None and (len(self.lines_pumping) != 2
+                                               or not -1.0 <= self.lines_pumping[0] < self.lines_pumping[1] <= 1.0):
+            raise InputError(f"anchor lines_pumping must be (low, high) with -1 <= low < high <= 1, got {self.lines_pumping}")
+        if self.lines_fade_share is not None and (len(self.lines_fade_share) != 2
+                                                  or not 0.0 <= self.lines_fade_share[0] < self.lines_fade_share[1] <= 1.0):
+            raise InputError(f"anchor lines_fade_share must be (low, high) with 0 <= low < high <= 1, got {self.lines_fade_share}")
 
-    def for_segment(self, smoothness: float, strength: float = 1.0) -> AnchorConfig:
+    def for_segment(self, smoothness: float, strength: float = 1.0, pumping: float | None = None) -> AnchorConfig:
         """The config for a segment whose gate measured this smoothness and strength (0..1): the detail
         part goes `strength` x (1 - smoothness) of its way (none for a segment left as it is, as the
-        gate's correction, nor where the flicker is smooth: light does not change the amount of detail)."""
+        gate's correction, nor where the flicker is smooth: light does not change the amount of detail).
+        pumping: the kind probe's (None: not measured; `lines_pumping` then takes none of the lines)."""
         strength = float(np.clip(strength, 0.0, 1.0))
         share = strength * (1.0 - float(np.clip(smoothness, 0.0, 1.0)))
         config = self if share == 1.0 else dataclasses.replace(
             self, detail_share=self.detail_share * share, detail_sigma=self.detail_sigma if share > 0 else math.inf)
         if not config.physical_lines:
             return config
-        return dataclasses.replace(config, lines=float(np.clip(smoothness, 0.0, 1.0)))
+        lines = float(np.clip(smoothness, 0.0, 1.0))
+        if config.lines_pumping is not None:
+            low, high = config.lines_pumping
+            lines *= 0.0 if pumping is None else float(np.clip((pumping - low) / (high - low), 0.0, 1.0))
+        return dataclasses.replace(config, lines=lines)
 
     @property
     def window(self) -> int:
@@ -444,6 +467,7 @@ class SlowAppearanceAnchor:
         coarse, frame-wide) the slope per frame and the mean of the straight line through each grid
         value (least squares over the shot; None for the fine part, whose window stays as it is)."""
         n = len(coarse)
+        self._explained = 0.0
         if n < 3:
             return 0.0, [None, None, None], [None, None, None]
         t = np.arange(n, dtype=np.float64) - (n - 1) / 2
@@ -458,14 +482,20 @@ class SlowAppearanceAnchor:
         spread = float(np.sum((values - levels[2]) ** 2))
         line = levels[2] + t[:, None] * slopes[2]
         explained = 1.0 - float(np.sum((values - line) ** 2)) / spread if spread > 1e-12 else 0.0
-        low, high = self.config.fade_share
-        return float(np.clip((explained - low) / max(high - low, 1e-9), 0.0, 1.0)), slopes, levels
+        self._explained = explained
+        return self._ramp_share(self.config.fade_share), slopes, levels
+
+    def _ramp_share(self, ramp: tuple[float, float]) -> float:
+        """The share of the shot's line that goes back under an R^2 ramp (low, high), from the last `_ramps`."""
+        low, high = ramp
+        return float(np.clip((self._explained - low) / max(high - low, 1e-9), 0.0, 1.0))
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
         r, lines = self.config.window, self.config.lines
         fitted = self.config.fade or lines > 0  # the shot's lines are needed (_ramps: none under 3 frames)
         share, slopes, levels = self._ramps(coarse) if fitted else (0.0, [None] * 3, [None] * 3)
+        line_share = share if self.config.lines_fade_share is None else self._ramp_share(self.config.lines_fade_share)
 
         def window_mean(part: int, w: np.ndarray) -> np.ndarray:
             """The window mean of a part at the frame being emitted; w: its weights cut to [lo, hi)."""
@@ -488,7 +518,7 @@ class SlowAppearanceAnchor:
                         mean = mean + (share * bend * slopes[part]).astype(np.float32)
                     slow += np.float32(1.0 - lined) * mean  # x 1.0 is exact: the window means' bits
                 if lined > 0.0:  # the shot's level and its fade alone
-                    line = levels[part] + share * (i - (len(coarse) - 1) / 2) * slopes[part]
+                    line = levels[part] + line_share * (i - (len(coarse) - 1) / 2) * slopes[part]
                     slow += (lined * line).astype(np.float32)
             if self._contrast:  # O_t'' = g O_t + (1 - g) mean(O_t) - slow: see `apply`
                 log_gain = -window_mean(3, self.part_weights[3][lo - i + r : hi - i + r])

@@ -117,7 +117,8 @@ class NeuralDeflicker:
         self._measured()
         if self._gate is None:
             return self.config.anchor.for_segment(0.0)
-        return self.config.anchor.for_segment(self._gate.smoothness(), self._gate.strength())
+        features = self._kinds.features() or {}
+        return self.config.anchor.for_segment(self._gate.smoothness(), self._gate.strength(), features.get("pumping"))
 
     @staticmethod
     def fingerprint(config: NeuralConfig) -> dict:
