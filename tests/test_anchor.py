@@ -454,6 +454,8 @@ def test_lines_only_where_the_flicker_drifts_and_a_fade_keeps_its_line():
 
     default, lower, whole = error(), error(lines_fade_share=(0.35, 0.55)), error(lines_fade_share=(0.0, 0.1))
     assert whole < lower < 0.7 * default, (whole, lower, default)  # 0.075 at share 0, 0.047 at 0.55
+    no_line = run(SlowAppearanceAnchor(AnchorConfig(grid_rows=8, fade=False, lines_fade_share=(0.35, 0.55))), inputs, outputs)
+    assert len(list(no_line)) == n  # no shot line fitted (no fade, no lines): the option has nothing to do
     with pytest.raises(InputError):
         AnchorConfig(lines_pumping=(0.5, 0.3)).check()
     with pytest.raises(InputError):

@@ -495,7 +495,8 @@ class SlowAppearanceAnchor:
         r, lines = self.config.window, self.config.lines
         fitted = self.config.fade or lines > 0  # the shot's lines are needed (_ramps: none under 3 frames)
         share, slopes, levels = self._ramps(coarse) if fitted else (0.0, [None] * 3, [None] * 3)
-        line_share = share if self.config.lines_fade_share is None else self._ramp_share(self.config.lines_fade_share)
+        line_share = share if self.config.lines_fade_share is None or not fitted else \
+            self._ramp_share(self.config.lines_fade_share)
 
         def window_mean(part: int, w: np.ndarray) -> np.ndarray:
             """The window mean of a part at the frame being emitted; w: its weights cut to [lo, hi)."""
