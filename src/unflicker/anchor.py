@@ -52,6 +52,7 @@ import numpy as np
 
 from unflicker.errors import InputError
 from unflicker.frames import LUMA, luma as luma_of
+from unflicker.gate import ramp
 
 Tag = TypeVar("Tag")
 
@@ -209,7 +210,7 @@ class AnchorConfig:
         lines = float(np.clip(smoothness, 0.0, 1.0))
         if config.lines_pumping is not None:
             low, high = config.lines_pumping
-            lines *= 0.0 if pumping is None else float(np.clip((pumping - low) / (high - low), 0.0, 1.0))
+            lines *= 0.0 if pumping is None else ramp(pumping, low, high)
         return dataclasses.replace(config, lines=lines)
 
     @property
@@ -463,11 +464,11 @@ class SlowAppearanceAnchor:
         yield from self._emit(coarse, pending, len(pending))
 
     def _ramps(self, coarse: deque) -> tuple[float, list[np.ndarray | None], list[np.ndarray | None]]:
-        """A shot's fade (see `fade`): the share of its line that goes back, and per part (fine,
-        coarse, frame-wide) the slope per frame and the mean of the straight line through each grid
-        value (least squares over the shot; None for the fine part, whose window stays as it is)."""
+        """A shot's fade (see `fade`): how much of the frame-wide part's variation over the shot its line
+        explains (R^2; 0 under 3 frames), and per part (fine, coarse, frame-wide) the slope per frame and
+        the mean of the straight line through each grid value (least squares over the shot; None for the
+        fine part, whose window stays as it is)."""
         n = len(coarse)
-        self._explained = 0.0
         if n < 3:
             return 0.0, [None, None, None], [None, None, None]
         t = np.arange(n, dtype=np.float64) - (n - 1) / 2
@@ -482,21 +483,15 @@ class SlowAppearanceAnchor:
         spread = float(np.sum((values - levels[2]) ** 2))
         line = levels[2] + t[:, None] * slopes[2]
         explained = 1.0 - float(np.sum((values - line) ** 2)) / spread if spread > 1e-12 else 0.0
-        self._explained = explained
-        return self._ramp_share(self.config.fade_share), slopes, levels
-
-    def _ramp_share(self, ramp: tuple[float, float]) -> float:
-        """The share of the shot's line that goes back under an R^2 ramp (low, high), from the last `_ramps`."""
-        low, high = ramp
-        return float(np.clip((self._explained - low) / max(high - low, 1e-9), 0.0, 1.0))
+        return explained, slopes, levels
 
     def _emit(self, coarse: deque, pending: deque, count: int) -> Iterator[tuple[Tag, np.ndarray]]:
         """Yield the `count` oldest pending tags with their slow corrections."""
         r, lines = self.config.window, self.config.lines
         fitted = self.config.fade or lines > 0  # the shot's lines are needed (_ramps: none under 3 frames)
-        share, slopes, levels = self._ramps(coarse) if fitted else (0.0, [None] * 3, [None] * 3)
-        line_share = share if self.config.lines_fade_share is None or not fitted else \
-            self._ramp_share(self.config.lines_fade_share)
+        explained, slopes, levels = self._ramps(coarse) if fitted else (0.0, [None] * 3, [None] * 3)
+        share = ramp(explained, *self.config.fade_share)  # of the shot's line that goes back
+        line_share = share if self.config.lines_fade_share is None else ramp(explained, *self.config.lines_fade_share)
 
         def window_mean(part: int, w: np.ndarray) -> np.ndarray:
             """The window mean of a part at the frame being emitted; w: its weights cut to [lo, hi)."""

@@ -130,7 +130,7 @@ def _warped_errors(previous: tuple[np.ndarray, ...], current: tuple[np.ndarray, 
     return sums, int(pair.valid.sum())
 
 
-def _ramp(x: float, low: float, high: float) -> float:
+def ramp(x: float, low: float, high: float) -> float:
     """0 at or below low, 1 at or above high, linear between."""
     return float(np.clip((x - low) / (high - low), 0.0, 1.0))
 
@@ -239,8 +239,8 @@ class FineGate:
         if g is None:
             return 1.0
         cfg = self.config
-        strength = _ramp(g, cfg.clean_low, cfg.clean_high)
-        return strength if r is None else min(strength, _ramp(r, cfg.efficient_low, cfg.efficient_high))
+        strength = ramp(g, cfg.clean_low, cfg.clean_high)
+        return strength if r is None else min(strength, ramp(r, cfg.efficient_low, cfg.efficient_high))
 
     @property
     def smooths(self) -> bool:
@@ -254,7 +254,7 @@ class FineGate:
         if not self.smooths or g is None:
             return 0.0
         low, high = self.config.smooth_low, self.config.smooth_high
-        return _ramp(g, low, high)
+        return ramp(g, low, high)
 
     def remainder_smoothness(self) -> float:
         """How much of the projection's remainder is taken low-passed: `smoothness`, or more where f
@@ -301,4 +301,4 @@ class FineGate:
         g = self.share
         if g is None:
             return 0.0
-        return _ramp(g, self.config.low, self.config.high)
+        return ramp(g, self.config.low, self.config.high)
