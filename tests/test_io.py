@@ -181,3 +181,22 @@ def test_to_float_is_every_code_value_over_its_maximum_in_float32():
         assert floats.dtype == np.float32
         assert np.array_equal(floats, values.astype(np.float32) * np.float32(1.0 / top))
         assert np.array_equal(io.from_float(floats, 8 if top == 255.0 else 16), values)
+
+
+@pytest.mark.parametrize("shape", [(300, 301, 3), (7, 5), (1000,), (0, 4, 3), (1, 70000, 1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_from_float_in_row_bands_gives_the_whole_image_formula(shape, dtype):
+    """Band by band (and straight into `out`) the values are np.clip(x * top + 0.5, 0, top).astype:
+    out-of-range values clipped, halves rounded up, a (300, 301, 3) image spans several bands."""
+    rng = np.random.default_rng(3)
+    image = (rng.random(shape) * 1.2 - 0.1).astype(dtype)
+    if image.size:
+        image.reshape(-1)[:4] = [0.5 / 255, 1.5 / 65535, -0.0, 1.0]
+    for depth, top, out_type in ((8, 255.0, np.uint8), (16, 65535.0, np.uint16)):
+        expected = np.clip(image * top + 0.5, 0, top).astype(out_type)
+        assert np.array_equal(io.from_float(image, depth), expected)
+        out = np.full(shape, 7, out_type)
+        assert io.from_float(image, depth, out=out) is out
+        assert np.array_equal(out, expected)
+    with pytest.raises(ValueError, match="out is"):
+        io.from_float(image, 16, out=np.empty(shape, np.uint8))

@@ -232,10 +232,14 @@ def _open_frames(frames: np.ndarray | Path):
 
 
 def _store(out, i: int, frame: np.ndarray) -> None:
-    """Frame i of a segment's output, at 16 bits (on a `Behind` thread while the pass goes on)."""
+    """Frame i of a segment's output, at 16 bits: converted straight into the array, or written to
+    the segment's file (also on a `Behind` thread while the pass goes on)."""
     from unflicker.io import from_float
 
-    out[i] = from_float(frame, 16)
+    if isinstance(out, np.ndarray):
+        from_float(frame, 16, out=out[i])
+    else:
+        out[i] = from_float(frame, 16)
 
 
 def _float(image: np.ndarray) -> np.ndarray:
@@ -247,7 +251,7 @@ def _float(image: np.ndarray) -> np.ndarray:
 def run_segment(task: SegmentTask) -> SegmentResult:
     """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise."""
     from unflicker.anchor import SlowAppearanceAnchor
-    from unflicker.io import from_float, write_png
+    from unflicker.io import write_png
 
     start = time.perf_counter()
     keep_freed_memory()
@@ -298,12 +302,12 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 image, output = _float(frames[i]), _float(out[i])
                 final = method.settle(i, image, output)
                 if final is not output:
-                    out[i] = from_float(final, 16)
+                    _store(out, i, final)
                 return image, final
 
             def anchored(i, slow):
                 if slow is not None:
-                    out[i] = from_float(anchor.apply(out[i] * np.float32(1 / 65535), slow), 16)
+                    _store(out, i, anchor.apply(_float(out[i]), slow))
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
             # Settling needs no other frame's: with two lanes, two frames settle at once while this
