@@ -100,11 +100,17 @@ def test_single_frame_is_copied_with_a_warning(tmp_path, capsys):
 
 
 def test_unwritable_output_folder(tmp_path, clips, capsys, monkeypatch):
-    # CI runs as root, which can write anywhere, so the permission answer is simulated.
+    # CI runs as root, which can write anywhere, so the folder's refusal is simulated.
+    from unflicker.io import encoders
+
+    def refuse(**_):
+        raise PermissionError(13, "Permission denied")
+
     _, flickering = clips
-    monkeypatch.setattr(io.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(encoders.tempfile, "mkstemp", refuse)
     code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "out.mp4", "--quiet")
-    assert code != 0 and "not writable" in err
+    assert code == 3 and "cannot write in output folder" in err and "Permission denied" in err
+    assert not (tmp_path / "out.mp4").exists()
 
 
 def test_module_entry_point_runs(tmp_path, clips):

@@ -466,7 +466,7 @@ def test_a_frame_that_cannot_be_read_mid_batch_fails_that_input_alone(tmp_path, 
     (["--workers", "0"], "--workers must be at least 1"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--ray-address", "127.0.0.1:1"], "apply to --engine ray only"),
-    (["--segment-frames", "20"], "frames >= 4 * margin"),
+    (["--segment-frames", "20"], "--segment-frames must be at least 40"),
 ])
 def test_bad_engine_options_are_one_line_errors(flickering, tmp_path, capsys, argv, message):
     code = main(["run", str(flickering), "-o", str(tmp_path / "out.mp4"), "--method", "classical", "--quiet", *argv])

@@ -462,3 +462,49 @@ def test_strength_blends_the_correction_with_the_input():
     assert luma_flicker(frames) > luma_flicker(half) > luma_flicker(full)
     with pytest.raises(InputError):
         unflicker.deflicker(frames, method="classical", progress=False, strength=1.5)
+
+
+def test_an_output_the_encoder_or_the_folder_refuses_fails_before_any_work(tmp_path, capsys):
+    """FFV1 cannot encode a 1-pixel-wide frame and /proc takes no new file: both were tracebacks at
+    the first frame written (after the work); now one line, exit 3, nothing left behind."""
+    src = write_pngs(tmp_path / "thin", list(clip(n=4, h=48, w=1)))
+    code, _, err = run_cli(capsys, "run", src, "-o", tmp_path / "out.mkv", "--method", "classical", "--quiet")
+    assert_clean(code, err, 3)
+    assert "ffv1 cannot encode 1x48" in err
+    ok = write_video(tmp_path / "ok.mp4", list(clip(n=4, h=24, w=32)))
+    code, _, err = run_cli(capsys, "run", ok, "-o", "/proc/unflicker-test.mp4", "--quiet")
+    assert_clean(code, err, 3)
+    assert "cannot write in output folder /proc" in err
+    code, _, err = run_cli(capsys, "run", ok, "-o", tmp_path / "ok.mp4" / "x.mp4", "--quiet")
+    assert_clean(code, err, 3)
+    assert "is a file" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.mp4", "thin"]
+
+
+def test_batch_never_takes_its_own_outputs_or_a_video_for_a_list(tmp_path, capsys):
+    """An output folder inside the input folder is left out of the scan (a rerun deflickered last
+    run's outputs again, one folder deeper each time); the input folder as the output folder and a
+    video given as the list are one-line errors that create no folder."""
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "a.mp4", list(clip(n=4, h=24, w=32)))
+    for rerun in (False, True):
+        code, out, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "in" / "out",
+                                 "--method", "classical", "--quiet")
+        assert_clean(code, err)
+        assert ("0 done, 1 skipped" if rerun else "1 done, 0 skipped") in out
+    assert not (tmp_path / "in" / "out" / "out").exists()
+    code, _, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "in", "--quiet")
+    assert_clean(code, err, 3)
+    assert "is the input folder" in err
+    code, _, err = run_cli(capsys, "batch", tmp_path / "in" / "a.mp4", "-o", tmp_path / "new", "--quiet")
+    assert_clean(code, err, 2)
+    assert "not a folder or a text file" in err and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("argv, message", [(("--max-side", "0"), "--max-side must be at least 16"),
+                                           (("--long-term", "-1"), "--long-term must be 0")])
+def test_eval_rejects_sizes_and_distances_that_mean_nothing(tmp_path, capsys, argv, message):
+    ok = write_video(tmp_path / "ok.mp4", list(clip(n=4, h=24, w=32)))
+    code, _, err = run_cli(capsys, "eval", ok, "--reference", ok, *argv)
+    assert_clean(code, err, 2)
+    assert message in err

@@ -47,12 +47,20 @@ def _is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in io.IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file())
 
 
-def find_inputs(source: Path) -> list[tuple[Path, Path]]:
+def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
     """(input, its path relative to the batch root) for every video and frame folder in `source`
-    (a folder, searched recursively; or a text file with one path per line)."""
+    (a folder, searched recursively, leaving out the folder `skip` (the outputs) if it lies inside;
+    or a text file with one path per line)."""
     source = Path(source)
     if source.is_file():
-        lines = [line.strip() for line in source.read_text().splitlines()]
+        try:
+            text = source.read_text()
+        except (UnicodeDecodeError, ValueError):
+            text = "\0"
+        if "\0" in text:
+            raise InputError(f"{source} is not a folder or a text file listing one input per line "
+                             "(to deflicker one video, use `unflicker run`)")
+        lines = [line.strip() for line in text.splitlines()]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line
                  for line in lines if line and not line.startswith("#")]
         root = source.parent.resolve()
@@ -67,6 +75,8 @@ def find_inputs(source: Path) -> list[tuple[Path, Path]]:
             if path.name.startswith("."):
                 continue
             if path.is_dir():
+                if skip is not None and path.resolve() == skip:
+                    continue  # the batch's own outputs: never inputs of a rerun
                 if _is_frame_folder(path):
                     yield path
                 else:
@@ -88,10 +98,12 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         raise InputError("--compare, --plot and --stop-after apply to `unflicker run` only")
     config.check()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    inputs = find_inputs(source)
+    if Path(source).is_dir() and Path(source).resolve() == out_dir.resolve():
+        raise OutputError(f"the output folder {out_dir} is the input folder: choose another")
+    inputs = find_inputs(source, skip=out_dir.resolve())
     if not inputs:
         raise InputError(f"no videos or frame folders in {source}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     items: dict[int, BatchItem] = {}
     jobs = []
     taken: dict[Path, Path] = {}

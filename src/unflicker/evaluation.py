@@ -73,6 +73,10 @@ class Evaluator:
 
     def __init__(self, reference: str | Path, ground_truth: str | Path | None = None,
                  like: str | Path | None = None, long_term: int = 5, max_side: int | None = 480):
+        if long_term < 0:
+            raise InputError(f"--long-term must be 0 (none) or more frames, got {long_term}")
+        if max_side is not None and max_side < 16:
+            raise InputError(f"--max-side must be at least 16 pixels, got {max_side}")
         self._like, self._reference, self._truth = aligned_infos(
             io.probe(like or reference), io.probe(reference), io.probe(ground_truth) if ground_truth else None)
         self.long_term = long_term
@@ -81,6 +85,9 @@ class Evaluator:
         self._long = None
         if long_term > 1 and self._reference.frame_count > long_term:
             self._long = metrics.ReferenceFlows.compute(reference(), step=long_term, max_side=max_side)
+        elif long_term > 1:
+            warnings.warn(f"the clip has {self._reference.frame_count} frames: no long-term error at "
+                          f"{long_term} frames", stacklevel=2)
         self.max_side = max_side
         # Pairs (first frame, t) for the long-term half of the paper's E_warp.
         self._first = metrics.ReferenceFlows.compute(reference(), against_first=True, max_side=max_side)

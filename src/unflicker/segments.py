@@ -46,8 +46,9 @@ class SegmentConfig:
 
     def check(self) -> None:
         if self.margin < 0 or self.frames < max(2, 4 * self.margin):
-            raise InputError(f"segments need frames >= 4 * margin (and >= 2), margin >= 0; got frames={self.frames}, "
-                             f"margin={self.margin}")
+            raise InputError(f"--segment-frames must be at least {max(2, 4 * self.margin)} (four times the "
+                             f"{self.margin}-frame margin), got {self.frames}" if self.margin >= 0 else
+                             f"the segments' margin must be 0 or more frames, got {self.margin}")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io as pyio
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,17 @@ def _common_drops(plan: OutputPlan, info: VideoInfo) -> None:
                             "values above 1.0 clipped")
 
 
+def _check_writable(folder: Path) -> None:
+    """Create and remove a file in `folder`: permissions, read-only mounts and pseudo file systems
+    (os.access says yes to root everywhere) fail here, before any work, not at the output's first write."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".unflicker-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write in output folder {folder}: {exc.strerror or exc}") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, overwrite: bool = False, *,
                  info: VideoInfo | None = None, codec: str | None = None, bit_depth: int | None = None) -> Path:
     """Refuse outputs that would lose something, before any work starts.
@@ -294,9 +306,8 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         raise OutputError(f"output {output} exists: pass --overwrite to replace it")
     parent = output.resolve().parent
     if not parent.is_dir():
-        raise OutputError(f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"output folder {parent} is not writable")
+        raise OutputError(f"output folder {parent} {'is a file' if parent.exists() else 'does not exist'}")
+    _check_writable(parent)
     if info is not None:
         for line in plan_output(output, info, codec, bit_depth).dropped:
             warnings.warn(line, stacklevel=2)

@@ -69,6 +69,14 @@ class VideoWriter:
         ctx.colorspace, ctx.color_range = plan.colorspace, plan.color_range
         if src.sample_aspect_ratio not in (None, 1):
             ctx.sample_aspect_ratio = src.sample_aspect_ratio
+        try:  # opened now, not at the first frame: a size or format the encoder refuses fails before any work
+            ctx.open()
+        except av.error.FFmpegError as exc:
+            self._container.close()
+            self._container = None
+            self._temp.unlink(missing_ok=True)
+            raise OutputError(f"{plan.codec} cannot encode {src.width}x{src.height} {plan.pix_fmt} video for "
+                              f"{self.path.name} ({exc.strerror or exc}): choose another output type") from None
         if src.display_matrix is not None:
             self._stream.set_display_matrix(src.display_matrix)
         elif src.rotation:
@@ -146,13 +154,20 @@ class VideoWriter:
         else:
             frame.pts = self.count
             frame.time_base = 1 / self.source.fps
-        for packet in self._stream.encode(frame):
+        try:
+            packets = self._stream.encode(frame)
+        except av.error.FFmpegError as exc:
+            raise OutputError(f"encoding {self.path.name} failed: {exc.strerror or exc}") from None
+        for packet in packets:
             self._mux(packet)
 
     def _mux(self, packet) -> None:
         if self._copier is not None and packet.pts is not None:
             self._copier.copy_until(float(packet.pts * packet.time_base))
-        self._container.mux(packet)
+        try:
+            self._container.mux(packet)
+        except av.error.FFmpegError as exc:  # the disk full, the folder gone
+            raise OutputError(f"writing {self.path.name} failed: {exc.strerror or exc}") from None
 
     def close(self) -> Path:
         """Flush, then move the finished output into place (replacing it only if allowed)."""
