@@ -487,3 +487,28 @@ def test_batch_list_file_mirrors_paths_and_refuses_two_inputs_with_one_output(tm
                                                           engine=EngineConfig(workers=1)))
     assert [r.status for r in rows] == ["done", "done", "failed"] and "same output name" in rows[2].error
     assert (tmp_path / "out" / "x" / "clip").is_dir() and (tmp_path / "out" / "y" / "clip").is_dir()
+
+
+def test_a_killed_runs_temporary_work_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
+    """SIGKILL leaves no chance to clean up: the next run removes temporary work folders whose run,
+    on this host, is gone, and only those (a live run's, another host's, one without an owner)."""
+    import socket
+    import tempfile
+
+    from unflicker.resume import OWNER, temporary_work
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    host = socket.gethostname()
+    owners = {"unflicker-dead": f"{host} {dead_pid}", "unflicker-live": f"{host} {os.getpid()}",
+              "unflicker-elsewhere": f"another-host {dead_pid}", "unflicker-serve-x": None}
+    for name, owner in owners.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "frames.npy").write_bytes(b"x")
+        if owner is not None:
+            (tmp_path / name / OWNER).write_text(owner)
+    made = temporary_work()
+    assert made.parent == tmp_path and (made / OWNER).read_text() == f"{host} {os.getpid()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([made.name, "unflicker-live", "unflicker-elsewhere",
+                                                                  "unflicker-serve-x"])

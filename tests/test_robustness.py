@@ -502,9 +502,22 @@ def test_batch_never_takes_its_own_outputs_or_a_video_for_a_list(tmp_path, capsy
 
 
 @pytest.mark.parametrize("argv, message", [(("--max-side", "0"), "--max-side must be at least 16"),
-                                           (("--long-term", "-1"), "--long-term must be 0")])
+                                           (("--long-term", "-1"), "--long-term must be 0"),
+                                           (("--ground-truth", "big"), "the ground truth is 48x40, the reference 32x24")])
 def test_eval_rejects_sizes_and_distances_that_mean_nothing(tmp_path, capsys, argv, message):
     ok = write_video(tmp_path / "ok.mp4", list(clip(n=4, h=24, w=32)))
+    big = write_video(tmp_path / "big.mp4", list(clip(n=4, h=40, w=48)))
+    argv = [big if a == "big" else a for a in argv]
     code, _, err = run_cli(capsys, "eval", ok, "--reference", ok, *argv)
     assert_clean(code, err, 2)
     assert message in err
+
+
+def test_a_corrupt_png_among_good_ones_is_one_line_naming_it(tmp_path, capfd):
+    """OpenCV printed libpng's complaint on its own line (C-level stderr) before ours."""
+    folder = write_pngs(tmp_path / "frames", list(clip(n=4)))
+    (folder / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not a png" * 8)
+    code = main(["run", str(folder), "-o", str(tmp_path / "out.mp4"), "--method", "classical", "--quiet"])
+    err = capfd.readouterr().err
+    assert_clean(code, err, 2)
+    assert len(err.strip().splitlines()) == 1 and "2.png" in err

@@ -270,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo,
                    "serve": _serve}[args.command]
+    import cv2
+
+    # OpenCV's own log lines (a corrupt PNG's libpng complaint) would come before our one-line error,
+    # which names the file.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         with sigterm_as_interrupt():
             return handler(args)

@@ -79,6 +79,10 @@ class Evaluator:
             raise InputError(f"--max-side must be at least 16 pixels, got {max_side}")
         self._like, self._reference, self._truth = aligned_infos(
             io.probe(like or reference), io.probe(reference), io.probe(ground_truth) if ground_truth else None)
+        truth, ref = self._truth, self._reference
+        if truth is not None and (truth.width, truth.height) != (ref.width, ref.height):
+            raise InputError(f"the ground truth is {truth.width}x{truth.height}, the reference "
+                             f"{ref.width}x{ref.height}: they must have the same size")
         self.long_term = long_term
         reference = _frames_source(self._reference)
         self._short = metrics.ReferenceFlows.compute(reference(), step=1, max_side=max_side)

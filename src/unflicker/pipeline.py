@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +46,7 @@ from unflicker.kinds import PHYSICAL_KINDS
 from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
-from unflicker.resume import JobFolder, input_fingerprint
+from unflicker.resume import JobFolder, input_fingerprint, temporary_work
 from unflicker.segments import Segment, SegmentResult, SegmentTask, plan
 
 __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "deflicker_frames"]
@@ -288,7 +287,7 @@ class Job:
         if config.keep_work is not None and self._array is None:
             work = Path(config.keep_work)
         else:
-            work = self._temp_work = Path(tempfile.mkdtemp(prefix="unflicker-"))
+            work = self._temp_work = temporary_work()
         self.folder = JobFolder(work, key)
         self.folder.write_record(self.record)
         if ready is not None:

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 from unflicker import io
@@ -33,6 +36,40 @@ def input_fingerprint(info: io.VideoInfo) -> dict:
         digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return {"path": str(info.path.resolve()), "frames": info.frame_count, "size": [info.width, info.height],
             "files": digest.hexdigest()}
+
+
+TEMP_PREFIX = "unflicker-"
+OWNER = "owner"
+"""A temporary work folder's file naming the host and pid of the run that made it."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def temporary_work() -> Path:
+    """A new temporary work folder (a run without --keep-work), its owner recorded; first, the
+    temporary folders of runs on this host that were killed outright (SIGKILL, power loss: no clean-up
+    ran) are removed. A folder whose owner cannot be told (no owner file, another host, a live pid)
+    is left alone."""
+    root, host = Path(tempfile.gettempdir()), socket.gethostname()
+    for folder in root.glob(f"{TEMP_PREFIX}*"):
+        try:
+            owner_host, pid = (folder / OWNER).read_text().rsplit(" ", 1)
+            stale = owner_host == host and not _alive(int(pid))
+        except (OSError, ValueError):
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    (folder / OWNER).write_text(f"{host} {os.getpid()}")
+    return folder
 
 
 class JobFolder:
