@@ -388,6 +388,12 @@ def test_presets_map_to_atlas_settings():
     assert fast.resolution < balanced.resolution and fast.steps < 300 and balanced.steps is None
     assert (balanced.backend, paper.backend) == ("grid", "mlp")
     assert atlas_config(RunConfig(method="neural", preset="paper", atlas="grid", atlas_steps=7)).steps == 7
+    # The slow-atlas warning's test (no torch imported for it) agrees with the resolved settings.
+    from unflicker.config import mlp_atlas
+    for preset in (None, "fast", "balanced", "paper"):
+        for atlas in (None, "grid", "mlp"):
+            config = RunConfig(method="neural", preset=preset, atlas=atlas)
+            assert mlp_atlas(config) == (atlas_config(config).backend == "mlp")
 
 
 # --- progress -----------------------------------------------------------------------------------

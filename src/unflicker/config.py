@@ -191,6 +191,11 @@ class RunConfig:
         self.engine.check()
 
 
+def mlp_atlas(config: RunConfig) -> bool:
+    """Whether the neural method's atlas is the MLP (the paper's; slow on a CPU), without importing torch."""
+    return (config.atlas or PRESETS[config.preset or "balanced"].get("backend", "grid")) == "mlp"
+
+
 def atlas_config(config: RunConfig):
     """The neural method's atlas settings: the preset's, then explicit --atlas / --atlas-steps."""
     from unflicker.atlas import AtlasConfig  # torch is imported only when a neural method runs
