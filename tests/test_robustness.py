@@ -527,3 +527,11 @@ def test_a_corrupt_png_among_good_ones_is_one_line_naming_it(tmp_path, capfd):
     err = capfd.readouterr().err
     assert_clean(code, err, 2)
     assert len(err.strip().splitlines()) == 1 and "2.png" in err
+
+
+def test_eval_says_once_that_the_sequences_differ_in_length(tmp_path, capsys):
+    long = write_video(tmp_path / "long.mp4", list(clip(n=6, h=24, w=32)))
+    short = write_video(tmp_path / "short.mp4", list(clip(n=4, h=24, w=32)))
+    code, _, err = run_cli(capsys, "eval", long, "--reference", long, "--ground-truth", short)
+    assert_clean(code, err)
+    assert err.count("differ in length") == 1

@@ -21,8 +21,9 @@ def _stems(info: io.VideoInfo) -> list[str]:
     return [Path(name).stem for name in info.frame_names]
 
 
-def aligned_infos(*infos: io.VideoInfo | None) -> list[io.VideoInfo | None]:
-    """Restrict folder inputs to the frame stems they all share; truncate videos to the shortest."""
+def aligned_infos(*infos: io.VideoInfo | None, warn: bool = True) -> list[io.VideoInfo | None]:
+    """Restrict folder inputs to the frame stems they all share; truncate videos to the shortest
+    (saying so unless `warn` is False)."""
     present = [i for i in infos if i is not None]
     folders = [i for i in present if i.is_folder]
     if len(folders) >= 2:
@@ -32,7 +33,7 @@ def aligned_infos(*infos: io.VideoInfo | None) -> list[io.VideoInfo | None]:
         infos = tuple(_subset(i, common) if i is not None and i.is_folder else i for i in infos)
         present = [i for i in infos if i is not None]
     shortest = min(i.frame_count for i in present)
-    if any(i.frame_count != shortest for i in present):
+    if warn and any(i.frame_count != shortest for i in present):
         warnings.warn(f"sequences differ in length; comparing the first {shortest} frames", stacklevel=2)
     return [None if i is None else dataclasses.replace(i, frame_count=shortest,
                                                        frame_names=i.frame_names[:shortest]) for i in infos]
@@ -106,7 +107,9 @@ class Evaluator:
         short-term plus long-term to the first frame) and detail (Laplacian energy of the result
         over the ground truth's, or the reference's without one, per-frame contrast matched).
         """
-        result_info = aligned_infos(io.probe(result), self._like)[0]
+        # The result the evaluator was made `like` was aligned (and warned about) then.
+        same = self._like.path.resolve() == Path(result).resolve()
+        result_info = aligned_infos(io.probe(result), self._like, warn=not same)[0]
         if (result_info.width, result_info.height) != (self._reference.width, self._reference.height):
             raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
                              f"{self._reference.width}x{self._reference.height}")
