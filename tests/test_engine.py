@@ -490,25 +490,36 @@ def test_batch_list_file_mirrors_paths_and_refuses_two_inputs_with_one_output(tm
 
 
 def test_a_killed_runs_temporary_work_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
-    """SIGKILL leaves no chance to clean up: the next run removes temporary work folders whose run,
-    on this host, is gone, and only those (a live run's, another host's, one without an owner)."""
+    """SIGKILL leaves no chance to clean up: the next run removes temporary work folders that no live
+    process holds (their owner file's lock), on this host, and only those: a live run's (even one that
+    says another pid, as from another pid namespace), another host's and one without an owner stay."""
     import socket
     import tempfile
 
-    from unflicker.resume import OWNER, temporary_work
+    from unflicker.resume import OWNER, TemporaryWork
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)
     host = socket.gethostname()
-    owners = {"unflicker-dead": f"{host} {dead_pid}", "unflicker-live": f"{host} {os.getpid()}",
-              "unflicker-elsewhere": f"another-host {dead_pid}", "unflicker-serve-x": None}
+    owners = {"unflicker-dead": f"{host} 999999", "unflicker-live": f"{host} 999998",
+              "unflicker-elsewhere": "another-host 999999", "unflicker-serve-x": None}
     for name, owner in owners.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "frames.npy").write_bytes(b"x")
         if owner is not None:
             (tmp_path / name / OWNER).write_text(owner)
-    made = temporary_work()
-    assert made.parent == tmp_path and (made / OWNER).read_text() == f"{host} {os.getpid()}"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([made.name, "unflicker-live", "unflicker-elsewhere",
-                                                                  "unflicker-serve-x"])
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "unflicker-live" / OWNER)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        work = TemporaryWork()
+        assert work.path.parent == tmp_path and (work.path / OWNER).read_text() == f"{host} {os.getpid()}"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [work.path.name, "unflicker-live", "unflicker-elsewhere", "unflicker-serve-x"])
+        TemporaryWork().remove()  # a second run does not take the first's folder while it lives
+        assert work.path.exists()
+        work.remove()
+        assert not work.path.exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -1,5 +1,7 @@
 """Video I/O: write a clip, read it back, check rate, count, timestamps, audio, bit depth, atomicity."""
 
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -200,3 +202,32 @@ def test_from_float_in_row_bands_gives_the_whole_image_formula(shape, dtype):
         assert np.array_equal(out, expected)
     with pytest.raises(ValueError, match="out is"):
         io.from_float(image, 16, out=np.empty(shape, np.uint8))
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.mkv"])
+def test_a_disk_that_fills_at_the_trailer_is_one_error_and_no_partial_file(tmp_path, name):
+    """Small outputs are buffered until close(): a full disk shows at the trailer, which raised a
+    raw av.error (a traceback). A file-size limit stands in for the full disk, in a child process."""
+    src = tmp_path / "in.mp4"
+    make_video(src, gradient_frames(6))
+    script = f"""
+import resource, signal, sys
+from pathlib import Path
+from unflicker import io
+from unflicker.errors import OutputError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+src, out = Path({str(src)!r}), Path({str(tmp_path / name)!r})
+info = io.probe(src)
+writer = io.VideoWriter(out, info)
+for frame in io.read_frames(src, info):
+    writer.write(frame.image, frame.pts, frame.name)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+try:
+    writer.close()
+except OutputError as exc:
+    print("OutputError:", exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert result.stdout.startswith(f"OutputError: writing {name} failed"), result.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]

@@ -535,3 +535,18 @@ def test_eval_says_once_that_the_sequences_differ_in_length(tmp_path, capsys):
     code, _, err = run_cli(capsys, "eval", long, "--reference", long, "--ground-truth", short)
     assert_clean(code, err)
     assert err.count("differ in length") == 1
+
+
+def test_a_batch_list_maps_no_output_onto_its_input_and_reads_a_bom_and_latin1_names(tmp_path, capsys):
+    write_video(tmp_path / "a.mp4", list(clip(n=4, h=24, w=32)))
+    latin = tmp_path / "caf\xe9.mp4".encode("latin-1").decode("utf-8", "surrogateescape")
+    write_video(latin, list(clip(n=4, h=24, w=32, seed=1)))
+    (tmp_path / "list.txt").write_bytes(b"\xef\xbb\xbfa.mp4\ncaf\xe9.mp4\n")
+    code, out, err = run_cli(capsys, "batch", tmp_path / "list.txt", "-o", tmp_path, "--method", "classical",
+                             "--quiet")  # next to the list: each output would be its input
+    assert code == 1 and "0 done, 0 skipped, 2 failed" in out and err.count("would be the input") == 2
+    assert (tmp_path / "a.mp4").stat().st_size > 0
+    code, out, err = run_cli(capsys, "batch", tmp_path / "list.txt", "-o", tmp_path / "out", "--method",
+                             "classical", "--quiet")
+    assert_clean(code, err)
+    assert "2 done" in out and (tmp_path / "out" / "a.mp4").exists() and (tmp_path / "out" / latin.name).exists()

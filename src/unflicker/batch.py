@@ -53,13 +53,13 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
     or a text file with one path per line)."""
     source = Path(source)
     if source.is_file():
-        try:
-            text = source.read_text()
-        except (UnicodeDecodeError, ValueError):
-            text = "\0"
-        if "\0" in text:
+        with open(source, "rb") as file:
+            head = file.read(8192)
+        if b"\0" in head:  # a video, an image: sniffed before the whole file is read
             raise InputError(f"{source} is not a folder or a text file listing one input per line "
                              "(to deflicker one video, use `unflicker run`)")
+        # Names that are not UTF-8 (Latin-1 lists) kept as the bytes they are, as Python's os does.
+        text = source.read_bytes().decode("utf-8-sig", "surrogateescape")
         lines = [line.strip() for line in text.splitlines()]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line
                  for line in lines if line and not line.startswith("#")]
@@ -115,6 +115,9 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
             item.status, item.error = "failed", f"same output name as {taken[output]}"
             continue
         taken[output] = path
+        if output.resolve() == Path(path).resolve():
+            item.status, item.error = "failed", "the output would be the input: choose another output folder"
+            continue
         if output.exists() and not config.overwrite:
             item.status = "skipped"
             continue
@@ -148,7 +151,9 @@ def write_summary(out_dir: Path, rows: list[BatchItem], overwrite: bool = True) 
     writer = csv.DictWriter(text, fieldnames=list(records[0]))
     writer.writeheader()
     writer.writerows(records)
-    csv_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.csv", text.getvalue().encode(), overwrite=True)
+    # Names that are not UTF-8 go back as the bytes they were (surrogateescape, as os.fsencode).
+    csv_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.csv", text.getvalue().encode("utf-8", "surrogateescape"),
+                                        overwrite=True)
     json_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.json", json.dumps(records, indent=1).encode(),
                                          overwrite=True)
     return csv_path, json_path

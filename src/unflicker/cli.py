@@ -263,6 +263,9 @@ def _serve(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     warnings.showwarning = _show_warning
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if argv and argv[0] in DELEGATES:
         # Not through argparse: it would claim options such as --help meant for the script.
         handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +46,7 @@ from unflicker.kinds import PHYSICAL_KINDS
 from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
-from unflicker.resume import JobFolder, input_fingerprint, temporary_work
+from unflicker.resume import JobFolder, TemporaryWork, input_fingerprint
 from unflicker.segments import Segment, SegmentResult, SegmentTask, plan
 
 __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "deflicker_frames"]
@@ -240,7 +239,7 @@ class Job:
         self.sink: BackgroundSink | ListSink | None = None
         self.frames_out: list[np.ndarray] = []
         self._started = time.perf_counter()
-        self._temp_work: Path | None = None
+        self._temp_work: TemporaryWork | None = None
         self._bars: list[tqdm] = []
         self._decoders: list = []
         self.folder: JobFolder | None = None
@@ -288,7 +287,8 @@ class Job:
         if config.keep_work is not None and self._array is None:
             work = Path(config.keep_work)
         else:
-            work = self._temp_work = temporary_work()
+            self._temp_work = TemporaryWork()
+            work = self._temp_work.path
         self.folder = JobFolder(work, key)
         self.folder.write_record(self.record)
         if ready is not None:
@@ -576,7 +576,7 @@ class Job:
         if self.folder is not None:
             self.folder.clear_transient()
         if self._temp_work is not None:
-            shutil.rmtree(self._temp_work, ignore_errors=True)
+            self._temp_work.remove()
             self._temp_work = None
 
 

@@ -33,43 +33,68 @@ def input_fingerprint(info: io.VideoInfo) -> dict:
     digest = hashlib.sha256()
     for path in files:
         stat = path.stat()
-        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
     return {"path": str(info.path.resolve()), "frames": info.frame_count, "size": [info.width, info.height],
             "files": digest.hexdigest()}
 
 
 TEMP_PREFIX = "unflicker-"
 OWNER = "owner"
-"""A temporary work folder's file naming the host and pid of the run that made it."""
+"""A temporary work folder's file: the host and pid of the run that made it (for people), locked
+(flock) by that run for as long as it lives."""
 
 
-def _alive(pid: int) -> bool:
+def _locked_by_another(path: Path) -> bool | None:
+    """Whether another process holds the lock on `path`; None where it cannot be told (no such
+    file, no flock on this system). An unlocked file gets locked here, and the lock is let go."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        import fcntl
+        fd = os.open(path, os.O_RDONLY)
+    except (ImportError, OSError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
-    except PermissionError:  # another user's process
+    except OSError:
         return True
-    return True
+    finally:
+        os.close(fd)
 
 
-def temporary_work() -> Path:
-    """A new temporary work folder (a run without --keep-work), its owner recorded; first, the
-    temporary folders of runs on this host that were killed outright (SIGKILL, power loss: no clean-up
-    ran) are removed. A folder whose owner cannot be told (no owner file, another host, a live pid)
-    is left alone."""
-    root, host = Path(tempfile.gettempdir()), socket.gethostname()
-    for folder in root.glob(f"{TEMP_PREFIX}*"):
+class TemporaryWork:
+    """The temporary work folder of a run without --keep-work, under the system's temp folder.
+
+    Made, it first removes the temporary folders of runs on this host that were killed outright
+    (SIGKILL, power loss: no clean-up ran): those whose owner file no process holds locked any more.
+    A live run's folder is never taken, whatever pid namespace it runs in (the lock is the kernel's,
+    and forked workers inherit it); folders of other hosts, or without an owner (another version,
+    the web server's), are left alone."""
+
+    def __init__(self):
+        root, host = Path(tempfile.gettempdir()), socket.gethostname()
+        for folder in root.glob(f"{TEMP_PREFIX}*"):
+            owner = folder / OWNER
+            try:
+                owner_host = owner.read_text().rsplit(" ", 1)[0]
+            except (OSError, ValueError):
+                continue
+            if owner_host == host and _locked_by_another(owner) is False:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            owner_host, pid = (folder / OWNER).read_text().rsplit(" ", 1)
-            stale = owner_host == host and not _alive(int(pid))
-        except (OSError, ValueError):
-            continue
-        if stale:
-            shutil.rmtree(folder, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
-    (folder / OWNER).write_text(f"{host} {os.getpid()}")
-    return folder
+            import fcntl
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except ImportError:  # no flock: the folder is only ever removed by its own run
+            pass
+        os.write(self._fd, f"{host} {os.getpid()}".encode())  # after the lock: an empty owner is never taken
+
+    def remove(self) -> None:
+        """Remove the folder (its lock goes with it)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class JobFolder:

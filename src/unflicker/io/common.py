@@ -48,7 +48,8 @@ def to_float(image: np.ndarray) -> np.ndarray:
 
 def from_float(image: np.ndarray, bit_depth: int = 8, out: np.ndarray | None = None) -> np.ndarray:
     """float in [0, 1] -> uint8 (bit_depth 8) or uint16 (bit_depth 16), rounded and clipped; written
-    into `out` (same shape, that dtype) when given, else into a new array."""
+    into `out` (same shape, that dtype) when given, else into a new array. float16 is scaled in float32
+    (the formula in float16 overflows at 16 bits)."""
     if image.dtype in (np.uint8, np.uint16):
         if out is None:
             return image

@@ -21,6 +21,7 @@ import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -309,6 +310,22 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         raise OutputError(f"output folder {parent} {'is a file' if parent.exists() else 'does not exist'}")
     _check_writable(parent)
     if info is not None:
-        for line in plan_output(output, info, codec, bit_depth).dropped:
+        plan = plan_output(output, info, codec, bit_depth)
+        if plan.codec is not None and not is_folder_output(output):
+            _check_encoder(plan, info, output)
+        for line in plan.dropped:
             warnings.warn(line, stacklevel=2)
     return output
+
+
+def _check_encoder(plan: OutputPlan, info: VideoInfo, output: Path) -> None:
+    """Open the planned encoder at the input's size (and close it): a size or format it refuses (FFV1
+    at 1 pixel wide) fails here, before the input is decoded; the writer opens it again to write."""
+    ctx = av.CodecContext.create(plan.codec, "w")
+    ctx.width, ctx.height, ctx.pix_fmt = info.width, info.height, plan.pix_fmt
+    ctx.time_base = Fraction(1, 25)
+    try:
+        ctx.open()
+    except av.error.FFmpegError as exc:
+        raise OutputError(f"{plan.codec} cannot encode {info.width}x{info.height} {plan.pix_fmt} video for "
+                          f"{output.name} ({exc.strerror or exc}): choose another output type") from None

@@ -162,9 +162,9 @@ class VideoWriter:
             self._mux(packet)
 
     def _mux(self, packet) -> None:
-        if self._copier is not None and packet.pts is not None:
-            self._copier.copy_until(float(packet.pts * packet.time_base))
         try:
+            if self._copier is not None and packet.pts is not None:
+                self._copier.copy_until(float(packet.pts * packet.time_base))
             self._container.mux(packet)
         except av.error.FFmpegError as exc:  # the disk full, the folder gone
             raise OutputError(f"writing {self.path.name} failed: {exc.strerror or exc}") from None
@@ -172,13 +172,20 @@ class VideoWriter:
     def close(self) -> Path:
         """Flush, then move the finished output into place (replacing it only if allowed)."""
         if self._container is not None:
-            for packet in self._stream.encode(None):
-                self._mux(packet)
-            if self._copier is not None:
-                self._copier.copy_until(float("inf"))
-                self._copier.close()
-            self._container.close()
-            self._container = None
+            try:  # the encoder's last packets, the copied streams' rest and the trailer: a full disk shows here
+                for packet in self._stream.encode(None):
+                    self._mux(packet)
+                if self._copier is not None:
+                    self._copier.copy_until(float("inf"))
+                    self._copier.close()
+                    self._copier = None
+                self._container.close()
+                self._container = None
+            except (av.error.FFmpegError, OutputError) as exc:
+                self.abort()
+                message = str(exc) if isinstance(exc, OutputError) else f"writing {self.path.name} failed: " \
+                    f"{exc.strerror or exc}"
+                raise OutputError(message) from None
         if self.count == 0:
             self.abort()
             raise OutputError("no frames were written")
@@ -188,10 +195,13 @@ class VideoWriter:
     def abort(self) -> None:
         """Discard the partial output."""
         if self._container is not None:
-            if self._copier is not None:
-                self._copier.close()
-            self._container.close()
-            self._container = None
+            try:
+                if self._copier is not None:
+                    self._copier.close()
+                self._container.close()
+            except av.error.FFmpegError:  # what failed a write fails its close too: the file goes anyway
+                pass
+            self._copier = self._container = None
         if self._temp.is_dir():
             shutil.rmtree(self._temp, ignore_errors=True)
         elif self._temp.exists():
