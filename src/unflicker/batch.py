@@ -54,12 +54,13 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
     source = Path(source)
     if source.is_file():
         with open(source, "rb") as file:
-            head = file.read(8192)
-        if b"\0" in head:  # a video, an image: sniffed before the whole file is read
-            raise InputError(f"{source} is not a folder or a text file listing one input per line "
-                             "(to deflicker one video, use `unflicker run`)")
+            data = file.read(8192)
+            if b"\0" in data:  # a video, an image: sniffed before the whole file is read
+                raise InputError(f"{source} is not a folder or a text file listing one input per line "
+                                 "(to deflicker one video, use `unflicker run`)")
+            data += file.read()
         # Names that are not UTF-8 (Latin-1 lists) kept as the bytes they are, as Python's os does.
-        text = source.read_bytes().decode("utf-8-sig", "surrogateescape")
+        text = data.decode("utf-8-sig", "surrogateescape")
         lines = [line.strip() for line in text.splitlines()]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line
                  for line in lines if line and not line.startswith("#")]

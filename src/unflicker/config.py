@@ -192,8 +192,8 @@ class RunConfig:
 
 
 def mlp_atlas(config: RunConfig) -> bool:
-    """Whether the neural method's atlas is the MLP (the paper's; slow on a CPU), without importing torch."""
-    return (config.atlas or PRESETS[config.preset or "balanced"].get("backend", "grid")) == "mlp"
+    """Whether the neural method's atlas is the MLP (the paper's; slow on a CPU)."""
+    return atlas_config(config).backend == "mlp"
 
 
 def atlas_config(config: RunConfig):

@@ -26,6 +26,11 @@ from pathlib import Path
 
 from unflicker import io
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): a temporary folder is only ever removed by its own run
+    fcntl = None
+
 
 def input_fingerprint(info: io.VideoInfo) -> dict:
     """What identifies an input's content cheaply: path, count, size, and its files' sizes and mtimes."""
@@ -47,10 +52,11 @@ OWNER = "owner"
 def _locked_by_another(path: Path) -> bool | None:
     """Whether another process holds the lock on `path`; None where it cannot be told (no such
     file, no flock on this system). An unlocked file gets locked here, and the lock is let go."""
+    if fcntl is None:
+        return None
     try:
-        import fcntl
         fd = os.open(path, os.O_RDONLY)
-    except (ImportError, OSError):
+    except OSError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,11 +88,8 @@ class TemporaryWork:
                 shutil.rmtree(folder, ignore_errors=True)
         self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            import fcntl
+        if fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
-        except ImportError:  # no flock: the folder is only ever removed by its own run
-            pass
         os.write(self._fd, f"{host} {os.getpid()}".encode())  # after the lock: an empty owner is never taken
 
     def remove(self) -> None:

@@ -327,5 +327,10 @@ def _check_encoder(plan: OutputPlan, info: VideoInfo, output: Path) -> None:
     try:
         ctx.open()
     except av.error.FFmpegError as exc:
-        raise OutputError(f"{plan.codec} cannot encode {info.width}x{info.height} {plan.pix_fmt} video for "
-                          f"{output.name} ({exc.strerror or exc}): choose another output type") from None
+        raise encoder_refused(plan, info, output, exc) from None
+
+
+def encoder_refused(plan: OutputPlan, info: VideoInfo, output: Path, exc: Exception) -> OutputError:
+    """The one-line error of an encoder that would not open for this output."""
+    return OutputError(f"{plan.codec} cannot encode {info.width}x{info.height} {plan.pix_fmt} video for "
+                       f"{output.name} ({getattr(exc, 'strerror', None) or exc}): choose another output type")

@@ -11,7 +11,7 @@ import numpy as np
 
 from unflicker.errors import OutputError
 from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, replace, to_depth
-from unflicker.io.encoders import is_folder_output, plan_output
+from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
 from unflicker.io.images import PYAV_IMAGES, write_image
 from unflicker.io.media import VideoInfo
 
@@ -75,8 +75,7 @@ class VideoWriter:
             self._container.close()
             self._container = None
             self._temp.unlink(missing_ok=True)
-            raise OutputError(f"{plan.codec} cannot encode {src.width}x{src.height} {plan.pix_fmt} video for "
-                              f"{self.path.name} ({exc.strerror or exc}): choose another output type") from None
+            raise encoder_refused(plan, src, self.path, exc) from None
         if src.display_matrix is not None:
             self._stream.set_display_matrix(src.display_matrix)
         elif src.rotation:
@@ -157,17 +156,21 @@ class VideoWriter:
         try:
             packets = self._stream.encode(frame)
         except av.error.FFmpegError as exc:
-            raise OutputError(f"encoding {self.path.name} failed: {exc.strerror or exc}") from None
+            raise self._failed(exc, "encoding") from None
         for packet in packets:
             self._mux(packet)
+
+    def _failed(self, exc: av.error.FFmpegError, doing: str = "writing") -> OutputError:
+        """The one-line error of a failed encode or write (the disk full, the folder gone)."""
+        return OutputError(f"{doing} {self.path.name} failed: {exc.strerror or exc}")
 
     def _mux(self, packet) -> None:
         try:
             if self._copier is not None and packet.pts is not None:
                 self._copier.copy_until(float(packet.pts * packet.time_base))
             self._container.mux(packet)
-        except av.error.FFmpegError as exc:  # the disk full, the folder gone
-            raise OutputError(f"writing {self.path.name} failed: {exc.strerror or exc}") from None
+        except av.error.FFmpegError as exc:
+            raise self._failed(exc) from None
 
     def close(self) -> Path:
         """Flush, then move the finished output into place (replacing it only if allowed)."""
@@ -181,11 +184,12 @@ class VideoWriter:
                     self._copier = None
                 self._container.close()
                 self._container = None
-            except (av.error.FFmpegError, OutputError) as exc:
+            except OutputError:  # from _mux
                 self.abort()
-                message = str(exc) if isinstance(exc, OutputError) else f"writing {self.path.name} failed: " \
-                    f"{exc.strerror or exc}"
-                raise OutputError(message) from None
+                raise
+            except av.error.FFmpegError as exc:
+                self.abort()
+                raise self._failed(exc) from None
         if self.count == 0:
             self.abort()
             raise OutputError("no frames were written")
