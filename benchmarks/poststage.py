@@ -115,7 +115,9 @@ review (energy measured on the 960-pixel copy, not relative to the mean luma, on
 Session 15 replaced that frame-wide detail part by gains per region and band along the motion: "default"
 rows of results/*-s14 and earlier have the frame-wide part (its code is gone; "detail-share1.0" rows of
 session 13 too); results/mcdetail-v1-tune-s15.jsonl holds the first library version ("mcdetail-v1": bands
-of every channel, exact blurs), and "detail-share0.5" takes the energies half the way."""
+of every channel, exact blurs), and "detail-share0.5" takes the energies half the way.
+results/shrink-tune-s22.jsonl holds session 22's "shrink*" rows: the coarse and frame-wide window means
+shrunk by their chance level (results/shrink-criteria-s22.md; tried, dropped, code removed)."""
 
 
 FAMILIES = {"stylize": "texture", "edgepreserve": "texture", "detail": "texture", "denoise": "texture",
