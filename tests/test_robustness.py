@@ -9,6 +9,7 @@ the Python API `unflicker.deflicker`.
 import dataclasses
 import subprocess
 import sys
+import tempfile
 from fractions import Fraction
 
 import av
@@ -450,6 +451,27 @@ def test_api_on_files_returns_the_summary(tmp_path):
 def test_api_bad_arguments_raise_input_errors(args, kwargs):
     with pytest.raises(InputError):
         unflicker.deflicker(*args, method="classical", progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_api_rejects_nan_and_inf_frames(tmp_path, monkeypatch, value):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run's temporary work folder goes here
+    frames = clip(6).astype(np.float32) / 255
+    frames[2, 3, 4, 1] = value
+    for method in ("classical", "neural"):
+        with pytest.raises(InputError, match="frame 2 holds NaN or infinite values"):
+            unflicker.deflicker(frames, method=method, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_api_clips_float_frames_outside_0_1_with_a_warning():
+    frames = clip(6).astype(np.float32) / 255
+    frames[:, 0, 0] = -0.5
+    frames[:, 1, 1] = 1.5
+    with pytest.warns(UserWarning, match=r"outside \[0, 1\]: they are clipped"):
+        out = unflicker.deflicker(frames, method="classical", progress=False)
+    expected = unflicker.deflicker(np.clip(frames, 0, 1), method="classical", progress=False)
+    assert np.array_equal(out, expected)
 
 
 def test_import_is_cheap():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class _FloatFrames(Sequence):
     """A clip's frames as (H, W, 3) float32 RGB in [0, 1], converted one at a time on access.
 
     Accepts grey (H, W) or (H, W, 1), RGB (H, W, 3) and RGBA (H, W, 4) frames, uint8, uint16
-    or float; `restore` turns output frames back into the input's layout and dtype.
+    or float (NaN or inf is an error, values outside [0, 1] are clipped); `restore` turns output frames back into the input's layout and dtype.
     """
 
     def __init__(self, frames):
@@ -52,6 +53,13 @@ class _FloatFrames(Sequence):
         if frame.shape != self.shape or frame.dtype != self.dtype:
             raise InputError(f"frame {t} is {frame.dtype} {frame.shape}, frame 0 is {self.dtype} {self.shape}")
         frame = io.to_float(frame if frame.ndim == 3 else frame[:, :, None])
+        if self.dtype.kind == "f":
+            low, high = float(frame.min(initial=0.0)), float(frame.max(initial=0.0))
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise InputError(f"frame {t} holds NaN or infinite values")
+            if low < 0.0 or high > 1.0:  # as OpenEXR frames are (io.images)
+                warnings.warn("float frames hold values outside [0, 1]: they are clipped", stacklevel=2)
+                frame = np.clip(frame, 0.0, 1.0)
         if frame.shape[2] == 1:
             return np.repeat(frame, 3, axis=2)
         return np.ascontiguousarray(frame[:, :, :3])
