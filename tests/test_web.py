@@ -324,3 +324,12 @@ def test_what_flickers_is_a_setting_of_the_neural_method():
     assert "kind" not in run_options(parse_settings({"method": "classical", "kind": "film"}))
     with pytest.raises(InputError, match="what flickers"):
         parse_settings({"kind": "sunset"})
+
+
+@pytest.mark.parametrize("value", [{}, [], ["mp4"]])
+def test_a_setting_of_the_wrong_json_type_is_a_message_not_a_server_error(value):
+    from unflicker.web.jobs import parse_settings
+
+    for name in ("method", "preset", "kind", "format", "strength", "keep_slow"):
+        with pytest.raises(InputError):
+            parse_settings({name: value})

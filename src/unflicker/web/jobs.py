@@ -49,7 +49,7 @@ def parse_settings(form: dict) -> dict:
         raise InputError(f"preset must be one of {', '.join(PRESETS)}")
     if settings["kind"] not in KINDS:
         raise InputError(f"'what flickers' must be one of {', '.join(KINDS)}")
-    if settings["format"] not in FORMATS:
+    if not isinstance(settings["format"], str) or settings["format"] not in FORMATS:  # a JSON list is unhashable
         raise InputError(f"output format must be one of {', '.join(FORMATS)}")
     try:
         strength = float(settings["strength"])
