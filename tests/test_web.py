@@ -3,6 +3,7 @@
 A real server process on a free loopback port; the browser tests are in test_web_browser.py.
 """
 
+import json
 import os
 import time
 import zipfile
@@ -186,6 +187,19 @@ def test_a_failing_job_says_why_and_the_queue_goes_on(server, clip, tmp_path):
     assert job["state"] == "failed" and "too small or too thin for the neural method" in job["message"]
     assert "Traceback" not in job["message"] and str(server.work) not in job["message"]
     assert client.wait(after["id"], 60)["state"] == "done"
+
+
+def test_a_failing_preview_leaves_only_its_log_and_result(tmp_path):
+    from unflicker.web import worker
+
+    tiny = write_clip(tmp_path / "tiny.mp4", n=4, width=16, height=12)
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "spec.json").write_text(json.dumps({"kind": "preview", "input": str(tiny), "frame": 1,
+                                                  "options": {"method": "neural"}, "preview_seconds": 2.0}))
+    assert worker.main([str(folder)]) == 1
+    assert "too small or too thin" in json.loads((folder / "result.json").read_text())["error"]
+    assert sorted(p.name for p in folder.iterdir()) == ["result.json", "spec.json"]
 
 
 def test_cancel_frees_the_worker_for_the_next_job(server, clip):

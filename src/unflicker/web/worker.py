@@ -55,13 +55,15 @@ def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Pat
 
 
 def preview(spec: dict, folder: Path, notes: list[str]) -> dict:
-    clip, centre = cut(spec["input"], folder / "preview-in", spec["frame"], spec["preview_seconds"])
-    out = folder / "preview-out"
-    summary = deflicker_file(clip, out, RunConfig(**spec["options"], compare=folder / "preview.mp4"))
-    shutil.copyfile(clip / centre, folder / "before.png")
-    shutil.copyfile(out / centre, folder / "after.png")
-    shutil.rmtree(clip)
-    shutil.rmtree(out)
+    clip, out = folder / "preview-in", folder / "preview-out"
+    try:
+        clip, centre = cut(spec["input"], clip, spec["frame"], spec["preview_seconds"])
+        summary = deflicker_file(clip, out, RunConfig(**spec["options"], compare=folder / "preview.mp4"))
+        shutil.copyfile(clip / centre, folder / "before.png")
+        shutil.copyfile(out / centre, folder / "after.png")
+    finally:  # failed or cancelled too: the cut and the deflickered frames go
+        shutil.rmtree(clip, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
     return {"files": {"compare": "preview.mp4", "before": "before.png", "after": "after.png"},
             "summary": _summary(summary, notes)}
 
@@ -73,11 +75,14 @@ def run(spec: dict, folder: Path, notes: list[str]) -> dict:
                              RunConfig(**spec["options"], compare=folder / "compare.mp4", plot=folder / "plot.png"))
     if suffix == ".zip":
         partial = folder / "output.zip.part"
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
-            for frame in sorted(output.iterdir(), key=lambda p: io.natural_key(p.name)):
-                archive.write(frame, frame.name)
-        partial.rename(folder / "output.zip")
-        shutil.rmtree(output)
+        try:
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as archive:
+                for frame in sorted(output.iterdir(), key=lambda p: io.natural_key(p.name)):
+                    archive.write(frame, frame.name)
+            partial.rename(folder / "output.zip")
+        finally:
+            partial.unlink(missing_ok=True)
+            shutil.rmtree(output)
         output = folder / "output.zip"
     return {"files": {"output": output.name, "compare": "compare.mp4", "plot": "plot.png"},
             "summary": _summary(summary, notes)}
