@@ -474,6 +474,13 @@ def test_api_clips_float_frames_outside_0_1_with_a_warning():
     assert np.array_equal(out, expected)
 
 
+def test_api_unknown_stop_after_stage_fails_before_making_the_work_folder(tmp_path):
+    source = write_pngs(tmp_path / "clip", list(clip(4)))
+    with pytest.raises(InputError, match="unknown stage 'atals' for --stop-after"):
+        unflicker.deflicker(source, stop_after="atals", keep_work=tmp_path / "work", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
+
+
 def test_import_is_cheap():
     code = "import sys, unflicker; print(sorted(m for m in ('torch', 'av', 'cv2') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
