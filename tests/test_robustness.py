@@ -445,6 +445,8 @@ def test_api_on_files_returns_the_summary(tmp_path):
     ((np.zeros((4, 8, 8, 3), np.int64),), {}),
     (([np.zeros((8, 8, 3)), np.zeros((9, 8, 3))],), {}),
     ((np.zeros((4, 8, 8, 3)),), {"keep_work": "w"}),
+    ((np.zeros((4, 8, 8, 3)),), {"codec": "ffv1"}),
+    ((np.zeros((4, 8, 8, 3)),), {"bit_depth": 16}),
     ((np.zeros((4, 8, 8, 3)),), {"colour": 1}),
     (("nothing.mp4", "out.mp4"), {}),
 ])

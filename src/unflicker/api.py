@@ -15,7 +15,7 @@ from unflicker.errors import InputError, OutputError
 from unflicker.pipeline import RunConfig, RunSummary, deflicker_file, deflicker_frames
 
 # RunConfig fields that only mean something when files are written.
-_FILE_OPTIONS = ("stop_after", "crf", "overwrite", "keep_work", "compare", "plot")
+_FILE_OPTIONS = ("stop_after", "crf", "codec", "bit_depth", "overwrite", "keep_work", "compare", "plot")
 
 
 def _config(method: str | None, options: dict) -> RunConfig:
@@ -95,7 +95,7 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     output: for a path, where to write (video by extension, else a folder of PNG frames).
     method: 'neural' or 'classical' (None: neural, or classical for frames too small for it).
     options: RunConfig fields: preset, atlas, atlas_steps, keep_slow, kind, strength, filter_weights, refine_weights,
-    progress; for files also crf, overwrite, keep_work, stop_after, compare, plot.
+    progress; for files also crf, codec, bit_depth, overwrite, keep_work, stop_after, compare, plot.
     Returns the RunSummary for a path, else the deflickered clip as an array with the input's
     shape ((T, ...) for a list) and dtype.
     """
