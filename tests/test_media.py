@@ -16,7 +16,7 @@ import pytest
 
 from unflicker import io
 from unflicker.cli import main
-from unflicker.errors import OutputError
+from unflicker.errors import InputError, OutputError
 from unflicker.io.images import srgb_decode, srgb_encode
 from unflicker.pipeline import RunConfig, deflicker_file
 
@@ -481,6 +481,19 @@ def test_exr_values_above_one_are_clipped_with_a_warning(tmp_path):
         (hot / f"p{t}.exr").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
     with pytest.warns(UserWarning, match="values outside 0..1"):
         run(hot, tmp_path / "out")
+
+
+def test_an_exr_frame_holding_nan_is_one_error_naming_it(tmp_path):
+    src = folder_of(tmp_path, "plate", write_exr)
+    linear = gradient(2).astype(np.float32) / 65535
+    linear[3, 4, 1] = np.nan
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(linear), format="gbrpf32le")
+    codec = av.CodecContext.create("exr", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.time_base = W, H, "gbrpf32le", Fraction(1, 25)
+    (src / "plate_2.exr").write_bytes(b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None)))
+    with pytest.raises(InputError, match="OpenEXR frame .*plate_2.exr holds NaN values"):
+        run(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_srgb_transfer_round_trip():

@@ -116,6 +116,8 @@ def _read_pyav_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFa
         planes = [p.astype(np.float32) for p in _planes(frame, np.float16 if "f16" in name else np.float32)]
         colour = [planes[0]] * 3 if grey else [planes[2], planes[0], planes[1]]
         linear = np.dstack(colour)
+        if np.isnan(linear).any():  # clipping keeps NaN, which crashes the methods
+            raise InputError(f"OpenEXR frame {path} holds NaN values")
         if linear.max(initial=0.0) > 1.0 or linear.min(initial=0.0) < 0.0:
             warnings.warn(f"{path.parent.name}: OpenEXR values outside 0..1 (highlights above 1.0 or negatives) "
                           f"are clipped: the deflicker works on display-referred values", stacklevel=4)
