@@ -30,7 +30,8 @@ class _FloatFrames(Sequence):
     """A clip's frames as (H, W, 3) float32 RGB in [0, 1], converted one at a time on access.
 
     Accepts grey (H, W) or (H, W, 1), RGB (H, W, 3) and RGBA (H, W, 4) frames, uint8, uint16
-    or float (NaN or inf is an error, values outside [0, 1] are clipped); `restore` turns output frames back into the input's layout and dtype.
+    or float (NaN or inf is an error, values outside [0, 1] are clipped); `restore` turns output
+    frames back into the input's layout and dtype.
     """
 
     def __init__(self, frames):
