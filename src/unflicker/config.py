@@ -99,8 +99,8 @@ NEURAL_MIN_SIDE = 16
 """Smallest frame side, at the input's and at the atlas resolution, the neural method accepts:
 OpenCV's DIS optical flow rejects smaller frames, and crashes on some wide ones under 16 rows."""
 METHOD_NAMES = ("classical", "neural")
-STOP_STAGES = ("atlas", "filter", "refine", "project")
-"""--stop-after: the neural method's stages (unflicker.neural.STAGES, which loads torch)."""
+NEURAL_STAGES = ("atlas", "filter", "refine", "project")
+"""The neural method's stages in order (unflicker.neural.STAGES; here for --stop-after's check, which loads no torch)."""
 
 
 @dataclass
@@ -183,9 +183,9 @@ class RunConfig:
                              "weights options apply to --method neural only")
         if self.kind not in KINDS:
             raise InputError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
-        if self.stop_after is not None and self.stop_after not in STOP_STAGES:
+        if self.stop_after is not None and self.stop_after not in NEURAL_STAGES:
             raise InputError(f"unknown stage {self.stop_after!r} for --stop-after; choose from "
-                             f"{', '.join(STOP_STAGES)}")
+                             f"{', '.join(NEURAL_STAGES)}")
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
         if self.stop_after and (self.compare or self.plot):

@@ -19,6 +19,7 @@ import numpy as np
 from unflicker import netfiles
 from unflicker.anchor import AnchorConfig
 from unflicker.atlas import AtlasConfig, atlas_size
+from unflicker.config import NEURAL_STAGES
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 # No torch at import: the config and the fingerprint serve a run's main process, which plans and
 # stitches while its workers build this method (networks and atlas load torch then).
 
-STAGES = ("atlas", "filter", "refine", "project")
+STAGES = NEURAL_STAGES
 
 
 @dataclass
