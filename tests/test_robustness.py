@@ -10,6 +10,7 @@ import dataclasses
 import subprocess
 import sys
 import tempfile
+import warnings
 from fractions import Fraction
 
 import av
@@ -474,6 +475,13 @@ def test_api_clips_float_frames_outside_0_1_with_a_warning():
         out = unflicker.deflicker(frames, method="classical", progress=False)
     expected = unflicker.deflicker(np.clip(frames, 0, 1), method="classical", progress=False)
     assert np.array_equal(out, expected)
+    # A float RGBA clip's alpha is not a colour: passed through as it is (2.0, NaN), never checked nor clipped.
+    alpha = np.full((*frames.shape[:3], 1), 2.0, np.float32)
+    alpha[2, 0, 0] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = unflicker.deflicker(np.concatenate([np.clip(frames, 0, 1), alpha], 3), method="classical", progress=False)
+    assert np.array_equal(out[..., :3], expected) and np.array_equal(out[..., 3:], alpha, equal_nan=True)
 
 
 def test_api_unknown_stop_after_stage_fails_before_making_the_work_folder(tmp_path):

@@ -202,6 +202,25 @@ def test_a_failing_preview_leaves_only_its_log_and_result(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["result.json", "spec.json"]
 
 
+def test_a_png_zip_that_fails_while_zipping_leaves_no_part_nor_frames(tmp_path, monkeypatch):
+    import zipfile
+
+    from unflicker.web import worker
+
+    clip = write_clip(tmp_path / "clip.mp4", n=4, width=32, height=24)
+    folder = tmp_path / "job"
+    folder.mkdir()
+
+    def full_disk(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(zipfile.ZipFile, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        worker.run({"format": ".zip", "input": str(clip), "options": {"method": "classical", "progress": False}}, folder, [])
+    assert not (folder / "output.zip.part").exists() and not (folder / "frames").exists()
+    assert not (folder / "output.zip").exists()
+
+
 def test_cancel_frees_the_worker_for_the_next_job(server, clip):
     client = Client(server)
     upload_id = client.upload(clip)[1]["id"]

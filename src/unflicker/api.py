@@ -53,7 +53,7 @@ class _FloatFrames(Sequence):
         frame = np.asarray(self.frames[t])
         if frame.shape != self.shape or frame.dtype != self.dtype:
             raise InputError(f"frame {t} is {frame.dtype} {frame.shape}, frame 0 is {self.dtype} {self.shape}")
-        frame = io.to_float(frame if frame.ndim == 3 else frame[:, :, None])
+        frame = io.to_float(frame[:, :, :3] if frame.ndim == 3 else frame[:, :, None])  # alpha passes through (restore)
         if self.dtype.kind == "f":
             low, high = float(frame.min(initial=0.0)), float(frame.max(initial=0.0))
             if not (np.isfinite(low) and np.isfinite(high)):
@@ -63,7 +63,7 @@ class _FloatFrames(Sequence):
                 frame = np.clip(frame, 0.0, 1.0)
         if frame.shape[2] == 1:
             return np.repeat(frame, 3, axis=2)
-        return np.ascontiguousarray(frame[:, :, :3])
+        return np.ascontiguousarray(frame)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[t] for t in range(len(self)))

@@ -185,7 +185,7 @@ class RunConfig:
             raise InputError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.stop_after is not None and self.stop_after not in NEURAL_STAGES:
             raise InputError(f"unknown stage {self.stop_after!r} for --stop-after; choose from "
-                             f"{', '.join(NEURAL_STAGES)}")
+                             f"{', '.join(NEURAL_STAGES[:-1])}")  # the last stage is the output
         if self.stop_after and self.keep_work is None:
             raise OutputError("--stop-after needs --keep-work DIR: the stage frames are the only output")
         if self.stop_after and (self.compare or self.plot):

@@ -82,7 +82,7 @@ def run(spec: dict, folder: Path, notes: list[str]) -> dict:
             partial.rename(folder / "output.zip")
         finally:
             partial.unlink(missing_ok=True)
-            shutil.rmtree(output)
+            shutil.rmtree(output, ignore_errors=True)
         output = folder / "output.zip"
     return {"files": {"output": output.name, "compare": "compare.mp4", "plot": "plot.png"},
             "summary": _summary(summary, notes)}
