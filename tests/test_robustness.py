@@ -7,11 +7,13 @@ the Python API `unflicker.deflicker`.
 """
 
 import dataclasses
+import re
 import subprocess
 import sys
 import tempfile
 import warnings
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import cv2
@@ -22,8 +24,10 @@ import pytest
 import unflicker
 from unflicker import io, metrics, pipeline
 from unflicker.cli import main
+from unflicker.config import EngineConfig
 from unflicker.errors import InputError
 from unflicker.pipeline import RunConfig, deflicker_file
+from unflicker.segments import SegmentConfig
 
 
 def clip(n=8, h=24, w=32, base=0.5, spread=0.25, flicker=0.3, seed=0):
@@ -454,6 +458,31 @@ def test_api_on_files_returns_the_summary(tmp_path):
 def test_api_bad_arguments_raise_input_errors(args, kwargs):
     with pytest.raises(InputError):
         unflicker.deflicker(*args, method="classical", progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"strength": "0.5"}, "option strength must be a number, got '0.5' (str)"),
+    ({"strength": True}, "option strength must be a number, got True (bool)"),
+    ({"atlas_steps": 2.5}, "option atlas_steps must be an int or None, got 2.5 (float)"),
+    ({"progress": "no"}, "option progress must be True or False, got 'no' (str)"),
+    ({"filter_weights": 3}, "option filter_weights must be a path (str or os.PathLike) or None, got 3 (int)"),
+    ({"engine": EngineConfig(workers="2")}, "option engine.workers must be an int or None, got '2' (str)"),
+    ({"segments": SegmentConfig(frames=12.0)}, "option segments.frames must be an int, got 12.0 (float)"),
+    ({"engine": {"workers": 2}}, "option engine must be EngineConfig, got {'workers': 2} (dict)"),
+])
+def test_api_options_of_the_wrong_type_are_one_input_error_before_any_work(tmp_path, monkeypatch, options, message):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the run's temporary work folder would go here
+    source = write_pngs(tmp_path / "clip", list(clip(4)))
+    for args in ((clip(4),), (source, tmp_path / "out.mp4")):
+        with pytest.raises(InputError, match=re.escape(message)):
+            unflicker.deflicker(*args, method="classical", **options)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
+
+
+def test_options_of_a_type_that_works_pass_the_check():
+    RunConfig(method="neural", atlas_steps=np.int64(5), keep_slow=3, strength=1, keep_work="work",
+              filter_weights=Path("mine.safetensors"), engine=EngineConfig(workers=np.int32(2)),
+              segments=SegmentConfig(frames=np.int64(40))).check()
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

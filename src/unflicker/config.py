@@ -9,7 +9,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 import os
+import reprlib
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +27,36 @@ KINDS = ("auto", "processed", "film", "timelapse", "mains")
 """--kind: what flickers. auto measures, per segment, whether the networks' fine correction removes
 flicker (unflicker.gate); processed takes all of it; the physical kinds take the smooth flicker model's
 part only, and film also gives every frame of a segment the atlas's look (pumping is flicker)."""
+
+
+_TYPE_NAMES = {float: "a number", int: "an int", bool: "True or False", str: "a str",
+               Path: "a path (str or os.PathLike)"}
+
+
+def check_types(config, prefix: str = "") -> None:
+    """Raise InputError naming the first field of a dataclass config (nested ones too) whose value is not of
+    its annotated type: an int passes for a float, a str or os.PathLike for a Path, a bool only for a bool."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if not any(_is_a(value, kind) for kind in kinds):
+            expected = " or ".join("None" if kind is type(None) else _TYPE_NAMES.get(kind, kind.__name__)
+                                   for kind in kinds)
+            raise InputError(f"option {prefix}{f.name} must be {expected}, got {reprlib.repr(value)} "
+                             f"({type(value).__name__})")
+        if dataclasses.is_dataclass(value):
+            check_types(value, f"{prefix}{f.name}.")
+
+
+def _is_a(value, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):  # numpy's too; a bool is no number here
+        return isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
+    if kind is Path:
+        return isinstance(value, (str, os.PathLike))
+    return isinstance(value, kind)
 
 
 def machine_cores() -> int:
@@ -165,7 +199,8 @@ class RunConfig:
                     or not self.projection or self.kind != "auto" or self.filter_weights or self.refine_weights)
 
     def check(self) -> None:
-        """Raise InputError / OutputError on options that cannot work together."""
+        """Raise InputError / OutputError on options of the wrong type or that cannot work together."""
+        check_types(self)
         if self.method is not None and self.method not in METHOD_NAMES:
             raise InputError(f"unknown method {self.method!r}; choose from {', '.join(METHOD_NAMES)}")
         if self.preset is not None and self.preset not in PRESETS:
