@@ -3,6 +3,7 @@
 A real server process on a free loopback port; the browser tests are in test_web_browser.py.
 """
 
+import asyncio
 import json
 import os
 import time
@@ -366,3 +367,58 @@ def test_a_setting_of_the_wrong_json_type_is_a_message_not_a_server_error(value)
     for name in ("method", "preset", "kind", "format", "strength", "keep_slow"):
         with pytest.raises(InputError):
             parse_settings({name: value})
+
+
+def asgi_get(app, path: str, query: str = "", cookie: str = "") -> tuple[int, bytes]:
+    """(status, body) of a GET through the app in this process (a server error is a 500, as uvicorn sends it)."""
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "query_string": query.encode(), "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+             "headers": [(b"host", b"127.0.0.1"), (b"cookie", f"unflicker_session={cookie}".encode())]}
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    try:
+        asyncio.run(app(scope, receive, send))
+    except Exception:  # Starlette sends its 500, then raises again for the server to log
+        pass
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+@pytest.mark.parametrize("query", ["", "download=1"])
+def test_a_job_swept_while_its_file_is_asked_for_is_served_or_gone_never_a_server_error(tmp_path, monkeypatch,
+                                                                                           query):
+    from unflicker.web.app import create_app
+    from unflicker.web.jobs import JobQueue
+    from unflicker.web.store import Job, Upload
+
+    store = Store(tmp_path / "work")
+    queue = JobQueue(store)
+    try:
+        session, token = store.session(None, create=True)
+        upload = Upload(*store.new_folder(), "clip.mp4")
+        job = Job(*store.new_folder(), "run", upload, {}, state="done", files={"output": "output.mp4"})
+        (job.folder / "output.mp4").write_bytes(b"the output")
+        store.add_upload(session, upload)
+        store.add_job(session, job)
+        app, served_file = create_app(store, queue), store.served_file
+
+        def swept_right_after(*args):  # the retention sweep runs between the look-up and the sending
+            found = served_file(*args)
+            store.sweep()
+            return found
+
+        monkeypatch.setattr(store.limits, "keep_hours", 0.0)  # every finished item is due
+        monkeypatch.setattr(store, "served_file", swept_right_after)
+        assert asgi_get(app, f"/files/{job.id}/output.mp4", query, token) == (200, b"the output")
+        store.sweep()  # the file is sent: its job goes with the next sweep
+        assert not job.folder.exists() and store.job(session, job.id) is None
+        assert asgi_get(app, f"/files/{job.id}/output.mp4", query, token)[0] == 404
+    finally:
+        queue.close()
+        store.close()

@@ -48,6 +48,20 @@ _HEADERS = {
 }
 
 
+class _JobFile(FileResponse):
+    """A job's file; `sent` is called once it is sent or its sending failed (Store.served_file)."""
+
+    def __init__(self, path: Path, sent, **kwargs):
+        super().__init__(path, **kwargs)
+        self.sent = sent
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.sent()
+
+
 def _error(message: str, status: int = 400) -> JSONResponse:
     return JSONResponse({"error": message}, status)
 
@@ -199,15 +213,15 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
     @guarded
     async def files(request: Request, session: Session) -> Response:
         job_id, name = request.path_params["job"], request.path_params["name"]
-        path = store.served_file(session, job_id, name)
-        if path is None:
+        found = store.served_file(session, job_id, name)  # one look-up: the job is kept until the file is sent
+        if found is None:
             return _error("no such file", 404)
+        job, path = found
         if request.query_params.get("download"):
-            job = store.job(session, job_id)
             stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(job.upload.name).stem)
             label = "compare" if name.startswith(("compare", "preview")) else "unflicker"
-            return FileResponse(path, filename=f"{stem}-{label}{path.suffix}")
-        return FileResponse(path)
+            return _JobFile(path, lambda: store.sent(job_id), filename=f"{stem}-{label}{path.suffix}")
+        return _JobFile(path, lambda: store.sent(job_id))
 
     routes = [Route("/", page), Route("/api/state", state), Route("/api/upload", upload, methods=["POST"]),
               Route("/api/preview", preview, methods=["POST"]), Route("/api/run", run, methods=["POST"]),

@@ -8,6 +8,7 @@ names. Retention removes the oldest finished items beyond a count or an age.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import re
@@ -141,6 +142,8 @@ class Store:
         self.items.mkdir()
         self.lock = threading.RLock()
         self._sessions: dict[str, Session] = {}
+        self._sending: collections.Counter[str] = collections.Counter()
+        """Job id -> its files being sent now: the sweep leaves these jobs alone (see served_file)."""
 
     # -- sessions ---------------------------------------------------------------------------
     @staticmethod
@@ -189,25 +192,34 @@ class Store:
         with self.lock:
             return session.jobs.get(job_id) if isinstance(job_id, str) else None
 
-    def served_file(self, session: Session, job_id: str, name: str) -> Path | None:
-        """The path of a file the session's job wrote and recorded under `name`, else None.
+    def served_file(self, session: Session, job_id: str, name: str) -> tuple[Job, Path] | None:
+        """(the session's job, the path of a file it wrote and recorded under `name`), else None.
 
         Only names in `job.files` are looked up, and the file must be a regular file (not a
-        symlink) directly inside the job's folder inside the work folder.
+        symlink) directly inside the job's folder inside the work folder. The sweep leaves the
+        job alone until `sent(job_id)`: call it once the file is sent (or its sending failed).
         """
-        with self.lock:
+        with self.lock:  # the sweep cannot remove the job between the look-up and the pin
             job = session.jobs.get(job_id)
             if job is None or not ID_PATTERN.fullmatch(job_id) or name not in job.files.values():
                 return None
             path = job.folder / name
-        try:
-            info = os.lstat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(info.st_mode) or path.resolve().parent != (self.items / job_id).resolve() \
-                or not path.resolve().is_relative_to(self.root):
-            return None
-        return path
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return None
+            if not stat.S_ISREG(info.st_mode) or path.resolve().parent != (self.items / job_id).resolve() \
+                    or not path.resolve().is_relative_to(self.root):
+                return None
+            self._sending[job_id] += 1
+            return job, path
+
+    def sent(self, job_id: str) -> None:
+        """A file that `served_file` handed out is sent: its job may be swept again."""
+        with self.lock:
+            self._sending[job_id] -= 1
+            if self._sending[job_id] <= 0:
+                del self._sending[job_id]
 
     def sweep(self) -> None:
         """Remove finished items beyond `keep_items` or older than `keep_hours`, oldest first."""
@@ -215,7 +227,8 @@ class Store:
             in_use = {job.upload.id for s in self._sessions.values() for job in s.jobs.values() if job.active}
             finished = [(item.created, sid, kind, item) for sid, s in self._sessions.items()
                         for kind, items in (("uploads", s.uploads), ("jobs", s.jobs)) for item in items.values()
-                        if not (kind == "jobs" and item.active) and not (kind == "uploads" and item.id in in_use)]
+                        if not (kind == "jobs" and (item.active or item.id in self._sending))
+                        and not (kind == "uploads" and item.id in in_use)]
             finished.sort(key=lambda entry: entry[0])
             too_old = time.time() - self.limits.keep_hours * 3600
             excess = len(finished) - self.limits.keep_items
