@@ -231,3 +231,27 @@ except OutputError as exc:
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.startswith(f"OutputError: writing {name} failed"), result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_image_size_reads_each_format_s_header_as_read_image_reads_the_file(tmp_path, monkeypatch):
+    from unflicker.io import images
+
+    image = gradient_frames(1, h=37, w=53)[0]
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    for name, params in (("a.png", []), ("a.jpg", []), ("p.jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), ("a.bmp", []),
+                         ("a.tif", []), ("lzw.tiff", [cv2.IMWRITE_TIFF_COMPRESSION, 5])):
+        assert cv2.imwrite(str(tmp_path / name), bgr, params)
+    cv2.imwrite(str(tmp_path / "deep.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "grey.png"), bgr[:, :, 0])
+    for name, layout in (("a.dpx", "gbrp10le"), ("b.dpx", "rgb48le"), ("a.exr", "")):
+        images.write_image(tmp_path / name, io.to_float(image), None, 16, False, layout)
+    decoded = {path.name: io.read_image(path)[0].shape[1::-1] for path in tmp_path.iterdir()}
+    assert set(decoded.values()) == {(53, 37)}
+
+    def decode(path):
+        assert path.suffix == ".exr", f"{path.name} was decoded: its header holds its size"
+        return read_image(path)
+
+    read_image = images.read_image
+    monkeypatch.setattr(images, "read_image", decode)
+    assert {path.name: io.image_size(path) for path in tmp_path.iterdir()} == decoded

@@ -115,6 +115,37 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(server, cl
     assert status == 200 and "12 frames, 96x64" in data["facts"]
 
 
+def test_a_zip_of_frames_of_mixed_sizes_is_refused_at_the_upload_naming_the_frame(server, tmp_path):
+    client = Client(server)
+    zipped = tmp_path / "frames.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for t, (w, h) in enumerate([(32, 24)] * 3 + [(40, 24), (32, 30)]):
+            archive.writestr(f"shot/f{t + 1}.png", cv2.imencode(".png", np.full((h, w, 3), 40 * t, np.uint8))[1])
+    status, data = client.upload(zipped)
+    assert status == 400, data
+    assert data["error"] == ("frames.zip cannot be used: its frames differ in size: f4.png is 40x24, "
+                             "the first frame (f1.png) is 32x24")
+    assert client.state()["uploads"] == []
+
+
+def test_the_upload_check_reads_the_size_of_every_frame_but_the_first_from_its_header(tmp_path, monkeypatch):
+    from unflicker.io import images
+    from unflicker.web.jobs import check_upload
+    from unflicker.web.store import Upload
+
+    store = Store(tmp_path / "work")
+    upload = Upload(*store.new_folder(), "frames.zip")
+    with zipfile.ZipFile(upload.folder / "input.zip", "w") as archive:
+        for t in range(20):
+            archive.writestr(f"f{t}.jpg", cv2.imencode(".jpg", np.full((24, 32, 3), 10 * t, np.uint8))[1])
+    decoded, read_image = [], images.read_image
+    for module in (io, images):
+        monkeypatch.setattr(module, "read_image", lambda path: decoded.append(path.name) or read_image(path))
+    check_upload(store, upload, upload.folder / "input.zip")
+    assert upload.frames == 20 and decoded == ["f0.jpg"]  # probe's look at the first frame
+    store.close()
+
+
 def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished, tmp_path):
     client, upload_id, job = finished
     job_id, job_folder = job["id"], server.work / "items" / job["id"]

@@ -80,6 +80,80 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFacts]:
     return rgb, alpha, ImageFacts(CV_FORMATS[grey, alpha is not None, depth], depth, grey, alpha is not None)
 
 
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of one frame file, as `read_image` reads it: from the header, a few bytes, for PNG,
+    JPEG, BMP, TIFF and DPX; else (OpenEXR, whose decoder picks one of its windows, or a header not
+    understood) by decoding the file."""
+    with open(path, "rb") as file:
+        size = _header_size(file)
+    if size is None:
+        image = read_image(path)[0]
+        return image.shape[1], image.shape[0]
+    return size
+
+
+def _header_size(file) -> tuple[int, int] | None:
+    head = file.read(32)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head.startswith(b"BM") and len(head) >= 26:
+        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 header: 16-bit sizes
+            return struct.unpack("<HH", head[18:22])
+        width, height = struct.unpack("<ii", head[18:26])
+        return width, abs(height)  # a negative height: rows stored top-down
+    if head[:4] in (b"SDPX", b"XPDS"):
+        file.seek(772)  # the image information header: pixels per line, lines per element
+        data = file.read(8)
+        return struct.unpack((">" if head[:4] == b"SDPX" else "<") + "II", data) if len(data) == 8 else None
+    if head[:4] in (b"II*\0", b"MM\0*"):
+        return _tiff_size(file, "<" if head[:2] == b"II" else ">")
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(file)
+    return None
+
+
+def _tiff_size(file, order: str) -> tuple[int, int] | None:
+    """ImageWidth and ImageLength of the first image file directory."""
+    file.seek(4)
+    data = file.read(4)
+    file.seek(struct.unpack(order + "I", data)[0] if len(data) == 4 else 0)
+    data = file.read(2)
+    entries = file.read(12 * struct.unpack(order + "H", data)[0]) if len(data) == 2 else b""
+    size = {}
+    for at in range(0, len(entries) - 11, 12):
+        tag, kind = struct.unpack_from(order + "HH", entries, at)
+        if tag in (256, 257) and kind in (3, 4):  # SHORT or LONG
+            size[tag] = struct.unpack_from(order + ("H" if kind == 3 else "I"), entries, at + 8)[0]
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+_JPEG_FRAMES = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0)}
+"""Start-of-frame markers (baseline, progressive, lossless...), which hold the image's size."""
+
+
+def _jpeg_size(file) -> tuple[int, int] | None:
+    """The size in the first start-of-frame segment, skipping the segments before it."""
+    file.seek(2)
+    while file.read(1) == b"\xff":
+        marker = file.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = file.read(1)
+        if not marker or marker[0] in (0xD9, 0xDA):  # the end, or scan data before any frame header
+            return None
+        if marker[0] == 0x01 or 0xD0 <= marker[0] <= 0xD8:  # markers without a segment
+            continue
+        data = file.read(7)
+        if len(data) < 7:
+            return None
+        length, height, width = struct.unpack(">HxHH", data)
+        if marker[0] in _JPEG_FRAMES:
+            return (width, height) if width and height else None
+        if length < 2:
+            return None
+        file.seek(length - 7, 1)  # to the next marker: the length counts its own two bytes
+    return None
+
+
 def folder_timing(first: Path) -> tuple[str | None, Fraction | None]:
     """(time code, frame rate) of a frame folder from its first DPX frame's industry headers, if it has them."""
     if first.suffix.lower() != ".dpx":

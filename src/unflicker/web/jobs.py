@@ -103,6 +103,16 @@ def _extract_frames(archive: Path, folder: Path, max_bytes: int) -> Path:
     return folder
 
 
+def _check_frame_sizes(folder: Path, names: tuple[str, ...]) -> None:
+    """InputError naming the first frame whose size differs from the first one's (read from the headers)."""
+    first = io.image_size(folder / names[0])
+    for name in names[1:]:
+        size = io.image_size(folder / name)
+        if size != first:
+            raise InputError(f"its frames differ in size: {name} is {size[0]}x{size[1]}, the first frame "
+                             f"({names[0]}) is {first[0]}x{first[1]}")
+
+
 def check_upload(store: Store, upload: Upload, received: Path) -> None:
     """Probe a received file and apply the limits; sets upload.path and facts, else InputError
     with a message for the page (the server's paths replaced by the upload's name)."""
@@ -111,6 +121,8 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
         path = _extract_frames(received, upload.folder / "frames", limits.max_upload_bytes) \
             if received.suffix == ".zip" else received
         info = io.probe(path)
+        if info.is_folder:  # the run reads every frame: a size that differs fails it, so it is refused here
+            _check_frame_sizes(path, info.frame_names)
     except InputError as exc:
         raise InputError(str(exc).replace(str(received), upload.name).replace(str(upload.folder), "")) from None
     seconds = info.frame_count / float(info.fps or 25)
