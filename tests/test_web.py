@@ -453,3 +453,19 @@ def test_a_job_swept_while_its_file_is_asked_for_is_served_or_gone_never_a_serve
     finally:
         queue.close()
         store.close()
+
+
+def test_a_new_session_swept_while_its_first_upload_arrives_keeps_the_upload(tmp_path):
+    from unflicker.web.store import Upload
+
+    store = Store(tmp_path / "work")
+    session, token = store.session(None, create=True)  # the upload's request begins: a new, empty session
+    store.sweep()  # meanwhile another session's job ends (or its upload arrives): empty sessions are dropped
+    upload = Upload(*store.new_folder(), "clip.mp4")
+    upload.path = upload.folder / "input.mp4"
+    store.add_upload(session, upload)  # the upload is checked
+    assert store.upload(store.session(token)[0], upload.id) is upload
+    store.limits.keep_hours = 0.0
+    store.sweep()  # and retention removes it in its time, with its folder
+    assert not upload.folder.exists() and store.upload(store.session(token)[0], upload.id) is None
+    store.close()

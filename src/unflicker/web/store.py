@@ -114,6 +114,8 @@ class Job:
 
 @dataclass
 class Session:
+    key: str = ""
+    """Its key in the store (the digest of its cookie token); "" for a session that is not kept."""
     uploads: dict[str, Upload] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -162,7 +164,7 @@ class Store:
             if not create:
                 return Session(), None
             token = secrets.token_urlsafe(24)
-            session = self._sessions[self._key(token)] = Session()
+            session = self._sessions[self._key(token)] = Session(self._key(token))
             return session, token
 
     # -- items ------------------------------------------------------------------------------
@@ -175,12 +177,19 @@ class Store:
     def add_upload(self, session: Session, upload: Upload) -> None:
         with self.lock:
             session.uploads[upload.id] = upload
+            self._keep(session)
         self.sweep()
 
     def add_job(self, session: Session, job: Job) -> None:
         with self.lock:
             session.jobs[job.id] = job
+            self._keep(session)
         self.sweep()
+
+    def _keep(self, session: Session) -> None:
+        """Keep a session again that a sweep dropped while it was empty (a new one, during its first upload)."""
+        if session.key:
+            self._sessions[session.key] = session
 
     def upload(self, session: Session, upload_id: str) -> Upload | None:
         """The session's checked upload with this id, or None (a malformed or foreign id too)."""
