@@ -131,6 +131,7 @@ def _long_child(n_frames: int, steps: int, photo: str, queue) -> None:
 
     from unflicker import synth
     from unflicker.atlas import AtlasConfig, fit_video
+    from unflicker.atlas.video import windows
 
     cv2.setNumThreads(1)
     image = cv2.cvtColor(cv2.imread(photo), cv2.COLOR_BGR2RGB)
@@ -142,9 +143,14 @@ def _long_child(n_frames: int, steps: int, photo: str, queue) -> None:
     frame_mb = frames[0].size * 2 / 2**20  # one rendered A_t, float16
     peaks: list[float] = []
 
-    def progress(done: int, total: int) -> None:
-        # Per window: peak RSS beyond the frames (the rendered A_t go to a file on disk); then
-        # start the next window's high-water mark afresh.
+    window_ends = {w.stop / n_frames for w in windows(n_frames, config.window, config.overlap)}
+
+    def progress(fraction: float) -> None:
+        # Per window (fit_video reports exactly stop / T at a window's end, fractions between after
+        # each step): peak RSS beyond the frames (the rendered A_t go to a file on disk); then start
+        # the next window's high-water mark afresh.
+        if fraction not in window_ends:
+            return
         peaks.append(_status_mb("VmHWM"))
         _reset_peak()
         working.append(peaks[-1] - with_frames)

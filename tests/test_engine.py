@@ -1,6 +1,7 @@
 """Segments on engines: the plan, the same output everywhere (workers, load, Ray, a dead worker),
 resume after kill -9, no seams, batch folders."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -189,6 +190,75 @@ def test_a_run_on_workers_never_loads_torch_in_its_main_process(flickering, refe
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "no torch"
     assert np.array_equal(frames_of(out), reference)
+
+
+def test_segment_progress_moves_through_analysis_pass_and_sweep_never_back(monkeypatch):
+    from unflicker import segments
+
+    monkeypatch.setattr(segments.SegmentProgress, "INTERVAL_S", 0.0)
+    reports = []
+    done = segments.SegmentProgress(reports.append, 0.4, frames=4)
+    done.analysis(0.5)
+    done.analysis(0.25)  # never back
+    done.analysis(1.0)
+    for i in range(4):
+        done.passed(i + 1)
+    for _ in range(8):  # each frame settled, then anchored
+        done.swept()
+    assert reports[:2] == [0.2, 0.4]
+    assert reports[2:6] == pytest.approx([0.4 + 0.6 * 0.75 * k / 4 for k in range(1, 5)])
+    assert reports == sorted(reports) and reports[-1] == pytest.approx(1.0)
+    monkeypatch.setattr(segments.SegmentProgress, "INTERVAL_S", 0.25)
+    clock = iter([0.0, 0.1, 0.2, 0.3, 10.0, 10.0, 10.0, 10.0])
+    throttled = []
+    done = segments.SegmentProgress(throttled.append, 0.5, frames=2, clock=lambda: next(clock))
+    done.analysis(0.2)  # t 0: reported
+    done.analysis(0.4)  # t 0.1: too soon
+    done.analysis(0.6)  # t 0.2: too soon
+    done.analysis(0.8)  # t 0.3: reported
+    for _ in range(4):
+        done.swept()  # t 10: the first reported, the next two too soon; 1.0 is always reported
+    assert throttled == [0.1, 0.4, 0.5 + 0.5 * (0.75 + 0.25 / 4), 1.0]
+    segments.SegmentProgress(None, 0.5, frames=2).analysis(1.0)  # no report callable: nothing to call
+
+
+def test_segments_report_progress_from_workers_and_in_process_and_the_bar_follows(flickering, reference, tmp_path,
+                                                                                  monkeypatch):
+    """Each segment's task reports how far it is while it runs (in this process, and from worker
+    processes through a pipe of their own); the job's deflicker bar counts it in frames before the
+    segment's result arrives. Reports never change the output."""
+    from unflicker import pipeline, segments
+    from unflicker.neural import NeuralDeflicker
+
+    seen: dict[int, list[float]] = {}
+    original = pipeline.Job.progress
+
+    def spy(job, index, fraction):
+        seen.setdefault(index, []).append(fraction)
+        before = job._write_bar.n
+        original(job, index, fraction)
+        core = len(job.segments[index].core)
+        done = job._finished_work + sum(len(job.segments[k].core) * f for k, f in job._running.items())
+        assert job._write_bar.n == max(before, job._t, int(done)) and int(done) >= int(core * fraction)
+
+    monkeypatch.setattr(pipeline.Job, "progress", spy)
+    shown = dataclasses.replace(neural(engine=EngineConfig(workers=2)), progress=True)  # the bar counts
+    deflicker_file(flickering, tmp_path / "two.mkv", shown)
+    assert np.array_equal(frames_of(tmp_path / "two.mkv"), reference)
+    assert sorted(seen) == [0, 1, 2]
+    for fractions in seen.values():  # the first report, then (throttled) later ones, the last at the end
+        assert fractions == sorted(fractions) and len(fractions) >= 2 and 0 < fractions[0] and fractions[-1] == 1.0
+    # In this process, every report (no throttle): the fit's steps first, within the analysis's share.
+    seen.clear()
+    monkeypatch.setattr(segments.SegmentProgress, "INTERVAL_S", 0.0)
+    deflicker_file(flickering, tmp_path / "one.mkv", dataclasses.replace(shown, engine=EngineConfig(workers=1)))
+    assert np.array_equal(frames_of(tmp_path / "one.mkv"), reference)
+    share = NeuralDeflicker.analysis_share
+    for index, fractions in seen.items():
+        span = len(plan([range(36)], SMALL)[index].span)
+        assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+        assert [f for f in fractions if f <= share] == pytest.approx([share * k / 5 for k in range(1, 6)])  # 5 steps
+        assert len(fractions) == 5 + span + 2 * span
 
 
 def kill_a_running_worker(work: Path, done: threading.Event, killed: list) -> None:

@@ -3,15 +3,23 @@ process pool, or as Ray tasks. `run_jobs` keeps every worker busy with the segme
 videos (one queue), hands results back to their jobs as they finish, and lets the jobs stitch and
 write in order while the workers go on.
 
-A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `deliver(result)`, `advance() -> finished`,
-`fail(error)` and `close()` (called once none of its tasks is running); errors of one job do not stop the others.
+A job (pipeline.Job) offers `start()`, `next_task()`, `pending()`, `progress(segment index, fraction)`,
+`deliver(result)`, `advance() -> finished`, `fail(error)` and `close()` (called once none of its tasks is
+running); errors of one job do not stop the others.
+
+Progress: a running segment reports the fraction of its work done (segments.SegmentProgress). In this
+process the report is a call; a local worker writes each fraction as 8 bytes (a float64) to a pipe of
+its own, beside its results' pipe (atomic writes, dropped when the pipe is full: a report is never
+worth a wait); Ray tasks report none (their segments move the bar when they finish).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import select
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -26,6 +34,13 @@ class WorkerDied(UnflickerError):
     """A segment's worker died more often than the retries allow."""
 
 
+Progress = Callable[[object, float], None]
+"""progress(handle, fraction): the task `handle` has done `fraction` of its work."""
+
+PROGRESS_RECORD = struct.Struct("<d")
+"""One progress report on a local worker's progress pipe: the fraction done, a little-endian float64."""
+
+
 class Executor(Protocol):
     capacity: int
     """Tasks worth having in flight at once (workers, plus one ready so none waits)."""
@@ -36,8 +51,10 @@ class Executor(Protocol):
 
     def submit(self, task: SegmentTask) -> object: ...
 
-    def wait(self, handles: Iterable[object]) -> list[tuple[object, SegmentResult | BaseException]]:
-        """Block until at least one handle is done; (handle, result or the task's error) for each done one."""
+    def wait(self, handles: Iterable[object], progress: Progress | None = None
+             ) -> list[tuple[object, SegmentResult | BaseException]]:
+        """Block until at least one handle is done; (handle, result or the task's error) for each done one.
+        Meanwhile `progress(handle, fraction)` as running tasks report how far they are (where they can)."""
         ...
 
     def close(self) -> None: ...
@@ -61,11 +78,12 @@ class InProcess:
         self._tasks[self._next] = dataclasses.replace(task, lanes=self._lanes)
         return self._next
 
-    def wait(self, handles):
+    def wait(self, handles, progress: Progress | None = None):
         handle = next(iter(handles))
         task = self._tasks.pop(handle)
+        report = None if progress is None else (lambda fraction: progress(handle, fraction))
         try:
-            return [(handle, run_segment(task))]
+            return [(handle, run_segment(task, report))]
         except UnflickerError as exc:
             return [(handle, exc)]
 
@@ -74,18 +92,44 @@ class InProcess:
 
 
 class _Worker:
-    """One `python -m unflicker.worker` process and the task it is running."""
+    """One `python -m unflicker.worker` process, the task it is running, and the read end of the
+    pipe its task's progress reports come on (PROGRESS_RECORD; None once the worker closed it)."""
 
     def __init__(self):
-        self.process = subprocess.Popen([sys.executable, "-m", "unflicker.worker"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        read, write = os.pipe()
+        try:
+            self.process = subprocess.Popen([sys.executable, "-m", "unflicker.worker", "--progress-fd", str(write)],
+                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(write,))
+        except BaseException:
+            os.close(read)
+            raise
+        finally:
+            os.close(write)
+        os.set_blocking(read, False)
+        self.progress_fd: int | None = read
         self.handle: int | None = None
 
     def send(self, handle: int | None, task: SegmentTask | MethodSpec) -> None:
         """A task to run (handle: its id), or a method spec to build ahead (handle None: no reply)."""
+        self.progress()  # reports of the worker's last task that came after its result are dropped
         self.handle = handle
         pickle.dump(task, self.process.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self.process.stdin.flush()
+
+    def progress(self) -> float | None:
+        """The latest fraction reported since the last call (None: none came)."""
+        latest = None
+        while self.progress_fd is not None:
+            try:
+                data = os.read(self.progress_fd, PROGRESS_RECORD.size * 512)  # whole records: atomic writes
+            except BlockingIOError:
+                break
+            if not data:  # the worker closed it (it is ending): stop selecting on it
+                os.close(self.progress_fd)
+                self.progress_fd = None
+                break
+            latest = PROGRESS_RECORD.unpack_from(data, len(data) - PROGRESS_RECORD.size)[0]
+        return latest
 
     def receive(self):
         """The task's outcome, or None if the process died."""
@@ -104,6 +148,9 @@ class _Worker:
                 pipe.close()
             except OSError:  # a dead worker's pipe may refuse its last flush
                 pass
+        if self.progress_fd is not None:
+            os.close(self.progress_fd)
+            self.progress_fd = None
 
 
 class LocalPool:
@@ -161,13 +208,19 @@ class LocalPool:
         self._queue.insert(0, handle)
         return None
 
-    def wait(self, handles):
+    def wait(self, handles, progress: Progress | None = None):
         wanted = set(handles)
         while True:
             busy = {w.process.stdout: w for w in self._pool if w.handle is not None}
-            ready, _, _ = select.select(list(busy), [], [])
+            reporting = {w.progress_fd: w for w in busy.values() if progress is not None and w.progress_fd is not None}
+            ready, _, _ = select.select([*busy, *reporting], [], [])
+            for fd in (fd for fd in ready if fd in reporting):  # before the results: a report is its task's
+                worker = reporting[fd]
+                fraction = worker.progress()
+                if fraction is not None and worker.handle in wanted:
+                    progress(worker.handle, fraction)
             out = []
-            for pipe in ready:
+            for pipe in (pipe for pipe in ready if pipe in busy):
                 worker = busy[pipe]
                 handle = worker.handle
                 payload = worker.receive()
@@ -222,7 +275,8 @@ class RayEngine:
     def submit(self, task: SegmentTask) -> object:
         return self._remote.remote(task)
 
-    def wait(self, handles):
+    def wait(self, handles, progress: Progress | None = None):
+        # Ray tasks report no progress: their segments count when they finish.
         ready, _ = self.ray.wait(list(handles), num_returns=1)
         out = []
         for ref in ready:
@@ -259,6 +313,12 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
     started = 0
     active: list = []
     in_flight: dict[object, object] = {}
+    segment_of: dict[object, int] = {}  # handle -> the index of the segment its task runs
+
+    def progress(handle, fraction: float) -> None:
+        job = in_flight.get(handle)
+        if job is not None and job.error is None:
+            job.progress(segment_of[handle], fraction)
 
     def warm(job) -> None:
         """Make the executor before the first job's first pass if the run will have two tasks or more
@@ -307,7 +367,8 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                 if executor is None:
                     known = started == len(jobs)  # every job planned: the number of tasks is known
                     executor = make_executor(engine, 1 + sum(job.pending() for job in active) if known else None)
-                in_flight[executor.submit(task)] = owner
+                handle = executor.submit(task)
+                in_flight[handle], segment_of[handle] = owner, task.segment.index
             for job in list(active):
                 done = job.error is not None
                 if not done:
@@ -324,8 +385,9 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                 if not active:
                     return
                 continue
-            for handle, outcome in executor.wait(list(in_flight)):
+            for handle, outcome in executor.wait(list(in_flight), progress):
                 job = in_flight.pop(handle)
+                del segment_of[handle]
                 if job.error is not None:
                     continue
                 if isinstance(outcome, BaseException):

@@ -11,7 +11,7 @@ in [0, 1].
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import numpy as np
@@ -29,9 +29,17 @@ class Method(Protocol):
         """Names of the frames `process` returns, in order; the last is the method's output."""
         ...
 
-    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
+    @property
+    def analysis_share(self) -> float:
+        """About what share of a segment's work `analyze` is (in [0, 1]): how far a progress bar
+        moves while it runs (segments.SegmentProgress)."""
+        ...
+
+    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1,
+                progress: Callable[[float], None] | None = None) -> None:
         """See every frame of the segment once, in order (e.g. fit the atlas). `lanes`: threads it
-        may keep busy at once; what it learns must be the same bits with any number."""
+        may keep busy at once; what it learns must be the same bits with any number. `progress`:
+        called with the fraction of the analysis done as it goes (on the calling thread)."""
         ...
 
     def prepare(self, t: int, frame: np.ndarray) -> object:
@@ -70,13 +78,17 @@ class ClassicalMethod:
     """The classical deflicker (classical.py) as a pipeline method: one stage, no anchor."""
 
     stages = ["classical"]
+    analysis_share = 0.3  # a sweep of frame statistics against the pass's per-frame correction
 
     def __init__(self, config: ClassicalConfig | None = None):
         self.config = config or ClassicalConfig()
         self._deflicker = ClassicalDeflicker(self.config)
 
-    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1) -> None:
+    def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1,
+                progress: Callable[[float], None] | None = None) -> None:
         self._deflicker.analyze(frames)  # one cheap sweep: nothing to share
+        if progress is not None:
+            progress(1.0)
 
     def prepare(self, t: int, frame: np.ndarray) -> None:
         return None  # every frame's correction depends on its neighbours' (analyze)

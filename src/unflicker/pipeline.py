@@ -306,9 +306,12 @@ class Job:
         self.results: dict[int, Path] = {k: self.folder.result(k) for k in finished}
         self.reused = len(finished)
         self._to_submit = [s for s in self.segments if s.index not in finished]
+        self._finished_work = sum(len(self.segments[k].core) for k in finished)  # frames, for the bar
+        self._running: dict[int, float] = {}  # segment index -> the fraction of its work it reported
         self._decoded = self._decoder()  # the spill decoder, started on demand
         self._t = 0
         self._write_bar = self._bar(n, "deflicker")
+        self._show_progress()  # a resumed run's finished segments
         if self.write_output and self._array is None:
             comment = f"unflicker {self.record['unflicker']} {self.spec.name}; config {digest(self.record)}"
             self.sink = BackgroundSink(io.VideoWriter(self.output, info, crf=config.crf, overwrite=config.overwrite,
@@ -442,6 +445,20 @@ class Job:
             self._spills.pop(segment.index).close()
             temp.rename(self.folder.spill(segment.index))
 
+    def progress(self, index: int, fraction: float) -> None:
+        """Segment `index`'s task has done `fraction` of its work (engine.run_jobs, as it reports)."""
+        if index not in self.results:
+            self._running[index] = fraction
+            self._show_progress()
+
+    def _show_progress(self) -> None:
+        """Move the deflicker bar to the frames' worth of work done: finished segments' core frames
+        whole, running ones' in proportion to what they reported; never below the frames written."""
+        work = self._finished_work + sum(len(self.segments[k].core) * f for k, f in self._running.items())
+        value = max(self._t, min(int(work), self._write_bar.total))
+        if value > self._write_bar.n:
+            self._write_bar.update(value - self._write_bar.n)
+
     def deliver(self, result: SegmentResult) -> None:
         path = self.folder.result(result.index)
         if isinstance(result.frames, np.ndarray):
@@ -449,6 +466,9 @@ class Job:
         io.write_file_atomically(self.folder.info(result.index), json.dumps(result.info).encode(), overwrite=True)
         self.results[result.index] = path
         self.folder.spill(result.index).unlink(missing_ok=True)
+        self._running.pop(result.index, None)
+        self._finished_work += len(self.segments[result.index].core)
+        self._show_progress()
 
     # -- stitch and write --
 
@@ -499,8 +519,8 @@ class Job:
             final = _blend(image, out, self.config.strength)
             self._after[self._t] = _channel_means(final)
             self.sink.write(final, pts, name, alpha)
-            self._write_bar.update()
             self._t += 1
+            self._show_progress()
             for k in [k for k in self._loaded if self.segments[k].span.stop <= self._t]:
                 self._loaded.pop(k).close()
                 if self._temp_work is not None:  # written out: a temporary work folder keeps no more

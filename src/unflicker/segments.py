@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -249,8 +250,58 @@ def _float(image: np.ndarray) -> np.ndarray:
     return to_float(np.asarray(image))
 
 
-def run_segment(task: SegmentTask) -> SegmentResult:
-    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise."""
+class SegmentProgress:
+    """How much of a segment's work is done, as a fraction in [0, 1] for a progress bar: the method's
+    analysis (its `analysis_share` of the work, moved by the analysis's own fraction), then the pass
+    and the settling sweep, frame by frame (the pass three quarters of the rest). `report(fraction)`
+    is called with a larger fraction than the last, at most every `INTERVAL_S` seconds of `clock` (and
+    at the end), from any of the segment's threads. It sees the work, never the frames: the output does
+    not depend on it."""
+
+    PASS_SHARE = 0.75
+    """The pass's share of the work after the analysis (the settling sweep has the rest)."""
+    INTERVAL_S = 0.25
+    """Least time between two reports (a bar needs no more; a worker sends each through a pipe)."""
+
+    def __init__(self, report: Callable[[float], None] | None, analysis_share: float, frames: int,
+                 clock: Callable[[], float] = time.monotonic):
+        self._report, self._clock = report, clock
+        self._analysis = min(1.0, max(0.0, analysis_share))
+        self._frames = max(1, frames)
+        self._settled = 0
+        self._lock = threading.Lock()
+        self._last, self._last_time = 0.0, -math.inf
+
+    def analysis(self, fraction: float) -> None:
+        """The analysis is `fraction` done."""
+        self._set(self._analysis * fraction)
+
+    def passed(self, frames: int) -> None:
+        """The pass has processed `frames` frames."""
+        self._set(self._analysis + (1 - self._analysis) * self.PASS_SHARE * frames / self._frames)
+
+    def swept(self) -> None:
+        """One more step of the settling sweep: each frame takes two (settled, then anchored)."""
+        with self._lock:
+            self._settled += 1
+            steps = self._settled
+        rest = 1 - self._analysis
+        self._set(self._analysis + rest * (self.PASS_SHARE + (1 - self.PASS_SHARE) * steps / (2 * self._frames)))
+
+    def _set(self, fraction: float) -> None:
+        if self._report is None:
+            return
+        with self._lock:
+            now = self._clock()
+            if fraction <= self._last or (fraction < 1.0 and now - self._last_time < self.INTERVAL_S):
+                return
+            self._last, self._last_time = fraction, now
+            self._report(min(1.0, fraction))
+
+
+def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = None) -> SegmentResult:
+    """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise.
+    `progress(fraction)`: how much of the segment's work is done, as it goes (`SegmentProgress`)."""
     from unflicker.anchor import SlowAppearanceAnchor
     from unflicker.io import write_png
 
@@ -272,10 +323,11 @@ def run_segment(task: SegmentTask) -> SegmentResult:
         # Built (or a preload awaited) before fixed_threads: threadpoolctl walks the loaded libraries
         # under the dynamic loader's lock, which a preload thread's import may be waiting for.
         method = build_method(task.method)
+        done = SegmentProgress(progress, method.analysis_share, n)
         with fixed_threads(task.threads):
             # Each frame read and converted one ahead on the lane while the method takes the last one in.
             with closing(ahead(lambda i: _float(frames[i]), n, task.lanes)) as floats:
-                method.analyze((image for _, image in floats), task.lanes)
+                method.analyze((image for _, image in floats), task.lanes, done.analysis)
             core = range(task.segment.core.start - task.segment.span.start,
                          task.segment.core.stop - task.segment.span.start)
 
@@ -296,6 +348,7 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                         out = np.empty(shape, np.uint16) if temp is None else FrameFile.create(temp, shape, np.uint16)
                         behind = Behind(task.lanes, name="store")
                     behind.submit(_store, out, i, output)  # held there until settled and anchored
+                    done.passed(i + 1)
             if behind is not None:
                 behind.close()
 
@@ -304,11 +357,13 @@ def run_segment(task: SegmentTask) -> SegmentResult:
                 final = method.settle(i, image, output)
                 if final is not output:
                     _store(out, i, final)
+                done.swept()
                 return image, final
 
             def anchored(i, slow):
                 if slow is not None:
                     _store(out, i, anchor.apply(_float(out[i]), slow))
+                done.swept()
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
             # Settling needs no other frame's: with two lanes, two frames settle at once while this

@@ -29,8 +29,28 @@ def _exit_with_parent(interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def main() -> int:
+def _progress_reporter(argv: list[str]):
+    """report(fraction) on the pipe `--progress-fd N` names (engine.PROGRESS_RECORD), or None without one.
+    A report the pipe has no room for is dropped: the task never waits for the bar."""
+    if "--progress-fd" not in argv:
+        return None
+    from unflicker.engine import PROGRESS_RECORD
+
+    fd = int(argv[argv.index("--progress-fd") + 1])
+    os.set_blocking(fd, False)
+
+    def report(fraction: float) -> None:
+        try:
+            os.write(fd, PROGRESS_RECORD.pack(fraction))
+        except OSError:  # full (BlockingIOError) or the reader gone: the result still goes on its own pipe
+            pass
+
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
     _exit_with_parent()
+    report = _progress_reporter(sys.argv[1:] if argv is None else argv)
     results = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print must not corrupt the results
     tasks = sys.stdin.buffer
@@ -50,7 +70,7 @@ def main() -> int:
                 pass
             continue
         try:
-            message = ("ok", run_segment(task))
+            message = ("ok", run_segment(task, report))
         except UnflickerError as exc:
             message = ("error", exc)
         pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)

@@ -252,14 +252,16 @@ def default_steps(n_frames: int, opts: GridOptions) -> int:
     return max(1, min(DEFAULT_STEPS, math.ceil(opts.max_visits * n_frames / per_step)))
 
 
-def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig, lanes: int = 1) -> GridAtlas:
+def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig, lanes: int = 1,
+             progress: Callable[[float], None] | None = None) -> GridAtlas:
     """Fit the fast atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None.
 
     Each step's loss is two parts (half of the step's frames with the warp and flicker-field
     regularisers, the other half with the flow loss), each differentiated on its own and the
     gradients added: with lanes >= 2 the second part runs on a second thread. Every op still runs
     on one thread with the same inputs, so the atlas is the same bits with any number of lanes.
-    The first `coarse_until` of the steps render whole frames at half size (`_HalfSize`)."""
+    The first `coarse_until` of the steps render whole frames at half size (`_HalfSize`).
+    `progress(fraction of the steps done)` after each step."""
     start = time.monotonic()
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]
@@ -291,14 +293,14 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="atlas")) if lanes >= 2 else None
         for i in range(steps):
-            progress = i / steps
+            schedule = i / steps  # where the step is in the schedule (time budget: in time)
             if budget is not None:
-                progress = max(progress, (time.monotonic() - start) / budget)
-            if progress >= 1.0:
+                schedule = max(schedule, (time.monotonic() - start) / budget)
+            if schedule >= 1.0:
                 break
-            _set_lr(opt, base, progress)
-            model.unlocked = 1 + int((opts.levels - 1) * min(1.0, progress / max(opts.unlock_until, 1e-6)))
-            half_size = coarse is not None and progress < opts.coarse_until
+            _set_lr(opt, base, schedule)
+            model.unlocked = 1 + int((opts.levels - 1) * min(1.0, schedule / max(opts.unlock_until, 1e-6)))
+            half_size = coarse is not None and schedule < opts.coarse_until
             t, pts, target = _batch(model, coarse.frames if half_size else target_all, opts, gen)
             if half_size:  # whole frames (no crops with half-size steps), seen at the half-size pixels
                 pts = coarse.pixels_of(len(t))
@@ -309,7 +311,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             tex = model.texture()
             shared = tex.detach().requires_grad_()
             first = _Part(model, shared, t[:half], None if pts is None else pts[:half], target[:half], len(t),
-                          lambda: _regularisers(model, opts, wts, progress <= config.global_rigidity_until))
+                          lambda: _regularisers(model, opts, wts, schedule <= config.global_rigidity_until))
             second = _Part(model, shared, t[half:], None if pts is None else pts[half:], target[half:], len(t),
                            lambda: wts.flow * samples.loss(model, idx))
             inputs = [*others, shared]
@@ -326,5 +328,10 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
             with _lazy(opt, [model.gain, model.offset], t):
                 opt.step()
             history.append(loss_a + loss_b)
+            if progress is not None:
+                done = (i + 1) / steps
+                if budget is not None:  # a time budget ends the fit at whichever comes first
+                    done = max(done, (time.monotonic() - start) / budget)
+                progress(min(1.0, done))
     model.unlocked = opts.levels
     return GridAtlas(model, history)

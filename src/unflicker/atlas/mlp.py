@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -196,8 +196,10 @@ class _Losses:
         return loss + wts.flow * self.flow(mapping, x, y, t, uv)
 
 
-def fit_mlp(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig, lanes: int = 1) -> MLPAtlas:
-    """Fit the faithful atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None."""
+def fit_mlp(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasConfig, lanes: int = 1,
+            progress: Callable[[float], None] | None = None) -> MLPAtlas:
+    """Fit the faithful atlas. frames: (T, h, w, 3) float32 in [0, 1]; flows: T-1 FlowPair or None;
+    `progress(fraction of the steps done)` after each step (pre-training counts as none)."""
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]
     device, opts = resolve_device(config.device), config.mlp
@@ -224,4 +226,6 @@ def fit_mlp(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasC
         loss.backward()
         opt.step()
         history.append(float(loss.detach()))
+        if progress is not None:
+            progress((i + 1) / steps)
     return MLPAtlas(mapping, atlas, n, (h, w), config, device, history)

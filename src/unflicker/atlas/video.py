@@ -77,7 +77,7 @@ def fit_video(
     shots: Sequence[range] | None = None,
     config: AtlasConfig | None = None,
     flows: Sequence[FlowPair] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[float], None] | None = None,
     lanes: int = 1,
 ) -> VideoAtlas:
     """Fit atlases over a whole (low-resolution) video and render A_t for every frame.
@@ -88,7 +88,9 @@ def fit_video(
     the frame itself. Shots longer than config.window are fitted as windows overlapping by
     config.overlap frames, whose A_t are cross-faded linearly across each overlap.
     flows: optional T-1 FlowPair between consecutive frames (pairs across a cut are ignored).
-    progress: called as progress(frames_done, T) after each window.
+    progress: called as progress(fraction) after every step of every fit, fraction the share of the
+    video's frames fitted (a window's frames beyond the previous window's end, in proportion to its
+    steps done): exactly b / T when the window ending at frame b is done.
     lanes: threads each fit may keep busy at once (`fit`); the result does not depend on it.
     """
     config = config or AtlasConfig()
@@ -106,12 +108,16 @@ def fit_video(
     for shot in shots:
         if len(shot) == 1:
             out[shot.start] = check_frames(frames[shot.start : shot.stop])[0]
+            if progress is not None:
+                progress(shot.stop / n)
             continue
         prev_end = shot.start
         for win in windows(len(shot), config.window, config.overlap):
             a, b = shot.start + win.start, shot.start + win.stop
             clip_flows = None if flows is None else flows[a : b - 1]
-            atlas = fit(check_frames(frames[a:b]), clip_flows, config, lanes)
+            steps = None if progress is None else \
+                (lambda f, done=prev_end, new=b - prev_end: progress((done + new * f) / n))
+            atlas = fit(check_frames(frames[a:b]), clip_flows, config, lanes, steps)
             for t in range(a, b):
                 rendered = atlas.render(t - a)
                 if t < prev_end:  # inside the overlap with the previous window
@@ -121,5 +127,5 @@ def fit_video(
             prev_end = b
             del atlas
             if progress is not None:
-                progress(b, n)
+                progress(b / n)  # also where the fit took no step (a time budget spent)
     return VideoAtlas(out, shots)
