@@ -271,7 +271,7 @@ def test_keep_work_reuses_finished_segments_and_only_rewrites_the_output(tmp_pat
 
     import unflicker.engine
 
-    def no_segment(task):
+    def no_segment(task, progress=None):
         raise AssertionError("a segment was processed again")
 
     monkeypatch.setattr(unflicker.engine, "run_segment", no_segment)
@@ -300,18 +300,18 @@ def test_an_interrupted_run_keeps_its_finished_segments(tmp_path, monkeypatch):
     real = unflicker.engine.run_segment
     ran = []
 
-    def dies_at_the_second(task):
+    def dies_at_the_second(task, progress=None):
         ran.append(task.segment.index)
         if task.segment.index == 1:
             raise KeyboardInterrupt
-        return real(task)
+        return real(task, progress)
 
     monkeypatch.setattr(unflicker.engine, "run_segment", dies_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         deflicker_file(source, tmp_path / "out", config)
     assert not (tmp_path / "out").exists() and ran == [0, 1]
     ran.clear()
-    monkeypatch.setattr(unflicker.engine, "run_segment", lambda task: ran.append(task.segment.index) or real(task))
+    monkeypatch.setattr(unflicker.engine, "run_segment", lambda task, progress=None: ran.append(task.segment.index) or real(task, progress))
     resumed = deflicker_file(source, tmp_path / "out", config)
     assert ran == [1, 2] and (resumed.segments, resumed.reused) == (3, 1)
     fresh = deflicker_file(source, tmp_path / "fresh", dataclasses.replace(config, keep_work=None))
