@@ -508,6 +508,33 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
     assert code == 1 and [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
 
 
+def test_a_batch_shows_one_bar_over_every_input_s_frames(tmp_path, monkeypatch, capsys):
+    """Without --quiet a batch has one bar in frames for all its inputs (each job's own bars are off),
+    moved by the segments' progress; an input that cannot be read counts none, and the bar ends full."""
+    import unflicker.batch
+    from tqdm import tqdm
+
+    closed = []
+
+    class Recorded(tqdm):
+        def close(self):
+            closed.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(unflicker.batch, "tqdm", Recorded)
+    inputs = tmp_path / "in"
+    for name, seed, n in (("a", 1, 10), ("b", 2, 14)):
+        clean = synth.camera_move_clip(photo(seed), n, (32, 40), motion="pan", seed=seed)
+        write_folder(inputs / name, synth.add_flicker(clean, "global", 1.5, seed=seed))
+    (inputs / "broken.mp4").write_bytes(b"not a video" * 50)
+    code = main(["batch", str(inputs), "-o", str(tmp_path / "out"), "--method", "classical", "--workers", "2"])
+    printed = capsys.readouterr()
+    assert code == 1 and closed == [("batch", 24, 24)]
+    assert "batch: " in printed.err and "/24 [" in printed.err
+    assert sorted(line.split(":")[0] for line in printed.out.splitlines() if "wrote" in line) == \
+        [str(inputs / "a"), str(inputs / "b")]
+
+
 def test_a_frame_that_cannot_be_read_mid_batch_fails_that_input_alone(tmp_path, monkeypatch, capsys):
     """An input whose frames fail while its segments are handed out (the video ends early, say) is
     reported failed; the batch goes on with the others (it used to end the whole run)."""

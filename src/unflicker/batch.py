@@ -12,13 +12,16 @@ import csv
 import dataclasses
 import io as _io
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from unflicker import io
 from unflicker.config import RunConfig
-from unflicker.errors import InputError, OutputError
+from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.pipeline import Job
 
 SUMMARY_NAME = "unflicker-batch"
@@ -90,6 +93,14 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
     return found
 
 
+def _frame_count(path: Path) -> int:
+    """The input's frames as a probe counts them (0 where it cannot be read)."""
+    try:
+        return io.probe(path).frame_count
+    except UnflickerError:
+        return 0
+
+
 def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> list[BatchItem]:
     """Deflicker every input of `source` into `out_dir`; write the summary; return its rows."""
     from unflicker.engine import run_jobs
@@ -123,24 +134,36 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
             item.status = "skipped"
             continue
         output.parent.mkdir(parents=True, exist_ok=True)
-        job = Job(path, output, dataclasses.replace(config, progress=False))
+        job = Job(path, output, dataclasses.replace(config, progress=False), watch=lambda frames: bar.update(frames))
         job.batch_index = i
         jobs.append(job)
+    # One bar for the whole batch, in frames (each job's own bars are off): its total from a probe of
+    # every input now (an input that cannot be read counts none: it fails when its turn comes).
+    expected = {job.batch_index: _frame_count(Path(job.input_path)) for job in jobs} if config.progress else {}
+    bar = tqdm(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
+               dynamic_ncols=True)
 
     def finished(job: Job) -> None:
         item = items[job.batch_index]
+        missing = expected.get(job.batch_index, 0) - job.frames_done
         if job.error is not None:
+            bar.total -= max(0, missing)  # never coming
+            bar.refresh()
             item.status, item.error = "failed", str(job.error)
             return
+        bar.update(max(0, missing))  # a probe's count that differed from the frames decoded
         summary = job.summary
         item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
         item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
         item.kind = summary.kind or ""
         item.segments, item.reused = summary.segments, summary.reused
         if config.progress:
-            print(f"{job.name}: {summary.line()}", flush=True)
+            bar.write(f"{job.name}: {summary.line()}", file=sys.stdout)  # above the bar, not through it
 
-    run_jobs(jobs, config.engine, finished)
+    try:
+        run_jobs(jobs, config.engine, finished)
+    finally:
+        bar.close()
     rows = [items[i] for i in sorted(items)]
     write_summary(out_dir, rows, config.overwrite)
     return rows

@@ -228,8 +228,13 @@ class Job:
     """One input through the engine; see the module docstring for the order of the calls."""
 
     def __init__(self, input_path: str | Path | None, output_path: str | Path | None, config: RunConfig | None = None,
-                 frames: Sequence[np.ndarray] | None = None):
-        """input_path and output_path for files; frames (and no paths) for the array API."""
+                 frames: Sequence[np.ndarray] | None = None, watch: Callable[[int], None] | None = None):
+        """input_path and output_path for files; frames (and no paths) for the array API. `watch(frames)`:
+        called with each increase of the frames' worth of work done (what the deflicker bar shows;
+        e.g. a batch's own bar, where the job's bars are off)."""
+        self.watch = watch
+        self.frames_done = 0
+        """Frames' worth of the job's work done so far (see `_show_progress`)."""
         self.input_path = None if input_path is None else Path(input_path)
         self.output_path = None if output_path is None else Path(output_path)
         self.config = config or RunConfig()
@@ -455,9 +460,12 @@ class Job:
         """Move the deflicker bar to the frames' worth of work done: finished segments' core frames
         whole, running ones' in proportion to what they reported; never below the frames written."""
         work = self._finished_work + sum(len(self.segments[k].core) * f for k, f in self._running.items())
-        value = max(self._t, min(int(work), self._write_bar.total))
-        if value > self._write_bar.n:
-            self._write_bar.update(value - self._write_bar.n)
+        value = max(self._t, min(int(work), self.source.info.frame_count))
+        if value > self.frames_done:
+            step, self.frames_done = value - self.frames_done, value
+            self._write_bar.update(step)
+            if self.watch is not None:
+                self.watch(step)
 
     def deliver(self, result: SegmentResult) -> None:
         path = self.folder.result(result.index)
