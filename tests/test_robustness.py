@@ -479,10 +479,21 @@ def test_api_options_of_the_wrong_type_are_one_input_error_before_any_work(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
 
 
-def test_options_of_a_type_that_works_pass_the_check():
-    RunConfig(method="neural", atlas_steps=np.int64(5), keep_slow=3, strength=1, keep_work="work",
-              filter_weights=Path("mine.safetensors"), engine=EngineConfig(workers=np.int32(2)),
-              segments=SegmentConfig(frames=np.int64(40))).check()
+def test_options_of_a_type_that_works_pass_the_check_and_run(tmp_path):
+    config = RunConfig(method="neural", atlas_steps=np.int64(5), keep_slow=3, strength=1, keep_work="work",
+                       filter_weights=Path("mine.safetensors"), engine=EngineConfig(workers=np.int32(2)),
+                       segments=SegmentConfig(frames=np.int64(40)), overwrite=np.bool_(False))
+    config.check()
+    assert type(config.atlas_steps) is int and type(config.segments.frames) is int  # stored as Python's
+    assert type(config.engine.workers) is int and type(config.overwrite) is bool
+    # NumPy's numbers run (the run's record is JSON), in memory and into a file.
+    frames = clip(6)
+    out = unflicker.deflicker(frames, method="classical", strength=np.float32(0.5), progress=False)
+    assert np.array_equal(out, unflicker.deflicker(frames, method="classical", strength=0.5, progress=False))
+    summary = unflicker.deflicker(write_pngs(tmp_path / "clip", list(frames)), tmp_path / "out.mp4", method="classical",
+                                  crf=np.int64(18), segments=SegmentConfig(frames=np.int64(40)), progress=False)
+    assert summary.frames == 6 and type(summary.config["output"]["crf"]) is int
+    assert type(summary.config["segments"]["frames"]) is int
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

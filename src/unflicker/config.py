@@ -18,6 +18,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from unflicker import __version__, io
 from unflicker.errors import InputError, OutputError
 from unflicker.segments import MethodSpec, SegmentConfig
@@ -35,10 +37,13 @@ _TYPE_NAMES = {float: "a number", int: "an int", bool: "True or False", str: "a 
 
 def check_types(config, prefix: str = "") -> None:
     """Raise InputError naming the first field of a dataclass config (nested ones too) whose value is not of
-    its annotated type: an int passes for a float, a str or os.PathLike for a Path, a bool only for a bool."""
+    its annotated type: an int passes for a float, a str or os.PathLike for a Path, a bool only for a bool.
+    NumPy's numbers and bools pass as Python's and are stored as Python's (the record is JSON)."""
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
-        value, hint = getattr(config, f.name), hints[f.name]
+        value, hint = _plain(getattr(config, f.name)), hints[f.name]
+        if value is not getattr(config, f.name):
+            object.__setattr__(config, f.name, value)  # frozen configs too: the same value, Python's type
         kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
         if not any(_is_a(value, kind) for kind in kinds):
             expected = " or ".join("None" if kind is type(None) else _TYPE_NAMES.get(kind, kind.__name__)
@@ -49,10 +54,21 @@ def check_types(config, prefix: str = "") -> None:
             check_types(value, f"{prefix}{f.name}.")
 
 
+def _plain(value):
+    """A NumPy number or bool as Python's own (anything else as it is)."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, int):
+        return int(value)
+    if isinstance(value, numbers.Real) and not isinstance(value, (int, float)):
+        return float(value)
+    return value
+
+
 def _is_a(value, kind: type) -> bool:
     if kind is bool:
         return isinstance(value, bool)
-    if kind in (int, float):  # numpy's too; a bool is no number here
+    if kind in (int, float):  # a bool is no number here
         return isinstance(value, numbers.Integral if kind is int else numbers.Real) and not isinstance(value, bool)
     if kind is Path:
         return isinstance(value, (str, os.PathLike))
