@@ -146,8 +146,8 @@ def _long_child(n_frames: int, steps: int, photo: str, queue) -> None:
     window_ends = {w.stop / n_frames for w in windows(n_frames, config.window, config.overlap)}
 
     def progress(fraction: float) -> None:
-        # Per window (fit_video reports exactly stop / T at a window's end, fractions between after
-        # each step): peak RSS beyond the frames (the rendered A_t go to a file on disk); then start
+        # Per window (fit_video reports exactly stop / T once a window is rendered, fractions short of
+        # it after each step): peak RSS beyond the frames (the rendered A_t go to a file on disk); then start
         # the next window's high-water mark afresh.
         if fraction not in window_ends:
             return

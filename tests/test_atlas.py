@@ -130,9 +130,16 @@ def test_fit_video_crossfades_windows_continuously():
     flick = np.clip(clean * gains[:, None, None, None].astype(np.float32), 0, 1)
     config = grid_config(steps=40, window=12, overlap=6)
     assert windows(18, 12, 6) == [range(0, 12), range(6, 18)]
-    video = fit_video(flick, None, config)
+    reports = []
+    video = fit_video(flick, None, config, progress=reports.append)
     rendered = np.stack([video.render(t) for t in range(len(flick))])
     assert rendered.shape == flick.shape and rendered.dtype == np.float32
+    # Progress after every step, the frames past the last window's end in proportion to the steps, and
+    # each window's end (12 / 18, 18 / 18) once, when it is rendered.
+    assert reports == sorted(reports) and len(reports) == 2 * 40 and reports[-1] == 1.0
+    assert reports[:40] == pytest.approx([12 / 18 * k / 40 for k in range(1, 41)])
+    assert reports[40:] == pytest.approx([(12 + 6 * k / 40) / 18 for k in range(1, 41)])
+    assert reports.count(12 / 18) == 1 and reports.count(1.0) == 1
 
     def level(x):
         return float(interior(x).mean())

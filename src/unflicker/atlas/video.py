@@ -90,7 +90,7 @@ def fit_video(
     flows: optional T-1 FlowPair between consecutive frames (pairs across a cut are ignored).
     progress: called as progress(fraction) after every step of every fit, fraction the share of the
     video's frames fitted (a window's frames beyond the previous window's end, in proportion to its
-    steps done): exactly b / T when the window ending at frame b is done.
+    steps done), and exactly b / T once the window ending at frame b is fitted and rendered.
     lanes: threads each fit may keep busy at once (`fit`); the result does not depend on it.
     """
     config = config or AtlasConfig()
@@ -115,8 +115,9 @@ def fit_video(
         for win in windows(len(shot), config.window, config.overlap):
             a, b = shot.start + win.start, shot.start + win.stop
             clip_flows = None if flows is None else flows[a : b - 1]
+            # The fit's steps short of its last: the window's end (b / T) is reported once, rendered.
             steps = None if progress is None else \
-                (lambda f, done=prev_end, new=b - prev_end: progress((done + new * f) / n))
+                (lambda f, done=prev_end, new=b - prev_end: f < 1.0 and progress((done + new * f) / n))
             atlas = fit(check_frames(frames[a:b]), clip_flows, config, lanes, steps)
             for t in range(a, b):
                 rendered = atlas.render(t - a)
