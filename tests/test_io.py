@@ -255,3 +255,5 @@ def test_image_size_reads_each_format_s_header_as_read_image_reads_the_file(tmp_
     read_image = images.read_image
     monkeypatch.setattr(images, "read_image", decode)
     assert {path.name: io.image_size(path) for path in tmp_path.iterdir()} == decoded
+    headers = {path.name: io.image_size(path, decode=False) for path in tmp_path.iterdir()}
+    assert headers == {**decoded, "a.exr": None}  # nothing decoded when asked not to

@@ -80,13 +80,13 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFacts]:
     return rgb, alpha, ImageFacts(CV_FORMATS[grey, alpha is not None, depth], depth, grey, alpha is not None)
 
 
-def image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path, decode: bool = True) -> tuple[int, int] | None:
     """(width, height) of one frame file, as `read_image` reads it: from the header, a few bytes, for PNG,
     JPEG, BMP, TIFF and DPX; else (OpenEXR, whose decoder picks one of its windows, or a header not
-    understood) by decoding the file."""
+    understood) by decoding the file, or None with `decode=False`."""
     with open(path, "rb") as file:
         size = _header_size(file)
-    if size is None:
+    if size is None and decode:
         image = read_image(path)[0]
         return image.shape[1], image.shape[0]
     return size
