@@ -295,12 +295,18 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_output_is_the_same(flicker
     assert np.array_equal(frames_of(tmp_path / "out.mkv"), reference)
 
 
-def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, reference, tmp_path):
+def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, reference, tmp_path, monkeypatch):
     pytest.importorskip("ray")
+    from unflicker import pipeline
+
+    seen = []  # the segments' progress, through the run's board actor (a retried task starts again from 0)
+    original = pipeline.Job.progress
+    monkeypatch.setattr(pipeline.Job, "progress", lambda job, index, f: seen.append((index, f)) or original(job, index, f))
     summary, killed = run_with_a_killed_worker(flickering, tmp_path / "ray.mkv", tmp_path / "work",
                                                EngineConfig(engine="ray", workers=2))
     assert killed and summary.frames == 36
     assert np.array_equal(frames_of(tmp_path / "ray.mkv"), reference)
+    assert seen and all(index in (0, 1, 2) and 0 < f <= 1 for index, f in seen)
 
 
 # --- resume after kill -9 -----------------------------------------------------------------------

@@ -10,7 +10,8 @@ running); errors of one job do not stop the others.
 Progress: a running segment reports the fraction of its work done (segments.SegmentProgress). In this
 process the report is a call; a local worker writes each fraction as 8 bytes (a float64) to a pipe of
 its own, beside its results' pipe (atomic writes, dropped when the pipe is full: a report is never
-worth a wait); Ray tasks report none (their segments move the bar when they finish).
+worth a wait); a Ray task sends it to a small actor of the run (`_Board`, no CPU), which the driver
+reads while it waits.
 """
 
 from __future__ import annotations
@@ -242,8 +243,30 @@ class LocalPool:
         self._pool.clear()
 
 
+class _Board:
+    """A Ray actor of the run: the latest fraction each running task reported (by key), taken by the driver."""
+
+    def __init__(self):
+        self._latest: dict[int, float] = {}
+
+    def report(self, key: int, fraction: float) -> None:
+        self._latest[key] = fraction
+
+    def take(self) -> dict[int, float]:
+        latest, self._latest = self._latest, {}
+        return latest
+
+
+def _ray_segment(task: SegmentTask, board, key: int) -> SegmentResult:
+    """run_segment as a Ray task, its progress sent to the run's board (fire and forget: never waited for)."""
+    return run_segment(task, lambda fraction: board.report.remote(key, fraction))
+
+
 class RayEngine:
     """Segments as Ray tasks: a local Ray on 127.0.0.1 for the run, or an existing cluster."""
+
+    POLL_S = 0.5
+    """While tasks run, the driver reads their progress from the board this often."""
 
     def __init__(self, engine: EngineConfig):
         try:
@@ -267,19 +290,34 @@ class RayEngine:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
         # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
-        self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(run_segment)
+        self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(_ray_segment)
+        self._board = ray.remote(num_cpus=0)(_Board).remote()
+        self._keys: dict[object, int] = {}  # a running task's ref -> the key its reports carry
+        self._next = 0
 
     def warm(self, spec: MethodSpec) -> None:
         pass  # Ray's workers build the method with their first task
 
     def submit(self, task: SegmentTask) -> object:
-        return self._remote.remote(task)
+        self._next += 1
+        ref = self._remote.remote(task, self._board, self._next)
+        self._keys[ref] = self._next
+        return ref
 
     def wait(self, handles, progress: Progress | None = None):
-        # Ray tasks report no progress: their segments count when they finish.
-        ready, _ = self.ray.wait(list(handles), num_returns=1)
+        handles = list(handles)
+        while True:
+            ready, _ = self.ray.wait(handles, num_returns=1, timeout=None if progress is None else self.POLL_S)
+            if progress is not None:
+                latest = self.ray.get(self._board.take.remote())
+                for ref in handles:  # a report that came after its task ended has no ref left: dropped
+                    if self._keys.get(ref) in latest:
+                        progress(ref, latest[self._keys[ref]])
+            if ready:
+                break
         out = []
         for ref in ready:
+            self._keys.pop(ref, None)
             try:
                 out.append((ref, self.ray.get(ref)))
             except UnflickerError as exc:  # Ray re-raises the task's own error class
@@ -289,6 +327,10 @@ class RayEngine:
         return out
 
     def close(self) -> None:
+        try:
+            self.ray.kill(self._board)  # a cluster outlives the run: its actor goes with it
+        except Exception:  # noqa: BLE001 - Ray already down or unreachable: nothing left to free
+            pass
         if self._started:
             self.ray.shutdown()
 
