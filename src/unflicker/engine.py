@@ -259,7 +259,7 @@ class _Board:
 
 def _ray_segment(task: SegmentTask, board, key: int) -> SegmentResult:
     """run_segment as a Ray task, its progress sent to the run's board (fire and forget: never waited for)."""
-    return run_segment(task, lambda fraction: board.report.remote(key, fraction))
+    return run_segment(task, None if board is None else (lambda fraction: board.report.remote(key, fraction)))
 
 
 class RayEngine:
@@ -300,16 +300,20 @@ class RayEngine:
 
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
-        ref = self._remote.remote(task, self._board, self._next)
+        ref = self._remote.remote(task, self._board, self._next)  # a board of None: no reports
         self._keys[ref] = self._next
         return ref
 
     def wait(self, handles, progress: Progress | None = None):
         handles = list(handles)
         while True:
-            ready, _ = self.ray.wait(handles, num_returns=1, timeout=None if progress is None else self.POLL_S)
-            if progress is not None:
-                latest = self.ray.get(self._board.take.remote())
+            polling = progress is not None and self._board is not None
+            ready, _ = self.ray.wait(handles, num_returns=1, timeout=self.POLL_S if polling else None)
+            if polling:
+                try:
+                    latest = self.ray.get(self._board.take.remote())
+                except self.ray.exceptions.RayError:  # the board is gone: the run goes on without reports
+                    latest, self._board = {}, None
                 for ref in handles:  # a report that came after its task ended has no ref left: dropped
                     if self._keys.get(ref) in latest:
                         progress(ref, latest[self._keys[ref]])
@@ -328,7 +332,8 @@ class RayEngine:
 
     def close(self) -> None:
         try:
-            self.ray.kill(self._board)  # a cluster outlives the run: its actor goes with it
+            if self._board is not None:
+                self.ray.kill(self._board)  # a cluster outlives the run: its actor goes with it
         except Exception:  # noqa: BLE001 - Ray already down or unreachable: nothing left to free
             pass
         if self._started:
