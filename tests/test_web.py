@@ -410,16 +410,18 @@ def test_a_setting_of_the_wrong_json_type_is_a_message_not_a_server_error(value)
             parse_settings({name: value})
 
 
-def asgi_get(app, path: str, query: str = "", cookie: str = "") -> tuple[int, bytes]:
-    """(status, body) of a GET through the app in this process (a server error is a 500, as uvicorn sends it)."""
+def asgi_get(app, path: str, query: str = "", cookie: str = "", method: str = "GET",
+             body: bytes = b"") -> tuple[int, bytes]:
+    """(status, body) of a GET (or another method) through the app in this process (a server error
+    is a 500, as uvicorn sends it)."""
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
-             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+             "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
              "query_string": query.encode(), "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
              "headers": [(b"host", b"127.0.0.1"), (b"cookie", f"unflicker_session={cookie}".encode())]}
     sent = []
 
     async def receive():
-        return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": False}
 
     async def send(message):
         sent.append(message)
@@ -479,3 +481,36 @@ def test_a_new_session_swept_while_its_first_upload_arrives_keeps_the_upload(tmp
     store.sweep()  # and retention removes it in its time, with its folder
     assert not upload.folder.exists() and store.upload(store.session(token)[0], upload.id) is None
     store.close()
+
+
+@pytest.mark.parametrize("kind", ["preview", "run"])
+def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_queued(tmp_path, monkeypatch, kind):
+    from unflicker.web.app import create_app
+    from unflicker.web.jobs import JobQueue
+    from unflicker.web.store import Upload
+
+    store = Store(tmp_path / "work")
+    queue = JobQueue(store)
+    try:
+        session, token = store.session(None, create=True)
+        upload = Upload(*store.new_folder(), "clip.mp4", frames=12)
+        upload.path = upload.folder / "input.mp4"
+        upload.path.write_bytes(b"a video")
+        store.add_upload(session, upload)
+        app, looked_up = create_app(store, queue), store.upload
+
+        def swept_right_after(*args):  # the retention sweep runs between the look-up and the queueing
+            found = looked_up(*args)
+            store.sweep()
+            return found
+
+        monkeypatch.setattr(store.limits, "keep_hours", 0.0)  # every finished item is due
+        monkeypatch.setattr(store, "upload", swept_right_after)
+        status, body = asgi_get(app, f"/api/{kind}", cookie=token, method="POST",
+                                body=json.dumps({"upload": upload.id}).encode())
+        assert (status, json.loads(body)) == (404, {"error": "no such upload in this browser session; "
+                                                             "upload the video again"})
+        assert store.all_jobs() == [] and list(store.items.iterdir()) == []  # no job, nor its folder
+    finally:
+        queue.close()
+        store.close()

@@ -179,9 +179,10 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
     upload = guarded(upload, creates_session=True)
 
     def new_job(session: Session, data: dict, kind: str) -> Response:
+        gone = "no such upload in this browser session; upload the video again"
         item = store.upload(session, data.get("upload"))
         if item is None:
-            return _error("no such upload in this browser session; upload the video again", 404)
+            return _error(gone, 404)
         settings = parse_settings(data.get("settings") or {})
         frame = data.get("frame", 0)
         if not isinstance(frame, int) or not 0 <= frame < item.frames:
@@ -191,7 +192,8 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
                 return _error(f"at most {MAX_ACTIVE_JOBS} jobs can wait at once; cancel one or wait", 429)
         job_id, folder = store.new_folder()
         job = Job(job_id, folder, kind, item, settings, frame)
-        queue.submit(session, job)
+        if not queue.submit(session, job):  # a sweep removed the upload since the look-up above
+            return _error(gone, 404)
         return JSONResponse(job.public())
 
     @guarded

@@ -217,14 +217,17 @@ class JobQueue:
         self.thread = threading.Thread(target=self._loop, name="unflicker-jobs", daemon=True)
         self.thread.start()
 
-    def submit(self, session: Session, job: Job) -> None:
-        """Queue a job of the session (its upload checked, its settings parsed)."""
+    def submit(self, session: Session, job: Job) -> bool:
+        """Queue a job of the session (its upload checked, its settings parsed); False if its upload
+        is gone (swept since it was looked up): nothing is queued (Store.add_job)."""
         spec = {"kind": job.kind, "input": str(job.upload.path), "options": run_options(job.settings),
                 "format": FORMATS[job.settings["format"]], "frame": job.frame,
                 "preview_seconds": self.store.limits.preview_seconds}
         (job.folder / "spec.json").write_text(json.dumps(spec))
-        self.store.add_job(session, job)
+        if not self.store.add_job(session, job):
+            return False
         self.wake.set()
+        return True
 
     def cancel(self, job: Job) -> None:
         with self.store.lock:

@@ -180,11 +180,17 @@ class Store:
             self._keep(session)
         self.sweep()
 
-    def add_job(self, session: Session, job: Job) -> None:
-        with self.lock:
+    def add_job(self, session: Session, job: Job) -> bool:
+        """Add a job of one of the session's uploads; False, with the job's folder removed, if a sweep
+        removed that upload since it was looked up (once added, the active job keeps it from the sweep)."""
+        with self.lock:  # the sweep cannot remove the upload between this check and the add
+            if session.uploads.get(job.upload.id) is not job.upload:
+                shutil.rmtree(job.folder, ignore_errors=True)
+                return False
             session.jobs[job.id] = job
             self._keep(session)
         self.sweep()
+        return True
 
     def _keep(self, session: Session) -> None:
         """Keep a session again that a sweep dropped while it was empty (a new one, during its first upload)."""
