@@ -339,9 +339,11 @@ def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path
     assert np.array_equal(frames_of(out), frames_of(tmp_path / "fresh.mkv"))
 
 
-def test_sigterm_stops_a_run_like_ctrl_c_leaving_no_files(tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_sigterm_stops_a_run_like_ctrl_c_leaving_no_files(tmp_path, how):
     """`kill` (SIGTERM: a scheduler, the web page's Cancel) cleans up as Ctrl-C does: exit code 143, one
-    line, no output, no partial file beside it, no temporary work folder, no worker left."""
+    line, no output, no partial file beside it, no temporary work folder, no worker left. Ctrl-C (SIGINT
+    to the whole process group, workers too): exit code 130, the same, and no worker's traceback."""
     clean = synth.camera_move_clip(photo(7), 90, (32, 40), motion="pan", seed=7)
     source = write_folder(tmp_path / "clip", synth.add_flicker(clean, "global", 1.5, seed=8))
     temp, out = tmp_path / "temp", tmp_path / "out" / "out.mkv"
@@ -355,11 +357,15 @@ def test_sigterm_stops_a_run_like_ctrl_c_leaving_no_files(tmp_path):
     while not list(temp.glob("unflicker-*/jobs/*/running/*.pid")) and time.time() < deadline and process.poll() is None:
         time.sleep(0.01)
     assert process.poll() is None, "the run ended before it could be stopped"
-    process.terminate()
+    if how == "sigterm":
+        process.terminate()
+    else:
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: every process of the group
     _, err = process.communicate(timeout=60)
     assert not session_members(process.pid)  # its workers were stopped before it ended
-    assert process.returncode == 143 and "unflicker: terminated; no partial output was left" in err.splitlines()
-    assert "Traceback" not in err
+    code, word = (143, "terminated") if how == "sigterm" else (130, "interrupted")
+    assert process.returncode == code and f"unflicker: {word}; no partial output was left" in err.splitlines()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert not list(out.parent.iterdir()) and not list(temp.glob("unflicker-*"))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
@@ -49,6 +50,9 @@ def _progress_reporter(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the run that started this worker stops it
+    # (engine.LocalPool.close); its own KeyboardInterrupt would only print a traceback on the way.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     report = _progress_reporter(sys.argv[1:] if argv is None else argv)
     results = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
