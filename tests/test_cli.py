@@ -113,6 +113,30 @@ def test_unwritable_output_folder(tmp_path, clips, capsys, monkeypatch):
     assert not (tmp_path / "out.mp4").exists()
 
 
+def test_overwrite_replaces_a_folder_of_frames_only_never_the_input_or_other_files(tmp_path, clips, capsys):
+    """--overwrite replaces an existing folder output whole: a folder of frames from an earlier run, never
+    a folder that holds the input or other files (a project folder given as the output by mistake)."""
+    _, flickering = clips
+    project = tmp_path / "project"
+    (project / "notes").mkdir(parents=True)
+    video = project / "clip.mp4"
+    run_cli(capsys, "run", "--method", "classical", flickering, "-o", video, "--quiet")  # an input inside it
+    (project / "notes" / "todo.txt").write_text("important")
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    code, _, err = run_cli(capsys, "run", "--method", "classical", video, "-o", project, "--overwrite", "--quiet")
+    assert code == 3 and "holds the input" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", project, "--overwrite", "--quiet")
+    assert code == 3 and "holds more than frames" in err
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+    assert (project / "notes" / "todo.txt").read_text() == "important"
+    # A folder of frames (an earlier output) is replaced.
+    frames = tmp_path / "frames"
+    assert run_cli(capsys, "run", "--method", "classical", flickering, "-o", frames, "--quiet")[0] == 0
+    (frames / "stale.png").write_bytes((frames / sorted(os.listdir(frames))[0]).read_bytes())
+    assert run_cli(capsys, "run", "--method", "classical", flickering, "-o", frames, "--overwrite", "--quiet")[0] == 0
+    assert len(os.listdir(frames)) == 12 and not (frames / "stale.png").exists()
+
+
 def test_module_entry_point_runs(tmp_path, clips):
     _, flickering = clips
     result = subprocess.run([sys.executable, "-m", "unflicker", "info", str(flickering)],

@@ -305,6 +305,8 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                               f"{', '.join(VIDEO_FORMATS)} or a folder name")
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} exists: pass --overwrite to replace it")
+    if output.is_dir():
+        _check_replaceable_folder(Path(input_path), output)
     parent = output.resolve().parent
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} {'is a file' if parent.exists() else 'does not exist'}")
@@ -316,6 +318,17 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         for line in plan.dropped:
             warnings.warn(line, stacklevel=2)
     return output
+
+
+def _check_replaceable_folder(input_path: Path, folder: Path) -> None:
+    """An existing folder output is replaced whole (--overwrite): only a folder of frames may be, never one
+    that holds the input or anything else (a project folder given as the output by mistake)."""
+    if input_path.resolve().is_relative_to(folder.resolve()):
+        raise OutputError(f"output folder {folder} holds the input: choose another output")
+    for entry in folder.iterdir():
+        if entry.is_dir() or entry.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise OutputError(f"output folder {folder} holds more than frames ({entry.name}); --overwrite replaces "
+                              "a folder of frames only: choose another output or empty it")
 
 
 def _check_encoder(plan: OutputPlan, info: VideoInfo, output: Path) -> None:
