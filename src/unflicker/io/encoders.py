@@ -27,7 +27,7 @@ from pathlib import Path
 import av
 
 from unflicker.errors import OutputError
-from unflicker.io.common import IMAGE_EXTENSIONS, VIDEO_FORMATS
+from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS
 from unflicker.io.media import SWS_MATRIX, VideoInfo
 
 CODECS = {"h264": "libx264", "hevc": "libx265", "prores": "prores_ks", "ffv1": "ffv1"}
@@ -120,7 +120,9 @@ def _plan_folder(info: VideoInfo, codec: str | None, bit_depth: int | None) -> O
     if not info.is_folder and (info.color_primaries != 2 or info.color_trc != 2 or info.hdr):
         plan.dropped.append(f"colour tags ({info.colour_tags()}) and HDR metadata are not written into image "
                             f"files; frames are RGB in the source's primaries and transfer")
-    carried = [what for what, present in (("audio", info.audio_streams), ("subtitles", info.subtitle_streams),
+    rate = f"frame rate ({float(info.fps):g} fps; a folder of frames reads back at {float(DEFAULT_FOLDER_FPS):g})"
+    carried = [what for what, present in ((rate, not info.is_folder and info.fps != DEFAULT_FOLDER_FPS),
+                                          ("audio", info.audio_streams), ("subtitles", info.subtitle_streams),
                                           ("chapters", info.chapters),
                                           ("timecode", info.timecode and info.codec != "dpx"),  # DPX: in the headers
                                           ("title", dict(info.metadata).get("title"))) if present]
