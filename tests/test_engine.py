@@ -516,8 +516,15 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
     assert status["broken.mp4"]["status"] == "failed" and status["broken.mp4"]["error"]
     assert (out / "unflicker-batch.csv").read_text().count("\n") == 4
     code = main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
-    rows = json.loads((out / "unflicker-batch.json").read_text())
-    assert code == 1 and [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
+    again = json.loads((out / "unflicker-batch.json").read_text())
+    assert code == 1 and [r["status"] for r in again] == ["skipped", "failed", "skipped"]
+    # What a rerun skips keeps the figures of the run that made it (also through a second rerun).
+    main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
+    third = json.loads((out / "unflicker-batch.json").read_text())
+    for first, later in ((rows, again), (rows, third)):
+        for a, b in zip(first, later):
+            if a["status"] == "done":
+                assert {k: v for k, v in b.items() if k != "status"} == {k: v for k, v in a.items() if k != "status"}
 
 
 def test_a_batch_shows_one_bar_over_every_input_s_frames(tmp_path, monkeypatch, capsys):

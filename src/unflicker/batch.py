@@ -93,6 +93,25 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
     return found
 
 
+def _earlier_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
+    """The last summary's rows in out_dir by (input, output): what a rerun skips keeps its figures."""
+    try:
+        rows = json.loads((out_dir / f"{SUMMARY_NAME}.json").read_text())
+        return {(row["input"], row["output"]): row for row in rows if isinstance(row, dict)}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def _keep_earlier(item: BatchItem, row: dict | None) -> None:
+    """A skipped item takes the figures of the run that made its output (the last summary's row, done there
+    or skipped with them already), not zeros."""
+    if row is None or row.get("status") not in ("done", "skipped"):
+        return
+    for name in ("frames", "seconds", "flicker_before", "flicker_after", "kind", "segments", "reused"):
+        if name in row:
+            setattr(item, name, row[name])
+
+
 def _frame_count(path: Path) -> int:
     """The input's frames as a probe counts them (0 where it cannot be read)."""
     try:
@@ -117,6 +136,7 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         raise InputError(f"no videos or frame folders in {source}")
     out_dir.mkdir(parents=True, exist_ok=True)
     items: dict[int, BatchItem] = {}
+    earlier = _earlier_rows(out_dir)
     jobs = []
     taken: dict[Path, Path] = {}
     for i, (path, relative) in enumerate(inputs):
@@ -132,6 +152,7 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
             continue
         if output.exists() and not config.overwrite:
             item.status = "skipped"
+            _keep_earlier(item, earlier.get((item.input, item.output)))
             continue
         output.parent.mkdir(parents=True, exist_ok=True)
         job = Job(path, output, dataclasses.replace(config, progress=False), watch=lambda frames: bar.update(frames))
