@@ -57,6 +57,12 @@ def test_run_then_eval_shows_less_flicker(tmp_path, clips, capsys):
     assert {"frames", "warp_error", "flicker_index", "psnr", "ssim"} <= set(after)
     code, out, _ = run_cli(capsys, "eval", output, "--reference", clean, "--ground-truth", clean)
     assert code == 0 and "paper_warp_error" in out and "detail" in out
+    # The text report: the frame count as a count; beside each score the reference's own (before and after).
+    code, out, _ = run_cli(capsys, "eval", output, "--reference", flickering)
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    assert code == 0 and lines["frames"].split()[-1] == "12"
+    own = float(lines["flicker_index"].split("(reference ")[1].split(")")[0])
+    assert own == pytest.approx(before["flicker_index"], rel=1e-4) and "lower" in lines["flicker_index"]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_folder", "corrupt", "exists", "same_as_input", "no_folder",

@@ -228,11 +228,13 @@ def _delegate(command: str, argv: list[str]) -> int:
 
 
 def _eval(args) -> int:
-    from unflicker.evaluation import evaluate, format_report
+    from unflicker.evaluation import evaluate, evaluate_against_reference, format_report
 
-    report = evaluate(args.result, args.reference, args.ground_truth, long_term=args.long_term,
-                      max_side=args.max_side)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    options = dict(long_term=args.long_term, max_side=args.max_side)
+    if args.json:
+        print(json.dumps(evaluate(args.result, args.reference, args.ground_truth, **options), indent=2))
+    else:  # beside each score the reference's own: the before and after
+        print(format_report(*evaluate_against_reference(args.result, args.reference, args.ground_truth, **options)))
     return 0
 
 

@@ -141,11 +141,29 @@ def evaluate(result: str | Path, reference: str | Path, ground_truth: str | Path
     return Evaluator(reference, ground_truth, like=result, long_term=long_term, max_side=max_side).score(result)
 
 
-def format_report(report: dict[str, float]) -> str:
-    units = {"warp_error": "x1e-3", "flicker_index": "x1e-3", "psnr": "dB", "paper_warp_error": "x1e-3",
-             "detail": "(1 = as sharp)"}
+def evaluate_against_reference(result: str | Path, reference: str | Path, ground_truth: str | Path | None = None,
+                               long_term: int = 5, max_side: int | None = 480) -> tuple[dict[str, float], dict[str, float]]:
+    """(the result's metrics, the reference's own): the same scores of the video it came from, for a before and
+    after (flows computed once)."""
+    evaluator = Evaluator(reference, ground_truth, like=result, long_term=long_term, max_side=max_side)
+    return evaluator.score(result), evaluator.score(reference)
+
+
+_MEANING = {"warp_error": ("x1e-3", "lower: more consistent along the motion"),
+            "paper_warp_error": ("x1e-3", "lower (Lei et al.: short- plus long-term, masked L1)"),
+            "flicker_index": ("x1e-3", "lower: less frame-to-frame brightness change"),
+            "psnr": ("dB", "higher: closer to the ground truth"), "ssim": ("", "higher: closer to the ground truth"),
+            "detail": ("", "1 = as sharp as the ground truth (the reference without one); below: softer")}
+
+
+def format_report(report: dict[str, float], before: dict[str, float] | None = None) -> str:
+    """The metrics as aligned lines: name, value (and the reference's own, `before`), unit and what is better."""
     lines = []
     for key, value in report.items():
-        unit = units.get(key.split("_k")[0], "")
-        lines.append(f"{key:>16}: {value:.4f} {unit}".rstrip())
+        unit, meaning = _MEANING.get(key.split("_k")[0], ("", ""))
+        if key == "frames":
+            lines.append(f"{key:>16}: {int(value)}")
+            continue
+        then = "" if before is None or key not in before else f"  (reference {before[key]:.4f})"
+        lines.append(f"{key:>16}: {value:.4f}{' ' + unit if unit else ''}{then}  {meaning}".rstrip())
     return "\n".join(lines)
