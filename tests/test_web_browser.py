@@ -49,9 +49,9 @@ def frames_of(path):
     return [io.to_float(f.image) for f in io.read_frames(path)]
 
 
-def open_page(browser, server):
+def open_page(browser, server, width=1280):
     """A new browser session on the page; every URL it asks for is kept in `page.requested`."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": width, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.requested = []
@@ -154,6 +154,15 @@ def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, server, 
     page.select_option("#uploads", label="second.mp4")
     page.wait_for_function("() => document.querySelector('#facts').textContent.includes('6 frames')")
     assert page.text_content("#frame-value") == "2 of 5"
+    context.close()
+
+
+@pytest.mark.parametrize("width", [1200, 1000, 700])
+def test_the_page_fits_its_window_without_scrolling_sideways(browser, server, clip, width):
+    context, page = open_page(browser, server, width)
+    upload(page, clip)
+    overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page is {overflow} px wider than a {width} px window"
     context.close()
 
 
