@@ -532,7 +532,7 @@ def test_what_cannot_be_carried_is_named(tmp_path):
     # A folder of frames has no frame rate: a video's other than the 25 a folder reads back at is named.
     for fps, named in ((Fraction(20), True), (Fraction(25), False)):
         dropped = " | ".join(io.plan_output(tmp_path / "frames", dataclasses.replace(info, fps=fps)).dropped)
-        assert ("frame rate (20 fps; a folder of frames reads back at 25)" in dropped) == named
+        assert ("a folder of frames holds no frame rate (20 fps; it reads back at 25)" in dropped) == named
 
 
 def test_attachments_go_into_mkv_and_are_named_elsewhere(tmp_path):

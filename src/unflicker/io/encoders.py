@@ -120,7 +120,7 @@ def _plan_folder(info: VideoInfo, codec: str | None, bit_depth: int | None) -> O
     if not info.is_folder and (info.color_primaries != 2 or info.color_trc != 2 or info.hdr):
         plan.dropped.append(f"colour tags ({info.colour_tags()}) and HDR metadata are not written into image "
                             f"files; frames are RGB in the source's primaries and transfer")
-    rate = f"frame rate ({float(info.fps):g} fps; a folder of frames reads back at {float(DEFAULT_FOLDER_FPS):g})"
+    rate = f"frame rate ({float(info.fps):g} fps; it reads back at {float(DEFAULT_FOLDER_FPS):g})"
     carried = [what for what, present in ((rate, not info.is_folder and info.fps != DEFAULT_FOLDER_FPS),
                                           ("audio", info.audio_streams), ("subtitles", info.subtitle_streams),
                                           ("chapters", info.chapters),
