@@ -132,15 +132,28 @@ def test_overwrite_replaces_a_folder_of_frames_only_never_the_input_or_other_fil
     code, _, err = run_cli(capsys, "run", "--method", "classical", video, "-o", project, "--overwrite", "--quiet")
     assert code == 3 and "holds the input" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", project, "--overwrite", "--quiet")
-    assert code == 3 and "holds more than frames" in err
+    assert code == 3 and "holds more than frames written for it" in err
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
     assert (project / "notes" / "todo.txt").read_text() == "important"
-    # A folder of frames (an earlier output) is replaced.
+    # Nor a folder of someone's pictures: only frames named as this tool writes them.
+    photos = tmp_path / "holiday"
+    photos.mkdir()
+    (photos / "beach.jpg").write_bytes(b"a photo")
+    code, _, err = run_cli(capsys, "run", "--method", "classical", video, "-o", photos, "--overwrite", "--quiet")
+    assert code == 3 and "beach.jpg" in err and (photos / "beach.jpg").exists()
+    # A folder of frames (an earlier output, a file browser's .DS_Store beside them) is replaced; nothing
+    # else may be written inside it meanwhile (it would go with the old folder).
     frames = tmp_path / "frames"
     assert run_cli(capsys, "run", "--method", "classical", flickering, "-o", frames, "--quiet")[0] == 0
-    (frames / "stale.png").write_bytes((frames / sorted(os.listdir(frames))[0]).read_bytes())
+    (frames / ".DS_Store").write_bytes(b"")
+    for inside in ("--keep-work", "--plot"):
+        code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", frames, "--overwrite",
+                               inside, frames / ("work" if inside == "--keep-work" else "p.png"), "--quiet")
+        assert code == 3 and "inside the output folder" in err
     assert run_cli(capsys, "run", "--method", "classical", flickering, "-o", frames, "--overwrite", "--quiet")[0] == 0
-    assert len(os.listdir(frames)) == 12 and not (frames / "stale.png").exists()
+    assert len(os.listdir(frames)) == 12
+    code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", ".", "--overwrite", "--quiet")
+    assert code == 3 and "name the output" in err
 
 
 def test_module_entry_point_runs(tmp_path, clips):

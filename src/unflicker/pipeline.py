@@ -402,6 +402,11 @@ class Job:
 
     def _check_extras(self) -> None:
         config = self.config
+        folder_output = self.output is not None and io.is_folder_output(self.output)
+        for extra, what in ((config.compare, "--compare"), (config.plot, "--plot"), (config.keep_work, "--keep-work")):
+            # The output replaces its folder whole when complete: nothing else may be written inside it.
+            if extra is not None and folder_output and Path(extra).resolve().is_relative_to(self.output.resolve()):
+                raise OutputError(f"{what} {extra} is inside the output folder {self.output}: choose another path")
         for extra in (config.compare, config.plot):
             if extra is None:
                 continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io as pyio
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -299,6 +300,8 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     request the format cannot hold raises OutputError, and what it cannot carry is warned about.
     """
     output = Path(output_path)
+    if output.name in ("", ".", ".."):
+        raise OutputError(f"name the output file or folder ({output_path} names none)")
     if Path(input_path).resolve() == output.resolve():
         raise OutputError(f"output {output} is the input: choose another path")
     if output.suffix and output.suffix.lower() not in VIDEO_FORMATS and output.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -308,7 +311,7 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} exists: pass --overwrite to replace it")
     if output.is_dir():
-        _check_replaceable_folder(Path(input_path), output)
+        _check_replaceable_folder(Path(input_path), output, info)
     parent = output.resolve().parent
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} {'is a file' if parent.exists() else 'does not exist'}")
@@ -322,15 +325,25 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     return output
 
 
-def _check_replaceable_folder(input_path: Path, folder: Path) -> None:
-    """An existing folder output is replaced whole (--overwrite): only a folder of frames may be, never one
-    that holds the input or anything else (a project folder given as the output by mistake)."""
+_WRITTEN_FRAME = re.compile(r"frame_\d{6,}\.png")
+"""The frame names a folder output of a video gets (io.frame_name)."""
+_SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+"""What file browsers leave in a folder they showed."""
+
+
+def _check_replaceable_folder(input_path: Path, folder: Path, info: VideoInfo | None = None) -> None:
+    """An existing folder output is replaced whole (--overwrite): only a folder of frames this tool writes
+    (frame_NNNNNN.png, or with `info` of a frame folder, that folder's frame names) may be, never one that
+    holds the input or anything else (a project or photo folder given as the output by mistake)."""
     if input_path.resolve().is_relative_to(folder.resolve()):
         raise OutputError(f"output folder {folder} holds the input: choose another output")
+    names = set(info.frame_names) if info is not None and info.is_folder else set()
     for entry in folder.iterdir():
-        if entry.is_dir() or entry.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise OutputError(f"output folder {folder} holds more than frames ({entry.name}); --overwrite replaces "
-                              "a folder of frames only: choose another output or empty it")
+        if entry.name in _SYSTEM_FILES and entry.is_file():
+            continue
+        if entry.is_dir() or not (_WRITTEN_FRAME.fullmatch(entry.name) or entry.name in names):
+            raise OutputError(f"output folder {folder} holds more than frames written for it ({entry.name}); "
+                              "--overwrite replaces such a folder only: choose another output or empty it")
 
 
 def _check_encoder(plan: OutputPlan, info: VideoInfo, output: Path) -> None:
