@@ -525,6 +525,14 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
         for a, b in zip(first, later):
             if a["status"] == "done":
                 assert {k: v for k, v in b.items() if k != "status"} == {k: v for k, v in a.items() if k != "status"}
+    # Not an output replaced since the summary (by `unflicker run --overwrite`, or a batch that did not finish).
+    time.sleep(0.01)
+    assert main(["run", str(inputs / "a"), "-o", str(out / "a"), "--method", "classical", "--strength", "0.5",
+                 "--overwrite", "--quiet"]) == 0
+    main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
+    fourth = {Path(r["input"]).name: r for r in json.loads((out / "unflicker-batch.json").read_text())}
+    assert fourth["a"]["status"] == "skipped" and fourth["a"]["frames"] == 0 and fourth["a"]["flicker_after"] is None
+    assert fourth["b"]["frames"] == 10
 
 
 def test_a_batch_shows_one_bar_over_every_input_s_frames(tmp_path, monkeypatch, capsys):

@@ -94,18 +94,27 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
 
 
 def _earlier_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
-    """The last summary's rows in out_dir by (input, output): what a rerun skips keeps its figures."""
+    """The last summary's rows in out_dir by (input, output), each with the summary's time: what a rerun
+    skips keeps its figures if its output has not changed since."""
+    path = out_dir / f"{SUMMARY_NAME}.json"
     try:
-        rows = json.loads((out_dir / f"{SUMMARY_NAME}.json").read_text())
-        return {(row["input"], row["output"]): row for row in rows if isinstance(row, dict)}
+        written = path.stat().st_mtime
+        rows = json.loads(path.read_text())
+        return {(row["input"], row["output"]): {**row, "summary_time": written} for row in rows if isinstance(row, dict)}
     except (OSError, ValueError, TypeError, KeyError):
         return {}
 
 
 def _keep_earlier(item: BatchItem, row: dict | None) -> None:
     """A skipped item takes the figures of the run that made its output (the last summary's row, done there
-    or skipped with them already), not zeros."""
+    or skipped with them already), not zeros; not if the output is newer than that summary (replaced since,
+    by a batch that did not finish or by `unflicker run --overwrite`: the figures would be another run's)."""
     if row is None or row.get("status") not in ("done", "skipped"):
+        return
+    try:
+        if Path(item.output).stat().st_mtime > row["summary_time"]:
+            return
+    except OSError:
         return
     for name in ("frames", "seconds", "flicker_before", "flicker_after", "kind", "segments", "reused"):
         if name in row:
