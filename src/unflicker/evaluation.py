@@ -7,6 +7,7 @@ so a processed sequence that lacks some frames is compared on the frames both ha
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,11 @@ def format_report(report: dict[str, float], before: dict[str, float] | None = No
         if key == "frames":
             lines.append(f"{key:>16}: {int(value)}")
             continue
-        then = "" if before is None or key not in before else f"  (reference {before[key]:.4f})"
-        lines.append(f"{key:>16}: {value:.4f}{' ' + unit if unit else ''}{then}  {meaning}".rstrip())
+        then = None if before is None else before.get(key)
+        # Nothing to compare where the reference is what it is scored against (its PSNR to itself, its
+        # detail without a ground truth).
+        if then is not None and (not math.isfinite(then) or (key == "detail" and "psnr" not in report)):
+            then = None
+        shown = f"{value:.4f} {unit}".ljust(16) + (f"(reference {then:.4f})" if then is not None else "").ljust(22)
+        lines.append(f"{key:>16}: {shown}{meaning}".rstrip())
     return "\n".join(lines)
