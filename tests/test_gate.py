@@ -201,6 +201,7 @@ def test_the_summary_names_what_the_segments_found():
     assert summary("auto", {"fine_weight": 0.2, "strength": 0.5}).kind == "physical"  # a segment that did not say
     film = summary("auto", *({"fine_weight": 0.0, "strength": 1.0, "flicker_kind": k} for k in ("film", "mains", "film")))
     assert film.kind == "film" and "kind film (found, treated as physical flicker" in film.line()
+    assert "try --kind processed" in film.line()  # what the user can do where the gate was wrong
     assert "found" not in summary("film", {"fine_weight": 0.0, "strength": 1.0}).line()
     assert summary("film", {"fine_weight": 0.0, "strength": 1.0}).kind == "film"
     assert summary("auto").kind is None and "kind" not in summary("auto").line()

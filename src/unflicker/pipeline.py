@@ -100,7 +100,10 @@ class RunSummary:
             kind = ", no flicker found: left as it is"
         elif self.kind is not None and weights:
             physical = self.kind in PHYSICAL_KINDS and (self.config or {}).get("kind") == "auto"
-            found = "found, treated as physical flicker; " if physical else ""
+            # The gate cannot always tell a per-frame process with little texture flicker (a colorization)
+            # from smooth physical flicker: say so where the user can tell (research notes, session 23).
+            found = "found, treated as physical flicker; frames processed one by one? try --kind processed; " \
+                if physical else ""
             kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
