@@ -257,3 +257,29 @@ def test_image_size_reads_each_format_s_header_as_read_image_reads_the_file(tmp_
     assert {path.name: io.image_size(path) for path in tmp_path.iterdir()} == decoded
     headers = {path.name: io.image_size(path, decode=False) for path in tmp_path.iterdir()}
     assert headers == {**decoded, "a.exr": None}  # nothing decoded when asked not to
+
+
+def test_frame_estimate_reads_headers_only_and_matches_probe(tmp_path):
+    """The batch bar's total: a container's stated count, else its duration times the frame rate (no demux:
+    for Matroska that would read the whole file); a folder's listing; 0 for what cannot be read."""
+    import av
+
+    for name, codec in (("a.mp4", "libx264"), ("a.mkv", "ffv1")):
+        with av.open(str(tmp_path / name), "w") as container:
+            stream = container.add_stream(codec, rate=20)
+            stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+            for t in range(15):
+                frame = av.VideoFrame.from_ndarray(np.full((24, 32, 3), 10 * t, np.uint8), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for t in range(4):
+        cv2.imwrite(str(folder / f"{t}.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "broken.mp4").write_bytes(b"not a video" * 10)
+    expected = {path.name: io.probe(path).frame_count for path in (tmp_path / "a.mp4", tmp_path / "a.mkv", folder)}
+    assert expected == {"a.mp4": 15, "a.mkv": 15, "frames": 4}
+    with av.open(str(tmp_path / "a.mkv")) as container:  # Matroska states no count: the estimate's own path
+        assert container.streams.video[0].frames == 0
+    assert {name: io.frame_estimate(tmp_path / name) for name in expected} == expected
+    assert io.frame_estimate(tmp_path / "broken.mp4") == 0 and io.frame_estimate(tmp_path / "none.mp4") == 0

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from unflicker import io
 from unflicker.config import RunConfig
-from unflicker.errors import InputError, OutputError, UnflickerError
+from unflicker.errors import InputError, OutputError
 from unflicker.pipeline import Job
 
 SUMMARY_NAME = "unflicker-batch"
@@ -121,14 +121,6 @@ def _keep_earlier(item: BatchItem, row: dict | None) -> None:
             setattr(item, name, row[name])
 
 
-def _frame_count(path: Path) -> int:
-    """The input's frames as a probe counts them (0 where it cannot be read)."""
-    try:
-        return io.probe(path).frame_count
-    except UnflickerError:
-        return 0
-
-
 def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> list[BatchItem]:
     """Deflicker every input of `source` into `out_dir`; write the summary; return its rows."""
     from unflicker.engine import run_jobs
@@ -167,21 +159,22 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         job = Job(path, output, dataclasses.replace(config, progress=False), watch=lambda frames: bar.update(frames))
         job.batch_index = i
         jobs.append(job)
-    # One bar for the whole batch, in frames (each job's own bars are off): its total from a probe of
-    # every input now (an input that cannot be read counts none: it fails when its turn comes).
-    expected = {job.batch_index: _frame_count(Path(job.input_path)) for job in jobs} if config.progress else {}
+    # One bar for the whole batch, in frames (each job's own bars are off): its total from every input's
+    # header now (io.frame_estimate: no demux; a job's own count corrects it when it ends; an input that
+    # cannot be read counts none: it fails when its turn comes).
+    expected = {job.batch_index: io.frame_estimate(job.input_path) for job in jobs} if config.progress else {}
     bar = tqdm(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
                dynamic_ncols=True)
 
     def finished(job: Job) -> None:
         item = items[job.batch_index]
         missing = expected.get(job.batch_index, 0) - job.frames_done
-        if job.error is not None:
-            bar.total -= max(0, missing)  # never coming
+        if missing:  # the total takes the job's own count (the header's estimate differed; a failed job's rest never comes)
+            bar.total -= missing
             bar.refresh()
+        if job.error is not None:
             item.status, item.error = "failed", str(job.error)
             return
-        bar.update(max(0, missing))  # a probe's count that differed from the frames decoded
         summary = job.summary
         item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
         item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after

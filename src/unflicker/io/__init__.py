@@ -36,7 +36,7 @@ from unflicker.io.writer import VideoWriter
 
 __all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
            "Frame", "OutputPlan", "VideoInfo", "VideoWriter", "check_output", "frame_name", "from_float",
-           "image_size", "is_folder_output", "natural_key", "os", "plan_output", "probe", "read_frames", "replace",
+           "frame_estimate", "image_size", "is_folder_output", "natural_key", "os", "plan_output", "probe", "read_frames", "replace",
            "to_float", "write_file_atomically"]
 
 
@@ -55,6 +55,26 @@ def _open_container(path: Path):
         return av.open(str(path))
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: not a video FFmpeg can decode ({exc.__class__.__name__})") from None
+
+
+def frame_estimate(path: str | os.PathLike) -> int:
+    """About how many frames `probe` would count, from a folder's listing or a container's header alone (its
+    stated count, else its duration times the frame rate: no demux, which for some containers reads the
+    whole file); 0 where it cannot be read. For progress totals, not for anything the output depends on."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return len(_list_frame_files(path))
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return stream.frames
+            rate = stream.average_rate or stream.guessed_rate
+            seconds = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else \
+                (container.duration or 0) / 1e6
+            return max(0, round(seconds * float(rate))) if rate else 0
+    except (OSError, IndexError, av.error.FFmpegError, UnicodeDecodeError, InputError):
+        return 0
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
