@@ -433,6 +433,20 @@ def asgi_get(app, path: str, query: str = "", cookie: str = "", method: str = "G
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
+def sweep_right_after(store, method: str, monkeypatch) -> None:
+    """The store's retention sweep runs right after each call of `store.<method>` (every finished item due):
+    the racy moment of a request, forced rather than timed."""
+    real = getattr(store, method)
+
+    def swept_after(*args):
+        found = real(*args)
+        store.sweep()
+        return found
+
+    monkeypatch.setattr(store.limits, "keep_hours", 0.0)
+    monkeypatch.setattr(store, method, swept_after)
+
+
 @pytest.mark.parametrize("query", ["", "download=1"])
 def test_a_job_swept_while_its_file_is_asked_for_is_served_or_gone_never_a_server_error(tmp_path, monkeypatch,
                                                                                            query):
@@ -449,15 +463,8 @@ def test_a_job_swept_while_its_file_is_asked_for_is_served_or_gone_never_a_serve
         (job.folder / "output.mp4").write_bytes(b"the output")
         store.add_upload(session, upload)
         store.add_job(session, job)
-        app, served_file = create_app(store, queue), store.served_file
-
-        def swept_right_after(*args):  # the retention sweep runs between the look-up and the sending
-            found = served_file(*args)
-            store.sweep()
-            return found
-
-        monkeypatch.setattr(store.limits, "keep_hours", 0.0)  # every finished item is due
-        monkeypatch.setattr(store, "served_file", swept_right_after)
+        app = create_app(store, queue)
+        sweep_right_after(store, "served_file", monkeypatch)  # between the look-up and the sending
         assert asgi_get(app, f"/files/{job.id}/output.mp4", query, token) == (200, b"the output")
         store.sweep()  # the file is sent: its job goes with the next sweep
         assert not job.folder.exists() and store.job(session, job.id) is None
@@ -497,15 +504,8 @@ def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_qu
         upload.path = upload.folder / "input.mp4"
         upload.path.write_bytes(b"a video")
         store.add_upload(session, upload)
-        app, looked_up = create_app(store, queue), store.upload
-
-        def swept_right_after(*args):  # the retention sweep runs between the look-up and the queueing
-            found = looked_up(*args)
-            store.sweep()
-            return found
-
-        monkeypatch.setattr(store.limits, "keep_hours", 0.0)  # every finished item is due
-        monkeypatch.setattr(store, "upload", swept_right_after)
+        app = create_app(store, queue)
+        sweep_right_after(store, "upload", monkeypatch)  # between the look-up and the queueing
         status, body = asgi_get(app, f"/api/{kind}", cookie=token, method="POST",
                                 body=json.dumps({"upload": upload.id}).encode())
         assert (status, json.loads(body)) == (404, {"error": "no such upload in this browser session; "
