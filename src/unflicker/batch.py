@@ -100,7 +100,8 @@ def _earlier_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
     try:
         written = path.stat().st_mtime
         rows = json.loads(path.read_text())
-        return {(row["input"], row["output"]): {**row, "summary_time": written} for row in rows if isinstance(row, dict)}
+        return {(row["input"], row["output"]): {**row, "summary_time": written}
+                for row in rows if isinstance(row, dict)}
     except (OSError, ValueError, TypeError, KeyError):
         return {}
 
@@ -169,7 +170,7 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
     def finished(job: Job) -> None:
         item = items[job.batch_index]
         missing = expected.get(job.batch_index, 0) - job.frames_done
-        if missing:  # the total takes the job's own count (the header's estimate differed; a failed job's rest never comes)
+        if missing:  # the total takes the job's own count (an estimate that differed; a failed job's rest never comes)
             bar.total -= missing
             bar.refresh()
         if job.error is not None:

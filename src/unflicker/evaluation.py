@@ -143,7 +143,8 @@ def evaluate(result: str | Path, reference: str | Path, ground_truth: str | Path
 
 
 def evaluate_against_reference(result: str | Path, reference: str | Path, ground_truth: str | Path | None = None,
-                               long_term: int = 5, max_side: int | None = 480) -> tuple[dict[str, float], dict[str, float]]:
+                               long_term: int = 5, max_side: int | None = 480
+                               ) -> tuple[dict[str, float], dict[str, float]]:
     """(the result's metrics, the reference's own): the same scores of the video it came from, for a before and
     after (flows computed once)."""
     evaluator = Evaluator(reference, ground_truth, like=result, long_term=long_term, max_side=max_side)
