@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -283,3 +284,29 @@ def test_frame_estimate_reads_headers_only_and_matches_probe(tmp_path):
         assert container.streams.video[0].frames == 0
     assert {name: io.frame_estimate(tmp_path / name) for name in expected} == expected
     assert io.frame_estimate(tmp_path / "broken.mp4") == 0 and io.frame_estimate(tmp_path / "none.mp4") == 0
+
+
+def test_replacing_a_folder_keeps_what_was_put_in_it_while_the_run_wrote(tmp_path):
+    """The output folder is checked when a run begins (only frames may be replaced); anything put in it
+    since (a subfolder, a note) is not deleted with the old frames but kept beside the new ones, named."""
+    from unflicker.io.common import replace
+
+    for extra in (None, "notes/todo.txt", "todo.txt", ".DS_Store"):
+        base = tmp_path / (extra or "plain").replace("/", "-")
+        final, temp = base / "frames", base / ".frames.partial"
+        for folder in (final, temp):
+            folder.mkdir(parents=True)
+            (folder / "frame_000000.png").write_bytes(folder.name.encode())
+        if extra is not None:
+            (final / extra).parent.mkdir(exist_ok=True)
+            (final / extra).write_text("important")
+        kept_extra = extra is not None and extra != ".DS_Store"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            replace(temp, final, overwrite=True)
+        assert (final / "frame_000000.png").read_bytes() == b".frames.partial" and not temp.exists()
+        kept = [p for p in base.iterdir() if p.name.startswith("frames.old-")]
+        assert len(kept) == kept_extra and len(caught) == kept_extra
+        if kept_extra:
+            assert (kept[0] / extra).read_text() == "important" and str(kept[0]) in str(caught[0].message)
+        assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import numpy as np
 from unflicker.errors import OutputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dpx", ".exr")
+SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
+"""What file browsers leave in a folder they showed (never content of a frame folder)."""
 # H.264 output: x264's "veryfast" at CRF 16 encodes 854x480 frames 2.7 times as fast as "medium" at
 # CRF 18 (12 against 34 ms a frame on goat) at the same fidelity (35.45 against 35.28 dB through
 # 4:2:0), for files about 20 % larger.
@@ -122,11 +125,21 @@ def replace(temp: Path, final: Path, overwrite: bool) -> None:
             shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
             raise OutputError(f"output {final} appeared while writing; kept it and discarded the new one")
         if final.is_dir():
-            # Swap folders so the old one is only removed once the new one is in place.
+            # Swap folders so the old one is only removed once the new one is in place; and only if it
+            # still holds nothing but image files (checked when the run began: anything put there since
+            # is kept, beside, and named).
             backup = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(backup)
             temp.rename(final)
-            shutil.rmtree(backup, ignore_errors=True)
+            others = [e.name for e in backup.iterdir()
+                      if e.is_dir() or (e.suffix.lower() not in IMAGE_EXTENSIONS and e.name not in SYSTEM_FILES)]
+            if others:
+                kept = final.with_name(f"{final.name}.old-{os.getpid()}")
+                backup.rename(kept)
+                warnings.warn(f"the old {final} came to hold more than frames while this run wrote ({others[0]}): "
+                              f"kept as {kept}", stacklevel=2)
+            else:
+                shutil.rmtree(backup, ignore_errors=True)
             return
     os.replace(temp, final)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 
 from unflicker.errors import OutputError
-from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS
+from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, SYSTEM_FILES, VIDEO_FORMATS
 from unflicker.io.media import SWS_MATRIX, VideoInfo
 
 CODECS = {"h264": "libx264", "hevc": "libx265", "prores": "prores_ks", "ffv1": "ffv1"}
@@ -327,8 +327,6 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
 
 _WRITTEN_FRAME = re.compile(r"frame_\d{6,}\.png")
 """The frame names a folder output of a video gets (io.frame_name)."""
-_SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
-"""What file browsers leave in a folder they showed."""
 
 
 def _check_replaceable_folder(input_path: Path, folder: Path, info: VideoInfo | None = None) -> None:
@@ -339,7 +337,7 @@ def _check_replaceable_folder(input_path: Path, folder: Path, info: VideoInfo | 
         raise OutputError(f"output folder {folder} holds the input: choose another output")
     names = set(info.frame_names) if info is not None and info.is_folder else set()
     for entry in folder.iterdir():
-        if entry.name in _SYSTEM_FILES and entry.is_file():
+        if entry.name in SYSTEM_FILES and entry.is_file():
             continue
         if entry.is_dir() or not (_WRITTEN_FRAME.fullmatch(entry.name) or entry.name in names):
             raise OutputError(f"output folder {folder} holds more than frames written for it ({entry.name}); "
