@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -118,6 +119,16 @@ def write_file_atomically(path: str | os.PathLike, data: bytes, overwrite: bool 
     return path
 
 
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def other_entries(folder: Path, is_frame: Callable[[str], bool] = _is_image) -> list[str]:
+    """Names of what `folder` holds besides frames (`is_frame(name)`; default: any image file) and a file
+    browser's files (SYSTEM_FILES): its subfolders and other files, in listing order."""
+    return [e.name for e in folder.iterdir() if e.is_dir() or not (is_frame(e.name) or e.name in SYSTEM_FILES)]
+
+
 def replace(temp: Path, final: Path, overwrite: bool) -> None:
     """Move a finished temporary file or folder into place (an existing one only if allowed)."""
     if final.exists():
@@ -131,8 +142,7 @@ def replace(temp: Path, final: Path, overwrite: bool) -> None:
             backup = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(backup)
             temp.rename(final)
-            others = [e.name for e in backup.iterdir()
-                      if e.is_dir() or (e.suffix.lower() not in IMAGE_EXTENSIONS and e.name not in SYSTEM_FILES)]
+            others = other_entries(backup)
             if others:
                 kept = final.with_name(f"{final.name}.old-{os.getpid()}")
                 backup.rename(kept)

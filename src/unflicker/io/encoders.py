@@ -28,7 +28,7 @@ from pathlib import Path
 import av
 
 from unflicker.errors import OutputError
-from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, SYSTEM_FILES, VIDEO_FORMATS
+from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, other_entries
 from unflicker.io.media import SWS_MATRIX, VideoInfo
 
 CODECS = {"h264": "libx264", "hevc": "libx265", "prores": "prores_ks", "ffv1": "ffv1"}
@@ -336,12 +336,10 @@ def _check_replaceable_folder(input_path: Path, folder: Path, info: VideoInfo | 
     if input_path.resolve().is_relative_to(folder.resolve()):
         raise OutputError(f"output folder {folder} holds the input: choose another output")
     names = set(info.frame_names) if info is not None and info.is_folder else set()
-    for entry in folder.iterdir():
-        if entry.name in SYSTEM_FILES and entry.is_file():
-            continue
-        if entry.is_dir() or not (_WRITTEN_FRAME.fullmatch(entry.name) or entry.name in names):
-            raise OutputError(f"output folder {folder} holds more than frames written for it ({entry.name}); "
-                              "--overwrite replaces such a folder only: choose another output or empty it")
+    others = other_entries(folder, lambda name: bool(_WRITTEN_FRAME.fullmatch(name)) or name in names)
+    if others:
+        raise OutputError(f"output folder {folder} holds more than frames written for it ({others[0]}); "
+                          "--overwrite replaces such a folder only: choose another output or empty it")
 
 
 def _check_encoder(plan: OutputPlan, info: VideoInfo, output: Path) -> None:
