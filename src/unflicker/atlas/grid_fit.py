@@ -290,12 +290,15 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     steps = default_steps(n, opts) if config.steps is None else config.steps
     budget = config.time_budget_s
     history: list[float] = []
+
+    def position(k: int) -> float:
+        """Where step k is in the schedule (with a time budget: in time, if that is further)."""
+        return k / steps if budget is None else max(k / steps, (time.monotonic() - start) / budget)
+
     with ExitStack() as stack:
         pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="atlas")) if lanes >= 2 else None
         for i in range(steps):
-            schedule = i / steps  # where the step is in the schedule (time budget: in time)
-            if budget is not None:
-                schedule = max(schedule, (time.monotonic() - start) / budget)
+            schedule = position(i)
             if schedule >= 1.0:
                 break
             _set_lr(opt, base, schedule)
@@ -329,9 +332,6 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
                 opt.step()
             history.append(loss_a + loss_b)
             if progress is not None:
-                done = (i + 1) / steps
-                if budget is not None:  # a time budget ends the fit at whichever comes first
-                    done = max(done, (time.monotonic() - start) / budget)
-                progress(min(1.0, done))
+                progress(min(1.0, position(i + 1)))
     model.unlocked = opts.levels
     return GridAtlas(model, history)
