@@ -31,7 +31,7 @@ from unflicker.io.common import (DEFAULT_CRF, atomic_npy, write_png, DEFAULT_FOL
                                  from_float, natural_key, replace, to_float, write_file_atomically)
 from unflicker.io.encoders import CODECS, OutputPlan, check_output, is_folder_output, plan_output
 from unflicker.io.images import folder_timing, image_size, read_image
-from unflicker.io.media import SWS_MATRIX, Frame, VideoInfo, stream_facts
+from unflicker.io.media import SWS_MATRIX, SWS_READ, Frame, VideoInfo, stream_facts
 from unflicker.io.writer import VideoWriter
 
 __all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
@@ -134,11 +134,14 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
     layout = ("rgba64le" if deep else "rgba") if info.has_alpha else ("rgb48le" if deep else "rgb24")
     # The source's matrix and range (the stream's tags when the frames carry none), as the writer uses them.
     convert = {}
-    if info.chroma not in ("rgb", "gray"):
+    yuv = info.chroma not in ("rgb", "gray")
+    if yuv:
+        convert["interpolation"] = SWS_READ
         if info.colorspace in SWS_MATRIX:
             convert["src_colorspace"] = SWS_MATRIX[info.colorspace]
         if info.color_range:
             convert["src_color_range"] = info.color_range
+    planar = ("gbrap16le" if info.has_alpha else "gbrp16le") if deep and yuv else None  # see SWS_READ
     with _open_container(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -147,7 +150,8 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
                 if (decoded.width, decoded.height) != (info.width, info.height):
                     raise InputError(f"{info.path}: the frame size changes from {info.width}x{info.height} to "
                                      f"{decoded.width}x{decoded.height} at frame {index}; split the video there")
-                data = decoded.to_ndarray(format=layout, **convert)
+                data = (decoded.reformat(format=planar, **convert).to_ndarray() if planar else
+                        decoded.to_ndarray(format=layout, **convert))
                 alpha = None
                 if info.has_alpha:
                     data, alpha = np.ascontiguousarray(data[:, :, :3]), data[:, :, 3].copy()

@@ -254,7 +254,7 @@ def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: 
     with av.open(str(info.path)) as container:
         for stream in container.streams.audio:
             name = stream.codec.canonical_name
-            if name not in supported:
+            if name not in supported or not _muxer_takes(plan.container, stream):
                 raise OutputError(f"cannot copy the {name} audio into {path.suffix}: choose .mkv to keep it")
         for stream in container.streams.subtitles:
             name = stream.codec.canonical_name
@@ -270,6 +270,18 @@ def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: 
             if stream.type == "attachment" and plan.container == "matroska":
                 continue  # copied (fonts for subtitles, cover art)
             plan.dropped.append(f"{stream.type} stream {stream.index} ({name}) is not copied")
+
+
+def _muxer_takes(container: str, stream) -> bool:
+    """Whether the muxer writes a header with a copy of `stream`: some list a codec as supported and refuse
+    it there (opus and flac in .mov), which would otherwise fail at the output's first packet, after the work."""
+    with av.open(pyio.BytesIO(), mode="w", format=container) as trial:
+        try:
+            trial.add_stream_from_template(stream)
+            trial.start_encoding()
+        except (ValueError, av.error.FFmpegError):
+            return False
+    return True
 
 
 def _common_drops(plan: OutputPlan, info: VideoInfo) -> None:

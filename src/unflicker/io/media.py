@@ -29,6 +29,11 @@ FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tt", 3: "bb", 4: "tb", 5: "b
 HDR_TRANSFERS = (16, 18)  # PQ, HLG
 # AVColorSpace -> swscale's SWS_CS_* for the YUV <-> RGB matrix (None: swscale's default, BT.601).
 SWS_MATRIX = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+# swscale's scaler for YUV -> RGB on reading: its default fast path (chroma upsampled by its own tables) reads
+# 4:2:0 and 4:2:2 one to two levels darker, and 4:2:0 of odd width into packed 48-bit RGB as garbage (FFmpeg
+# 8.1); accurate rounding with full chroma interpolation, into planar RGB for deep samples, reads them right.
+SWS_READ = av.video.reformatter.Interpolation.BILINEAR | av.video.reformatter.Interpolation.ACCURATE_RND | \
+    av.video.reformatter.Interpolation.FULL_CHR_H_INT
 UNCARRIED_SIDE_DATA = {"DYNAMIC_HDR_PLUS": "HDR10+ dynamic metadata", "DYNAMIC_HDR_VIVID": "HDR Vivid metadata",
                        "DOVI_METADATA": "Dolby Vision metadata", "DOVI_RPU_BUFFER": "Dolby Vision RPU",
                        "ICC_PROFILE": "ICC profile", "FILM_GRAIN_PARAMS": "film grain parameters"}

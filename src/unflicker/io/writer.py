@@ -138,6 +138,12 @@ class VideoWriter:
             if alpha is None:
                 alpha = np.full(data.shape[:2], np.iinfo(data.dtype).max, data.dtype)
             data = np.dstack([data, from_float(alpha, depth) if alpha.dtype.kind == "f" else to_depth(alpha, depth)])
+        if depth == 16 and not plan.keeps_alpha and plan.pix_fmt.startswith("gray"):
+            # swscale's 48-bit RGB -> 16-bit grey stretches the values by about 0.4 % (FFmpeg 8.1): the luma
+            # (BT.601 weights, as its 8-bit path; equal channels stay as they are) is handed over as grey.
+            luma = data.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+            frame = av.VideoFrame.from_ndarray(np.clip(np.rint(luma), 0, 65535).astype(np.uint16), format="gray16le")
+            return frame if plan.pix_fmt == "gray16le" else frame.reformat(format=plan.pix_fmt)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format=plan.frame_layout)
         if plan.is_yuv:
             frame = frame.reformat(format=plan.pix_fmt, dst_colorspace=plan.matrix,
