@@ -687,3 +687,41 @@ def test_audio_a_muxer_lists_but_refuses_is_refused_before_work(tmp_path):
         run(src, tmp_path / "out.mov")
     assert not (tmp_path / "out.mov").exists()
     assert stream_counts(run(src, tmp_path / "out.mkv")) == (1, 0)
+
+
+def test_losses_the_header_does_not_show_are_named(tmp_path):
+    # Variable timing whose mean rate is a folder's own 25 fps, written as a folder of frames.
+    pts = [0, 40, 80, 200, 240, 300]
+    src = make_clip(tmp_path / "vfr.mkv", "ffv1", "yuv420p", pts=pts)
+    with pytest.warns(UserWarning, match="variable frame timing"):
+        run(src, tmp_path / "frames")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*variable frame timing")  # evenly spaced: nothing to say
+        run(make_clip(tmp_path / "even.mkv", "ffv1", "yuv420p", fps=25), tmp_path / "even_frames")
+    # A second video stream.
+    two = tmp_path / "two.mkv"
+    with av.open(str(two), "w") as out:
+        streams = [out.add_stream("ffv1", rate=12) for _ in range(2)]
+        for stream in streams:
+            stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        for t in range(N):
+            for stream in streams:
+                frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p")
+                frame.pts = t
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        for stream in streams:
+            for packet in stream.encode(None):
+                out.mux(packet)
+    assert io.probe(two).other_video_streams == 1
+    with pytest.warns(UserWarning, match="1 more video stream"):
+        run(two, tmp_path / "two_out.mkv")
+    # A Matroska file cut short: its header still states the whole duration.
+    whole = make_clip(tmp_path / "whole.mkv", "ffv1", "yuv420p", fps=12)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    info = io.probe(cut)
+    assert info.frame_count < N and info.missing_seconds > 0 and io.probe(whole).missing_seconds == 0
+    with pytest.warns(UserWarning, match="truncated"):
+        run(cut, tmp_path / "cut_out.mkv")

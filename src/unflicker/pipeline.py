@@ -375,6 +375,7 @@ class Job:
             bar.close()
             if decoded != n:
                 raise InputError(f"{self.name}: {decoded} frames decoded, {n} expected")
+            self._warn_lost_timing()
             segments = plan(cuts.shots(n, found), self.config.segments)
             if spill is not None:
                 spill.close()
@@ -385,6 +386,18 @@ class Job:
                 spill.close()
             whole.unlink(missing_ok=True)
         return segments
+
+    def _warn_lost_timing(self) -> None:
+        """A video whose frames are not evenly spaced in time, written as a folder of frames (which holds no
+        timing; its nominal rate may equal a folder's, so check_output's rate warning can miss it)."""
+        info = self.source.info
+        if info.is_folder or not self.write_output or self.output is None or not io.is_folder_output(self.output):
+            return
+        steps = np.diff([pts for pts, _ in self._stamps if pts is not None])
+        if len(steps) > 1 and steps.min() > 0 and steps.max() > 1.01 * steps.min() + 1:
+            warnings.warn(f"{self.name} has variable frame timing ({float(steps.min() * info.time_base) * 1e3:.0f}-"
+                          f"{float(steps.max() * info.time_base) * 1e3:.0f} ms between frames): a folder of frames "
+                          f"holds none; it reads back at {float(io.DEFAULT_FOLDER_FPS):g} fps")
 
     def _spill_while_planning(self, n: int) -> bool:
         """Whether the plan's pass spills the clip as segment 0's frames: it fits one segment (unless

@@ -77,6 +77,24 @@ def frame_estimate(path: str | os.PathLike) -> int:
         return 0
 
 
+def _stated_end(container, stream) -> float | None:
+    """Where the header says the video stream ends, in seconds: its own duration (Matroska's DURATION tag), or
+    the container's where it holds nothing else (an audio stream may run longer); None if unstated."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+    if stream.duration and stream.time_base:
+        return start + float(stream.duration * stream.time_base)
+    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(":")
+            return start + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            return None
+    if len(container.streams) == 1 and container.duration:
+        return (container.duration + (container.start_time or 0)) / 1e6
+    return None
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Describe a video file or a folder of frames; raise InputError if it cannot be used."""
     path = Path(path)
@@ -98,7 +116,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not container.streams.video:
             raise InputError(f"no video stream in {path}")
         stream = container.streams.video[0]
-        count = stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+        count, end = stream.frames, None
+        if not count:  # no count in the header (Matroska, WebM): the packets are counted, and where they end
+            for packet in container.demux(stream):
+                if packet.size:
+                    count += 1
+                    if packet.pts is not None and packet.time_base:
+                        stop = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                        end = stop if end is None else max(end, stop)
         if count == 0:
             raise InputError(f"no frames in {path}")
         ctx = stream.codec_context
@@ -107,6 +132,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         fmt = ctx.format.name if ctx.format is not None else "unknown"
         facts = stream_facts(path, container, stream)
         fps = stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS
+        stated = _stated_end(container, stream)
+        missing = stated - end if end is not None and stated is not None else 0.0
+        facts["missing_seconds"] = round(missing, 3) if missing > max(2 / float(fps), 0.01 * stated) else 0.0
         return VideoInfo(path, False, ctx.width, ctx.height, count, Fraction(fps),
                          fmt, 16 if facts["sample_bits"] > 8 else 8, bool(container.streams.audio),
                          Fraction(stream.time_base) if stream.time_base else None,

@@ -285,6 +285,12 @@ def _muxer_takes(container: str, stream) -> bool:
 
 
 def _common_drops(plan: OutputPlan, info: VideoInfo) -> None:
+    if info.other_video_streams:
+        plan.dropped.append(f"{info.other_video_streams} more video stream{'s' if info.other_video_streams > 1 else ''}"
+                            f" (another angle, cover art) not copied: only the first is deflickered and written")
+    if info.missing_seconds:
+        plan.dropped.append(f"the input's video ends {info.missing_seconds:.2f} s before the duration its header "
+                            f"states (a truncated file?): the {info.frame_count} frames it holds are written")
     if info.uncarried_side_data:
         plan.dropped.append(f"{', '.join(info.uncarried_side_data)} of the source cannot be written through PyAV: "
                             f"dropped")

@@ -92,6 +92,10 @@ class VideoInfo:
     subtitle_streams: int = 0
     data_streams: int = 0
     """Data and attachment streams (a timecode track, telemetry, fonts); only timecode and chapters are carried."""
+    other_video_streams: int = 0
+    """Video streams besides the one deflickered (a second angle, cover art): not copied."""
+    missing_seconds: float = 0.0
+    """How much earlier than its header's duration the video stream's packets end (a truncated file), 0 if not."""
     chapters: int = 0
     metadata: tuple[tuple[str, str], ...] = ()
     """Container metadata worth carrying (title, creation_time, ...), as (key, value) pairs."""
@@ -139,6 +143,10 @@ class VideoInfo:
             facts.append(f"{self.audio_streams} audio stream{'s' if self.audio_streams > 1 else ''}")
         if self.subtitle_streams:
             facts.append(f"{self.subtitle_streams} subtitle stream{'s' if self.subtitle_streams > 1 else ''}")
+        if self.other_video_streams:
+            facts.append(f"{self.other_video_streams} more video stream{'s' if self.other_video_streams > 1 else ''}")
+        if self.missing_seconds:
+            facts.append(f"ends {self.missing_seconds:.2f} s before its stated duration (truncated?)")
         if self.chapters:
             facts.append(f"{self.chapters} chapter{'s' if self.chapters > 1 else ''}")
         if self.timecode:
@@ -255,6 +263,7 @@ def stream_facts(path: Path, container, stream) -> dict:
                 mastering_display=first.get("mastering_display"), content_light=first.get("content_light"),
                 audio_streams=len(container.streams.audio), subtitle_streams=len(container.streams.subtitles),
                 data_streams=sum(1 for s in container.streams if s.type in ("data", "attachment")),
+                other_video_streams=len(container.streams.video) - 1,
                 chapters=len(container.chapters()), metadata=tuple((k, v) for k, v in metadata if k != "timecode"),
                 timecode=timecode, uncarried_side_data=tuple(dict.fromkeys(first.get("uncarried_side_data", []))),
                 **tags)
