@@ -618,42 +618,65 @@ def test_full_range_source_keeps_its_picture(tmp_path, suffix):
 
 
 def colour_picture(height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint16: smooth colours over the frame (little lost to chroma subsampling), 0.1-0.9 of full scale."""
+    """(H, W, 3) float: a colour whose brightness varies over the frame and whose colour differences do not (so
+    where a format sites its subsampled chroma does not matter), within 0.15-0.85."""
     y, x = np.mgrid[0:height, 0:width] / np.array([height, width], float)[:, None, None]
-    rgb = np.stack([0.1 + 0.8 * x, 0.1 + 0.8 * y, 0.5 + 0.3 * np.sin(3 * x + 2 * y)], -1)
-    return np.round(rgb * 65535).astype(np.uint16)
+    ramp = 0.25 * x + 0.15 * y + 0.1 * np.sin(5 * x) * np.cos(4 * y)
+    return np.array([0.4, 0.5, 0.3])[None, None] + ramp[..., None] - 0.15
+
+
+def bt709_planes(rgb: np.ndarray, bits: int, sub_x: int, sub_y: int) -> list[np.ndarray]:
+    """Limited-range BT.709 Y, Cb, Cr code planes of float RGB in [0, 1], chroma averaged over sub_x x sub_y
+    blocks (edges replicated): an encoder independent of swscale."""
+    kr, kb = 0.2126, 0.0722
+    y = kr * rgb[..., 0] + (1 - kr - kb) * rgb[..., 1] + kb * rgb[..., 2]
+    cb, cr = (rgb[..., 2] - y) / (2 * (1 - kb)), (rgb[..., 0] - y) / (2 * (1 - kr))
+    scale = 1 << (bits - 8)
+    h, w = y.shape
+
+    def sub(c):
+        c = np.pad(c, ((0, -h % sub_y), (0, -w % sub_x)), mode="edge")
+        return c.reshape(c.shape[0] // sub_y, sub_y, c.shape[1] // sub_x, sub_x).mean((1, 3))
+    return [np.rint((16 + 219 * y) * scale), np.rint((128 + 224 * sub(cb)) * scale), np.rint((128 + 224 * sub(cr)) * scale)]
 
 
 @pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv420p10le", "yuva420p10le"])
 @pytest.mark.parametrize("width", [64, 63])
 def test_yuv_sources_are_read_at_their_levels(tmp_path, pix_fmt, width):
-    """swscale's default YUV -> RGB read 4:2:x one to two levels dark, and 10-bit 4:2:0 of odd width as
-    garbage (FFmpeg 8.1); the reader's conversion must give the picture back at its levels."""
+    """swscale's default YUV -> RGB read 4:2:x one to two levels dark, 10-bit 4:2:0 of odd width as garbage and
+    deep white as 65280 (FFmpeg 8.1); the reader must give the picture back at its levels."""
     height = 47
-    rgb = colour_picture(height, width)
+    truth = colour_picture(height, width)
+    bits = 10 if "10le" in pix_fmt else 8
+    planes = bt709_planes(truth, bits, 2, 2 if "420" in pix_fmt else 1)
+    scale, kr, kb = 1 << (bits - 8), 0.2126, 0.0722
+    assert np.ptp(planes[1]) == 0 and np.ptp(planes[2]) == 0  # one colour difference: nothing to site
+    y, cb, cr = (planes[0] / scale - 16) / 219, (planes[1][0, 0] / scale - 128) / 224, (planes[2][0, 0] / scale - 128) / 224
+    red, blue = y + 2 * (1 - kr) * cr, y + 2 * (1 - kb) * cb
+    truth = np.stack([red, (y - kr * red - kb * blue) / (1 - kr - kb), blue], -1)  # what the codes hold
+    if "yuva" in pix_fmt:
+        planes.append(np.full((height, width), (1 << bits) - 1))
     path = tmp_path / "clip.mkv"
     with av.open(str(path), "w") as out:
         stream = out.add_stream("ffv1", rate=12)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for key, value in BT709_TAGS.items():
             setattr(stream.codec_context, key, value)
-        alpha = "yuva" in pix_fmt
-        if "10le" not in pix_fmt:  # 8-bit samples from 8-bit RGB (swscale's 48-bit RGB -> 8-bit YUV is 0.4 % bright)
-            rgb = (rgb // 257).astype(np.uint8)
-        source = np.dstack([rgb, np.full((height, width), np.iinfo(rgb.dtype).max, rgb.dtype)]) if alpha else rgb
-        layout = ("rgba64le" if alpha else "rgb48le") if rgb.dtype == np.uint16 else "rgb24"
-        frame = av.VideoFrame.from_ndarray(source, format=layout)
-        frame = frame.reformat(format=pix_fmt, dst_colorspace=1, dst_color_range=1)
+        frame = av.VideoFrame(width, height, pix_fmt)
+        dtype = np.uint16 if bits > 8 else np.uint8
+        for plane, values in zip(frame.planes, planes):
+            np.frombuffer(plane, dtype).reshape(plane.height, -1)[:, : plane.width] = values
         frame.pts = 0
         for packet in stream.encode(frame) + stream.encode(None):
             out.mux(packet)
     info = io.probe(path)
-    image = next(io.read_frames(path, info)).image.astype(np.float64)
-    image *= 255 / np.iinfo(np.uint8 if info.bit_depth == 8 else np.uint16).max
-    truth = rgb.astype(np.float64) * 255 / np.iinfo(rgb.dtype).max
-    bias = (image - truth).reshape(-1, 3).mean(0)
-    assert np.abs(bias).max() < 0.5, bias  # in 8-bit levels; the old read: -1 to -2, garbage -40
-    assert np.abs(image - truth).mean() < 1.5
+    decoded = next(io.read_frames(path, info))
+    image = decoded.image.astype(np.float64) / np.iinfo(decoded.image.dtype).max
+    bias = (image - truth).reshape(-1, 3).mean(0) * 255
+    assert np.abs(bias).max() < 0.3, bias  # in 8-bit levels; the old read: -1 to -2 (8-bit), -0.5, garbage -40
+    assert np.abs(image - truth).mean() * 255 < 1.5
+    if decoded.alpha is not None:
+        assert (decoded.alpha == 65535).all()  # opaque stays opaque (a 10-bit 1023 read as 65472 before)
 
 
 def test_grey_16_bit_into_mkv_keeps_every_value(tmp_path):
@@ -725,3 +748,35 @@ def test_losses_the_header_does_not_show_are_named(tmp_path):
     assert info.frame_count < N and info.missing_seconds > 0 and io.probe(whole).missing_seconds == 0
     with pytest.warns(UserWarning, match="truncated"):
         run(cut, tmp_path / "cut_out.mkv")
+
+
+@pytest.mark.parametrize("pix_fmt, codes, color_range", [("yuv420p10le", (940, 512, 512), 1), ("yuv420p10le", (1023, 512, 512), 2),
+                                                         ("gbrp12le", (4095, 4095, 4095), 0),
+                                                         ("yuva420p10le", (940, 512, 512, 1023), 1)])
+def test_deep_white_is_full_scale_in_and_out(tmp_path, pix_fmt, codes, color_range):
+    """swscale reads a deep format's white as 65280-65520 and writes 65535 past it (10-bit 943 for 940)."""
+    src = tmp_path / "white.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        stream.codec_context.colorspace, stream.codec_context.color_range = 1, color_range
+        for t in range(2):
+            frame = av.VideoFrame(W, H, pix_fmt)
+            for plane, value in zip(frame.planes, codes):
+                np.frombuffer(plane, np.uint16).reshape(plane.height, -1)[:, : plane.width] = value
+            frame.pts = t
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    frame = next(io.read_frames(src))
+    assert (frame.image == 65535).all() and (frame.alpha is None or (frame.alpha == 65535).all())
+    for output in ([tmp_path / "out.mkv", tmp_path / "out.mp4"] if "gbr" not in pix_fmt else [tmp_path / "out.mkv"]):
+        deflicker_file(src, output, RunConfig(method="classical", strength=0.0, progress=False))
+        with av.open(str(output)) as container:
+            written = next(container.decode(video=0))
+        values = [int(np.frombuffer(plane, np.uint16)[0]) for plane in written.planes]
+        expected = list(codes) if output.suffix == ".mkv" else list(codes[:3])
+        if color_range == 2:
+            expected[1:3] = [values[1], values[2]]  # full-range chroma: 511 or 512 (swscale's rounding)
+        assert values == expected, (output.name, values)

@@ -31,7 +31,7 @@ from unflicker.io.common import (DEFAULT_CRF, atomic_npy, write_png, DEFAULT_FOL
                                  from_float, natural_key, replace, to_float, write_file_atomically)
 from unflicker.io.encoders import CODECS, OutputPlan, check_output, is_folder_output, plan_output
 from unflicker.io.images import folder_timing, image_size, read_image
-from unflicker.io.media import SWS_MATRIX, SWS_READ, Frame, VideoInfo, stream_facts
+from unflicker.io.media import SWS_MATRIX, SWS_READ, Frame, scale_u16, sws_white, VideoInfo, stream_facts
 from unflicker.io.writer import VideoWriter
 
 __all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
@@ -163,13 +163,17 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
     # The source's matrix and range (the stream's tags when the frames carry none), as the writer uses them.
     convert = {}
     yuv = info.chroma not in ("rgb", "gray")
-    if yuv:
+    if yuv or deep:
         convert["interpolation"] = SWS_READ
+    if yuv:
         if info.colorspace in SWS_MATRIX:
             convert["src_colorspace"] = SWS_MATRIX[info.colorspace]
         if info.color_range:
             convert["src_color_range"] = info.color_range
-    planar = ("gbrap16le" if info.has_alpha else "gbrp16le") if deep and yuv else None  # see SWS_READ
+    planar = ("gbrap16le" if info.has_alpha else "gbrp16le") if deep else None  # see SWS_READ
+    # Deep samples are scaled so that the format's white reads as 65535 (see sws_white).
+    white, opaque = sws_white(info.pixel_format, convert.get("src_colorspace"), info.color_range if yuv else 0) \
+        if deep else (65535, 65535)
     with _open_container(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -183,6 +187,10 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
                 alpha = None
                 if info.has_alpha:
                     data, alpha = np.ascontiguousarray(data[:, :, :3]), data[:, :, 3].copy()
+                    if opaque != 65535:
+                        alpha = scale_u16(alpha, 65535 / opaque)
+                if white != 65535:
+                    data = scale_u16(data, 65535 / white)
                 yield Frame(index, data, frame_name(info, index), decoded.pts, alpha)
         except av.error.FFmpegError as exc:
             raise InputError(f"{info.path}: decoding failed ({exc.__class__.__name__}: {exc})") from None

@@ -7,6 +7,7 @@ AVColorTransferCharacteristic, AVColorSpace, AVColorRange), named as FFmpeg's co
 
 from __future__ import annotations
 
+import functools
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
@@ -167,6 +169,43 @@ class Frame:
     name: str
     pts: int | None = None
     alpha: np.ndarray | None = None
+
+
+def scale_u16(values: np.ndarray, factor: float) -> np.ndarray:
+    """uint16 values (up to 4 channels) times `factor`, rounded and saturated."""
+    values = np.ascontiguousarray(values)
+    return cv2.addWeighted(values, factor, values, 0.0, 0.0, dtype=cv2.CV_16U)
+
+
+@functools.lru_cache(maxsize=None)
+def sws_white(pix_fmt: str, colorspace: int | None = None, color_range: int = 0) -> tuple[int, int]:
+    """(colour, alpha): the 16-bit RGB values swscale reads a deep planar format's white and opaque alpha as,
+    converting to planar 16-bit RGB with `SWS_READ` (and, for YUV, this matrix and range; 0: limited, as
+    unspecified is read). Its deep paths scale by bit shifts (10-bit 1023 -> 65472) and take 255 x 256 for
+    limited-range white (FFmpeg 8.1), the other way round when writing; the reader and writer scale by these to
+    keep 65535 white and every value exact. (65535, 65535) where the format is not deep, planar, little-endian."""
+    try:
+        fmt = av.VideoFormat(pix_fmt, 2, 2)
+    except (ValueError, av.error.FFmpegError):
+        return 65535, 65535
+    comps = fmt.components
+    if max(c.bits for c in comps) <= 8 or len({c.plane for c in comps}) != len(comps) or not pix_fmt.endswith("le"):
+        return 65535, 65535
+    colour = [c for c in comps if not c.is_alpha]
+    yuv = not fmt.is_rgb and len(colour) == 3
+    frame = av.VideoFrame(2, 2, pix_fmt)
+    for c in comps:
+        top = (1 << c.bits) - 1
+        value = top if c.is_alpha or not yuv else (1 << (c.bits - 1)) if not c.is_luma else \
+            top if color_range == 2 else 235 << (c.bits - 8)
+        plane = frame.planes[c.plane]
+        np.frombuffer(plane, np.uint16).reshape(plane.height, -1)[:, : plane.width] = value
+    convert = {"interpolation": SWS_READ}
+    if yuv:
+        convert.update(src_color_range=color_range or 1, **({} if colorspace is None else {"src_colorspace": colorspace}))
+    alpha = any(c.is_alpha for c in comps)
+    out = frame.reformat(format="gbrap16le" if alpha else "gbrp16le", **convert).to_ndarray()[0, 0]
+    return int(out[:3].max()), int(out[3]) if alpha else 65535
 
 
 def format_facts(name: str) -> tuple[int, str, bool]:

@@ -13,7 +13,7 @@ from unflicker.errors import OutputError
 from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, replace, to_depth
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
 from unflicker.io.images import PYAV_IMAGES, write_image
-from unflicker.io.media import VideoInfo
+from unflicker.io.media import VideoInfo, scale_u16, sws_white
 
 
 class VideoWriter:
@@ -134,10 +134,16 @@ class VideoWriter:
         plan = self.plan
         depth = 16 if plan.bits > 8 else 8
         data = from_float(image, depth) if image.dtype.kind == "f" else to_depth(image, depth)
+        # swscale takes 65535 for a little more than white in deep formats: handed over at its white (sws_white).
+        white, opaque = sws_white(plan.pix_fmt, plan.matrix, plan.color_range if plan.is_yuv else 0) \
+            if depth == 16 else (65535, 65535)
+        if white != 65535:
+            data = scale_u16(data, white / 65535)
         if plan.keeps_alpha:
             if alpha is None:
                 alpha = np.full(data.shape[:2], np.iinfo(data.dtype).max, data.dtype)
-            data = np.dstack([data, from_float(alpha, depth) if alpha.dtype.kind == "f" else to_depth(alpha, depth)])
+            alpha = from_float(alpha, depth) if alpha.dtype.kind == "f" else to_depth(alpha, depth)
+            data = np.dstack([data, scale_u16(alpha, opaque / 65535) if opaque != 65535 else alpha])
         if depth == 16 and not plan.keeps_alpha and plan.pix_fmt.startswith("gray"):
             # swscale's 48-bit RGB -> 16-bit grey stretches the values by about 0.4 % (FFmpeg 8.1): the luma
             # (BT.601 weights, as its 8-bit path; equal channels stay as they are) is handed over as grey.
