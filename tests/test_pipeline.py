@@ -227,3 +227,38 @@ def test_a_short_clip_with_a_cut_drops_the_spill_made_while_planning(tmp_path, m
     monkeypatch.setattr(Job, "_spill_while_planning", lambda self, n: False)
     deflicker_file(folder, tmp_path / "reference", workers1(method="classical"))
     assert all(np.array_equal(a, b) for a, b in zip(read_folder(tmp_path / "out"), read_folder(tmp_path / "reference")))
+
+
+def test_the_plot_title_names_the_clip_as_the_caller_says(tmp_path, flickering_folder, monkeypatch):
+    import unflicker.visualize as visualize
+
+    titles = []
+    real = visualize.write_brightness_plot
+    monkeypatch.setattr(visualize, "write_brightness_plot",
+                        lambda before, after, path, title="", overwrite=False: titles.append(title) or
+                        real(before, after, path, title, overwrite))
+    deflicker_file(flickering_folder, tmp_path / "a", RunConfig(method="classical", progress=False,
+                                                                plot=tmp_path / "a.png"))
+    deflicker_file(flickering_folder, tmp_path / "b", RunConfig(method="classical", progress=False,
+                                                                plot=tmp_path / "b.png", plot_label="holiday.mov"))
+    assert f"{flickering_folder.name} -> a," in titles[0] and "channel: holiday.mov, flicker" in titles[1]
+
+
+def test_an_output_that_is_a_link_stays_a_link(tmp_path, flickering_folder):
+    """--overwrite through a symlink replaces its target, not the link (which pointed to the old output)."""
+    config = RunConfig(method="classical", progress=False)
+    elsewhere = tmp_path / "nas"
+    elsewhere.mkdir()
+    deflicker_file(flickering_folder, elsewhere / "frames", config)
+    deflicker_file(flickering_folder, elsewhere / "clip.mkv", config)
+    (tmp_path / "frames").symlink_to(elsewhere / "frames")
+    (tmp_path / "clip.mkv").symlink_to(elsewhere / "clip.mkv")
+    stamp = {p: p.stat().st_mtime_ns for p in [*(elsewhere / "frames").iterdir(), elsewhere / "clip.mkv"]}
+    redo = RunConfig(method="classical", progress=False, overwrite=True, strength=0.5)
+    for name in ("frames", "clip.mkv"):
+        deflicker_file(flickering_folder, tmp_path / name, redo)
+        assert (tmp_path / name).is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mkv", "frames", "nas"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["clip.mkv", "frames"]  # nothing left beside
+    assert all(p.stat().st_mtime_ns != stamp.get(p, 0) for p in [*(elsewhere / "frames").iterdir(), elsewhere / "clip.mkv"])
+    assert len(list((elsewhere / "frames").iterdir())) == len(list(flickering_folder.iterdir()))

@@ -159,6 +159,7 @@ def test_the_upload_check_reads_the_size_of_every_frame_but_the_first_from_its_h
 def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished, tmp_path):
     client, upload_id, job = finished
     job_id, job_folder = job["id"], server.work / "items" / job["id"]
+    assert json.loads((job_folder / "spec.json").read_text())["name"] == "clip.mp4"  # the plot's title names it
     secret = tmp_path / "secret.txt"
     secret.write_text("secret")
     refused = [f"/files/{job_id}/../../../../../etc/passwd", f"/files/{job_id}/..%2F..%2F..%2Fetc%2Fpasswd",

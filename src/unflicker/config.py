@@ -201,6 +201,9 @@ class RunConfig:
     """Also write a side-by-side (input | output) video (or PNG folder) here."""
     plot: Path | None = None
     """Also write a PNG plot of mean brightness per channel over time, input vs output, here."""
+    plot_label: str | None = None
+    """What the plot's title calls the clip (None: 'INPUT -> OUTPUT', their file names): a caller whose files
+    have names of its own (the web page's job folder) gives the user's."""
     progress: bool = True
     """Show progress bars on stderr."""
     segments: SegmentConfig = field(default_factory=SegmentConfig)

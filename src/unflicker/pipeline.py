@@ -580,7 +580,8 @@ class Job:
         if self.config.plot is not None:
             from unflicker.visualize import write_brightness_plot
 
-            title = (f"mean brightness per channel: {self.input_path.name} -> {self.output.name}, flicker index "
+            label = self.config.plot_label or f"{self.input_path.name} -> {self.output.name}"
+            title = (f"mean brightness per channel: {label}, flicker index "
                      f"{summary.flicker_before * 1e3:.2f} -> {summary.flicker_after * 1e3:.2f} (x1e-3)")
             extras.append(write_brightness_plot(self._before[: self._t], self._after[: self._t], self.config.plot,
                                                 title, self.config.overwrite))

@@ -31,11 +31,15 @@ class VideoWriter:
         """comment: a short text stored as a video container's `comment` tag (e.g. the settings
         that made the output); folders hold frames only."""
         self.path = Path(path)
+        if self.path.is_symlink():
+            # A link to the output (a folder or file kept elsewhere) stays a link: its target is written and
+            # replaced, beside which the partial output is made (the same file system, so the swap is a rename).
+            self.path = self.path.resolve()
+        self.to_folder = is_folder_output(self.path)
         self.comment = comment
         self.source = source
         self.crf = crf
         self.overwrite = overwrite
-        self.to_folder = is_folder_output(self.path)
         self.plan = plan_output(self.path, source, codec, bit_depth)
         self.count = 0
         self._temp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}{self.path.suffix}")

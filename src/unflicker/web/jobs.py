@@ -221,7 +221,7 @@ class JobQueue:
         """Queue a job of the session (its upload checked, its settings parsed); False if its upload
         is gone (swept since it was looked up): nothing is queued (Store.add_job)."""
         spec = {"kind": job.kind, "input": str(job.upload.path), "options": run_options(job.settings),
-                "format": FORMATS[job.settings["format"]], "frame": job.frame,
+                "format": FORMATS[job.settings["format"]], "frame": job.frame, "name": job.upload.name,
                 "preview_seconds": self.store.limits.preview_seconds}
         (job.folder / "spec.json").write_text(json.dumps(spec))
         if not self.store.add_job(session, job):

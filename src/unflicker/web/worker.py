@@ -72,7 +72,8 @@ def run(spec: dict, folder: Path, notes: list[str]) -> dict:
     suffix = spec["format"]
     output = folder / ("frames" if suffix == ".zip" else f"output{suffix}")
     summary = deflicker_file(spec["input"], output,
-                             RunConfig(**spec["options"], compare=folder / "compare.mp4", plot=folder / "plot.png"))
+                             RunConfig(**spec["options"], compare=folder / "compare.mp4", plot=folder / "plot.png",
+                                       plot_label=f"{spec.get('name') or Path(spec['input']).name}, deflickered"))
     if suffix == ".zip":
         partial = folder / "output.zip.part"
         try:
