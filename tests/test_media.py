@@ -780,3 +780,82 @@ def test_deep_white_is_full_scale_in_and_out(tmp_path, pix_fmt, codes, color_ran
         if color_range == 2:
             expected[1:3] = [values[1], values[2]]  # full-range chroma: 511 or 512 (swscale's rounding)
         assert values == expected, (output.name, values)
+
+
+@pytest.mark.parametrize("pix_fmt", ["gbrp10le", "gbrp12le", "gbrap10le"])
+def test_every_code_of_deep_rgb_round_trips(tmp_path, pix_fmt):
+    """Deep RGB is read packed (bits replicated: exact), not through swscale's planar YUV path (one code in three off)."""
+    bits = 12 if "12" in pix_fmt else 10
+    codes = np.arange(1 << bits, dtype=np.uint16)
+    side = 64
+    src, out = tmp_path / "rgb.mkv", tmp_path / "out.mkv"
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("ffv1", rate=12)
+        stream.width = stream.height = side
+        stream.pix_fmt = pix_fmt
+        frame = av.VideoFrame(side, side, pix_fmt)
+        for k, plane in enumerate(frame.planes):
+            np.frombuffer(plane, np.uint16).reshape(side, -1)[:, :side] = np.resize(np.roll(codes, 97 * k), (side, side))
+        frame.pts = 0
+        for packet in stream.encode(frame) + stream.encode(None):
+            container.mux(packet)
+    deflicker_file(src, out, RunConfig(method="classical", strength=0.0, progress=False))
+    planes = []
+    for path in (src, out):
+        with av.open(str(path)) as container:
+            frame = next(container.decode(video=0))
+            assert frame.format.name == pix_fmt
+            planes.append([np.frombuffer(p, np.uint16).reshape(side, -1)[:, :side].copy() for p in frame.planes])
+    for a, b in zip(*planes):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_float_sources_are_read(tmp_path):
+    src = tmp_path / "half.mkv"
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "gbrpf16le"
+        stream.codec_context.options = {"strict": "-2", "level": "4"}  # float FFV1 is experimental
+        for t in range(2):
+            frame = av.VideoFrame(W, H, "gbrpf16le")
+            for plane in frame.planes:
+                np.frombuffer(plane, np.float16)[:] = 0.5
+            frame.pts = t
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    image = next(io.read_frames(src)).image  # sws_white took float white for 0 (a division by zero)
+    assert abs(float(image.mean()) - 32767.5) < 2
+
+
+def test_a_late_start_is_not_a_truncation_and_coarse_timing_gaps_are_named(tmp_path):
+    late = tmp_path / "late.mkv"
+    with av.open(str(late), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for t in range(N):
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p")
+            frame.pts, frame.time_base = 10000 + 40 * t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    assert io.probe(late).missing_seconds == 0  # Matroska's DURATION tag is where it ends, not how long
+    # A dropped frame in a 1/fps time base: steps of one and two ticks.
+    src = tmp_path / "dropped.avi"
+    with av.open(str(src), "w") as container:
+        stream = container.add_stream("ffv1", rate=25)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = Fraction(1, 25)
+        for t, pts in enumerate([0, 1, 3, 4, 5, 6]):
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p")
+            frame.pts, frame.time_base = pts, Fraction(1, 25)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    assert [f.pts for f in io.read_frames(src)] == [0, 1, 3, 4, 5, 6]  # ticks of 1/25 s
+    with pytest.warns(UserWarning, match="variable frame timing"):
+        run(src, tmp_path / "frames")

@@ -262,3 +262,14 @@ def test_an_output_that_is_a_link_stays_a_link(tmp_path, flickering_folder):
     assert sorted(p.name for p in elsewhere.iterdir()) == ["clip.mkv", "frames"]  # nothing left beside
     assert all(p.stat().st_mtime_ns != stamp.get(p, 0) for p in [*(elsewhere / "frames").iterdir(), elsewhere / "clip.mkv"])
     assert len(list((elsewhere / "frames").iterdir())) == len(list(flickering_folder.iterdir()))
+
+
+def test_a_link_to_another_kind_of_output_is_refused(tmp_path, flickering_folder):
+    config = RunConfig(method="classical", progress=False, overwrite=True)
+    (tmp_path / "real.mp4").write_bytes(b"old")
+    (tmp_path / "out.mkv").symlink_to(tmp_path / "real.mp4")  # an FFV1 .mkv would go into real.mp4
+    (tmp_path / "frames").symlink_to(tmp_path / "clip.mkv")  # dangling: frames would become a video file
+    for name in ("out.mkv", "frames"):
+        with pytest.raises(OutputError, match="another kind of output"):
+            deflicker_file(flickering_folder, tmp_path / name, config)
+    assert (tmp_path / "real.mp4").read_bytes() == b"old" and not (tmp_path / "clip.mkv").exists()

@@ -394,7 +394,8 @@ class Job:
         if info.is_folder or not self.write_output or self.output is None or not io.is_folder_output(self.output):
             return
         steps = np.diff([pts for pts, _ in self._stamps if pts is not None])
-        if len(steps) > 1 and steps.min() > 0 and steps.max() > 1.01 * steps.min() + 1:
+        # A tick of slack for fine time bases (29.97 fps in milliseconds: 33 and 34), none for coarse ones (1/fps).
+        if len(steps) > 1 and steps.min() > 0 and steps.max() > 1.01 * steps.min() + (steps.min() >= 10):
             warnings.warn(f"{self.name} has variable frame timing ({float(steps.min() * info.time_base) * 1e3:.0f}-"
                           f"{float(steps.max() * info.time_base) * 1e3:.0f} ms between frames): a folder of frames "
                           f"holds none; it reads back at {float(io.DEFAULT_FOLDER_FPS):g} fps")

@@ -82,17 +82,20 @@ def _stated_end(container, stream) -> float | None:
     the container's where it holds nothing else (an audio stream may run longer); None if unstated."""
     start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
     if stream.duration and stream.time_base:
-        return start + float(stream.duration * stream.time_base)
-    tag = next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None)
-    if tag:
+        stated = float(stream.duration * stream.time_base)
+    elif tag := next((v for k, v in stream.metadata.items() if k.upper() == "DURATION"), None):
         try:
             hours, minutes, seconds = tag.split(":")
-            return start + int(hours) * 3600 + int(minutes) * 60 + float(seconds)
         except ValueError:
             return None
-    if len(container.streams) == 1 and container.duration:
-        return (container.duration + (container.start_time or 0)) / 1e6
-    return None
+        stated = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    elif len(container.streams) == 1 and container.duration:
+        stated = container.duration / 1e6
+    else:
+        return None
+    # Muxers differ on whether that is a duration or where it ends (Matroska's DURATION tag is the end):
+    # the earlier reading, so a stream that starts late is not taken for a truncated one.
+    return min(stated, start + stated)
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -116,7 +119,8 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not container.streams.video:
             raise InputError(f"no video stream in {path}")
         stream = container.streams.video[0]
-        count, end = stream.frames, None
+        # AVI's count includes the empty chunks that stand for dropped frames (its variable frame rate).
+        count, end = (0 if container.format.name == "avi" else stream.frames), None
         if not count:  # no count in the header (Matroska, WebM): the packets are counted, and where they end
             for packet in container.demux(stream):
                 if packet.size:
@@ -163,17 +167,17 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
     # The source's matrix and range (the stream's tags when the frames carry none), as the writer uses them.
     convert = {}
     yuv = info.chroma not in ("rgb", "gray")
-    if yuv or deep:
+    if yuv:
         convert["interpolation"] = SWS_READ
     if yuv:
         if info.colorspace in SWS_MATRIX:
             convert["src_colorspace"] = SWS_MATRIX[info.colorspace]
         if info.color_range:
             convert["src_color_range"] = info.color_range
-    planar = ("gbrap16le" if info.has_alpha else "gbrp16le") if deep else None  # see SWS_READ
-    # Deep samples are scaled so that the format's white reads as 65535 (see sws_white).
-    white, opaque = sws_white(info.pixel_format, convert.get("src_colorspace"), info.color_range if yuv else 0) \
-        if deep else (65535, 65535)
+    planar = ("gbrap16le" if info.has_alpha else "gbrp16le") if deep and yuv else None  # see SWS_READ
+    # Deep YUV is scaled so that the format's white reads as 65535 (see sws_white).
+    white, opaque = sws_white(info.pixel_format, convert.get("src_colorspace"), info.color_range) \
+        if planar else (65535, 65535)
     with _open_container(info.path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"

@@ -328,6 +328,11 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
                               f"{', '.join(VIDEO_FORMATS)} or a folder name")
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} exists: pass --overwrite to replace it")
+    if output.is_symlink():
+        target = output.resolve()  # the writer writes there (io.writer): it must be what the link's name says
+        if target.suffix.lower() != output.suffix.lower():
+            raise OutputError(f"output {output} is a link to {target}, another kind of output: write to {target} or "
+                              f"remove the link")
     if output.is_dir():
         _check_replaceable_folder(Path(input_path), output, info)
     parent = output.resolve().parent

@@ -179,33 +179,35 @@ def scale_u16(values: np.ndarray, factor: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def sws_white(pix_fmt: str, colorspace: int | None = None, color_range: int = 0) -> tuple[int, int]:
-    """(colour, alpha): the 16-bit RGB values swscale reads a deep planar format's white and opaque alpha as,
-    converting to planar 16-bit RGB with `SWS_READ` (and, for YUV, this matrix and range; 0: limited, as
-    unspecified is read). Its deep paths scale by bit shifts (10-bit 1023 -> 65472) and take 255 x 256 for
+    """(colour, alpha): the 16-bit RGB values swscale reads a deep planar YUV format's white and opaque alpha
+    as, converting to planar 16-bit RGB with `SWS_READ`, this matrix and range (0: limited, as unspecified is
+    read). Its deep paths scale by bit shifts (10-bit 1023 -> 65472) and take 255 x 256 for
     limited-range white (FFmpeg 8.1), the other way round when writing; the reader and writer scale by these to
-    keep 65535 white and every value exact. (65535, 65535) where the format is not deep, planar, little-endian."""
+    keep 65535 white and every value exact. (65535, 65535) where the format is not deep planar little-endian
+    integer YUV (deep RGB and grey are read packed, which replicates the bits exactly)."""
     try:
         fmt = av.VideoFormat(pix_fmt, 2, 2)
     except (ValueError, av.error.FFmpegError):
         return 65535, 65535
     comps = fmt.components
-    if max(c.bits for c in comps) <= 8 or len({c.plane for c in comps}) != len(comps) or not pix_fmt.endswith("le"):
-        return 65535, 65535
     colour = [c for c in comps if not c.is_alpha]
     yuv = not fmt.is_rgb and len(colour) == 3
+    if not yuv or not 8 < max(c.bits for c in comps) <= 16 or len({c.plane for c in comps}) != len(comps) or \
+            not pix_fmt.endswith("le") or "f16" in pix_fmt or "f32" in pix_fmt:
+        return 65535, 65535  # RGB and grey are read (packed, bits replicated) and written exactly as they are
     frame = av.VideoFrame(2, 2, pix_fmt)
     for c in comps:
         top = (1 << c.bits) - 1
-        value = top if c.is_alpha or not yuv else (1 << (c.bits - 1)) if not c.is_luma else \
+        value = top if c.is_alpha else (1 << (c.bits - 1)) if not c.is_luma else \
             top if color_range == 2 else 235 << (c.bits - 8)
         plane = frame.planes[c.plane]
         np.frombuffer(plane, np.uint16).reshape(plane.height, -1)[:, : plane.width] = value
-    convert = {"interpolation": SWS_READ}
-    if yuv:
-        convert.update(src_color_range=color_range or 1, **({} if colorspace is None else {"src_colorspace": colorspace}))
+    convert = {"interpolation": SWS_READ, "src_color_range": color_range or 1,
+               **({} if colorspace is None else {"src_colorspace": colorspace})}
     alpha = any(c.is_alpha for c in comps)
     out = frame.reformat(format="gbrap16le" if alpha else "gbrp16le", **convert).to_ndarray()[0, 0]
-    return int(out[:3].max()), int(out[3]) if alpha else 65535
+    white, opaque = int(out[:3].max()), int(out[3]) if alpha else 65535
+    return (white if white > 0 else 65535), (opaque if opaque > 0 else 65535)
 
 
 def format_facts(name: str) -> tuple[int, str, bool]:
