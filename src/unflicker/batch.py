@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io as _io
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -137,6 +138,46 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
     if not inputs:
         raise InputError(f"no videos or frame folders in {source}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = _hold_out_dir(out_dir)
+    try:
+        return _run_batch(inputs, out_dir, config)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _hold_out_dir(out_dir: Path) -> int | None:
+    """Lock the output folder for this batch (two batches into one folder would each redo the other's inputs
+    and report the other's outputs as failed)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise OutputError(f"another batch is writing into {out_dir}: wait for it to end, or choose another "
+                          f"output folder") from None
+    return fd
+
+
+def _changed_since(source: Path, output: Path) -> bool:
+    """Whether the input was modified after its output was written (a file's, or a folder's newest entry's)."""
+    try:
+        if source.is_dir():
+            newest = max((e.stat().st_mtime_ns for e in os.scandir(source) if e.is_file()), default=0)
+        else:
+            newest = source.stat().st_mtime_ns
+        return newest > output.stat().st_mtime_ns
+    except OSError:
+        return False
+
+
+def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem]:
+    from unflicker.engine import run_jobs
+
     items: dict[int, BatchItem] = {}
     earlier = _earlier_rows(out_dir)
     jobs = []
@@ -153,6 +194,10 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
             item.status, item.error = "failed", "the output would be the input: choose another output folder"
             continue
         if output.exists() and not config.overwrite:
+            if _changed_since(Path(path), output):
+                item.status, item.error = "failed", "the input changed after its output was written: pass " \
+                                                    "--overwrite to redo it"
+                continue
             item.status = "skipped"
             _keep_earlier(item, earlier.get((item.input, item.output)))
             continue

@@ -28,7 +28,8 @@ from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError, keep_sigterm_handler
-from unflicker.segments import MethodSpec, SegmentResult, SegmentTask, keep_freed_memory, preload_method, run_segment
+from unflicker.segments import (MethodSpec, SegmentResult, SegmentTask, file_error, keep_freed_memory, preload_method,
+                                run_segment)
 
 
 class WorkerDied(UnflickerError):
@@ -87,6 +88,8 @@ class InProcess:
             return [(handle, run_segment(task, report))]
         except UnflickerError as exc:
             return [(handle, exc)]
+        except OSError as exc:
+            return [(handle, file_error(task, exc))]
 
     def close(self) -> None:
         self._tasks.clear()

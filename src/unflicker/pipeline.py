@@ -626,6 +626,7 @@ class Job:
         self._loaded.clear()
         if self.folder is not None:
             self.folder.clear_transient()
+            self.folder.release()
         if self._temp_work is not None:
             self._temp_work.remove()
             self._temp_work = None

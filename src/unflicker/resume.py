@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from unflicker import io
+from unflicker.io.common import locked_by_another
 
 try:
     import fcntl
@@ -49,24 +50,6 @@ OWNER = "owner"
 (flock) by that run for as long as it lives."""
 
 
-def _locked_by_another(path: Path) -> bool | None:
-    """Whether another process holds the lock on `path`; None where it cannot be told (no such
-    file, no flock on this system). An unlocked file gets locked here, and the lock is let go."""
-    if fcntl is None:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
 class TemporaryWork:
     """The temporary work folder of a run without --keep-work, under the system's temp folder.
 
@@ -84,7 +67,7 @@ class TemporaryWork:
                 owner_host = owner.read_text().rsplit(" ", 1)[0]
             except (OSError, ValueError):
                 continue
-            if owner_host == host and _locked_by_another(owner) is False:
+            if owner_host == host and locked_by_another(owner) is False:
                 shutil.rmtree(folder, ignore_errors=True)
         self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -101,14 +84,44 @@ class TemporaryWork:
 
 
 class JobFolder:
-    """One job's part of a work folder."""
+    """One job's part of a work folder, held by one run at a time.
+
+    Made, it takes a lock (flock on `lock`) for as long as the run lives: a second run of the same input
+    and settings on the same work folder (a repeated command, two batches) is refused with one line rather
+    than let both write the same segment files. Holding it, it removes what killed runs left in it (partial
+    segment results and spills, their running markers): no live run can be writing them."""
+
+    LOCK = "lock"
 
     def __init__(self, work: Path, key: str):
+        from unflicker.errors import OutputError
+
         self.path = Path(work) / "jobs" / key
         self.frames = self.path / "frames"
         self.running = self.path / "running"
-        for folder in (self.path, self.frames, self.running):
-            folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (self.path, self.frames, self.running):
+                folder.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path / self.LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise OutputError(f"cannot use work folder {self.path}: {exc.strerror or exc}") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self._fd)
+                self._fd = None
+                raise OutputError(f"work folder {self.path} is in use by another run of the same input and "
+                                  f"settings: wait for it to end, or give this run another --keep-work") from None
+        for stale in [*self.path.glob(".segment-*.partial*"), *self.frames.glob(".partial-*"),
+                      *self.running.iterdir()]:
+            stale.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Let another run have the folder (the process's end does the same)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def result(self, index: int) -> Path:
         return self.path / f"segment-{index:05d}.npy"

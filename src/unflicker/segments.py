@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unflicker.errors import InputError
+from unflicker.errors import InputError, OutputError
 from unflicker.framestore import FrameFile
 from unflicker.lanes import Behind, ahead, each
 
@@ -299,6 +300,13 @@ class SegmentProgress:
             self._report(min(1.0, fraction))
 
 
+def file_error(task: SegmentTask, exc: OSError) -> OutputError:
+    """A segment's failure to read or write its files (the work folder removed or full) as the task's one-line
+    error: not a crash of its worker, which would be retried."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return OutputError(f"segment {task.segment.index}: {exc.strerror or exc}{where}")
+
+
 def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = None) -> SegmentResult:
     """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise.
     `progress(fraction)`: how much of the segment's work is done, as it goes (`SegmentProgress`)."""
@@ -314,7 +322,8 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
     out: np.ndarray | FrameFile | None = None
     behind: Behind | None = None
     frames = None
-    temp = None if task.output is None else Path(task.output).with_name(f".{Path(task.output).name}.partial")
+    temp = None if task.output is None else \
+        Path(task.output).with_name(f".{Path(task.output).name}.partial-{socket.gethostname()}-{os.getpid()}")
     try:
         frames = _open_frames(task.frames)
         n = len(task.segment.span)

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sys.stdin.buffer
 
     from unflicker.errors import UnflickerError
-    from unflicker.segments import MethodSpec, build_method, run_segment
+    from unflicker.segments import MethodSpec, build_method, file_error, run_segment
 
     while True:
         try:
@@ -77,8 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             message = ("ok", run_segment(task, report))
         except UnflickerError as exc:
             message = ("error", exc)
-        pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
-        results.flush()
+        except OSError as exc:  # the work folder gone or full: the task's error, not a crash retried three times
+            message = ("error", file_error(task, exc))
+        try:
+            pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
+            results.flush()
+        except OSError:  # the run is gone (killed outright): nothing to report to
+            return 1
 
 
 if __name__ == "__main__":

@@ -129,12 +129,103 @@ def other_entries(folder: Path, is_frame: Callable[[str], bool] = _is_image) -> 
     return [e.name for e in folder.iterdir() if e.is_dir() or not (is_frame(e.name) or e.name in SYSTEM_FILES)]
 
 
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): partial outputs of killed runs stay
+    fcntl = None
+
+
+def locked_by_another(path: Path) -> bool | None:
+    """Whether another process holds the lock (flock) on the file or folder `path`; None where it cannot be
+    told (no such path, no flock on this system). An unlocked one gets locked here, and the lock is let go."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def hold(path: Path) -> int | None:
+    """Lock the partial output `path` (a file or folder) for as long as this process writes it: the fd to close
+    when done (None without flock). Forked or spawned processes do not inherit it (not inheritable)."""
+    if fcntl is None:
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def sweep_partials(final: Path) -> None:
+    """Remove the partial outputs of `final` (.NAME.partial-PID...) that no process holds locked: what runs
+    killed outright (SIGKILL, power loss) left beside it; a live run's is locked (`hold`) and kept."""
+    import glob
+
+    for partial in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
+        if locked_by_another(partial) is False:
+            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _rename_new(temp: Path, final: Path) -> None:
+    """Rename `temp` to `final` only if nothing is there, in one step where the system can (Linux's renameat2
+    with RENAME_NOREPLACE: two runs finishing at once cannot both take the name); FileExistsError otherwise."""
+    import ctypes
+    import errno
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(_AT_FDCWD, os.fsencode(temp), _AT_FDCWD, os.fsencode(final), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: a file system without the flag
+            raise OSError(code, os.strerror(code), str(final))
+    if os.path.lexists(final):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
+    os.rename(temp, final)
+
+
 def replace(temp: Path, final: Path, overwrite: bool) -> None:
-    """Move a finished temporary file or folder into place (an existing one only if allowed)."""
+    """Move a finished temporary file or folder into place (an existing one only if allowed); a file system
+    error (the folder removed or made read-only meanwhile) is one OutputError, and the temporary one goes."""
+    try:
+        _replace(temp, final, overwrite)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+        raise OutputError(f"cannot put the output in place at {final}: {exc.strerror or exc}") from None
+
+
+def _discard_appeared(temp: Path, final: Path) -> None:
+    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+    raise OutputError(f"output {final} appeared while writing; kept it and discarded the new one")
+
+
+def _replace(temp: Path, final: Path, overwrite: bool) -> None:
+    if not final.exists():
+        try:
+            _rename_new(temp, final)
+            return
+        except FileExistsError:  # appeared since the check (or a dangling link is in the way)
+            if not overwrite:
+                _discard_appeared(temp, final)
+    elif not overwrite:
+        _discard_appeared(temp, final)
     if final.exists():
-        if not overwrite:
-            shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
-            raise OutputError(f"output {final} appeared while writing; kept it and discarded the new one")
         if final.is_dir():
             # Swap folders so the old one is only removed once the new one is in place; and only if it
             # still holds nothing but image files (checked when the run began: anything put there since

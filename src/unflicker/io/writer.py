@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from unflicker.errors import OutputError
-from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, replace, to_depth
+from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, hold, replace, sweep_partials, to_depth
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
 from unflicker.io.images import PYAV_IMAGES, write_image
 from unflicker.io.media import VideoInfo, scale_u16, sws_white
@@ -45,10 +45,20 @@ class VideoWriter:
         self._temp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}{self.path.suffix}")
         self._container = None
         self._copier = None
+        self._lock = None
+        sweep_partials(self.path)  # a killed run's partial output of the same name
         if self.to_folder:
             self._temp.mkdir()
+            self._lock = hold(self._temp)
         else:
-            self._open_video()
+            os.close(os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))  # the muxer writes it later
+            self._lock = hold(self._temp)
+            try:
+                self._open_video()
+            except BaseException:
+                self._temp.unlink(missing_ok=True)
+                self._release()
+                raise
 
     def _open_video(self) -> None:
         plan, src = self.plan, self.source
@@ -209,8 +219,16 @@ class VideoWriter:
         if self.count == 0:
             self.abort()
             raise OutputError("no frames were written")
-        replace(self._temp, self.path, self.overwrite)
+        try:
+            replace(self._temp, self.path, self.overwrite)
+        finally:
+            self._release()
         return self.path
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def abort(self) -> None:
         """Discard the partial output."""
@@ -226,6 +244,7 @@ class VideoWriter:
             shutil.rmtree(self._temp, ignore_errors=True)
         elif self._temp.exists():
             self._temp.unlink()
+        self._release()
 
     def __enter__(self) -> VideoWriter:
         return self

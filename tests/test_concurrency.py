@@ -1,0 +1,135 @@
+"""Runs at the same time, or killed: one run per job folder and per batch output folder, leftovers of killed
+runs removed by the next, file system errors as one line (a helper's concurrency audit, session 24)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from unflicker import io, synth
+from unflicker.batch import _hold_out_dir, run_batch
+from unflicker.errors import OutputError
+from unflicker.io.common import _rename_new, hold
+from unflicker.pipeline import RunConfig, deflicker_file
+from unflicker.resume import JobFolder
+
+
+def clip(folder: Path, n: int = 24, seed: int = 3) -> Path:
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.random((140, 180, 3)).astype(np.float32), (0, 0), 2.5)
+    image = (image - image.min()) / (image.max() - image.min())
+    frames = synth.add_flicker(synth.camera_move_clip(image, n, (32, 40), motion="pan", seed=seed), "global", 1.5,
+                               seed=seed + 1)
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{i:04d}.png"), cv2.cvtColor(io.from_float(frame), cv2.COLOR_RGB2BGR))
+    return folder
+
+
+def command(source: Path, output: Path, *extra) -> list[str]:
+    return [sys.executable, "-m", "unflicker", "run", str(source), "-o", str(output), "--method", "neural",
+            "--atlas-steps", "40", "--segment-frames", "40", "--quiet", *extra]
+
+
+def test_a_job_folder_is_held_by_one_run_and_cleared_of_a_killed_runs_leftovers(tmp_path):
+    first = JobFolder(tmp_path, "key")
+    with pytest.raises(OutputError, match="in use by another run"):
+        JobFolder(tmp_path, "key")
+    leftovers = [first.path / ".segment-00001.npy.partial-host-1", first.frames / ".partial-00002-1.npy",
+                 first.running / "key-00001.pid"]
+    for path in leftovers:
+        path.write_bytes(b"x")
+    first.result(0).write_bytes(b"done")
+    first.release()
+    second = JobFolder(tmp_path, "key")
+    assert not any(path.exists() for path in leftovers) and second.result(0).read_bytes() == b"done"
+    second.release()
+
+
+def test_a_second_run_on_the_same_work_folder_is_refused_and_the_first_ends_whole(tmp_path):
+    source, work = clip(tmp_path / "clip", 90), tmp_path / "work"
+    first = subprocess.Popen(command(source, tmp_path / "a.mkv", "--keep-work", str(work), "--workers", "2"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(work.glob("jobs/*/config.json")) and time.time() < deadline:
+        time.sleep(0.01)
+    second = subprocess.run(command(source, tmp_path / "b.mkv", "--keep-work", str(work)), capture_output=True,
+                            text=True, timeout=300)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert second.returncode == 3 and "in use by another run" in second.stderr and "Traceback" not in second.stderr
+    fresh = subprocess.run(command(source, tmp_path / "fresh.mkv"), capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr
+    same = [np.array_equal(a.image, b.image) for a, b in zip(io.read_frames(tmp_path / "a.mkv"),
+                                                             io.read_frames(tmp_path / "fresh.mkv"), strict=True)]
+    assert all(same) and not list(work.glob("jobs/*/.segment-*"))
+
+
+def test_the_work_folder_removed_mid_run_is_one_line_not_a_worker_crash(tmp_path):
+    source, work = clip(tmp_path / "clip", 90), tmp_path / "work"
+    run = subprocess.Popen(command(source, tmp_path / "out.mkv", "--keep-work", str(work), "--workers", "2"),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(work.glob("jobs/*/running/*.pid")) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.01)
+    shutil.rmtree(work)
+    code, err = run.wait(timeout=300), run.stderr.read()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0 and "Traceback" not in err and "died" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("unflicker: error:"), err
+    assert not (tmp_path / "out.mkv").exists()
+
+
+def test_a_killed_runs_partial_output_goes_with_the_next_run_and_a_live_ones_stays(tmp_path):
+    source, out = clip(tmp_path / "clip", 8), tmp_path / "out.mkv"
+    dead_file, dead_folder = tmp_path / ".out.mkv.partial-99999.mkv", tmp_path / ".out.mkv.partial-99998"
+    dead_file.write_bytes(b"x")
+    dead_folder.mkdir()
+    (dead_folder / "frame_000000.png").write_bytes(b"x")
+    live = tmp_path / ".out.mkv.partial-99997.mkv"
+    live.write_bytes(b"x")
+    lock = hold(live)  # another run writing it now
+    try:
+        deflicker_file(source, out, RunConfig(method="classical", progress=False))
+    finally:
+        os.close(lock)
+    assert out.is_file() and live.exists() and not dead_file.exists() and not dead_folder.exists()
+
+
+def test_a_name_taken_meanwhile_is_not_replaced(tmp_path):
+    """Two runs ending at once: the rename into place never replaces what the other just put there."""
+    temp, final = tmp_path / ".new", tmp_path / "out.mkv"
+    temp.write_text("new")
+    final.write_text("first")
+    with pytest.raises(FileExistsError):
+        _rename_new(temp, final)
+    assert final.read_text() == "first" and temp.read_text() == "new"
+    final.unlink()
+    _rename_new(temp, final)
+    assert final.read_text() == "new" and not temp.exists()
+
+
+def test_a_batch_is_one_per_output_folder_and_an_input_changed_since_is_not_skipped(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    clip(inputs / "a", 8)
+    out.mkdir()
+    lock = _hold_out_dir(out)  # another batch writing there
+    try:
+        with pytest.raises(OutputError, match="another batch is writing"):
+            run_batch(inputs, out, RunConfig(method="classical", progress=False))
+    finally:
+        os.close(lock)
+    config = RunConfig(method="classical", progress=False)
+    assert [row.status for row in run_batch(inputs, out, config)] == ["done"]
+    assert [row.status for row in run_batch(inputs, out, config)] == ["skipped"]
+    later = time.time() + 5
+    os.utime(inputs / "a" / "f0003.png", (later, later))  # replaced after the output was written
+    rows = run_batch(inputs, out, config)
+    assert rows[0].status == "failed" and "--overwrite" in rows[0].error
+    assert json.loads((out / "unflicker-batch.json").read_text())[0]["status"] == "failed"
