@@ -141,5 +141,8 @@ class JobFolder:
         io.write_file_atomically(self.path / "config.json", json.dumps(record, indent=1).encode(), overwrite=True)
 
     def clear_transient(self) -> None:
+        """Spills, running markers and partial results (of workers stopped with the run: a kill, Ctrl-C)."""
         shutil.rmtree(self.frames, ignore_errors=True)
         shutil.rmtree(self.running, ignore_errors=True)
+        for partial in self.path.glob(".segment-*.partial*"):
+            partial.unlink(missing_ok=True)

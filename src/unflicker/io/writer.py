@@ -62,7 +62,9 @@ class VideoWriter:
 
     def _open_video(self) -> None:
         plan, src = self.plan, self.source
-        self._container = av.open(str(self._temp), mode="w", format=plan.container)
+        # bitexact: no random stream ids (Matroska) nor library version in the file: the same frames and settings
+        # give the same bytes on every run and machine.
+        self._container = av.open(str(self._temp), mode="w", format=plan.container, options={"fflags": "+bitexact"})
         for key, value in src.metadata:
             self._container.metadata[key] = value
         if self.comment is not None:
