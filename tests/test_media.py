@@ -555,24 +555,29 @@ def test_attachments_go_into_mkv_and_are_named_elsewhere(tmp_path):
         run(src, tmp_path / "out.mp4")
 
 
-def test_audio_the_container_cannot_hold_is_refused_before_work(tmp_path):
-    src = tmp_path / "wavpack.mkv"
-    with av.open(str(src), "w") as out:
+def clip_with_audio(path: Path, pix_fmt: str, codec: str, sample_format: str, samples: int) -> Path:
+    """An FFV1 clip of the gradient with one mono audio stream of `codec` (silence)."""
+    with av.open(str(path), "w") as out:
         stream = out.add_stream("ffv1", rate=12)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p10le"
-        audio = out.add_stream("wavpack", rate=48000)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        audio = out.add_stream(codec, rate=48000)
         audio.layout = "mono"
         for t in range(N):
-            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p10le")
+            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format=pix_fmt)
             frame.pts = t
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 24000), np.int16), format="s16p", layout="mono")
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, samples), np.int16), format=sample_format, layout="mono")
         chunk.sample_rate = 48000
         for packet in audio.encode(chunk) + audio.encode(None):
             out.mux(packet)
+    return path
+
+
+def test_audio_the_container_cannot_hold_is_refused_before_work(tmp_path):
+    src = clip_with_audio(tmp_path / "wavpack.mkv", "yuv420p10le", "wavpack", "s16p", 24000)
     with pytest.raises(OutputError, match="wavpack audio"):
         run(src, tmp_path / "out.mp4")
     assert not (tmp_path / "out.mp4").exists()
@@ -681,30 +686,14 @@ def test_yuv_sources_are_read_at_their_levels(tmp_path, pix_fmt, width):
 
 def test_grey_16_bit_into_mkv_keeps_every_value(tmp_path):
     src = make_clip(tmp_path / "scan.mkv", "ffv1", "gray16le")
-    out = deflicker_file(src, tmp_path / "out.mkv", RunConfig(method="classical", strength=0.0, progress=False))
-    assert io.probe(out.output if hasattr(out, "output") else tmp_path / "out.mkv").pixel_format == "gray16le"
+    deflicker_file(src, tmp_path / "out.mkv", RunConfig(method="classical", strength=0.0, progress=False))
+    assert io.probe(tmp_path / "out.mkv").pixel_format == "gray16le"
     for a, b in zip(io.read_frames(src), io.read_frames(tmp_path / "out.mkv"), strict=True):
         np.testing.assert_array_equal(a.image, b.image)  # swscale's 48-bit RGB -> gray16 stretched them by 0.4 %
 
 
 def test_audio_a_muxer_lists_but_refuses_is_refused_before_work(tmp_path):
-    src = tmp_path / "opus.mkv"
-    with av.open(str(src), "w") as out:
-        stream = out.add_stream("ffv1", rate=12)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        audio = out.add_stream("libopus", rate=48000)
-        audio.layout = "mono"
-        for t in range(N):
-            frame = av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p")
-            frame.pts = t
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 960 * 25), np.int16), format="s16", layout="mono")
-        chunk.sample_rate = 48000
-        for packet in audio.encode(chunk) + audio.encode(None):
-            out.mux(packet)
+    src = clip_with_audio(tmp_path / "opus.mkv", "yuv420p", "libopus", "s16", 960 * 25)
     assert "opus" in set(av.open(str(tmp_path / "probe.mov"), "w").supported_codecs)  # listed by the muxer
     with pytest.raises(OutputError, match="opus audio"):
         run(src, tmp_path / "out.mov")
