@@ -141,3 +141,24 @@ def test_the_same_run_gives_the_same_bytes(tmp_path):
     for name in ("a.mkv", "b.mkv"):
         deflicker_file(source, tmp_path / name, RunConfig(method="classical", progress=False))
     assert (tmp_path / "a.mkv").read_bytes() == (tmp_path / "b.mkv").read_bytes()
+
+
+def test_without_locks_on_the_file_system_runs_go_on_and_nothing_is_taken_for_a_killed_runs(tmp_path, monkeypatch):
+    """A network file system without flock (ENOLCK): not 'in use by another run', and no partial is removed."""
+    import fcntl
+
+    from unflicker.io import common
+
+    def no_locks(fd, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(common.fcntl, "flock", no_locks)
+    source, out = clip(tmp_path / "in" / "clip", 8), tmp_path / "out.mkv"
+    other = tmp_path / ".out.mkv.partial-99999.mkv"  # maybe another run's, being written: cannot be told
+    other.write_bytes(b"x")
+    JobFolder(tmp_path / "work", "key").release()
+    deflicker_file(source, out, RunConfig(method="classical", progress=False, keep_work=tmp_path / "work"))
+    assert out.is_file() and other.exists()
+    assert [row.status for row in run_batch(source.parent, tmp_path / "batch", RunConfig(method="classical",
+                                                                                          progress=False))] == ["done"]

@@ -25,12 +25,8 @@ import tempfile
 from pathlib import Path
 
 from unflicker import io
-from unflicker.io.common import locked_by_another
+from unflicker.io.common import locked_by_another, try_lock
 
-try:
-    import fcntl
-except ImportError:  # no flock (Windows): a temporary folder is only ever removed by its own run
-    fcntl = None
 
 
 def input_fingerprint(info: io.VideoInfo) -> dict:
@@ -71,8 +67,7 @@ class TemporaryWork:
                 shutil.rmtree(folder, ignore_errors=True)
         self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
         self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
-        if fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try_lock(self._fd)  # just made: nobody else holds it (None: no locks here, and the folder is never swept)
         os.write(self._fd, f"{host} {os.getpid()}".encode())  # after the lock: an empty owner is never taken
 
     def remove(self) -> None:
@@ -105,14 +100,11 @@ class JobFolder:
             self._fd = os.open(self.path / self.LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
         except OSError as exc:
             raise OutputError(f"cannot use work folder {self.path}: {exc.strerror or exc}") from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(self._fd)
-                self._fd = None
-                raise OutputError(f"work folder {self.path} is in use by another run of the same input and "
-                                  f"settings: wait for it to end, or give this run another --keep-work") from None
+        if try_lock(self._fd) is False:  # None: no locks on this file system: one run at a time is up to the user
+            os.close(self._fd)
+            self._fd = None
+            raise OutputError(f"work folder {self.path} is in use by another run of the same input and "
+                              f"settings: wait for it to end, or give this run another --keep-work")
         for stale in [*self.path.glob(".segment-*.partial*"), *self.frames.glob(".partial-*"),
                       *self.running.iterdir()]:
             stale.unlink(missing_ok=True)

@@ -135,32 +135,43 @@ except ImportError:  # no flock (Windows): partial outputs of killed runs stay
     fcntl = None
 
 
-def locked_by_another(path: Path) -> bool | None:
-    """Whether another process holds the lock (flock) on the file or folder `path`; None where it cannot be
-    told (no such path, no flock on this system). An unlocked one gets locked here, and the lock is let go."""
+def try_lock(fd: int) -> bool | None:
+    """Take the exclusive lock (flock) on an open file or folder without waiting: True taken, False held by
+    another process, None where this system or file system has no such locks (then nothing is known)."""
     if fcntl is None:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: a network file system without flock
+        return None
+
+
+def locked_by_another(path: Path) -> bool | None:
+    """Whether another process holds the lock (flock) on the file or folder `path`; None where it cannot be
+    told (no such path, no flock here). An unlocked one gets locked here, and the lock is let go."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
+        taken = try_lock(fd)
+        return None if taken is None else not taken
     finally:
         os.close(fd)
 
 
 def hold(path: Path) -> int | None:
     """Lock the partial output `path` (a file or folder) for as long as this process writes it: the fd to close
-    when done (None without flock). Forked or spawned processes do not inherit it (not inheritable)."""
-    if fcntl is None:
-        return None
+    when done (None where there are no locks: its partial is then never taken for a killed run's). Forked or
+    spawned processes do not inherit it (not inheritable)."""
     fd = os.open(path, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    if try_lock(fd) is None:
+        os.close(fd)
+        return None
+    return fd  # just made, under a name with this pid: no other process holds it
 
 
 def sweep_partials(final: Path) -> None:
