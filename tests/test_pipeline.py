@@ -273,3 +273,10 @@ def test_a_link_to_another_kind_of_output_is_refused(tmp_path, flickering_folder
         with pytest.raises(OutputError, match="another kind of output"):
             deflicker_file(flickering_folder, tmp_path / name, config)
     assert (tmp_path / "real.mp4").read_bytes() == b"old" and not (tmp_path / "clip.mkv").exists()
+
+
+def test_the_summary_says_when_its_flicker_index_is_of_the_frames_before_lossy_encoding(tmp_path, flickering_folder):
+    config = RunConfig(method="classical", progress=False)
+    lossy = deflicker_file(flickering_folder, tmp_path / "out.mp4", config)
+    exact = deflicker_file(flickering_folder, tmp_path / "out.mkv", config)
+    assert "before lossy encoding" in lossy.line() and "before lossy encoding" not in exact.line()

@@ -92,6 +92,15 @@ class RunSummary:
         named = [info["flicker_kind"] for info in flickering if info.get("flicker_kind")]
         return max(sorted(set(named)), key=named.count) if named else "physical"
 
+    @property
+    def lossy(self) -> bool:
+        """Whether the output's encoder changed the frames measured (H.264, HEVC, ProRes): its own flicker index
+        (`unflicker eval`) then differs a little from the summary's, measured on the frames handed over."""
+        if self.output is None or io.is_folder_output(self.output):
+            return False
+        codec = ((self.config or {}).get("output") or {}).get("codec")
+        return not (Path(self.output).suffix.lower() == ".mkv" and codec in (None, "ffv1"))
+
     def line(self) -> str:
         reused = f", {self.reused} of them reused from the work folder" if self.reused else ""
         weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
@@ -108,7 +117,8 @@ class RunSummary:
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
-                f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3), "
+                f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3"
+                f"{', before lossy encoding' if self.lossy else ''}), "
                 f"{self.segments} segment{'s' if self.segments != 1 else ''}{reused}{kind}")
 
 
