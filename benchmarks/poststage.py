@@ -90,6 +90,9 @@ VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "proce
             "detail-share0.5": gated(anchor=AnchorConfig(detail_share=0.5)),  # half the way (session 15)
             # session 24: a finer first band of detail (the metric's Laplacian weighs the finest detail most)
             "finebands": gated(anchor=AnchorConfig(detail_bands=(0.5 / 270, 1 / 270, 3 / 270))),
+            # session 24: the detail part on raw band energies (a level that does not vary: detail_dark large)
+            "detail-raw": gated(anchor=AnchorConfig(detail_dark=100.0)),
+            "contrast-off": gated(anchor=AnchorConfig(contrast_sigma=float("inf"))),  # the detail part alone
             # session 12's other candidate
             "contrast8": gated(anchor=AnchorConfig(contrast_sigma=8.0, detail_sigma=float("inf"))),
             **{f"blur{s}": gated(projection=ProjectionConfig(residual_blur=s)) for s in (0.005, 0.01, 0.02)},
