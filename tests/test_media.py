@@ -848,3 +848,24 @@ def test_a_late_start_is_not_a_truncation_and_coarse_timing_gaps_are_named(tmp_p
     assert [f.pts for f in io.read_frames(src)] == [0, 1, 3, 4, 5, 6]  # ticks of 1/25 s
     with pytest.warns(UserWarning, match="variable frame timing"):
         run(src, tmp_path / "frames")
+
+
+def test_a_grey_and_alpha_png_folder_stays_grey(tmp_path):
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    grey = (np.arange(H * W).reshape(H, W) % 251).astype(np.uint8)
+    for t in range(3):
+        frame = np.zeros((H, W, 2), np.uint8)
+        frame[..., 0], frame[..., 1] = grey, 200
+        with av.open(str(folder / f"f{t}.png"), "w", format="image2") as out:  # colour type 4 (OpenCV writes none)
+            stream = out.add_stream("png", rate=1)
+            stream.width, stream.height, stream.pix_fmt = W, H, "ya8"
+            image = av.VideoFrame(W, H, "ya8")
+            np.frombuffer(image.planes[0], np.uint8).reshape(H, -1)[:, : 2 * W] = frame.reshape(H, 2 * W)
+            for packet in stream.encode(image) + stream.encode(None):
+                out.mux(packet)
+    info = io.probe(folder)
+    assert info.grayscale and info.has_alpha  # was read as colour: the output came out RGBA
+    out = run(folder, tmp_path / "out")
+    image, alpha, facts = io.images.read_image(next(iter(sorted(out.iterdir()))))
+    assert facts.grey and (alpha == 200).all()

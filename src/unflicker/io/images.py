@@ -72,12 +72,22 @@ def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFacts]:
         rgb, alpha, grey = cv2.cvtColor(np.ascontiguousarray(image[:, :, 0]), cv2.COLOR_GRAY2RGB), \
             image[:, :, 1].copy(), True
     elif image.shape[2] == 4:
-        rgb, alpha, grey = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[:, :, 3].copy(), False
+        # OpenCV expands a PNG's grey + alpha to four channels: the header says which it was.
+        rgb, alpha, grey = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB), image[:, :, 3].copy(), _png_colour_type(path) == 4
     elif image.shape[2] == 3:
         rgb, alpha, grey = cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None, False
     else:
         raise InputError(f"{path.name}: unsupported {image.shape[2]}-channel image")
     return rgb, alpha, ImageFacts(CV_FORMATS[grey, alpha is not None, depth], depth, grey, alpha is not None)
+
+
+def _png_colour_type(path: Path) -> int | None:
+    """The colour type in a PNG's header (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA); None if not a PNG."""
+    with open(path, "rb") as file:
+        head = file.read(26)
+    if len(head) == 26 and head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":
+        return head[25]
+    return None
 
 
 def image_size(path: Path, decode: bool = True) -> tuple[int, int] | None:
@@ -224,7 +234,9 @@ def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, depth: 
     data = from_float(image, depth) if image.dtype.kind == "f" else to_depth(image, depth)
     if grey:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2GRAY)
-        if alpha is not None:  # cv2 writes no grey + alpha: such frames come back as RGBA
+        if alpha is not None and suffix == ".png":  # cv2 writes no grey + alpha: PyAV's PNG encoder does
+            return _write_grey_alpha_png(path, data, to_depth(alpha, depth))
+        if alpha is not None:  # TIFF: written RGBA
             data = cv2.cvtColor(data, cv2.COLOR_GRAY2BGR)
     else:
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
@@ -232,6 +244,16 @@ def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, depth: 
         data = np.dstack([data, to_depth(alpha, depth)])
     if not cv2.imwrite(str(path), data):
         raise OutputError(f"cannot write frame {path.name} into {path.parent}")
+
+
+def _write_grey_alpha_png(path: Path, grey: np.ndarray, alpha: np.ndarray) -> None:
+    """A grey + alpha PNG (colour type 4) at the samples' depth."""
+    deep = grey.dtype == np.uint16
+    frame = av.VideoFrame(grey.shape[1], grey.shape[0], "ya16be" if deep else "ya8")
+    pairs = np.stack([grey, alpha], -1).reshape(grey.shape[0], -1)
+    plane = frame.planes[0]
+    np.frombuffer(plane, ">u2" if deep else np.uint8).reshape(grey.shape[0], -1)[:, : pairs.shape[1]] = pairs
+    _encode_file(path, "png", frame, {})
 
 
 def _encode_file(path: Path, codec_name: str, frame: av.VideoFrame, options: dict[str, str]) -> None:
