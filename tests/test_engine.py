@@ -309,6 +309,27 @@ def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, re
     assert seen and all(index in (0, 1, 2) and 0 < f <= 1 for index, f in seen)
 
 
+def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_line(flickering, reference,
+                                                                                     tmp_path, monkeypatch, capsys):
+    """--shared-dir was accepted and never used; an address with nothing listening hung for good."""
+    pytest.importorskip("ray")
+    from unflicker import pipeline
+
+    roots = []
+    original = pipeline.TemporaryWork
+    monkeypatch.setattr(pipeline, "TemporaryWork", lambda root=None: roots.append(root) or original(root))
+    shared = tmp_path / "nfs"
+    shared.mkdir()
+    out = tmp_path / "ray.mkv"
+    deflicker_file(flickering, out, neural(engine=EngineConfig(engine="ray", workers=2, shared_dir=shared)))
+    assert roots == [shared] and np.array_equal(frames_of(out), reference) and not list(shared.iterdir())
+    started = time.time()
+    code = main(["run", str(flickering), "-o", str(tmp_path / "x.mkv"), "--engine", "ray", "--ray-address",
+                 "127.0.0.1:1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0 and "cannot reach Ray at 127.0.0.1:1" in err and time.time() - started < 30
+
+
 # --- resume after kill -9 -----------------------------------------------------------------------
 
 def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path):

@@ -515,3 +515,34 @@ def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_qu
     finally:
         queue.close()
         store.close()
+
+
+def test_a_job_stops_when_its_server_is_killed_outright(tmp_path):
+    """SIGKILL of the server left its job (and the job's workers) computing for a restarted server's folder."""
+    import signal
+    import subprocess
+    import sys
+
+    clip = write_clip(tmp_path / "clip.mp4", n=60, width=96, height=64)
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "spec.json").write_text(json.dumps({"kind": "run", "input": str(clip), "format": ".mkv",
+                                                  "options": {"method": "neural", "preset": "paper"}}))
+    server = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               f"job = subprocess.Popen([sys.executable, '-m', 'unflicker.web.worker', {str(folder)!r}])\n"
+                               "print(job.pid, flush=True)\ntime.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    job = int(server.stdout.readline())
+    time.sleep(3)  # the job under way (the paper preset's atlas takes minutes here)
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        try:
+            os.kill(job, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(job, signal.SIGKILL)
+        pytest.fail("the job outlived its server")
+    assert json.loads((folder / "result.json").read_text())["error"] == "cancelled"

@@ -105,8 +105,9 @@ class EngineConfig:
     """ray: address of an existing cluster ('HOST:6379' or 'auto'); None starts a local Ray
     (127.0.0.1 only) for the run."""
     shared_dir: Path | None = None
-    """ray: a folder every node can read and write (NFS...): frames and results go through it.
-    None: through Ray's object store (a local Ray uses the work folder on this machine)."""
+    """ray: a folder every node can read and write at the same path (NFS...): the run's temporary work folder
+    is made there, and frames and results go through it (with --keep-work, that folder is used: it must be
+    shared too). None: through Ray's object store (a local Ray uses the work folder on this machine)."""
     retries: int = 2
     """Times a segment whose worker died is run again before the run fails."""
 
@@ -121,6 +122,8 @@ class EngineConfig:
             raise InputError(f"lanes must be at least 1, got {self.lanes}")
         if self.engine != "ray" and (self.ray_address or self.shared_dir):
             raise InputError("--ray-address and --shared-dir apply to --engine ray only")
+        if self.shared_dir is not None and not Path(self.shared_dir).is_dir():
+            raise InputError(f"--shared-dir {self.shared_dir} is not a folder")
         if self.retries < 0:
             raise InputError(f"retries must be >= 0, got {self.retries}")
 
@@ -136,7 +139,7 @@ class EngineConfig:
     def shares_files(self) -> bool:
         """Whether the workers read and write this machine's work folder (else frames and results
         travel through the engine: Ray's object store on a cluster)."""
-        return self.engine != "ray" or self.ray_address is None
+        return self.engine != "ray" or self.ray_address is None or self.shared_dir is not None
 
 
 # --preset of the neural method -> AtlasConfig fields; --atlas and --atlas-steps override them.

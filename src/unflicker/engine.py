@@ -20,6 +20,7 @@ import dataclasses
 import os
 import pickle
 import select
+import socket
 import struct
 import subprocess
 import sys
@@ -265,6 +266,20 @@ def _ray_segment(task: SegmentTask, board, key: int) -> SegmentResult:
     return run_segment(task, None if board is None else (lambda fraction: board.report.remote(key, fraction)))
 
 
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """One line at once where a cluster's HOST:PORT takes no connection (ray.init waits on it for good)."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return  # ray.init finds or refuses these itself
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UnflickerError(f"cannot reach Ray at {address}: {exc.strerror or exc} (is `ray start --head` "
+                             f"running there?)") from None
+
+
 class RayEngine:
     """Segments as Ray tasks: a local Ray on 127.0.0.1 for the run, or an existing cluster."""
 
@@ -281,14 +296,20 @@ class RayEngine:
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if engine.ray_address is None:
-                options.update(num_cpus=engine.local_workers() * engine.threads, _node_ip_address="127.0.0.1")
+                # address "local": a Ray of its own, even where one runs on this machine or RAY_ADDRESS is set
+                options.update(address="local", num_cpus=engine.local_workers() * engine.threads,
+                               _node_ip_address="127.0.0.1")
             else:
+                _check_reachable(engine.ray_address)
                 options.update(address=engine.ray_address)
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
                 try:
                     ray.init(**options)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
-                    raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): {exc}") from None
+                    hint = "; the cluster wants Ray's token: run with RAY_AUTH_MODE=token (and its token)" \
+                        if "auth" in str(exc).lower() or "token" in str(exc).lower() else ""
+                    raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
+                                         f"{exc}{hint}") from None
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1

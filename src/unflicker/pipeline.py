@@ -303,9 +303,9 @@ class Job:
         self.record = record(self.spec, config, METHODS[self.spec.name].fingerprint(self.spec.config))
         key = digest({"input": self.source.fingerprint(), **{k: v for k, v in self.record.items() if k != "output"}})
         if config.keep_work is not None and self._array is None:
-            work = Path(config.keep_work)
+            work = Path(config.keep_work).resolve()  # tasks on other nodes take its paths as they are
         else:
-            self._temp_work = TemporaryWork()
+            self._temp_work = TemporaryWork(config.engine.shared_dir)
             work = self._temp_work.path
         self.folder = JobFolder(work, key)
         self.folder.write_record(self.record)

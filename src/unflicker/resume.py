@@ -55,8 +55,9 @@ class TemporaryWork:
     and forked workers inherit it); folders of other hosts, or without an owner (another version,
     the web server's), are left alone."""
 
-    def __init__(self):
-        root, host = Path(tempfile.gettempdir()), socket.gethostname()
+    def __init__(self, root: Path | None = None):
+        """root: where to make it (default: the system's temp folder; --shared-dir for a cluster)."""
+        root, host = Path(root or tempfile.gettempdir()).resolve(), socket.gethostname()
         for folder in root.glob(f"{TEMP_PREFIX}*"):
             owner = folder / OWNER
             try:
@@ -65,7 +66,7 @@ class TemporaryWork:
                 continue
             if owner_host == host and locked_by_another(owner) is False:
                 shutil.rmtree(folder, ignore_errors=True)
-        self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+        self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
         self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
         try_lock(self._fd)  # just made: nobody else holds it (None: no locks here, and the folder is never swept)
         os.write(self._fd, f"{host} {os.getpid()}".encode())  # after the lock: an empty owner is never taken

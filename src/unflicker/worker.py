@@ -15,19 +15,25 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
-def _exit_with_parent(interval_s: float = 1.0) -> None:
-    """End this process (mid-task too) once the process that started it is gone: a killed run must
-    not leave its workers computing segments nobody will read."""
+def watch_parent(on_gone: Callable[[], None], interval_s: float = 1.0) -> None:
+    """Call `on_gone` (on a thread of its own) once the process that started this one is gone."""
     parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(interval_s)
-        os._exit(1)
+        on_gone()
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent() -> None:
+    """End this process (mid-task too) once the process that started it is gone: a killed run must
+    not leave its workers computing segments nobody will read."""
+    watch_parent(lambda: os._exit(1))
 
 
 def _progress_reporter(argv: list[str]):

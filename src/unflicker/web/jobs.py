@@ -291,7 +291,8 @@ class JobQueue:
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         with self.store.lock:
             job.finished = time.time()
-            if job.cancel.is_set() or self.stopping.is_set():
+            complete = process.returncode == 0 and "files" in result  # it ended before a cancel could stop it
+            if (job.cancel.is_set() or self.stopping.is_set()) and not complete:
                 job.state, job.message = "cancelled", "cancelled"
             elif "error" in result:
                 job.state, job.message = "failed", result["error"].replace(str(job.upload.folder), "")

@@ -9,7 +9,9 @@ library's tqdm bars on stderr. Everything is written inside JOB_FOLDER.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
 import traceback
 import warnings
@@ -23,6 +25,7 @@ from tqdm import tqdm
 from unflicker import io
 from unflicker.errors import Terminated, UnflickerError, sigterm_as_interrupt
 from unflicker.pipeline import RunConfig, deflicker_file
+from unflicker.worker import watch_parent
 
 
 def _summary(summary, notes: list[str]) -> dict:
@@ -93,6 +96,8 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0]).resolve()
     spec = json.loads((folder / "spec.json").read_text())
     code = 0
+    # A server killed outright (SIGKILL) cannot stop its job: the job stops itself as on Cancel.
+    watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
