@@ -306,8 +306,9 @@ class RayEngine:
                 try:
                     ray.init(**options)
                 except (ConnectionError, RuntimeError, ValueError) as exc:
-                    hint = "; the cluster wants Ray's token: run with RAY_AUTH_MODE=token (and its token)" \
-                        if "auth" in str(exc).lower() or "token" in str(exc).lower() else ""
+                    # Ray's own message names no cause where its token authentication refused (it logs that)
+                    hint = "; a cluster started with Ray's token authentication (its default) needs RAY_AUTH_MODE=token " \
+                        "here too" if engine.ray_address is not None and "RAY_AUTH_MODE" not in os.environ else ""
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
                                          f"{exc}{hint}") from None
             self._started = True
