@@ -546,3 +546,21 @@ def test_a_job_stops_when_its_server_is_killed_outright(tmp_path):
         os.kill(job, signal.SIGKILL)
         pytest.fail("the job outlived its server")
     assert json.loads((folder / "result.json").read_text())["error"] == "cancelled"
+
+
+def test_an_upload_the_browser_abandons_leaves_no_traceback_and_no_folder(tmp_path, clip):
+    import socket
+
+    with running_server(tmp_path / "work") as server:
+        data = clip.read_bytes()
+        connection = socket.create_connection(("127.0.0.1", server.port))
+        connection.sendall(f"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filename: a.mp4\r\n"
+                           f"Content-Length: {len(data)}\r\n\r\n".encode() + data[: len(data) // 2])
+        time.sleep(1)
+        connection.close()  # the tab closed mid-upload
+        deadline = time.time() + 10
+        while list((server.work / "items").iterdir()) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert not list((server.work / "items").iterdir())
+        assert "Traceback" not in server.output() and "ClientDisconnect" not in server.output()

@@ -39,9 +39,17 @@ def write_clip(path: Path, n: int = 12, width: int = 96, height: int = 64, fps: 
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen, port: int, work: Path, lines: list[str]):
-        self.process, self.port, self.work, self.lines = process, port, work, lines
+    def __init__(self, process: subprocess.Popen, port: int, work: Path, lines: list[str], more: queue.Queue):
+        self.process, self.port, self.work, self.lines, self._more = process, port, work, lines, more
         self.url = f"http://127.0.0.1:{port}/"
+
+    def output(self) -> str:
+        """What the server printed since it started (its console), so far."""
+        while True:
+            try:
+                self.lines.append(self._more.get_nowait())
+            except queue.Empty:
+                return "".join(self.lines)
 
 
 @contextmanager
@@ -61,7 +69,7 @@ def running_server(work: Path, *options: str, timeout: float = 30.0):
                 raise AssertionError(f"the server did not start: {seen}") from None
         port = int(seen[0].split("http://127.0.0.1:")[1].split("/")[0])
         seen.append(lines.get(timeout=5))  # the work folder line
-        yield Server(process, port, work, seen)
+        yield Server(process, port, work, seen, lines)
     finally:
         process.send_signal(signal.SIGINT)
         try:

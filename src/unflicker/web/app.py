@@ -14,6 +14,7 @@ when bound to loopback (against DNS rebinding), and a same-origin Origin on POST
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -27,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -37,6 +38,8 @@ from unflicker.web.jobs import DEFAULTS, FORMATS, VIDEO_SUFFIXES, JobQueue, chec
 from unflicker.web.store import Job, Session, Store, Upload
 
 COOKIE = "unflicker_session"
+UPLOAD_IDLE_S = 60.0
+"""An upload that sends nothing for this long is ended (408) and its folder removed."""
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 MAX_ACTIVE_JOBS = 10
 """Queued or running jobs one session may have."""
@@ -158,7 +161,12 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
         size = 0
         try:
             with open(received, "wb") as file:
-                async for chunk in request.stream():
+                chunks = request.stream()
+                while True:
+                    try:  # a client that stops sending (its connection still open) does not hold a folder for ever
+                        chunk = await asyncio.wait_for(anext(chunks), UPLOAD_IDLE_S)
+                    except StopAsyncIteration:
+                        break
                     size += len(chunk)
                     if size > limit:
                         return _error(too_large, 413)
@@ -169,6 +177,10 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
         except InputError as exc:
             reason = str(exc).removeprefix(f"cannot read {name}: ")
             return _error(f"{name} cannot be used: {reason}")
+        except ClientDisconnect:  # the browser went away mid-upload: nothing to answer, nothing kept
+            return Response(status_code=400)
+        except asyncio.TimeoutError:
+            return _error(f"{name}: the upload stopped sending for {UPLOAD_IDLE_S:g} s", 408)
         finally:
             if item.path is None:
                 shutil.rmtree(folder, ignore_errors=True)
