@@ -321,8 +321,10 @@ def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_l
     shared = tmp_path / "nfs"
     shared.mkdir()
     out = tmp_path / "ray.mkv"
+    sessions = set(Path("/tmp/ray").glob("session_2*"))
     deflicker_file(flickering, out, neural(engine=EngineConfig(engine="ray", workers=2, shared_dir=shared)))
     assert roots == [shared] and np.array_equal(frames_of(out), reference) and not list(shared.iterdir())
+    assert set(Path("/tmp/ray").glob("session_2*")) <= sessions  # the run's Ray session folder went with it
     started = time.time()
     code = main(["run", str(flickering), "-o", str(tmp_path / "x.mkv"), "--engine", "ray", "--ray-address",
                  "127.0.0.1:1", "--quiet"])

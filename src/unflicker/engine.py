@@ -20,11 +20,13 @@ import dataclasses
 import os
 import pickle
 import select
+import shutil
 import socket
 import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Protocol
 
 from unflicker.config import EngineConfig
@@ -293,6 +295,7 @@ class RayEngine:
             raise UnflickerError("--engine ray needs Ray: pip install 'ray==2.60.0'") from None
         self.ray = ray
         self._started = False
+        self.local = engine.ray_address is None
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if engine.ray_address is None:
@@ -362,7 +365,18 @@ class RayEngine:
         except Exception:  # noqa: BLE001 - Ray already down or unreachable: nothing left to free
             pass
         if self._started:
+            session = None
+            if self.local:
+                try:  # Ray keeps each local session's logs in /tmp/ray/session_* for good
+                    session = Path(self.ray._private.worker._global_node.get_session_dir_path())
+                except Exception:  # noqa: BLE001 - a private API: another Ray version keeps its folders
+                    session = None
             self.ray.shutdown()
+            if session is not None and session.name.startswith("session_"):
+                latest = session.parent / "session_latest"
+                if latest.is_symlink() and latest.resolve() == session.resolve():
+                    latest.unlink(missing_ok=True)
+                shutil.rmtree(session, ignore_errors=True)
 
 
 def make_executor(engine: EngineConfig, tasks: int | None = None) -> Executor:
