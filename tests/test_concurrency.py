@@ -16,7 +16,7 @@ import pytest
 from unflicker import io, synth
 from unflicker.batch import _hold_out_dir, run_batch
 from unflicker.errors import OutputError
-from unflicker.io.common import _rename_new, hold
+from unflicker.io.common import _rename_new, make_held
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.resume import JobFolder
 
@@ -40,7 +40,7 @@ def command(source: Path, output: Path, *extra) -> list[str]:
 
 def test_a_job_folder_is_held_by_one_run_and_cleared_of_a_killed_runs_leftovers(tmp_path):
     first = JobFolder(tmp_path, "key")
-    with pytest.raises(OutputError, match="in use by another run"):
+    with pytest.raises(OutputError, match="this run's already"):  # another process: "in use by another run"
         JobFolder(tmp_path, "key")
     leftovers = [first.path / ".segment-00001.npy.partial-host-1", first.frames / ".partial-00002-1.npy",
                  first.running / "key-00001.pid"]
@@ -93,8 +93,7 @@ def test_a_killed_runs_partial_output_goes_with_the_next_run_and_a_live_ones_sta
     dead_folder.mkdir()
     (dead_folder / "frame_000000.png").write_bytes(b"x")
     live = tmp_path / ".out.mkv.partial-99997.mkv"
-    live.write_bytes(b"x")
-    lock = hold(live)  # another run writing it now
+    lock = make_held(live, folder=False)  # another run writing it now
     try:
         deflicker_file(source, out, RunConfig(method="classical", progress=False))
     finally:
@@ -129,6 +128,9 @@ def test_a_batch_is_one_per_output_folder_and_an_input_changed_since_is_not_skip
     assert [row.status for row in run_batch(inputs, out, config)] == ["done"]
     assert [row.status for row in run_batch(inputs, out, config)] == ["skipped"]
     later = time.time() + 5
+    (inputs / "a" / ".DS_Store").write_bytes(b"x")  # a file browser's: not a change of the input
+    os.utime(inputs / "a" / ".DS_Store", (later, later))
+    assert [row.status for row in run_batch(inputs, out, config)] == ["skipped"]
     os.utime(inputs / "a" / "f0003.png", (later, later))  # replaced after the output was written
     rows = run_batch(inputs, out, config)
     assert rows[0].status == "failed" and "--overwrite" in rows[0].error

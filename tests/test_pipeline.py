@@ -279,4 +279,7 @@ def test_the_summary_says_when_its_flicker_index_is_of_the_frames_before_lossy_e
     config = RunConfig(method="classical", progress=False)
     lossy = deflicker_file(flickering_folder, tmp_path / "out.mp4", config)
     exact = deflicker_file(flickering_folder, tmp_path / "out.mkv", config)
+    ffv1 = deflicker_file(flickering_folder, tmp_path / "ffv1.mp4", RunConfig(method="classical", progress=False,
+                                                                               codec="ffv1"))
     assert "before lossy encoding" in lossy.line() and "before lossy encoding" not in exact.line()
+    assert "before lossy encoding" not in ffv1.line()

@@ -165,8 +165,9 @@ def _hold_out_dir(out_dir: Path) -> int | None:
 def _changed_since(source: Path, output: Path) -> bool:
     """Whether the input was modified after its output was written (a file's, or a folder's newest entry's)."""
     try:
-        if source.is_dir():
-            newest = max((e.stat().st_mtime_ns for e in os.scandir(source) if e.is_file()), default=0)
+        if source.is_dir():  # its frames: not a file browser's or a note beside them
+            newest = max((e.stat().st_mtime_ns for e in os.scandir(source) if e.is_file() and not e.name.startswith(".")
+                          and Path(e.name).suffix.lower() in io.IMAGE_EXTENSIONS), default=0)
         else:
             newest = source.stat().st_mtime_ns
         return newest > output.stat().st_mtime_ns

@@ -92,7 +92,10 @@ class InProcess:
         except UnflickerError as exc:
             return [(handle, exc)]
         except OSError as exc:
-            return [(handle, file_error(task, exc))]
+            error = file_error(task, exc)
+            if error is None:
+                raise
+            return [(handle, error)]
 
     def close(self) -> None:
         self._tasks.clear()

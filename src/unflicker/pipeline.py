@@ -99,7 +99,7 @@ class RunSummary:
         if self.output is None or io.is_folder_output(self.output):
             return False
         codec = ((self.config or {}).get("output") or {}).get("codec")
-        return not (Path(self.output).suffix.lower() == ".mkv" and codec in (None, "ffv1"))
+        return not (codec == "ffv1" or (codec is None and Path(self.output).suffix.lower() == ".mkv"))
 
     def line(self) -> str:
         reused = f", {self.reused} of them reused from the work folder" if self.reused else ""

@@ -88,6 +88,8 @@ class JobFolder:
     segment results and spills, their running markers): no live run can be writing them."""
 
     LOCK = "lock"
+    _held: set = set()
+    """Job folders this process holds (a second open of one would conflict with its own lock)."""
 
     def __init__(self, work: Path, key: str):
         from unflicker.errors import OutputError
@@ -98,23 +100,34 @@ class JobFolder:
         try:
             for folder in (self.path, self.frames, self.running):
                 folder.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path / self.LOCK, os.O_WRONLY | os.O_CREAT, 0o600)
+            self._fd = os.open(self.path / self.LOCK, os.O_WRONLY | os.O_CREAT, 0o666)  # a folder shared by users
         except OSError as exc:
             raise OutputError(f"cannot use work folder {self.path}: {exc.strerror or exc}") from None
-        if try_lock(self._fd) is False:  # None: no locks on this file system: one run at a time is up to the user
+        if self.path.resolve() in JobFolder._held:
+            os.close(self._fd)
+            self._fd = None
+            raise OutputError(f"work folder {self.path} is this run's already: an input given twice (through a link?)")
+        taken = try_lock(self._fd)
+        if taken is False:
             os.close(self._fd)
             self._fd = None
             raise OutputError(f"work folder {self.path} is in use by another run of the same input and "
                               f"settings: wait for it to end, or give this run another --keep-work")
-        for stale in [*self.path.glob(".segment-*.partial*"), *self.frames.glob(".partial-*"),
-                      *self.running.iterdir()]:
-            stale.unlink(missing_ok=True)
+        JobFolder._held.add(self.path.resolve())
+        if taken:  # without locks (None) another run may be using what looks left over
+            try:
+                for stale in [*self.path.glob(".segment-*.partial*"), *self.frames.glob(".partial-*"),
+                              *self.running.iterdir()]:
+                    stale.unlink(missing_ok=True)
+            except OSError:
+                pass  # left for a later run: this one writes under names of its own
 
     def release(self) -> None:
         """Let another run have the folder (the process's end does the same)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            JobFolder._held.discard(self.path.resolve())
 
     def result(self, index: int) -> Path:
         return self.path / f"segment-{index:05d}.npy"

@@ -163,15 +163,30 @@ def locked_by_another(path: Path) -> bool | None:
         os.close(fd)
 
 
-def hold(path: Path) -> int | None:
-    """Lock the partial output `path` (a file or folder) for as long as this process writes it: the fd to close
-    when done (None where there are no locks: its partial is then never taken for a killed run's). Forked or
-    spawned processes do not inherit it (not inheritable)."""
-    fd = os.open(path, os.O_RDONLY)
-    if try_lock(fd) is None:
-        os.close(fd)
-        return None
-    return fd  # just made, under a name with this pid: no other process holds it
+def make_held(path: Path, folder: bool) -> int | None:
+    """Make the partial output `path` (an empty file or a folder) already locked for as long as this process
+    writes it: made and locked under a name `sweep_partials` does not match, then renamed (the lock goes with
+    it), so no other run's sweep ever sees it unlocked. The fd to close when done (None where there are no
+    locks: its partial is then never taken for a killed run's). Not inherited by child processes."""
+    making = path.with_name(f"{path.name}.making")
+    try:
+        if folder:
+            making.mkdir()
+        else:
+            os.close(os.open(making, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        fd = os.open(making, os.O_RDONLY)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a probe of another run's sweep holds it for a moment at most
+            except OSError:  # no locks on this file system
+                os.close(fd)
+                fd = None
+        os.rename(making, path)
+    except OSError as exc:
+        shutil.rmtree(making, ignore_errors=True) if making.is_dir() else making.unlink(missing_ok=True)
+        raise OutputError(f"cannot write beside {path.parent / path.name.split('.partial-')[0].lstrip('.')}: "
+                          f"{exc.strerror or exc}") from None
+    return fd
 
 
 def sweep_partials(final: Path) -> None:
@@ -243,7 +258,11 @@ def _replace(temp: Path, final: Path, overwrite: bool) -> None:
             # is kept, beside, and named).
             backup = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(backup)
-            temp.rename(final)
+            try:
+                temp.rename(final)
+            except OSError:
+                backup.rename(final)  # the old output back in view: it stays as it was
+                raise
             others = other_entries(backup)
             if others:
                 kept = final.with_name(f"{final.name}.old-{os.getpid()}")

@@ -10,7 +10,7 @@ import av
 import numpy as np
 
 from unflicker.errors import OutputError
-from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, hold, replace, sweep_partials, to_depth
+from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, make_held, replace, sweep_partials, to_depth
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
 from unflicker.io.images import PYAV_IMAGES, write_image
 from unflicker.io.media import VideoInfo, scale_u16, sws_white
@@ -47,12 +47,8 @@ class VideoWriter:
         self._copier = None
         self._lock = None
         sweep_partials(self.path)  # a killed run's partial output of the same name
-        if self.to_folder:
-            self._temp.mkdir()
-            self._lock = hold(self._temp)
-        else:
-            os.close(os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))  # the muxer writes it later
-            self._lock = hold(self._temp)
+        self._lock = make_held(self._temp, folder=self.to_folder)  # a video's file: the muxer writes it later
+        if not self.to_folder:
             try:
                 self._open_video()
             except BaseException:
