@@ -283,3 +283,10 @@ def test_the_summary_says_when_its_flicker_index_is_of_the_frames_before_lossy_e
                                                                                codec="ffv1"))
     assert "before lossy encoding" in lossy.line() and "before lossy encoding" not in exact.line()
     assert "before lossy encoding" not in ffv1.line()
+
+
+def test_an_output_named_like_an_image_is_a_folder_and_says_so(tmp_path, flickering_folder):
+    with pytest.warns(UserWarning, match="out.png is made a folder"):
+        deflicker_file(flickering_folder, tmp_path / "out.png", RunConfig(method="classical", progress=False))
+    assert (tmp_path / "out.png").is_dir() and len(list((tmp_path / "out.png").iterdir())) == \
+        len(list(flickering_folder.iterdir()))

@@ -293,6 +293,10 @@ class Job:
             self.output = io.check_output(self.input_path, self.output_path, config.overwrite, info=info,
                                           codec=config.codec, bit_depth=config.bit_depth) \
                 if self.write_output else None
+            if self.output is not None and self.output.suffix.lower() in io.IMAGE_EXTENSIONS and \
+                    not self.output.is_dir():
+                warnings.warn(f"{self.output.name} is made a folder: the frames are written into it as image "
+                              f"files", stacklevel=2)
             self._check_extras()
             self._check_input(info)
         self.spec = method_spec(config)
