@@ -325,6 +325,11 @@ def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_l
     deflicker_file(flickering, out, neural(engine=EngineConfig(engine="ray", workers=2, shared_dir=shared)))
     assert roots == [shared] and np.array_equal(frames_of(out), reference) and not list(shared.iterdir())
     assert set(Path("/tmp/ray").glob("session_2*")) <= sessions  # the run's Ray session folder went with it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # a fresh process, as a user's
+    quiet = subprocess.run([sys.executable, "-m", "unflicker", "run", str(flickering), "-o", str(tmp_path / "q.mkv"),
+                            "--method", "classical", "--engine", "ray", "--quiet"], capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert quiet.returncode == 0 and "Token authentication" not in quiet.stderr, quiet.stderr  # Ray's notice
     started = time.time()
     code = main(["run", str(flickering), "-o", str(tmp_path / "x.mkv"), "--engine", "ray", "--ray-address",
                  "127.0.0.1:1", "--quiet"])

@@ -17,6 +17,7 @@ reads while it waits.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 import select
@@ -308,6 +309,12 @@ class RayEngine:
             else:
                 _check_reachable(engine.ray_address)
                 options.update(address=engine.ray_address)
+            # A local Ray of the run's own lives and goes with it: Ray's notice that its token authentication is
+            # on is for the operators of a cluster (it printed under --quiet too).
+            notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+            level = notice.level
+            if engine.ray_address is None:
+                notice.setLevel(logging.ERROR)
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
                 try:
                     ray.init(**options)
@@ -317,6 +324,8 @@ class RayEngine:
                         "here too" if engine.ray_address is not None and "RAY_AUTH_MODE" not in os.environ else ""
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
                                          f"{exc}{hint}") from None
+                finally:
+                    notice.setLevel(level)
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
