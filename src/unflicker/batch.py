@@ -23,7 +23,7 @@ from tqdm import tqdm
 from unflicker import io
 from unflicker.config import RunConfig
 from unflicker.errors import InputError, OutputError
-from unflicker.io.common import try_lock
+from unflicker.io.common import hold_lock
 from unflicker.pipeline import Job
 
 SUMMARY_NAME = "unflicker-batch"
@@ -150,16 +150,8 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
 def _hold_out_dir(out_dir: Path) -> int | None:
     """Lock the output folder for this batch (two batches into one folder would each redo the other's inputs
     and report the other's outputs as failed)."""
-    fd = os.open(out_dir, os.O_RDONLY)
-    taken = try_lock(fd)
-    if taken is False:
-        os.close(fd)
-        raise OutputError(f"another batch is writing into {out_dir}: wait for it to end, or choose another "
-                          f"output folder")
-    if taken is None:  # no locks on this file system
-        os.close(fd)
-        return None
-    return fd
+    return hold_lock(out_dir, f"another batch is writing into {out_dir}: wait for it to end, or choose another "
+                              f"output folder")
 
 
 def _changed_since(source: Path, output: Path) -> bool:

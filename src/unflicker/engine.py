@@ -93,10 +93,7 @@ class InProcess:
         except UnflickerError as exc:
             return [(handle, exc)]
         except OSError as exc:
-            error = file_error(task, exc)
-            if error is None:
-                raise
-            return [(handle, error)]
+            return [(handle, file_error(task, exc))]
 
     def close(self) -> None:
         self._tasks.clear()
@@ -302,7 +299,7 @@ class RayEngine:
         self.local = engine.ray_address is None
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-            if engine.ray_address is None:
+            if self.local:
                 # address "local": a Ray of its own, even where one runs on this machine or RAY_ADDRESS is set
                 options.update(address="local", num_cpus=engine.local_workers() * engine.threads,
                                _node_ip_address="127.0.0.1")
@@ -313,7 +310,7 @@ class RayEngine:
             # on is for the operators of a cluster (it printed under --quiet too).
             notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
             level = notice.level
-            if engine.ray_address is None:
+            if self.local:
                 notice.setLevel(logging.ERROR)
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
                 try:
@@ -321,7 +318,7 @@ class RayEngine:
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     # Ray's own message names no cause where its token authentication refused (it logs that)
                     hint = "; a cluster started with Ray's token authentication (its default) needs RAY_AUTH_MODE=token " \
-                        "here too" if engine.ray_address is not None and "RAY_AUTH_MODE" not in os.environ else ""
+                        "here too" if not self.local and "RAY_AUTH_MODE" not in os.environ else ""
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
                                          f"{exc}{hint}") from None
                 finally:

@@ -25,8 +25,7 @@ import tempfile
 from pathlib import Path
 
 from unflicker import io
-from unflicker.io.common import locked_by_another, try_lock
-
+from unflicker.io.common import hold_lock, locked_by_another, try_lock
 
 
 def input_fingerprint(info: io.VideoInfo) -> dict:
@@ -97,24 +96,19 @@ class JobFolder:
         self.path = Path(work) / "jobs" / key
         self.frames = self.path / "frames"
         self.running = self.path / "running"
+        self._fd = None
+        self._id = self.path.resolve()
+        if self._id in JobFolder._held:
+            raise OutputError(f"work folder {self.path} is this run's already: an input given twice (through a link?)")
         try:
             for folder in (self.path, self.frames, self.running):
                 folder.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path / self.LOCK, os.O_WRONLY | os.O_CREAT, 0o666)  # a folder shared by users
+            self._fd = hold_lock(self.path / self.LOCK, f"work folder {self.path} is in use by another run of the "
+                                 f"same input and settings: wait for it to end, or give this run another --keep-work")
         except OSError as exc:
             raise OutputError(f"cannot use work folder {self.path}: {exc.strerror or exc}") from None
-        if self.path.resolve() in JobFolder._held:
-            os.close(self._fd)
-            self._fd = None
-            raise OutputError(f"work folder {self.path} is this run's already: an input given twice (through a link?)")
-        taken = try_lock(self._fd)
-        if taken is False:
-            os.close(self._fd)
-            self._fd = None
-            raise OutputError(f"work folder {self.path} is in use by another run of the same input and "
-                              f"settings: wait for it to end, or give this run another --keep-work")
-        JobFolder._held.add(self.path.resolve())
-        if taken:  # without locks (None) another run may be using what looks left over
+        JobFolder._held.add(self._id)
+        if self._fd is not None:  # without locks another run may be using what looks left over
             try:
                 for stale in [*self.path.glob(".segment-*.partial*"), *self.frames.glob(".partial-*"),
                               *self.running.iterdir()]:
@@ -127,7 +121,7 @@ class JobFolder:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            JobFolder._held.discard(self.path.resolve())
+        JobFolder._held.discard(self._id)
 
     def result(self, index: int) -> Path:
         return self.path / f"segment-{index:05d}.npy"

@@ -300,11 +300,11 @@ class SegmentProgress:
             self._report(min(1.0, fraction))
 
 
-def file_error(task: SegmentTask, exc: OSError) -> OutputError | None:
+def file_error(task: SegmentTask, exc: OSError) -> OutputError:
     """A segment's failure to read or write its files (the work folder removed or full) as the task's one-line
-    error, not a crash of its worker, which would be retried; None for other system errors (re-raised)."""
+    error, not a crash of its worker, which would be retried; other system errors are raised again."""
     if exc.filename is None:
-        return None  # not about a file (ENOMEM of a mapping...): a crash, which a retry may get past
+        raise exc  # not about a file (ENOMEM of a mapping...): a crash, which a retry may get past
     return OutputError(f"segment {task.segment.index}: {exc.strerror or exc} ({exc.filename})")
 
 

@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         except UnflickerError as exc:
             message = ("error", exc)
         except OSError as exc:  # the work folder gone or full: the task's error, not a crash retried three times
-            error = file_error(task, exc)
-            if error is None:
-                raise
-            message = ("error", error)
+            message = ("error", file_error(task, exc))
         try:
             pickle.dump(message, results, protocol=pickle.HIGHEST_PROTOCOL)
             results.flush()

@@ -169,7 +169,6 @@ def read_frames(path: str | os.PathLike, info: VideoInfo | None = None) -> Itera
     yuv = info.chroma not in ("rgb", "gray")
     if yuv:
         convert["interpolation"] = SWS_READ
-    if yuv:
         if info.colorspace in SWS_MATRIX:
             convert["src_colorspace"] = SWS_MATRIX[info.colorspace]
         if info.color_range:

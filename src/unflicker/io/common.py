@@ -149,6 +149,24 @@ def try_lock(fd: int) -> bool | None:
         return None
 
 
+def remove(path: Path) -> None:
+    """Remove a file or a folder with what it holds, if there."""
+    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def hold_lock(path: Path, busy: str) -> int | None:
+    """Lock the file or folder `path` (a file is made if missing) for as long as the fd returned stays open;
+    OutputError(busy) where another process holds it; None (nothing held) where this file system has no locks."""
+    fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    taken = try_lock(fd)
+    if taken is not True:
+        os.close(fd)
+        if taken is False:
+            raise OutputError(busy)
+        return None
+    return fd
+
+
 def locked_by_another(path: Path) -> bool | None:
     """Whether another process holds the lock (flock) on the file or folder `path`; None where it cannot be
     told (no such path, no flock here). An unlocked one gets locked here, and the lock is let go."""
@@ -183,7 +201,7 @@ def make_held(path: Path, folder: bool) -> int | None:
                 fd = None
         os.rename(making, path)
     except OSError as exc:
-        shutil.rmtree(making, ignore_errors=True) if making.is_dir() else making.unlink(missing_ok=True)
+        remove(making)
         raise OutputError(f"cannot write beside {path.parent / path.name.split('.partial-')[0].lstrip('.')}: "
                           f"{exc.strerror or exc}") from None
     return fd
@@ -196,7 +214,7 @@ def sweep_partials(final: Path) -> None:
 
     for partial in final.parent.glob(f".{glob.escape(final.name)}.partial-*"):
         if locked_by_another(partial) is False:
-            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+            remove(partial)
 
 
 _RENAME_NOREPLACE = 1
@@ -232,12 +250,12 @@ def replace(temp: Path, final: Path, overwrite: bool) -> None:
     try:
         _replace(temp, final, overwrite)
     except OSError as exc:
-        shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+        remove(temp)
         raise OutputError(f"cannot put the output in place at {final}: {exc.strerror or exc}") from None
 
 
 def _discard_appeared(temp: Path, final: Path) -> None:
-    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink(missing_ok=True)
+    remove(temp)
     raise OutputError(f"output {final} appeared while writing; kept it and discarded the new one")
 
 

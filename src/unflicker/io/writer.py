@@ -45,7 +45,6 @@ class VideoWriter:
         self._temp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}{self.path.suffix}")
         self._container = None
         self._copier = None
-        self._lock = None
         sweep_partials(self.path)  # a killed run's partial output of the same name
         self._lock = make_held(self._temp, folder=self.to_folder)  # a video's file: the muxer writes it later
         if not self.to_folder:
