@@ -310,3 +310,23 @@ def test_replacing_a_folder_keeps_what_was_put_in_it_while_the_run_wrote(tmp_pat
         if kept_extra:
             assert (kept[0] / extra).read_text() == "important" and str(kept[0]) in str(caught[0].message)
         assert [p.name for p in base.iterdir() if p.name.startswith(".")] == []
+
+
+def test_h264_output_is_the_same_bytes_on_every_encode(tmp_path):
+    """x264's AVX-512 functions encoded the same frames differently now and then (io.encoders.X264_ASM):
+    twenty encodes of one noisy flickering clip in one process give one file."""
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((64, 96, 3)) * 255 * (0.8 + 0.2 * (t % 2))).astype(np.uint8) for t in range(12)]
+    source = tmp_path / "in.mkv"
+    with io.VideoWriter(source, io.VideoInfo(source, False, 96, 64, 12, Fraction(25), "rgb24", 8, False, None)) as w:
+        for frame in frames:
+            w.write(frame)
+    info = io.probe(source)
+    files = set()
+    for k in range(20):
+        out = tmp_path / f"out{k}.mp4"
+        with io.VideoWriter(out, info) as writer:
+            for frame in frames:
+                writer.write(frame.astype(np.float32) / 255)
+        files.add(out.read_bytes())
+    assert len(files) == 1
