@@ -242,3 +242,18 @@ def test_weights_options_reach_the_method_and_missing_weights_fail_in_one_line(t
         lines = [line for line in err.splitlines() if line.strip()]
         assert code != 0 and len(lines) == 1 and lines[0].startswith("unflicker: error:"), err
         assert ("weights" in err) and not output.exists()
+
+
+def test_eval_json_is_strict_json(tmp_path, capsys):
+    """A result identical to its ground truth has an infinite PSNR: JSON has no Infinity, so it is null there
+    (Python's json wrote the non-standard `Infinity`, which strict parsers reject)."""
+    frames = [np.full((12, 16, 3), 0.4 + 0.05 * (t % 2), np.float32) for t in range(4)]
+    clip = write_folder(tmp_path / "clip", frames)
+    code, out, err = run_cli(capsys, "eval", clip, "--reference", clip, "--ground-truth", clip, "--json")
+    assert code == 0 and "Traceback" not in err
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads(out, parse_constant=refuse)
+    assert report["psnr"] is None and report["ssim"] == pytest.approx(1.0)

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ground-truth", type=Path, help="flicker-free ground truth for PSNR/SSIM")
     evaluate.add_argument("--long-term", type=int, default=5, metavar="K", help="also compare frame t with t+K")
     evaluate.add_argument("--max-side", type=int, default=480, help="score at this longer side (default 480)")
-    evaluate.add_argument("--json", action="store_true", help="print JSON instead of text")
+    evaluate.add_argument("--json", action="store_true",
+                          help="print JSON instead of text (an infinite score, the PSNR of identical frames, is null)")
 
     info = commands.add_parser("info", help="describe a video or frame folder")
     info.add_argument("input", type=Path)
@@ -231,8 +232,9 @@ def _eval(args) -> int:
     from unflicker.evaluation import evaluate, evaluate_against_reference, format_report
 
     options = dict(long_term=args.long_term, max_side=args.max_side)
-    if args.json:
-        print(json.dumps(evaluate(args.result, args.reference, args.ground_truth, **options), indent=2))
+    if args.json:  # JSON has no Infinity: a score that is not finite (PSNR of identical frames) is null
+        report = evaluate(args.result, args.reference, args.ground_truth, **options)
+        print(json.dumps({key: value if math.isfinite(value) else None for key, value in report.items()}, indent=2))
     else:  # beside each score the reference's own: the before and after
         print(format_report(*evaluate_against_reference(args.result, args.reference, args.ground_truth, **options)))
     return 0
