@@ -257,3 +257,11 @@ def test_eval_json_is_strict_json(tmp_path, capsys):
 
     report = json.loads(out, parse_constant=refuse)
     assert report["psnr"] is None and report["ssim"] == pytest.approx(1.0)
+
+
+def test_eval_json_counts_frames_as_an_integer_as_the_text_does(tmp_path, capsys):
+    clip = write_folder(tmp_path / "clip", [np.full((12, 16, 3), 0.4 + 0.05 * (t % 2), np.float32) for t in range(4)])
+    code, out, _ = run_cli(capsys, "eval", clip, "--reference", clip, "--json")
+    assert code == 0 and '"frames": 4,' in out  # was 4.0
+    code, out, _ = run_cli(capsys, "eval", clip, "--reference", clip)
+    assert code == 0 and out.splitlines()[0].split() == ["frames:", "4"]

@@ -116,7 +116,7 @@ class Evaluator:
                              f"{self._reference.width}x{self._reference.height}")
         scale = metrics.WARP_ERROR_SCALE
         frames = _frames_source(result_info)
-        report: dict[str, float] = {"frames": float(result_info.frame_count)}
+        report: dict[str, float] = {"frames": result_info.frame_count}  # a count: an int (JSON 12, not 12.0)
         short_l2, short_l1 = self._short.scores(frames())
         report["warp_error"] = short_l2 * scale
         if self._long is not None:
