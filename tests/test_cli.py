@@ -265,3 +265,18 @@ def test_eval_json_counts_frames_as_an_integer_as_the_text_does(tmp_path, capsys
     assert code == 0 and '"frames": 4,' in out  # was 4.0
     code, out, _ = run_cli(capsys, "eval", clip, "--reference", clip)
     assert code == 0 and out.splitlines()[0].split() == ["frames:", "4"]
+
+
+def test_eval_of_a_shorter_result_warns_once(tmp_path, capsys):
+    """The text report scores the result and the reference: the reference's own scores came from the sequences
+    aligned (and warned about) once already, not a second time."""
+    frames = [np.full((12, 16, 3), 0.4 + 0.05 * (t % 2), np.float32) for t in range(6)]
+    reference = tmp_path / "reference.mkv"
+    with io.VideoWriter(reference, io.VideoInfo(reference, False, 16, 12, 6, io.DEFAULT_FOLDER_FPS, "rgb24", 8,
+                                                False, None)) as writer:
+        for frame in frames:
+            writer.write(io.from_float(frame))
+    result = write_folder(tmp_path / "result", frames[:4])
+    code, out, err = run_cli(capsys, "eval", result, "--reference", reference, "--long-term", "0")
+    assert code == 0 and out.splitlines()[0].split() == ["frames:", "4"]
+    assert err.splitlines() == ["unflicker: warning: sequences differ in length; comparing the first 4 frames"]

@@ -108,8 +108,8 @@ class Evaluator:
         short-term plus long-term to the first frame) and detail (Laplacian energy of the result
         over the ground truth's, or the reference's without one, per-frame contrast matched).
         """
-        # The result the evaluator was made `like` was aligned (and warned about) then.
-        same = self._like.path.resolve() == Path(result).resolve()
+        # The result the evaluator was made `like`, and the reference, were aligned (and warned about) then.
+        same = Path(result).resolve() in (self._like.path.resolve(), self._reference.path.resolve())
         result_info = aligned_infos(io.probe(result), self._like, warn=not same)[0]
         if (result_info.width, result_info.height) != (self._reference.width, self._reference.height):
             raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
