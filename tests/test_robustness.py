@@ -435,6 +435,17 @@ def test_api_on_arrays_keeps_dtype_and_shape(tmp_path):
     assert np.array_equal(rgba[..., 3:], alpha) and np.array_equal(rgba[..., :3], out)
 
 
+def test_api_rejects_one_frame_passed_as_a_clip():
+    """A single (H, W, 3) frame is not a grey clip of H frames W x 3 pixels: it was deflickered as one and
+    returned changed; now an InputError that says what to pass."""
+    frame = clip(1)[0]
+    for one in (frame, frame[..., :1], np.concatenate([frame, frame[..., :1]], axis=2)):
+        with pytest.raises(InputError, match=r"one \(H, W, C\) frame\?"):
+            unflicker.deflicker(one, method="classical", progress=False)
+    out = unflicker.deflicker(frame[None], method="classical", progress=False)
+    assert out.shape == (1, *frame.shape) and np.array_equal(out[0], frame)
+
+
 def test_api_on_files_returns_the_summary(tmp_path):
     source = write_pngs(tmp_path / "clip", list(clip(6)))
     summary = unflicker.deflicker(source, tmp_path / "out.mp4", plot=tmp_path / "plot.png", method="classical", progress=False)

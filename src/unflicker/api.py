@@ -92,7 +92,8 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
 
     frames_or_path: a path (video file or folder of frames), or a clip: a (T, H, W, 3) array or
     a list of (H, W, 3) frames, uint8, uint16 or float in [0, 1]. Grey (T, H, W) / (T, H, W, 1)
-    and RGBA (T, H, W, 4) clips work too; alpha is passed through unchanged.
+    and RGBA (T, H, W, 4) clips work too; alpha is passed through unchanged. A 3-D array whose
+    last axis is 1, 3 or 4 is taken for one frame and refused (pass frame[None]).
     output: for a path, where to write (video by extension, else a folder of PNG frames).
     method: 'neural' or 'classical' (None: neural, or classical for frames too small for it).
     options: RunConfig fields: preset, atlas, atlas_steps, keep_slow, kind, strength, filter_weights, refine_weights,
@@ -114,6 +115,9 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     if isinstance(frames_or_path, np.ndarray):
         if frames_or_path.ndim not in (3, 4):
             raise InputError(f"expected a (T, H, W, 3) clip, got an array of shape {frames_or_path.shape}")
+        if frames_or_path.ndim == 3 and frames_or_path.shape[2] in (1, 3, 4):  # not a grey clip W = 1, 3, 4 px wide
+            raise InputError(f"expected a (T, H, W, 3) clip, got an array of shape {frames_or_path.shape}: one "
+                             f"(H, W, C) frame? Pass frame[None] for a clip of one frame")
     elif not isinstance(frames_or_path, (list, tuple)):
         raise InputError(f"expected a path, an array or a list of frames, got {type(frames_or_path).__name__}")
     if len(frames_or_path) == 0:
