@@ -535,6 +535,19 @@ def test_api_clips_float_frames_outside_0_1_with_a_warning():
     assert np.array_equal(out[..., :3], expected) and np.array_equal(out[..., 3:], alpha, equal_nan=True)
 
 
+def test_api_clips_finite_float64_values_past_float32s_range():
+    """1e300 is finite: clipped with the warning as any value outside [0, 1], not 'NaN or infinite' (it is
+    infinite only once cast to float32)."""
+    frames = clip(6).astype(np.float64) / 255
+    frames[:, 0, 0] = 1e300
+    frames[:, 1, 1] = -1e300
+    with pytest.warns(UserWarning, match=r"outside \[0, 1\]: they are clipped"):
+        out = unflicker.deflicker(frames, method="classical", progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert np.array_equal(out, unflicker.deflicker(np.clip(frames, 0, 1), method="classical", progress=False))
+
+
 def test_api_unknown_stop_after_stage_fails_before_making_the_work_folder(tmp_path):
     source = write_pngs(tmp_path / "clip", list(clip(4)))
     with pytest.raises(InputError, match="unknown stage 'atals' for --stop-after"):

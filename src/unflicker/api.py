@@ -53,10 +53,12 @@ class _FloatFrames(Sequence):
         frame = np.asarray(self.frames[t])
         if frame.shape != self.shape or frame.dtype != self.dtype:
             raise InputError(f"frame {t} is {frame.dtype} {frame.shape}, frame 0 is {self.dtype} {self.shape}")
-        frame = io.to_float(frame[:, :, :3] if frame.ndim == 3 else frame[:, :, None])  # alpha passes through (restore)
+        colour = frame[:, :, :3] if frame.ndim == 3 else frame[:, :, None]  # alpha passes through (restore)
+        with np.errstate(over="ignore"):  # finite float64 values past float32's range: inf here, clipped below
+            frame = io.to_float(colour)
         if self.dtype.kind == "f":
             low, high = float(frame.min(initial=0.0)), float(frame.max(initial=0.0))
-            if not (np.isfinite(low) and np.isfinite(high)):
+            if not (np.isfinite(low) and np.isfinite(high)) and not np.isfinite(colour).all():
                 raise InputError(f"frame {t} holds NaN or infinite values")
             if low < 0.0 or high > 1.0:  # as OpenEXR frames are (io.images)
                 warnings.warn("float frames hold values outside [0, 1]: they are clipped", stacklevel=2)
