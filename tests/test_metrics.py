@@ -151,6 +151,15 @@ def test_psnr_matches_formula():
         psnr(a, a[:-1])
 
 
+def test_sequence_psnr_is_not_inf_when_only_some_frames_are_identical():
+    """One frame identical to the ground truth (a first frame left as it was) made the mean of the frames' PSNRs
+    inf, 'perfect', whatever the others; each frame now counts at most 99 dB, inf only when all are equal."""
+    a = texture(H, W, 4, 0.2, 0.8)
+    assert sequence_psnr([a, a + 0.1], [a, a]) == pytest.approx((99.0 + 20.0) / 2, abs=1e-4)
+    assert sequence_psnr([a + 0.05, a + 0.1], [a, a]) == pytest.approx((10 * np.log10(400) + 20.0) / 2, abs=1e-4)
+    assert sequence_psnr([a, a], [a, a]) == float("inf")
+
+
 def test_ssim_identity_noise_and_skimage_agreement():
     a = texture(H, W, 5, 0.1, 0.9)
     assert ssim(a, a) == pytest.approx(1.0, abs=1e-9)

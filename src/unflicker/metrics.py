@@ -21,6 +21,9 @@ from unflicker.flow import LUMA_WEIGHTS, flow_pair, warp
 # Warping errors are reported multiplied by this (the papers' "x 10^-3" tables).
 WARP_ERROR_SCALE = 1e3
 
+# Most dB one frame counts in a sequence's mean PSNR (an identical frame's is inf); as benchmarks/compare.py.
+PSNR_CAP = 99.0
+
 # Half-width of the running median that removes slow brightness trends in flicker_index.
 FLICKER_TREND_RADIUS = 3
 
@@ -345,16 +348,27 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(values))
 
 
-def _sequence_mean(metric, result: Iterable[np.ndarray], truth: Iterable[np.ndarray]) -> float:
+def _sequence_values(metric, result: Iterable[np.ndarray], truth: Iterable[np.ndarray]) -> list[float]:
     values = [metric(r, t) for r, t in _zip_equal(result, truth, "result and truth")]
     if not values:
         raise InputError("the sequences are empty")
-    return float(np.mean(values))
+    return values
+
+
+def _sequence_mean(metric, result: Iterable[np.ndarray], truth: Iterable[np.ndarray]) -> float:
+    return float(np.mean(_sequence_values(metric, result, truth)))
 
 
 def sequence_psnr(result: Iterable[np.ndarray], truth: Iterable[np.ndarray]) -> float:
-    """Mean per-frame PSNR (dB) of two equally long sequences of frames in [0, 1], streamed."""
-    return _sequence_mean(psnr, result, truth)
+    """Mean per-frame PSNR (dB) of two equally long sequences of frames in [0, 1], streamed.
+
+    Each frame counts at most PSNR_CAP dB, so that a frame identical to its truth (inf) does not make the
+    whole sequence's mean inf; inf only when every frame is identical.
+    """
+    values = _sequence_values(psnr, result, truth)
+    if all(v == float("inf") for v in values):
+        return float("inf")
+    return float(np.mean(np.minimum(values, PSNR_CAP)))
 
 
 def sequence_ssim(result: Iterable[np.ndarray], truth: Iterable[np.ndarray]) -> float:
