@@ -190,6 +190,21 @@ def test_variable_frame_rate_keeps_timestamps(tmp_path, capsys):
     assert times == [p / 1000 for p in pts]
 
 
+def test_a_video_without_a_stated_duration_is_read_and_scored(tmp_path, capsys):
+    """A raw H.264 stream (.h264) states no duration: probe failed with a TypeError traceback (0.01 * None)
+    in info, run and eval; a single image file given as the input the same."""
+    frames = clip(6)
+    raw = write_video(tmp_path / "raw.h264", list(frames))
+    code, out, err = run_cli(capsys, "info", raw)
+    assert_clean(code, err)
+    assert io.probe(raw).frame_count == 6
+    code, out, err = run_cli(capsys, "eval", raw, "--reference", raw, "--json")
+    assert_clean(code, err)
+    image = write_pngs(tmp_path / "one", frames[:1]) / "0.png"
+    code, out, err = run_cli(capsys, "info", image)
+    assert_clean(code, err)
+
+
 def _neural_inputs(tmp_path):
     """name -> (input path, output name): the extremes above, for the default (neural) method."""
     rgb = clip(6)

@@ -138,7 +138,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         fps = stream.average_rate or stream.guessed_rate or DEFAULT_FOLDER_FPS
         stated = _stated_end(container, stream)
         missing = stated - end if end is not None and stated is not None else 0.0
-        facts["missing_seconds"] = round(missing, 3) if missing > max(2 / float(fps), 0.01 * stated) else 0.0
+        # No stated end (a raw .h264 stream, one image file): nothing is known to be missing.
+        short = stated is not None and missing > max(2 / float(fps), 0.01 * stated)
+        facts["missing_seconds"] = round(missing, 3) if short else 0.0
         return VideoInfo(path, False, ctx.width, ctx.height, count, Fraction(fps),
                          fmt, 16 if facts["sample_bits"] > 8 else 8, bool(container.streams.audio),
                          Fraction(stream.time_base) if stream.time_base else None,
