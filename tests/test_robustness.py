@@ -563,6 +563,15 @@ def test_api_clips_finite_float64_values_past_float32s_range():
         assert np.array_equal(out, unflicker.deflicker(np.clip(frames, 0, 1), method="classical", progress=False))
 
 
+def test_api_passes_a_float64_alpha_through_bit_for_bit():
+    """The alpha of a float64 RGBA clip went through float32 on the way (0.1 came back 0.10000000149)."""
+    frames = clip(6).astype(np.float64) / 255
+    alpha = np.random.default_rng(3).random((*frames.shape[:3], 1))
+    out = unflicker.deflicker(np.concatenate([frames, alpha], axis=3), method="classical", progress=False)
+    assert out.dtype == np.float64 and np.array_equal(out[..., 3:], alpha)
+    assert np.array_equal(out[..., :3], unflicker.deflicker(frames, method="classical", progress=False))
+
+
 def test_api_unknown_stop_after_stage_fails_before_making_the_work_folder(tmp_path):
     source = write_pngs(tmp_path / "clip", list(clip(4)))
     with pytest.raises(InputError, match="unknown stage 'atals' for --stop-after"):

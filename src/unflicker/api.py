@@ -73,19 +73,14 @@ class _FloatFrames(Sequence):
     def restore(self, t: int, rgb: np.ndarray) -> np.ndarray:
         """Output frame t ((H, W, 3) float in [0, 1]) in the input's layout and dtype (alpha copied)."""
         channels = 1 if len(self.shape) == 2 else self.shape[2]
-        if channels == 1:
-            out = rgb.mean(axis=2, keepdims=True)  # grey in, equal channels out (to rounding)
-        elif channels == 4:
-            out = np.concatenate([rgb, io.to_float(np.asarray(self.frames[t])[:, :, 3:])], axis=2)
-        else:
-            out = rgb
-        out = out.reshape(self.shape)
+        out = rgb.mean(axis=2, keepdims=True) if channels == 1 else rgb  # grey in, equal channels out (to rounding)
         if self.dtype in (np.uint8, np.uint16):
-            if channels == 4:  # the alpha is copied bit for bit, not through a float round trip
-                colour = io.from_float(out[:, :, :3], 16 if self.dtype == np.uint16 else 8)
-                return np.concatenate([colour, np.asarray(self.frames[t])[:, :, 3:]], axis=2)
-            return io.from_float(out, 16 if self.dtype == np.uint16 else 8)
-        return out.astype(self.dtype)
+            out = io.from_float(out, 16 if self.dtype == np.uint16 else 8)
+        else:
+            out = out.astype(self.dtype)
+        if channels == 4:  # the alpha is copied bit for bit, not through a float round trip
+            out = np.concatenate([out, np.asarray(self.frames[t])[:, :, 3:]], axis=2)
+        return out.reshape(self.shape)
 
 
 def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: str | None = None,
