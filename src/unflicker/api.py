@@ -93,8 +93,9 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     last axis is 1, 3 or 4 is taken for one frame and refused (pass frame[None]).
     output: for a path, where to write (video by extension, else a folder of PNG frames).
     method: 'neural' or 'classical' (None: neural, or classical for frames too small for it).
-    options: RunConfig fields: preset, atlas, atlas_steps, keep_slow, kind, strength, filter_weights, refine_weights,
-    progress; for files also crf, codec, bit_depth, overwrite, keep_work, stop_after, compare, plot.
+    options: RunConfig fields: preset, atlas, atlas_steps, projection, keep_slow, kind, strength, filter_weights,
+    refine_weights, progress, segments, engine; for files also crf, codec, bit_depth, overwrite, keep_work,
+    stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
     Returns the RunSummary for a path, else the deflickered clip as an array with the input's
     shape ((T, ...) for a list) and dtype.
     """
