@@ -572,6 +572,14 @@ def test_api_passes_a_float64_alpha_through_bit_for_bit():
     assert np.array_equal(out[..., :3], unflicker.deflicker(frames, method="classical", progress=False))
 
 
+def test_api_takes_big_endian_frames():
+    """Big-endian uint16 frames (FITS files, astropy) were refused: 'must be uint8, uint16 or float, got >u2'."""
+    frames = clip(6).astype(np.uint16) * 257
+    out = unflicker.deflicker(frames.astype(">u2"), method="classical", progress=False)
+    assert out.dtype == np.dtype(">u2")
+    assert np.array_equal(out, unflicker.deflicker(frames, method="classical", progress=False))
+
+
 def test_api_unknown_stop_after_stage_fails_before_making_the_work_folder(tmp_path):
     source = write_pngs(tmp_path / "clip", list(clip(4)))
     with pytest.raises(InputError, match="unknown stage 'atals' for --stop-after"):

@@ -42,7 +42,9 @@ class _FloatFrames(Sequence):
         if first.ndim != 3 or first.shape[2] not in (1, 3, 4):
             raise InputError(f"expected frames of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
                              f"got {np.shape(frames[0])}")
-        if not (np.issubdtype(first.dtype, np.floating) or first.dtype in (np.uint8, np.uint16)):
+        # Computed in the machine's byte order (big-endian frames: FITS files); returned in the input's.
+        self.native = first.dtype.newbyteorder("=")
+        if not (np.issubdtype(self.native, np.floating) or self.native in (np.uint8, np.uint16)):
             raise InputError(f"frames must be uint8, uint16 or float in [0, 1], got {first.dtype}")
         self.shape, self.dtype = np.shape(frames[0]), first.dtype
 
@@ -54,6 +56,7 @@ class _FloatFrames(Sequence):
         if frame.shape != self.shape or frame.dtype != self.dtype:
             raise InputError(f"frame {t} is {frame.dtype} {frame.shape}, frame 0 is {self.dtype} {self.shape}")
         colour = frame[:, :, :3] if frame.ndim == 3 else frame[:, :, None]  # alpha passes through (restore)
+        colour = colour.astype(self.native, copy=False)
         with np.errstate(over="ignore"):  # finite float64 values past float32's range: inf here, clipped below
             frame = io.to_float(colour)
         if self.dtype.kind == "f":
@@ -74,8 +77,8 @@ class _FloatFrames(Sequence):
         """Output frame t ((H, W, 3) float in [0, 1]) in the input's layout and dtype (alpha copied)."""
         channels = 1 if len(self.shape) == 2 else self.shape[2]
         out = rgb.mean(axis=2, keepdims=True) if channels == 1 else rgb  # grey in, equal channels out (to rounding)
-        if self.dtype in (np.uint8, np.uint16):
-            out = io.from_float(out, 16 if self.dtype == np.uint16 else 8)
+        if self.native in (np.uint8, np.uint16):
+            out = io.from_float(out, 16 if self.native == np.uint16 else 8)
         else:
             out = out.astype(self.dtype)
         if channels == 4:  # the alpha is copied bit for bit, not through a float round trip
