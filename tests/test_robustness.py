@@ -685,3 +685,14 @@ def test_a_batch_list_maps_no_output_onto_its_input_and_reads_a_bom_and_latin1_n
                              "classical", "--quiet")
     assert_clean(code, err)
     assert "2 done" in out and (tmp_path / "out" / "a.mp4").exists() and (tmp_path / "out" / latin.name).exists()
+
+
+def test_eval_of_frames_too_small_for_ssim_gives_the_other_scores(tmp_path, capsys):
+    """Frames under SSIM's 11-pixel window failed the whole report with SSIM's error; SSIM is now left out,
+    said once, and every other score is given."""
+    result = write_pngs(tmp_path / "result", list(clip(n=4, h=8, w=10)))
+    truth = write_pngs(tmp_path / "truth", list(clip(n=4, h=8, w=10, flicker=0.0)))
+    code, out, err = run_cli(capsys, "eval", result, "--reference", result, "--ground-truth", truth)
+    assert_clean(code, err)
+    assert err.count("SSIM needs frames of at least 11 x 11") == 1
+    assert "psnr" in out and "warp_error" in out and "detail" in out and "ssim" not in out

@@ -99,12 +99,13 @@ class Evaluator:
         self._first = metrics.ReferenceFlows.compute(reference(), against_first=True, max_side=max_side)
         del reference
         self._truth_frames = _frames_source(self._truth) if self._truth is not None else None
+        self._ssim_left_out = False  # said once that the frames are too small for SSIM
 
     def score(self, result: str | Path) -> dict[str, float]:
         """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB.
 
         Keys: frames, warp_error (Lai, t -> t+1), warp_error_k<K> (t -> t+K), flicker_index,
-        psnr and ssim (with a ground truth), paper_warp_error (Lei et al. CVPR 2023: masked L1,
+        psnr and ssim (with a ground truth; ssim for frames of 11 px a side or more), paper_warp_error (Lei et al. CVPR 2023: masked L1,
         short-term plus long-term to the first frame) and detail (Laplacian energy of the result
         over the ground truth's, or the reference's without one, per-frame contrast matched).
         """
@@ -124,7 +125,12 @@ class Evaluator:
         report["flicker_index"] = metrics.flicker_index(frames())["luma"] * scale
         if self._truth_frames is not None:
             report["psnr"] = metrics.sequence_psnr(frames(), self._truth_frames())
-            report["ssim"] = metrics.sequence_ssim(frames(), self._truth_frames())
+            if min(result_info.width, result_info.height) >= metrics.SSIM_MIN_SIDE:
+                report["ssim"] = metrics.sequence_ssim(frames(), self._truth_frames())
+            elif not self._ssim_left_out:  # said once: the reference's own column has the same size
+                self._ssim_left_out = True
+                warnings.warn(f"SSIM needs frames of at least {metrics.SSIM_MIN_SIDE} x {metrics.SSIM_MIN_SIDE} "
+                              f"pixels: left out for {result_info.width}x{result_info.height}", stacklevel=2)
         # The paper's E_warp: masked L1, short-term (t, t+1) plus long-term (first frame, t).
         report["paper_warp_error"] = (short_l1 + self._first.scores(frames())[1]) * scale
         # Sharpness against the ground truth (the look to keep) or, without one, the reference.

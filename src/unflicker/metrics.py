@@ -24,6 +24,9 @@ WARP_ERROR_SCALE = 1e3
 # Most dB one frame counts in a sequence's mean PSNR (an identical frame's is inf); as benchmarks/compare.py.
 PSNR_CAP = 99.0
 
+# SSIM's window (11 x 11, as Wang et al.): frames need at least this many pixels a side.
+SSIM_MIN_SIDE = 11
+
 # Half-width of the running median that removes slow brightness trends in flicker_index.
 FLICKER_TREND_RADIUS = 3
 
@@ -331,8 +334,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     a, b = _image(a), _image(b)
     if a.shape != b.shape:
         raise InputError(f"images differ in shape: {a.shape} vs {b.shape}")
-    if min(a.shape[:2]) < 11:
-        raise InputError(f"SSIM needs images of at least 11 x 11 pixels, got {a.shape[:2]}")
+    if min(a.shape[:2]) < SSIM_MIN_SIDE:
+        raise InputError(f"SSIM needs images of at least {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} pixels, got {a.shape[:2]}")
     c1, c2 = 0.01**2, 0.03**2
 
     def blur(x: np.ndarray) -> np.ndarray:
