@@ -27,6 +27,7 @@ from unflicker.filter import (
 from unflicker.filter.distortions import texture_distortion, warp_image
 from unflicker.filter.network import stats_prior
 from unflicker.filter.training import FilterTrainConfig, slice_weights, train
+from unflicker.filter.training import main as train_main
 from unflicker.filter.upsampling import guided_coefficients
 from unflicker.refine import apply_gain_offset_np
 
@@ -222,6 +223,23 @@ def test_training_smoke_writes_loadable_weights_and_resumes(tiny_data, tmp_path)
     for (k, v), w in zip(resumed.state_dict().items(), fresh.state_dict().values()):
         torch.testing.assert_close(v, w, msg=k)
     assert not torch.equal(resumed.head.weight, FilterUNet(FilterNetConfig(4, 2)).head.weight)
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--checkpoint-every", "0"), ("--val-every", "0"),
+    ("--log-every", "0"), ("--threads", "-1"), ("--stop-at", "-1"), ("--val-images", "0"), ("--net-scale", "0"),
+    ("--prior-sigma", "0"), ("--working-side", "0"), ("--steps", "0"),
+])
+def test_training_rejects_bad_numbers_in_one_line_before_writing(tiny_data, tmp_path, capsys, option, value):
+    # Each used to be a traceback (Adam, a modulo by zero, torch threads), NaN weights, weights that
+    # cannot be loaded, or a run that learns nothing; and the output folder was made first.
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+            "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1", option, value]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unflicker: error: ") and "\n" not in err
+    assert not out.exists()
 
 
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):

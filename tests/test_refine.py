@@ -182,6 +182,20 @@ def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--lr", "-1"), ("--lr", "0"), ("--checkpoint-every", "0"), ("--threads", "-1"), ("--working-side", "8"),
+    ("--max-seconds", "-1"), ("--device", "nope"), ("--steps", "0"),
+])
+def test_training_rejects_bad_numbers_in_one_line_before_writing(tmp_path, capsys, option, value):
+    # Each used to be a traceback (Adam, a modulo by zero, torch threads or device), or an error only
+    # at the first validation, after training; and the output folder was made first.
+    out = tmp_path / "run"
+    assert train_main(["--data", str(tmp_path), "--output", str(out), option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unflicker: error: ") and "\n" not in err
+    assert not out.exists()
+
+
 def test_training_rejects_missing_validation_clip(tmp_path):
     (tmp_path / "a.mp4").write_bytes(b"")
     assert train_main(["--data", str(tmp_path), "--val-clip", "nope", "--output", str(tmp_path / "o")]) == 2

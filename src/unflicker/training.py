@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from unflicker.errors import InputError
+
 
 def shared_data(*parts: str) -> Path:
     """A folder of the project's shared data, which sits beside the repository checkout."""
@@ -30,6 +32,19 @@ def add_run_control_args(parser: argparse.ArgumentParser, defaults) -> None:
     parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--stop-at", type=int, default=0, help="stop at this step (resume later); 0: run to --steps")
     parser.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+
+
+def check_run_numbers(config) -> None:
+    """InputError with a one-line reason unless a training config's learning rate and shared run
+    options are usable (checked before anything is read or written)."""
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise InputError(f"lr must be a number > 0, got {config.lr}")
+    for name in ("steps", "checkpoint_every", "val_every", "log_every"):
+        if getattr(config, name) < 1:
+            raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("threads", "stop_at"):
+        if getattr(config, name) < 0:
+            raise InputError(f"{name} must be >= 0, got {getattr(config, name)}")
 
 
 def run_control(args: argparse.Namespace) -> dict:

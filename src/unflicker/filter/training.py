@@ -26,7 +26,7 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import add_run_control_args, config_record, cosine_lr, run_control, save_checkpoint, shared_data
+from unflicker.training import add_run_control_args, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -226,12 +226,18 @@ def slice_weights(student: FilterUNet, teacher: FilterUNet) -> None:
 def train(config: FilterTrainConfig) -> dict:
     """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path)."""
     out_dir = Path(config.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    for name in ("crop", "batch", "steps"):
+    check_run_numbers(config)
+    for name in ("crop", "batch", "val_images"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if not (math.isfinite(config.net_scale) and config.net_scale > 0):
+        raise InputError(f"net_scale must be a number > 0, got {config.net_scale}")
+    if not (math.isfinite(config.network.prior_sigma) and config.network.prior_sigma > 0):
+        raise InputError(f"prior_sigma must be a number > 0, got {config.network.prior_sigma}")
+    if config.inference.working_side < 8:  # as NeuralFilter, which loads the weights, needs
+        raise InputError(f"working_side must be >= 8, got {config.inference.working_side}")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     if not 0.0 <= config.distortion.texture_prob <= 1.0:
         raise InputError(f"texture_prob must be in 0..1, got {config.distortion.texture_prob}")
     if not 0.0 <= config.teacher_weight <= 1.0:
@@ -257,6 +263,7 @@ def train(config: FilterTrainConfig) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     ckpt_path = out_dir / "checkpoint.pt"
     if config.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)

@@ -29,7 +29,7 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import add_run_control_args, config_record, cosine_lr, run_control, save_checkpoint, shared_data
+from unflicker.training import add_run_control_args, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
 
 @dataclass
@@ -209,13 +209,30 @@ def validate(net: RefineNet, clean: np.ndarray, flickered: list[np.ndarray], inf
 
 
 def _check(config: RefineTrainConfig) -> None:
-    for name in ("crop", "batch", "steps", "val_frames", "val_draws", "cache_side"):
+    check_run_numbers(config)
+    for name in ("crop", "batch", "val_frames", "val_draws", "cache_side"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.length < 2:
         raise InputError(f"length must be >= 2, got {config.length}")
     if config.inference.flow_preset not in FLOW_PRESETS:
         raise InputError(f"unknown flow preset {config.inference.flow_preset!r}; choose from {FLOW_PRESETS}")
+    if config.inference.working_side < 16:  # as LocalRefiner, which validates and loads the weights, needs
+        raise InputError(f"working_side must be >= 16, got {config.inference.working_side}")
+    if not config.max_seconds >= 0:
+        raise InputError(f"max_seconds must be >= 0, got {config.max_seconds}")
+
+
+def _device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown torch device {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r}: CUDA is not available here")
+    return device
 
 
 def train(config: RefineTrainConfig, command: str | None = None) -> dict:
@@ -225,10 +242,9 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     """
     _check(config)
     out_dir = Path(config.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train_paths, val_path = _clip_paths(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else out_dir / "cache"
     clips = [load_clip(p, cache_dir, config.cache_side, config.max_frames) for p in train_paths]
@@ -243,6 +259,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
+    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     ckpt_path = out_dir / "checkpoint.pt"
     if config.resume and ckpt_path.is_file():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
