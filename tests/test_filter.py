@@ -242,6 +242,22 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tiny_data, tmp_
     assert not out.exists()
 
 
+def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
+    # It used to continue the checkpoint silently (a finished run: no step at all) and rewrite its
+    # weights with a record stating the new settings, e.g. lr 0.1 for weights never trained at it.
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, steps=2))
+    before = (out / "filter.safetensors").read_bytes(), (out / "filter.json").read_text()
+    with pytest.raises(InputError, match="other settings.*lr 0.0005 -> 0.1"):
+        train(dataclasses.replace(tiny_config(tiny_data, out, steps=2), lr=0.1))
+    with pytest.raises(InputError, match="crop 32 -> 48"):
+        train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), crop=48))
+    assert ((out / "filter.safetensors").read_bytes(), (out / "filter.json").read_text()) == before
+    # More steps, another stop or cadence go on; --no-resume starts afresh.
+    assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), log_every=2))["steps"] == 3
+    assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=1), lr=0.1, resume=False))["steps"] == 1
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

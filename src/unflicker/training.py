@@ -64,11 +64,32 @@ def config_record(config) -> dict:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
+# Config fields a resumed session may change: how the run goes on, not what it learns.
+_SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max_seconds", "device"}
+
+
+def check_resumable(state: dict, config, path: Path) -> None:
+    """InputError unless checkpoint `state` (read from `path`) was made with `config`'s settings, but for
+    the session fields (steps, stop and cadences, threads, ...): resuming under other settings would
+    mix two runs in one set of weights, and their record would state the second's alone."""
+    saved = state.get("config")
+    if saved is None:  # a checkpoint from before the config was kept in it
+        return
+    now = config_record(config)
+    changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(now.keys() | saved.keys())
+               if k not in _SESSION_FIELDS and saved.get(k) != now.get(k)]
+    if changed:
+        raise InputError(f"{path} is from a run with other settings ({'; '.join(changed)}); give the same "
+                         "options to resume it, or use another output folder or --no-resume")
+
+
 def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, step: int, rng_state: str,
-                    network: dict, seconds: float) -> None:
-    """Write everything a resumed run needs, atomically (a kill mid-write keeps the previous one)."""
+                    network: dict, seconds: float, config=None) -> None:
+    """Write everything a resumed run needs, atomically (a kill mid-write keeps the previous one);
+    config: the run's config, which a resumed session must match (check_resumable)."""
     state = {"step": step, "net": net.state_dict(), "opt": opt.state_dict(), "rng": rng_state,
-             "torch_rng": torch.get_rng_state(), "network": network, "seconds": seconds}
+             "torch_rng": torch.get_rng_state(), "network": network, "seconds": seconds,
+             "config": None if config is None else config_record(config)}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     tmp.replace(path)

@@ -26,7 +26,7 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import add_run_control_args, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
+from unflicker.training import add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -270,6 +270,7 @@ def train(config: FilterTrainConfig) -> dict:
         if state["network"] != asdict(config.network):
             raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
                              "use another output folder or --no-resume")
+        check_resumable(state, config, ckpt_path)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = json.loads(state["rng"])
@@ -319,7 +320,8 @@ def train(config: FilterTrainConfig) -> dict:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == end:
-                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network), seconds + time.time() - start)
+                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
+                                seconds + time.time() - start, config)
     finally:
         pending.cancel()
         pool.shutdown(wait=True)

@@ -29,7 +29,7 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import add_run_control_args, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
+from unflicker.training import add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
 
 
 @dataclass
@@ -266,6 +266,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         if state["network"] != asdict(config.network):
             raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
                              "use another output folder or --no-resume")
+        check_resumable(state, config, ckpt_path)
         net.load_state_dict(state["net"])
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state = json.loads(state["rng"])
@@ -313,7 +314,8 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if step % config.checkpoint_every == 0 or step == end:
-                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network), seconds + time.time() - start)
+                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
+                                seconds + time.time() - start, config)
     finally:
         pending.cancel()
         pool.shutdown(wait=True)
