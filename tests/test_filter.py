@@ -258,6 +258,23 @@ def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
     assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=1), lr=0.1, resume=False))["steps"] == 1
 
 
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", "torch"])
+def test_a_damaged_checkpoint_is_a_one_line_error(tiny_data, tmp_path, capsys, content):
+    # It was a traceback from torch.load (or a KeyError for a file of other tensors).
+    out = tmp_path / "run"
+    out.mkdir()
+    if content == "torch":
+        torch.save({"weights": torch.zeros(2)}, out / "checkpoint.pt")
+    else:
+        (out / "checkpoint.pt").write_bytes(content)
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+            "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unflicker: error: ") and "checkpoint.pt" in err and "\n" not in err
+    assert train_main([*args, "--no-resume"]) == 0
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

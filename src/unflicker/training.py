@@ -83,6 +83,18 @@ def check_resumable(state: dict, config, path: Path) -> None:
                          "options to resume it, or use another output folder or --no-resume")
 
 
+def load_checkpoint(path: Path, device="cpu") -> dict:
+    """A checkpoint written by save_checkpoint; InputError in one line if it cannot be read."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, pickle and zip errors, EOFError, ... on a bad file
+        raise InputError(f"cannot read checkpoint {path}: damaged or not a training checkpoint ({type(exc).__name__}); "
+                         "use another output folder or --no-resume") from None
+    if not isinstance(state, dict) or not {"step", "net", "opt", "rng", "torch_rng", "network"} <= state.keys():
+        raise InputError(f"{path} is not a training checkpoint; use another output folder or --no-resume")
+    return state
+
+
 def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, step: int, rng_state: str,
                     network: dict, seconds: float, config=None) -> None:
     """Write everything a resumed run needs, atomically (a kill mid-write keeps the previous one);

@@ -26,7 +26,8 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
+from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
+                                load_checkpoint, run_control, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -266,7 +267,7 @@ def train(config: FilterTrainConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     ckpt_path = out_dir / "checkpoint.pt"
     if config.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(ckpt_path, "cpu")
         if state["network"] != asdict(config.network):
             raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
                              "use another output folder or --no-resume")

@@ -29,7 +29,8 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr, run_control, save_checkpoint, shared_data
+from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
+                                load_checkpoint, run_control, save_checkpoint, shared_data)
 
 
 @dataclass
@@ -262,7 +263,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     ckpt_path = out_dir / "checkpoint.pt"
     if config.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        state = load_checkpoint(ckpt_path, device)
         if state["network"] != asdict(config.network):
             raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
                              "use another output folder or --no-resume")
