@@ -275,6 +275,21 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tiny_data, tmp_path, capsys, c
     assert train_main([*args, "--no-resume"]) == 0
 
 
+def test_the_log_holds_each_step_once_after_a_kill_and_a_fresh_start(tiny_data, tmp_path):
+    # A killed session's records after its last checkpoint stayed, and the resumed one logged those
+    # steps again; --no-resume appended a new run's steps to the old run's.
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, steps=4, stop_at=2))
+    with (out / "log.jsonl").open("a") as log:  # what a session killed after step 3, before its checkpoint, left
+        log.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + '{"step": 4, "lo')
+    train(tiny_config(tiny_data, out, steps=4))
+    steps = lambda: [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps() == [1, 2, 3, 4]
+    assert all(json.loads(line)["loss"] != 1.0 for line in (out / "log.jsonl").read_text().splitlines())
+    train(dataclasses.replace(tiny_config(tiny_data, out, steps=2), resume=False))
+    assert steps() == [1, 2]
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

@@ -95,6 +95,24 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
     return state
 
 
+def open_log(path: Path, step: int):
+    """The run's log (one JSON record a line) opened to append after `step`, the step it starts or
+    resumes at: records of later steps (a killed session's since its last checkpoint, or a run started
+    afresh over an old one) are dropped, so each step is logged once, by the session that kept it."""
+    kept = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass  # a line torn by a kill
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+    return path.open("a")
+
+
 def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, step: int, rng_state: str,
                     network: dict, seconds: float, config=None) -> None:
     """Write everything a resumed run needs, atomically (a kill mid-write keeps the previous one);

@@ -27,7 +27,7 @@ from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
-                                load_checkpoint, run_control, save_checkpoint, shared_data)
+                                load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -279,7 +279,7 @@ def train(config: FilterTrainConfig) -> dict:
         step, seconds = state["step"], float(state.get("seconds", 0.0))
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
-    log = (out_dir / "log.jsonl").open("a")
+    log = open_log(out_dir / "log.jsonl", step)
     last_val: dict[str, float] = {}
     net.train()
     start, running = time.time(), []

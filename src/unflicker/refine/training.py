@@ -30,7 +30,7 @@ from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferen
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
-                                load_checkpoint, run_control, save_checkpoint, shared_data)
+                                load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
 
 
 @dataclass
@@ -275,7 +275,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         step, seconds = state["step"], float(state.get("seconds", 0.0))
         print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
-    log = (out_dir / "log.jsonl").open("a")
+    log = open_log(out_dir / "log.jsonl", step)
     last_val: dict[str, float] = {}
     net.train()
     start, running = time.time(), {}
