@@ -290,6 +290,34 @@ def test_the_log_holds_each_step_once_after_a_kill_and_a_fresh_start(tiny_data, 
     assert steps() == [1, 2]
 
 
+def test_ctrl_c_in_training_says_it_resumes_from_the_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    # The unflicker command said "interrupted; no partial output was left", a deflickering run's line,
+    # while the run folder and its checkpoint stay on purpose (the same command resumes from them).
+    from unflicker import cli
+    from unflicker.filter import training
+
+    calls = []
+
+    def stop_at_the_third_step(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    real = training.filter_batch
+    monkeypatch.setattr(training, "filter_batch", stop_at_the_third_step)
+    out = tmp_path / "run"
+    args = ["train-filter", "--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val",
+            "--val-every", "100", "--output", str(out), "--crop", "32", "--batch", "2", "--base-width", "4",
+            "--depth", "2", "--steps", "5", "--checkpoint-every", "1"]
+    assert cli.main(args) == 130
+    err = capsys.readouterr().err
+    assert err == f"unflicker: interrupted; the same command resumes from {out / 'checkpoint.pt'}\n"
+    monkeypatch.setattr(training, "filter_batch", real)
+    assert cli.main(args) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

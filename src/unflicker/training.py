@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from unflicker.errors import InputError
+from unflicker.errors import InputError, Terminated
 
 
 def shared_data(*parts: str) -> Path:
@@ -50,6 +51,17 @@ def check_run_numbers(config) -> None:
 def run_control(args: argparse.Namespace) -> dict:
     """The shared run options parsed by `add_run_control_args`, as config fields."""
     return {**{name: getattr(args, name) for name in _RUN_CONTROL}, "resume": not args.no_resume}
+
+
+def interrupted(exc: KeyboardInterrupt, output: Path) -> int:
+    """Say in one line that a training run was stopped (Ctrl-C, or SIGTERM under the unflicker command)
+    and what the same command does next; returns the exit code (130, or 143 for SIGTERM). Unlike a
+    deflickering run's, the run folder stays: its checkpoint is what a rerun resumes from."""
+    checkpoint = Path(output) / "checkpoint.pt"
+    then = (f"the same command resumes from {checkpoint}" if checkpoint.is_file()
+            else "no checkpoint was written yet: the same command starts afresh")
+    print(f"unflicker: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; {then}", file=sys.stderr)
+    return 143 if isinstance(exc, Terminated) else 130
 
 
 def cosine_lr(step: int, steps: int, lr: float, final_fraction: float) -> float:

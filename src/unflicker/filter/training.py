@@ -27,7 +27,7 @@ from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
-                                load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
+                                interrupted, load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -393,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:
+        return interrupted(exc, config.output)
     return 0
 
 

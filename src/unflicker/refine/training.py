@@ -30,7 +30,7 @@ from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferen
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
-                                load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
+                                interrupted, load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
 
 
 @dataclass
@@ -389,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt as exc:
+        return interrupted(exc, config.output)
     return 0
 
 
