@@ -318,6 +318,20 @@ def test_ctrl_c_in_training_says_it_resumes_from_the_checkpoint(tiny_data, tmp_p
     assert "resumed from" in capsys.readouterr().out
 
 
+def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(tiny_data, tmp_path):
+    # With no checkpoint to resume (a folder of weights, or a run's whose checkpoint was removed) a run
+    # overwrote the filter.safetensors and .json there at its end, unasked.
+    out = tmp_path / "weights"
+    path = save_weights(random_net(4, 2, seed=1), out / "filter.safetensors")
+    before = path.read_bytes(), path.with_suffix(".json").read_text()
+    with pytest.raises(InputError, match="no checkpoint.*--no-resume"):
+        train(tiny_config(tiny_data, out, steps=1))
+    assert (path.read_bytes(), path.with_suffix(".json").read_text()) == before
+    assert not (out / "log.jsonl").exists()
+    assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=1), resume=False))["steps"] == 1
+    assert path.read_bytes() != before[0]
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

@@ -95,6 +95,18 @@ def check_resumable(state: dict, config, path: Path) -> None:
                          "options to resume it, or use another output folder or --no-resume")
 
 
+def check_fresh_output(config, weights_name: str) -> None:
+    """InputError if a run that starts afresh only because no checkpoint is there (it would resume one)
+    would replace weights already in its output folder (another run's, or copied there): --no-resume
+    asks for that."""
+    out_dir = Path(config.output)
+    weights = out_dir / weights_name
+    if config.resume and not (out_dir / "checkpoint.pt").is_file() and (weights.exists() or
+                                                                        weights.with_suffix(".json").exists()):
+        raise InputError(f"{weights} exists and there is no checkpoint in {out_dir} to resume; use another output "
+                         "folder, or --no-resume to replace it")
+
+
 def load_checkpoint(path: Path, device="cpu") -> dict:
     """A checkpoint written by save_checkpoint; InputError in one line if it cannot be read."""
     try:

@@ -26,8 +26,9 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
-                                interrupted, load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
+from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
+                                config_record, cosine_lr, interrupted, load_checkpoint, open_log, run_control,
+                                save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -228,6 +229,7 @@ def train(config: FilterTrainConfig) -> dict:
     """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path)."""
     out_dir = Path(config.output)
     check_run_numbers(config)
+    check_fresh_output(config, "filter.safetensors")
     for name in ("crop", "batch", "val_images"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")

@@ -29,8 +29,9 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import (add_run_control_args, check_resumable, check_run_numbers, config_record, cosine_lr,
-                                interrupted, load_checkpoint, open_log, run_control, save_checkpoint, shared_data)
+from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
+                                config_record, cosine_lr, interrupted, load_checkpoint, open_log, run_control,
+                                save_checkpoint, shared_data)
 
 
 @dataclass
@@ -242,6 +243,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     command: the command line that started the run, recorded in the weights' JSON.
     """
     _check(config)
+    check_fresh_output(config, "refine.safetensors")
     out_dir = Path(config.output)
     device = _device(config.device)
     if config.threads:
