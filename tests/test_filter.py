@@ -332,6 +332,16 @@ def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(
     assert path.read_bytes() != before[0]
 
 
+def test_the_weights_record_the_command_that_trained_them(tiny_data, tmp_path):
+    # The refinement's JSON had its command, the filter's not (README: "each weight file has a JSON with
+    # its config, command, scores"; the shipped filter's was added by hand).
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output",
+            str(tmp_path / "run"), "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1"]
+    assert train_main(args) == 0
+    _, meta = load_network(tmp_path / "run" / "filter.safetensors")
+    assert meta["training"]["command"] == " ".join(["python -m unflicker.filter.training", *args])
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

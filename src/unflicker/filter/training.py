@@ -225,8 +225,11 @@ def slice_weights(student: FilterUNet, teacher: FilterUNet) -> None:
             tensor.copy_(source)
 
 
-def train(config: FilterTrainConfig) -> dict:
-    """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path)."""
+def train(config: FilterTrainConfig, command: str | None = None) -> dict:
+    """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path).
+
+    command: the command line that started the run, recorded in the weights' JSON.
+    """
     out_dir = Path(config.output)
     check_run_numbers(config)
     check_fresh_output(config, "filter.safetensors")
@@ -339,7 +342,7 @@ def train(config: FilterTrainConfig) -> dict:
     weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
         "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
                      **extra_val, "train_images": len(images), "val_images": len(val),
-                     "seconds": round(seconds + time.time() - start, 1)},
+                     "seconds": round(seconds + time.time() - start, 1), "command": command},
     })
     return {"steps": step, "seconds": round(seconds + time.time() - start, 1), "val_psnr": last_val,
             "weights": str(weights)}
@@ -380,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, train, print a one-line JSON summary; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     config = FilterTrainConfig(
         data_root=a.data, train_folders=tuple(a.train_folders), val_folder=a.val_folder, val_images=a.val_images,
@@ -391,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         **run_control(a),
     )
     try:
-        print(json.dumps(train(config)))
+        print(json.dumps(train(config, " ".join(["python -m unflicker.filter.training", *argv]))))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
