@@ -196,9 +196,13 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tmp_path, capsy
     assert not out.exists()
 
 
-def test_training_rejects_missing_validation_clip(tmp_path):
+def test_training_rejects_missing_validation_clip(tmp_path, capsys):
     (tmp_path / "a.mp4").write_bytes(b"")
     assert train_main(["--data", str(tmp_path), "--val-clip", "nope", "--output", str(tmp_path / "o")]) == 2
+    # A missing data folder was reported as a missing validation clip in it.
+    capsys.readouterr()
+    assert train_main(["--data", str(tmp_path / "nothere"), "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"unflicker: error: clip folder not found: {tmp_path / 'nothere'}\n"
 
 
 # --- inference --------------------------------------------------------------------------------------

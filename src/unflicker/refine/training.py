@@ -106,7 +106,9 @@ class RefineTrainConfig:
 
 def _clip_paths(config: RefineTrainConfig) -> tuple[list[Path], Path]:
     root = Path(config.data_root)
-    paths = sorted(root.glob("*.mp4")) if root.is_dir() else []
+    if not root.is_dir():
+        raise InputError(f"clip folder not found: {root}")
+    paths = sorted(root.glob("*.mp4"))
     val = [p for p in paths if p.stem == config.val_clip]
     train = [p for p in paths if p.stem != config.val_clip]
     if not val:
