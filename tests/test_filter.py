@@ -342,6 +342,17 @@ def test_the_weights_record_the_command_that_trained_them(tiny_data, tmp_path):
     assert meta["training"]["command"] == " ".join(["python -m unflicker.filter.training", *args])
 
 
+def test_an_output_that_cannot_be_a_folder_is_a_one_line_error(tiny_data, tmp_path, capsys):
+    # It was a FileExistsError / NotADirectoryError traceback from mkdir.
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+                "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1"]
+        assert train_main(args) == 3
+        err = capsys.readouterr().err
+        assert err.startswith("unflicker: error: cannot make the folder ") and err.count("\n") == 1
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

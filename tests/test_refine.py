@@ -204,6 +204,15 @@ def test_training_rejects_missing_validation_clip(tmp_path, capsys):
     assert train_main(["--data", str(tmp_path / "nothere"), "--output", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err == f"unflicker: error: clip folder not found: {tmp_path / 'nothere'}\n"
 
+    # An output or cache folder that cannot be made was a traceback from mkdir.
+    (tmp_path / "held.mp4").write_bytes(b"")
+    (tmp_path / "file").write_text("x")
+    for option in ("--output", "--cache-dir"):
+        args = ["--data", str(tmp_path), "--val-clip", "held", "--output", str(tmp_path / "o"), option,
+                str(tmp_path / "file")]
+        assert train_main(args) == 3
+        assert capsys.readouterr().err.startswith("unflicker: error: cannot make the folder ")
+
 
 # --- inference --------------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from unflicker.errors import InputError, Terminated
+from unflicker.errors import InputError, OutputError, Terminated
 
 
 def shared_data(*parts: str) -> Path:
@@ -93,6 +93,17 @@ def check_resumable(state: dict, config, path: Path) -> None:
     if changed:
         raise InputError(f"{path} is from a run with other settings ({'; '.join(changed)}); give the same "
                          "options to resume it, or use another output folder or --no-resume")
+
+
+def make_folder(path: Path) -> Path:
+    """Create a run's output (or cache) folder; OutputError in one line if it cannot be (a file there,
+    no permission, a missing or read-only place)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot make the folder {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def check_fresh_output(config, weights_name: str) -> None:

@@ -27,8 +27,8 @@ from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
-                                config_record, cosine_lr, interrupted, load_checkpoint, open_log, run_control,
-                                save_checkpoint, shared_data)
+                                config_record, cosine_lr, interrupted, load_checkpoint, make_folder, open_log,
+                                run_control, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -269,7 +269,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
+    make_folder(out_dir)  # only once the inputs proved usable
     ckpt_path = out_dir / "checkpoint.pt"
     if config.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, "cpu")

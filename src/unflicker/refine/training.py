@@ -30,8 +30,8 @@ from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferen
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
-                                config_record, cosine_lr, interrupted, load_checkpoint, open_log, run_control,
-                                save_checkpoint, shared_data)
+                                config_record, cosine_lr, interrupted, load_checkpoint, make_folder, open_log,
+                                run_control, save_checkpoint, shared_data)
 
 
 @dataclass
@@ -252,6 +252,8 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         torch.set_num_threads(config.threads)
     train_paths, val_path = _clip_paths(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else out_dir / "cache"
+    make_folder(out_dir)  # only once the inputs proved usable
+    make_folder(cache_dir)
     clips = [load_clip(p, cache_dir, config.cache_side, config.max_frames) for p in train_paths]
     clips = [c for c in clips if len(c) >= config.length]
     if not clips:
@@ -264,7 +266,6 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
-    out_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs proved usable
     ckpt_path = out_dir / "checkpoint.pt"
     if config.resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path, device)
