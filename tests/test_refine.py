@@ -196,6 +196,20 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tmp_path, capsy
     assert not out.exists()
 
 
+def test_a_clip_cache_is_rebuilt_for_another_file_of_the_same_name(tmp_path):
+    # The cache was found by the clip's name alone: a replaced clip, or another --data folder's clip of
+    # the same name under a shared --cache-dir (as README's command has), was trained on as the old one.
+    from unflicker.refine.data import load_clip
+
+    make_video(tmp_path / "a.mp4", translating_clip(3, 24, 32, seed=1))
+    first = load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+    make_video(tmp_path / "a.mp4", translating_clip(3, 24, 32, seed=2))
+    second = load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+    assert np.abs(second.frames.astype(int) - first.frames.astype(int)).mean() > 10
+    again = load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+    assert np.array_equal(again.frames, second.frames) and np.array_equal(again.flows, second.flows)
+
+
 def test_training_rejects_missing_validation_clip(tmp_path, capsys):
     (tmp_path / "a.mp4").write_bytes(b"")
     assert train_main(["--data", str(tmp_path), "--val-clip", "nope", "--output", str(tmp_path / "o")]) == 2

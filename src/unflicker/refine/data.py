@@ -8,6 +8,7 @@ losses need; training windows are random crops of random scale, flows resized wi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,19 +70,34 @@ def clean_flows(frames: np.ndarray, preset: str = "medium") -> tuple[np.ndarray,
     return flows, masks
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
 def load_clip(path: str | Path, cache_dir: str | Path, side: int, max_frames: int) -> CachedClip:
-    """The cached clip for a video, building (decode, downscale, clean flows) and saving it if absent."""
+    """The cached clip for a video, building (decode, downscale, clean flows) and saving it if absent,
+    or if it was built from another file of the same name (its SHA-256 is kept in the cache)."""
     path = Path(path)
     cache = Path(cache_dir) / f"{path.stem}_s{side}_n{max_frames}.npz"
+    source = _file_digest(path)
     if cache.is_file():
         with np.load(cache) as data:
-            return CachedClip(path.stem, data["frames"], data["flows"], data["masks"])
+            # A cache from before the digest was kept in it is taken as it is.
+            if "source" not in data or str(data["source"]) == source:
+                return CachedClip(path.stem, data["frames"], data["flows"], data["masks"])
     frames = decode_clip(path, side, max_frames)
     flows, masks = clean_flows(frames)
     clip = CachedClip(path.stem, np.round(frames * 255).astype(np.uint8), flows.astype(np.float16), masks)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, frames=clip.frames, flows=clip.flows, masks=clip.masks)
+    np.savez(tmp, frames=clip.frames, flows=clip.flows, masks=clip.masks, source=np.array(source))
     tmp.replace(cache)
     return clip
 
