@@ -175,7 +175,7 @@ def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys
     assert meta["training"]["val_clip"] == "held" and "--steps 2" in meta["training"]["command"]
     assert (out / "cache").is_dir() and (out / "checkpoint.pt").is_file()
 
-    assert train_main([*args, "--steps", "3"]) == 0
+    assert train_main([*args, "--steps", "3", "--no-full-validation"]) == 0  # a session option: resumes
     printed = capsys.readouterr().out
     assert "resumed from" in printed and "at step 2" in printed
     assert json.loads(printed.strip().splitlines()[-1])["steps"] == 3

@@ -77,7 +77,7 @@ def config_record(config) -> dict:
 
 
 # Config fields a resumed session may change: how the run goes on, not what it learns.
-_SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max_seconds", "device"}
+_SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max_seconds", "device", "full_validation"}
 
 
 def check_resumable(state: dict, config, path: Path) -> None:
