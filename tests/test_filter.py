@@ -353,6 +353,28 @@ def test_an_output_that_cannot_be_a_folder_is_a_one_line_error(tiny_data, tmp_pa
         assert err.startswith("unflicker: error: cannot make the folder ") and err.count("\n") == 1
 
 
+def test_a_run_folder_is_held_by_one_training_run_at_a_time(tiny_data, tmp_path):
+    # Two runs of the same folder at once (the command started twice) wrote the same checkpoint.pt.tmp,
+    # checkpoint, log and weights over each other.
+    import os
+
+    from unflicker.errors import OutputError
+    from unflicker.io.common import hold_lock
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_data, out, steps=2, stop_at=1))
+    before = (out / "checkpoint.pt").read_bytes()
+    fd = hold_lock(out, "held by the test")  # as another process's run would
+    try:
+        with pytest.raises(OutputError, match="another training run is using"):
+            train(tiny_config(tiny_data, out, steps=2))
+    finally:
+        os.close(fd)
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert train(tiny_config(tiny_data, out, steps=2))["steps"] == 2
+    os.close(hold_lock(out, "let go after the run"))
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from unflicker.errors import InputError, OutputError, Terminated
+from unflicker.io.common import hold_lock
 
 
 def shared_data(*parts: str) -> Path:
@@ -104,6 +108,19 @@ def make_folder(path: Path) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot make the folder {path}: {exc.strerror or exc}") from None
     return path
+
+
+@contextmanager
+def run_folder(path: Path) -> Iterator[Path]:
+    """Make a run's output folder and hold it while inside: a second run of the same folder at the same
+    time, which would write the same checkpoint, log and weights over this one's, is refused in one line."""
+    path = make_folder(path)
+    fd = hold_lock(path, f"another training run is using {path}: wait for it to end, or use another output folder")
+    try:
+        yield path
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def check_fresh_output(config, weights_name: str) -> None:

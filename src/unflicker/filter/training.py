@@ -27,8 +27,8 @@ from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
-                                config_record, cosine_lr, interrupted, load_checkpoint, make_folder, open_log,
-                                run_control, save_checkpoint, shared_data)
+                                config_record, cosine_lr, interrupted, load_checkpoint, open_log,
+                                run_control, run_folder, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -269,83 +269,83 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     rng = np.random.default_rng(config.seed)
     step, seconds = 0, 0.0
-    make_folder(out_dir)  # only once the inputs proved usable
-    ckpt_path = out_dir / "checkpoint.pt"
-    if config.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, "cpu")
-        if state["network"] != asdict(config.network):
-            raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
-                             "use another output folder or --no-resume")
-        check_resumable(state, config, ckpt_path)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        step, seconds = state["step"], float(state.get("seconds", 0.0))
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    with run_folder(out_dir):  # only once the inputs proved usable
+        ckpt_path = out_dir / "checkpoint.pt"
+        if config.resume and ckpt_path.is_file():
+            state = load_checkpoint(ckpt_path, "cpu")
+            if state["network"] != asdict(config.network):
+                raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
+                                 "use another output folder or --no-resume")
+            check_resumable(state, config, ckpt_path)
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["opt"])
+            rng.bit_generator.state = json.loads(state["rng"])
+            torch.set_rng_state(state["torch_rng"])
+            step, seconds = state["step"], float(state.get("seconds", 0.0))
+            print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
-    log = open_log(out_dir / "log.jsonl", step)
-    last_val: dict[str, float] = {}
-    net.train()
-    start, running = time.time(), []
-    # One worker thread makes the next batch while the net trains on this one. The generator state
-    # is read before each submission (the worker is idle then), so a checkpoint stores the state that
-    # regenerates exactly the next unseen batch.
-    pool = ThreadPoolExecutor(max_workers=1)
-    next_state = json.dumps(rng.bit_generator.state)
-    pending = pool.submit(make_batch, images, config, rng)
-    end = min(config.stop_at, config.steps) if config.stop_at > 0 else config.steps
-    try:
-        while step < end:
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, config.steps, config.lr, config.final_lr_fraction)
-            frame, atlas, target = pending.result()
-            next_state = json.dumps(rng.bit_generator.state)
-            pending = pool.submit(make_batch, images, config, rng)
-            out = filter_batch(net, frame, atlas, config.net_scale)
-            loss = _loss(out, target, config.grad_weight)
-            if teacher is not None and config.teacher_weight > 0:
-                with torch.no_grad():
-                    taught = filter_batch(teacher, frame, atlas, config.net_scale)
-                loss = config.teacher_weight * _loss(out, taught, config.grad_weight) + (1 - config.teacher_weight) * loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running.append(loss.item())
-            record = None
-            if step % config.log_every == 0 or step == end:
-                record = {"step": step, "loss": float(np.mean(running)), "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction),
-                          "elapsed_s": round(seconds + time.time() - start, 1)}
-                running = []
-            if step % config.val_every == 0 or step == end:
-                last_val = validate(net, val, config.net_scale)
-                record = {**(record or {"step": step}), "val_psnr": last_val}
-            if record:
-                print(json.dumps(record), flush=True)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if step % config.checkpoint_every == 0 or step == end:
-                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
-                                seconds + time.time() - start, config)
-    finally:
-        pending.cancel()
-        pool.shutdown(wait=True)
-        log.close()
-    if not last_val:
-        last_val = validate(net, val, config.net_scale)
-    extra_val = {}
-    if config.distortion.texture_prob > 0:  # also the appearance-only set of a run without texture changes
-        plain = replace(config.distortion, texture_prob=0.0)
-        extra_val["val_psnr_appearance_only"] = validate(net, validation_set(val_images, config.val_seed, plain),
-                                                         config.net_scale)
-    weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
-        "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
-                     **extra_val, "train_images": len(images), "val_images": len(val),
-                     "seconds": round(seconds + time.time() - start, 1), "command": command},
-    })
-    return {"steps": step, "seconds": round(seconds + time.time() - start, 1), "val_psnr": last_val,
-            "weights": str(weights)}
+        log = open_log(out_dir / "log.jsonl", step)
+        last_val: dict[str, float] = {}
+        net.train()
+        start, running = time.time(), []
+        # One worker thread makes the next batch while the net trains on this one. The generator state
+        # is read before each submission (the worker is idle then), so a checkpoint stores the state that
+        # regenerates exactly the next unseen batch.
+        pool = ThreadPoolExecutor(max_workers=1)
+        next_state = json.dumps(rng.bit_generator.state)
+        pending = pool.submit(make_batch, images, config, rng)
+        end = min(config.stop_at, config.steps) if config.stop_at > 0 else config.steps
+        try:
+            while step < end:
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(step, config.steps, config.lr, config.final_lr_fraction)
+                frame, atlas, target = pending.result()
+                next_state = json.dumps(rng.bit_generator.state)
+                pending = pool.submit(make_batch, images, config, rng)
+                out = filter_batch(net, frame, atlas, config.net_scale)
+                loss = _loss(out, target, config.grad_weight)
+                if teacher is not None and config.teacher_weight > 0:
+                    with torch.no_grad():
+                        taught = filter_batch(teacher, frame, atlas, config.net_scale)
+                    loss = config.teacher_weight * _loss(out, taught, config.grad_weight) + (1 - config.teacher_weight) * loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+                running.append(loss.item())
+                record = None
+                if step % config.log_every == 0 or step == end:
+                    record = {"step": step, "loss": float(np.mean(running)), "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction),
+                              "elapsed_s": round(seconds + time.time() - start, 1)}
+                    running = []
+                if step % config.val_every == 0 or step == end:
+                    last_val = validate(net, val, config.net_scale)
+                    record = {**(record or {"step": step}), "val_psnr": last_val}
+                if record:
+                    print(json.dumps(record), flush=True)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if step % config.checkpoint_every == 0 or step == end:
+                    save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
+                                    seconds + time.time() - start, config)
+        finally:
+            pending.cancel()
+            pool.shutdown(wait=True)
+            log.close()
+        if not last_val:
+            last_val = validate(net, val, config.net_scale)
+        extra_val = {}
+        if config.distortion.texture_prob > 0:  # also the appearance-only set of a run without texture changes
+            plain = replace(config.distortion, texture_prob=0.0)
+            extra_val["val_psnr_appearance_only"] = validate(net, validation_set(val_images, config.val_seed, plain),
+                                                             config.net_scale)
+        weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
+            "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
+                         **extra_val, "train_images": len(images), "val_images": len(val),
+                         "seconds": round(seconds + time.time() - start, 1), "command": command},
+        })
+        return {"steps": step, "seconds": round(seconds + time.time() - start, 1), "val_psnr": last_val,
+                "weights": str(weights)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
                                 config_record, cosine_lr, interrupted, load_checkpoint, make_folder, open_log,
-                                run_control, save_checkpoint, shared_data)
+                                run_control, run_folder, save_checkpoint, shared_data)
 
 
 @dataclass
@@ -252,96 +252,96 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         torch.set_num_threads(config.threads)
     train_paths, val_path = _clip_paths(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else out_dir / "cache"
-    make_folder(out_dir)  # only once the inputs proved usable
-    make_folder(cache_dir)
-    clips = [load_clip(p, cache_dir, config.cache_side, config.max_frames) for p in train_paths]
-    clips = [c for c in clips if len(c) >= config.length]
-    if not clips:
-        raise InputError(f"no training clip has {config.length} frames")
-    val_clean = decode_clip(val_path, config.cache_side, config.val_frames)
-    val = validation_set(val_clean, config.val_draws, config.val_seed)
+    with run_folder(out_dir):  # only once the inputs proved usable
+        make_folder(cache_dir)
+        clips = [load_clip(p, cache_dir, config.cache_side, config.max_frames) for p in train_paths]
+        clips = [c for c in clips if len(c) >= config.length]
+        if not clips:
+            raise InputError(f"no training clip has {config.length} frames")
+        val_clean = decode_clip(val_path, config.cache_side, config.val_frames)
+        val = validation_set(val_clean, config.val_draws, config.val_seed)
 
-    torch.manual_seed(config.seed)
-    net = RefineNet(config.network).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
-    rng = np.random.default_rng(config.seed)
-    step, seconds = 0, 0.0
-    ckpt_path = out_dir / "checkpoint.pt"
-    if config.resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path, device)
-        if state["network"] != asdict(config.network):
-            raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
-                             "use another output folder or --no-resume")
-        check_resumable(state, config, ckpt_path)
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        rng.bit_generator.state = json.loads(state["rng"])
-        torch.set_rng_state(state["torch_rng"].cpu())
-        step, seconds = state["step"], float(state.get("seconds", 0.0))
-        print(f"resumed from {ckpt_path} at step {step}", flush=True)
+        torch.manual_seed(config.seed)
+        net = RefineNet(config.network).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+        rng = np.random.default_rng(config.seed)
+        step, seconds = 0, 0.0
+        ckpt_path = out_dir / "checkpoint.pt"
+        if config.resume and ckpt_path.is_file():
+            state = load_checkpoint(ckpt_path, device)
+            if state["network"] != asdict(config.network):
+                raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
+                                 "use another output folder or --no-resume")
+            check_resumable(state, config, ckpt_path)
+            net.load_state_dict(state["net"])
+            opt.load_state_dict(state["opt"])
+            rng.bit_generator.state = json.loads(state["rng"])
+            torch.set_rng_state(state["torch_rng"].cpu())
+            step, seconds = state["step"], float(state.get("seconds", 0.0))
+            print(f"resumed from {ckpt_path} at step {step}", flush=True)
 
-    log = open_log(out_dir / "log.jsonl", step)
-    last_val: dict[str, float] = {}
-    net.train()
-    start, running = time.time(), {}
-    # One worker thread makes the next batch (flicker, input flows) while the net trains on this one.
-    # The generator state is read before each submission, so a checkpoint regenerates the next batch.
-    pool = ThreadPoolExecutor(max_workers=1)
-    next_state = json.dumps(rng.bit_generator.state)
-    pending = pool.submit(make_batch, clips, config, rng)
-    end = min(config.stop_at, config.steps) if config.stop_at > 0 else config.steps
-    timed_out = False
-    try:
-        while step < end:
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(step, config.steps, config.lr, config.final_lr_fraction)
-            batch = {k: v.to(device) for k, v in pending.result().items()}
-            next_state = json.dumps(rng.bit_generator.state)
-            pending = pool.submit(make_batch, clips, config, rng)
-            losses = unroll(net, batch, config)
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            step += 1
-            for k, v in losses.items():
-                running.setdefault(k, []).append(v.item())
-            record = None
-            if config.max_seconds and seconds + time.time() - start >= config.max_seconds:
-                end, timed_out = step, True  # out of time: this step is the last one
-            if step % config.log_every == 0 or step == end:
-                record = {"step": step, **{k: round(float(np.mean(v)), 5) for k, v in running.items()},
-                          "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction), "elapsed_s": round(seconds + time.time() - start, 1)}
-                running = {}
-            if step % config.val_every == 0 or step == end:
-                last_val = validate(net, val_clean, val, config.inference, str(device))
-                record = {**(record or {"step": step}), "val": last_val}
-            if record:
-                print(json.dumps(record), flush=True)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-            if step % config.checkpoint_every == 0 or step == end:
-                save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
-                                seconds + time.time() - start, config)
-    finally:
-        pending.cancel()
-        pool.shutdown(wait=True)
-        log.close()
-    train_seconds = round(seconds + time.time() - start, 1)
-    if not last_val:
-        last_val = validate(net, val_clean, val, config.inference, str(device))
-    summary = {"steps": step, "seconds": train_seconds, "val": last_val}
-    if timed_out:
-        summary["stopped_early"] = f"max_seconds {config.max_seconds} reached"
-    if config.full_validation and (step >= config.steps or timed_out):
-        full_clean = decode_clip(val_path, 1 << 16, config.val_frames)
-        full = validate(net, full_clean, validation_set(full_clean, config.val_draws, config.val_seed),
-                        config.inference, str(device))
-        summary["val_full"] = {"size": list(full_clean.shape[1:3]), **full}
-    weights = save_weights(net, out_dir / "refine.safetensors", config.inference, extra={
-        "training": {"config": config_record(config), **summary,
-                     "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
-    })
-    return {**summary, "weights": str(weights)}
+        log = open_log(out_dir / "log.jsonl", step)
+        last_val: dict[str, float] = {}
+        net.train()
+        start, running = time.time(), {}
+        # One worker thread makes the next batch (flicker, input flows) while the net trains on this one.
+        # The generator state is read before each submission, so a checkpoint regenerates the next batch.
+        pool = ThreadPoolExecutor(max_workers=1)
+        next_state = json.dumps(rng.bit_generator.state)
+        pending = pool.submit(make_batch, clips, config, rng)
+        end = min(config.stop_at, config.steps) if config.stop_at > 0 else config.steps
+        timed_out = False
+        try:
+            while step < end:
+                for group in opt.param_groups:
+                    group["lr"] = cosine_lr(step, config.steps, config.lr, config.final_lr_fraction)
+                batch = {k: v.to(device) for k, v in pending.result().items()}
+                next_state = json.dumps(rng.bit_generator.state)
+                pending = pool.submit(make_batch, clips, config, rng)
+                losses = unroll(net, batch, config)
+                opt.zero_grad(set_to_none=True)
+                losses["total"].backward()
+                opt.step()
+                step += 1
+                for k, v in losses.items():
+                    running.setdefault(k, []).append(v.item())
+                record = None
+                if config.max_seconds and seconds + time.time() - start >= config.max_seconds:
+                    end, timed_out = step, True  # out of time: this step is the last one
+                if step % config.log_every == 0 or step == end:
+                    record = {"step": step, **{k: round(float(np.mean(v)), 5) for k, v in running.items()},
+                              "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction), "elapsed_s": round(seconds + time.time() - start, 1)}
+                    running = {}
+                if step % config.val_every == 0 or step == end:
+                    last_val = validate(net, val_clean, val, config.inference, str(device))
+                    record = {**(record or {"step": step}), "val": last_val}
+                if record:
+                    print(json.dumps(record), flush=True)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if step % config.checkpoint_every == 0 or step == end:
+                    save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
+                                    seconds + time.time() - start, config)
+        finally:
+            pending.cancel()
+            pool.shutdown(wait=True)
+            log.close()
+        train_seconds = round(seconds + time.time() - start, 1)
+        if not last_val:
+            last_val = validate(net, val_clean, val, config.inference, str(device))
+        summary = {"steps": step, "seconds": train_seconds, "val": last_val}
+        if timed_out:
+            summary["stopped_early"] = f"max_seconds {config.max_seconds} reached"
+        if config.full_validation and (step >= config.steps or timed_out):
+            full_clean = decode_clip(val_path, 1 << 16, config.val_frames)
+            full = validate(net, full_clean, validation_set(full_clean, config.val_draws, config.val_seed),
+                            config.inference, str(device))
+            summary["val_full"] = {"size": list(full_clean.shape[1:3]), **full}
+        weights = save_weights(net, out_dir / "refine.safetensors", config.inference, extra={
+            "training": {"config": config_record(config), **summary,
+                         "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
+        })
+        return {**summary, "weights": str(weights)}
 
 
 def build_parser() -> argparse.ArgumentParser:
