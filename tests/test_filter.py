@@ -253,6 +253,9 @@ def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
     with pytest.raises(InputError, match="crop 32 -> 48"):
         train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), crop=48))
     assert ((out / "filter.safetensors").read_bytes(), (out / "filter.json").read_text()) == before
+    # Fewer steps than the checkpoint's wrote its weights with a record of the fewer.
+    with pytest.raises(InputError, match="at step 2, past --steps 1"):
+        train(tiny_config(tiny_data, out, steps=1))
     # More steps, another stop or cadence go on; --no-resume starts afresh.
     assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), log_every=2))["steps"] == 3
     assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=1), lr=0.1, resume=False))["steps"] == 1

@@ -87,7 +87,11 @@ _SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max
 def check_resumable(state: dict, config, path: Path) -> None:
     """InputError unless checkpoint `state` (read from `path`) was made with `config`'s settings, but for
     the session fields (steps, stop and cadences, threads, ...): resuming under other settings would
-    mix two runs in one set of weights, and their record would state the second's alone."""
+    mix two runs in one set of weights, and their record would state the second's alone. Nor may it be
+    past config.steps (the weights would be recorded as of fewer steps than they had)."""
+    if state["step"] > config.steps:
+        raise InputError(f"{path} is at step {state['step']}, past --steps {config.steps}; give at least "
+                         f"--steps {state['step']}, or use another output folder or --no-resume")
     saved = state.get("config")
     if saved is None:  # a checkpoint from before the config was kept in it
         return
