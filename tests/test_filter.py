@@ -381,6 +381,10 @@ def test_a_run_folder_is_held_by_one_training_run_at_a_time(tiny_data, tmp_path)
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")
+    # A training run's folder (what --output named) was "need RUN and RUN.json beside it".
+    save_weights(FilterUNet(FilterNetConfig(4, 2)), tmp_path / "run" / "filter.safetensors")
+    with pytest.raises(WeightsError, match=r"is a folder: give the .safetensors file in it \(.*filter.safetensors is there"):
+        load_network(tmp_path / "run")
     path = save_weights(FilterUNet(FilterNetConfig(4, 2)), tmp_path / "w.safetensors")
     load_network(path)
     meta = json.loads(path.with_suffix(".json").read_text())

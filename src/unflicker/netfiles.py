@@ -86,6 +86,10 @@ def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
     """The JSON beside weights `path`, checked (both files present, format and version as given);
     WeightsError with a one-line reason otherwise."""
     meta_path = path.with_suffix(".json")
+    if path.is_dir():  # a training run's folder, say
+        inside = path / f"{fmt.rsplit('.', 1)[-1]}.safetensors"
+        hint = f" ({inside} is there)" if inside.is_file() else ""
+        raise WeightsError(f"{what} weights {path} is a folder: give the .safetensors file in it{hint}")
     if not path.is_file() or not meta_path.is_file():
         raise WeightsError(f"{what} weights not found: need {path} and {meta_path.name} beside it")
     try:
