@@ -378,6 +378,30 @@ def test_a_run_folder_is_held_by_one_training_run_at_a_time(tiny_data, tmp_path)
     os.close(hold_lock(out, "let go after the run"))
 
 
+def test_a_save_cut_short_between_weights_and_json_is_told_at_load(tmp_path, monkeypatch):
+    # The two files were renamed in place one after the other: a kill between them left new tensors
+    # beside the old JSON (or the reverse), loaded as if they belonged together.
+    from pathlib import Path
+
+    path = save_weights(random_net(4, 2, seed=1), tmp_path / "w.safetensors", extra={"training": {"run": 1}})
+    real, renames = Path.replace, []
+
+    def killed_after_the_first(self, target):
+        if renames:
+            raise KeyboardInterrupt
+        renames.append(target)
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", killed_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        save_weights(random_net(4, 2, seed=2), path, extra={"training": {"run": 2}})
+    monkeypatch.setattr(Path, "replace", real)
+    with pytest.raises(WeightsError, match="is not the file w.json was saved with"):
+        load_network(path)
+    save_weights(random_net(4, 2, seed=2), path, extra={"training": {"run": 2}})
+    assert load_network(path)[1]["training"] == {"run": 2}
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

@@ -31,14 +31,29 @@ def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    # Write-then-rename so a kill mid-write never leaves a torn file.
+    # Write-then-rename so a kill mid-write never leaves a torn file. The JSON, renamed first, names the
+    # tensors file's SHA-256: a kill between the two renames (the new JSON beside the old tensors) is told
+    # at load rather than the old tensors taken for the new record's.
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
-    tmp.replace(path)
+    meta = {**meta, TENSORS_DIGEST: _file_sha256(tmp)}
     json_tmp = path.with_suffix(".json.tmp")
     json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     json_tmp.replace(path.with_suffix(".json"))
+    tmp.replace(path)
     return path
+
+
+TENSORS_DIGEST = "tensors_sha256"
+"""JSON key: SHA-256 of the .safetensors file saved with it (absent in files saved before it was kept)."""
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_network(path: Path, what: str, fmt: str, version: int,
@@ -60,6 +75,9 @@ def load_network(path: Path, what: str, fmt: str, version: int,
     except (KeyError, TypeError, UnflickerError) as exc:
         raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
     try:
+        if TENSORS_DIGEST in meta and _file_sha256(path) != meta[TENSORS_DIGEST]:
+            raise WeightsError(f"{path.name} is not the file {meta_path.name} was saved with (a save cut short "
+                               "between the two?); save or train them again")
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {what} weights {path}: {exc}") from exc
