@@ -210,6 +210,26 @@ def test_a_clip_cache_is_rebuilt_for_another_file_of_the_same_name(tmp_path):
     assert np.array_equal(again.frames, second.frames) and np.array_equal(again.flows, second.flows)
 
 
+def test_runs_sharing_a_cache_folder_can_build_the_same_clip_at_once(tmp_path, monkeypatch):
+    # Both wrote NAME.tmp.npz: the one that finished first renamed the other's half-written file into
+    # the cache, and the other's rename then failed (a FileNotFoundError traceback).
+    from unflicker.refine import data
+
+    make_video(tmp_path / "a.mp4", translating_clip(3, 24, 32, seed=1))
+    real, nested = np.savez, []
+
+    def another_run_finishes_meanwhile(file, **arrays):
+        real(file, **arrays)
+        if not nested:
+            nested.append(None)
+            nested[0] = data.load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+
+    monkeypatch.setattr(data.np, "savez", another_run_finishes_meanwhile)
+    clip = data.load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+    assert np.array_equal(clip.frames, nested[0].frames)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["a_s32_n0.npz"]
+
+
 def test_training_rejects_missing_validation_clip(tmp_path, capsys):
     (tmp_path / "a.mp4").write_bytes(b"")
     assert train_main(["--data", str(tmp_path), "--val-clip", "nope", "--output", str(tmp_path / "o")]) == 2

@@ -9,6 +9,7 @@ losses need; training windows are random crops of random scale, flows resized wi
 from __future__ import annotations
 
 import hashlib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,9 +97,14 @@ def load_clip(path: str | Path, cache_dir: str | Path, side: int, max_frames: in
     flows, masks = clean_flows(frames)
     clip = CachedClip(path.stem, np.round(frames * 255).astype(np.uint8), flows.astype(np.float16), masks)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, frames=clip.frames, flows=clip.flows, masks=clip.masks, source=np.array(source))
-    tmp.replace(cache)
+    # A name of this save's own: runs sharing a --cache-dir may build the same clip at once.
+    tmp = cache.with_name(f"{cache.stem}.{uuid.uuid4().hex}.tmp.npz")
+    try:
+        np.savez(tmp, frames=clip.frames, flows=clip.flows, masks=clip.masks, source=np.array(source))
+        tmp.replace(cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return clip
 
 
