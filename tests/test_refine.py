@@ -230,6 +230,26 @@ def test_runs_sharing_a_cache_folder_can_build_the_same_clip_at_once(tmp_path, m
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["a_s32_n0.npz"]
 
 
+def test_rerunning_a_run_stopped_by_max_seconds_adds_no_step(tmp_path, capsys):
+    # Each rerun of the same command trained one more step (the time was checked only after a step)
+    # and rewrote the weights: a finished run's command was not idempotent as a --steps one is.
+    data = tmp_path / "clean"
+    data.mkdir()
+    make_video(data / "a.mp4", translating_clip(5, 32, 48, seed=1))
+    make_video(data / "held.mp4", translating_clip(3, 32, 48, seed=2))
+    args = ["--data", str(data), "--val-clip", "held", "--output", str(tmp_path / "run"), "--cache-side", "48",
+            "--length", "3", "--crop", "24", "--batch", "1", "--width", "4", "--val-frames", "3", "--val-draws", "1",
+            "--threads", "1", "--steps", "50", "--max-seconds", "1e-6", "--no-full-validation"]
+    assert train_main(args) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["steps"] == 1 and "stopped_early" in first
+    weights = (tmp_path / "run" / "refine.safetensors").read_bytes()
+    assert train_main(args) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["steps"] == 1 and "stopped_early" in again
+    assert (tmp_path / "run" / "refine.safetensors").read_bytes() == weights
+
+
 def test_training_rejects_missing_validation_clip(tmp_path, capsys):
     (tmp_path / "a.mp4").write_bytes(b"")
     assert train_main(["--data", str(tmp_path), "--val-clip", "nope", "--output", str(tmp_path / "o")]) == 2

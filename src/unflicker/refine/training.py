@@ -291,6 +291,8 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         pending = pool.submit(make_batch, clips, config, rng)
         end = min(config.stop_at, config.steps) if config.stop_at > 0 else config.steps
         timed_out = False
+        if config.max_seconds and seconds >= config.max_seconds:  # resumed after its time ran out: no more steps
+            end, timed_out = min(step, end), True
         try:
             while step < end:
                 for group in opt.param_groups:
