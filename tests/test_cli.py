@@ -280,3 +280,20 @@ def test_eval_of_a_shorter_result_warns_once(tmp_path, capsys):
     code, out, err = run_cli(capsys, "eval", result, "--reference", reference, "--long-term", "0")
     assert code == 0 and out.splitlines()[0].split() == ["frames:", "4"]
     assert err.splitlines() == ["unflicker: warning: sequences differ in length; comparing the first 4 frames"]
+
+
+def test_output_read_by_a_pipe_that_closed_ends_quietly(tmp_path):
+    """`unflicker info clip | head -0`: the reader gone, printing was a BrokenPipeError traceback; now a quiet
+    exit 141 (128 + SIGPIPE), as Unix tools end."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    process = subprocess.Popen([sys.executable, "-m", "unflicker", "info", str(folder)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # before the child prints: its write fails
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and err == ""

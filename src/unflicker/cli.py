@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -284,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         with sigterm_as_interrupt():
-            return handler(args)
+            code = handler(args)
+        sys.stdout.flush()  # a reader gone (below) shows here rather than at the exit
+        return code
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -294,3 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unflicker: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe: a real error
+        # What reads our output has gone (`| head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 141
+
+
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (POSIX poll reports POLLERR)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor
+        return False
