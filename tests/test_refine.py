@@ -326,3 +326,13 @@ def test_neural_method_runs_refine_third_and_restarts_at_shots():
     for t in (0, 3):
         np.testing.assert_array_equal(results[t]["refine"], results[t]["filter"])
     assert not np.array_equal(results[4]["refine"], results[4]["filter"])
+
+
+def test_clips_named_in_capitals_are_found(tmp_path):
+    """A camera's CLIP.MP4 was not a training clip (the folder was read with *.mp4 only)."""
+    from unflicker.refine.training import RefineTrainConfig, _clip_paths
+
+    make_video(tmp_path / "A.MP4", translating_clip(3, 24, 32, seed=1))
+    make_video(tmp_path / "held.mp4", translating_clip(3, 24, 32, seed=2))
+    train, val = _clip_paths(RefineTrainConfig(data_root=str(tmp_path), val_clip="held"))
+    assert [p.name for p in train] == ["A.MP4"] and val.name == "held.mp4"

@@ -108,7 +108,7 @@ def _clip_paths(config: RefineTrainConfig) -> tuple[list[Path], Path]:
     root = Path(config.data_root)
     if not root.is_dir():
         raise InputError(f"clip folder not found: {root}")
-    paths = sorted(root.glob("*.mp4"))
+    paths = sorted(p for p in root.iterdir() if p.suffix.lower() == ".mp4" and p.is_file())  # CLIP.MP4 too
     val = [p for p in paths if p.stem == config.val_clip]
     train = [p for p in paths if p.stem != config.val_clip]
     if not val:
