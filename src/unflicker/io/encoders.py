@@ -16,6 +16,7 @@ Defaults (the source's depth is kept):
 
 from __future__ import annotations
 
+import importlib
 import io as pyio
 import os
 import re
@@ -198,18 +199,30 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
     return plan
 
 
+_SKX_FLAGS = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
 def _has_avx512() -> bool:
-    """Whether x264 would take its AVX-512 functions here (the Skylake-X set: F, CD, BW, DQ, VL)."""
+    """Whether x264 would take its AVX-512 functions here (the Skylake-X set: F, CD, BW, DQ, VL): the
+    kernel's CPU flags on Linux (whatever NPY_DISABLE_CPU_FEATURES tells numpy), else numpy's table."""
     try:
-        from numpy._core._multiarray_umath import __cpu_features__
-    except ImportError:  # another numpy layout: x264 left to its own choice
-        return False
-    return bool(__cpu_features__.get("AVX512_SKX"))
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(_SKX_FLAGS) <= set(line.split(":", 1)[-1].split())
+    except OSError:
+        pass
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy 2 / 1.26.0
+        try:
+            return bool(importlib.import_module(module).__cpu_features__.get("AVX512_SKX"))
+        except (ImportError, AttributeError):
+            continue
+    return False  # unknown: x264 left to its own choice
 
 
 X264_ASM = "avx2" if _has_avx512() else None
 """x264's instruction sets where the CPU has AVX-512: its AVX-512 functions made the same frames encode
-differently from run to run (3-5 of 20 encodes of a 12-frame clip in one process differed, also with one
+differently from run to run (3-6 of 16-24 encodes of a 12-frame clip in one process differed, also with one
 encoder thread; none of 80 without them), at no measurable cost in speed. Every AVX-512 CPU has AVX2."""
 
 
