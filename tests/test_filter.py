@@ -252,6 +252,8 @@ def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
         train(dataclasses.replace(tiny_config(tiny_data, out, steps=2), lr=0.1))
     with pytest.raises(InputError, match="crop 32 -> 48"):
         train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), crop=48))
+    with pytest.raises(InputError, match="seed 0 -> 7"):  # the run's start and data came from seed 0
+        train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), seed=7))
     assert ((out / "filter.safetensors").read_bytes(), (out / "filter.json").read_text()) == before
     # Fewer steps than the checkpoint's wrote its weights with a record of the fewer.
     with pytest.raises(InputError, match="at step 2, past --steps 1"):
@@ -512,3 +514,40 @@ def test_fine_tuning_starts_from_the_given_weights_and_records_both_validations(
         train(dataclasses.replace(config, distortion=DistortionConfig(texture_prob=1.5), output=tmp_path / "bad"))
     with pytest.raises(InputError):  # weights of another network
         train(dataclasses.replace(config, network=FilterNetConfig(4, 3), output=tmp_path / "other"))
+
+
+def test_ctrl_c_in_a_no_resume_run_leaves_no_old_checkpoint_and_says_how_to_go_on(tiny_data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """A --no-resume run stopped before its first checkpoint left the old run's checkpoint under its own (cut)
+    log, and said that the same command resumes (with --no-resume it starts afresh again)."""
+    from unflicker import cli
+    from unflicker.filter import training
+
+    out = tmp_path / "run"
+    args = ["train-filter", "--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val",
+            "--val-every", "100", "--output", str(out), "--crop", "32", "--batch", "2", "--base-width", "4",
+            "--depth", "2", "--steps", "3", "--checkpoint-every", "1"]
+    assert cli.main(args) == 0
+
+    def stop(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "filter_batch", stop)
+    capsys.readouterr()
+    assert cli.main([*args, "--no-resume"]) == 130
+    assert capsys.readouterr().err == "unflicker: interrupted; no checkpoint was written yet: the same command starts afresh\n"
+    assert not (out / "checkpoint.pt").exists()
+    calls = []
+
+    def stop_at_the_second_step(*a):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.undo()
+    real = training.filter_batch
+    monkeypatch.setattr(training, "filter_batch", stop_at_the_second_step)
+    assert cli.main([*args, "--no-resume"]) == 130
+    assert capsys.readouterr().err == (f"unflicker: interrupted; the same command without --no-resume resumes from "
+                                       f"{out / 'checkpoint.pt'}\n")

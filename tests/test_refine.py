@@ -182,6 +182,22 @@ def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_resume_under_other_settings_is_refused_before_the_clips_are_cached(tmp_path, capsys):
+    """The refusal came only after every training clip was decoded, its flows computed and cached."""
+    data = tmp_path / "clean"
+    data.mkdir()
+    make_video(data / "a.mp4", translating_clip(6, 48, 64, seed=1))
+    make_video(data / "held.mp4", translating_clip(4, 48, 64, seed=2))
+    out = tmp_path / "run"
+    args = ["--data", str(data), "--val-clip", "held", "--output", str(out), "--cache-side", "64", "--length", "3",
+            "--crop", "32", "--batch", "1", "--width", "4", "--val-frames", "4", "--val-draws", "1", "--threads", "1",
+            "--checkpoint-every", "1", "--val-every", "10", "--steps", "1", "--no-full-validation"]
+    assert train_main(args) == 0
+    make_video(data / "b.mp4", translating_clip(6, 48, 64, seed=3))
+    assert train_main([*args, "--lr", "0.1", "--cache-dir", str(tmp_path / "new")]) == 2
+    assert "other settings" in capsys.readouterr().err and not list((tmp_path / "new").glob("*"))
+
+
 @pytest.mark.parametrize("option, value", [
     ("--lr", "-1"), ("--lr", "0"), ("--checkpoint-every", "0"), ("--threads", "-1"), ("--working-side", "8"),
     ("--max-seconds", "-1"), ("--device", "nope"), ("--steps", "0"),

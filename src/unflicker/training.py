@@ -57,13 +57,18 @@ def run_control(args: argparse.Namespace) -> dict:
     return {**{name: getattr(args, name) for name in _RUN_CONTROL}, "resume": not args.no_resume}
 
 
-def interrupted(exc: KeyboardInterrupt, output: Path) -> int:
+def interrupted(exc: KeyboardInterrupt, output: Path, resume: bool = True) -> int:
     """Say in one line that a training run was stopped (Ctrl-C, or SIGTERM under the unflicker command)
-    and what the same command does next; returns the exit code (130, or 143 for SIGTERM). Unlike a
-    deflickering run's, the run folder stays: its checkpoint is what a rerun resumes from."""
+    and what a rerun does next; returns the exit code (130, or 143 for SIGTERM). Unlike a deflickering
+    run's, the run folder stays: its checkpoint is what a rerun resumes from. resume: False for a
+    --no-resume run (the same command would start afresh again)."""
     checkpoint = Path(output) / "checkpoint.pt"
-    then = (f"the same command resumes from {checkpoint}" if checkpoint.is_file()
-            else "no checkpoint was written yet: the same command starts afresh")
+    if not checkpoint.is_file():
+        then = "no checkpoint was written yet: the same command starts afresh"
+    elif resume:
+        then = f"the same command resumes from {checkpoint}"
+    else:
+        then = f"the same command without --no-resume resumes from {checkpoint}"
     print(f"unflicker: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; {then}", file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
 
@@ -81,7 +86,9 @@ def config_record(config) -> dict:
 
 
 # Config fields a resumed session may change: how the run goes on, not what it learns.
-_SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max_seconds", "device", "full_validation"}
+# Not the seed: the run's start and data stream came from the checkpoint's.
+_SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max_seconds", "device",
+                   "full_validation"} - {"seed"}
 
 
 def check_resumable(state: dict, config, path: Path) -> None:
@@ -148,6 +155,23 @@ def load_checkpoint(path: Path, device="cpu") -> dict:
                          "use another output folder or --no-resume") from None
     if not isinstance(state, dict) or not {"step", "net", "opt", "rng", "torch_rng", "network"} <= state.keys():
         raise InputError(f"{path} is not a training checkpoint; use another output folder or --no-resume")
+    return state
+
+
+def checkpoint_to_resume(config, path: Path, device="cpu") -> dict | None:
+    """The checkpoint at `path` a run resumes from, checked against `config` (network, settings, steps;
+    InputError in one line), or None where the run starts afresh. A --no-resume run removes an old
+    checkpoint first (its folder held): a rerun must not resume the old run under the new one's log."""
+    if not config.resume:
+        path.unlink(missing_ok=True)
+        return None
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path, device)
+    if state["network"] != asdict(config.network):
+        raise InputError(f"{path} was trained with network {state['network']}, not {asdict(config.network)}; "
+                         "use another output folder or --no-resume")
+    check_resumable(state, config, path)
     return state
 
 

@@ -26,8 +26,8 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
-                                config_record, cosine_lr, interrupted, load_checkpoint, open_log,
+from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
+                                checkpoint_to_resume, config_record, cosine_lr, interrupted, open_log,
                                 run_control, run_folder, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -271,12 +271,8 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     step, seconds = 0, 0.0
     with run_folder(out_dir):  # only once the inputs proved usable
         ckpt_path = out_dir / "checkpoint.pt"
-        if config.resume and ckpt_path.is_file():
-            state = load_checkpoint(ckpt_path, "cpu")
-            if state["network"] != asdict(config.network):
-                raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
-                                 "use another output folder or --no-resume")
-            check_resumable(state, config, ckpt_path)
+        state = checkpoint_to_resume(config, ckpt_path, "cpu")
+        if state is not None:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["opt"])
             rng.bit_generator.state = json.loads(state["rng"])
@@ -400,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        return interrupted(exc, config.output)
+        return interrupted(exc, config.output, config.resume)
     return 0
 
 

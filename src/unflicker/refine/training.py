@@ -29,8 +29,8 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import (add_run_control_args, check_fresh_output, check_resumable, check_run_numbers,
-                                config_record, cosine_lr, interrupted, load_checkpoint, make_folder, open_log,
+from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
+                                checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder, open_log,
                                 run_control, run_folder, save_checkpoint, shared_data)
 
 
@@ -253,6 +253,8 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     train_paths, val_path = _clip_paths(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir is not None else out_dir / "cache"
     with run_folder(out_dir):  # only once the inputs proved usable
+        ckpt_path = out_dir / "checkpoint.pt"
+        state = checkpoint_to_resume(config, ckpt_path, device)  # refused before the clips are cached
         make_folder(cache_dir)
         clips = [load_clip(p, cache_dir, config.cache_side, config.max_frames) for p in train_paths]
         clips = [c for c in clips if len(c) >= config.length]
@@ -266,13 +268,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         rng = np.random.default_rng(config.seed)
         step, seconds = 0, 0.0
-        ckpt_path = out_dir / "checkpoint.pt"
-        if config.resume and ckpt_path.is_file():
-            state = load_checkpoint(ckpt_path, device)
-            if state["network"] != asdict(config.network):
-                raise InputError(f"{ckpt_path} was trained with network {state['network']}, not {asdict(config.network)}; "
-                                 "use another output folder or --no-resume")
-            check_resumable(state, config, ckpt_path)
+        if state is not None:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["opt"])
             rng.bit_generator.state = json.loads(state["rng"])
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        return interrupted(exc, config.output)
+        return interrupted(exc, config.output, config.resume)
     return 0
 
 
