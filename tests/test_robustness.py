@@ -696,3 +696,11 @@ def test_eval_of_frames_too_small_for_ssim_gives_the_other_scores(tmp_path, caps
     assert_clean(code, err)
     assert err.count("SSIM needs frames of at least 11 x 11") == 1
     assert "psnr" in out and "warp_error" in out and "detail" in out and "ssim" not in out
+
+
+def test_api_options_for_files_are_refused_for_arrays():
+    """plot_label (the plot's name for the input) was silently ignored for an array; the other file options
+    were refused."""
+    for option in ({"plot_label": "clip"}, {"crf": 20}):
+        with pytest.raises(InputError, match="apply only to a path input"):
+            unflicker.deflicker(clip(4), method="classical", progress=False, **option)

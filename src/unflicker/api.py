@@ -15,7 +15,7 @@ from unflicker.errors import InputError, OutputError
 from unflicker.pipeline import RunConfig, RunSummary, deflicker_file, deflicker_frames
 
 # RunConfig fields that only mean something when files are written.
-_FILE_OPTIONS = ("stop_after", "crf", "codec", "bit_depth", "overwrite", "keep_work", "compare", "plot")
+_FILE_OPTIONS = ("stop_after", "crf", "codec", "bit_depth", "overwrite", "keep_work", "compare", "plot", "plot_label")
 
 
 def _config(method: str | None, options: dict) -> RunConfig:
@@ -118,7 +118,7 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
             raise InputError(f"expected a (T, H, W, 3) clip, got an array of shape {frames_or_path.shape}")
         if frames_or_path.ndim == 3 and frames_or_path.shape[2] in (1, 3, 4):  # not a grey clip W = 1, 3, 4 px wide
             raise InputError(f"expected a (T, H, W, 3) clip, got an array of shape {frames_or_path.shape}: one "
-                             f"(H, W, C) frame? Pass frame[None] for a clip of one frame")
+                             f"(H, W, C) frame? Pass frame[None] for a clip of one frame (a grey clip as (T, H, W, 1))")
     elif not isinstance(frames_or_path, (list, tuple)):
         raise InputError(f"expected a path, an array or a list of frames, got {type(frames_or_path).__name__}")
     if len(frames_or_path) == 0:
