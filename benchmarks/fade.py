@@ -25,7 +25,7 @@ import corpus
 import unflicker
 from unflicker import synth
 from unflicker.baselines import ffmpeg_deflicker
-from unflicker.metrics import psnr
+from unflicker.metrics import PSNR_CAP, psnr
 
 VARIANTS = {"default": {}, "keep-slow off": {"keep_slow": math.inf}, "window anchor": {}, "lines anchor": {},
             "share 0.3-0.6": {}, "lines pump": {}, "lines pump whole": {}, "lines pump share": {}, "no contrast": {}, "no detail": {}, "classical": {"method": "classical"}, "ffmpeg": {}}
@@ -80,7 +80,7 @@ def faded(clean: np.ndarray, stops: float) -> np.ndarray:
 
 def clip_psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over frames of each frame's PSNR."""
-    return float(np.mean([min(psnr(x, y), 99.0) for x, y in zip(a, b)]))
+    return float(np.mean([min(psnr(x, y), PSNR_CAP) for x, y in zip(a, b)]))
 
 
 def luma_means(frames: np.ndarray) -> np.ndarray:

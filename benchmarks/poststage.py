@@ -24,6 +24,7 @@ from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
 from unflicker.gate import FineGate, GateConfig
 from unflicker.kinds import KindProbe
+from unflicker.metrics import PSNR_CAP
 from unflicker.projection import FlickerModel, ProjectionConfig
 
 
@@ -146,7 +147,7 @@ def summary(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def stat(rs, key):
-        values = [min(r[key], 99.0) if key == "psnr" else r[key] for r in rs if r.get(key) is not None]
+        values = [min(r[key], PSNR_CAP) if key == "psnr" else r[key] for r in rs if r.get(key) is not None]
         return f"{np.mean(values):.2f} ({min(values):.2f})" if values else ""
 
     for (fam, method), rs in sorted(groups.items()):

@@ -7,13 +7,13 @@ WeightsError with a one-line reason, so a wrong or damaged file never reaches th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from unflicker.errors import UnflickerError, WeightsError
+from unflicker.io.common import file_sha256
 
 if TYPE_CHECKING:  # torch loads with the networks, not with this module (a run's main process reads digests)
     import torch
@@ -36,7 +36,7 @@ def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
     # at load rather than the old tensors taken for the new record's.
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp))
-    meta = {**meta, TENSORS_DIGEST: _file_sha256(tmp)}
+    meta = {**meta, TENSORS_DIGEST: file_sha256(tmp)}
     json_tmp = path.with_suffix(".json.tmp")
     json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
     json_tmp.replace(path.with_suffix(".json"))
@@ -46,14 +46,6 @@ def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
 
 TENSORS_DIGEST = "tensors_sha256"
 """JSON key: SHA-256 of the .safetensors file saved with it (absent in files saved before it was kept)."""
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_network(path: Path, what: str, fmt: str, version: int,
@@ -75,7 +67,7 @@ def load_network(path: Path, what: str, fmt: str, version: int,
     except (KeyError, TypeError, UnflickerError) as exc:
         raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
     try:
-        if TENSORS_DIGEST in meta and _file_sha256(path) != meta[TENSORS_DIGEST]:
+        if TENSORS_DIGEST in meta and file_sha256(path) != meta[TENSORS_DIGEST]:
             raise WeightsError(f"{path.name} is not the file {meta_path.name} was saved with (a save cut short "
                                "between the two?); save or train them again")
         tensors = load_file(str(path))
@@ -124,12 +116,7 @@ def weights_digest(path: Path, what: str, fmt: str, version: int) -> str:
     """SHA-256 of a weights file and its JSON (network, inference settings), read without torch:
     what an output depends on beyond the run's config. Checks the JSON as `read_meta` does."""
     read_meta(path, what, fmt, version)
-    digest = hashlib.sha256()
-    for part in (path, path.with_suffix(".json")):
-        try:
-            with part.open("rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        except OSError as exc:
-            raise WeightsError(f"cannot read {what} weights {part}: {exc}") from exc
-    return digest.hexdigest()
+    try:
+        return file_sha256(path, path.with_suffix(".json"))
+    except OSError as exc:
+        raise WeightsError(f"cannot read {what} weights {exc.filename or path}: {exc}") from exc

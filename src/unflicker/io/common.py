@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -48,6 +49,16 @@ def to_float(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         return np.multiply(image, np.float32(1.0 / 65535.0), dtype=np.float32)
     return np.asarray(image, dtype=np.float32)
+
+
+def file_sha256(*paths: Path) -> str:
+    """SHA-256 of the files' bytes, one after the other, read in 1 MB blocks (OSError as open/read raise it)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def from_float(image: np.ndarray, bit_depth: int = 8, out: np.ndarray | None = None) -> np.ndarray:

@@ -8,7 +8,6 @@ losses need; training windows are random crops of random scale, flows resized wi
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,14 +71,10 @@ def clean_flows(frames: np.ndarray, preset: str = "medium") -> tuple[np.ndarray,
 
 
 def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
     try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return io.common.file_sha256(path)
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return digest.hexdigest()
 
 
 def load_clip(path: str | Path, cache_dir: str | Path, side: int, max_frames: int) -> CachedClip:
