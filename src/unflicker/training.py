@@ -193,6 +193,14 @@ def open_log(path: Path, step: int):
     return path.open("a")
 
 
+def report_step(log, record: dict | None) -> None:
+    """A step's record (loss, validation...) printed and appended to the run's log; nothing without one."""
+    if record:
+        print(json.dumps(record), flush=True)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+
+
 def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, step: int, rng_state: str,
                     network: dict, seconds: float, config=None) -> None:
     """Write everything a resumed run needs, atomically (a kill mid-write keeps the previous one);

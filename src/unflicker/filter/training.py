@@ -28,7 +28,7 @@ from unflicker.filter.inference import FilterInferenceConfig, load_network, save
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
                                 checkpoint_to_resume, config_record, cosine_lr, interrupted, open_log,
-                                run_control, run_folder, save_checkpoint, shared_data)
+                                report_step, run_control, run_folder, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -317,10 +317,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
                 if step % config.val_every == 0 or step == end:
                     last_val = validate(net, val, config.net_scale)
                     record = {**(record or {"step": step}), "val_psnr": last_val}
-                if record:
-                    print(json.dumps(record), flush=True)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                report_step(log, record)
                 if step % config.checkpoint_every == 0 or step == end:
                     save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
                                     seconds + time.time() - start, config)

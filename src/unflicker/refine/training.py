@@ -31,7 +31,7 @@ from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
                                 checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder, open_log,
-                                run_control, run_folder, save_checkpoint, shared_data)
+                                report_step, run_control, run_folder, save_checkpoint, shared_data)
 
 
 @dataclass
@@ -313,10 +313,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                 if step % config.val_every == 0 or step == end:
                     last_val = validate(net, val_clean, val, config.inference, str(device))
                     record = {**(record or {"step": step}), "val": last_val}
-                if record:
-                    print(json.dumps(record), flush=True)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
+                report_step(log, record)
                 if step % config.checkpoint_every == 0 or step == end:
                     save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
                                     seconds + time.time() - start, config)
