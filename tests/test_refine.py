@@ -158,15 +158,21 @@ def make_video(path, frames):
             out.mux(packet)
 
 
-def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys):
+def tiny_run(tmp_path):
+    """(data folder, output folder, train-refine arguments) of a tiny run: one 6-frame clip, a 4-frame validation."""
     data = tmp_path / "clean"
     data.mkdir()
     make_video(data / "a.mp4", translating_clip(6, 48, 64, seed=1))
     make_video(data / "held.mp4", translating_clip(4, 48, 64, seed=2))
     out = tmp_path / "run"
-    args = ["--data", str(data), "--val-clip", "held", "--output", str(out), "--cache-side", "64", "--length", "3",
-            "--crop", "32", "--batch", "1", "--width", "4", "--val-frames", "4", "--val-draws", "1", "--threads", "1",
-            "--checkpoint-every", "1", "--log-every", "1", "--val-every", "10"]
+    return data, out, ["--data", str(data), "--val-clip", "held", "--output", str(out), "--cache-side", "64",
+                       "--length", "3", "--crop", "32", "--batch", "1", "--width", "4", "--val-frames", "4",
+                       "--val-draws", "1", "--threads", "1", "--checkpoint-every", "1", "--log-every", "1",
+                       "--val-every", "10"]
+
+
+def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys):
+    data, out, args = tiny_run(tmp_path)
     assert train_main([*args, "--steps", "2"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 2 and {"ewarp_before", "ewarp_after", "psnr_after"} <= set(summary["val"])
@@ -184,14 +190,8 @@ def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys
 
 def test_a_resume_under_other_settings_is_refused_before_the_clips_are_cached(tmp_path, capsys):
     """The refusal came only after every training clip was decoded, its flows computed and cached."""
-    data = tmp_path / "clean"
-    data.mkdir()
-    make_video(data / "a.mp4", translating_clip(6, 48, 64, seed=1))
-    make_video(data / "held.mp4", translating_clip(4, 48, 64, seed=2))
-    out = tmp_path / "run"
-    args = ["--data", str(data), "--val-clip", "held", "--output", str(out), "--cache-side", "64", "--length", "3",
-            "--crop", "32", "--batch", "1", "--width", "4", "--val-frames", "4", "--val-draws", "1", "--threads", "1",
-            "--checkpoint-every", "1", "--val-every", "10", "--steps", "1", "--no-full-validation"]
+    data, out, args = tiny_run(tmp_path)
+    args = [*args, "--steps", "1", "--no-full-validation"]
     assert train_main(args) == 0
     make_video(data / "b.mp4", translating_clip(6, 48, 64, seed=3))
     assert train_main([*args, "--lr", "0.1", "--cache-dir", str(tmp_path / "new")]) == 2
