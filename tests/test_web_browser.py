@@ -157,6 +157,20 @@ def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, server, 
     context.close()
 
 
+def test_a_video_can_be_chosen_with_the_keyboard_alone(browser, server, clip):
+    """The file chooser is the first stop of Tab and opens with Enter, as with a click."""
+    context, page = open_page(browser, server)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "file"
+    with page.expect_file_chooser(timeout=5_000) as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(clip))
+    page.wait_for_function("() => document.querySelectorAll('#inplot polyline').length === 3")
+    assert "12 frames, 96x64" in page.text_content("#facts")
+    context.close()
+
+
 @pytest.mark.parametrize("width", [1200, 820, 700])
 def test_the_page_fits_its_window_without_scrolling_sideways(browser, server, clip, tmp_path, width):
     """Long option texts, a camera's long file name and the progress rows of a finished job all fit."""
