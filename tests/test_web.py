@@ -564,3 +564,39 @@ def test_an_upload_the_browser_abandons_leaves_no_traceback_and_no_folder(tmp_pa
         time.sleep(0.5)
         assert not list((server.work / "items").iterdir())
         assert "Traceback" not in server.output() and "ClientDisconnect" not in server.output()
+
+
+def test_a_phone_video_is_previewed_and_compared_upright(server, tmp_path):
+    """A portrait phone video is stored sideways with a display rotation: the preview's pictures and both
+    before | after videos showed it lying on its side."""
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(90)  # counter-clockwise, as a phone held upright records
+        for t in range(6):
+            image = np.zeros((64, 96, 3), np.uint8)
+            image[:, :48] = 200 if t % 2 else 150  # the stored left half bright: the shown bottom half
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    client = Client(server)
+    status, upload = client.upload(path)
+    assert status == 200 and "rotation 90" in upload["facts"], upload
+    preview = client.json("POST", "/api/preview", {"upload": upload["id"], "frame": 2,
+                                                   "settings": {"method": "classical"}})[1]
+    run = client.json("POST", "/api/run", {"upload": upload["id"], "settings": {"method": "classical"}})[1]
+    preview, run = client.wait(preview["id"]), client.wait(run["id"])
+    assert preview["state"] == run["state"] == "done", (preview["message"], run["message"])
+    for label in ("before", "after"):
+        data = client.request("GET", preview["files"][label])[1]
+        picture = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert picture.shape == (96, 64)  # upright: taller than wide
+        assert picture[60:].mean() > 100 > picture[:36].mean()  # the bright half at the bottom
+    for job in (preview, run):
+        (tmp_path / "compare.mp4").write_bytes(client.request("GET", job["files"]["compare"])[1])
+        info = io.probe(tmp_path / "compare.mp4")
+        assert (info.width, info.height, info.rotation) == (128, 96, 0), job["kind"]
+        frame = frames_of(tmp_path / "compare.mp4")[0]
+        assert frame[60:].mean() > 0.4 > frame[:36].mean()

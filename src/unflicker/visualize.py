@@ -39,14 +39,18 @@ def write_side_by_side(left: str | Path, right: str | Path, output: str | Path, 
         raise OutputError(f"cannot put {info_left.width}x{info_left.height} beside "
                           f"{info_right.width}x{info_right.height}")
     io.check_output(left, output, overwrite)
+    # Both are turned upright by the left one's display rotation (counter-clockwise; a right-hand folder of frames
+    # holds them as stored): the canvas carries none, as two frames turned side by side would end up stacked.
+    turns = round(info_left.rotation / 90) % 4
+    width, height = (info_left.height, info_left.width) if turns % 2 else (info_left.width, info_left.height)
     # The canvas is a synthetic "source": twice as wide, the left input's rate and timestamps, no audio.
     count = min(info_left.frame_count, info_right.frame_count)
-    canvas = io.VideoInfo(Path(output), False, 2 * info_left.width, info_left.height, count, info_left.fps,
+    canvas = io.VideoInfo(Path(output), False, 2 * width, height, count, info_left.fps,
                           "rgb24", 8, False, info_left.time_base)
     with io.VideoWriter(output, canvas, overwrite=overwrite) as writer, \
             tqdm(total=count, desc="compare", unit="frame", disable=not progress, leave=False) as bar:
         for a, b in zip(io.read_frames(left, info_left), io.read_frames(right, info_right)):
-            pair = [_label(io.from_float(io.to_float(f.image)), text)
+            pair = [_label(io.from_float(io.to_float(np.rot90(f.image, turns))), text)
                     for f, text in ((a, labels[0]), (b, labels[1]))]
             writer.write(np.concatenate(pair, axis=1), a.pts)
             bar.update()

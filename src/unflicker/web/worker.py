@@ -20,6 +20,7 @@ from contextlib import closing
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from unflicker import io
@@ -38,6 +39,8 @@ def _summary(summary, notes: list[str]) -> dict:
 def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Path, str]:
     """Write the stretch of about `seconds` around frame `centre` as PNG frames into folder.
 
+    The frames are turned upright (the video's display rotation is not kept by PNG files): the preview's
+    before and after pictures and its video show them as a player shows the video.
     Returns (the folder, the file name of the centre frame)."""
     info = io.probe(input_path)
     count = min(info.frame_count, max(2, round(seconds * float(info.fps))))
@@ -51,7 +54,8 @@ def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Pat
                 break
             if frame.index >= start:
                 file = f"{frame.index:06d}.png"
-                cv2.imwrite(str(folder / file), cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                upright = np.ascontiguousarray(np.rot90(frame.image, round(info.rotation / 90)))
+                cv2.imwrite(str(folder / file), cv2.cvtColor(upright, cv2.COLOR_RGB2BGR))
                 name = file if frame.index == centre else name
                 bar.update()
     return folder, name or file
