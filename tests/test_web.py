@@ -115,6 +115,20 @@ def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(server, cl
     assert status == 200 and "12 frames, 96x64" in data["facts"]
 
 
+def test_a_long_file_name_is_shortened_keeping_its_extension(server, tmp_path):
+    """A name over 120 characters was cut with its extension: a zip of frames was then read as a video
+    and refused ("not a video")."""
+    client = Client(server)
+    zipped = tmp_path / "frames.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for t in range(3):
+            archive.writestr(f"f{t}.png", cv2.imencode(".png", np.full((24, 32, 3), 40 * t, np.uint8))[1].tobytes())
+    name = "Holiday in the mountains with the whole family, summer 2025, scanned from the old Super 8 reel, " \
+           "number 3 of 12, side B.zip"
+    status, data = client.upload(zipped, name=name)
+    assert status == 200, data
+    assert data["name"] == name[: 120 - 4] + ".zip" and "3 frames, 32x24" in data["facts"]
+
 def test_a_zip_of_frames_of_mixed_sizes_is_refused_at_the_upload_naming_the_frame(server, tmp_path):
     client = Client(server)
     zipped = tmp_path / "frames.zip"

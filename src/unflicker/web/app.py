@@ -147,7 +147,10 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
 
     async def upload(request: Request, session: Session) -> Response:
         # The browser's file name is shown and used for the download's name, never as a path.
-        name = Path(unquote(request.headers.get("x-filename", "")).replace("\\", "/")).name[:120] or "upload"
+        name = Path(unquote(request.headers.get("x-filename", "")).replace("\\", "/")).name or "upload"
+        if len(name) > 120:  # shortened, its extension kept: it tells a zip of frames from a video
+            extension = Path(name).suffix if len(Path(name).suffix) <= 8 else ""
+            name = name[: 120 - len(extension)] + extension
         suffix = Path(name).suffix.lower()
         limit = store.limits.max_upload_bytes
         too_large = (f"{name} is larger than this server's upload limit of {store.limits.max_upload_mb:g} MB "
