@@ -191,6 +191,20 @@ def test_the_page_fits_its_window_without_scrolling_sideways(browser, server, cl
     context.close()
 
 
+def test_a_job_the_server_no_longer_keeps_leaves_the_page(browser, tmp_path, clip):
+    """Retention removed a finished run's files, yet its card stayed with links that opened a JSON error."""
+    with running_server(tmp_path / "work", "--keep", "2") as server:
+        context, page = open_page(browser, server)
+        upload(page, clip)
+        choose(page, "classical")
+        run_and_wait(page, 60)
+        for n in (4, 5):  # two newer uploads: the run and its upload are the oldest of the kept items
+            upload(page, write_clip(tmp_path / f"clip{n}.mp4", n=n))
+            page.wait_for_function(f"() => document.querySelector('#facts').textContent.includes('{n} frames')")
+        page.wait_for_function("() => document.querySelectorAll('#jobs .job').length === 0")
+        assert page.locator("a.download").count() == 0
+        context.close()
+
 def test_neural_fast_run_and_cancel(browser, server, clip):
     context, page = open_page(browser, server)
     upload(page, clip)
