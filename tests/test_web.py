@@ -184,6 +184,10 @@ def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished,
     for path in refused:
         status, data, _ = client.request("GET", path)
         assert status == 404 and b"secret" not in data and b"root:" not in data, path
+    # A link opened in the browser shows a sentence, not a JSON dump.
+    status, data, response = client.request("GET", f"/files/{job_id}/gone.mp4?download=1")
+    assert status == 404 and response.getheader("content-type").startswith("text/plain")
+    assert data.decode().startswith("This file is no longer kept") and "{" not in data.decode()
     # A served name that has become a symlink (to a file outside the work folder) is refused.
     plot = (job_folder / "plot.png").read_bytes()
     (job_folder / "plot.png").unlink()

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from unflicker.errors import InputError
@@ -232,7 +232,9 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
         job_id, name = request.path_params["job"], request.path_params["name"]
         found = store.served_file(session, job_id, name)  # one look-up: the job is kept until the file is sent
         if found is None:
-            return _error("no such file", 404)
+            # Opened by a link, an image or a player, never by the page's script: a sentence, not JSON.
+            return PlainTextResponse("This file is no longer kept by the server (or belongs to another browser); "
+                                     "run the job again.", 404)
         job, path = found
         if request.query_params.get("download"):
             stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(job.upload.name).stem)
