@@ -171,6 +171,18 @@ def test_a_video_can_be_chosen_with_the_keyboard_alone(browser, server, clip):
     context.close()
 
 
+def test_a_server_that_does_not_answer_is_said_in_words(browser, server):
+    """The page showed the browser's "Failed to fetch" while its server was away."""
+    context, page = open_page(browser, server)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    page.route("**/api/state", lambda route: route.abort())  # as when the server is stopped
+    page.locator("#message").wait_for()
+    assert page.text_content("#message") == ("the server does not answer: is unflicker serve still running "
+                                             "on this computer?")
+    page.unroute("**/api/state")
+    page.locator("#message").wait_for(state="hidden")
+    context.close()
+
 @pytest.mark.parametrize("width", [1200, 820, 700])
 def test_the_page_fits_its_window_without_scrolling_sideways(browser, server, clip, tmp_path, width):
     """Long option texts, a camera's long file name and the progress rows of a finished job all fit."""
