@@ -175,10 +175,12 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
                         return _error(too_large, 413)
                     file.write(chunk)
             if size == 0:
-                raise InputError(f"{name} is empty")
+                raise InputError("the file is empty")
             await run_in_threadpool(check_upload, store, item, received)
         except InputError as exc:
-            reason = str(exc).removeprefix(f"cannot read {name}: ")
+            # The sentence names the file once: "x.mp4 cannot be used: no video stream", not "... in x.mp4".
+            reason = str(exc).removeprefix(f"cannot read {name}: ").removeprefix(f"{name}: ")
+            reason = reason.removesuffix(f" in {name}")
             return _error(f"{name} cannot be used: {reason}")
         except ClientDisconnect:  # the browser went away mid-upload: nothing to answer, nothing kept
             return Response(status_code=400)
