@@ -170,6 +170,27 @@ def test_the_upload_check_reads_the_size_of_every_frame_but_the_first_from_its_h
     store.close()
 
 
+def test_a_zip_of_huge_frames_is_refused_from_their_headers_before_any_is_decoded(tmp_path, monkeypatch):
+    """A 2 KB zip held two 8000x8000 PNGs: the upload check decoded one (190 MB; a 30000x30000 one, GBs)
+    before it refused the size."""
+    from unflicker.io import images
+    from unflicker.web.jobs import check_upload
+    from unflicker.web.store import Upload
+
+    store = Store(tmp_path / "work")
+    upload = Upload(*store.new_folder(), "scan.zip")
+    png = cv2.imencode(".png", np.zeros((8000, 8000, 3), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])[1]
+    with zipfile.ZipFile(upload.folder / "input.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        for t in range(2):
+            archive.writestr(f"f{t}.png", png.tobytes())
+    decoded, read_image = [], images.read_image
+    for module in (io, images):
+        monkeypatch.setattr(module, "read_image", lambda path: decoded.append(path.name) or read_image(path))
+    with pytest.raises(InputError, match="its frames are 8000x8000; this server takes frames up to 4096 pixels"):
+        check_upload(store, upload, upload.folder / "input.zip")
+    assert decoded == []
+    store.close()
+
 def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished, tmp_path):
     client, upload_id, job = finished
     job_id, job_folder = job["id"], server.work / "items" / job["id"]

@@ -119,9 +119,19 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
     """Probe a received file and apply the limits; sets upload.path and facts, else InputError
     with a message for the page (the server's paths replaced by the upload's name)."""
     limits = store.limits
+
+    def too_large(width: int, height: int) -> InputError:
+        return InputError(f"its frames are {width}x{height}; this server takes frames up to {limits.max_side} "
+                          f"pixels a side")
+
     try:
         path = _extract_frames(received, upload.folder / "frames", limits.max_upload_bytes) \
             if received.suffix == ".zip" else received
+        if path.is_dir():  # from the headers, before probe decodes a frame: a few KB of zip can hold gigapixels
+            for frame in path.iterdir():
+                size = io.image_size(frame, decode=False)
+                if size is not None and max(size) > limits.max_side:
+                    raise too_large(*size)
         info = io.probe(path)
         if info.is_folder:  # the run reads every frame: a size that differs fails it, so it is refused here
             _check_frame_sizes(path, info.frame_names)
@@ -132,8 +142,7 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
         raise InputError(f"it is {seconds:.1f} s long; this server takes videos up to "
                          f"{limits.max_seconds:g} s (unflicker serve --max-seconds)")
     if max(info.width, info.height) > limits.max_side:
-        raise InputError(f"its frames are {info.width}x{info.height}; this server takes frames up to "
-                         f"{limits.max_side} pixels a side")
+        raise too_large(info.width, info.height)
     upload.path, upload.frames, upload.fps = path, info.frame_count, float(info.fps)
     upload.facts = info.describe().replace(path.name, upload.name, 1)
 
