@@ -121,6 +121,11 @@ def test_upload_preview_run_download(browser, server, clip, tmp_path):
     assert len(out) == 12
     assert flicker_index(out)["luma"] < 0.3 * flicker_index(frames_of(clip))["luma"]
 
+    # Every control and progress bar has a name a screen reader can say; Cancel says which job it stops.
+    tree = page.locator("main").aria_snapshot()
+    assert "- progressbar\n" not in tree + "\n" and '- progressbar "Making the comparison"' in tree
+    assert card.locator(".cancel").get_attribute("aria-label") == "Cancel: flickering.mp4"
+
     page.screenshot(path=str(tmp_path / "web.png"), full_page=True)
     assert page.requested and all(url.startswith(server.url) for url in page.requested)  # nothing from elsewhere
     print(f"\npreview {preview_seconds:.1f} s, classical run {run_seconds:.1f} s in the page")
