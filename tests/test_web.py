@@ -357,8 +357,11 @@ def test_work_folder_must_be_empty_or_its_own(tmp_path):
     assert (tmp_path / "mine.txt").read_text() == "keep me"
     store = Store(tmp_path / "work")
     Store(tmp_path / "work")  # its own folder again: fine
+    upload = store.new_folder()[1]
+    (upload / "input.mp4").write_bytes(b"someone's video")
     store.close()
     assert (tmp_path / "work").is_dir()  # a folder the user named is kept
+    assert not upload.exists() and not (tmp_path / "work" / "items").exists()  # not the uploads it held
 
 
 def bar(name, done, total, eta="00:09"):

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     serve.add_argument("--auth", metavar="USER:PASSWORD", help="ask the browser for this login")
     serve.add_argument("--work-dir", type=Path, metavar="DIR",
-                       help="folder for uploads and results (default: a new temporary folder, removed on exit)")
+                       help="folder for uploads and results, which are removed on exit (default: a new "
+                            "temporary folder)")
     serve.add_argument("--max-upload-mb", type=float, default=2000.0, metavar="MB", help="largest upload (2000)")
     serve.add_argument("--max-seconds", type=float, default=600.0, metavar="S", help="longest video (600 s)")
     serve.add_argument("--keep", type=int, default=40, metavar="N",

@@ -124,8 +124,8 @@ class Store:
     """Sessions and the work folder. Thread-safe: every method takes the lock it needs.
 
     work_dir: the folder for uploads and job files (created; must be empty or an earlier work
-    folder of `unflicker serve`, whose items are removed); None: a new temporary folder,
-    removed by `close()`.
+    folder of `unflicker serve`, whose items are removed); None: a new temporary folder.
+    `close()` removes the items (and a temporary folder).
     """
 
     def __init__(self, work_dir: str | os.PathLike | None = None, limits: Limits | None = None):
@@ -136,7 +136,7 @@ class Store:
         if any(root.iterdir()) and not (root / MARKER).is_file():
             raise OutputError(f"{root} is not empty and is not a work folder of `unflicker serve`: give an empty "
                               f"or new folder")
-        (root / MARKER).write_text("work folder of `unflicker serve`: its items/ are removed on start\n")
+        (root / MARKER).write_text("work folder of `unflicker serve`: its items/ are removed on start and on stop\n")
         self.root = root.resolve()
         self.items = self.root / "items"
         # Sessions live in memory: items an earlier server left cannot be reached any more.
@@ -265,5 +265,6 @@ class Store:
             return [job for s in self._sessions.values() for job in s.jobs.values()]
 
     def close(self) -> None:
-        if self.temporary:
-            shutil.rmtree(self.root, ignore_errors=True)
+        """Remove every upload and job (a new server could not reach them): the whole folder if temporary, else
+        its items, the folder the user named being kept."""
+        shutil.rmtree(self.root if self.temporary else self.items, ignore_errors=True)
