@@ -271,6 +271,22 @@ def test_a_failing_job_says_why_and_the_queue_goes_on(server, clip, tmp_path):
     assert client.wait(after["id"], 60)["state"] == "done"
 
 
+def test_a_frame_of_a_zip_that_cannot_be_read_is_named_as_in_the_zip(server, tmp_path):
+    """A run failing on a damaged frame said "cannot read image /frames/f2.png": a piece of the server's
+    work folder, not the frame's name."""
+    client = Client(server)
+    zipped = tmp_path / "my scans.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        for t in range(4):
+            png = cv2.imencode(".png", np.full((40, 48, 3), 50 * t, np.uint8))[1].tobytes()
+            archive.writestr(f"scan/f{t}.png", png[:40] + b"damaged" * 20 if t == 2 else png)
+    upload_id = client.upload(zipped)[1]["id"]
+    for kind in ("run", "preview"):
+        job = client.json("POST", f"/api/{kind}", {"upload": upload_id, "frame": 1,
+                                                   "settings": {"method": "classical"}})[1]
+        job = client.wait(job["id"])
+        assert (job["state"], job["message"]) == ("failed", "cannot read image f2.png"), kind
+
 def test_a_failing_preview_leaves_only_its_log_and_result(tmp_path):
     from unflicker.web import worker
 

@@ -115,6 +115,16 @@ def _check_frame_sizes(folder: Path, names: tuple[str, ...]) -> None:
                              f"({names[0]}) is {first[0]}x{first[1]}")
 
 
+def public_message(message: str, upload: Upload, received: Path | None = None) -> str:
+    """A message of the library as the page shows it: a frame of a zip named as in the zip, the uploaded file
+    by the name it came with, and no path of the server's work folder."""
+    message = message.replace(f"{upload.folder / 'frames'}/", "")
+    for path in (received, upload.path):
+        if path is not None:
+            message = message.replace(str(path), upload.name)
+    return message.replace(str(upload.folder), "")
+
+
 def check_upload(store: Store, upload: Upload, received: Path) -> None:
     """Probe a received file and apply the limits; sets upload.path and facts, else InputError
     with a message for the page (the server's paths replaced by the upload's name)."""
@@ -136,7 +146,7 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
         if info.is_folder:  # the run reads every frame: a size that differs fails it, so it is refused here
             _check_frame_sizes(path, info.frame_names)
     except InputError as exc:
-        raise InputError(str(exc).replace(str(received), upload.name).replace(str(upload.folder), "")) from None
+        raise InputError(public_message(str(exc), upload, received)) from None
     seconds = info.frame_count / float(info.fps or 25)
     if seconds > limits.max_seconds:
         raise InputError(f"it is {seconds:.1f} s long; this server takes videos up to "
@@ -157,7 +167,7 @@ def compute_means(upload: Upload) -> None:
             means.append([round(float(v) / scale, 5) for v in cv2.mean(image)[:3]])
         upload.means = means
     except InputError as exc:
-        upload.means_error = str(exc).replace(str(upload.path), upload.name)
+        upload.means_error = public_message(str(exc), upload)
 
 
 # A tqdm bar as the library prints it, each update after a "\r":
@@ -304,7 +314,8 @@ class JobQueue:
             if (job.cancel.is_set() or self.stopping.is_set()) and not complete:
                 job.state, job.message = "cancelled", "cancelled"
             elif "error" in result:
-                job.state, job.message = "failed", result["error"].replace(str(job.upload.folder), "")
+                job.state, job.message = "failed", public_message(result["error"], job.upload).replace(
+                    f"{job.folder}/", "")
             elif process.returncode != 0 or "files" not in result:
                 job.state, job.message = "failed", f"the job stopped unexpectedly (exit code {process.returncode})"
             else:
