@@ -188,6 +188,18 @@ def test_a_server_that_does_not_answer_is_said_in_words(browser, server):
     page.locator("#message").wait_for(state="hidden")
     context.close()
 
+def test_the_brightness_plot_of_a_long_video_is_drawn(browser, server):
+    """10 minutes of 120 fps slow motion (72000 frames): the plot's min/max over spread arguments overflowed
+    the stack, and the exception stopped every later refresh of the page, its jobs included."""
+    context, page = open_page(browser, server)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    drawn = page.evaluate("""() => {
+        const means = Array.from({length: 72000}, (_, t) => [0.4, 0.5, 0.6 + 0.1 * (t % 2)]);
+        drawPlot(document.getElementById('inplot'), means, 100, false);
+        return document.querySelectorAll('#inplot polyline').length; }""")
+    assert drawn == 3
+    context.close()
+
 @pytest.mark.parametrize("width", [1200, 820, 700])
 def test_the_page_fits_its_window_without_scrolling_sideways(browser, server, clip, tmp_path, width):
     """Long option texts, a camera's long file name and the progress rows of a finished job all fit."""
