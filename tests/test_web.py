@@ -245,6 +245,19 @@ def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished,
     assert list(server.work.parent.rglob("zipped0.png"))[0].parent == server.work / "items" / data["id"] / "frames"
 
 
+def test_the_brightness_means_are_sent_once_not_with_every_poll(server, clip, finished):
+    """The page polls /api/state every 0.7 s: it sent every upload's per-frame means each time (a 10-minute
+    clip's: 0.4 MB a poll). The page names the ones it holds in ?have= and gets them no more."""
+    client, upload_id, _ = finished
+    other = client.upload(clip)[1]["id"]
+    deadline = time.monotonic() + 30
+    while not all(u["means"] for u in client.state()["uploads"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    status, state = client.json("GET", f"/api/state?have={upload_id},nonsense")
+    uploads = {u["id"]: u for u in state["uploads"]}
+    assert status == 200 and uploads[upload_id]["means"] is None and uploads[upload_id]["frames"] == 12
+    assert len(uploads[other]["means"]) == 12
+
 def test_sessions_do_not_see_each_other(server, finished):
     owner, upload_id, job = finished
     other = Client(server)

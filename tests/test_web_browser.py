@@ -180,11 +180,11 @@ def test_a_server_that_does_not_answer_is_said_in_words(browser, server):
     """The page showed the browser's "Failed to fetch" while its server was away."""
     context, page = open_page(browser, server)
     page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
-    page.route("**/api/state", lambda route: route.abort())  # as when the server is stopped
+    page.route("**/api/state*", lambda route: route.abort())  # as when the server is stopped
     page.locator("#message").wait_for()
     assert page.text_content("#message") == ("the server does not answer: is unflicker serve still running "
                                              "on this computer?")
-    page.unroute("**/api/state")
+    page.unroute("**/api/state*")
     page.locator("#message").wait_for(state="hidden")
     context.close()
 

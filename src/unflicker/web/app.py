@@ -1,7 +1,8 @@
 """The HTTP side of `unflicker serve`: the page, a small JSON API, and the job files.
 
     GET  /                    the page
-    GET  /api/state           this session's uploads and jobs, the limits and the defaults
+    GET  /api/state           this session's uploads and jobs, the limits and the defaults (?have=ID,...:
+                              without the brightness means of these uploads, which the page holds)
     POST /api/upload          the file as the request body, its name in X-Filename (URL-encoded)
     POST /api/preview         {"upload", "frame", "settings"} -> a preview job
     POST /api/run             {"upload", "settings"} -> a run job
@@ -136,7 +137,10 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
     @guarded
     async def state(request: Request, session: Session) -> Response:
         with store.lock:
-            uploads = [u.public() for u in sorted(session.uploads.values(), key=lambda u: u.created)]
+            # The means (3 numbers a frame) go once: the page names the uploads whose means it holds in ?have=
+            have = set(request.query_params.get("have", "").split(","))
+            uploads = [{**u.public(), **({"means": None} if u.id in have else {})}
+                       for u in sorted(session.uploads.values(), key=lambda u: u.created)]
             ahead = queue.ahead()
             jobs = [{**j.public(), "ahead": ahead.get(j.id)} for j in sorted(session.jobs.values(),
                                                                              key=lambda j: j.created)]
