@@ -163,13 +163,13 @@ def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, server, 
 
 
 def test_a_video_can_be_chosen_with_the_keyboard_alone(browser, server, clip):
-    """The file chooser is the first stop of Tab and opens with Enter, as with a click."""
+    """The file chooser is the first stop of Tab and opens with Space (as a button does), as with a click."""
     context, page = open_page(browser, server)
     page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
     page.keyboard.press("Tab")
     assert page.evaluate("() => document.activeElement.id") == "file"
     with page.expect_file_chooser(timeout=5_000) as chooser:
-        page.keyboard.press("Enter")
+        page.keyboard.press("Space")
     chooser.value.set_files(str(clip))
     page.wait_for_function("() => document.querySelectorAll('#inplot polyline').length === 3")
     assert "12 frames, 96x64" in page.text_content("#facts")
