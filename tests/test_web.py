@@ -671,3 +671,37 @@ def test_a_phone_video_is_previewed_and_compared_upright(server, tmp_path):
         assert (info.width, info.height, info.rotation) == (128, 96, 0), job["kind"]
         frame = frames_of(tmp_path / "compare.mp4")[0]
         assert frame[60:].mean() > 0.4 > frame[:36].mean()
+
+
+def test_an_upload_to_a_full_disk_says_so_in_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    """A full disk failed the upload with a server error (the page said "the server answered 500")."""
+    import builtins
+
+    from unflicker.web import app as app_module
+    from unflicker.web.app import create_app
+    from unflicker.web.jobs import JobQueue
+
+    class FullDisk:
+        def __init__(self, *args):
+            self.file = builtins.open(*args)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    store = Store(tmp_path / "work")
+    queue = JobQueue(store)
+    try:
+        monkeypatch.setattr(app_module, "open", FullDisk, raising=False)
+        status, body = asgi_get(create_app(store, queue), "/api/upload", method="POST", body=b"some video")
+        assert (status, json.loads(body)) == (507, {"error": "upload cannot be stored on the server: "
+                                                             "No space left on device"})
+        assert list(store.items.iterdir()) == []
+    finally:
+        queue.close()
+        store.close()

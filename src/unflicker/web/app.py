@@ -190,6 +190,8 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
             return Response(status_code=400)
         except asyncio.TimeoutError:
             return _error(f"{name}: the upload stopped sending for {UPLOAD_IDLE_S:g} s", 408)
+        except OSError as exc:  # after TimeoutError, one of its kind: the work folder's disk is full, or read-only
+            return _error(f"{name} cannot be stored on the server: {exc.strerror or exc}", 507)
         finally:
             if item.path is None:
                 shutil.rmtree(folder, ignore_errors=True)
