@@ -705,3 +705,36 @@ def test_an_upload_to_a_full_disk_says_so_in_one_line_and_leaves_no_folder(tmp_p
     finally:
         queue.close()
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["preview", "run"])
+@pytest.mark.parametrize("failing", ["folder", "spec"])
+def test_a_job_asked_for_on_a_full_disk_says_so_in_one_line(tmp_path, monkeypatch, kind, failing):
+    """A full disk made Preview or Run a server error (the page said "the server answered 500")."""
+    from unflicker.web.app import create_app
+    from unflicker.web.jobs import JobQueue
+    from unflicker.web.store import Upload
+
+    store = Store(tmp_path / "work")
+    queue = JobQueue(store)
+    try:
+        session, token = store.session(None, create=True)
+        upload = Upload(*store.new_folder(), "clip.mp4", frames=12)
+        upload.path = upload.folder / "input.mp4"
+        store.add_upload(session, upload)
+
+        def full_disk():
+            raise OSError(28, "No space left on device")
+
+        if failing == "folder":
+            monkeypatch.setattr(store, "new_folder", full_disk)
+        else:
+            monkeypatch.setattr(Path, "write_text", lambda *args, **kwargs: full_disk())
+        status, body = asgi_get(create_app(store, queue), f"/api/{kind}", cookie=token, method="POST",
+                                body=json.dumps({"upload": upload.id}).encode())
+        assert (status, json.loads(body)) == (507, {"error": "the server cannot store the job's files: "
+                                                             "No space left on device"})
+        assert store.all_jobs() == [] and list(store.items.iterdir()) == [upload.folder]  # no job folder left
+    finally:
+        queue.close()
+        store.close()

@@ -113,6 +113,8 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
                 response = await handler(request, session)
             except InputError as exc:
                 response = _error(str(exc))
+            except OSError as exc:  # a job's folder or spec cannot be written: the disk is full, or read-only
+                response = _error(f"the server cannot store the job's files: {exc.strerror or exc}", 507)
             for name, value in _HEADERS.items():
                 response.headers.setdefault(name, value)
             if new_token is not None:
@@ -215,7 +217,12 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
                 return _error(f"at most {MAX_ACTIVE_JOBS} jobs can wait at once; cancel one or wait", 429)
         job_id, folder = store.new_folder()
         job = Job(job_id, folder, kind, item, settings, frame)
-        if not queue.submit(session, job):  # a sweep removed the upload since the look-up above
+        try:
+            submitted = queue.submit(session, job)
+        except OSError:  # its spec could not be written: no folder is left behind
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        if not submitted:  # a sweep removed the upload since the look-up above
             return _error(gone, 404)
         return JSONResponse(job.public())
 
