@@ -1,6 +1,7 @@
 """The page in a real browser: headless Chromium (Debian's `chromium`, installed by `make test`)
 driven by Playwright, the way a user works: open, upload, preview, run, wait, download."""
 
+import base64
 import os
 import shutil
 import time
@@ -198,6 +199,27 @@ def test_the_brightness_plot_of_a_long_video_is_drawn(browser, server):
         drawPlot(document.getElementById('inplot'), means, 100, false);
         return document.querySelectorAll('#inplot polyline').length; }""")
     assert drawn == 3
+    context.close()
+
+def test_a_dropped_folder_is_named_and_the_videos_dropped_with_it_are_uploaded(browser, server, clip):
+    """A folder of frames dropped on the page was sent as an empty file: "the upload failed" or "is empty"."""
+    context, page = open_page(browser, server)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    page.evaluate("""(video) => {
+        const bytes = Uint8Array.from(atob(video), (c) => c.charCodeAt(0));
+        const dropped = new DataTransfer();
+        dropped.items.add(new File([], "scans"));  // what the browser gives for a folder, whose entry says so
+        dropped.items.add(new File([bytes], "flickering.mp4", {type: "video/mp4"}));
+        DataTransferItem.prototype.webkitGetAsEntry = function () {
+          const name = this.getAsFile().name;
+          return {isDirectory: name === "scans", isFile: name !== "scans", name}; };
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dropped, bubbles: true,
+                                                                             cancelable: true})); }""",
+                  base64.b64encode(clip.read_bytes()).decode())
+    page.wait_for_function("() => document.querySelectorAll('#inplot polyline').length === 3")
+    assert page.text_content("#message") == ("scans: a folder cannot be uploaded; put its frames in a zip and "
+                                             "drop the zip")
+    assert "12 frames, 96x64" in page.text_content("#facts")
     context.close()
 
 @pytest.mark.parametrize("width", [1200, 820, 700])
