@@ -280,6 +280,25 @@ def test_neural_fast_run_and_cancel(browser, server, clip):
     context.close()
 
 
+def test_a_preview_still_running_stays_in_sight_when_another_is_asked_for(browser, server, clip):
+    """Only the newest preview was shown: a second Preview hid the first while it still ran, with its Cancel,
+    and the second waited for it in sight of nothing."""
+    context, page = open_page(browser, server)
+    upload(page, clip)
+    choose(page, "neural", "paper")  # minutes on a CPU: cancelled long before it ends
+    page.click("#preview")
+    first = page.locator("#previews .job[data-state=running]")
+    first.wait_for()
+    choose(page, "classical")
+    page.click("#preview")
+    page.wait_for_function("() => document.querySelectorAll('#previews .job').length === 2")
+    assert first.is_visible() and first.locator(".cancel").is_visible()
+    first.locator(".cancel").click()
+    page.locator("#previews .job[data-state=done]").wait_for(timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('#previews .job[data-state=cancelled]').length === 1")
+    assert page.locator("#previews .job[data-state=cancelled]").is_hidden()  # an older finished one goes
+    context.close()
+
 @pytest.mark.skipif(not TIMING, reason="minutes on a CPU: set UNFLICKER_WEB_TIMING=1 to time a 480p job")
 def test_time_a_480p_job_with_the_defaults(browser, server, tmp_path):
     import av
