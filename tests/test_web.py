@@ -9,6 +9,7 @@ import os
 import time
 import zipfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import av
 import cv2
@@ -60,6 +61,13 @@ def test_run_writes_the_output_the_page_offers(server, clip, finished, tmp_path)
     assert all(s["done"] == s["total"] == 12 for s in job["stages"])
     status, data, response = client.request("GET", job["files"]["output"] + "?download=1")
     assert status == 200 and 'filename="clip-unflicker.mp4"' in response.getheader("content-disposition")
+    # A name with spaces keeps them; what a file system may refuse is replaced.
+    named = client.upload(clip, name='Mum\'s "holiday" (2025): day 1.mp4')[1]["id"]
+    named = client.json("POST", "/api/run", {"upload": named, "settings": {"method": "classical"}})[1]
+    named = client.wait(named["id"])
+    response = client.request("GET", named["files"]["output"] + "?download=1")[2]
+    assert unquote(response.getheader("content-disposition")) == \
+        "attachment; filename*=utf-8''Mum's _holiday_ (2025)_ day 1-unflicker.mp4"
     (tmp_path / "out.mp4").write_bytes(data)
     out = frames_of(tmp_path / "out.mp4")
     assert len(out) == 12 and job["result"]["frames"] == 12

@@ -252,7 +252,9 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
                                      "run the job again.", 404)
         job, path = found
         if request.query_params.get("download"):
-            stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(job.upload.name).stem)
+            # Letters, digits and spaces kept ("My holiday-unflicker.mp4"); what a file system may refuse replaced.
+            stem = "".join(c if c.isalnum() or c in " -_.(),'&+" else "_" for c in Path(job.upload.name).stem)
+            stem = stem.strip(" .")
             label = "compare" if name.startswith(("compare", "preview")) else "unflicker"
             return _JobFile(path, lambda: store.sent(job_id), filename=f"{stem}-{label}{path.suffix}")
         return _JobFile(path, lambda: store.sent(job_id))
