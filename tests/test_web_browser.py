@@ -338,3 +338,16 @@ def test_time_a_480p_job_with_the_defaults(browser, server, tmp_path):
     print(f"\n90 frames 854x480, defaults: facts and plot {shown:.1f} s, preview {preview_seconds:.1f} s, "
           f"run {run_seconds:.1f} s in the page; {flicker.text_content()}")
     context.close()
+
+
+def test_a_double_click_on_run_is_one_run(browser, server, clip):
+    """The second click of a double-click queued a second, identical run."""
+    context, page = open_page(browser, server)
+    upload(page, clip)
+    choose(page, "classical")
+    page.dblclick("#run")
+    page.locator("#jobs .job").first.wait_for()
+    page.wait_for_function("() => !['queued', 'running'].includes(document.querySelector('#jobs .job').dataset.state)",
+                           timeout=60_000)
+    assert page.locator("#jobs .job").count() == 1
+    context.close()
