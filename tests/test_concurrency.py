@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from unflicker import io, synth
-from unflicker.batch import _hold_out_dir, run_batch
+from unflicker.batch import run_batch
 from unflicker.errors import OutputError
-from unflicker.io.common import _rename_new, make_held
+from unflicker.io.common import _rename_new, holding, make_held
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.resume import JobFolder
 
@@ -118,12 +118,9 @@ def test_a_batch_is_one_per_output_folder_and_an_input_changed_since_is_not_skip
     inputs, out = tmp_path / "in", tmp_path / "out"
     clip(inputs / "a", 8)
     out.mkdir()
-    lock = _hold_out_dir(out)  # another batch writing there
-    try:
+    with holding(out, "held"):  # as another batch writing there holds it
         with pytest.raises(OutputError, match="another batch is writing"):
             run_batch(inputs, out, RunConfig(method="classical", progress=False))
-    finally:
-        os.close(lock)
     config = RunConfig(method="classical", progress=False)
     assert [row.status for row in run_batch(inputs, out, config)] == ["done"]
     assert [row.status for row in run_batch(inputs, out, config)] == ["skipped"]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from unflicker import io
 from unflicker.config import RunConfig
 from unflicker.errors import InputError, OutputError
-from unflicker.io.common import hold_lock
+from unflicker.io.common import holding
 from unflicker.pipeline import Job
 
 SUMMARY_NAME = "unflicker-batch"
@@ -126,8 +126,6 @@ def _keep_earlier(item: BatchItem, row: dict | None) -> None:
 
 def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> list[BatchItem]:
     """Deflicker every input of `source` into `out_dir`; write the summary; return its rows."""
-    from unflicker.engine import run_jobs
-
     config = config or RunConfig()
     if config.compare or config.plot or config.stop_after:
         raise InputError("--compare, --plot and --stop-after apply to `unflicker run` only")
@@ -139,19 +137,10 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
     if not inputs:
         raise InputError(f"no videos or frame folders in {source}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    lock = _hold_out_dir(out_dir)
-    try:
+    # One batch per output folder: two would each redo the other's inputs and report its outputs as failed.
+    with holding(out_dir, f"another batch is writing into {out_dir}: wait for it to end, or choose another "
+                          f"output folder"):
         return _run_batch(inputs, out_dir, config)
-    finally:
-        if lock is not None:
-            os.close(lock)
-
-
-def _hold_out_dir(out_dir: Path) -> int | None:
-    """Lock the output folder for this batch (two batches into one folder would each redo the other's inputs
-    and report the other's outputs as failed)."""
-    return hold_lock(out_dir, f"another batch is writing into {out_dir}: wait for it to end, or choose another "
-                              f"output folder")
 
 
 def _changed_since(source: Path, output: Path) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from unflicker.errors import InputError, OutputError, Terminated
-from unflicker.io.common import hold_lock
+from unflicker.io.common import holding
 
 
 def shared_data(*parts: str) -> Path:
@@ -126,12 +125,8 @@ def run_folder(path: Path) -> Iterator[Path]:
     """Make a run's output folder and hold it while inside: a second run of the same folder at the same
     time, which would write the same checkpoint, log and weights over this one's, is refused in one line."""
     path = make_folder(path)
-    fd = hold_lock(path, f"another training run is using {path}: wait for it to end, or use another output folder")
-    try:
+    with holding(path, f"another training run is using {path}: wait for it to end, or use another output folder"):
         yield path
-    finally:
-        if fd is not None:
-            os.close(fd)
 
 
 def check_fresh_output(config, weights_name: str) -> None:

@@ -7,7 +7,8 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 
@@ -176,6 +177,17 @@ def hold_lock(path: Path, busy: str) -> int | None:
             raise OutputError(busy)
         return None
     return fd
+
+
+@contextmanager
+def holding(path: Path, busy: str) -> Iterator[None]:
+    """`hold_lock` for the time inside: the lock is let go on leaving."""
+    fd = hold_lock(path, busy)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def locked_by_another(path: Path) -> bool | None:
