@@ -295,30 +295,40 @@ def test_the_log_holds_each_step_once_after_a_kill_and_a_fresh_start(tiny_data, 
     assert steps() == [1, 2]
 
 
+def train_filter_args(data, out, steps):
+    """`unflicker train-filter` arguments of a tiny run with a checkpoint every step."""
+    return ["train-filter", "--data", str(data), "--train-folders", "train", "--val-folder", "val", "--val-every",
+            "100", "--output", str(out), "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2",
+            "--steps", str(steps), "--checkpoint-every", "1"]
+
+
+def ctrl_c_at_step(monkeypatch, step):
+    """Make the filter's training see Ctrl-C while making the batch of `step` (1 = the first)."""
+    from unflicker.filter import training
+
+    real, calls = training.filter_batch, []
+
+    def batch_or_interrupt(*args):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(training, "filter_batch", batch_or_interrupt)
+
+
 def test_ctrl_c_in_training_says_it_resumes_from_the_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
     # The unflicker command said "interrupted; no partial output was left", a deflickering run's line,
     # while the run folder and its checkpoint stay on purpose (the same command resumes from them).
     from unflicker import cli
-    from unflicker.filter import training
 
-    calls = []
-
-    def stop_at_the_third_step(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    real = training.filter_batch
-    monkeypatch.setattr(training, "filter_batch", stop_at_the_third_step)
+    ctrl_c_at_step(monkeypatch, 3)
     out = tmp_path / "run"
-    args = ["train-filter", "--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val",
-            "--val-every", "100", "--output", str(out), "--crop", "32", "--batch", "2", "--base-width", "4",
-            "--depth", "2", "--steps", "5", "--checkpoint-every", "1"]
+    args = train_filter_args(tiny_data, out, 5)
     assert cli.main(args) == 130
     err = capsys.readouterr().err
     assert err == f"unflicker: interrupted; the same command resumes from {out / 'checkpoint.pt'}\n"
-    monkeypatch.setattr(training, "filter_batch", real)
+    monkeypatch.undo()
     assert cli.main(args) == 0
     assert "resumed from" in capsys.readouterr().out
 
@@ -521,33 +531,17 @@ def test_ctrl_c_in_a_no_resume_run_leaves_no_old_checkpoint_and_says_how_to_go_o
     """A --no-resume run stopped before its first checkpoint left the old run's checkpoint under its own (cut)
     log, and said that the same command resumes (with --no-resume it starts afresh again)."""
     from unflicker import cli
-    from unflicker.filter import training
 
     out = tmp_path / "run"
-    args = ["train-filter", "--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val",
-            "--val-every", "100", "--output", str(out), "--crop", "32", "--batch", "2", "--base-width", "4",
-            "--depth", "2", "--steps", "3", "--checkpoint-every", "1"]
+    args = train_filter_args(tiny_data, out, 3)
     assert cli.main(args) == 0
-
-    def stop(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "filter_batch", stop)
+    ctrl_c_at_step(monkeypatch, 1)
     capsys.readouterr()
     assert cli.main([*args, "--no-resume"]) == 130
     assert capsys.readouterr().err == "unflicker: interrupted; no checkpoint was written yet: the same command starts afresh\n"
     assert not (out / "checkpoint.pt").exists()
-    calls = []
-
-    def stop_at_the_second_step(*a):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*a)
-
     monkeypatch.undo()
-    real = training.filter_batch
-    monkeypatch.setattr(training, "filter_batch", stop_at_the_second_step)
+    ctrl_c_at_step(monkeypatch, 2)
     assert cli.main([*args, "--no-resume"]) == 130
     assert capsys.readouterr().err == (f"unflicker: interrupted; the same command without --no-resume resumes from "
                                        f"{out / 'checkpoint.pt'}\n")
