@@ -8,6 +8,7 @@ import json
 import os
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -570,8 +571,9 @@ def test_a_new_session_swept_while_its_first_upload_arrives_keeps_the_upload(tmp
     store.close()
 
 
-@pytest.mark.parametrize("kind", ["preview", "run"])
-def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_queued(tmp_path, monkeypatch, kind):
+@contextmanager
+def app_with_an_upload(tmp_path):
+    """(the app, a session's cookie, its upload of a 12-frame clip.mp4) on a fresh store and queue, closed after."""
     from unflicker.web.app import create_app
     from unflicker.web.jobs import JobQueue
     from unflicker.web.store import Upload
@@ -584,16 +586,21 @@ def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_qu
         upload.path = upload.folder / "input.mp4"
         upload.path.write_bytes(b"a video")
         store.add_upload(session, upload)
-        app = create_app(store, queue)
+        yield store, create_app(store, queue), token, upload
+    finally:
+        queue.close()
+        store.close()
+
+
+@pytest.mark.parametrize("kind", ["preview", "run"])
+def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_queued(tmp_path, monkeypatch, kind):
+    with app_with_an_upload(tmp_path) as (store, app, token, upload):
         sweep_right_after(store, "upload", monkeypatch)  # between the look-up and the queueing
         status, body = asgi_get(app, f"/api/{kind}", cookie=token, method="POST",
                                 body=json.dumps({"upload": upload.id}).encode())
         assert (status, json.loads(body)) == (404, {"error": "no such upload in this browser session; "
                                                              "upload the video again"})
         assert store.all_jobs() == [] and list(store.items.iterdir()) == []  # no job, nor its folder
-    finally:
-        queue.close()
-        store.close()
 
 
 def test_a_job_stops_when_its_server_is_killed_outright(tmp_path):
@@ -719,18 +726,7 @@ def test_an_upload_to_a_full_disk_says_so_in_one_line_and_leaves_no_folder(tmp_p
 @pytest.mark.parametrize("failing", ["folder", "spec"])
 def test_a_job_asked_for_on_a_full_disk_says_so_in_one_line(tmp_path, monkeypatch, kind, failing):
     """A full disk made Preview or Run a server error (the page said "the server answered 500")."""
-    from unflicker.web.app import create_app
-    from unflicker.web.jobs import JobQueue
-    from unflicker.web.store import Upload
-
-    store = Store(tmp_path / "work")
-    queue = JobQueue(store)
-    try:
-        session, token = store.session(None, create=True)
-        upload = Upload(*store.new_folder(), "clip.mp4", frames=12)
-        upload.path = upload.folder / "input.mp4"
-        store.add_upload(session, upload)
-
+    with app_with_an_upload(tmp_path) as (store, app, token, upload):
         def full_disk():
             raise OSError(28, "No space left on device")
 
@@ -738,11 +734,8 @@ def test_a_job_asked_for_on_a_full_disk_says_so_in_one_line(tmp_path, monkeypatc
             monkeypatch.setattr(store, "new_folder", full_disk)
         else:
             monkeypatch.setattr(Path, "write_text", lambda *args, **kwargs: full_disk())
-        status, body = asgi_get(create_app(store, queue), f"/api/{kind}", cookie=token, method="POST",
+        status, body = asgi_get(app, f"/api/{kind}", cookie=token, method="POST",
                                 body=json.dumps({"upload": upload.id}).encode())
         assert (status, json.loads(body)) == (507, {"error": "the server cannot store the job's files: "
                                                              "No space left on device"})
         assert store.all_jobs() == [] and list(store.items.iterdir()) == [upload.folder]  # no job folder left
-    finally:
-        queue.close()
-        store.close()
