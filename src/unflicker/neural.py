@@ -57,8 +57,10 @@ class NeuralConfig:
     """How much of the input's slow look is kept (unflicker.anchor); None: none, as in the paper."""
     stop_after: str | None = None
     """Last stage to run: 'atlas', 'filter', 'refine' or 'project' (None: all)."""
-    device: str | None = None
-    """Torch device (None: CUDA when present, else CPU)."""
+    device: str = "cpu"
+    """Torch device of the filter and the refinement. The CPU, also where a GPU is present: on an H200 a
+    default run was no faster with them there and each worker took 0.7 GB more memory
+    (docs/research-notes.md, Session 26); 'cuda' puts them on the GPU. The atlas has its own."""
 
 
 def _networks(config: NeuralConfig) -> dict[str, str | None]:
