@@ -293,6 +293,55 @@ def test_a_failing_job_says_why_and_the_queue_goes_on(server, clip, tmp_path):
     assert client.wait(after["id"], 60)["state"] == "done"
 
 
+FAILING_WORKERS = {  # what a job's process does instead of the worker (in the job's folder), as it happened
+    "killed": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",  # as the out-of-memory killer does
+    "library": "import json, sys, tempfile\n"
+               "open('result.json', 'w').write(json.dumps({'error': f'cannot use work folder {tempfile.gettempdir()}"
+               "/unflicker-3f2a/jobs/k1: Permission denied', 'type': 'OutputError'}))\nsys.exit(1)",
+    "internal": "import json, sys, traceback\ntry:\n    {}['/srv/models/x']\nexcept KeyError as exc:\n"
+                "    traceback.print_exc()\n    open('result.json', 'w').write(json.dumps({'error': "
+                "f'internal error (KeyError: {exc})', 'type': 'KeyError'}))\nsys.exit(2)",
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILING_WORKERS))
+def test_a_failed_job_says_in_words_what_went_wrong_and_the_console_keeps_the_details(tmp_path, monkeypatch, capsys,
+                                                                                     failure):
+    """The page said "the job stopped unexpectedly (exit code -9)" and showed the server's temp folder."""
+    import subprocess
+    import sys
+    import tempfile
+
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: popen(
+        [sys.executable, "-c", FAILING_WORKERS[failure]], **kwargs))
+    with app_with_an_upload(tmp_path) as (store, app, token, upload):
+        status, body = asgi_get(app, "/api/run", cookie=token, method="POST",
+                                body=json.dumps({"upload": upload.id}).encode())
+        assert status == 200, body
+        job = store.all_jobs()[0]
+        deadline = time.monotonic() + 30
+        while job.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.state == "failed"
+        message, console = job.message, capsys.readouterr().err
+    assert {"killed": "the run was stopped: the machine ran out of memory or the process was killed. Try a shorter "
+                      "video or one with smaller frames, or the classical method",
+            "library": "cannot use work folder (a folder on the server): Permission denied",
+            "internal": "the run failed on an internal error of unflicker (KeyError). Try again, or other settings; "
+                        "whoever runs the server finds the details in its console"}[failure] == message
+    assert "/" not in message and "exit code" not in message
+    assert console.startswith(f"unflicker: run of clip.mp4 failed (job {job.folder}): ")
+    assert {"killed": "no result; exit code -9 (ended by SIGKILL)",
+            "library": f"{tempfile.gettempdir()}/unflicker-3f2a/jobs/k1: Permission denied; exit code 1",
+            "internal": "Traceback (most recent call last)"}[failure] in console
+    # A folder whose name holds spaces goes whole; a file keeps its name.
+    from unflicker.web.jobs import without_paths
+
+    assert without_paths("cannot read /home/ann/My Videos/unflicker/f2.png or /home/ann/My Videos/w",
+                         ("/home/ann/My Videos",)) == "cannot read f2.png or (a folder on the server)"
+
+
 def test_a_frame_of_a_zip_that_cannot_be_read_is_named_as_in_the_zip(server, tmp_path):
     """A run failing on a damaged frame said "cannot read image /frames/f2.png": a piece of the server's
     work folder, not the frame's name."""

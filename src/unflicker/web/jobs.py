@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -125,6 +127,43 @@ def public_message(message: str, upload: Upload, received: Path | None = None) -
     return message.replace(str(upload.folder), "")
 
 
+_PATH = re.compile(r"(?<![\w.~:/-])/[^\s'\"(),;:]+")
+"""An absolute path in a message (up to a space, a quote, a bracket or a colon)."""
+OUT_OF_MEMORY = {"MemoryError", "OutOfMemoryError", "WorkerDied"}
+"""Errors of a job's worker (its `type` in result.json) that say the machine ran short of memory."""
+
+
+def without_paths(message: str, roots: tuple[str, ...] = ()) -> str:
+    """A message with no path of the server: a file's path becomes its name, a folder's a few words.
+    roots: folders to take out first, whole (a name with spaces ends a path that _PATH finds)."""
+    for root in sorted(roots, key=len, reverse=True):
+        message = message.replace(root, "/server")
+    return _PATH.sub(lambda m: Path(m.group()).name if Path(m.group()).suffix else "(a folder on the server)",
+                     message)
+
+
+def failure_message(job: Job, result: dict, returncode: int | None, roots: tuple[str, ...] = ()) -> str:
+    """What the page says of a failed job, for someone who does not use a terminal: what went wrong in
+    words, no path of the server, what to try. The server's console keeps the technical message
+    (JobQueue._log_failure). result: the worker's result.json ({} if none); returncode: its exit status."""
+    what = "preview" if job.kind == "preview" else "run"
+    error = result.get("error", "")
+    # -9: SIGKILL, which the kernel sends when memory runs out (and `kill -9`)
+    if returncode == -9 or result.get("type") in OUT_OF_MEMORY or "out of memory" in error.lower():
+        return (f"the {what} was stopped: the machine ran out of memory or the process was killed. Try a shorter "
+                f"video or one with smaller frames, or the classical method")
+    if "No space left on device" in error:
+        return (f"the {what} stopped: the server's disk is full. Try again later, or ask whoever runs the server "
+                f"to free space on its disk")
+    if returncode == 1 and error:  # the library's own message, written for people: without the server's paths
+        return without_paths(public_message(error, job.upload).replace(f"{job.folder}/", ""), roots)
+    if returncode == 2 and error:  # an exception the library did not expect
+        return (f"the {what} failed on an internal error of unflicker ({result.get('type') or 'unknown'}). Try "
+                f"again, or other settings; whoever runs the server finds the details in its console")
+    return (f"the {what} stopped before it finished: its process on the server ended unexpectedly. Try again; "
+            f"if it happens again, try a shorter video or other settings")
+
+
 def check_upload(store: Store, upload: Upload, received: Path) -> None:
     """Probe a received file and apply the limits; sets upload.path and facts, else InputError
     with a message for the page (the server's paths replaced by the upload's name)."""
@@ -231,6 +270,9 @@ class JobQueue:
     def __init__(self, store: Store, poll: float = 0.25):
         self.store = store
         self.poll = poll
+        # Folders a message may name, taken out whole (Path.home() may be "/" for a service account).
+        self.roots = tuple(str(p) for p in (store.root, Path(tempfile.gettempdir()).resolve(), Path.home(),
+                                            Path(sys.prefix)) if len(Path(p).parts) > 1)
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="unflicker-jobs", daemon=True)
@@ -281,8 +323,12 @@ class JobQueue:
             try:
                 self._run(job)
             except (OSError, ValueError) as exc:  # the child could not start, or its result not be read
+                what = "preview" if job.kind == "preview" else "run"
                 with self.store.lock:
-                    job.state, job.message, job.finished = "failed", f"the job could not run: {exc}", time.time()
+                    job.state, job.finished = "failed", time.time()
+                    job.message = (f"the {what} could not be started on the server. Try again; if it keeps "
+                                   f"failing, whoever runs the server finds the reason in its console")
+                self._log_failure(job, f"the job could not run: {exc}")
             self.store.sweep()
 
     def _run(self, job: Job) -> None:
@@ -313,15 +359,30 @@ class JobQueue:
             complete = process.returncode == 0 and "files" in result  # it ended before a cancel could stop it
             if (job.cancel.is_set() or self.stopping.is_set()) and not complete:
                 job.state, job.message = "cancelled", "cancelled"
-            elif "error" in result:
-                job.state, job.message = "failed", public_message(result["error"], job.upload).replace(
-                    f"{job.folder}/", "")
-            elif process.returncode != 0 or "files" not in result:
-                job.state, job.message = "failed", f"the job stopped unexpectedly (exit code {process.returncode})"
+            elif "error" in result or not complete:
+                job.state, job.message = "failed", failure_message(job, result, process.returncode, self.roots)
             else:
                 for stage in job.stages:
                     stage.update(done=stage["total"], eta=0)
                 job.state, job.result, job.files = "done", result["summary"], result["files"]
+        if job.state == "failed":
+            code = process.returncode
+            ended = f" (ended by {signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
+            self._log_failure(job, f"{result.get('error') or 'no result'}; exit code {code}{ended}", log)
+
+    @staticmethod
+    def _log_failure(job: Job, technical: str, log: Path | None = None) -> None:
+        """The technical side of a failed job on the server's console: its error as the worker wrote it (paths
+        and all) and, for an unexpected exception, the traceback from its log (the job's folder goes with it)."""
+        lines = [f"unflicker: {job.kind} of {job.upload.name} failed (job {job.folder}): {technical}"]
+        try:
+            text = log.read_text("utf-8", "replace") if log is not None else ""
+        except OSError:
+            text = ""
+        start = text.rfind("Traceback (most recent call last)")
+        if start >= 0:
+            lines.append(text[start:].rstrip())
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.stopping.set()

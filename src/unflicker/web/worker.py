@@ -2,8 +2,9 @@
 
 Reads JOB_FOLDER/spec.json (written by jobs.JobQueue), calls the library's file entry point
 `deflicker_file(input, output, RunConfig)` once, and writes JOB_FOLDER/result.json: the files it
-wrote (names inside JOB_FOLDER) and the run's summary, or {"error": message}. Progress is the
-library's tqdm bars on stderr. Everything is written inside JOB_FOLDER.
+wrote (names inside JOB_FOLDER) and the run's summary, or {"error": message, "type": the exception's
+class}, which jobs.failure_message words for the page. Progress is the library's tqdm bars on stderr.
+Everything is written inside JOB_FOLDER.
 """
 
 from __future__ import annotations
@@ -109,13 +110,13 @@ def main(argv: list[str]) -> int:
                 result = (preview if spec["kind"] == "preview" else run)(spec, folder, [])
             result["summary"]["notes"] = sorted({str(w.message) for w in caught})
         except UnflickerError as exc:
-            result, code = {"error": str(exc)}, 1
+            result, code = {"error": str(exc), "type": exc.__class__.__name__}, 1
         except Terminated:
             result, code = {"error": "cancelled"}, 143
-        except Exception as exc:  # noqa: BLE001 - the page gets one line, the log keeps the traceback
+        except Exception as exc:  # noqa: BLE001 - the page gets one line, the server's console the traceback
             traceback.print_exc()
-            result, code = {"error": f"internal error ({exc.__class__.__name__}: {exc}); see log.txt in the "
-                                     f"job's work folder"}, 2
+            result, code = {"error": f"internal error ({exc.__class__.__name__}: {exc})",
+                            "type": exc.__class__.__name__}, 2
     partial = folder / "result.json.part"
     partial.write_text(json.dumps(result))
     partial.rename(folder / "result.json")
