@@ -430,6 +430,46 @@ def test_limits_retention_auth_and_host_checks(tmp_path, clip):
     assert "warning" not in " ".join(server.lines)
 
 
+def test_retention_keeps_each_sessions_newest_within_a_bound_over_all_sessions(tmp_path, monkeypatch):
+    """--keep counted the uploads and jobs of all sessions together: one busy session removed another's fresh
+    upload."""
+    import itertools
+
+    from unflicker.web import server as server_module
+    from unflicker.web.store import Job, Limits, Upload
+
+    store = Store(tmp_path / "work", Limits(keep_items=2))
+    store.limits.keep_total = 4
+    clock = itertools.count(time.time() - 1000)  # one second apart, in the order made
+
+    def upload(session):
+        item = Upload(*store.new_folder(), "clip.mp4", created=next(clock))
+        item.path = item.folder / "input.mp4"
+        store.add_upload(session, item)
+        return item
+
+    def kept(session):
+        return [item.id for item in [*session.uploads.values(), *session.jobs.values()] if item.folder.exists()]
+
+    quiet, busy, third = (store.session(None, create=True)[0] for _ in range(3))
+    mine = upload(quiet)
+    theirs = [upload(busy) for _ in range(4)]
+    assert kept(quiet) == [mine.id] and kept(busy) == [item.id for item in theirs[2:]]  # each its newest 2
+    assert not theirs[0].folder.exists() and not theirs[1].folder.exists()
+    first, working = upload(third), upload(third)
+    assert kept(quiet) == [] and not mine.folder.exists()  # 5 over all sessions: the oldest of any went
+    job = Job(*store.new_folder(), "run", working, {}, created=next(clock), state="running")
+    store.add_job(third, job)
+    store.limits.keep_total = 0
+    store.sweep()  # a running job and the upload it works on are never removed
+    assert kept(third) == [working.id, job.id] and kept(busy) == [] and not first.folder.exists()
+    store.close()
+    # `unflicker serve --keep N`: N a session, 5 N over all sessions.
+    limits = []
+    monkeypatch.setattr(server_module, "serve", lambda *args: limits.append(args[-1]))
+    assert main(["serve", "--keep", "3"]) == 0 and (limits[0].keep_items, limits[0].keep_total) == (3, 15)
+
+
 def test_startup_lines_and_work_folder():
     assert not any("warning" in line for line in startup_lines("127.0.0.1", 7860, None, "/w"))
     lines = startup_lines("0.0.0.0", 7860, None, "/w")

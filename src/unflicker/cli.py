@@ -153,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "temporary folder)")
     serve.add_argument("--max-upload-mb", type=float, default=2000.0, metavar="MB", help="largest upload (2000)")
     serve.add_argument("--max-seconds", type=float, default=600.0, metavar="S", help="longest video (600 s)")
-    serve.add_argument("--keep", type=int, default=40, metavar="N",
-                       help="finished uploads and jobs kept in the work folder, oldest removed first (40)")
+    serve.add_argument("--keep", type=int, default=40, metavar="N",  # 5: web.store.KEEP_TOTAL_SESSIONS
+                       help="finished uploads and jobs each browser session keeps, its oldest removed first, so "
+                            "one busy session does not remove another's (40); the work folder keeps at most 5 "
+                            "times N in all, removing the oldest of any session first, and none older than 24 "
+                            "hours. A running job and the video it works on are never removed")
 
     for name, (_, text) in DELEGATES.items():
         commands.add_parser(name, help=text, add_help=False)  # parsed by the training script itself
@@ -259,9 +262,10 @@ def _demo(args) -> int:
 
 def _serve(args) -> int:
     from unflicker.web.server import serve
-    from unflicker.web.store import Limits
+    from unflicker.web.store import KEEP_TOTAL_SESSIONS, Limits
 
-    limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, keep_items=args.keep)
+    limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, keep_items=args.keep,
+                    keep_total=KEEP_TOTAL_SESSIONS * args.keep)
     serve(args.host, args.port, args.auth, args.work_dir, limits)
     return 0
 

@@ -3,7 +3,8 @@
 Everything the server writes lives in `<work>/items/<id>/`, one folder per upload or job, with a
 random id. A browser session (a random cookie) owns the ids it created and sees nothing else;
 `Store.served_file` hands out only files a job recorded as its output, never a path a request
-names. Retention removes the oldest finished items beyond a count or an age.
+names. Retention removes a session's oldest finished items beyond a count, then the oldest of any
+session beyond a total count, and any older than an age; a running job and its upload are never removed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from unflicker.errors import OutputError
 MARKER = ".unflicker-serve"
 """File that marks a folder as a work folder of `unflicker serve` (the only kind it empties)."""
 ID_PATTERN = re.compile(r"[0-9a-f]{16}")
+KEEP_TOTAL_SESSIONS = 5
+"""The work folder keeps at most this many sessions' worth of finished items (Limits.keep_total)."""
 
 
 @dataclass
@@ -39,7 +42,10 @@ class Limits:
     max_side: int = 4096
     """Largest frame width or height, in pixels."""
     keep_items: int = 40
-    """Finished uploads and jobs kept, over all sessions; the oldest are removed first."""
+    """Finished uploads and jobs each browser session keeps; its oldest are removed first."""
+    keep_total: int = 200
+    """Finished uploads and jobs kept over all sessions (the work folder's bound); beyond it the oldest of any
+    session are removed first. `unflicker serve --keep N` sets it to KEEP_TOTAL_SESSIONS * N."""
     keep_hours: float = 24.0
     """Finished uploads and jobs older than this are removed."""
     preview_seconds: float = 2.0
@@ -237,20 +243,26 @@ class Store:
                 del self._sending[job_id]
 
     def sweep(self) -> None:
-        """Remove finished items beyond `keep_items` or older than `keep_hours`, oldest first."""
+        """Remove finished items older than `keep_hours`, a session's oldest beyond its `keep_items` (so one
+        busy session does not evict another's), then the oldest of any session beyond `keep_total`."""
         with self.lock:
             in_use = {job.upload.id for s in self._sessions.values() for job in s.jobs.values() if job.active}
-            finished = [(item.created, sid, kind, item) for sid, s in self._sessions.items()
-                        for kind, items in (("uploads", s.uploads), ("jobs", s.jobs)) for item in items.values()
-                        if not (kind == "jobs" and (item.active or item.id in self._sending))
-                        and not (kind == "uploads" and item.id in in_use)]
-            finished.sort(key=lambda entry: entry[0])
             too_old = time.time() - self.limits.keep_hours * 3600
-            excess = len(finished) - self.limits.keep_items
-            for index, (created, sid, kind, item) in enumerate(finished):
-                if index < excess or created < too_old:
-                    getattr(self._sessions[sid], kind).pop(item.id, None)
-                    shutil.rmtree(item.folder, ignore_errors=True)
+            kept, removed = [], []
+            for sid, s in self._sessions.items():
+                finished = sorted(((item.created, sid, kind, item)
+                                   for kind, items in (("uploads", s.uploads), ("jobs", s.jobs))
+                                   for item in items.values()
+                                   if not (kind == "jobs" and (item.active or item.id in self._sending))
+                                   and not (kind == "uploads" and item.id in in_use)), key=lambda entry: entry[0])
+                excess = len(finished) - self.limits.keep_items
+                for index, entry in enumerate(finished):
+                    (removed if index < excess or entry[0] < too_old else kept).append(entry)
+            kept.sort(key=lambda entry: entry[0])
+            removed += kept[: max(len(kept) - self.limits.keep_total, 0)]
+            for created, sid, kind, item in removed:
+                getattr(self._sessions[sid], kind).pop(item.id, None)
+                shutil.rmtree(item.folder, ignore_errors=True)
             for sid in [sid for sid, s in self._sessions.items() if not s.uploads and not s.jobs]:
                 del self._sessions[sid]  # its browser gets a new one with its next upload
 
