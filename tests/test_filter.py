@@ -263,6 +263,28 @@ def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
     assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=1), lr=0.1, resume=False))["steps"] == 1
 
 
+def test_a_refused_resume_names_only_the_settings_that_differ(tiny_data, tmp_path, capsys):
+    # The one-line refusal printed whole nested option dicts (every field of distortion, network, ...)
+    # for one changed value.
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+            "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1"]
+    assert train_main(args) == 0
+    capsys.readouterr()
+    assert train_main([*args, "--texture-prob", "0.5", "--lr", "0.002"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"unflicker: error: {out / 'checkpoint.pt'} is from a run with other settings "
+                   "(distortion.texture_prob 0 -> 0.5; lr 0.0005 -> 0.002); give the same options to resume it, "
+                   "or use another output folder or --no-resume\n")
+    assert train_main([*args, "--base-width", "8"]) == 2  # the network's own check
+    err = capsys.readouterr().err
+    assert "network.base_width 4 -> 8" in err and "{" not in err and err.count("\n") == 1
+    many = ["--crop", "48", "--batch", "3", "--lr", "0.1", "--grad-weight", "1", "--net-scale", "1", "--val-crop", "8"]
+    assert train_main([*args, *many]) == 2
+    err = capsys.readouterr().err
+    assert "(batch 2 -> 3; crop 32 -> 48; grad_weight 0 -> 1; lr 0.0005 -> 0.1; net_scale 0.5 -> 1; and 1 more)" in err
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", "torch"])
 def test_a_damaged_checkpoint_is_a_one_line_error(tiny_data, tmp_path, capsys, content):
     # It was a traceback from torch.load (or a KeyError for a file of other tensors).

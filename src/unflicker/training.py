@@ -84,6 +84,40 @@ def config_record(config) -> dict:
     return json.loads(json.dumps(asdict(config), default=str))
 
 
+_UNSET = object()  # a key one record lacks (a field added since the other was written)
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    """A nested record as {dotted key: leaf value}: {"distortion": {"texture_prob": 0}} has distortion.texture_prob."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _shown(value) -> str:
+    if value is _UNSET:
+        return "(unset)"
+    if isinstance(value, float):
+        text = repr(value)
+        return text[:-2] if text.endswith(".0") else text  # 0.0 -> 0, as typed
+    return repr(value)
+
+
+def differences(old: dict, new: dict, prefix: str = "", most: int = 5) -> str:
+    """The settings that differ between two config records, short and on one line: dotted keys with
+    old -> new values ("distortion.texture_prob 0 -> 0.5; lr 0.001 -> 0.002"), the first `most` of
+    them by name and a count of the rest; "" where none differ."""
+    old, new = _flat(old, prefix), _flat(new, prefix)
+    changed = [f"{k} {_shown(old.get(k, _UNSET))} -> {_shown(new.get(k, _UNSET))}"
+               for k in sorted(old.keys() | new.keys()) if old.get(k, _UNSET) != new.get(k, _UNSET)]
+    more = f"; and {len(changed) - most} more" if len(changed) > most else ""
+    return "; ".join(changed[:most]) + more
+
+
 # Config fields a resumed session may change: how the run goes on, not what it learns.
 # Not the seed: the run's start and data stream came from the checkpoint's.
 _SESSION_FIELDS = {*_RUN_CONTROL, "resume", "steps", "output", "cache_dir", "max_seconds", "device",
@@ -102,10 +136,10 @@ def check_resumable(state: dict, config, path: Path) -> None:
     if saved is None:  # a checkpoint from before the config was kept in it
         return
     now = config_record(config)
-    changed = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(now.keys() | saved.keys())
-               if k not in _SESSION_FIELDS and saved.get(k) != now.get(k)]
+    changed = differences({k: v for k, v in saved.items() if k not in _SESSION_FIELDS},
+                          {k: v for k, v in now.items() if k not in _SESSION_FIELDS})
     if changed:
-        raise InputError(f"{path} is from a run with other settings ({'; '.join(changed)}); give the same "
+        raise InputError(f"{path} is from a run with other settings ({changed}); give the same "
                          "options to resume it, or use another output folder or --no-resume")
 
 
@@ -163,9 +197,10 @@ def checkpoint_to_resume(config, path: Path, device="cpu") -> dict | None:
     if not path.is_file():
         return None
     state = load_checkpoint(path, device)
-    if state["network"] != asdict(config.network):
-        raise InputError(f"{path} was trained with network {state['network']}, not {asdict(config.network)}; "
-                         "use another output folder or --no-resume")
+    changed = differences(state["network"], asdict(config.network), "network.")
+    if changed:
+        raise InputError(f"{path} was trained with another network ({changed}); give the same options to "
+                         "resume it, or use another output folder or --no-resume")
     check_resumable(state, config, path)
     return state
 
