@@ -285,6 +285,37 @@ def test_a_refused_resume_names_only_the_settings_that_differ(tiny_data, tmp_pat
     assert "(batch 2 -> 3; crop 32 -> 48; grad_weight 0 -> 1; lr 0.0005 -> 0.1; net_scale 0.5 -> 1; and 1 more)" in err
 
 
+def test_rerunning_a_finished_run_takes_no_step_and_writes_nothing(tiny_data, tmp_path, capsys, monkeypatch):
+    # It validated again and rewrote the weights (and the log), as if it had trained.
+    from unflicker.filter import training
+
+    out = tmp_path / "run"
+    files = lambda: {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(out.iterdir())}
+    train(tiny_config(tiny_data, out, steps=2, stop_at=1))
+    before = files()
+    monkeypatch.setattr(training, "validate", None)  # a call would fail
+    assert train(tiny_config(tiny_data, out, steps=2, stop_at=1))["nothing_to_do"].endswith(
+        f"is at step 1, --stop-at 1 reached; its weights are {out / 'filter.safetensors'} (a later --stop-at goes on)")
+    assert files() == before
+    monkeypatch.undo()
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--val-images", "2",
+            "--val-crop", "0", "--output", str(out), "--crop", "32", "--batch", "2", "--base-width", "4", "--depth",
+            "2", "--steps", "2", "--checkpoint-every", "1", "--val-every", "100", "--log-every", "1", "--threads", "1"]
+    assert train_main(args) == 0  # goes on to step 2
+    capsys.readouterr()
+    before = files()
+    assert train_main(args) == 0
+    assert capsys.readouterr().out == (f"nothing to do: the run in {out} is finished at step 2 of --steps 2; its "
+                                       f"weights are {out / 'filter.safetensors'} (more --steps goes on)\n")
+    assert files() == before
+    # Weights not saved after the last checkpoint (a kill between the two) are saved, without a step.
+    (out / "filter.json").unlink()
+    assert train_main(args) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["steps"] == 2
+    assert load_network(out / "filter.safetensors")[1]["training"]["steps"] == 2
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", "torch"])
 def test_a_damaged_checkpoint_is_a_one_line_error(tiny_data, tmp_path, capsys, content):
     # It was a traceback from torch.load (or a KeyError for a file of other tensors).

@@ -259,11 +259,30 @@ def test_rerunning_a_run_stopped_by_max_seconds_adds_no_step(tmp_path, capsys):
     assert train_main(args) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["steps"] == 1 and "stopped_early" in first
-    weights = (tmp_path / "run" / "refine.safetensors").read_bytes()
+    before = files_of(tmp_path / "run")
     assert train_main(args) == 0
-    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert again["steps"] == 1 and "stopped_early" in again
-    assert (tmp_path / "run" / "refine.safetensors").read_bytes() == weights
+    assert capsys.readouterr().out == (f"nothing to do: the run in {tmp_path / 'run'} is at step 1, --max-seconds "
+                                       f"1e-06 reached; its weights are {tmp_path / 'run' / 'refine.safetensors'} "
+                                       "(more --max-seconds goes on)\n")
+    assert files_of(tmp_path / "run") == before
+
+
+def files_of(folder):
+    """{path: (size, mtime in ns)} of every file under `folder`: what a run that writes nothing leaves alone."""
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerunning_a_finished_run_takes_no_step_and_writes_nothing(tmp_path, capsys):
+    # It validated again and rewrote the weights (and the log), as if it had trained.
+    data, out, args = tiny_run(tmp_path)
+    args = [*args, "--steps", "1", "--no-full-validation"]
+    assert train_main(args) == 0
+    capsys.readouterr()
+    before = files_of(out)
+    assert train_main(args) == 0
+    assert capsys.readouterr().out == (f"nothing to do: the run in {out} is finished at step 1 of --steps 1; its "
+                                       f"weights are {out / 'refine.safetensors'} (more --steps goes on)\n")
+    assert files_of(out) == before
 
 
 def test_training_rejects_missing_validation_clip(tmp_path, capsys):

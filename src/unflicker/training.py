@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from unflicker.errors import InputError, OutputError, Terminated
-from unflicker.io.common import holding
+from unflicker.io.common import file_sha256, holding
+from unflicker.netfiles import TENSORS_DIGEST
 
 
 def shared_data(*parts: str) -> Path:
@@ -173,6 +174,32 @@ def check_fresh_output(config, weights_name: str) -> None:
                                                                         weights.with_suffix(".json").exists()):
         raise InputError(f"{weights} exists and there is no checkpoint in {out_dir} to resume; use another output "
                          "folder, or --no-resume to replace it")
+
+
+def nothing_to_do(config, state: dict | None, weights: Path) -> str | None:
+    """The one line a rerun says instead of running where its run has nothing left to do: checkpoint
+    `state` is at --steps (or --stop-at, or out of --max-seconds) and `weights` are the ones saved at
+    that step (their JSON records its step and config, their digest matches). None where the run goes
+    on: steps left, or no such weights (a kill after the last checkpoint: validated and saved again)."""
+    if state is None or state.get("config") is None:
+        return None
+    step, max_seconds = state["step"], getattr(config, "max_seconds", 0.0)
+    if step >= config.steps:
+        why, then = f"finished at step {step} of --steps {config.steps}", "more --steps goes on"
+    elif config.stop_at and step >= config.stop_at:
+        why, then = f"at step {step}, --stop-at {config.stop_at} reached", "a later --stop-at goes on"
+    elif max_seconds and float(state.get("seconds", 0.0)) >= max_seconds:
+        why, then = f"at step {step}, --max-seconds {max_seconds:g} reached", "more --max-seconds goes on"
+    else:
+        return None
+    try:
+        meta = json.loads(weights.with_suffix(".json").read_text())
+        record, digest = meta["training"], file_sha256(weights)
+        if (record["steps"], record["config"]) != (step, state["config"]) or meta.get(TENSORS_DIGEST, digest) != digest:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # missing, torn or of another kind
+        return None
+    return f"nothing to do: the run in {weights.parent} is {why}; its weights are {weights} ({then})"
 
 
 def load_checkpoint(path: Path, device="cpu") -> dict:

@@ -27,8 +27,8 @@ from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
-                                checkpoint_to_resume, config_record, cosine_lr, interrupted, open_log,
-                                report_step, run_control, run_folder, save_checkpoint, shared_data)
+                                checkpoint_to_resume, config_record, cosine_lr, interrupted, nothing_to_do,
+                                open_log, report_step, run_control, run_folder, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -226,7 +226,8 @@ def slice_weights(student: FilterUNet, teacher: FilterUNet) -> None:
 
 
 def train(config: FilterTrainConfig, command: str | None = None) -> dict:
-    """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path).
+    """Train (or resume) a filter; returns a summary dict (steps, seconds, last validation, weights path),
+    or where the run in config.output has nothing left to do, its steps and weights and a line that says so.
 
     command: the command line that started the run, recorded in the weights' JSON.
     """
@@ -272,6 +273,10 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     with run_folder(out_dir):  # only once the inputs proved usable
         ckpt_path = out_dir / "checkpoint.pt"
         state = checkpoint_to_resume(config, ckpt_path, "cpu")
+        weights = out_dir / "filter.safetensors"
+        done = nothing_to_do(config, state, weights)
+        if done:  # a rerun of a run with nothing left to do: no step, no validation, nothing written
+            return {"steps": state["step"], "weights": str(weights), "nothing_to_do": done}
         if state is not None:
             net.load_state_dict(state["net"])
             opt.load_state_dict(state["opt"])
@@ -332,7 +337,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
             plain = replace(config.distortion, texture_prob=0.0)
             extra_val["val_psnr_appearance_only"] = validate(net, validation_set(val_images, config.val_seed, plain),
                                                              config.net_scale)
-        weights = save_weights(net, out_dir / "filter.safetensors", config.inference, extra={
+        weights = save_weights(net, weights, config.inference, extra={
             "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
                          **extra_val, "train_images": len(images), "val_images": len(val),
                          "seconds": round(seconds + time.time() - start, 1), "command": command},
@@ -388,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         **run_control(a),
     )
     try:
-        print(json.dumps(train(config, " ".join(["python -m unflicker.filter.training", *argv]))))
+        summary = train(config, " ".join(["python -m unflicker.filter.training", *argv]))
+        print(summary.get("nothing_to_do") or json.dumps(summary))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -30,8 +30,9 @@ from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferen
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
-                                checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder, open_log,
-                                report_step, run_control, run_folder, save_checkpoint, shared_data)
+                                checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder,
+                                nothing_to_do, open_log, report_step, run_control, run_folder, save_checkpoint,
+                                shared_data)
 
 
 @dataclass
@@ -240,7 +241,8 @@ def _device(name: str | None) -> torch.device:
 
 
 def train(config: RefineTrainConfig, command: str | None = None) -> dict:
-    """Train (or resume) L; returns a summary dict (steps, seconds, validation, weights path).
+    """Train (or resume) L; returns a summary dict (steps, seconds, validation, weights path), or where
+    the run in config.output has nothing left to do, its steps and weights and a line that says so.
 
     command: the command line that started the run, recorded in the weights' JSON.
     """
@@ -255,6 +257,10 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
     with run_folder(out_dir):  # only once the inputs proved usable
         ckpt_path = out_dir / "checkpoint.pt"
         state = checkpoint_to_resume(config, ckpt_path, device)  # refused before the clips are cached
+        weights = out_dir / "refine.safetensors"
+        done = nothing_to_do(config, state, weights)
+        if done:  # a rerun of a run with nothing left to do: no step, no validation, nothing written
+            return {"steps": state["step"], "weights": str(weights), "nothing_to_do": done}
         make_folder(cache_dir)
         clips = [load_clip(p, cache_dir, config.cache_side, config.max_frames) for p in train_paths]
         clips = [c for c in clips if len(c) >= config.length]
@@ -332,7 +338,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
             full = validate(net, full_clean, validation_set(full_clean, config.val_draws, config.val_seed),
                             config.inference, str(device))
             summary["val_full"] = {"size": list(full_clean.shape[1:3]), **full}
-        weights = save_weights(net, out_dir / "refine.safetensors", config.inference, extra={
+        weights = save_weights(net, weights, config.inference, extra={
             "training": {"config": config_record(config), **summary,
                          "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
         })
@@ -385,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
         full_validation=not a.no_full_validation, device=a.device, max_seconds=a.max_seconds, **run_control(a),
     )
     try:
-        print(json.dumps(train(config, " ".join(["python -m unflicker.refine.training", *argv]))))
+        summary = train(config, " ".join(["python -m unflicker.refine.training", *argv]))
+        print(summary.get("nothing_to_do") or json.dumps(summary))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
