@@ -246,6 +246,45 @@ def test_runs_sharing_a_cache_folder_can_build_the_same_clip_at_once(tmp_path, m
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["a_s32_n0.npz"]
 
 
+def test_a_save_killed_outright_leaves_no_temporary_for_good(tmp_path):
+    # A clip's save killed mid-write (SIGKILL: no clean-up runs) left its uuid-named temporary beside the
+    # cache, and no later save or load removed it: each such kill grew the folder by a clip.
+    import os
+    import subprocess
+    import sys
+
+    from unflicker.io.common import hold_lock
+    from unflicker.refine.data import load_clip
+
+    make_video(tmp_path / "a.mp4", translating_clip(3, 24, 32, seed=1))
+    cache = tmp_path / "cache"
+    code = ("import os, signal\n"
+            "from unflicker.refine import data\n"
+            "def killed_mid_save(file, **arrays):\n"
+            "    with open(file, 'wb') as f:\n"
+            "        f.write(b'PK half a clip')\n"
+            "    os.kill(os.getpid(), signal.SIGKILL)\n"
+            "data.np.savez = killed_mid_save\n"
+            f"data.load_clip({str(tmp_path / 'a.mp4')!r}, {str(cache)!r}, 32, 0)\n")
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == -9
+    temps = lambda: sorted(p.name for p in cache.glob("*.tmp.npz"))
+    assert len(temps()) == 1 and not (cache / "a_s32_n0.npz").exists()
+    live = cache / f"a_s32_n0.{'b' * 32}.tmp.npz"  # another run's save under way: it holds its lock
+    kept = [live, cache / "a_s32_n0.notes.tmp.npz", cache / f"notes.{'c' * 32}.tmp.npz"]  # and not a save's
+    for path in kept:
+        path.write_bytes(b"x")
+    fd = hold_lock(live, "held by the test")
+    try:
+        load_clip(tmp_path / "a.mp4", cache, 32, 0)  # builds and saves the clip
+        assert temps() == sorted(p.name for p in kept)
+        stale = cache / f"b_s64_n9.{'d' * 32}.tmp.npz"  # another clip's, at other settings
+        stale.write_bytes(b"x")
+        load_clip(tmp_path / "a.mp4", cache, 32, 0)  # a load from the cache sweeps too
+        assert not stale.exists() and temps() == sorted(p.name for p in kept)
+    finally:
+        os.close(fd)
+
+
 def test_rerunning_a_run_stopped_by_max_seconds_adds_no_step(tmp_path, capsys):
     # Each rerun of the same command trained one more step (the time was checked only after a step)
     # and rewrote the weights: a finished run's command was not idempotent as a --steps one is.

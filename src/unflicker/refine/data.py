@@ -8,6 +8,8 @@ losses need; training windows are random crops of random scale, flows resized wi
 
 from __future__ import annotations
 
+import os
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 from unflicker import io
 from unflicker.errors import InputError
 from unflicker.flow import compute_flow, consistency_mask, in_frame_mask, warp
+from unflicker.io.common import locked_by_another, make_held
 
 
 @dataclass
@@ -77,12 +80,28 @@ def _file_digest(path: Path) -> str:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+# The temporary name of a clip's save: the cache file's stem (CLIP_sSIDE_nFRAMES), a uuid, .tmp.npz.
+_TEMPORARY = re.compile(r".+_s\d+_n\d+\.[0-9a-f]{32}\.tmp\.npz")
+
+
+def _sweep_temporaries(cache_dir: Path) -> None:
+    """Remove the clip saves' temporaries in `cache_dir` that no process holds locked: what saves killed
+    outright (SIGKILL, power loss) left. A save under way holds its own locked (make_held), and the kernel
+    lets a lock go only when its holder closes it or dies, so no live save's file is taken, however slow;
+    where the file system has no locks nothing can be told, and they stay."""
+    for tmp in cache_dir.glob("*.tmp.npz"):
+        if _TEMPORARY.fullmatch(tmp.name) and locked_by_another(tmp) is False:
+            tmp.unlink(missing_ok=True)
+
+
 def load_clip(path: str | Path, cache_dir: str | Path, side: int, max_frames: int) -> CachedClip:
     """The cached clip for a video, building (decode, downscale, clean flows) and saving it if absent,
-    or if it was built from another file of the same name (its SHA-256 is kept in the cache)."""
+    or if it was built from another file of the same name (its SHA-256 is kept in the cache). Killed
+    saves' temporaries in the cache folder are removed first."""
     path = Path(path)
     cache = Path(cache_dir) / f"{path.stem}_s{side}_n{max_frames}.npz"
     source = _file_digest(path)
+    _sweep_temporaries(cache.parent)
     if cache.is_file():
         with np.load(cache) as data:
             # A cache from before the digest was kept in it is taken as it is.
@@ -94,12 +113,16 @@ def load_clip(path: str | Path, cache_dir: str | Path, side: int, max_frames: in
     cache.parent.mkdir(parents=True, exist_ok=True)
     # A name of this save's own: runs sharing a --cache-dir may build the same clip at once.
     tmp = cache.with_name(f"{cache.stem}.{uuid.uuid4().hex}.tmp.npz")
+    lock = make_held(tmp, folder=False)  # locked while written: another run's sweep leaves it alone
     try:
         np.savez(tmp, frames=clip.frames, flows=clip.flows, masks=clip.masks, source=np.array(source))
         tmp.replace(cache)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     return clip
 
 
