@@ -267,6 +267,22 @@ def test_eval_json_counts_frames_as_an_integer_as_the_text_does(tmp_path, capsys
     assert code == 0 and out.splitlines()[0].split() == ["frames:", "4"]
 
 
+def test_eval_json_gives_ssim_as_null_for_frames_too_small_for_it(tmp_path, capsys):
+    """Frames under SSIM's 11-pixel window: `ssim` was left out of the JSON, so its keys depended on the frame size;
+    it is null now, said once on stderr; the text report has no ssim line and says so once too."""
+    frames = [np.full((8, 10, 3), 0.4 + 0.05 * (t % 2), np.float32) for t in range(4)]
+    result = write_folder(tmp_path / "result", frames)
+    truth = write_folder(tmp_path / "truth", [np.full((8, 10, 3), 0.42, np.float32)] * 4)
+    argv = ("eval", result, "--reference", result, "--ground-truth", truth, "--long-term", "0")
+    code, out, err = run_cli(capsys, *argv, "--json")
+    report = json.loads(out)
+    assert code == 0 and "ssim" in report and report["ssim"] is None and report["psnr"] > 0
+    assert err.count("SSIM needs frames of at least 11 x 11") == 1 and len(err.splitlines()) == 1
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0 and "psnr" in out and "ssim" not in out and "None" not in out
+    assert err.count("SSIM needs frames of at least 11 x 11") == 1 and len(err.splitlines()) == 1
+
+
 def test_eval_of_a_shorter_result_warns_once(tmp_path, capsys):
     """The text report scores the result and the reference: the reference's own scores came from the sequences
     aligned (and warned about) once already, not a second time."""

@@ -237,9 +237,10 @@ def _eval(args) -> int:
     from unflicker.evaluation import evaluate, evaluate_against_reference, format_report
 
     options = dict(long_term=args.long_term, max_side=args.max_side)
-    if args.json:  # JSON has no Infinity: a score that is not finite (PSNR of identical frames) is null
-        report = evaluate(args.result, args.reference, args.ground_truth, **options)
-        print(json.dumps({key: value if math.isfinite(value) else None for key, value in report.items()}, indent=2))
+    if args.json:  # JSON has no Infinity: a score that is not finite (PSNR of identical frames) is null, as one
+        report = evaluate(args.result, args.reference, args.ground_truth, **options)  # not given (None)
+        print(json.dumps({key: value if value is not None and math.isfinite(value) else None
+                          for key, value in report.items()}, indent=2))
     else:  # beside each score the reference's own: the before and after
         print(format_report(*evaluate_against_reference(args.result, args.reference, args.ground_truth, **options)))
     return 0

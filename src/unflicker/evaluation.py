@@ -101,13 +101,13 @@ class Evaluator:
         self._truth_frames = _frames_source(self._truth) if self._truth is not None else None
         self._ssim_left_out = False  # said once that the frames are too small for SSIM
 
-    def score(self, result: str | Path) -> dict[str, float]:
+    def score(self, result: str | Path) -> dict[str, float | None]:
         """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB.
 
         Keys: frames, warp_error (Lai, t -> t+1), warp_error_k<K> (t -> t+K), flicker_index,
-        psnr and ssim (with a ground truth; ssim for frames of 11 px a side or more), paper_warp_error (Lei et al. CVPR 2023: masked L1,
-        short-term plus long-term to the first frame) and detail (Laplacian energy of the result
-        over the ground truth's, or the reference's without one, per-frame contrast matched).
+        psnr and ssim (with a ground truth; ssim None for frames under 11 px a side), paper_warp_error (Lei et al.
+        CVPR 2023: masked L1, short-term plus long-term to the first frame) and detail (Laplacian energy of the
+        result over the ground truth's, or the reference's without one, per-frame contrast matched).
         """
         # The result the evaluator was made `like`, and the reference, were aligned (and warned about) then.
         same = Path(result).resolve() in (self._like.path.resolve(), self._reference.path.resolve())
@@ -117,7 +117,7 @@ class Evaluator:
                              f"{self._reference.width}x{self._reference.height}")
         scale = metrics.WARP_ERROR_SCALE
         frames = _frames_source(result_info)
-        report: dict[str, float] = {"frames": result_info.frame_count}  # a count: an int (JSON 12, not 12.0)
+        report: dict[str, float | None] = {"frames": result_info.frame_count}  # a count: an int (JSON 12, not 12.0)
         short_l2, short_l1 = self._short.scores(frames())
         report["warp_error"] = short_l2 * scale
         if self._long is not None:
@@ -127,10 +127,12 @@ class Evaluator:
             report["psnr"] = metrics.sequence_psnr(frames(), self._truth_frames())
             if min(result_info.width, result_info.height) >= metrics.SSIM_MIN_SIDE:
                 report["ssim"] = metrics.sequence_ssim(frames(), self._truth_frames())
-            elif not self._ssim_left_out:  # said once: the reference's own column has the same size
-                self._ssim_left_out = True
-                warnings.warn(f"SSIM needs frames of at least {metrics.SSIM_MIN_SIDE} x {metrics.SSIM_MIN_SIDE} "
-                              f"pixels: left out for {result_info.width}x{result_info.height}", stacklevel=2)
+            else:  # None: the same keys for every result (JSON null)
+                report["ssim"] = None
+                if not self._ssim_left_out:  # said once: the reference's own column has the same size
+                    self._ssim_left_out = True
+                    warnings.warn(f"SSIM needs frames of at least {metrics.SSIM_MIN_SIDE} x {metrics.SSIM_MIN_SIDE} "
+                                  f"pixels: left out for {result_info.width}x{result_info.height}", stacklevel=2)
         # The paper's E_warp: masked L1, short-term (t, t+1) plus long-term (first frame, t).
         report["paper_warp_error"] = (short_l1 + self._first.scores(frames())[1]) * scale
         # Sharpness against the ground truth (the look to keep) or, without one, the reference.
@@ -164,10 +166,13 @@ _MEANING = {"warp_error": ("x1e-3", "lower: more consistent along the motion"),
             "detail": ("", "1 = as sharp as the ground truth (the reference without one); below: softer")}
 
 
-def format_report(report: dict[str, float], before: dict[str, float] | None = None) -> str:
-    """The metrics as aligned lines: name, value (and the reference's own, `before`), unit and what is better."""
+def format_report(report: dict[str, float | None], before: dict[str, float | None] | None = None) -> str:
+    """The metrics as aligned lines: name, value (and the reference's own, `before`), unit and what is better.
+    A score that could not be given (None: its warning said why) has no line."""
     lines = []
     for key, value in report.items():
+        if value is None:
+            continue
         unit, meaning = _MEANING.get(key.split("_k")[0], ("", ""))
         if key == "frames":
             lines.append(f"{key:>16}: {int(value)}")
