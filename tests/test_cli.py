@@ -283,6 +283,19 @@ def test_eval_json_gives_ssim_as_null_for_frames_too_small_for_it(tmp_path, caps
     assert err.count("SSIM needs frames of at least 11 x 11") == 1 and len(err.splitlines()) == 1
 
 
+def test_eval_json_gives_the_long_term_error_as_null_for_a_clip_too_short_for_it(tmp_path, capsys):
+    """A clip of --long-term frames or fewer has no t -> t+K pair: warp_error_k5 was left out of the JSON; it is
+    null now (the keys depend on the options, not the clip), said once; the text report has no line for it."""
+    clip = write_folder(tmp_path / "clip", [np.full((12, 16, 3), 0.4 + 0.05 * (t % 2), np.float32) for t in range(4)])
+    code, out, err = run_cli(capsys, "eval", clip, "--reference", clip, "--json")
+    report = json.loads(out)
+    assert code == 0 and "warp_error_k5" in report and report["warp_error_k5"] is None
+    assert err.splitlines() == ["unflicker: warning: the clip has 4 frames: no long-term error at 5 frames"]
+    code, out, err = run_cli(capsys, "eval", clip, "--reference", clip)
+    assert code == 0 and "warp_error:" in out and "warp_error_k5" not in out and "None" not in out
+    assert err.count("no long-term error") == 1
+
+
 def test_eval_of_a_shorter_result_warns_once(tmp_path, capsys):
     """The text report scores the result and the reference: the reference's own scores came from the sequences
     aligned (and warned about) once already, not a second time."""

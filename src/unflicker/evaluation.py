@@ -104,7 +104,7 @@ class Evaluator:
     def score(self, result: str | Path) -> dict[str, float | None]:
         """All metrics of `result`; warping errors and flicker index are x1e-3, PSNR in dB.
 
-        Keys: frames, warp_error (Lai, t -> t+1), warp_error_k<K> (t -> t+K), flicker_index,
+        Keys: frames, warp_error (Lai, t -> t+1), warp_error_k<K> (t -> t+K; None for K frames or fewer), flicker_index,
         psnr and ssim (with a ground truth; ssim None for frames under 11 px a side), paper_warp_error (Lei et al.
         CVPR 2023: masked L1, short-term plus long-term to the first frame) and detail (Laplacian energy of the
         result over the ground truth's, or the reference's without one, per-frame contrast matched).
@@ -122,6 +122,8 @@ class Evaluator:
         report["warp_error"] = short_l2 * scale
         if self._long is not None:
             report[f"warp_error_k{self.long_term}"] = self._long.score(frames()) * scale
+        elif self.long_term > 1:  # a clip too short (said at the start): None, the same keys as for a longer one
+            report[f"warp_error_k{self.long_term}"] = None
         report["flicker_index"] = metrics.flicker_index(frames())["luma"] * scale
         if self._truth_frames is not None:
             report["psnr"] = metrics.sequence_psnr(frames(), self._truth_frames())
