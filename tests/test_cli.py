@@ -14,11 +14,21 @@ from unflicker import io, synth
 from unflicker.cli import main
 
 
-def write_folder(folder, frames):
+def write_folder(folder, frames, first=0):
     folder.mkdir()
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(frames, first):
         cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(io.from_float(frame), cv2.COLOR_RGB2BGR))
     return folder
+
+
+def write_mkv(path, frames):
+    """A lossless (FFV1) video of float frames."""
+    h, w = frames[0].shape[:2]
+    with io.VideoWriter(path, io.VideoInfo(path, False, w, h, len(frames), io.DEFAULT_FOLDER_FPS, "rgb24", 8, False,
+                                           None)) as writer:
+        for frame in frames:
+            writer.write(io.from_float(frame))
+    return path
 
 
 @pytest.fixture
@@ -300,15 +310,58 @@ def test_eval_of_a_shorter_result_warns_once(tmp_path, capsys):
     """The text report scores the result and the reference: the reference's own scores came from the sequences
     aligned (and warned about) once already, not a second time."""
     frames = [np.full((12, 16, 3), 0.4 + 0.05 * (t % 2), np.float32) for t in range(6)]
-    reference = tmp_path / "reference.mkv"
-    with io.VideoWriter(reference, io.VideoInfo(reference, False, 16, 12, 6, io.DEFAULT_FOLDER_FPS, "rgb24", 8,
-                                                False, None)) as writer:
-        for frame in frames:
-            writer.write(io.from_float(frame))
+    reference = write_mkv(tmp_path / "reference.mkv", frames)
     result = write_folder(tmp_path / "result", frames[:4])
     code, out, err = run_cli(capsys, "eval", result, "--reference", reference, "--long-term", "0")
     assert code == 0 and out.splitlines()[0].split() == ["frames:", "4"]
     assert err.splitlines() == ["unflicker: warning: sequences differ in length; comparing the first 4 frames"]
+
+
+def distinct_frames(n):
+    """Frames each unlike the others (a different grey), so that frames paired wrongly show."""
+    return [np.full((12, 16, 3), 0.2 + 0.05 * t, np.float32) for t in range(n)]
+
+
+def test_eval_with_a_video_among_the_inputs_refuses_folders_that_would_pair_other_frames(tmp_path, capsys):
+    """A result folder that lacks the first frames, a reference video and a ground truth folder: the folders were
+    paired by frame name (0002.png with 0002.png) but the video cut to its first frames (its frame 0 with them),
+    scoring the flow of other frames. With a video among the inputs frames are paired by position, so folders
+    that would pair other frames are one line's error now."""
+    frames = distinct_frames(8)
+    reference = write_mkv(tmp_path / "reference.mkv", frames)
+    truth = write_folder(tmp_path / "truth", frames)
+    result = write_folder(tmp_path / "result", frames[2:], first=2)
+    for argv in ((result, "--reference", reference, "--ground-truth", truth),
+                 (reference, "--reference", result, "--ground-truth", truth)):
+        code, out, err = run_cli(capsys, "eval", *argv, "--json")
+        assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+        assert err.startswith("unflicker: error: cannot pair the frames") and "frame 1 is 2.png in" in err
+
+
+def test_eval_with_a_video_among_the_inputs_pairs_folders_by_position(tmp_path, capsys):
+    """Folders holding the same frames (one shorter) and a video: paired by position, cut to the shortest, said
+    once; each result frame met its own ground truth frame (PSNR of identical frames: null)."""
+    frames = distinct_frames(8)
+    reference = write_mkv(tmp_path / "reference.mkv", frames)
+    truth = write_folder(tmp_path / "truth", frames)
+    result = write_folder(tmp_path / "result", frames[:6])
+    code, out, err = run_cli(capsys, "eval", result, "--reference", reference, "--ground-truth", truth, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["frames"] == 6 and report["psnr"] is None and report["ssim"] == pytest.approx(1.0)
+    assert err.splitlines() == ["unflicker: warning: sequences differ in length; comparing the first 6 frames"]
+
+
+def test_eval_of_frame_folders_alone_says_which_frames_it_compares(tmp_path, capsys):
+    """Frame folders alone are paired by name, on the frames they all share: a result that lacks frames was
+    compared on fewer frames without a word; now said once."""
+    frames = distinct_frames(8)
+    truth = write_folder(tmp_path / "truth", frames)
+    result = write_folder(tmp_path / "result", frames[2:], first=2)
+    code, out, err = run_cli(capsys, "eval", result, "--reference", truth, "--ground-truth", truth, "--json")
+    report = json.loads(out)
+    assert code == 0 and report["frames"] == 6 and report["psnr"] is None
+    assert err.splitlines() == ["unflicker: warning: the frame folders hold different frames; comparing the 6 whose "
+                                "names they all share"]
 
 
 def test_output_read_by_a_pipe_that_closed_ends_quietly(tmp_path):

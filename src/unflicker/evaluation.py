@@ -1,7 +1,8 @@
 """Score a result video against a reference (for flow) and an optional ground truth.
 
-Used by `unflicker eval` and the benchmark. Folders are matched frame by frame by file stem,
-so a processed sequence that lacks some frames is compared on the frames both have.
+Used by `unflicker eval` and the benchmark. Frame folders alone are matched frame by frame by file
+stem, so a processed sequence that lacks some frames is compared on the frames both have; with a
+video among the inputs every sequence is paired by position (see aligned_infos).
 """
 
 from __future__ import annotations
@@ -23,17 +24,31 @@ def _stems(info: io.VideoInfo) -> list[str]:
 
 
 def aligned_infos(*infos: io.VideoInfo | None, warn: bool = True) -> list[io.VideoInfo | None]:
-    """Restrict folder inputs to the frame stems they all share; truncate videos to the shortest
-    (saying so unless `warn` is False)."""
+    """Pair the frames of the sequences given (None: not given), each cut to the frames compared.
+
+    Frame folders alone are paired by frame name (file stem), on the names they all share. With a video
+    among them every sequence is paired by position, so the folders must hold the same frames up to the
+    shortest one's length: otherwise the pairing is ambiguous and InputError names the first frame that
+    differs. Frames left out (by name, or past the shortest sequence) are said unless `warn` is False."""
     present = [i for i in infos if i is not None]
     folders = [i for i in present if i.is_folder]
-    if len(folders) >= 2:
-        common = set(_stems(folders[0])).intersection(*(_stems(i) for i in folders[1:]))
+    if len(folders) >= 2 and len(folders) == len(present):
+        stems = [set(_stems(i)) for i in folders]
+        common = stems[0].intersection(*stems[1:])
         if not common:
             raise InputError("the frame folders share no frame names")
-        infos = tuple(_subset(i, common) if i is not None and i.is_folder else i for i in infos)
-        present = [i for i in infos if i is not None]
+        if warn and any(len(names) != len(common) for names in stems):
+            warnings.warn(f"the frame folders hold different frames; comparing the {len(common)} whose names they "
+                          f"all share", stacklevel=2)
+        return [None if i is None else _subset(i, common) for i in infos]
     shortest = min(i.frame_count for i in present)
+    for other in folders[1:]:  # a video among them: paired by position, which must be by name too
+        for index, (a, b) in enumerate(zip(folders[0].frame_names[:shortest], other.frame_names)):
+            if Path(a).stem != Path(b).stem:
+                raise InputError(f"cannot pair the frames: with a video among the inputs they are paired by position, "
+                                 f"and frame {index + 1} is {a} in {folders[0].path} but {b} in {other.path}; give "
+                                 f"frame folders holding the same frames under the same names (frame folders alone "
+                                 f"are paired by name)")
     if warn and any(i.frame_count != shortest for i in present):
         warnings.warn(f"sequences differ in length; comparing the first {shortest} frames", stacklevel=2)
     return [None if i is None else dataclasses.replace(i, frame_count=shortest,
@@ -111,7 +126,7 @@ class Evaluator:
         """
         # The result the evaluator was made `like`, and the reference, were aligned (and warned about) then.
         same = Path(result).resolve() in (self._like.path.resolve(), self._reference.path.resolve())
-        result_info = aligned_infos(io.probe(result), self._like, warn=not same)[0]
+        result_info = aligned_infos(io.probe(result), self._like, self._reference, self._truth, warn=not same)[0]
         if (result_info.width, result_info.height) != (self._reference.width, self._reference.height):
             raise InputError(f"result is {result_info.width}x{result_info.height}, reference is "
                              f"{self._reference.width}x{self._reference.height}")
