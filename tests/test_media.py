@@ -297,6 +297,23 @@ def test_12_bit_into_mp4_is_10_bit_with_a_warning(tmp_path):
     assert out.pixel_format == "yuv444p10le" and out.codec == "h264" and luma_levels(output) > 256
 
 
+def test_10_bit_h264_is_said_not_to_play_everywhere(tmp_path):
+    """A deeper source keeps its depth in .mp4: H.264 High 10, which most web browsers and many players do not play.
+    The warning says so and names --bit-depth 8; nothing is said where 8 or 10 bits were asked for, or for .mkv/.mov."""
+    src = make_clip(tmp_path / "deep.mkv", "ffv1", "yuv420p10le")
+    info = io.probe(src)
+    with pytest.warns(UserWarning, match=r"10-bit H\.264 \(High 10\) does not play in most web browsers and many "
+                                         r"players: --bit-depth 8 for playback nearly everywhere; \.mkv"):
+        io.check_output(src, tmp_path / "o.mp4", info=info)
+    assert io.plan_output(tmp_path / "o.mp4", info).pix_fmt == "yuv420p10le"
+    for name, depth in (("o.mp4", 8), ("o.mp4", 10), ("o.mkv", None), ("o.mov", None)):
+        dropped = " | ".join(io.plan_output(tmp_path / name, info, bit_depth=depth).dropped)
+        assert "does not play" not in dropped
+    odd = dataclasses.replace(io.probe(make_clip(tmp_path / "deep422.mkv", "ffv1", "yuv422p10le")), height=H + 1)
+    dropped = " | ".join(io.plan_output(tmp_path / "o.mp4", odd).dropped)
+    assert "(High 4:2:2)" in dropped and "at an even frame size: an odd one is written 4:4:4" in dropped
+
+
 def test_gray16_stays_grey_16_bit(tmp_path):
     src = make_clip(tmp_path / "scan.mkv", "ffv1", "gray16le")
     info = io.probe(src)

@@ -88,7 +88,9 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", choices=("h264", "hevc", "prores", "ffv1"),
                         help="output video codec (default: by extension and the input's depth, see README)")
     parser.add_argument("--bit-depth", type=int, choices=(8, 10, 12, 16),
-                        help="output bits per sample (default: the input's, as far as the codec holds it)")
+                        help="output bits per sample (default: the input's, as far as the codec holds it; most "
+                             "browsers and many players do not play 10-bit H.264: 8 bits at an even frame size play "
+                             "nearly everywhere)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
                         help="keep the work folder: finished segments persist in DIR, so the same command, "

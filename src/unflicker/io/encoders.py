@@ -7,7 +7,8 @@ Defaults (the source's depth is kept):
   `veryfast` took 127 against 24 ms for a 10-bit 854x480 frame on two shared cores), this PyAV
   build's libx264 has 10-bit, and x264 writes the HDR mastering-display and content-light SEI
   too. 12/16-bit sources are written at 10 bits (with a warning); `codec="hevc"` gives 12-bit
-  H.265, .mkv keeps every bit.
+  H.265, .mkv keeps every bit. Most web browsers and many players do not play 10-bit H.264: that
+  is warned about, naming `bit_depth=8` (4:2:0 at an even frame size: plays nearly everywhere).
 - .mov: ProRes 422 HQ (prores_ks, 10-bit) for deeper sources; ProRes 4444 when the source has
   alpha or full chroma (4:4:4 / RGB), also for 8-bit sources with alpha.
 - .mkv: FFV1 at the source's depth and layout (YUV, RGB, grey, with alpha).
@@ -62,7 +63,7 @@ class OutputPlan:
         """swscale matrix for RGB -> YUV (None: swscale's default, BT.601, as the reader assumes untagged)."""
         return SWS_MATRIX.get(self.colorspace)
     dropped: list[str] = field(default_factory=list)
-    """One line per thing the output cannot carry (warned about by check_output)."""
+    """One line per thing the output cannot carry, or where it will not play (warned about by check_output)."""
 
     @property
     def frame_layout(self) -> str:
@@ -177,6 +178,12 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
             chroma = "444"
         plan.pix_fmt = f"yuv{chroma}p" + ("" if bits == 8 else f"{bits}le")
         plan.options = _x26x_options(encoder, fmt, info)
+        if encoder == "libx264" and bits > 8 and bit_depth is None:  # the source's depth kept, not asked for
+            profile = {"420": "High 10", "422": "High 4:2:2", "444": "High 4:4:4"}[chroma]
+            plan.dropped.append(f"{bits}-bit H.264 ({profile}) does not play in most web browsers and many players: "
+                                f"--bit-depth 8 for playback nearly everywhere"
+                                f"{'' if even else ' (at an even frame size: an odd one is written 4:4:4)'}; "
+                                f".mkv (FFV1) or .mov (ProRes) to archive at full depth")
     elif encoder == "prores_ks":
         full = info.has_alpha or chroma == "444"
         plan.pix_fmt = "yuva444p10le" if info.has_alpha else "yuv444p10le" if full else "yuv422p10le"
