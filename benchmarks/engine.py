@@ -104,8 +104,8 @@ def segment_profile(input_path: Path) -> tuple[list[tuple[int, float]], float, f
     times = []
     real = engine.run_segment
 
-    def timed_segment(task):
-        result = real(task)
+    def timed_segment(task, progress=None):
+        result = real(task, progress)
         times.append((len(task.segment.span), result.seconds))
         return result
 
