@@ -32,7 +32,8 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 
     group = parser.add_argument_group("engine")
     group.add_argument("--workers", type=int, metavar="N",
-                       help="segments processed at once (default: the machine's cores; 1: in this process; "
+                       help="segments processed at once (default: the machine's cores, fewer where the free memory holds "
+                            "fewer for the video's frame size, said in a warning; 1: in this process; "
                             "with --engine ray: the cluster's CPUs)")
     group.add_argument("--threads", type=int, default=1, metavar="N",
                        help="torch/OpenCV threads per worker (default 1; outputs are bit-identical for any "

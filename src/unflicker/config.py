@@ -83,6 +83,45 @@ def machine_cores() -> int:
         return os.cpu_count() or 1
 
 
+GB = 2**30
+WORKER_MEMORY = (0.75 * GB, 160)
+"""(bytes, bytes per pixel of a frame): the peak memory of a local worker running a segment of the default
+neural method at one thread, with margin. Measured peaks (session 26, `unflicker run --workers 2`): 0.52 GB at
+854x480, 0.77 GB at 1920x1080, 1.65 GB at 3840x2160 with PyTorch's CPU build; about 0.8 GB at 854x480 with a
+CUDA build of PyTorch (its libraries), whose share the base holds."""
+MAIN_MEMORY = (0.2 * GB, 190)
+"""The same for the run's main process (decoding, stitching, encoding): 0.18, 0.50 and 1.50 GB measured."""
+
+
+def available_memory() -> int | None:
+    """Bytes this process tree may still take: the kernel's MemAvailable, less where a cgroup (a container)
+    allows less; None where neither can be read (not Linux)."""
+    sizes = []
+    try:
+        with open("/proc/meminfo") as f:
+            sizes += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            sizes.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return min(sizes) if sizes else None
+
+
+def workers_that_fit(width: int, height: int) -> int | None:
+    """How many local workers the available memory holds beside the main process for frames of this size
+    (at least 1); None where the available memory is not known."""
+    free = available_memory()
+    if free is None:
+        return None
+    pixels = width * height
+    main, worker = MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels, WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels
+    return max(1, int((free - main) // worker))
+
+
 @dataclass
 class EngineConfig:
     """Where and how the segments of a run (or a batch) are processed."""
@@ -90,7 +129,8 @@ class EngineConfig:
     engine: str = "local"
     """'local': a process pool on this machine (workers=1: in this process); 'ray': Ray tasks."""
     workers: int | None = None
-    """Segments processed at once. None: the machine's cores (local), the cluster's CPUs (ray)."""
+    """Segments processed at once. None: the machine's cores, no more than the free memory holds for the
+    video's frame size (local: `local_workers`), the cluster's CPUs (ray)."""
     threads: int = 1
     """Torch and OpenCV threads per worker. Fixed, so outputs never depend on machine load; the
     same value gives bit-identical outputs with any worker count and engine."""
@@ -127,8 +167,14 @@ class EngineConfig:
         if self.retries < 0:
             raise InputError(f"retries must be >= 0, got {self.retries}")
 
-    def local_workers(self) -> int:
-        return self.workers if self.workers is not None else max(1, machine_cores() // self.threads)
+    def local_workers(self, frame: tuple[int, int] | None = None) -> int:
+        """Workers of a local run: --workers, else one per `threads` cores, no more than the available memory
+        holds for frames of size `frame` (width, height) where it is given (`workers_that_fit`)."""
+        if self.workers is not None:
+            return self.workers
+        cores = max(1, machine_cores() // self.threads)
+        fits = None if frame is None else workers_that_fit(*frame)
+        return cores if fits is None else min(cores, fits)
 
     def lanes_for(self, running: int) -> int:
         """Lanes of each of `running` local workers (see `lanes`)."""

@@ -26,6 +26,7 @@ import socket
 import struct
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -63,6 +64,10 @@ class Executor(Protocol):
         Meanwhile `progress(handle, fraction)` as running tasks report how far they are (where they can)."""
         ...
 
+    def fit(self, frame: tuple[int, int]) -> None:
+        """A job of frames of this size (width, height) starts: run no more workers than memory holds for them."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,6 +99,9 @@ class InProcess:
             return [(handle, exc)]
         except OSError as exc:
             return [(handle, file_error(task, exc))]
+
+    def fit(self, frame: tuple[int, int]) -> None:
+        pass  # one segment at a time already
 
     def close(self) -> None:
         self._tasks.clear()
@@ -165,10 +173,14 @@ class LocalPool:
     """Worker processes on this machine (python -m unflicker.worker), one task each at a time; a
     task whose worker died runs again on a fresh one (up to `retries` times)."""
 
-    def __init__(self, engine: EngineConfig, tasks: int | None = None):
+    def __init__(self, engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None):
         """tasks: how many tasks the run has, or will have at least, if known: that many workers start
-        now (at most engine.local_workers()); more start only when tasks wait for them."""
+        now (at most engine.local_workers(frame)); more start only when tasks wait for them. frame: the
+        largest (width, height) of the run's videos so far (see `fit`)."""
+        self.engine = engine
         self.limit = engine.local_workers()
+        if frame is not None:
+            self._limit_to(frame)
         self.capacity = self.limit + 1
         self.retries = engine.retries
         self._pool = [_Worker() for _ in range(min(self.limit, tasks or self.limit))]
@@ -176,6 +188,31 @@ class LocalPool:
         self._queue: list[int] = []
         self._tasks: dict[int, tuple[SegmentTask, int]] = {}
         self._next = 0
+
+    def _limit_to(self, frame: tuple[int, int]) -> None:
+        """Lower the limit to the workers the available memory holds for frames of this size, and say so."""
+        fits = self.engine.local_workers(frame)
+        if fits < self.limit:
+            from unflicker.config import MAIN_MEMORY, WORKER_MEMORY, available_memory
+
+            pixels = frame[0] * frame[1]
+            free = (available_memory() or 0) / 2**30
+            warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {self.limit}: at {frame[0]}x{frame[1]} each "
+                          f"takes up to about {(WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels) / 2**30:.1f} GB and the "
+                          f"run itself {(MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels) / 2**30:.1f} GB, with "
+                          f"{free:.1f} GB free (--workers N sets the number)", stacklevel=2)
+            self.limit = fits
+
+    def fit(self, frame: tuple[int, int]) -> None:
+        self._limit_to(frame)
+        self.capacity = self.limit + 1
+        self._retire_surplus()
+
+    def _retire_surplus(self) -> None:
+        """Idle workers beyond the limit end (busy ones are retired once their task is done)."""
+        for worker in [w for w in self._pool if w.handle is None][:max(len(self._pool) - self.limit, 0)]:
+            worker.kill()
+            self._pool.remove(worker)
 
     def warm(self, spec: MethodSpec) -> None:
         """Have every worker build the method now (imports, weights), ahead of its first task."""
@@ -193,6 +230,7 @@ class LocalPool:
         return self._next
 
     def _dispatch(self) -> None:
+        self._retire_surplus()
         idle = sum(worker.handle is None for worker in self._pool)
         for _ in range(min(len(self._queue) - idle, self.limit - len(self._pool))):
             self._pool.append(_Worker())
@@ -335,6 +373,9 @@ class RayEngine:
     def warm(self, spec: MethodSpec) -> None:
         pass  # Ray's workers build the method with their first task
 
+    def fit(self, frame: tuple[int, int]) -> None:
+        pass  # Ray schedules by CPUs and watches its nodes' memory itself
+
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
         ref = self._remote.remote(task, self._board, self._next)  # a board of None: no reports
@@ -388,14 +429,15 @@ class RayEngine:
                 shutil.rmtree(session, ignore_errors=True)
 
 
-def make_executor(engine: EngineConfig, tasks: int | None = None) -> Executor:
+def make_executor(engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None) -> Executor:
     """The engine's executor; `tasks`, the run's number of tasks if known: one task (a short clip)
-    runs in this process, whose method is loaded already, and a pool starts no idle workers."""
+    runs in this process, whose method is loaded already, and a pool starts no idle workers; `frame`,
+    the largest (width, height) of the run's videos so far: a pool runs no more workers than memory holds."""
     if engine.engine == "ray":
         return RayEngine(engine)
     if engine.local_workers() == 1 or tasks == 1:
         return InProcess(engine)
-    return LocalPool(engine, tasks)
+    return LocalPool(engine, tasks, frame)
 
 
 def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], None] = lambda job: None) -> None:
@@ -407,6 +449,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
     waiting = iter(jobs)
     started = 0
     active: list = []
+    starting: list = []  # the job being started, while it starts
     in_flight: dict[object, object] = {}
     segment_of: dict[object, int] = {}  # handle -> the index of the segment its task runs
 
@@ -415,6 +458,11 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
         if job is not None and job.error is None:
             job.progress(segment_of[handle], fraction)
 
+    def largest_frame() -> tuple[int, int] | None:
+        """(width, height) of the most pixels among the jobs started so far (their workers' memory)."""
+        sizes = [(job.source.info.width, job.source.info.height) for job in active + starting]
+        return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
+
     def warm(job) -> None:
         """Make the executor before the first job's first pass if the run will have two tasks or more
         (a lower bound: cuts only add segments); its workers load the method while this process decodes.
@@ -422,7 +470,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
         nonlocal executor
         hint = job.task_hint + len(jobs) - started  # every job not started yet has a task at least
         if hint > 1:
-            executor = make_executor(engine, hint)
+            executor = make_executor(engine, hint, largest_frame())
             executor.warm(job.spec)
         elif hint == 1 and engine.engine == "local":
             # One task: it runs in this process (cuts may still add segments; those run on workers,
@@ -448,9 +496,12 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                     if job is None:
                         break
                     started += 1
+                    starting[:] = [job]  # its size counts from `ready` on, before it is active
                     try:
                         job.start(shared=engine.shares_files(), ready=None if executor is not None else warm)
                         active.append(job)
+                        if executor is not None:
+                            executor.fit(largest_frame())
                     except UnflickerError as exc:
                         job.fail(exc)
                         job.close()
@@ -458,10 +509,13 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                     except BaseException:  # interrupted while starting: its temporary folder goes too
                         job.close()
                         raise
+                    finally:
+                        starting.clear()
                     continue
                 if executor is None:
                     known = started == len(jobs)  # every job planned: the number of tasks is known
-                    executor = make_executor(engine, 1 + sum(job.pending() for job in active) if known else None)
+                    executor = make_executor(engine, 1 + sum(job.pending() for job in active) if known else None,
+                                             largest_frame())
                 handle = executor.submit(task)
                 in_flight[handle], segment_of[handle] = owner, task.segment.index
             for job in list(active):
