@@ -379,3 +379,32 @@ def test_output_read_by_a_pipe_that_closed_ends_quietly(tmp_path):
     process.stdout.close()  # before the child prints: its write fails
     err = process.stderr.read().decode()
     assert process.wait() == 141 and err == ""
+
+
+@pytest.mark.parametrize("case", ["name_too_long", "file_not_permitted", "folder_not_permitted"])
+def test_info_of_an_input_that_cannot_be_read_is_one_line(tmp_path, clips, capsys, monkeypatch, case):
+    """A name too long for the file system was a traceback (OSError from the existence check); a file or folder
+    the user may not read was a traceback (the folder's listing) or "not a video FFmpeg can decode" (the file).
+    CI runs as root, which reads anything, so the refusals are simulated."""
+    import unflicker.io as unflicker_io
+
+    _, source = clips
+    if case == "name_too_long":
+        source = tmp_path / ("b" * 300 + ".mp4")
+    elif case == "file_not_permitted":
+        source = tmp_path / "private.mp4"
+        source.write_bytes(b"\0" * 100)
+
+        def refuse(*_, **__):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(unflicker_io.av, "open", refuse)
+    else:
+        def refuse(folder):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(unflicker_io, "_list_frame_files", refuse)
+    code, out, err = run_cli(capsys, "info", source)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("unflicker: error: cannot read"), err
+    assert ("File name too long" if case == "name_too_long" else "Permission denied") in err

@@ -53,6 +53,8 @@ def frame_name(info: VideoInfo, index: int) -> str:
 def _open_container(path: Path):
     try:
         return av.open(str(path))
+    except PermissionError as exc:  # FFmpeg's too: the file is there, it cannot be opened (not a decoding problem)
+        raise InputError(f"cannot read {path}: {exc.strerror or 'permission denied'}") from None
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: not a video FFmpeg can decode ({exc.__class__.__name__})") from None
 
@@ -101,10 +103,17 @@ def _stated_end(container, stream) -> float | None:
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Describe a video file or a folder of frames; raise InputError if it cannot be used."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"input not found: {path}")
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputError(f"input not found: {path}") from None
+    except OSError as exc:  # a name too long for the file system, a folder on the way that cannot be entered
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
     if path.is_dir():
-        names = _list_frame_files(path)
+        try:
+            names = _list_frame_files(path)
+        except OSError as exc:  # a folder that cannot be listed
+            raise InputError(f"cannot read folder {path}: {exc.strerror or exc}") from None
         if not names:
             raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
         first, alpha, facts = read_image(path / names[0])
