@@ -408,3 +408,13 @@ def test_info_of_an_input_that_cannot_be_read_is_one_line(tmp_path, clips, capsy
     lines = err.strip().splitlines()
     assert code == 2 and out == "" and len(lines) == 1 and lines[0].startswith("unflicker: error: cannot read"), err
     assert ("File name too long" if case == "name_too_long" else "Permission denied") in err
+
+
+def test_info_of_a_folder_of_mixed_frame_sizes_is_one_line(clips, capsys):
+    """`info` told the first frame's size for the whole folder; a run found the odd frame only when the
+    pass over the frames reached it. The frames' headers are read when the folder is probed."""
+    _, flickering = clips
+    cv2.imwrite(str(flickering / "5a.png"), np.zeros((30, 40, 3), np.uint8))  # between 5.png and 6.png
+    code, out, err = run_cli(capsys, "info", flickering)
+    assert code == 2 and out == ""
+    assert err.strip() == f"unflicker: error: mixed frame sizes in {flickering}: 5a.png is 40x30, the first frame is 64x48"

@@ -35,7 +35,7 @@ from unflicker.io.media import SWS_MATRIX, SWS_READ, Frame, scale_u16, sws_white
 from unflicker.io.writer import VideoWriter
 
 __all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
-           "Frame", "OutputPlan", "VideoInfo", "VideoWriter", "check_output", "frame_name", "from_float",
+           "Frame", "OutputPlan", "VideoInfo", "VideoWriter", "check_output", "frame_files", "frame_name", "from_float",
            "frame_estimate", "image_size", "is_folder_output", "natural_key", "os", "plan_output", "probe", "read_frames", "replace",
            "to_float", "write_file_atomically"]
 
@@ -43,6 +43,11 @@ __all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_F
 def _list_frame_files(folder: Path) -> list[str]:
     names = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
     return sorted(names, key=natural_key)
+
+
+def frame_files(folder: str | os.PathLike) -> list[str]:
+    """Names of a folder's frame files in natural order, as `probe` lists them."""
+    return _list_frame_files(Path(folder))
 
 
 def frame_name(info: VideoInfo, index: int) -> str:
@@ -57,6 +62,20 @@ def _open_container(path: Path):
         raise InputError(f"cannot read {path}: {exc.strerror or 'permission denied'}") from None
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: not a video FFmpeg can decode ({exc.__class__.__name__})") from None
+
+
+def _check_frame_sizes(folder: Path, names: list[str], width: int, height: int) -> None:
+    """InputError naming the first frame whose header gives another size than the first frame's: found now,
+    from a few bytes of each file, not after decoding every frame before it (`info` told the first frame's
+    size alone). Frames whose header says nothing here (OpenEXR) or cannot be opened are named by read_frames."""
+    for name in names[1:]:
+        try:
+            size = image_size(folder / name, decode=False)
+        except OSError:
+            continue
+        if size is not None and size != (width, height):
+            raise InputError(f"mixed frame sizes in {folder}: {name} is {size[0]}x{size[1]}, the first frame is "
+                             f"{width}x{height}")
 
 
 def frame_estimate(path: str | os.PathLike) -> int:
@@ -117,6 +136,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         if not names:
             raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
         first, alpha, facts = read_image(path / names[0])
+        _check_frame_sizes(path, names, first.shape[1], first.shape[0])
         depth = 16 if first.dtype != np.uint8 else 8
         timecode, rate = folder_timing(path / names[0])
         return VideoInfo(path, True, first.shape[1], first.shape[0], len(names), rate or DEFAULT_FOLDER_FPS,

@@ -181,9 +181,10 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
                 size = io.image_size(frame, decode=False)
                 if size is not None and max(size) > limits.max_side:
                     raise too_large(*size)
+            names = io.frame_files(path)
+            if names:  # in the page's words (the zip's names), before probe refuses such a folder in its own
+                _check_frame_sizes(path, tuple(names))
         info = io.probe(path)
-        if info.is_folder:  # the run reads every frame: a size that differs fails it, so it is refused here
-            _check_frame_sizes(path, info.frame_names)
     except InputError as exc:
         raise InputError(public_message(str(exc), upload, received)) from None
     seconds = info.frame_count / float(info.fps or 25)
