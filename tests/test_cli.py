@@ -418,3 +418,18 @@ def test_info_of_a_folder_of_mixed_frame_sizes_is_one_line(clips, capsys):
     code, out, err = run_cli(capsys, "info", flickering)
     assert code == 2 and out == ""
     assert err.strip() == f"unflicker: error: mixed frame sizes in {flickering}: 5a.png is 40x30, the first frame is 64x48"
+
+
+@pytest.mark.parametrize("same_as", ["-o", "--compare", "--plot"])
+def test_keep_work_naming_an_output_is_refused_before_the_run(tmp_path, clips, capsys, same_as):
+    """--keep-work made its folder where an output was to go: the whole run ran, then the output could not be
+    put in place ("appeared while writing", "exists"), the video written already where --compare or --plot
+    failed. Refused up front now, nothing made."""
+    _, flickering = clips
+    output, work = tmp_path / "out.mp4", tmp_path / ("work.png" if same_as == "--plot" else "work.mp4")
+    outputs = {"-o": output, "--compare": tmp_path / "compare.mp4", "--plot": tmp_path / "plot.png", same_as: work}
+    code, out, err = run_cli(capsys, "run", "--method", "classical", flickering, *(a for pair in outputs.items() for a in pair),
+                             "--keep-work", work, "--quiet")
+    what = "the output" if same_as == "-o" else same_as
+    assert code == 3 and err.strip() == f"unflicker: error: --keep-work {work} is also {what}: choose another folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "flicker"]

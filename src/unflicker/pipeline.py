@@ -447,6 +447,12 @@ class Job:
         if config.compare is not None and config.plot is not None and \
                 Path(config.compare).resolve() == Path(config.plot).resolve():
             raise OutputError("--compare and --plot name the same file")
+        if config.keep_work is not None:
+            # The work folder is made now: a file of that name could not be put in place after the whole run.
+            work = Path(config.keep_work).resolve()
+            for path, what in ((self.output, "the output"), (config.compare, "--compare"), (config.plot, "--plot")):
+                if path is not None and Path(path).resolve() == work:
+                    raise OutputError(f"--keep-work {config.keep_work} is also {what}: choose another folder")
 
     # -- tasks --
 
