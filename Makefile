@@ -26,7 +26,7 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 demo: $(STAMP)
-	$(PY) -m unflicker demo --out-dir demo
+	$(PY) -m unflicker demo --out-dir demo --overwrite
 
 test: $(STAMP) $(CHROMIUM)
 	UNFLICKER_CHROMIUM=$(CHROMIUM) $(PY) -m pytest

@@ -433,3 +433,37 @@ def test_keep_work_naming_an_output_is_refused_before_the_run(tmp_path, clips, c
     what = "the output" if same_as == "-o" else same_as
     assert code == 3 and err.strip() == f"unflicker: error: --keep-work {work} is also {what}: choose another folder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clean", "flicker"]
+
+
+def test_demo_replaces_nothing_unasked_and_leaves_nothing_when_interrupted(tmp_path, capsys, monkeypatch):
+    """`demo` rewrote input.mp4, output.mp4 and compare.mp4 of an earlier demo without a word, and Ctrl-C after
+    its new input left that beside the earlier output as if they belonged together. Now an existing file is
+    refused before any work (--overwrite replaces), and the three are put in place together at the end."""
+    from unflicker import demo
+
+    files = ("compare.mp4", "input.mp4", "output.mp4")
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    for name in files:
+        (out_dir / name).write_bytes(b"an earlier demo")
+
+    def no_work(*_, **__):
+        raise AssertionError("the demo started its work")
+
+    monkeypatch.setattr(demo, "make_demo_clip", no_work)
+    code, out, err = run_cli(capsys, "demo", "--out-dir", out_dir, "--frames", "3", "--method", "classical")
+    assert code == 3 and out == "" and err.strip() == (f"unflicker: error: {out_dir / 'input.mp4'} exists: pass "
+                                                       "--overwrite to replace the demo's files, or choose another --out-dir")
+    monkeypatch.undo()
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "write_side_by_side", interrupted)
+    code, _, err = run_cli(capsys, "demo", "--out-dir", out_dir, "--frames", "3", "--method", "classical", "--overwrite")
+    assert code == 130 and "interrupted" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == list(files)  # no partial folder left
+    assert all((out_dir / name).read_bytes() == b"an earlier demo" for name in files)
+    for args, message in ((["--out-dir", out_dir / "input.mp4"], "is a file"), (["--frames", "1"], "at least 2")):
+        code, _, err = run_cli(capsys, "demo", *args)
+        assert code != 0 and err.startswith("unflicker: error:") and message in err and len(err.splitlines()) == 1

@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", type=Path, default=Path("demo"))
     demo.add_argument("--frames", type=int, default=48)
     demo.add_argument("--method", choices=METHOD_NAMES, default=None, help="default: neural")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace the input.mp4, output.mp4 and compare.mp4 of an earlier demo in --out-dir")
 
     serve = commands.add_parser("serve", help="open a local web page for deflickering (needs unflicker[web])")
     serve.add_argument("--host", default="127.0.0.1",
@@ -259,7 +261,7 @@ def _info(args) -> int:
 def _demo(args) -> int:
     from unflicker.demo import run_demo
 
-    for line in run_demo(args.out_dir, n_frames=args.frames, method=args.method):
+    for line in run_demo(args.out_dir, n_frames=args.frames, method=args.method, overwrite=args.overwrite):
         print(line)
     return 0
 

@@ -7,6 +7,8 @@ report how much was removed.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -14,18 +16,20 @@ from pathlib import Path
 import numpy as np
 
 from unflicker import io, metrics, synth
+from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.visualize import write_side_by_side
 
 DEMO_SIZE = (352, 512)  # (h, w)
 DEMO_FPS = Fraction(24)
+DEMO_FILES = ("input.mp4", "output.mp4", "compare.mp4")
 
 
 def _bundled_photo() -> np.ndarray:
     try:
         from skimage import data
     except ImportError as exc:  # the demo's only extra need
-        raise RuntimeError("the demo needs scikit-image: pip install scikit-image") from exc
+        raise UnflickerError("the demo needs scikit-image: pip install scikit-image") from exc
     return data.stereo_motorcycle()[0]
 
 
@@ -43,19 +47,43 @@ def _write_clip(frames: np.ndarray, path: Path) -> None:
             writer.write(frame)
 
 
-def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None) -> Iterator[str]:
-    """Write input.mp4, output.mp4 and compare.mp4 into `out_dir`, yielding one line per step."""
+def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None,
+             overwrite: bool = False) -> Iterator[str]:
+    """Write input.mp4, output.mp4 and compare.mp4 into `out_dir`, yielding one line per step.
+
+    All three are made in a temporary folder inside `out_dir` and put in place together at the end:
+    an interrupted demo leaves none, and never a new input beside an earlier run's output. Existing
+    ones are replaced only with `overwrite`, checked before any work."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean, flickering = make_demo_clip(n_frames)
-    source, output = out_dir / "input.mp4", out_dir / "output.mp4"
-    _write_clip(flickering, source)
-    yield f"made {source}: {n_frames} frames of a simulated pan over a bundled photo, with synthetic flicker"
-    summary = deflicker_file(source, output, RunConfig(method=method, overwrite=True))
-    yield summary.line()
-    compare = write_side_by_side(source, output, out_dir / "compare.mp4", overwrite=True)
-    yield f"wrote {compare} (input | output)"
-    result = np.stack([io.to_float(f.image) for f in io.read_frames(output)])
-    decoded_input = np.stack([io.to_float(f.image) for f in io.read_frames(source)])
-    yield (f"PSNR to the flicker-free clip: input {metrics.sequence_psnr(decoded_input, clean):.2f} dB -> "
-           f"output {metrics.sequence_psnr(result, clean):.2f} dB")
+    if n_frames < 2:
+        raise InputError(f"--frames must be at least 2 (flicker is a change from frame to frame), got {n_frames}")
+    existing = [name for name in DEMO_FILES if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise OutputError(f"{out_dir / existing[0]} exists: pass --overwrite to replace the demo's files, or choose "
+                          f"another --out-dir")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"--out-dir {out_dir} is a file")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".demo.partial-", dir=out_dir))
+    except OSError as exc:
+        raise OutputError(f"cannot write in --out-dir {out_dir}: {exc.strerror or exc}") from None
+    try:
+        clean, flickering = make_demo_clip(n_frames)
+        source, output, compare = (work / name for name in DEMO_FILES)
+        _write_clip(flickering, source)
+        yield (f"made {out_dir / source.name}: {n_frames} frames of a simulated pan over a bundled photo, with "
+               f"synthetic flicker")
+        summary = deflicker_file(source, output, RunConfig(method=method))
+        yield summary.line().replace(str(output), str(out_dir / output.name), 1)
+        write_side_by_side(source, output, compare)
+        yield f"wrote {out_dir / compare.name} (input | output)"
+        result = np.stack([io.to_float(f.image) for f in io.read_frames(output)])
+        decoded_input = np.stack([io.to_float(f.image) for f in io.read_frames(source)])
+        psnr = (f"PSNR to the flicker-free clip: input {metrics.sequence_psnr(decoded_input, clean):.2f} dB -> "
+                f"output {metrics.sequence_psnr(result, clean):.2f} dB")
+        for name in DEMO_FILES:
+            io.replace(work / name, out_dir / name, overwrite)
+        yield psnr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
