@@ -467,3 +467,21 @@ def test_demo_replaces_nothing_unasked_and_leaves_nothing_when_interrupted(tmp_p
     for args, message in ((["--out-dir", out_dir / "input.mp4"], "is a file"), (["--frames", "1"], "at least 2")):
         code, _, err = run_cli(capsys, "demo", *args)
         assert code != 0 and err.startswith("unflicker: error:") and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("length", [227, 300])
+def test_an_output_name_too_long_is_one_line_before_the_run(tmp_path, clips, capsys, length):
+    """300 bytes, too long for the file system, was a traceback (OSError from the existence check); 231 bytes
+    fits, but the writer's temporary name beside it did not: a traceback as the writer started, after the
+    pass over the input. Both are refused up front in one line now; 227 bytes (+ .mp4) is written."""
+    _, flickering = clips
+    for name in ("c" * (length - 4) + ".mp4", "d" * length + ".mp4"):
+        fits = len(name) <= 227
+        code, out, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / name, "--quiet")
+        if fits:
+            assert code == 0 and (tmp_path / name).is_file(), err
+            continue
+        lines = err.strip().splitlines()
+        assert code == 3 and len(lines) == 1 and lines[0].startswith("unflicker: error:"), err
+        assert ("File name too long" if len(name) > 255 else "choose a shorter one") in err
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -346,6 +346,21 @@ def _check_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
+def _check_name_length(folder: Path, name: str) -> None:
+    """The output is written under a longer temporary name first (io.writer: '.NAME.partial-PID.EXT', made as
+    '....making'): a name that fits the file system but leaves no room for that one fails here, before any
+    work, not as the writer starts (after the pass over the input)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not told (Windows): the usual file systems' 255
+        limit = 255
+    temporary = f".{name}.partial-{'0' * 7}{Path(name).suffix}.making"  # pids have up to 7 digits
+    room = limit - (len(os.fsencode(temporary)) - len(os.fsencode(name)))
+    if len(os.fsencode(name)) > room:
+        raise OutputError(f"output name {name[:40]}... is {len(os.fsencode(name))} bytes long: at most {room} "
+                          f"here (its temporary name is longer), choose a shorter one")
+
+
 def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, overwrite: bool = False, *,
                  info: VideoInfo | None = None, codec: str | None = None, bit_depth: int | None = None) -> Path:
     """Refuse outputs that would lose something, before any work starts.
@@ -356,6 +371,12 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     output = Path(output_path)
     if output.name in ("", ".", ".."):
         raise OutputError(f"name the output file or folder ({output_path} names none)")
+    try:
+        output.lstat()
+    except (FileNotFoundError, NotADirectoryError):  # not there yet, or a file on the way (said below)
+        pass
+    except OSError as exc:  # a name too long for the file system
+        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
     if Path(input_path).resolve() == output.resolve():
         raise OutputError(f"output {output} is the input: choose another path")
     if output.suffix and output.suffix.lower() not in VIDEO_FORMATS and output.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -375,6 +396,7 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} {'is a file' if parent.exists() else 'does not exist'}")
     _check_writable(parent)
+    _check_name_length(parent, output.name)
     if info is not None:
         plan = plan_output(output, info, codec, bit_depth)
         if plan.codec is not None and not is_folder_output(output):
