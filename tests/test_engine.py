@@ -4,6 +4,7 @@ resume after kill -9, no seams, batch folders."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -383,6 +384,70 @@ def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_l
                  "127.0.0.1:1", "--quiet"])
     err = capsys.readouterr().err
     assert code != 0 and "cannot reach Ray at 127.0.0.1:1" in err and time.time() - started < 30
+
+
+def live_processes() -> dict[int, tuple[int, int, str]]:
+    """pid -> (parent pid, start time, command line) of every process but zombies (Linux)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fields[0] not in (b"Z", b"X"):
+                table[int(entry.name)] = (int(fields[1]), int(fields[19]), command)
+    return table
+
+
+def descendants(root: int, table) -> set[int]:
+    found, todo = set(), [root]
+    while todo:
+        parent = todo.pop()
+        children = {pid for pid, (ppid, _, _) in table.items() if ppid == parent} - found
+        found |= children
+        todo += children
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_run_killed_outright_takes_its_own_ray_with_it(flickering, tmp_path):
+    """kill -9 of a run with a local Ray of its own: every process under it is gone within 15 s (zombies aside)
+    and so is the session folder. Ray's kernel fate sharing took the processes the driver started, but the
+    raylet's (its dashboard and runtime-env agents) lived on for about 60 s and the session folder for good."""
+    pytest.importorskip("ray")
+    driver = subprocess.Popen([sys.executable, "-m", "unflicker", "run", str(flickering), "-o", str(tmp_path / "x.mkv"),
+                               "--engine", "ray", "--workers", "2", "--atlas-steps", "5000", "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while True:  # until a worker runs a segment: Ray is up, all of it
+            table = live_processes()
+            ray = {pid: table[pid] for pid in descendants(driver.pid, table)}
+            if any(command.startswith("ray::_ray_segment") for _, _, command in ray.values()):
+                break
+            assert driver.poll() is None and time.time() < deadline, "the run ended before its Ray was seen"
+            time.sleep(0.1)
+        raylet = next(command for _, _, command in ray.values() if "/raylet " in command)
+        session = Path(re.search(r"/[^\s=]*/session_[\d_-]+\d", raylet).group(0))
+        assert session.is_dir() and len(ray) >= 7  # gcs, raylet, monitor, dashboard, log monitor, 2 agents, ...
+        driver.kill()
+        driver.wait()
+        killed = time.time()
+        while True:
+            table = live_processes()
+            left = [command[:40].strip() for pid, (_, start, command) in ray.items()  # the watchdog too
+                    if pid in table and table[pid][1] == start]
+            if not left or time.time() - killed > 15:
+                break
+            time.sleep(0.2)
+        assert not left, f"alive {time.time() - killed:.0f} s after the run's kill -9: {left}"
+        assert not session.exists()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
 
 
 # --- resume after kill -9 -----------------------------------------------------------------------
