@@ -321,86 +321,6 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
                              f"running there?)") from None
 
 
-_RAY_WATCHDOG = r"""
-import os, shutil, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-signal.signal(signal.SIGHUP, signal.SIG_IGN)
-session, raylet, known = sys.argv[1], sys.argv[2], sys.argv[2:]
-
-def stat(pid):  # (parent pid, start time in clock ticks since boot), or None when gone or a zombie
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in (b"Z", b"X") else (int(fields[1]), int(fields[19]))
-
-def raylets_child(pid):  # a worker: the raylet's pid in its environment
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return b"RAY_RAYLET_PID=" + raylet.encode() in f.read().split(b"\0")
-    except OSError:
-        return False
-
-def ray_with_files(pid):  # an agent (its title overwrote its environment): "ray::", a file in the session folder
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if f.read(5) != b"ray::":
-                return False
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(session + "/"):
-                    return True
-            except OSError:
-                pass
-    except OSError:
-        pass
-    return False
-
-started = {pid: stat(pid) for pid in known}  # Ray's own processes, as the driver started them
-born = started[raylet][1] if started[raylet] else 0
-if sys.stdin.buffer.read(1) or not started[raylet]:  # a byte: the driver shut Ray down itself
-    sys.exit(0)
-# End of file without a byte: the driver died. Kill its Ray (the processes it started, those the raylet started
-# and their children), then remove the session folder.
-for _ in range(3):
-    table = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            table[name] = stat(name)
-    ours = {pid for pid, info in table.items() if info and started.get(pid) and started[pid][1] == info[1]}
-    for pid, info in table.items():
-        if info and info[1] >= born and pid not in ours and (raylets_child(pid) or ray_with_files(pid)):
-            ours.add(pid)
-    grew = True
-    while grew:
-        more = {pid for pid, info in table.items() if info and str(info[0]) in ours} - ours
-        ours |= more
-        grew = bool(more)
-    if not ours:
-        break
-    for pid in ours:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(stat(pid) for pid in ours):
-        time.sleep(0.05)
-latest = os.path.join(os.path.dirname(session), "session_latest")
-if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
-    try:
-        os.unlink(latest)
-    except OSError:
-        pass
-shutil.rmtree(session, ignore_errors=True)
-"""
-"""Run by `python -I -S -c` beside a run's own local Ray (Linux): reads its stdin, a pipe whose write end only
-the driver holds. The driver writes one byte when it has shut Ray down; end of file without it means the driver
-died (kill -9): Ray's kernel fate sharing takes the processes the driver started at once, but those the raylet
-started (its two agents, workers) lived on for a minute, and the session folder for good."""
-
-
 def _watch_local_ray(ray) -> tuple[subprocess.Popen, int] | None:
     """The watchdog of this process's own local Ray and the write end of its pipe, or None where there is none
     (not Linux, or a Ray whose private node info differs)."""
@@ -418,7 +338,8 @@ def _watch_local_ray(ray) -> tuple[subprocess.Popen, int] | None:
         return None
     read, write = os.pipe()
     try:
-        process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _RAY_WATCHDOG, session, *pids], stdin=read,
+        process = subprocess.Popen([sys.executable, "-I", "-S", str(Path(__file__).with_name("ray_watchdog.py")),
+                                    session, *pids], stdin=read,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     except OSError:
         os.close(write)
