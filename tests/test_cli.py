@@ -351,6 +351,21 @@ def test_eval_with_a_video_among_the_inputs_pairs_folders_by_position(tmp_path, 
     assert err.splitlines() == ["unflicker: warning: sequences differ in length; comparing the first 6 frames"]
 
 
+def test_a_side_by_side_of_an_odd_height_is_4_2_0_and_plays_in_browsers(tmp_path):
+    """H.264 keeps an odd size only as 4:4:4, which browsers do not play: the web page's preview and compare
+    videos of an odd-height upload (and --compare) did not play. The canvas gets the last row twice."""
+    from unflicker.visualize import write_side_by_side
+
+    photo = cv2.GaussianBlur(np.random.default_rng(1).random((160, 200, 3)).astype(np.float32), (0, 0), 3)
+    frames = synth.add_flicker(synth.camera_move_clip(photo, 6, (47, 64), motion="pan", seed=1), "global", seed=2)
+    source = write_folder(tmp_path / "odd", frames)
+    compare = write_side_by_side(source, source, tmp_path / "compare.mp4")
+    info = io.probe(compare)
+    assert (info.width, info.height, info.chroma) == (128, 48, "420")
+    first = next(io.read_frames(compare)).image.astype(int)
+    assert np.abs(first[-1] - first[-2]).mean() < 2  # the repeated row, give or take H.264's losses
+
+
 def test_eval_of_frame_folders_alone_says_which_frames_it_compares(tmp_path, capsys):
     """Frame folders alone are paired by name, on the frames they all share: a result that lacks frames was
     compared on fewer frames without a word; now said once."""

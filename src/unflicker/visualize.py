@@ -32,7 +32,8 @@ def write_side_by_side(left: str | Path, right: str | Path, output: str | Path, 
     """Write a video of `left | right` frames (same size and count), keeping the left one's timing.
 
     left, right: videos or frame folders of the same frame size. The output is written atomically
-    (a video by extension, else a folder of PNG frames); progress shows a bar on stderr.
+    (a video by extension, else a folder of PNG frames), 8-bit and of even height (an odd one gets its
+    last row twice: 4:2:0 H.264 plays in browsers, 4:4:4 does not); progress shows a bar on stderr.
     """
     info_left, info_right = io.probe(left), io.probe(right)
     if (info_left.width, info_left.height) != (info_right.width, info_right.height):
@@ -43,16 +44,20 @@ def write_side_by_side(left: str | Path, right: str | Path, output: str | Path, 
     # holds them as stored): the canvas carries none, as two frames turned side by side would end up stacked.
     turns = round(info_left.rotation / 90) % 4
     width, height = (info_left.height, info_left.width) if turns % 2 else (info_left.width, info_left.height)
-    # The canvas is a synthetic "source": twice as wide, the left input's rate and timestamps, no audio.
+    # The canvas is a synthetic "source": twice as wide, the left input's rate and timestamps, no audio. An odd
+    # height gets one more row (the last repeated): a picture to look at, so 8-bit 4:2:0, which browsers and
+    # players play (H.264 keeps an odd size only as 4:4:4, which most of them do not).
     count = min(info_left.frame_count, info_right.frame_count)
-    canvas = io.VideoInfo(Path(output), False, 2 * width, height, count, info_left.fps,
+    pad = height % 2
+    canvas = io.VideoInfo(Path(output), False, 2 * width, height + pad, count, info_left.fps,
                           "rgb24", 8, False, info_left.time_base)
     with io.VideoWriter(output, canvas, overwrite=overwrite) as writer, \
             tqdm(total=count, desc="compare", unit="frame", disable=not progress, leave=False) as bar:
         for a, b in zip(io.read_frames(left, info_left), io.read_frames(right, info_right)):
             pair = [_label(io.from_float(io.to_float(np.rot90(f.image, turns))), text)
                     for f, text in ((a, labels[0]), (b, labels[1]))]
-            writer.write(np.concatenate(pair, axis=1), a.pts)
+            side = np.concatenate(pair, axis=1)
+            writer.write(np.concatenate([side, side[-1:]]) if pad else side, a.pts)
             bar.update()
     return Path(output)
 
