@@ -358,6 +358,21 @@ def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, re
     assert seen and all(index in (0, 1, 2) and 0 < f <= 1 for index, f in seen)
 
 
+def test_a_runs_own_ray_gets_no_more_cpus_than_the_memory_holds_workers_for(monkeypatch):
+    pytest.importorskip("ray")
+    import unflicker.config as config
+    from unflicker.engine import RayEngine
+
+    monkeypatch.setattr(config, "machine_cores", lambda: 2)
+    monkeypatch.setattr(config, "available_memory", lambda: 4 * 2**30)  # one 4K worker beside the run
+    with pytest.warns(UserWarning, match=r"1 worker at once, not 2: at 3840x2160"):
+        engine = RayEngine(EngineConfig(engine="ray"), frame=(3840, 2160))
+    try:
+        assert engine.ray.cluster_resources()["CPU"] == 1 and engine.capacity == 2
+    finally:
+        engine.close()
+
+
 def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_line(flickering, reference,
                                                                                      tmp_path, monkeypatch, capsys):
     """--shared-dir was accepted and never used; an address with nothing listening hung for good."""

@@ -71,6 +71,22 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int) -> int:
+    """At most `limit` workers, no more than the available memory holds for frames of this size (`--workers`
+    given: as given); a warning names the numbers where the memory is what limits them."""
+    fits = min(limit, engine.local_workers(frame))
+    if fits < limit:
+        from unflicker.config import MAIN_MEMORY, WORKER_MEMORY, available_memory
+
+        pixels = frame[0] * frame[1]
+        free = (available_memory() or 0) / 2**30
+        warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {limit}: at {frame[0]}x{frame[1]} each "
+                      f"takes up to about {(WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels) / 2**30:.1f} GB and the "
+                      f"run itself {(MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels) / 2**30:.1f} GB, with "
+                      f"{free:.1f} GB free (--workers N sets the number)", stacklevel=3)
+    return fits
+
+
 class InProcess:
     """Runs each task in this process when waited for (--workers 1)."""
 
@@ -190,18 +206,8 @@ class LocalPool:
         self._next = 0
 
     def _limit_to(self, frame: tuple[int, int]) -> None:
-        """Lower the limit to the workers the available memory holds for frames of this size, and say so."""
-        fits = self.engine.local_workers(frame)
-        if fits < self.limit:
-            from unflicker.config import MAIN_MEMORY, WORKER_MEMORY, available_memory
-
-            pixels = frame[0] * frame[1]
-            free = (available_memory() or 0) / 2**30
-            warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {self.limit}: at {frame[0]}x{frame[1]} each "
-                          f"takes up to about {(WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels) / 2**30:.1f} GB and the "
-                          f"run itself {(MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels) / 2**30:.1f} GB, with "
-                          f"{free:.1f} GB free (--workers N sets the number)", stacklevel=2)
-            self.limit = fits
+        """Lower the limit to the workers the available memory holds for frames of this size."""
+        self.limit = workers_for(self.engine, frame, self.limit)
 
     def fit(self, frame: tuple[int, int]) -> None:
         self._limit_to(frame)
@@ -355,7 +361,9 @@ class RayEngine:
     POLL_S = 0.5
     """While tasks run, the driver reads their progress from the board this often."""
 
-    def __init__(self, engine: EngineConfig):
+    def __init__(self, engine: EngineConfig, frame: tuple[int, int] | None = None):
+        """frame: the largest (width, height) of the run's videos so far: a local Ray of the run's own gets no
+        more CPUs than the available memory holds workers for (its count is fixed at its start)."""
         try:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
@@ -367,7 +375,8 @@ class RayEngine:
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if self.local:
                 # address "local": a Ray of its own, even where one runs on this machine or RAY_ADDRESS is set
-                options.update(address="local", num_cpus=engine.local_workers() * engine.threads,
+                workers = engine.local_workers() if frame is None else workers_for(engine, frame, engine.local_workers())
+                options.update(address="local", num_cpus=workers * engine.threads,
                                _node_ip_address="127.0.0.1")
             else:
                 _check_reachable(engine.ray_address)
@@ -404,7 +413,7 @@ class RayEngine:
         pass  # Ray's workers build the method with their first task
 
     def fit(self, frame: tuple[int, int]) -> None:
-        pass  # Ray schedules by CPUs and watches its nodes' memory itself
+        pass  # a Ray's CPUs are fixed at its start (a local one's by `workers_for`); Ray watches its nodes' memory
 
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
@@ -481,7 +490,7 @@ def make_executor(engine: EngineConfig, tasks: int | None = None, frame: tuple[i
     runs in this process, whose method is loaded already, and a pool starts no idle workers; `frame`,
     the largest (width, height) of the run's videos so far: a pool runs no more workers than memory holds."""
     if engine.engine == "ray":
-        return RayEngine(engine)
+        return RayEngine(engine, frame)
     if engine.local_workers() == 1 or tasks == 1:
         return InProcess(engine)
     return LocalPool(engine, tasks, frame)
