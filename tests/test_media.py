@@ -314,6 +314,19 @@ def test_10_bit_h264_is_said_not_to_play_everywhere(tmp_path):
     assert "(High 4:2:2)" in dropped and "at an even frame size: an odd one is written 4:4:4" in dropped
 
 
+def test_an_odd_frame_size_in_8_bit_h264_is_said_not_to_play_everywhere(tmp_path):
+    """8-bit H.264 keeps an odd size only as 4:4:4 (High 4:4:4 Predictive), which browsers do not play: said in one
+    line; nothing for an even size, a 4:4:4 source, or .mkv."""
+    info = io.probe(make_clip(tmp_path / "src.mkv", "ffv1", "yuv420p"))
+    odd = dataclasses.replace(info, width=W + 1)
+    plan = io.plan_output(tmp_path / "o.mp4", odd)
+    assert plan.pix_fmt == "yuv444p"
+    assert any(line.startswith(f"an odd frame size ({W + 1}x{H}) is written as 4:4:4 H.264") for line in plan.dropped)
+    for case, name, depth in ((info, "o.mp4", None), (odd, "o.mkv", None), (dataclasses.replace(odd, chroma="444"),
+                              "o.mp4", 10), (dataclasses.replace(info, chroma="rgb"), "o.mp4", 10)):
+        assert not any("odd frame size" in line for line in io.plan_output(tmp_path / name, case, bit_depth=depth).dropped)
+
+
 def test_gray16_stays_grey_16_bit(tmp_path):
     src = make_clip(tmp_path / "scan.mkv", "ffv1", "gray16le")
     info = io.probe(src)

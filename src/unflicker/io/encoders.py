@@ -174,7 +174,8 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
     if encoder in ("libx264", "libx265"):
         if bits == 8 and encoder == "libx264":
             chroma = "420"  # 8-bit H.264 output as before: 4:2:0, 4:4:4 for odd sizes
-        if (chroma == "420" and not even) or (chroma == "422" and info.width % 2):
+        odd = (chroma == "420" and not even) or (chroma == "422" and info.width % 2 == 1)
+        if odd:
             chroma = "444"
         plan.pix_fmt = f"yuv{chroma}p" + ("" if bits == 8 else f"{bits}le")
         plan.options = _x26x_options(encoder, fmt, info)
@@ -184,6 +185,10 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
                                 f"--bit-depth 8 for playback nearly everywhere"
                                 f"{'' if even else ' (at an even frame size: an odd one is written 4:4:4)'}; "
                                 f".mkv (FFV1) or .mov (ProRes) to archive at full depth")
+        elif encoder == "libx264" and odd:  # 4:4:4 only to keep an odd size
+            plan.dropped.append(f"an odd frame size ({info.width}x{info.height}) is written as 4:4:4 H.264 to keep every "
+                                f"pixel, which most web browsers and many players do not play: crop or pad the input "
+                                f"to an even size for playback nearly everywhere; .mkv (FFV1) keeps it losslessly")
     elif encoder == "prores_ks":
         full = info.has_alpha or chroma == "444"
         plan.pix_fmt = "yuva444p10le" if info.has_alpha else "yuv444p10le" if full else "yuv422p10le"
