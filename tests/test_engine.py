@@ -212,14 +212,40 @@ def test_a_pool_retires_idle_workers_when_a_larger_video_starts(monkeypatch):
     from unflicker.engine import LocalPool
 
     monkeypatch.setattr(config, "machine_cores", lambda: 3)
-    monkeypatch.setattr(config, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(config, "available_memory", lambda: 6 * 2**30)  # 7 workers at 64x48, 2 at 4K
     pool = LocalPool(EngineConfig(), tasks=3, frame=(64, 48))
     try:
         assert len(pool._pool) == 3 and pool.capacity == 4
-        monkeypatch.setattr(config, "available_memory", lambda: 6 * 2**30)
         with pytest.warns(UserWarning, match=r"2 workers at once, not 3: at 3840x2160"):
             pool.fit((3840, 2160))
         assert len(pool._pool) == 2 and pool.capacity == 3
+    finally:
+        pool.close()
+
+
+def test_a_pool_counts_the_memory_it_had_before_its_own_workers_took_any(monkeypatch):
+    """The free memory falls as the pool's own workers load and run: a job start (run_jobs calls `fit` after
+    each) measured it again and cut the pool (and warned) for memory its workers hold, down to one worker in
+    a batch; a video no larger changes nothing, a larger one counts the memory free when the pool started."""
+    import warnings as warnings_module
+
+    import unflicker.config as config
+    from unflicker.engine import LocalPool
+
+    monkeypatch.setattr(config, "machine_cores", lambda: 4)
+    monkeypatch.setattr(config, "available_memory", lambda: 8 * 2**30)
+    pool = LocalPool(EngineConfig(), tasks=1, frame=(1920, 1080))
+    try:
+        assert pool.limit == 4
+        monkeypatch.setattr(config, "available_memory", lambda: 2 * 2**30)  # the pool's workers took 6 GB
+        with warnings_module.catch_warnings():
+            warnings_module.simplefilter("error")
+            pool.fit((1920, 1080))  # the same size again (the batch's next video): no cut, no warning
+            pool.fit((854, 480))
+        assert pool.limit == 4 and pool.capacity == 5
+        with pytest.warns(UserWarning, match=r"3 workers at once, not 4: at 3840x2160 .* with 8.0 GB free"):
+            pool.fit((3840, 2160))  # (8 GB - 1.7) / 2.0 GB: 3, not the 1 of the 2 GB free now
+        assert pool.limit == 3 and pool.capacity == 4
     finally:
         pool.close()
 

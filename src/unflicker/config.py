@@ -111,10 +111,11 @@ def available_memory() -> int | None:
     return min(sizes) if sizes else None
 
 
-def workers_that_fit(width: int, height: int) -> int | None:
+def workers_that_fit(width: int, height: int, free: int | None = None) -> int | None:
     """How many local workers the available memory holds beside the main process for frames of this size
-    (at least 1); None where the available memory is not known."""
-    free = available_memory()
+    (at least 1); None where the available memory is not known. free: the bytes to count on (None: the
+    `available_memory` now)."""
+    free = available_memory() if free is None else free
     if free is None:
         return None
     pixels = width * height
@@ -167,13 +168,14 @@ class EngineConfig:
         if self.retries < 0:
             raise InputError(f"retries must be >= 0, got {self.retries}")
 
-    def local_workers(self, frame: tuple[int, int] | None = None) -> int:
+    def local_workers(self, frame: tuple[int, int] | None = None, free: int | None = None) -> int:
         """Workers of a local run: --workers, else one per `threads` cores, no more than the available memory
-        holds for frames of size `frame` (width, height) where it is given (`workers_that_fit`)."""
+        (`free` bytes where given) holds for frames of size `frame` (width, height) where it is given
+        (`workers_that_fit`)."""
         if self.workers is not None:
             return self.workers
         cores = max(1, machine_cores() // self.threads)
-        fits = None if frame is None else workers_that_fit(*frame)
+        fits = None if frame is None else workers_that_fit(*frame, free)
         return cores if fits is None else min(cores, fits)
 
     def lanes_for(self, running: int) -> int:

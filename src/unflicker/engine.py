@@ -71,15 +71,17 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int) -> int:
-    """At most `limit` workers, no more than the available memory holds for frames of this size (`--workers`
-    given: as given); a warning names the numbers where the memory is what limits them."""
-    fits = min(limit, engine.local_workers(frame))
-    if fits < limit:
-        from unflicker.config import MAIN_MEMORY, WORKER_MEMORY, available_memory
+def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int, free: int | None = None) -> int:
+    """At most `limit` workers, no more than the available memory (`free` bytes where given) holds for frames
+    of this size (`--workers` given: as given); a warning names the numbers where the memory is what limits
+    them."""
+    from unflicker.config import MAIN_MEMORY, WORKER_MEMORY, available_memory
 
+    free = available_memory() if free is None else free
+    fits = min(limit, engine.local_workers(frame, free))
+    if fits < limit:
         pixels = frame[0] * frame[1]
-        free = (available_memory() or 0) / 2**30
+        free = (free or 0) / 2**30
         warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {limit}: at {frame[0]}x{frame[1]} each "
                       f"takes up to about {(WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels) / 2**30:.1f} GB and the "
                       f"run itself {(MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels) / 2**30:.1f} GB, with "
@@ -193,7 +195,13 @@ class LocalPool:
         """tasks: how many tasks the run has, or will have at least, if known: that many workers start
         now (at most engine.local_workers(frame)); more start only when tasks wait for them. frame: the
         largest (width, height) of the run's videos so far (see `fit`)."""
+        from unflicker.config import available_memory
+
         self.engine = engine
+        # Measured once, before this pool's workers take any: measured again later it would count their
+        # memory as taken and cut the pool at each job's start (and warn each time).
+        self._free = available_memory()
+        self._fitted = 0  # the pixels of the largest frame the limit counts
         self.limit = engine.local_workers()
         if frame is not None:
             self._limit_to(frame)
@@ -206,8 +214,11 @@ class LocalPool:
         self._next = 0
 
     def _limit_to(self, frame: tuple[int, int]) -> None:
-        """Lower the limit to the workers the available memory holds for frames of this size."""
-        self.limit = workers_for(self.engine, frame, self.limit)
+        """Lower the limit to the workers the memory free at the pool's start holds for frames of this size
+        (a frame no larger than one counted already changes nothing)."""
+        if frame[0] * frame[1] > self._fitted:
+            self._fitted = frame[0] * frame[1]
+            self.limit = workers_for(self.engine, frame, self.limit, self._free)
 
     def fit(self, frame: tuple[int, int]) -> None:
         self._limit_to(frame)
