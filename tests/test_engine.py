@@ -197,6 +197,39 @@ def test_default_workers_are_as_many_as_the_memory_holds(monkeypatch):
     assert engine.local_workers((3840, 2160)) == 16
 
 
+def test_the_free_memory_counts_every_cgroup_limit_and_not_its_page_cache(tmp_path):
+    """A container's limit was read from /sys/fs/cgroup/memory.max alone: a cgroup v1 container (Docker on
+    older hosts), a limit on a parent cgroup (a systemd slice) or a cgroup not at the mount's root went
+    unseen, and the page cache the cgroup could drop (the input video, read) counted as taken."""
+    from unflicker.config import available_memory
+
+    gb = 2**30
+
+    def machine(cgroup_lines: str, files: dict) -> tuple[str, str]:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/meminfo").write_text(f"MemTotal: {64 * gb // 1024} kB\nMemAvailable: {20 * gb // 1024} kB\n")
+        (root / "proc/self/cgroup").write_text(cgroup_lines)
+        for name, text in files.items():
+            (root / "cg" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / "cg" / name).write_text(text)
+        return str(root / "proc"), str(root / "cg")
+
+    assert available_memory(*machine("0::/\n", {})) == 20 * gb  # no limit: MemAvailable
+    v1 = {"memory/memory.limit_in_bytes": f"{4 * gb}\n", "memory/memory.usage_in_bytes": f"{3 * gb}\n",
+          "memory/memory.stat": f"cache {2 * gb}\ninactive_file 1\ntotal_inactive_file {2 * gb}\n"}
+    assert available_memory(*machine("12:memory:/docker/abc\n11:cpu,cpuacct:/docker/abc\n", v1)) == 3 * gb
+    unlimited_v1 = {"memory/memory.limit_in_bytes": "9223372036854771712\n", "memory/memory.usage_in_bytes": "5\n"}
+    assert available_memory(*machine("4:memory:/user.slice\n", unlimited_v1)) == 20 * gb
+    nested = {"user.slice/memory.max": f"{2 * gb}\n", "user.slice/memory.current": f"{gb}\n",
+              "user.slice/memory.stat": f"anon 1\ninactive_file {gb // 2}\n",
+              "user.slice/run.scope/memory.max": "max\n", "user.slice/run.scope/memory.current": "5\n"}
+    assert available_memory(*machine("0::/user.slice/run.scope\n", nested)) == gb + gb // 2
+    namespaced = {"memory.max": f"{8 * gb}\n", "memory.current": f"{6 * gb}\n",
+                  "memory.stat": f"inactive_file {4 * gb}\n"}
+    assert available_memory(*machine("0::/\n", namespaced)) == 6 * gb
+
+
 def test_a_run_takes_fewer_workers_where_memory_is_short_and_says_so(flickering, reference, tmp_path, monkeypatch):
     import unflicker.config as config
 

@@ -93,21 +93,53 @@ MAIN_MEMORY = (0.2 * GB, 190)
 """The same for the run's main process (decoding, stitching, encoding): 0.18, 0.50 and 1.50 GB measured."""
 
 
-def available_memory() -> int | None:
-    """Bytes this process tree may still take: the kernel's MemAvailable, less where a cgroup (a container)
-    allows less; None where neither can be read (not Linux)."""
+def _cgroup_room(folder: Path, limit: str, usage: str, inactive: str) -> int | None:
+    """Bytes a cgroup's memory limit still allows (None: no limit there, or not readable): the limit less what
+    the cgroup uses, its inactive page cache (which the kernel drops for it) not counted as used."""
+    try:
+        text = (folder / limit).read_text().strip()
+        if text == "max" or int(text) >= 2**60:  # v2's "max", v1's page-rounded LLONG_MAX: no limit
+            return None
+        used = int((folder / usage).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        stat = dict(line.split()[:2] for line in (folder / "memory.stat").read_text().splitlines() if line.strip())
+        used -= int(stat.get(inactive, 0))
+    except (OSError, ValueError):
+        pass
+    return int(text) - max(used, 0)
+
+
+def available_memory(proc: str = "/proc", cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process tree may still take: the kernel's MemAvailable, less where a cgroup (a container, a
+    systemd slice) allows less: this process's own and its ancestors', cgroup v2 or v1's memory controller
+    (a container sees its own at the mount's root); None where nothing can be read (not Linux)."""
     sizes = []
     try:
-        with open("/proc/meminfo") as f:
+        with open(f"{proc}/meminfo") as f:
             sizes += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            sizes.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
+        lines = Path(proc, "self", "cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: one hierarchy, mounted at `cgroup`
+            root, names = Path(cgroup), ("memory.max", "memory.current", "inactive_file")
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own mount
+            root, names = Path(cgroup, "memory"), ("memory.limit_in_bytes", "memory.usage_in_bytes",
+                                                   "total_inactive_file")
+        else:
+            continue
+        parts = [part for part in path.strip().split("/") if part and part != ".."]
+        for depth in range(len(parts), -1, -1):  # its own cgroup, then each parent: every limit binds
+            folder = root.joinpath(*parts[:depth])
+            room = _cgroup_room(folder, *names) if folder.is_dir() else None
+            if room is not None:
+                sizes.append(room)
     return min(sizes) if sizes else None
 
 
