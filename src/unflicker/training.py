@@ -176,14 +176,15 @@ def check_fresh_output(config, weights_name: str) -> None:
                          "folder, or --no-resume to replace it")
 
 
-def nothing_to_do(config, state: dict | None, weights: Path) -> str | None:
+def nothing_to_do(config, state: dict | None, weights: Path, max_seconds: float = 0.0) -> str | None:
     """The one line a rerun says instead of running where its run has nothing left to do: checkpoint
-    `state` is at --steps (or --stop-at, or out of --max-seconds) and `weights` are the ones saved at
-    that step (their JSON records its step and config, their digest matches). None where the run goes
-    on: steps left, or no such weights (a kill after the last checkpoint: validated and saved again)."""
+    `state` is at --steps (or --stop-at, or out of `max_seconds`, the run's --max-seconds where it has
+    one) and `weights` are the ones saved at that step (their JSON records its step and config, their
+    digest matches). None where the run goes on: steps left, or no such weights (a kill after the last
+    checkpoint: validated and saved again)."""
     if state is None or state.get("config") is None:
         return None
-    step, max_seconds = state["step"], getattr(config, "max_seconds", 0.0)
+    step = state["step"]
     if step >= config.steps:
         why, then = f"finished at step {step} of --steps {config.steps}", "more --steps goes on"
     elif config.stop_at and step >= config.stop_at:

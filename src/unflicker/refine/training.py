@@ -258,7 +258,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         ckpt_path = out_dir / "checkpoint.pt"
         state = checkpoint_to_resume(config, ckpt_path, device)  # refused before the clips are cached
         weights = out_dir / "refine.safetensors"
-        done = nothing_to_do(config, state, weights)
+        done = nothing_to_do(config, state, weights, config.max_seconds)
         if done:  # a rerun of a run with nothing left to do: no step, no validation, nothing written
             return {"steps": state["step"], "weights": str(weights), "nothing_to_do": done}
         make_folder(cache_dir)
