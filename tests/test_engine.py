@@ -486,6 +486,28 @@ def descendants(root: int, table) -> set[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_ray_watchdog_finds_an_agent_of_a_session_named_through_a_symlink(tmp_path):
+    """/proc names a process's open files by their real path: a session folder under a symlinked temporary
+    folder (TMPDIR=/scratch, a link to a larger disk) never matched, and the agents lived their minute on."""
+    from unflicker import ray_watchdog
+
+    real = tmp_path / "disk" / "session_2026-01-01_00-00-00_000000_1"
+    real.mkdir(parents=True)
+    (tmp_path / "scratch").symlink_to(tmp_path / "disk")
+    session = str(tmp_path / "scratch" / real.name)
+    agent = subprocess.Popen(["bash", "-c", f'exec -a "ray::DashboardAgent" {sys.executable} -c "import sys, time; '
+                              f'f = open(sys.argv[1], \'w\'); print(1, flush=True); time.sleep(60)" '
+                              f'{real / "agent.log"}'], stdout=subprocess.PIPE)
+    try:
+        assert agent.stdout.readline().strip() == b"1"
+        assert ray_watchdog.ray_with_files(str(agent.pid), session)
+        assert not ray_watchdog.ray_with_files(str(agent.pid), str(tmp_path / "disk" / "session_other"))
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_run_killed_outright_takes_its_own_ray_with_it(flickering, tmp_path):
     """kill -9 of a run with a local Ray of its own: every process under it is gone within 15 s (zombies aside)
     and so is the session folder. Ray's kernel fate sharing took the processes the driver started, but the

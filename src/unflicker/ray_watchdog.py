@@ -38,11 +38,13 @@ def raylets_child(pid: str, raylet: str) -> bool:
 
 def ray_with_files(pid: str, session: str) -> bool:
     """An agent (its `ray::` title overwrote its environment in /proc): that title and a file open in the
-    session folder."""
+    session folder (/proc names open files by their real path: the session's is compared, also where the
+    folder is named through a symlink, a TMPDIR that links to another disk)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             if f.read(5) != b"ray::":
                 return False
+        session = os.path.realpath(session)
         for fd in os.listdir(f"/proc/{pid}/fd"):
             try:
                 if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(session + "/"):
