@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -704,3 +705,46 @@ def test_api_options_for_files_are_refused_for_arrays():
     for option in ({"plot_label": "clip"}, {"crf": 20}):
         with pytest.raises(InputError, match="apply only to a path input"):
             unflicker.deflicker(clip(4), method="classical", progress=False, **option)
+
+
+# --- the library inside another program ----------------------------------------------------------
+
+def call_in_threads(calls):
+    """Run each call on a thread of its own, all at once; their results in order (an error is raised here)."""
+    results = [None] * len(calls)
+
+    def run(i):
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def test_api_called_from_two_threads_at_once_gives_each_its_own_clip(monkeypatch):
+    """The segments of one process shared the cached method, which holds its segment's analysis: two calls at
+    once (threads of a program embedding the library) corrected one clip with the other's flicker."""
+    from unflicker.methods import ClassicalMethod
+
+    clips = [clip(8, seed=1), clip(8, seed=2)]
+    expected = [unflicker.deflicker(frames, method="classical", progress=False) for frames in clips]
+    both = threading.Barrier(2, timeout=30)
+    analyze = ClassicalMethod.analyze
+
+    def analyze_together(self, *args, **kwargs):  # each call's analysis done before either call's pass
+        analyze(self, *args, **kwargs)
+        both.wait()
+
+    monkeypatch.setattr(ClassicalMethod, "analyze", analyze_together)
+    results = call_in_threads([lambda f=frames: unflicker.deflicker(f, method="classical", progress=False)
+                               for frames in clips])
+    assert all(np.array_equal(result, want) for result, want in zip(results, expected))

@@ -140,6 +140,9 @@ class SegmentResult:
 
 _METHOD_CACHE: dict[str, object] = {}
 _PRELOADING: dict[str, Future] = {}
+_IN_USE: set[int] = set()
+"""ids of the cached methods segments are running with (`take_method`)."""
+_CACHE_LOCK = threading.Lock()
 
 
 def _method_key(spec: MethodSpec) -> str:
@@ -169,13 +172,34 @@ def preload_method(spec: MethodSpec) -> None:
 def build_method(spec: MethodSpec):
     """The method for a spec, built once per process (the neural method loads its weights then)."""
     key = _method_key(spec)
-    done = {k: _PRELOADING.pop(k) for k in list(_PRELOADING)}
+    with _CACHE_LOCK:  # another thread's call may be taking them too
+        done = {k: _PRELOADING.pop(k) for k in list(_PRELOADING)}
     failed = {k: preload.exception() is not None for k, preload in done.items()}  # every preload ends first
     if key in done and not failed[key]:  # a failed preload is built again below, to raise here
         return done[key].result()
     if key not in _METHOD_CACHE:
         return _build(spec)
     return _METHOD_CACHE[key]
+
+
+def take_method(spec: MethodSpec):
+    """The method for a spec, for one segment alone until `release_method`: the cached one (`build_method`),
+    or a fresh one where another segment of this process is running with that (the library called from two
+    threads at once): a method keeps its segment's analysis between its calls."""
+    method = build_method(spec)
+    with _CACHE_LOCK:
+        if id(method) not in _IN_USE:
+            _IN_USE.add(id(method))
+            return method
+    from unflicker.methods import METHODS
+
+    return METHODS[spec.name](spec.config)
+
+
+def release_method(method) -> None:
+    """The segment that took `method` is done with it."""
+    with _CACHE_LOCK:
+        _IN_USE.discard(id(method))
 
 
 _MALLOC_KEPT = False
@@ -322,7 +346,7 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
         marker.write_text(str(os.getpid()))
     out: np.ndarray | FrameFile | None = None
     behind: Behind | None = None
-    frames = None
+    frames = method = None
     temp = None if task.output is None else \
         Path(task.output).with_name(f".{Path(task.output).name}.partial-{socket.gethostname()}-{os.getpid()}")
     try:
@@ -332,7 +356,7 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
             raise InputError(f"segment {task.segment.index}: expected {n} frames (T, H, W, 3), got {frames.shape}")
         # Built (or a preload awaited) before fixed_threads: threadpoolctl walks the loaded libraries
         # under the dynamic loader's lock, which a preload thread's import may be waiting for.
-        method = build_method(task.method)
+        method = take_method(task.method)
         done = SegmentProgress(progress, method.analysis_share, n)
         with fixed_threads(task.threads):
             # Each frame read and converted one ahead on the lane while the method takes the last one in.
@@ -400,3 +424,5 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
             temp.unlink(missing_ok=True)
         if marker is not None:
             marker.unlink(missing_ok=True)
+        if method is not None:
+            release_method(method)
