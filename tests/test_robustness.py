@@ -748,3 +748,42 @@ def test_api_called_from_two_threads_at_once_gives_each_its_own_clip(monkeypatch
     results = call_in_threads([lambda f=frames: unflicker.deflicker(f, method="classical", progress=False)
                                for frames in clips])
     assert all(np.array_equal(result, want) for result, want in zip(results, expected))
+
+
+def test_thread_counts_are_restored_after_calls_at_once_end_in_any_order():
+    """Each segment saved the OpenCV, torch and BLAS thread counts it found and set them back as it ended: of
+    two at once, the one ending last set back the other's one thread, for the rest of the program."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from unflicker.segments import fixed_threads
+
+    def counts():
+        return cv2.getNumThreads(), torch.get_num_threads(), [pool["num_threads"] for pool in threadpool_info()
+                                                              if pool["user_api"] == "blas"]
+
+    old_cv, old_torch = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(3)
+    torch.set_num_threads(3)
+    try:
+        before = counts()
+        first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+        def first():
+            with fixed_threads(1):
+                first_in.set()
+                second_in.wait(30)
+            first_out.set()
+
+        def second():
+            first_in.wait(30)
+            with fixed_threads(1):
+                second_in.set()
+                first_out.wait(30)
+                assert counts()[:2] == (1, 1)  # still fixed while this segment runs
+
+        call_in_threads([first, second])
+        assert counts() == before
+    finally:
+        cv2.setNumThreads(old_cv)
+        torch.set_num_threads(old_torch)

@@ -230,25 +230,50 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 1 << 30)
 
 
+_THREADS_LOCK = threading.Lock()
+_threads_held = 0
+"""Segments of this process inside `fixed_threads` (the library called from threads at once)."""
+_threads_restore: Callable[[], None] | None = None
+
+
 @contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
     """Torch, OpenCV and NumPy's BLAS use exactly n threads in the body (restored after).
 
     The BLAS matters too: OpenBLAS starts a thread per core for the projection's small matrix
     products, and its threads spin while they wait, so two one-thread workers on two cores ran
-    four busy threads (the projection alone took 1.5x the time and 1.7x the CPU on a loaded machine)."""
+    four busy threads (the projection alone took 1.5x the time and 1.7x the CPU on a loaded machine).
+    The counts are the process's: where segments run on several threads at once (the library called
+    from threads of a program), the last one out restores the counts the first one in found."""
+    global _threads_held, _threads_restore
     import cv2
+    import torch
     from threadpoolctl import threadpool_limits
 
-    from unflicker.atlas.common import torch_threads
+    with _THREADS_LOCK:
+        if _threads_held == 0:
+            old_cv, old_torch = cv2.getNumThreads(), torch.get_num_threads()
+            blas = threadpool_limits(limits=n, user_api="blas")
 
-    old_cv = cv2.getNumThreads()
-    cv2.setNumThreads(n)
+            def restore() -> None:
+                cv2.setNumThreads(old_cv)
+                torch.set_num_threads(old_torch)
+                blas.restore_original_limits()
+
+            _threads_restore = restore
+        else:
+            threadpool_limits(limits=n, user_api="blas")
+        _threads_held += 1
+        cv2.setNumThreads(n)
+        torch.set_num_threads(max(1, n))
     try:
-        with torch_threads(n), threadpool_limits(limits=n, user_api="blas"):
-            yield
+        yield
     finally:
-        cv2.setNumThreads(old_cv)
+        with _THREADS_LOCK:
+            _threads_held -= 1
+            if _threads_held == 0:
+                _threads_restore()
+                _threads_restore = None
 
 
 def _open_frames(frames: np.ndarray | Path):
