@@ -787,3 +787,19 @@ def test_thread_counts_are_restored_after_calls_at_once_end_in_any_order():
     finally:
         cv2.setNumThreads(old_cv)
         torch.set_num_threads(old_torch)
+
+
+def test_the_atlas_fit_leaves_the_programs_torch_random_numbers_alone():
+    """Each atlas fit (every neural call) seeded torch's global generator (torch.manual_seed): a program's own
+    draws after a call were the same every time, whatever it had seeded. Its generator is now where it was
+    (grid: never used; MLP: its initial weights from a generator forked for them), the atlas the same bits."""
+    import torch
+
+    from unflicker.atlas import AtlasConfig, fit
+
+    frames = clip(4, h=32, w=32).astype(np.float32) / 255
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    for backend in ("grid", "mlp"):
+        atlases = [fit(frames, None, AtlasConfig(backend=backend, steps=2)).render(0) for _ in range(2)]
+        assert torch.equal(torch.random.get_rng_state(), state) and np.array_equal(*atlases), backend

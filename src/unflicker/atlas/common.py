@@ -7,6 +7,7 @@ shifts uv by s), x first.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,6 +70,19 @@ def resolve_device(device: str | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
     return dev
+
+
+_SEEDED = threading.Lock()
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's default (CPU) generator starts from `seed` in the body (networks' initial weights); after it,
+    the program's own generator is where it was (a program embedding the library draws on as if it had not
+    run; CUDA's generators are left alone). One thread at a time: the generator is the process's."""
+    with _SEEDED, torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 @contextmanager

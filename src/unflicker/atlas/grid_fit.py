@@ -266,8 +266,7 @@ def fit_grid(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: Atlas
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]
     opts, wts = config.grid, config.weights
-    torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # its only random numbers: the program's are not touched
     trusted = prepare_flows(frames, flows, FLOW_THRESHOLD, config.flow_preset, lanes)
     ref = n // 2
     mats = chain_transforms(trusted, n, opts.motion, ref)

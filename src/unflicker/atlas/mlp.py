@@ -22,6 +22,7 @@ from unflicker.atlas.common import (
     prepare_flows,
     resolve_device,
     rigidity_energy,
+    seeded,
 )
 from unflicker.atlas.config import AtlasConfig
 from unflicker.flow import FlowPair
@@ -203,10 +204,11 @@ def fit_mlp(frames: np.ndarray, flows: Sequence[FlowPair] | None, config: AtlasC
     frames = check_frames(frames)
     n, h, w = frames.shape[:3]
     device, opts = resolve_device(config.device), config.mlp
-    torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    mapping = CoordinateMLP(3, 2, opts.mapping_width, opts.mapping_layers).to(device)
-    atlas = CoordinateMLP(2, 3, opts.atlas_width, opts.atlas_layers, opts.frequencies, opts.atlas_skips).to(device)
+    with seeded(config.seed):  # the initial weights
+        mapping = CoordinateMLP(3, 2, opts.mapping_width, opts.mapping_layers)
+        atlas = CoordinateMLP(2, 3, opts.atlas_width, opts.atlas_layers, opts.frequencies, opts.atlas_skips)
+    mapping, atlas = mapping.to(device), atlas.to(device)
     start = time.monotonic()
     deadline = math.inf if config.time_budget_s is None else start + config.time_budget_s
     trusted = prepare_flows(frames, flows, opts.flow_threshold, config.flow_preset)
