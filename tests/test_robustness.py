@@ -699,6 +699,13 @@ def test_eval_of_frames_too_small_for_ssim_gives_the_other_scores(tmp_path, caps
     assert "psnr" in out and "warp_error" in out and "detail" in out and "ssim" not in out
 
 
+@pytest.mark.parametrize("shape", [(3, 0, 0, 3), (3, 0, 5, 3), (3, 5, 0), (2, 0, 4, 4)])
+def test_api_frames_of_no_pixels_are_an_input_error(shape):
+    """(T, 0, 0, 3) raised a ZeroDivisionError from the cut detection, not the library's InputError."""
+    with pytest.raises(InputError, match="hold no picture"):
+        unflicker.deflicker(np.zeros(shape, np.uint8), method="classical", progress=False)
+
+
 def test_api_options_for_files_are_refused_for_arrays():
     """plot_label (the plot's name for the input) was silently ignored for an array; the other file options
     were refused."""

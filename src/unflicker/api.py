@@ -42,6 +42,8 @@ class _FloatFrames(Sequence):
         if first.ndim != 3 or first.shape[2] not in (1, 3, 4):
             raise InputError(f"expected frames of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
                              f"got {np.shape(frames[0])}")
+        if 0 in first.shape[:2]:
+            raise InputError(f"frames of {first.shape[1]}x{first.shape[0]} pixels hold no picture")
         # Computed in the machine's byte order (big-endian frames: FITS files); returned in the input's.
         self.native = first.dtype.newbyteorder("=")
         if not (np.issubdtype(self.native, np.floating) or self.native in (np.uint8, np.uint16)):
