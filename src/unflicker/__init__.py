@@ -15,7 +15,8 @@ __all__ = ["InputError", "OutputError", "UnflickerError", "WeightsError", "__ver
 def deflicker(frames_or_path, output=None, method=None, **options):
     """Remove flicker from a video file, a frame folder, or an in-memory clip.
 
-    See `unflicker.api.deflicker` for the arguments. Imported on first call so that
+    See `unflicker.api.deflicker` for the arguments, what it returns and the errors it raises (every one an
+    `UnflickerError`: InputError, OutputError, WeightsError). Imported on first call so that
     `import unflicker` stays cheap (no video, OpenCV or torch libraries at import).
     """
     from unflicker.api import deflicker as _deflicker

@@ -103,6 +103,12 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
     Returns the RunSummary for a path, else the deflickered clip as an array with the input's
     shape ((T, ...) for a list) and dtype.
+    Raises (all `unflicker.UnflickerError`): InputError for a bad input or option, OutputError where the
+    output cannot be written, WeightsError for missing or mismatched network weights, UnflickerError for
+    the rest (a worker that kept dying, Ray unreachable). What cannot be checked ahead is warned about
+    (`warnings`: e.g. the classical method taken for frames too small for the neural one). An error or a
+    KeyboardInterrupt leaves no output, temporary files or worker processes behind.
+    Safe to call from any thread, and from several at once (a run on its own local Ray: one at a time).
     """
     config = _config(method, options)
     if isinstance(frames_or_path, (str, os.PathLike)):
