@@ -810,3 +810,17 @@ def test_the_atlas_fit_leaves_the_programs_torch_random_numbers_alone():
     for backend in ("grid", "mlp"):
         atlases = [fit(frames, None, AtlasConfig(backend=backend, steps=2)).render(0) for _ in range(2)]
         assert torch.equal(torch.random.get_rng_state(), state) and np.array_equal(*atlases), backend
+
+
+def test_loading_the_networks_leaves_the_programs_torch_random_numbers_alone():
+    """Building the filter and the refinement drew their (then overwritten) initial weights from torch's global
+    generator, so a program's draws after a call depended on it."""
+    import torch
+
+    from unflicker.filter import NeuralFilter
+    from unflicker.refine import LocalRefiner
+
+    torch.manual_seed(1234)
+    state = torch.random.get_rng_state()
+    NeuralFilter.load(device="cpu"), LocalRefiner.load(device="cpu")
+    assert torch.equal(torch.random.get_rng_state(), state)

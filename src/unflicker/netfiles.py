@@ -57,13 +57,17 @@ def load_network(path: Path, what: str, fmt: str, version: int,
     Raises WeightsError if a file is missing or unreadable, the format or version differs, the
     config is bad, or a tensor is missing, unexpected or of the wrong shape.
     """
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     meta = read_meta(path, what, fmt, version)
     meta_path = path.with_suffix(".json")
     try:
-        net = build(meta["network"])
+        # Its initial weights, overwritten below, are drawn in a fork of torch's generator: a program using the
+        # library draws on as if the weights had not been loaded.
+        with torch.random.fork_rng(devices=[]):
+            net = build(meta["network"])
     except (KeyError, TypeError, UnflickerError) as exc:
         raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
     try:
