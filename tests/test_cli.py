@@ -500,3 +500,21 @@ def test_an_output_name_too_long_is_one_line_before_the_run(tmp_path, clips, cap
         assert code == 3 and len(lines) == 1 and lines[0].startswith("unflicker: error:"), err
         assert ("File name too long" if len(name) > 255 else "choose a shorter one") in err
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_a_stopped_run_with_keep_work_says_its_segments_stay(tmp_path, capsys, monkeypatch, command):
+    """Ctrl-C (or kill) of a run with --keep-work said only "no partial output was left", as if its work were
+    lost: the finished segments stay in the work folder and the same command resumes from them."""
+    from unflicker import cli
+
+    def interrupted(*_, **__):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_" + command, interrupted)
+    code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4",
+                           "--keep-work", tmp_path / "work")
+    assert code == 130 and err.strip() == (f"unflicker: interrupted; no partial output was left; finished segments "
+                                           f"stay in {tmp_path / 'work'}: the same command runs only the rest")
+    code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4")
+    assert code == 130 and err.strip() == "unflicker: interrupted; no partial output was left"

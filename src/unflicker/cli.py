@@ -303,10 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
-        print("unflicker: terminated; no partial output was left", file=sys.stderr)
+        print(f"unflicker: terminated; {_stopped(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("unflicker: interrupted; no partial output was left", file=sys.stderr)
+        print(f"unflicker: interrupted; {_stopped(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         if not _stdout_gone():
@@ -314,6 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         # What reads our output has gone (`| head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
         return 141
+
+
+def _stopped(args) -> str:
+    """What a stopped run left: no partial output, and with --keep-work the segments a rerun reuses."""
+    keep = getattr(args, "keep_work", None)
+    resume = f"; finished segments stay in {keep}: the same command runs only the rest" if keep else ""
+    return "no partial output was left" + resume
 
 
 def _stdout_gone() -> bool:
