@@ -290,3 +290,13 @@ def test_an_output_named_like_an_image_is_a_folder_and_says_so(tmp_path, flicker
         deflicker_file(flickering_folder, tmp_path / "out.png", RunConfig(method="classical", progress=False))
     assert (tmp_path / "out.png").is_dir() and len(list((tmp_path / "out.png").iterdir())) == \
         len(list(flickering_folder.iterdir()))
+
+
+def test_the_summary_line_of_a_one_frame_input_says_frame():
+    """A one-frame input was summed up as "wrote out.mp4: 1 frames in ..."."""
+    from pathlib import Path
+
+    from unflicker.pipeline import RunSummary
+
+    assert RunSummary(Path("out.mkv"), 1, 1.0, 0.0, 0.0).line().startswith("wrote out.mkv: 1 frame in 1.0 s")
+    assert RunSummary(Path("out.mkv"), 2, 1.0, 0.0, 0.0, 1).line().startswith("wrote out.mkv: 2 frames in 1.0 s")

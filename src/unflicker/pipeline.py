@@ -115,7 +115,7 @@ class RunSummary:
                 if physical else ""
             kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
-        return (f"wrote {self.output}: {self.frames} frames in {self.seconds:.1f} s "
+        return (f"wrote {self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3"
                 f"{', before lossy encoding' if self.lossy else ''}), "
