@@ -150,9 +150,15 @@ def workers_that_fit(width: int, height: int, free: int | None = None) -> int | 
     free = available_memory() if free is None else free
     if free is None:
         return None
-    pixels = width * height
-    main, worker = MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels, WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels
+    main, worker = memory_needs(width, height)
     return max(1, int((free - main) // worker))
+
+
+def memory_needs(width: int, height: int) -> tuple[float, float]:
+    """(bytes, bytes): the peak memory of a run's main process and of one of its workers for frames of this
+    size (MAIN_MEMORY, WORKER_MEMORY)."""
+    pixels = width * height
+    return MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels, WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels
 
 
 @dataclass

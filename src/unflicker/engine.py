@@ -21,7 +21,6 @@ import logging
 import os
 import pickle
 import select
-import shutil
 import socket
 import struct
 import subprocess
@@ -33,6 +32,7 @@ from typing import Protocol
 
 from unflicker.config import EngineConfig
 from unflicker.errors import UnflickerError, keep_sigterm_handler
+from unflicker.ray_watchdog import remove_session
 from unflicker.segments import (MethodSpec, SegmentResult, SegmentTask, file_error, keep_freed_memory, preload_method,
                                 run_segment)
 
@@ -75,17 +75,15 @@ def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int, free: 
     """At most `limit` workers, no more than the available memory (`free` bytes where given) holds for frames
     of this size (`--workers` given: as given); a warning names the numbers where the memory is what limits
     them."""
-    from unflicker.config import MAIN_MEMORY, WORKER_MEMORY, available_memory
+    from unflicker.config import available_memory, memory_needs
 
     free = available_memory() if free is None else free
     fits = min(limit, engine.local_workers(frame, free))
     if fits < limit:
-        pixels = frame[0] * frame[1]
-        free = (free or 0) / 2**30
+        main, worker = memory_needs(*frame)
         warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {limit}: at {frame[0]}x{frame[1]} each "
-                      f"takes up to about {(WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels) / 2**30:.1f} GB and the "
-                      f"run itself {(MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels) / 2**30:.1f} GB, with "
-                      f"{free:.1f} GB free (--workers N sets the number)", stacklevel=3)
+                      f"takes up to about {worker / 2**30:.1f} GB and the run itself {main / 2**30:.1f} GB, with "
+                      f"{(free or 0) / 2**30:.1f} GB free (--workers N sets the number)", stacklevel=3)
     return fits
 
 
@@ -475,10 +473,7 @@ class RayEngine:
             try:
                 self.ray.shutdown()
                 if session is not None and session.name.startswith("session_"):
-                    latest = session.parent / "session_latest"
-                    if latest.is_symlink() and latest.resolve() == session.resolve():
-                        latest.unlink(missing_ok=True)
-                    shutil.rmtree(session, ignore_errors=True)
+                    remove_session(str(session))
                 clean = True
             finally:
                 if self._watchdog is not None:  # without its byte the watchdog kills what is left

@@ -90,6 +90,12 @@ def main() -> None:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(stat(pid) for pid in ours):
             time.sleep(0.05)
+    remove_session(session)
+
+
+def remove_session(session: str) -> None:
+    """Remove a local Ray's session folder and the `session_latest` link where it points there (Ray keeps each
+    session's logs for good); also called by RayEngine.close after a normal shutdown."""
     latest = os.path.join(os.path.dirname(session), "session_latest")
     if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
         try:
