@@ -101,6 +101,34 @@ def test_a_killed_runs_partial_output_goes_with_the_next_run_and_a_live_ones_sta
     assert out.is_file() and live.exists() and not dead_file.exists() and not dead_folder.exists()
 
 
+@pytest.mark.parametrize("folder", [False, True])
+def test_another_runs_sweep_never_takes_a_partial_being_made(tmp_path, monkeypatch, folder):
+    """make_held made the partial under NAME.making, which sweep_partials' .OUT.partial-* matches: another run
+    sweeping between its making and its lock removed it, and this run failed ("cannot write"). The making name
+    now has no ".partial-" in it."""
+    import fcntl
+
+    from unflicker.io import common
+    from unflicker.io.common import sweep_partials
+
+    out, partial = tmp_path / "out.mkv", tmp_path / ".out.mkv.partial-99997.mkv"
+    flock, swept = fcntl.flock, []
+
+    def swept_first(fd, operation):
+        if not swept:
+            swept.append(True)
+            sweep_partials(out)  # another run starting at this moment, before this one's lock
+        return flock(fd, operation)
+
+    monkeypatch.setattr(common.fcntl, "flock", swept_first)
+    lock = make_held(partial, folder=folder)
+    monkeypatch.undo()
+    try:
+        assert partial.is_dir() == folder and partial.exists() and [p.name for p in tmp_path.iterdir()] == [partial.name]
+    finally:
+        os.close(lock)
+
+
 def test_a_name_taken_meanwhile_is_not_replaced(tmp_path):
     """Two runs ending at once: the rename into place never replaces what the other just put there."""
     temp, final = tmp_path / ".new", tmp_path / "out.mkv"

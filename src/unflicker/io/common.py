@@ -209,7 +209,9 @@ def make_held(path: Path, folder: bool) -> int | None:
     writes it: made and locked under a name `sweep_partials` does not match, then renamed (the lock goes with
     it), so no other run's sweep ever sees it unlocked. The fd to close when done (None where there are no
     locks: its partial is then never taken for a killed run's). Not inherited by child processes."""
-    making = path.with_name(f"{path.name}.making")
+    # No ".partial-" in the making name: sweep_partials' pattern (.OUT.partial-*) would match NAME.making.
+    making = path.with_name(path.name.replace(".partial-", ".making-", 1) if ".partial-" in path.name
+                            else f"{path.name}.making")
     try:
         if folder:
             making.mkdir()
@@ -225,8 +227,7 @@ def make_held(path: Path, folder: bool) -> int | None:
         os.rename(making, path)
     except OSError as exc:
         remove(making)
-        raise OutputError(f"cannot write beside {path.parent / path.name.split('.partial-')[0].lstrip('.')}: "
-                          f"{exc.strerror or exc}") from None
+        raise OutputError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     return fd
 
 
