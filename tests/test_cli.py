@@ -484,6 +484,37 @@ def test_demo_replaces_nothing_unasked_and_leaves_nothing_when_interrupted(tmp_p
         assert code != 0 and err.startswith("unflicker: error:") and message in err and len(err.splitlines()) == 1
 
 
+def test_demo_sweeps_what_a_killed_demo_left_and_never_a_running_ones(tmp_path, capsys, monkeypatch):
+    """`demo` killed outright (SIGKILL) left its .demo.partial-* folder (input, output, spills) in --out-dir for
+    good. Its folder is now made locked, as a run's partial output is: the next demo removes a killed one's,
+    keeps one that a live demo holds, and holds its own while it works."""
+    from unflicker import demo
+    from unflicker.io.common import locked_by_another, make_held
+
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    killed = out_dir / ".demo.partial-99999-dead"
+    killed.mkdir()
+    (killed / "input.mp4").write_bytes(b"a killed demo's input")
+    running = out_dir / ".demo.partial-1-live"
+    lock = make_held(running, folder=True)  # another demo at work
+    held = []
+
+    def side_by_side(*args, **kwargs):
+        held.extend(locked_by_another(p) for p in out_dir.glob(".demo.partial-*"))
+        return write_side_by_side(*args, **kwargs)
+
+    write_side_by_side = demo.write_side_by_side
+    monkeypatch.setattr(demo, "write_side_by_side", side_by_side)
+    try:
+        code, _, err = run_cli(capsys, "demo", "--out-dir", out_dir, "--frames", "3", "--method", "classical")
+        assert code == 0, err
+        assert held == [True, True]  # this demo's own and the live one
+        assert sorted(p.name for p in out_dir.iterdir()) == sorted([*demo.DEMO_FILES, running.name])
+    finally:
+        os.close(lock)
+
+
 @pytest.mark.parametrize("length", [227, 300])
 def test_an_output_name_too_long_is_one_line_before_the_run(tmp_path, clips, capsys, length):
     """300 bytes, too long for the file system, was a traceback (OSError from the existence check); 231 bytes

@@ -7,8 +7,8 @@ report how much was removed.
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -17,12 +17,16 @@ import numpy as np
 
 from unflicker import io, metrics, synth
 from unflicker.errors import InputError, OutputError, UnflickerError
+from unflicker.io.common import make_held, sweep_partials
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.visualize import write_side_by_side
 
 DEMO_SIZE = (352, 512)  # (h, w)
 DEMO_FPS = Fraction(24)
 DEMO_FILES = ("input.mp4", "output.mp4", "compare.mp4")
+PARTIAL_NAME = "demo"
+"""The demo's work folder is out_dir/.demo.partial-PID-..., made locked (io.common.make_held): a later demo
+removes what one killed outright left (sweep_partials), never a running one's."""
 
 
 def _bundled_photo() -> np.ndarray:
@@ -52,8 +56,9 @@ def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None,
     """Write input.mp4, output.mp4 and compare.mp4 into `out_dir`, yielding one line per step.
 
     All three are made in a temporary folder inside `out_dir` and put in place together at the end:
-    an interrupted demo leaves none, and never a new input beside an earlier run's output. Existing
-    ones are replaced only with `overwrite`, checked before any work."""
+    an interrupted demo leaves none, and never a new input beside an earlier run's output; the folder of
+    one killed outright (SIGKILL) is removed by the next. Existing ones are replaced only with `overwrite`,
+    checked before any work."""
     out_dir = Path(out_dir)
     if n_frames < 2:
         raise InputError(f"--frames must be at least 2 (flicker is a change from frame to frame), got {n_frames}")
@@ -65,9 +70,11 @@ def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None,
         raise OutputError(f"--out-dir {out_dir} is a file")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=".demo.partial-", dir=out_dir))
     except OSError as exc:
         raise OutputError(f"cannot write in --out-dir {out_dir}: {exc.strerror or exc}") from None
+    sweep_partials(out_dir / PARTIAL_NAME)
+    work = out_dir / f".{PARTIAL_NAME}.partial-{os.getpid()}-{os.urandom(4).hex()}"
+    lock = make_held(work, folder=True)
     try:
         clean, flickering = make_demo_clip(n_frames)
         source, output, compare = (work / name for name in DEMO_FILES)
@@ -87,3 +94,5 @@ def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None,
         yield psnr
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
