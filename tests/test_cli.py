@@ -549,3 +549,13 @@ def test_a_stopped_run_with_keep_work_says_its_segments_stay(tmp_path, capsys, m
                                            f"stay in {tmp_path / 'work'}: the same command runs only the rest")
     code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4")
     assert code == 130 and err.strip() == "unflicker: interrupted; no partial output was left"
+
+
+def test_the_stopped_message_takes_the_work_folder_not_the_args():
+    """_stopped read --keep-work off whatever main had as args (getattr: a Namespace, or a delegated command's
+    argv list); main now passes the folder itself (None for commands without --keep-work)."""
+    from unflicker import cli
+
+    assert cli._stopped(Path("work")) == ("no partial output was left; finished segments stay in work: the same "
+                                          "command runs only the rest")
+    assert cli._stopped(None) == "no partial output was left"

@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unflicker", description="Remove flicker from a video, blindly.")
     parser.add_argument("--version", action="version", version=f"unflicker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(keep_work=None)  # every command's args have it: None where it takes no --keep-work
 
     run = commands.add_parser("run", help="deflicker a video file or a folder of frames")
     run.add_argument("input", type=Path, help="video file (anything FFmpeg reads) or folder of frames")
@@ -284,11 +285,12 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     if argv and argv[0] in DELEGATES:
         # Not through argparse: it would claim options such as --help meant for the script.
-        handler, args = (lambda rest: _delegate(argv[0], rest)), argv[1:]
+        handler, args, keep_work = (lambda rest: _delegate(argv[0], rest)), argv[1:], None
     else:
         args = build_parser().parse_args(argv)
         handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo,
                    "serve": _serve}[args.command]
+        keep_work = args.keep_work
     import cv2
 
     # OpenCV's own log lines (a corrupt PNG's libpng complaint) would come before our one-line error,
@@ -303,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
-        print(f"unflicker: terminated; {_stopped(args)}", file=sys.stderr)
+        print(f"unflicker: terminated; {_stopped(keep_work)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"unflicker: interrupted; {_stopped(args)}", file=sys.stderr)
+        print(f"unflicker: interrupted; {_stopped(keep_work)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         if not _stdout_gone():
@@ -316,10 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
-def _stopped(args) -> str:
-    """What a stopped run left: no partial output, and with --keep-work the segments a rerun reuses."""
-    keep = getattr(args, "keep_work", None)
-    resume = f"; finished segments stay in {keep}: the same command runs only the rest" if keep else ""
+def _stopped(keep_work: Path | None) -> str:
+    """What a stopped command left: no partial output, and with --keep-work DIR the segments a rerun reuses."""
+    resume = f"; finished segments stay in {keep_work}: the same command runs only the rest" if keep_work else ""
     return "no partial output was left" + resume
 
 
