@@ -551,6 +551,34 @@ def test_a_stopped_run_with_keep_work_says_its_segments_stay(tmp_path, capsys, m
     assert code == 130 and err.strip() == "unflicker: interrupted; no partial output was left"
 
 
+def test_a_finished_run_says_its_kept_work_folder_stays_and_can_go(tmp_path, clips, capsys):
+    """After a run or batch with --keep-work had written its outputs, nothing said that DIR (every frame at 16 bits)
+    was still there. Their last line now names the job's folder and its size: a rerun reuses it, delete it when
+    done (README's advice). A run without --keep-work says nothing of the kind."""
+    from unflicker.pipeline import size_text
+    from unflicker.resume import folder_bytes
+
+    _, flickering = clips
+    work = tmp_path / "work"
+    code, out, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "out.mkv",
+                             "--keep-work", work, "--quiet")
+    (job,) = (work / "jobs").iterdir()
+    assert code == 0 and out.rstrip().endswith(f"; work kept: {size_text(folder_bytes(job))} in {job.resolve()} "
+                                               "(reruns reuse it; delete it when done)"), out + err
+    assert any(job.glob("segment-*.npy"))  # kept
+    code, out, _ = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "out.mkv",
+                           "--keep-work", work, "--quiet", "--overwrite", "--strength", "0.5")
+    assert code == 0 and "1 of them reused from the work folder; work kept" in out  # what the note promises
+    (tmp_path / "list.txt").write_text("flicker\n")
+    code, out, err = run_cli(capsys, "batch", "--method", "classical", tmp_path / "list.txt", "-o", tmp_path / "batch",
+                             "--keep-work", work, "--quiet")
+    assert code == 0 and out.rstrip().endswith(f"; work kept: {size_text(folder_bytes(work))} in {work} "
+                                               "(reruns reuse it; delete it when done)"), out + err
+    code, out, _ = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "plain.mkv", "--quiet")
+    assert code == 0 and "work kept" not in out
+    assert size_text(999) == "999 bytes" and size_text(28_364_709) == "28.4 MB" and size_text(1.5e12) == "1500.0 GB"
+
+
 def test_the_stopped_message_takes_the_work_folder_not_the_args():
     """_stopped read --keep-work off whatever main had as args (getattr: a Namespace, or a delegated command's
     argv list); main now passes the folder itself (None for commands without --keep-work)."""

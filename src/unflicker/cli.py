@@ -95,7 +95,8 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--keep-work", type=Path, metavar="DIR",
                         help="keep the work folder: finished segments persist in DIR, so the same command, "
-                             "killed at any moment and run again, only runs the unfinished segments")
+                             "killed at any moment and run again, only runs the unfinished segments (also after "
+                             "success: a rerun with other output options reuses them; delete DIR when done)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -212,6 +213,8 @@ def _run(args) -> int:
 
 def _batch(args) -> int:
     from unflicker.batch import SUMMARY_NAME, check_out_dir, run_batch
+    from unflicker.pipeline import size_text
+    from unflicker.resume import folder_bytes
 
     check_out_dir(args.output)
     rows = run_batch(args.input, args.output, _config(args))
@@ -219,8 +222,12 @@ def _batch(args) -> int:
     for row in failed:
         print(f"unflicker: failed: {row.input}: {row.error}", file=sys.stderr)
     counts = {status: sum(row.status == status for row in rows) for status in ("done", "skipped", "failed")}
+    kept = ""
+    if args.keep_work is not None and args.keep_work.is_dir():
+        kept = (f"; work kept: {size_text(folder_bytes(args.keep_work))} in {args.keep_work} (reruns reuse it; "
+                f"delete it when done)")
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary in "
-          f"{args.output / SUMMARY_NAME}.csv and .json")
+          f"{args.output / SUMMARY_NAME}.csv and .json{kept}")
     return 1 if failed else 0
 
 

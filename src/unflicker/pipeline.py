@@ -46,7 +46,7 @@ from unflicker.kinds import PHYSICAL_KINDS
 from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
-from unflicker.resume import JobFolder, TemporaryWork, input_fingerprint
+from unflicker.resume import JobFolder, TemporaryWork, folder_bytes, input_fingerprint
 from unflicker.segments import Segment, SegmentResult, SegmentTask, plan
 
 __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "deflicker_frames"]
@@ -69,6 +69,11 @@ class RunSummary:
     """The resolved settings (as recorded in the work folder and the output's comment tag)."""
     segment_info: tuple[dict, ...] = ()
     """What the method reported about each segment, in order ({} where unknown)."""
+    work: Path | None = None
+    """The job's folder in --keep-work DIR, kept after a run that wrote its output (its segments: a rerun with
+    other output options reuses them); None without --keep-work."""
+    work_bytes: int = 0
+    """What `work` holds, in bytes."""
 
     @property
     def kind(self) -> str | None:
@@ -119,7 +124,21 @@ class RunSummary:
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3"
                 f"{', before lossy encoding' if self.lossy else ''}), "
-                f"{self.segments} segment{'s' if self.segments != 1 else ''}{reused}{kind}")
+                f"{self.segments} segment{'s' if self.segments != 1 else ''}{reused}{kind}{self.work_note()}")
+
+    def work_note(self) -> str:
+        """'; work kept: SIZE in FOLDER (...)' where --keep-work kept the job's segments, else ''."""
+        if self.work is None:
+            return ""
+        return f"; work kept: {size_text(self.work_bytes)} in {self.work} (reruns reuse it; delete it when done)"
+
+
+def size_text(n: int) -> str:
+    """A byte count for people: 1.2 GB, 340.0 MB, 12.5 kB, 80 bytes."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 # --- sources and sinks ----------------------------------------------------------------------------
@@ -590,8 +609,10 @@ class Job:
                 self.frames_out = self.sink.frames
         output = self.output if self.write_output else self.config.keep_work
         written = self.source.info.frame_count if not self.write_output else self._t
+        kept = self.folder.path if self._temp_work is None and self.write_output else None
         summary = RunSummary(output, written, 0.0, _flicker(self._before[: self._t]), _flicker(self._after[: self._t]),
-                             len(self.segments), self.reused, config=self.record, segment_info=self._segment_info())
+                             len(self.segments), self.reused, config=self.record, segment_info=self._segment_info(),
+                             work=kept, work_bytes=0 if kept is None else folder_bytes(kept))
         extras = []
         if self.config.compare is not None:
             from unflicker.visualize import write_side_by_side

@@ -39,6 +39,17 @@ def input_fingerprint(info: io.VideoInfo) -> dict:
             "files": digest.hexdigest()}
 
 
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder` (what a kept work folder takes on disk, near enough; 0 if none)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass  # removed meanwhile
+    return total
+
+
 TEMP_PREFIX = "unflicker-"
 OWNER = "owner"
 """A temporary work folder's file: the host and pid of the run that made it (for people), locked
