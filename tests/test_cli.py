@@ -587,3 +587,23 @@ def test_the_stopped_message_takes_the_work_folder_not_the_args():
     assert cli._stopped(Path("work")) == ("no partial output was left; finished segments stay in work: the same "
                                           "command runs only the rest")
     assert cli._stopped(None) == "no partial output was left"
+
+
+def test_the_batch_csv_names_the_flicker_index_it_holds(tmp_path):
+    """The terminal shows the flicker index x1e-3 (0.35), the batch CSV held the raw value (0.00035) under
+    'flicker_before': nothing said which. Its columns are now flicker_index_before/after, raw as `eval --json`'s
+    flicker_index (README says so); the JSON keeps its keys."""
+    import csv
+
+    from unflicker.batch import BatchItem, write_summary
+
+    rows = [BatchItem("a.mp4", "out/a.mp4", "done", 12, 1.5, 3.5e-4, 1.2e-4, "film", 1),
+            BatchItem("b.mp4", "out/b.mp4", "failed", error="cannot read b.mp4")]
+    csv_path, json_path = write_summary(tmp_path, rows)
+    with open(csv_path, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == ["input", "output", "status", "frames", "seconds", "flicker_index_before",
+                             "flicker_index_after", "kind", "segments", "reused", "error"]
+    assert float(read[0]["flicker_index_before"]) == 3.5e-4 and float(read[0]["flicker_index_after"]) == 1.2e-4
+    assert read[1]["flicker_index_before"] == "" and read[1]["error"] == "cannot read b.mp4"
+    assert json.loads(json_path.read_text())[0]["flicker_before"] == 3.5e-4

@@ -219,12 +219,17 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
     return rows
 
 
+CSV_HEADERS = {"flicker_before": "flicker_index_before", "flicker_after": "flicker_index_after"}
+"""The CSV's names of BatchItem fields that differ: the flicker index as `unflicker eval --json` gives it (raw,
+not the x1e-3 figures the terminal shows); the JSON keeps the field names."""
+
+
 def write_summary(out_dir: Path, rows: list[BatchItem], overwrite: bool = True) -> tuple[Path, Path]:
     records = [dataclasses.asdict(row) for row in rows]
     text = _io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(records[0]))
-    writer.writeheader()
-    writer.writerows(records)
+    writer = csv.writer(text)
+    writer.writerow([CSV_HEADERS.get(name, name) for name in records[0]])
+    writer.writerows(record.values() for record in records)
     # Names that are not UTF-8 go back as the bytes they were (surrogateescape, as os.fsencode).
     csv_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.csv", text.getvalue().encode("utf-8", "surrogateescape"),
                                         overwrite=True)
