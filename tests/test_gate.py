@@ -202,6 +202,19 @@ def test_the_summary_names_what_the_segments_found():
     film = summary("auto", *({"fine_weight": 0.0, "strength": 1.0, "flicker_kind": k} for k in ("film", "mains", "film")))
     assert film.kind == "film" and "kind film (found, treated as physical flicker" in film.line()
     assert "try --kind processed" in film.line()  # what the user can do where the gate was wrong
+    # Old film (a black-and-white picture, grey flicker that pumps; real/old-film-003's numbers) gets no such
+    # hint: it is what no clip processed frame by frame showed. A colour picture named film (goat's colorization's
+    # numbers) and timelapse (real/winter-scenes-in-holland's, also what processed clips get) keep it.
+    numbers = {"old film": (0.82, 0.70, 0.04, 0.83, 0.0043), "goat": (0.83, 0.81, 1.29, 0.80, 0.0817),
+               "winter": (0.84, 0.93, 0.00, 0.48, 0.0)}
+    hinted = {}
+    for name, values in numbers.items():
+        features = dict(zip(("kind_pumping", "kind_jumps", "kind_colour", "kind_bands", "kind_chroma"), values))
+        line = summary("auto", {"fine_weight": 0.1, "strength": 1.0, "flicker_kind": "film" if name != "winter" else
+                                "timelapse", **features}, {"fine_weight": 0.0, "strength": 0.0}).line()
+        assert "(found, treated as physical flicker; " in line
+        hinted[name] = "try --kind processed" in line
+    assert hinted == {"old film": False, "goat": True, "winter": True}
     assert "found" not in summary("film", {"fine_weight": 0.0, "strength": 1.0}).line()
     assert summary("film", {"fine_weight": 0.0, "strength": 1.0}).kind == "film"
     assert summary("auto").kind is None and "kind" not in summary("auto").line()

@@ -55,6 +55,12 @@ class KindConfig:
     grey: float = 0.3
     """Colour of the flicker (rms of the channels' parting over the level's) at or below which it
     is grey, as a black-and-white film's is (tune: old film 0.04; colour flicker 0.7-1.3)."""
+    clear_bands: float = 6.0
+    """Band motion over level motion at or above which mains light is unmistakable (`unmistakable`; tune and
+    heldout: mains 8.5-13.5, per-frame processed clips named mains 3.2-5.2)."""
+    clear_pumping: float = 0.5
+    """Pumping at or above which a black-and-white picture flickering in grey is unmistakably film (real old
+    film 0.59-0.82; black-and-white clips processed frame by frame -0.07-0.33)."""
     rows: int = 24
     """Row bands of the row profile."""
     side: int = 160
@@ -63,9 +69,10 @@ class KindConfig:
     def check(self) -> None:
         if self.rows < 2 or self.side < 16:
             raise InputError(f"kind probe needs rows >= 2 and side >= 16, got {self.rows}, {self.side}")
-        if not (self.bands > 0 and 0 < self.jumps <= 1 and -1 <= self.pumping <= 1 and self.monochrome >= 0
+        if not (self.bands > 0 and self.clear_bands >= self.bands and 0 < self.jumps <= 1 and -1 <= self.pumping <= 1 and self.monochrome >= 0
                 and self.grey >= 0):
-            raise InputError("kind probe needs bands > 0, jumps in (0, 1], pumping in [-1, 1], monochrome and grey >= 0")
+            raise InputError("kind probe needs bands > 0, clear_bands >= bands, jumps in (0, 1], pumping in [-1, 1], "
+                             "monochrome and grey >= 0")
 
 
 def _log_ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -143,13 +150,33 @@ class KindProbe:
 
     def name(self, f: dict[str, float] | None) -> str | None:
         """The kind `features` f say (None for None)."""
-        if f is None:
-            return None
-        cfg = self.config
-        if f["bands"] >= cfg.bands:
-            return "mains"
-        if f["jumps"] >= cfg.jumps:
-            return "timelapse"
-        if f["pumping"] >= cfg.pumping or (f["chroma"] <= cfg.monochrome and f["colour"] <= cfg.grey):
-            return "film"
+        return name_kind(f, self.config)
+
+
+def name_kind(f: dict[str, float] | None, config: KindConfig | None = None) -> str | None:
+    """The kind features f (KindProbe.features) say: 'mains', 'film' or 'timelapse' (None for None)."""
+    if f is None:
+        return None
+    cfg = config or KindConfig()
+    if f["bands"] >= cfg.bands:
+        return "mains"
+    if f["jumps"] >= cfg.jumps:
         return "timelapse"
+    if f["pumping"] >= cfg.pumping or (f["chroma"] <= cfg.monochrome and f["colour"] <= cfg.grey):
+        return "film"
+    return "timelapse"
+
+
+def unmistakable(f: dict[str, float] | None, config: KindConfig | None = None) -> bool:
+    """Whether features f (KindProbe.features) name physical flicker by what no per-frame process of the tune and
+    heldout sets gave: mains with strong bands, or film where a black-and-white picture flickering in grey also
+    pumps. A name alone is not that: clips processed frame by frame get named film (goat's colorization), mains
+    or timelapse (research notes, sessions 23 and 27)."""
+    if not f:
+        return False
+    cfg = config or KindConfig()
+    kind = name_kind(f, cfg)
+    if kind == "mains":
+        return f["bands"] >= cfg.clear_bands
+    return (kind == "film" and f["chroma"] <= cfg.monochrome and f["colour"] <= cfg.grey
+            and f["pumping"] >= cfg.clear_pumping)

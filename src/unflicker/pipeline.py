@@ -42,7 +42,7 @@ from unflicker.config import (
 )
 from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.framestore import FrameFile
-from unflicker.kinds import PHYSICAL_KINDS
+from unflicker.kinds import PHYSICAL_KINDS, unmistakable
 from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
@@ -115,9 +115,12 @@ class RunSummary:
         elif self.kind is not None and weights:
             physical = self.kind in PHYSICAL_KINDS and (self.config or {}).get("kind") == "auto"
             # The gate cannot always tell a per-frame process with little texture flicker (a colorization)
-            # from smooth physical flicker: say so where the user can tell (research notes, session 23).
-            found = "found, treated as physical flicker; frames processed one by one? try --kind processed; " \
-                if physical else ""
+            # from smooth physical flicker: say so where the user can tell (research notes, session 23),
+            # unless every flickering segment shows what only physical flicker did (old film, mains; session 27).
+            clear = physical and all(unmistakable({k[5:]: v for k, v in info.items() if k.startswith("kind_")})
+                                     for info in self.segment_info if info.get("strength", 1.0) > 0)
+            found = "" if not physical else "found, treated as physical flicker; " if clear else \
+                "found, treated as physical flicker; frames processed one by one? try --kind processed; "
             kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
