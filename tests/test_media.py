@@ -641,6 +641,22 @@ def test_codec_and_bit_depth_options(tmp_path, capsys):
     assert err == "unflicker: error: .mp4 cannot hold ProRes: use .mov or .mkv" and not bad.exists()
 
 
+def test_held_depths_are_the_depths_an_output_plan_takes(tmp_path):
+    """io.held_depths (what the web page offers per format) says yes exactly where plan_output takes the depth."""
+    info = io.probe(make_clip(tmp_path / "clip.mkv", "ffv1", "yuv420p"))
+    outputs = {"h264": "out.mp4", "hevc": "out.mp4", "prores": "out.mov", "ffv1": "out.mkv", None: "frames"}
+    for codec, name in outputs.items():
+        taken = []
+        for bits in (8, 10, 12, 16):
+            try:
+                io.plan_output(tmp_path / name, info, codec, bits)
+                taken.append(bits)
+            except OutputError:
+                pass
+        assert io.held_depths(codec) == tuple(taken), codec
+    assert io.held_depths("prores") == (10,) and io.held_depths(None) == (8, 16)
+
+
 @pytest.mark.parametrize("suffix", [".mov", ".mp4"])
 def test_full_range_source_keeps_its_picture(tmp_path, suffix):
     """ProRes is limited range by definition: a full-range source is converted, not mislabelled."""

@@ -99,6 +99,40 @@ def test_preview_and_png_zip_output(server, clip, finished, tmp_path):
     assert len(names) == 12 and all(name.endswith(".png") and "/" not in name for name in names)
 
 
+def test_the_output_format_and_bit_depth_are_the_pages_choices(server, clip, finished, tmp_path):
+    """The page had no bit depth and its MOV was "H.264 or ProRes": the format names its codec (ProRes one of
+    them), the depth is a setting, an impossible pair is refused, and each run records what it asked for."""
+    client, upload_id, _ = finished
+    formats = client.state()["formats"]
+    assert formats["mov-prores"] == {"label": "MOV (ProRes)", "depths": [10]}
+    assert formats["mp4"]["depths"] == [8, 10] and formats["png-zip"]["depths"] == [8, 16]
+    status, refused = client.json("POST", "/api/run", {"upload": upload_id, "settings": {
+        "method": "classical", "format": "mp4", "bit_depth": 16}})
+    assert (status, refused) == (400, {"error": "MP4 (H.264) can hold 8 or 10 bits, not 16: choose MKV (FFV1) or "
+                                                "PNG frames for 16 bits, or another bit depth"})
+    jobs = {}
+    for choice in ({"format": "mov-prores"}, {"format": "mov", "bit_depth": 10}):  # MKV at 16 bits: the browser test
+        status, job = client.json("POST", "/api/run", {"upload": upload_id,
+                                                       "settings": {"method": "classical", **choice}})
+        assert status == 200, job
+        jobs[choice["format"]] = job["id"]
+    expected = {"mov-prores": (".mov", "prores", None, 10), "mov": (".mov", "h264", 10, 10)}
+    for name, (suffix, codec, asked, bits) in expected.items():
+        job = client.wait(jobs[name])
+        assert job["state"] == "done", job["message"]
+        status, data, response = client.request("GET", job["files"]["output"] + "?download=1")
+        assert status == 200 and f'filename="clip-unflicker{suffix}"' in response.getheader("content-disposition")
+        (tmp_path / f"out{suffix}").write_bytes(data)
+        info = io.probe(tmp_path / f"out{suffix}")
+        assert (info.codec, info.sample_bits) == (codec, bits)
+        assert job["settings"]["bit_depth"] == (asked or "")
+        output = job["result"]["output"]
+        assert (output["codec"], output["bit_depth"], output["written_codec"], output["written_bits"]) == \
+            (codec, asked, codec, bits)
+        recorded = json.loads((server.work / "items" / job["id"] / "result.json").read_text())["config"]
+        assert recorded["output"]["codec"] == codec and recorded["method"] == "classical"
+
+
 def test_bad_uploads_get_a_clear_message_and_the_server_keeps_serving(server, clip, tmp_path):
     client = Client(server)
     (tmp_path / "notes.mp4").write_text("not a video at all\n")
@@ -575,7 +609,7 @@ def test_what_flickers_is_a_setting_of_the_neural_method():
 def test_a_setting_of_the_wrong_json_type_is_a_message_not_a_server_error(value):
     from unflicker.web.jobs import parse_settings
 
-    for name in ("method", "preset", "kind", "format", "strength", "keep_slow"):
+    for name in ("method", "preset", "kind", "format", "strength", "keep_slow", "bit_depth"):
         with pytest.raises(InputError):
             parse_settings({name: value})
 

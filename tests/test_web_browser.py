@@ -142,6 +142,41 @@ def test_upload_preview_run_download(browser, server, clip, tmp_path):
     context.close()
 
 
+def test_the_bit_depth_is_chosen_with_the_format_and_the_download_has_it(browser, server, clip, tmp_path):
+    """The page had no bit depth: it offers the depths the chosen format holds (the others greyed out), and the
+    downloaded result has the depth chosen."""
+    context, page = open_page(browser, server)
+    upload(page, clip)
+    choose(page, "classical")
+    assert page.input_value("#bitdepth") == ""  # the input's, as `unflicker run` without --bit-depth
+
+    def offered():
+        return page.eval_on_selector_all("#bitdepth option", "os => os.filter(o => !o.disabled).map(o => o.value)")
+
+    assert offered() == ["", "8", "10"]  # MP4 (H.264)
+    page.select_option("#format", "mov-prores")
+    assert offered() == ["", "10"] and "MOV (ProRes) can hold 10 bits" in page.text_content("#bitdepth-hint")
+    page.select_option("#format", "mkv")
+    page.select_option("#bitdepth", "16")
+    page.select_option("#format", "mp4")  # 16 bits it cannot hold: back to the input's depth
+    assert page.input_value("#bitdepth") == ""
+    page.select_option("#format", "mkv")
+    page.select_option("#bitdepth", "16")
+    card = run_and_wait(page, 60)
+    assert "MKV FFV1, 16-bit" in card.locator(".head").text_content()
+    link = card.locator("a.download")
+    assert link.get_attribute("data-bits") == "16" and link.text_content() == "Download the result (MKV, FFV1, 16-bit)"
+    with page.expect_download() as download:
+        link.click()
+    assert download.value.suggested_filename == "flickering-unflicker.mkv"
+    output = tmp_path / download.value.suggested_filename
+    download.value.save_as(output)
+    info = io.probe(output)
+    assert (info.codec, info.sample_bits, info.frame_count) == ("ffv1", 16, 12)
+    assert '- combobox "Bit depth"' in page.locator("main").aria_snapshot()  # its label names it
+    context.close()
+
+
 def test_bad_upload_shows_a_message_and_the_page_keeps_working(browser, server, clip, tmp_path):
     context, page = open_page(browser, server)
     notes = tmp_path / "holiday.mp4"

@@ -90,6 +90,15 @@ def _ffv1_formats() -> set[str]:
     return _FFV1_FORMATS
 
 
+def held_depths(codec: str | None) -> tuple[int, ...]:
+    """The bits per sample an output can be written at (`bit_depth=`): by `codec` ('h264', 'hevc', 'prores',
+    'ffv1'), or None for a folder of frames (PNG/TIFF). ProRes is written from 10-bit samples only."""
+    if codec is None:
+        return (8, 16)
+    encoder = CODECS[codec]
+    return (10,) if encoder == "prores_ks" else tuple(bits for bits in (8, 10, 12, 16) if bits <= MAX_BITS[encoder])
+
+
 def _container_codecs(fmt: str) -> set[str]:
     with av.open(pyio.BytesIO(), "w", format=fmt) as probe:
         return set(probe.supported_codecs)
@@ -111,7 +120,7 @@ def plan_output(path: str | os.PathLike, info: VideoInfo, codec: str | None = No
 def _plan_folder(info: VideoInfo, codec: str | None, bit_depth: int | None) -> OutputPlan:
     if codec is not None:
         raise OutputError(f"--codec {codec} is for video outputs; a folder gets image files")
-    if bit_depth is not None and bit_depth not in (8, 16):
+    if bit_depth is not None and bit_depth not in held_depths(None):
         raise OutputError(f"PNG/TIFF frames hold 8 or 16 bits, not {bit_depth}")
     bits = bit_depth or (16 if info.bit_depth == 16 else 8)
     plan = OutputPlan(None, bits=bits, keeps_alpha=info.has_alpha)
@@ -151,15 +160,12 @@ def _plan_video(path: Path, info: VideoInfo, codec: str | None, bit_depth: int |
                           f"{'.mov or .mkv' if encoder == 'prores_ks' else '.mkv'}")
     source_bits = 16 if info.linear else max(info.sample_bits, 8)
     top = MAX_BITS[encoder]
-    if bit_depth is not None and bit_depth > top:
-        raise OutputError(f"{CODEC_NAMES[encoder]} holds at most {top} bits here, not {bit_depth}: "
-                          f"use --codec ffv1 (.mkv) for {bit_depth} bits")
-    if encoder == "prores_ks":
-        if bit_depth is not None and bit_depth != 10:
-            raise OutputError(f"ProRes is written with 10-bit samples here, not {bit_depth}")
-        bits = 10
-    else:
-        bits = bit_depth or min(source_bits, top)
+    if bit_depth is not None and bit_depth not in held_depths(CODEC_IDS[encoder]):
+        if bit_depth > top:
+            raise OutputError(f"{CODEC_NAMES[encoder]} holds at most {top} bits here, not {bit_depth}: "
+                              f"use --codec ffv1 (.mkv) for {bit_depth} bits")
+        raise OutputError(f"{CODEC_NAMES[encoder]} is written with {top}-bit samples here, not {bit_depth}")
+    bits = 10 if encoder == "prores_ks" else bit_depth or min(source_bits, top)
     plan = OutputPlan(fmt, encoder, bits=bits)
     if bit_depth is None and source_bits > bits and encoder != "prores_ks":
         plan.dropped.append(f"{CODEC_NAMES[encoder]} holds {bits} bits here: the {source_bits}-bit source is "

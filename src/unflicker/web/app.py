@@ -1,7 +1,8 @@
 """The HTTP side of `unflicker serve`: the page, a small JSON API, and the job files.
 
     GET  /                    the page
-    GET  /api/state           this session's uploads and jobs, the limits and the defaults (?have=ID,...:
+    GET  /api/state           this session's uploads and jobs, the limits, the defaults and the output formats
+                              with the bit depths each holds (?have=ID,...:
                               without the brightness means of these uploads, which the page holds)
     POST /api/upload          the file as the request body, its name in X-Filename (URL-encoded)
     POST /api/preview         {"upload", "frame", "settings"} -> a preview job
@@ -147,7 +148,9 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
             jobs = [{**j.public(), "ahead": ahead.get(j.id)} for j in sorted(session.jobs.values(),
                                                                              key=lambda j: j.created)]
         limits = store.limits
-        return JSONResponse({"uploads": uploads, "jobs": jobs, "defaults": DEFAULTS, "formats": list(FORMATS),
+        # Each format with the bit depths it holds, so the page greys out the others (the server refuses them too).
+        formats = {key: {"label": chosen.label, "depths": list(chosen.depths)} for key, chosen in FORMATS.items()}
+        return JSONResponse({"uploads": uploads, "jobs": jobs, "defaults": DEFAULTS, "formats": formats,
                              "limits": {"max_upload_mb": limits.max_upload_mb, "max_seconds": limits.max_seconds,
                                         "max_side": limits.max_side, "preview_seconds": limits.preview_seconds}})
 

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -30,8 +31,32 @@ from unflicker.web.store import Job, Session, Store, Upload
 
 METHODS = ("neural", "classical")
 PRESETS = ("fast", "balanced", "paper")
-FORMATS = {"mp4": ".mp4", "mkv": ".mkv", "mov": ".mov", "png-zip": ".zip"}
-DEFAULTS = {"method": "neural", "preset": "balanced", "kind": "auto", "strength": 1.0, "keep_slow": "", "format": "mp4"}
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """A 'Save as' choice of the page: the output's extension and codec (io.CODECS; None: PNG frames in a zip)."""
+
+    suffix: str
+    codec: str | None
+    label: str
+    """Its name in the page's messages."""
+
+    @property
+    def depths(self) -> tuple[int, ...]:
+        """The page's bit depths this format holds (the library's rule, io.held_depths)."""
+        return tuple(bits for bits in BIT_DEPTHS if bits in io.held_depths(self.codec))
+
+
+FORMATS = {"mp4": OutputFormat(".mp4", "h264", "MP4 (H.264)"), "mkv": OutputFormat(".mkv", "ffv1", "MKV (FFV1)"),
+           "mov": OutputFormat(".mov", "h264", "MOV (H.264)"),
+           "mov-prores": OutputFormat(".mov", "prores", "MOV (ProRes)"),
+           "png-zip": OutputFormat(".zip", None, "PNG frames")}
+BIT_DEPTHS = (8, 10, 16)
+"""Output bits per sample the page offers; the setting "" (the default) keeps the input's, as far as the format
+holds it (`unflicker run` without --bit-depth)."""
+DEFAULTS = {"method": "neural", "preset": "balanced", "kind": "auto", "strength": 1.0, "keep_slow": "", "format": "mp4",
+            "bit_depth": ""}
 """The CLI's defaults (`unflicker run` with no options), as the page shows them."""
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".mxf",
                   ".gif", ".wmv", ".flv", ".3gp", ".y4m", ".zip"}
@@ -67,7 +92,33 @@ def parse_settings(form: dict) -> dict:
             raise InputError("'keep slow changes' must be empty (the default), a number of frames or 'off'") from None
         if not 0.0 <= value <= 50.0:
             raise InputError("'keep slow changes' must be 0 to 50 frames, or 'off'")
-    return {**settings, "strength": strength, "keep_slow": keep_slow}
+    return {**settings, "strength": strength, "keep_slow": keep_slow, "bit_depth": _bit_depth(settings)}
+
+
+def _bit_depth(settings: dict) -> int | str:
+    """The checked bit depth of settings whose format is checked: "" (the input's) or one the format holds."""
+    depth = settings["bit_depth"]
+    if depth in ("", None):
+        return ""
+    offered = f"bit depth must be {_one_of(BIT_DEPTHS)}, or empty (the input's)"
+    try:
+        depth = int(depth) if not isinstance(depth, (bool, float)) else None  # 10.5 or true is not a depth
+    except (TypeError, ValueError):
+        depth = None
+    if depth not in BIT_DEPTHS:
+        raise InputError(offered)
+    chosen = FORMATS[settings["format"]]
+    if depth not in chosen.depths:
+        others = [f.label for f in FORMATS.values() if depth in f.depths]
+        raise InputError(f"{chosen.label} can hold {_one_of(chosen.depths)} bits, not {depth}: "
+                         f"choose {_one_of(others)} for {depth} bits, or another bit depth")
+    return depth
+
+
+def _one_of(items) -> str:
+    """'8, 10 or 16'"""
+    items = [str(item) for item in items]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
 
 
 def run_options(settings: dict) -> dict:
@@ -282,9 +333,10 @@ class JobQueue:
     def submit(self, session: Session, job: Job) -> bool:
         """Queue a job of the session (its upload checked, its settings parsed); False if its upload
         is gone (swept since it was looked up): nothing is queued (Store.add_job)."""
+        chosen = FORMATS[job.settings["format"]]
         spec = {"kind": job.kind, "input": str(job.upload.path), "options": run_options(job.settings),
-                "format": FORMATS[job.settings["format"]], "frame": job.frame, "name": job.upload.name,
-                "preview_seconds": self.store.limits.preview_seconds}
+                "format": chosen.suffix, "codec": chosen.codec, "bit_depth": job.settings["bit_depth"] or None,
+                "frame": job.frame, "name": job.upload.name, "preview_seconds": self.store.limits.preview_seconds}
         (job.folder / "spec.json").write_text(json.dumps(spec))
         if not self.store.add_job(session, job):
             return False

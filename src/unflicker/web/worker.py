@@ -2,7 +2,8 @@
 
 Reads JOB_FOLDER/spec.json (written by jobs.JobQueue), calls the library's file entry point
 `deflicker_file(input, output, RunConfig)` once, and writes JOB_FOLDER/result.json: the files it
-wrote (names inside JOB_FOLDER) and the run's summary, or {"error": message, "type": the exception's
+wrote (names inside JOB_FOLDER), the run's summary and (of a run) the resolved settings the library
+recorded with its output (RunSummary.config), or {"error": message, "type": the exception's
 class}, which jobs.failure_message words for the page. Progress is the library's tqdm bars on stderr.
 Everything is written inside JOB_FOLDER.
 """
@@ -80,8 +81,13 @@ def run(spec: dict, folder: Path, notes: list[str]) -> dict:
     suffix = spec["format"]
     output = folder / ("frames" if suffix == ".zip" else f"output{suffix}")
     summary = deflicker_file(spec["input"], output,
-                             RunConfig(**spec["options"], compare=folder / "compare.mp4", plot=folder / "plot.png",
+                             RunConfig(**spec["options"], codec=spec.get("codec"), bit_depth=spec.get("bit_depth"),
+                                       compare=folder / "compare.mp4", plot=folder / "plot.png",
                                        plot_label=f"{spec.get('name') or Path(spec['input']).name}, deflickered"))
+    written = io.probe(output)  # what the output holds, "same as the input" resolved: the page says it
+    page_summary = {**_summary(summary, notes),
+                    "output": {**summary.config["output"], "written_codec": written.codec,
+                               "written_bits": written.sample_bits}}
     if suffix == ".zip":
         partial = folder / "output.zip.part"
         try:
@@ -94,7 +100,7 @@ def run(spec: dict, folder: Path, notes: list[str]) -> dict:
             shutil.rmtree(output, ignore_errors=True)
         output = folder / "output.zip"
     return {"files": {"output": output.name, "compare": "compare.mp4", "plot": "plot.png"},
-            "summary": _summary(summary, notes)}
+            "summary": page_summary, "config": summary.config}
 
 
 def main(argv: list[str]) -> int:
