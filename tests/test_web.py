@@ -500,7 +500,7 @@ def test_retention_keeps_each_sessions_newest_within_a_bound_over_all_sessions(t
     store.close()
     # `unflicker serve --keep N`: N a session, 5 N over all sessions.
     limits = []
-    monkeypatch.setattr(server_module, "serve", lambda *args: limits.append(args[-1]))
+    monkeypatch.setattr(server_module, "serve", lambda *args, **kwargs: limits.append(args[-1]))
     assert main(["serve", "--keep", "3"]) == 0 and (limits[0].keep_items, limits[0].keep_total) == (3, 15)
 
 
@@ -566,6 +566,20 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("unflicker: error: ") and "not a work folder" in err and len(err.splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
+
+
+def test_serve_sets_the_engines_workers_and_threads_of_its_jobs(tmp_path, clip, capsys):
+    """`unflicker serve` had no --workers/--threads: every job took the machine's cores and one thread."""
+    assert main(["serve", "--port", "0", "--workers", "0"]) == 2
+    assert capsys.readouterr().err == "unflicker: error: --workers must be at least 1, got 0\n"
+    with running_server(tmp_path / "work", "--workers", "1", "--threads", "2") as server:
+        client = Client(server)
+        upload_id = client.upload(clip)[1]["id"]
+        job = client.json("POST", "/api/run", {"upload": upload_id, "settings": {"method": "classical"}})[1]
+        assert client.wait(job["id"])["state"] == "done"
+        folder = server.work / "items" / job["id"]
+        assert json.loads((folder / "spec.json").read_text())["engine"] == {"workers": 1, "threads": 2}
+        assert json.loads((folder / "result.json").read_text())["config"]["threads"] == 2
 
 
 def test_stopping_the_server_stops_a_running_job(tmp_path, clip):

@@ -160,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "temporary folder)")
     serve.add_argument("--max-upload-mb", type=float, default=2000.0, metavar="MB", help="largest upload (2000)")
     serve.add_argument("--max-seconds", type=float, default=600.0, metavar="S", help="longest video (600 s)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="segments of a job processed at once (default: the machine's cores, fewer where the free "
+                            "memory holds fewer; 1: in the job's own process); jobs run one at a time")
+    serve.add_argument("--threads", type=int, default=1, metavar="N",
+                       help="torch/OpenCV threads per worker (default 1)")
     serve.add_argument("--keep", type=int, default=40, metavar="N",  # 5: web.store.KEEP_TOTAL_SESSIONS
                        help="finished uploads and jobs each browser session keeps, its oldest removed first, so "
                             "one busy session does not remove another's (40); the work folder keeps at most 5 "
@@ -275,12 +280,14 @@ def _demo(args) -> int:
 
 
 def _serve(args) -> int:
+    from unflicker.config import EngineConfig
     from unflicker.web.server import serve
     from unflicker.web.store import KEEP_TOTAL_SESSIONS, Limits
 
     limits = Limits(max_upload_mb=args.max_upload_mb, max_seconds=args.max_seconds, keep_items=args.keep,
                     keep_total=KEEP_TOTAL_SESSIONS * args.keep)
-    serve(args.host, args.port, args.auth, args.work_dir, limits)
+    serve(args.host, args.port, args.auth, args.work_dir, limits,
+          engine=EngineConfig(workers=args.workers, threads=args.threads))
     return 0
 
 

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from unflicker import io
-from unflicker.config import KINDS
+from unflicker.config import KINDS, EngineConfig
 from unflicker.errors import InputError
 from unflicker.web.store import Job, Session, Store, Upload
 
@@ -319,8 +319,10 @@ def _apply(stages: list[dict], name: str, done: int, total: int, eta: float | No
 class JobQueue:
     """Runs queued jobs one at a time (previews before runs) in a worker thread."""
 
-    def __init__(self, store: Store, poll: float = 0.25):
+    def __init__(self, store: Store, poll: float = 0.25, engine: EngineConfig | None = None):
         self.store = store
+        self.engine = engine or EngineConfig()
+        """The engine's workers and threads for every job (`unflicker serve --workers/--threads`)."""
         self.poll = poll
         # Folders a message may name, taken out whole (Path.home() may be "/" for a service account).
         self.roots = tuple(str(p) for p in (store.root, Path(tempfile.gettempdir()).resolve(), Path.home(),
@@ -336,7 +338,8 @@ class JobQueue:
         chosen = FORMATS[job.settings["format"]]
         spec = {"kind": job.kind, "input": str(job.upload.path), "options": run_options(job.settings),
                 "format": chosen.suffix, "codec": chosen.codec, "bit_depth": job.settings["bit_depth"] or None,
-                "frame": job.frame, "name": job.upload.name, "preview_seconds": self.store.limits.preview_seconds}
+                "engine": {"workers": self.engine.workers, "threads": self.engine.threads}, "frame": job.frame,
+                "name": job.upload.name, "preview_seconds": self.store.limits.preview_seconds}
         (job.folder / "spec.json").write_text(json.dumps(spec))
         if not self.store.add_job(session, job):
             return False

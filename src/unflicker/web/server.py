@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+from unflicker.config import EngineConfig
 from unflicker.errors import Terminated, UnflickerError
 from unflicker.web.store import Limits
 
@@ -31,8 +32,9 @@ def startup_lines(host: str, port: int, auth: str | None, work_dir: str) -> list
 
 
 def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, work_dir: str | None = None,
-          limits: Limits | None = None) -> None:
-    """Run the page until interrupted. port 0: a free port (the printed address tells which)."""
+          limits: Limits | None = None, engine: EngineConfig | None = None) -> None:
+    """Run the page until interrupted. port 0: a free port (the printed address tells which).
+    engine: the workers and threads of every job (default: EngineConfig's, as `unflicker run`)."""
     try:
         import uvicorn
 
@@ -47,11 +49,13 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
     limits = limits or Limits()
     if not (limits.max_upload_mb > 0 and limits.max_seconds > 0 and limits.keep_items >= 1):
         raise UnflickerError("--max-upload-mb and --max-seconds must be above 0, --keep at least 1")
+    engine = engine or EngineConfig()
+    engine.check()
     os.environ.setdefault("TQDM_MININTERVAL", "0.2")
     store = Store(work_dir, limits)
     try:
         sock = _listen(host, port)
-        queue = JobQueue(store)
+        queue = JobQueue(store, engine=engine)
         try:
             app = create_app(store, queue, auth, loopback=is_loopback(host))
             for line in startup_lines(host, sock.getsockname()[1], auth, str(store.root)):

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from unflicker import io
+from unflicker.config import EngineConfig
 from unflicker.errors import Terminated, UnflickerError, sigterm_as_interrupt
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.worker import watch_parent
@@ -63,11 +64,17 @@ def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Pat
     return folder, name or file
 
 
+def _engine(spec: dict) -> EngineConfig:
+    """The engine's workers and threads the server was started with (`unflicker serve --workers/--threads`)."""
+    return EngineConfig(**spec.get("engine", {}))
+
+
 def preview(spec: dict, folder: Path, notes: list[str]) -> dict:
     clip, out = folder / "preview-in", folder / "preview-out"
     try:
         clip, centre = cut(spec["input"], clip, spec["frame"], spec["preview_seconds"])
-        summary = deflicker_file(clip, out, RunConfig(**spec["options"], compare=folder / "preview.mp4"))
+        summary = deflicker_file(clip, out, RunConfig(**spec["options"], compare=folder / "preview.mp4",
+                                                      engine=_engine(spec)))
         shutil.copyfile(clip / centre, folder / "before.png")
         shutil.copyfile(out / centre, folder / "after.png")
     finally:  # failed or cancelled too: the cut and the deflickered frames go
@@ -83,7 +90,8 @@ def run(spec: dict, folder: Path, notes: list[str]) -> dict:
     summary = deflicker_file(spec["input"], output,
                              RunConfig(**spec["options"], codec=spec.get("codec"), bit_depth=spec.get("bit_depth"),
                                        compare=folder / "compare.mp4", plot=folder / "plot.png",
-                                       plot_label=f"{spec.get('name') or Path(spec['input']).name}, deflickered"))
+                                       plot_label=f"{spec.get('name') or Path(spec['input']).name}, deflickered",
+                                       engine=_engine(spec)))
     written = io.probe(output)  # what the output holds, "same as the input" resolved: the page says it
     page_summary = {**_summary(summary, notes),
                     "output": {**summary.config["output"], "written_codec": written.codec,
