@@ -59,8 +59,19 @@ def tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
-    """(wall seconds, peak tree RSS MB, CPU seconds of the process and its reaped descendants)."""
+def own_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of the process itself so far, not its children (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def timed(cmd: list[str], env: dict, main_cpu: list[float] | None = None) -> tuple[float, float, float]:
+    """(wall seconds, peak tree RSS MB, CPU seconds of the process and its reaped descendants); `main_cpu`,
+    a list: gets the main process's own CPU seconds (without its workers) at its last sample."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0.0]
@@ -68,6 +79,9 @@ def timed(cmd: list[str], env: dict) -> tuple[float, float, float]:
     def sample() -> None:
         while proc.poll() is None:
             peak[0] = max(peak[0], tree_rss_mb(proc.pid))
+            own = own_cpu_seconds(proc.pid)
+            if main_cpu is not None and own is not None:
+                main_cpu[:] = [own]
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample)

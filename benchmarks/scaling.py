@@ -11,6 +11,11 @@
    on CUDA): times, whether the two GPU runs gave the same frames, and the PSNR of the GPU output to
    the CPU output. Outputs are FFV1 (.mkv, lossless) so the frames compare exactly.
 
+3. Batch (--batch N): a folder of N clips of --batch-frames frames at 854x480 (the first frames of the
+   .mp4 clips beside --source in turn, each with one flicker kind of global, colour, film, step, local in turn) through
+   `unflicker batch` with each --batch-workers count (none given: the default only), GPU hidden: wall
+   time, frames/s over all clips, peak RSS of the whole process tree, CPU seconds.
+
 Appends a Markdown section to --out (default benchmarks/results/scaling.md).
 """
 
@@ -32,6 +37,31 @@ RESULTS = Path(__file__).resolve().parent / "results" / "scaling.md"
 
 def run_cmd(clip: Path, out: Path, workers: int) -> list[str]:
     return [sys.executable, "-m", "unflicker", "run", str(clip), "-o", str(out), "--quiet", "--workers", str(workers)]
+
+
+def batch_folder(count: int, length: int, folder: Path, sources: list[Path]) -> Path:
+    """`count` clips of `length` frames at 854x480 in `folder`: the first frames of `sources` in turn, each
+    with one flicker kind in turn; streamed, one clip in memory."""
+    import dataclasses
+    import itertools
+
+    import cv2
+    import numpy as np
+
+    from unflicker import io, synth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = ("global", "colour", "film", "step", "local")
+    for i in range(count):
+        source = sources[i % len(sources)]
+        frames = [cv2.resize(io.to_float(f.image), (854, 480), interpolation=cv2.INTER_AREA)
+                  for f in itertools.islice(io.read_frames(source), length)]
+        clip = synth.add_flicker(np.stack(frames), kinds[i % len(kinds)], seed=i)
+        layout = dataclasses.replace(io.probe(source), width=854, height=480, frame_count=len(clip), has_audio=False)
+        with io.VideoWriter(folder / f"clip{i:02d}-{source.stem}.mp4", layout) as writer:
+            for frame in clip:
+                writer.write(frame, None, None)
+    return folder
 
 
 def frames_of(path: Path):
@@ -57,6 +87,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="*", default=[16, 8, 4])
     p.add_argument("--gpu-frames", type=int, default=60)
     p.add_argument("--budget", type=float, default=420.0, help="seconds after which no further core count starts")
+    p.add_argument("--batch", type=int, default=0, metavar="N", help="also run a batch of N clips (section 3)")
+    p.add_argument("--batch-frames", type=int, default=90)
+    p.add_argument("--batch-workers", type=int, nargs="*", default=[])
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
 
@@ -69,18 +102,38 @@ def main() -> None:
              ""]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        clip = looped_clip(args.frames, tmp / "clip.mkv", args.source)
-        lines += [f"Cores: {args.frames} frames at 854x480 ({args.source.name} looped, global flicker), default run, "
-                  "GPU hidden", "", "| --workers | wall s | frames/s | peak RSS, all processes | CPU s |",
-                  "|---|---|---|---|---|"]
-        for workers in args.workers:
-            if time.perf_counter() - start > args.budget:
-                lines.append(f"| {workers} | skipped: past the {args.budget:.0f} s budget | | | |")
-                continue
-            wall, peak, cpu = timed(run_cmd(clip, tmp / f"w{workers}.mp4", workers), cpu_env)
-            lines.append(f"| {workers} | {wall:.1f} | {args.frames / wall:.2f} | {peak:.0f} MB | {cpu:.0f} |")
-            print(lines[-1], flush=True)
-        if torch.cuda.is_available():
+        if args.workers:
+            clip = looped_clip(args.frames, tmp / "clip.mkv", args.source)
+            lines += [f"Cores: {args.frames} frames at 854x480 ({args.source.name} looped, global flicker), default run, "
+                      "GPU hidden", "", "| --workers | wall s | frames/s | peak RSS, all processes | CPU s | main process CPU s |",
+                      "|---|---|---|---|---|---|"]
+            for workers in args.workers:
+                if time.perf_counter() - start > args.budget:
+                    lines.append(f"| {workers} | skipped: past the {args.budget:.0f} s budget | | | | |")
+                    continue
+                main_cpu: list[float] = []
+                wall, peak, cpu = timed(run_cmd(clip, tmp / f"w{workers}.mp4", workers), cpu_env, main_cpu)
+                lines.append(f"| {workers} | {wall:.1f} | {args.frames / wall:.2f} | {peak:.0f} MB | {cpu:.0f} | "
+                             f"{main_cpu[0] if main_cpu else float('nan'):.0f} |")
+                print(lines[-1], flush=True)
+        if args.batch:
+            sources = sorted(args.source.parent.glob("*.mp4"))
+            folder = batch_folder(args.batch, args.batch_frames, tmp / "batch", sources)
+            total = args.batch * args.batch_frames
+            lines += ["", f"Batch: {args.batch} clips of {args.batch_frames} frames at 854x480 ({total} frames; "
+                      f"{len(sources)} clean sources in turn, flicker kinds in turn), `unflicker batch`, GPU hidden", "",
+                      "| --workers | wall s | frames/s | peak RSS, all processes | CPU s | cores busy | main process CPU s |",
+                      "|---|---|---|---|---|---|---|"]
+            for workers in args.batch_workers or [None]:
+                extra = [] if workers is None else ["--workers", str(workers)]
+                cmd = [sys.executable, "-m", "unflicker", "batch", str(folder), "-o", str(tmp / f"batch-out-{workers}"),
+                       "--quiet", *extra]
+                main_cpu: list[float] = []
+                wall, peak, cpu = timed(cmd, cpu_env, main_cpu)
+                lines.append(f"| {workers or f'default ({os.cpu_count()})'} | {wall:.1f} | {total / wall:.2f} | "
+                             f"{peak:.0f} MB | {cpu:.0f} | {cpu / wall:.1f} | {main_cpu[0] if main_cpu else float('nan'):.0f} |")
+                print(lines[-1], flush=True)
+        if torch.cuda.is_available() and args.gpu_frames:
             short = looped_clip(args.gpu_frames, tmp / "short.mkv", args.source)
             runs = [("CPU (GPU hidden)", cpu_env, "cpu.mkv"), ("GPU, first", dict(os.environ), "gpu1.mkv"),
                     ("GPU, second", dict(os.environ), "gpu2.mkv")]
