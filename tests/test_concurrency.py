@@ -189,3 +189,27 @@ def test_without_locks_on_the_file_system_runs_go_on_and_nothing_is_taken_for_a_
     assert out.is_file() and other.exists()
     assert [row.status for row in run_batch(source.parent, tmp_path / "batch", RunConfig(method="classical",
                                                                                           progress=False))] == ["done"]
+
+
+def test_library_leaves_the_host_programs_allocator_alone(tmp_path):
+    """keep_freed_memory (one malloc arena, a 1 GB trim threshold) is for this tool's own processes: a program
+    that calls the library keeps its allocator's settings; `unflicker run` sets them in its process."""
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i, frame in enumerate(synth.add_flicker(np.full((6, 32, 48, 3), 0.5, np.float32), "global", seed=0)):
+        cv2.imwrite(str(clip / f"{i}.png"), io.from_float(frame))
+    library = ("import sys, numpy as np, unflicker; from unflicker import segments; "
+               "frames = np.full((6, 32, 48, 3), 0.5, np.float32); "
+               "unflicker.deflicker(frames, method='classical', progress=False); "
+               "unflicker.deflicker(sys.argv[1], sys.argv[2], method='classical', progress=False); "
+               "print(segments._MALLOC_KEPT)")
+    out = subprocess.run([sys.executable, "-c", library, str(clip), str(tmp_path / "lib.mkv")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    cli = ("import sys; from unflicker import cli, segments; code = cli.main(['run', sys.argv[1], '-o', sys.argv[2], "
+           "'--method', 'classical', '--quiet']); print(code, segments._MALLOC_KEPT)")
+    out = subprocess.run([sys.executable, "-c", cli, str(clip), str(tmp_path / "cli.mkv")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 True"

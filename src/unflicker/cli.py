@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo,
                    "serve": _serve}[args.command]
         keep_work = args.keep_work
+        if args.command in ("run", "batch", "demo"):
+            from unflicker.segments import keep_freed_memory
+
+            keep_freed_memory()  # before the first frame is decoded: this process decodes, stitches and encodes
     import cv2
 
     # OpenCV's own log lines (a corrupt PNG's libpng complaint) would come before our one-line error,

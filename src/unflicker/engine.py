@@ -319,6 +319,7 @@ class _Board:
 
 def _ray_segment(task: SegmentTask, board, key: int) -> SegmentResult:
     """run_segment as a Ray task, its progress sent to the run's board (fire and forget: never waited for)."""
+    keep_freed_memory()  # a Ray worker process does nothing else
     return run_segment(task, None if board is None else (lambda fraction: board.report.remote(key, fraction)))
 
 
@@ -505,7 +506,6 @@ def make_executor(engine: EngineConfig, tasks: int | None = None, frame: tuple[i
 def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], None] = lambda job: None) -> None:
     """Run every job's segments on one executor, oldest job first; `finished(job)` after each job
     completes or fails (its `error` set). Jobs start (probe, plan) only when the workers need tasks."""
-    keep_freed_memory()  # before the first frame is decoded: this process decodes, stitches and encodes
     jobs = list(jobs)
     executor: Executor | None = None  # made when the first task is ready (see make_executor)
     waiting = iter(jobs)

@@ -213,7 +213,9 @@ def keep_freed_memory() -> None:
     freshly mapped, zeroed pages again (at 1080p a float frame is 25 MB). Here: one heap for all
     threads, allocations up to 32 MB (glibc's limit) from it, and its top kept up to 1 GB. The
     process's memory stays near the most it held at once (plus what fragments); set once per
-    process, for every later allocation."""
+    process, for every later allocation. So only processes of this tool's own call it (the CLI's run, batch and
+    demo, pool and Ray workers, the web page's job process): the library, inside another program, leaves that
+    program's allocator as it is."""
     global _MALLOC_KEPT
     if _MALLOC_KEPT:
         return
@@ -364,7 +366,6 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
     from unflicker.io import write_png
 
     start = time.perf_counter()
-    keep_freed_memory()
     marker = None
     if task.running_dir is not None:
         marker = Path(task.running_dir) / f"{task.job}-{task.segment.index:05d}.pid"

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sys.stdin.buffer
 
     from unflicker.errors import UnflickerError
-    from unflicker.segments import MethodSpec, build_method, file_error, run_segment
+    from unflicker.segments import MethodSpec, build_method, file_error, keep_freed_memory, run_segment
+
+    keep_freed_memory()
 
     while True:
         try:
