@@ -432,6 +432,36 @@ def test_a_runs_own_ray_gets_no_more_cpus_than_the_memory_holds_workers_for(monk
         engine.close()
 
 
+def test_a_second_run_at_once_on_a_ray_of_its_own_is_refused_in_one_line():
+    """Ray is one per process: a second deflicker call at once (another thread) took the first run's Ray, which
+    the first run shut down at its end (the second's tasks raised SystemExit), or both called ray.init (an
+    AssertionError). The second is refused; the first's Ray stays up, and goes with it."""
+    pytest.importorskip("ray")
+    from unflicker import deflicker
+    from unflicker.engine import RayEngine
+
+    first = RayEngine(EngineConfig(engine="ray", workers=1))
+    try:
+        outcome = []
+
+        def second():
+            try:
+                deflicker(np.full((4, 24, 32, 3), 0.5, np.float32), method="classical", progress=False,
+                          engine=EngineConfig(engine="ray", workers=1))
+            except InputError as exc:
+                outcome.append(str(exc))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+        assert len(outcome) == 1 and "one at a time" in outcome[0] and "\n" not in outcome[0]
+        assert first.ray.is_initialized() and first.ray.cluster_resources()["CPU"] == 1
+    finally:
+        first.close()
+    assert not first.ray.is_initialized()
+    RayEngine(EngineConfig(engine="ray", workers=1)).close()  # once the first is done, another starts
+
+
 def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_line(flickering, reference,
                                                                                      tmp_path, monkeypatch, capsys):
     """--shared-dir was accepted and never used; an address with nothing listening hung for good."""

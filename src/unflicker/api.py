@@ -108,7 +108,8 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     the rest (a worker that kept dying, Ray unreachable). What cannot be checked ahead is warned about
     (`warnings`: e.g. the classical method taken for frames too small for the neural one). An error or a
     KeyboardInterrupt leaves no output, temporary files or worker processes behind.
-    Safe to call from any thread, and from several at once (a run on its own local Ray: one at a time).
+    Safe to call from any thread, and from several at once; engine ray: a run that starts Ray itself (ray.init)
+    is one at a time, a second at once an InputError; runs share a Ray the program started first.
     """
     config = _config(method, options)
     if isinstance(frames_or_path, (str, os.PathLike)):

@@ -25,13 +25,14 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
 from unflicker.config import EngineConfig
-from unflicker.errors import UnflickerError, keep_sigterm_handler
+from unflicker.errors import InputError, UnflickerError, keep_sigterm_handler
 from unflicker.ray_watchdog import remove_session
 from unflicker.segments import (MethodSpec, SegmentResult, SegmentTask, file_error, keep_freed_memory, preload_method,
                                 run_segment)
@@ -365,8 +366,16 @@ def _watch_local_ray(ray) -> tuple[subprocess.Popen, int] | None:
     return process, write
 
 
+_RAY_LOCK = threading.Lock()
+_ray_owner: RayEngine | None = None
+"""The run of this process that started (ray.init) the Ray it runs on, until it shuts it down: Ray is one per
+process, so a second run at once would share it and lose it when the first ends (its tasks failed with
+SystemExit), or call ray.init twice (an AssertionError); it is refused instead."""
+
+
 class RayEngine:
-    """Segments as Ray tasks: a local Ray on 127.0.0.1 for the run, or an existing cluster."""
+    """Segments as Ray tasks: a local Ray on 127.0.0.1 for the run, or an existing cluster. One run of a process
+    at a time where the run starts Ray itself (a Ray the host program started, runs may share)."""
 
     POLL_S = 0.5
     """While tasks run, the driver reads their progress from the board this often."""
@@ -380,7 +389,31 @@ class RayEngine:
             raise UnflickerError("--engine ray needs Ray: pip install 'ray==2.60.0'") from None
         self.ray = ray
         self._started = False
+        self._watchdog = self._board = None
         self.local = engine.ray_address is None
+        with _RAY_LOCK:  # held through ray.init: a second run waits for it, then finds the first's Ray
+            self._start(engine, frame)
+        try:
+            # A local Ray of the run's own goes also when the run is killed outright (kill -9).
+            self._watchdog = _watch_local_ray(ray) if self._started and self.local else None
+            cpus = int(ray.cluster_resources().get("CPU", 1))
+            self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
+            # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
+            self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(_ray_segment)
+            self._board = ray.remote(num_cpus=0)(_Board).remote()
+        except BaseException:
+            self.close()  # a Ray it started goes with it
+            raise
+        self._keys: dict[object, int] = {}  # a running task's ref -> the key its reports carry
+        self._next = 0
+
+    def _start(self, engine: EngineConfig, frame: tuple[int, int] | None) -> None:
+        """Start or reach Ray unless this process is connected already (_RAY_LOCK held)."""
+        global _ray_owner
+        ray = self.ray
+        if _ray_owner is not None:
+            raise InputError("another engine='ray' run of this program is running on the Ray it started: run them "
+                             "one at a time, or call ray.init() first and they share that Ray")
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if self.local:
@@ -409,15 +442,7 @@ class RayEngine:
                 finally:
                     notice.setLevel(level)
             self._started = True
-        # A local Ray of the run's own goes also when the run is killed outright (kill -9).
-        self._watchdog = _watch_local_ray(ray) if self._started and self.local else None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
-        # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
-        self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(_ray_segment)
-        self._board = ray.remote(num_cpus=0)(_Board).remote()
-        self._keys: dict[object, int] = {}  # a running task's ref -> the key its reports carry
-        self._next = 0
+            _ray_owner = self
 
     def warm(self, spec: MethodSpec) -> None:
         pass  # Ray's workers build the method with their first task
@@ -477,6 +502,8 @@ class RayEngine:
                     remove_session(str(session))
                 clean = True
             finally:
+                self._started = False
+                _release_ray(self)
                 if self._watchdog is not None:  # without its byte the watchdog kills what is left
                     process, write = self._watchdog
                     self._watchdog = None
@@ -490,6 +517,14 @@ class RayEngine:
                             process.wait(timeout=5)
                         except subprocess.TimeoutExpired:  # pragma: no cover - it only reads a byte and exits
                             pass
+
+
+def _release_ray(engine: RayEngine) -> None:
+    """The run's Ray is shut down: another run may start one."""
+    global _ray_owner
+    with _RAY_LOCK:
+        if _ray_owner is engine:
+            _ray_owner = None
 
 
 def make_executor(engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None) -> Executor:
