@@ -197,6 +197,42 @@ def test_default_workers_are_as_many_as_the_memory_holds(monkeypatch):
     assert engine.local_workers((3840, 2160)) == 16
 
 
+def test_the_memory_cap_counts_the_method_a_worker_runs(monkeypatch, flickering, tmp_path):
+    """The cap was measured for the default method only (session 27): the MLP atlas's worker takes about 1.4 GB
+    more (it let too many start), a classical one about 40 % less (it started needlessly few)."""
+    import unflicker.config as config
+    from unflicker import engine as engine_module
+    from unflicker.engine import LocalPool
+
+    monkeypatch.setattr(config, "machine_cores", lambda: 16)
+    free = 8 * 2**30
+    default = EngineConfig()
+    specs = {"classical": config.method_spec(RunConfig(method="classical")),
+             "grid": config.method_spec(RunConfig(method="neural")),
+             "mlp": config.method_spec(RunConfig(method="neural", preset="paper"))}
+    fits = {name: default.local_workers((1280, 720), free, spec) for name, spec in specs.items()}
+    assert fits["mlp"] < fits["grid"] == default.local_workers((1280, 720), free) < fits["classical"] <= 16
+    assert config.memory_needs(1280, 720, specs["mlp"])[0] == config.memory_needs(1280, 720)[0]  # the same main
+    monkeypatch.setattr(config, "available_memory", lambda: free)
+    with pytest.warns(UserWarning) as caught:
+        pool = LocalPool(EngineConfig(), tasks=1, frame=(1280, 720), spec=specs["grid"])
+        pool.fit((1280, 720), specs["mlp"])  # the same frame size, a hungrier method: the pool shrinks
+    try:
+        assert pool.limit == fits["mlp"]
+        mlp = config.memory_needs(1280, 720, specs["mlp"])[1] / 2**30
+        assert [str(w.message).split(":")[0] for w in caught] == [f"{fits['grid']} workers at once, not 16",
+                                                                  f"{fits['mlp']} workers at once, not {fits['grid']}"]
+        assert f"each takes up to about {mlp:.1f} GB" in str(caught[1].message)
+    finally:
+        pool.close()
+    made = []  # a run hands its method to the executor
+    monkeypatch.setattr(engine_module, "make_executor",
+                        lambda *args: made.append(args) or engine_module.InProcess(args[0]))
+    deflicker_file(flickering, tmp_path / "out.mkv", RunConfig(method="classical", progress=False, segments=SMALL,
+                                                               engine=EngineConfig(workers=2)))
+    assert made and made[0][3].name == "classical"
+
+
 def test_the_free_memory_counts_every_cgroup_limit_and_not_its_page_cache(tmp_path):
     """A container's limit was read from /sys/fs/cgroup/memory.max alone: a cgroup v1 container (Docker on
     older hosts), a limit on a parent cgroup (a systemd slice) or a cgroup not at the mount's root went

@@ -86,11 +86,24 @@ def machine_cores() -> int:
 GB = 2**30
 WORKER_MEMORY = (0.75 * GB, 160)
 """(bytes, bytes per pixel of a frame): the peak memory of a local worker running a segment of the default
-neural method at one thread, with margin. Measured peaks (session 26, `unflicker run --workers 2`): 0.52 GB at
-854x480, 0.77 GB at 1920x1080, 1.65 GB at 3840x2160 with PyTorch's CPU build; about 0.8 GB at 854x480 with a
-CUDA build of PyTorch (its libraries), whose share the base holds."""
+neural method (grid atlas) at one thread, with margin. Measured peaks (session 26, `unflicker run --workers 2`):
+0.52 GB at 854x480, 0.77 GB at 1920x1080, 1.65 GB at 3840x2160 with PyTorch's CPU build; about 0.8 GB at 854x480
+with a CUDA build of PyTorch (its libraries), whose share the base holds. Within 10 % of the default's with
+--threads 2, --preset fast and --segment-frames 120 (0.52, 0.47 and 0.56 GB at 854x480; session 27,
+benchmarks/memory_settings.py), which the model leaves out."""
+CLASSICAL_WORKER_MEMORY = (0.45 * GB, 110)
+"""The same for the classical method (no networks; session 27, benchmarks/memory_settings.py): 0.29 GB at
+854x480, 0.33 at 1280x720, 0.42 at 1920x1080 (0.26 GB and 84 B a pixel), with a margin like WORKER_MEMORY's
+(30 % on the slope: no 4K run)."""
+MLP_ATLAS_MEMORY = 1.7 * GB
+"""What the MLP atlas (--preset paper, --atlas mlp) adds to WORKER_MEMORY on a CPU: its fit's steps (10000
+pixels each), about the same at any frame size. Measured (session 27: one 60-frame segment in the run's own
+process, the pre-training cut to 2 passes and the fit to 20 steps, which changes no step's size): 1.91 against
+0.50 GB with the grid atlas at 854x480, 1.99 against 0.61 GB at 1280x720 (+1.41, +1.38 GB). On a GPU (its
+default there) most of it is the GPU's memory instead: counted all the same."""
 MAIN_MEMORY = (0.2 * GB, 190)
-"""The same for the run's main process (decoding, stitching, encoding): 0.18, 0.50 and 1.50 GB measured."""
+"""The same for the run's main process (decoding, stitching, encoding): 0.18, 0.50 and 1.50 GB measured; with
+each setting above 0.16-0.17 GB at 854x480, 0.27 at 1280x720 (session 27): the method does not change it."""
 
 
 def _cgroup_room(folder: Path, limit: str, usage: str, inactive: str) -> int | None:
@@ -143,22 +156,27 @@ def available_memory(proc: str = "/proc", cgroup: str = "/sys/fs/cgroup") -> int
     return min(sizes) if sizes else None
 
 
-def workers_that_fit(width: int, height: int, free: int | None = None) -> int | None:
+def workers_that_fit(width: int, height: int, free: int | None = None, spec: MethodSpec | None = None) -> int | None:
     """How many local workers the available memory holds beside the main process for frames of this size
-    (at least 1); None where the available memory is not known. free: the bytes to count on (None: the
-    `available_memory` now)."""
+    and this method (at least 1); None where the available memory is not known. free: the bytes to count on
+    (None: the `available_memory` now); spec: the resolved method (None: the default, neural with a grid atlas)."""
     free = available_memory() if free is None else free
     if free is None:
         return None
-    main, worker = memory_needs(width, height)
+    main, worker = memory_needs(width, height, spec)
     return max(1, int((free - main) // worker))
 
 
-def memory_needs(width: int, height: int) -> tuple[float, float]:
+def memory_needs(width: int, height: int, spec: MethodSpec | None = None) -> tuple[float, float]:
     """(bytes, bytes): the peak memory of a run's main process and of one of its workers for frames of this
-    size (MAIN_MEMORY, WORKER_MEMORY)."""
+    size and this resolved method (None: the default, neural with a grid atlas): MAIN_MEMORY, and
+    WORKER_MEMORY, CLASSICAL_WORKER_MEMORY, or WORKER_MEMORY with MLP_ATLAS_MEMORY for the MLP atlas. The
+    other settings (threads, preset fast, segment length) change a worker's peak by 10 % or less."""
     pixels = width * height
-    return MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels, WORKER_MEMORY[0] + WORKER_MEMORY[1] * pixels
+    base, per_pixel = CLASSICAL_WORKER_MEMORY if spec is not None and spec.name == "classical" else WORKER_MEMORY
+    if spec is not None and spec.name == "neural" and spec.config.atlas.backend == "mlp":
+        base += MLP_ATLAS_MEMORY
+    return MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels, base + per_pixel * pixels
 
 
 @dataclass
@@ -206,14 +224,15 @@ class EngineConfig:
         if self.retries < 0:
             raise InputError(f"retries must be >= 0, got {self.retries}")
 
-    def local_workers(self, frame: tuple[int, int] | None = None, free: int | None = None) -> int:
+    def local_workers(self, frame: tuple[int, int] | None = None, free: int | None = None,
+                      spec: MethodSpec | None = None) -> int:
         """Workers of a local run: --workers, else one per `threads` cores, no more than the available memory
-        (`free` bytes where given) holds for frames of size `frame` (width, height) where it is given
-        (`workers_that_fit`)."""
+        (`free` bytes where given) holds for frames of size `frame` (width, height) where it is given, of the
+        method `spec` (`workers_that_fit`)."""
         if self.workers is not None:
             return self.workers
         cores = max(1, machine_cores() // self.threads)
-        fits = None if frame is None else workers_that_fit(*frame, free)
+        fits = None if frame is None else workers_that_fit(*frame, free, spec)
         return cores if fits is None else min(cores, fits)
 
     def lanes_for(self, running: int) -> int:

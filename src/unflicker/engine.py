@@ -65,23 +65,25 @@ class Executor(Protocol):
         Meanwhile `progress(handle, fraction)` as running tasks report how far they are (where they can)."""
         ...
 
-    def fit(self, frame: tuple[int, int]) -> None:
-        """A job of frames of this size (width, height) starts: run no more workers than memory holds for them."""
+    def fit(self, frame: tuple[int, int], spec: MethodSpec | None = None) -> None:
+        """A job of frames of this size (width, height) and method starts: run no more workers than memory holds
+        for them."""
         ...
 
     def close(self) -> None: ...
 
 
-def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int, free: int | None = None) -> int:
+def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int, free: int | None = None,
+                spec: MethodSpec | None = None) -> int:
     """At most `limit` workers, no more than the available memory (`free` bytes where given) holds for frames
-    of this size (`--workers` given: as given); a warning names the numbers where the memory is what limits
-    them."""
+    of this size and the method `spec` (`--workers` given: as given); a warning names the numbers where the
+    memory is what limits them."""
     from unflicker.config import available_memory, memory_needs
 
     free = available_memory() if free is None else free
-    fits = min(limit, engine.local_workers(frame, free))
+    fits = min(limit, engine.local_workers(frame, free, spec))
     if fits < limit:
-        main, worker = memory_needs(*frame)
+        main, worker = memory_needs(*frame, spec)
         warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {limit}: at {frame[0]}x{frame[1]} each "
                       f"takes up to about {worker / 2**30:.1f} GB and the run itself {main / 2**30:.1f} GB, with "
                       f"{(free or 0) / 2**30:.1f} GB free (--workers N sets the number)", stacklevel=3)
@@ -117,7 +119,7 @@ class InProcess:
         except OSError as exc:
             return [(handle, file_error(task, exc))]
 
-    def fit(self, frame: tuple[int, int]) -> None:
+    def fit(self, frame: tuple[int, int], spec: MethodSpec | None = None) -> None:
         pass  # one segment at a time already
 
     def close(self) -> None:
@@ -190,20 +192,21 @@ class LocalPool:
     """Worker processes on this machine (python -m unflicker.worker), one task each at a time; a
     task whose worker died runs again on a fresh one (up to `retries` times)."""
 
-    def __init__(self, engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None):
+    def __init__(self, engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None,
+                 spec: MethodSpec | None = None):
         """tasks: how many tasks the run has, or will have at least, if known: that many workers start
-        now (at most engine.local_workers(frame)); more start only when tasks wait for them. frame: the
-        largest (width, height) of the run's videos so far (see `fit`)."""
+        now (at most engine.local_workers(frame)); more start only when tasks wait for them. frame, spec: the
+        (width, height) and method of the run's video so far whose worker needs the most memory (see `fit`)."""
         from unflicker.config import available_memory
 
         self.engine = engine
         # Measured once, before this pool's workers take any: measured again later it would count their
         # memory as taken and cut the pool at each job's start (and warn each time).
         self._free = available_memory()
-        self._fitted = 0  # the pixels of the largest frame the limit counts
+        self._fitted = 0.0  # the largest worker's memory need the limit counts
         self.limit = engine.local_workers()
         if frame is not None:
-            self._limit_to(frame)
+            self._limit_to(frame, spec)
         self.capacity = self.limit + 1
         self.retries = engine.retries
         self._pool = [_Worker() for _ in range(min(self.limit, tasks or self.limit))]
@@ -212,15 +215,18 @@ class LocalPool:
         self._tasks: dict[int, tuple[SegmentTask, int]] = {}
         self._next = 0
 
-    def _limit_to(self, frame: tuple[int, int]) -> None:
-        """Lower the limit to the workers the memory free at the pool's start holds for frames of this size
-        (a frame no larger than one counted already changes nothing)."""
-        if frame[0] * frame[1] > self._fitted:
-            self._fitted = frame[0] * frame[1]
-            self.limit = workers_for(self.engine, frame, self.limit, self._free)
+    def _limit_to(self, frame: tuple[int, int], spec: MethodSpec | None) -> None:
+        """Lower the limit to the workers the memory free at the pool's start holds for frames of this size and
+        method (a worker needing no more than one counted already changes nothing)."""
+        from unflicker.config import memory_needs
 
-    def fit(self, frame: tuple[int, int]) -> None:
-        self._limit_to(frame)
+        need = memory_needs(*frame, spec)[1]
+        if need > self._fitted:
+            self._fitted = need
+            self.limit = workers_for(self.engine, frame, self.limit, self._free, spec)
+
+    def fit(self, frame: tuple[int, int], spec: MethodSpec | None = None) -> None:
+        self._limit_to(frame, spec)
         self.capacity = self.limit + 1
         self._retire_surplus()
 
@@ -380,9 +386,10 @@ class RayEngine:
     POLL_S = 0.5
     """While tasks run, the driver reads their progress from the board this often."""
 
-    def __init__(self, engine: EngineConfig, frame: tuple[int, int] | None = None):
-        """frame: the largest (width, height) of the run's videos so far: a local Ray of the run's own gets no
-        more CPUs than the available memory holds workers for (its count is fixed at its start)."""
+    def __init__(self, engine: EngineConfig, frame: tuple[int, int] | None = None, spec: MethodSpec | None = None):
+        """frame, spec: the (width, height) and method of the run's video so far whose worker needs the most
+        memory: a local Ray of the run's own gets no more CPUs than the available memory holds workers for (its
+        count is fixed at its start)."""
         try:
             import ray
         except ImportError:  # pragma: no cover - ray is a dependency
@@ -392,7 +399,7 @@ class RayEngine:
         self._watchdog = self._board = None
         self.local = engine.ray_address is None
         with _RAY_LOCK:  # held through ray.init: a second run waits for it, then finds the first's Ray
-            self._start(engine, frame)
+            self._start(engine, frame, spec)
         try:
             # A local Ray of the run's own goes also when the run is killed outright (kill -9).
             self._watchdog = _watch_local_ray(ray) if self._started and self.local else None
@@ -407,7 +414,7 @@ class RayEngine:
         self._keys: dict[object, int] = {}  # a running task's ref -> the key its reports carry
         self._next = 0
 
-    def _start(self, engine: EngineConfig, frame: tuple[int, int] | None) -> None:
+    def _start(self, engine: EngineConfig, frame: tuple[int, int] | None, spec: MethodSpec | None) -> None:
         """Start or reach Ray unless this process is connected already (_RAY_LOCK held)."""
         global _ray_owner
         ray = self.ray
@@ -418,7 +425,8 @@ class RayEngine:
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             if self.local:
                 # address "local": a Ray of its own, even where one runs on this machine or RAY_ADDRESS is set
-                workers = engine.local_workers() if frame is None else workers_for(engine, frame, engine.local_workers())
+                workers = (engine.local_workers() if frame is None else
+                           workers_for(engine, frame, engine.local_workers(), spec=spec))
                 options.update(address="local", num_cpus=workers * engine.threads,
                                _node_ip_address="127.0.0.1")
             else:
@@ -447,7 +455,7 @@ class RayEngine:
     def warm(self, spec: MethodSpec) -> None:
         pass  # Ray's workers build the method with their first task
 
-    def fit(self, frame: tuple[int, int]) -> None:
+    def fit(self, frame: tuple[int, int], spec: MethodSpec | None = None) -> None:
         pass  # a Ray's CPUs are fixed at its start (a local one's by `workers_for`); Ray watches its nodes' memory
 
     def submit(self, task: SegmentTask) -> object:
@@ -527,15 +535,17 @@ def _release_ray(engine: RayEngine) -> None:
             _ray_owner = None
 
 
-def make_executor(engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None) -> Executor:
+def make_executor(engine: EngineConfig, tasks: int | None = None, frame: tuple[int, int] | None = None,
+                  spec: MethodSpec | None = None) -> Executor:
     """The engine's executor; `tasks`, the run's number of tasks if known: one task (a short clip)
-    runs in this process, whose method is loaded already, and a pool starts no idle workers; `frame`,
-    the largest (width, height) of the run's videos so far: a pool runs no more workers than memory holds."""
+    runs in this process, whose method is loaded already, and a pool starts no idle workers; `frame` and
+    `spec`, the (width, height) and method of the run's video so far whose worker needs the most memory: a pool
+    runs no more workers than memory holds."""
     if engine.engine == "ray":
-        return RayEngine(engine, frame)
+        return RayEngine(engine, frame, spec)
     if engine.local_workers() == 1 or tasks == 1:
         return InProcess(engine)
-    return LocalPool(engine, tasks, frame)
+    return LocalPool(engine, tasks, frame, spec)
 
 
 def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], None] = lambda job: None) -> None:
@@ -555,10 +565,12 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
         if job is not None and job.error is None:
             job.progress(segment_of[handle], fraction)
 
-    def largest_frame() -> tuple[int, int] | None:
-        """(width, height) of the most pixels among the jobs started so far (their workers' memory)."""
-        sizes = [(job.source.info.width, job.source.info.height) for job in active + starting]
-        return max(sizes, key=lambda size: size[0] * size[1]) if sizes else None
+    def hungriest() -> tuple[tuple[int, int] | None, MethodSpec | None]:
+        """(width, height) and method of the job started so far whose worker needs the most memory."""
+        from unflicker.config import memory_needs
+
+        sizes = [((job.source.info.width, job.source.info.height), job.spec) for job in active + starting]
+        return max(sizes, key=lambda size: memory_needs(*size[0], size[1])[1]) if sizes else (None, None)
 
     def warm(job) -> None:
         """Make the executor before the first job's first pass if the run will have two tasks or more
@@ -567,7 +579,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
         nonlocal executor
         hint = job.task_hint + len(jobs) - started  # every job not started yet has a task at least
         if hint > 1:
-            executor = make_executor(engine, hint, largest_frame())
+            executor = make_executor(engine, hint, *hungriest())
             executor.warm(job.spec)
         elif hint == 1 and engine.engine == "local":
             # One task: it runs in this process (cuts may still add segments; those run on workers,
@@ -598,7 +610,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                         job.start(shared=engine.shares_files(), ready=None if executor is not None else warm)
                         active.append(job)
                         if executor is not None:
-                            executor.fit(largest_frame())
+                            executor.fit(*hungriest())
                     except UnflickerError as exc:
                         job.fail(exc)
                         job.close()
@@ -612,7 +624,7 @@ def run_jobs(jobs: Iterable, engine: EngineConfig, finished: Callable[[object], 
                 if executor is None:
                     known = started == len(jobs)  # every job planned: the number of tasks is known
                     executor = make_executor(engine, 1 + sum(job.pending() for job in active) if known else None,
-                                             largest_frame())
+                                             *hungriest())
                 handle = executor.submit(task)
                 in_flight[handle], segment_of[handle] = owner, task.segment.index
             for job in list(active):
