@@ -300,3 +300,12 @@ def test_the_summary_line_of_a_one_frame_input_says_frame():
 
     assert RunSummary(Path("out.mkv"), 1, 1.0, 0.0, 0.0).line().startswith("wrote out.mkv: 1 frame in 1.0 s")
     assert RunSummary(Path("out.mkv"), 2, 1.0, 0.0, 0.0, 1).line().startswith("wrote out.mkv: 2 frames in 1.0 s")
+
+
+
+def test_mlp_atlas_note_names_the_steps_the_run_takes():
+    """The MLP atlas's warning said 'its 10000 steps' whatever --atlas-steps gave."""
+    from unflicker.config import mlp_atlas_note
+
+    assert "takes 3 steps per segment" in mlp_atlas_note(RunConfig(preset="paper", atlas_steps=3))
+    assert "takes 10000 steps per segment" in mlp_atlas_note(RunConfig(preset="paper"))

@@ -363,6 +363,16 @@ def mlp_atlas(config: RunConfig) -> bool:
     return atlas_config(config).backend == "mlp"
 
 
+def mlp_atlas_note(config: RunConfig) -> str:
+    """What a run with the MLP atlas is told before it starts: how many steps it takes, and that it is slow."""
+    from unflicker.atlas.config import MLP_DEFAULT_STEPS  # not atlas.mlp: no torch in the run's own process
+
+    steps = atlas_config(config).steps or MLP_DEFAULT_STEPS
+    return (f"the MLP atlas (--preset paper / --atlas mlp) takes {steps} steps per segment after its pre-training: "
+            "without a GPU that is minutes a segment before its first frame, tens of minutes at the paper's "
+            f"{MLP_DEFAULT_STEPS} (--preset balanced: seconds)")
+
+
 def atlas_config(config: RunConfig):
     """The neural method's atlas settings: the preset's, then explicit --atlas / --atlas-steps."""
     from unflicker.atlas import AtlasConfig  # torch is imported only when a neural method runs

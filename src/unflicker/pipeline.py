@@ -37,6 +37,7 @@ from unflicker.config import (
     digest,
     method_spec,
     mlp_atlas,
+    mlp_atlas_note,
     record,
     resolve_method,
 )
@@ -449,9 +450,7 @@ class Job:
             warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
                           stacklevel=4)
         elif self.config.method == "neural" and mlp_atlas(self.config):
-            warnings.warn("the MLP atlas (--preset paper / --atlas mlp) takes its 10000 steps per segment: without a "
-                          "GPU that is tens of minutes a segment before its first frame (--preset balanced: seconds)",
-                          stacklevel=4)
+            warnings.warn(mlp_atlas_note(self.config), stacklevel=4)
 
     def _check_extras(self) -> None:
         config = self.config

@@ -16,6 +16,9 @@ def atlas_size(h: int, w: int, resolution: int) -> tuple[int, int]:
     return max(1, round(h * s)), max(1, round(w * s))
 
 
+MLP_DEFAULT_STEPS = 10000
+"""The MLP backend's optimisation steps when none are given (the paper's)."""
+
 @dataclass
 class LossWeights:
     """Weights of the atlas losses; the defaults are the paper's stage-1 settings."""

@@ -24,10 +24,10 @@ from unflicker.atlas.common import (
     rigidity_energy,
     seeded,
 )
-from unflicker.atlas.config import AtlasConfig
+from unflicker.atlas.config import MLP_DEFAULT_STEPS, AtlasConfig
 from unflicker.flow import FlowPair
 
-DEFAULT_STEPS = 10000
+DEFAULT_STEPS = MLP_DEFAULT_STEPS
 DEFAULT_LR = 1e-4
 
 
