@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from unflicker import io, metrics, synth
-from unflicker.errors import InputError, OutputError
+from unflicker.errors import OutputError
 from unflicker.pipeline import RunConfig, deflicker_file
 
 
