@@ -218,7 +218,7 @@ def _run(args) -> int:
 
 def _batch(args) -> int:
     from unflicker.batch import SUMMARY_NAME, check_out_dir, run_batch
-    from unflicker.pipeline import size_text
+    from unflicker.io.common import size_text
     from unflicker.resume import folder_bytes
 
     check_out_dir(args.output)

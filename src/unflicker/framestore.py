@@ -83,8 +83,9 @@ class _Blocks:
     blocks thus all go one way (no page of theirs is ever both cached and written direct); only an
     unexpected later refusal (EINVAL) turns the file to the page cache mid-way."""
 
-    def __init__(self, file, writable: bool, probe: int | None):
-        self.file = file
+    def __init__(self, file, writable: bool, probe: int | None, name: str):
+        """name: what an OSError of a read or write names as its file (they name none of their own)."""
+        self.file, self.name = file, name
         self._fd: int | None = None  # the direct descriptor, closed with the file (or when collected)
         self._closer = None
         self._direct = False
@@ -104,15 +105,21 @@ class _Blocks:
         self._direct = done == _BLOCK
 
     def _call(self, direct: bool, op, *args) -> int:
-        """op(fd, *args) on the direct descriptor if `direct` (and still allowed), else buffered."""
-        if direct and self._direct:
-            try:
-                return op(self._fd, *args)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._direct = False  # refused after all: the page cache from now on
-        return op(self.file.fileno(), *args)
+        """op(fd, *args) on the direct descriptor if `direct` (and still allowed), else buffered. An OSError
+        names the file (a full disk's error then says where: resume.no_space)."""
+        try:
+            if direct and self._direct:
+                try:
+                    return op(self._fd, *args)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._direct = False  # refused after all: the page cache from now on
+            return op(self.file.fileno(), *args)
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror, self.name) from None
 
     def read_into(self, out: np.ndarray, offset: int, what: str) -> np.ndarray:
         """`out` (C-contiguous) filled from the file at `offset` (one copy, straight into the array);
@@ -163,7 +170,9 @@ class FrameStore:
             raise InputError(f"frame shape must be non-empty and positive, got {self.frame_shape}")
         self._frame_bytes = int(np.prod(self.frame_shape)) * self.dtype.itemsize
         self._slot = -(-self._frame_bytes // _PAGE) * _PAGE
-        self._io = _Blocks(tempfile.TemporaryFile(dir=directory), writable=True, probe=_BLOCK)
+        # An unnamed file: its errors name the folder it is in.
+        self._io = _Blocks(tempfile.TemporaryFile(dir=directory), writable=True, probe=_BLOCK,
+                           name=directory or tempfile.gettempdir())
         self._length = 0
 
     @property
@@ -232,7 +241,7 @@ class FrameFile:
             probe = offset + _BLOCK if int(np.prod(self.shape)) * self.dtype.itemsize >= 2 * _BLOCK else None
         else:
             probe = _BLOCK if offset > _BLOCK else None
-        self._io, self._name = _Blocks(file, writable, probe), file.name
+        self._io, self._name = _Blocks(file, writable, probe, file.name), file.name
 
     @classmethod
     def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype) -> FrameFile:
@@ -246,10 +255,17 @@ class FrameFile:
             raise InputError(f"array header too long: shape {shape}")
         header += b" " * pad + b"\n"
         file = open(path, "w+b")
-        file.write(magic + len(header).to_bytes(4, "little") + header)
-        file.flush()
-        offset = file.tell()
-        file.truncate(offset + int(np.prod(shape)) * dtype.itemsize)
+        try:
+            file.write(magic + len(header).to_bytes(4, "little") + header)
+            file.flush()
+            offset = file.tell()
+            file.truncate(offset + int(np.prod(shape)) * dtype.itemsize)
+        except OSError as exc:  # a full disk: the error names the file, as a frame's write does
+            try:
+                file.close()
+            except OSError:
+                pass  # the same error again, flushing what could not be written
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
         return cls(file, shape, dtype, offset, writable=True)
 
     @classmethod

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +48,7 @@ from unflicker.kinds import PHYSICAL_KINDS, unmistakable
 from unflicker.lanes import Behind
 from unflicker.methods import METHODS
 from unflicker.metrics import flicker_index
-from unflicker.resume import JobFolder, TemporaryWork, folder_bytes, input_fingerprint
+from unflicker.resume import JobFolder, TemporaryWork, folder_bytes, input_fingerprint, size_text, work_errors
 from unflicker.segments import Segment, SegmentResult, SegmentTask, plan
 
 __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "deflicker_frames"]
@@ -135,14 +136,6 @@ class RunSummary:
         if self.work is None:
             return ""
         return f"; work kept: {size_text(self.work_bytes)} in {self.work} (reruns reuse it; delete it when done)"
-
-
-def size_text(n: int) -> str:
-    """A byte count for people: 1.2 GB, 340.0 MB, 12.5 kB, 80 bytes."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 # --- sources and sinks ----------------------------------------------------------------------------
@@ -331,6 +324,7 @@ class Job:
         key = digest({"input": self.source.fingerprint(), **{k: v for k, v in self.record.items() if k != "output"}})
         if config.keep_work is not None and self._array is None:
             work = Path(config.keep_work).resolve()  # tasks on other nodes take its paths as they are
+            self._check_room(work / "jobs" / key)
         else:
             self._temp_work = TemporaryWork(config.engine.shared_dir)
             work = self._temp_work.path
@@ -402,9 +396,10 @@ class Job:
                     self._before[frame.index] = _channel_means(frame.image)
                     self._stamps.append((frame.pts, frame.name))
                     if speculate:
-                        if spill is None:
-                            spill = FrameFile.create(whole, (n, *frame.image.shape), frame.image.dtype)
-                        spill[frame.index] = frame.image
+                        with work_errors(self.folder.path):
+                            if spill is None:
+                                spill = FrameFile.create(whole, (n, *frame.image.shape), frame.image.dtype)
+                            spill[frame.index] = frame.image
                 yield cuts.thumbnail(frame.image)
 
         try:
@@ -415,9 +410,10 @@ class Job:
             self._warn_lost_timing()
             segments = plan(cuts.shots(n, found), self.config.segments)
             if spill is not None:
-                spill.close()
-                if len(segments) == 1 and segments[0].span == range(n):
-                    whole.rename(self.folder.spill(0))
+                with work_errors(self.folder.path):
+                    spill.close()
+                    if len(segments) == 1 and segments[0].span == range(n):
+                        whole.rename(self.folder.spill(0))
         finally:
             if spill is not None:
                 spill.close()
@@ -451,6 +447,25 @@ class Job:
                           stacklevel=4)
         elif self.config.method == "neural" and mlp_atlas(self.config):
             warnings.warn(mlp_atlas_note(self.config), stacklevel=4)
+
+    def _check_room(self, folder: Path) -> None:
+        """--keep-work keeps every segment's result, each frame at 16 bits: refuse, before any work, a run whose
+        results cannot fit on the folder's disk. The need is counted low (every frame once: no margins, no spilled
+        input; less the results `folder` holds already), so a run refused would certainly fail."""
+        info = self.source.info
+        if self.config.stop_after is not None or info.frame_count < 2:  # stages (other sizes), or no segment
+            return
+        held = sum(path.stat().st_size for path in folder.glob("segment-*.npy"))
+        need = info.frame_count * info.width * info.height * 3 * 2 - held
+        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+        try:
+            free = shutil.disk_usage(existing).free
+        except OSError:
+            return  # unknown: the writes say
+        if need > free:
+            raise OutputError(f"--keep-work {self.config.keep_work} needs at least {size_text(need)} for this "
+                              f"video's segments (every frame kept at 16 bits), its disk has {size_text(free)} free: "
+                              f"free space there, or give --keep-work a folder on a larger disk")
 
     def _check_extras(self) -> None:
         config = self.config
@@ -505,13 +520,14 @@ class Job:
 
     def _spill(self, segment: Segment, frame: io.Frame) -> None:
         temp = self.folder.frames / f".partial-{segment.index:05d}-{os.getpid()}.npy"
-        if segment.index not in self._spills:
-            shape = (len(segment.span), *frame.image.shape)
-            self._spills[segment.index] = FrameFile.create(temp, shape, frame.image.dtype)
-        self._spills[segment.index][frame.index - segment.span.start] = frame.image
-        if frame.index == segment.span.stop - 1:
-            self._spills.pop(segment.index).close()
-            temp.rename(self.folder.spill(segment.index))
+        with work_errors(self.folder.path):  # a full disk: one line, which folder and what is free
+            if segment.index not in self._spills:
+                shape = (len(segment.span), *frame.image.shape)
+                self._spills[segment.index] = FrameFile.create(temp, shape, frame.image.dtype)
+            self._spills[segment.index][frame.index - segment.span.start] = frame.image
+            if frame.index == segment.span.stop - 1:
+                self._spills.pop(segment.index).close()
+                temp.rename(self.folder.spill(segment.index))
 
     def progress(self, index: int, fraction: float) -> None:
         """Segment `index`'s task has done `fraction` of its work (engine.run_jobs, as it reports)."""
@@ -531,11 +547,9 @@ class Job:
                 self.watch(step)
 
     def deliver(self, result: SegmentResult) -> None:
-        path = self.folder.result(result.index)
-        if isinstance(result.frames, np.ndarray):
-            io.atomic_npy(path, result.frames)
-        io.write_file_atomically(self.folder.info(result.index), json.dumps(result.info).encode(), overwrite=True)
-        self.results[result.index] = path
+        self.folder.write_result(result.index, result.info,
+                                 result.frames if isinstance(result.frames, np.ndarray) else None)
+        self.results[result.index] = self.folder.result(result.index)
         self.folder.spill(result.index).unlink(missing_ok=True)
         self._running.pop(result.index, None)
         self._finished_work += len(self.segments[result.index].core)

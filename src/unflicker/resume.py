@@ -16,16 +16,21 @@ are not in the key: changing them reruns no segment.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from unflicker import io
-from unflicker.io.common import hold_lock, locked_by_another, try_lock
+from unflicker.io.common import free_text, hold_lock, locked_by_another, size_text, try_lock
 
 
 def input_fingerprint(info: io.VideoInfo) -> dict:
@@ -40,14 +45,60 @@ def input_fingerprint(info: io.VideoInfo) -> dict:
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under `folder` (what a kept work folder takes on disk, near enough; 0 if none)."""
+    """Bytes the files under `folder` take on disk (a file being written holds fewer than its size; 0 if none)."""
     total = 0
     for path in Path(folder).rglob("*"):
         try:
-            total += path.stat().st_size if path.is_file() else 0
+            stat = path.stat()
         except OSError:
-            pass  # removed meanwhile
+            continue  # removed meanwhile
+        if path.is_file():
+            blocks = getattr(stat, "st_blocks", None)  # not on every system (Windows)
+            total += stat.st_size if blocks is None else min(stat.st_size, blocks * 512)
     return total
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full disk (or a user's quota used up)."""
+
+
+def no_space(path: str | os.PathLike, what: str = "temporary files") -> str:
+    """The one line for a full disk met writing `path`: in a work folder (temporary or --keep-work; the folder
+    itself too) or elsewhere, such as a frame store's temporary file (`path`: the folder it was made in). It names
+    the folder to free or to move, what the run's work held there and what its disk has free now. what: the
+    files' name where `path` is in no work folder."""
+    path = Path(path)
+    temporary = next((p for p in (path, *path.parents) if p.name.startswith(TEMP_PREFIX) and (p / OWNER).exists()),
+                     None)
+    kept = next((p.parent for p in path.parents if p.name == "jobs"), None)
+    if temporary is not None:
+        root, where, what = temporary, temporary.parent, "the temporary work folder"
+    elif kept is not None:
+        root, where, what = kept, kept, "the --keep-work folder"
+    else:
+        root, where = None, (path if path.is_dir() else path.parent)
+    held = f"; the work there held {size_text(folder_bytes(root))}" if root is not None else ""
+    if kept is not None and temporary is None:
+        advice = "free space there, or give --keep-work a folder on a larger disk"
+    elif where.resolve() == Path(tempfile.gettempdir()).resolve():
+        advice = "set TMPDIR to a folder on a larger disk"
+    else:
+        advice = "free space there, or choose a folder on a larger disk (--shared-dir, TMPDIR)"
+    return f"no space left on device in {where} for {what} ({free_text(where)}{held}): {advice}"
+
+
+@contextmanager
+def work_errors(folder: Path) -> Iterator[None]:
+    """An OSError of the files in a work folder as one line (OutputError): a full disk's (`no_space`), else the
+    error and the file."""
+    from unflicker.errors import OutputError
+
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise OutputError(no_space(exc.filename or folder)) from None
+        raise OutputError(f"work folder {folder}: {exc.strerror or exc} ({exc.filename or 'a file in it'})") from None
 
 
 TEMP_PREFIX = "unflicker-"
@@ -76,10 +127,21 @@ class TemporaryWork:
                 continue
             if owner_host == host and locked_by_another(owner) is False:
                 shutil.rmtree(folder, ignore_errors=True)
-        self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
-        self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
-        try_lock(self._fd)  # just made: nobody else holds it (None: no locks here, and the folder is never swept)
-        os.write(self._fd, f"{host} {os.getpid()}".encode())  # after the lock: an empty owner is never taken
+        from unflicker.errors import OutputError
+
+        self.path, self._fd = None, None
+        try:
+            self.path = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=root))
+            self._fd = os.open(self.path / OWNER, os.O_WRONLY | os.O_CREAT, 0o600)
+            try_lock(self._fd)  # just made: nobody else holds it (None: no locks here, and the folder is never swept)
+            os.write(self._fd, f"{host} {os.getpid()}".encode())  # after the lock: an empty owner is never taken
+        except OSError as exc:
+            message = f"cannot make a temporary work folder in {root}: {exc.strerror or exc}"
+            if exc.errno in FULL:  # named as a full disk of a run's work folder is, whether it was made or not
+                message = no_space(self.path or root, "the temporary work folder")
+            if self.path is not None:
+                self.remove()
+            raise OutputError(message) from None
 
     def remove(self) -> None:
         """Remove the folder (its lock goes with it)."""
@@ -117,7 +179,8 @@ class JobFolder:
             self._fd = hold_lock(self.path / self.LOCK, f"work folder {self.path} is in use by another run of the "
                                  f"same input and settings: wait for it to end, or give this run another --keep-work")
         except OSError as exc:
-            raise OutputError(f"cannot use work folder {self.path}: {exc.strerror or exc}") from None
+            raise OutputError(no_space(self.path) if exc.errno in FULL else
+                              f"cannot use work folder {self.path}: {exc.strerror or exc}") from None
         JobFolder._held.add(self._id)
         if self._fd is not None:  # without locks another run may be using what looks left over
             try:
@@ -149,7 +212,25 @@ class JobFolder:
         return self.frames / f"segment-{index:05d}.npy"
 
     def write_record(self, record: dict) -> None:
-        io.write_file_atomically(self.path / "config.json", json.dumps(record, indent=1).encode(), overwrite=True)
+        self._write(self.path / "config.json", lambda file: file.write(json.dumps(record, indent=1).encode()))
+
+    def write_result(self, index: int, info: dict, frames: np.ndarray | None = None) -> None:
+        """A finished segment's report, and its frames where they came through the engine (else its task wrote them)."""
+        if frames is not None:
+            self._write(self.result(index), lambda file: np.save(file, frames))
+        self._write(self.info(index), lambda file: file.write(json.dumps(info).encode()))
+
+    def _write(self, path: Path, write: Callable) -> None:
+        """write(file) into `path` under a temporary name, renamed into place (replacing): OutputError if it fails."""
+        temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        with work_errors(self.path):
+            try:
+                with open(temp, "wb") as file:
+                    write(file)
+                os.replace(temp, path)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
 
     def clear_transient(self) -> None:
         """Spills, running markers and partial results (of workers stopped with the run: a kill, Ctrl-C)."""

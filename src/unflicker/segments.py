@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import threading
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -353,7 +354,12 @@ class SegmentProgress:
 
 def file_error(task: SegmentTask, exc: OSError) -> OutputError:
     """A segment's failure to read or write its files (the work folder removed or full) as the task's one-line
-    error, not a crash of its worker, which would be retried; other system errors are raised again."""
+    error, not a crash of its worker, which would be retried; other system errors are raised again. A full disk
+    says where and what is free there (resume.no_space)."""
+    from unflicker.resume import FULL, no_space
+
+    if exc.errno in FULL:
+        return OutputError(no_space(exc.filename or task.output or tempfile.gettempdir()))
     if exc.filename is None:
         raise exc  # not about a file (ENOMEM of a mapping...): a crash, which a retry may get past
     return OutputError(f"segment {task.segment.index}: {exc.strerror or exc} ({exc.filename})")

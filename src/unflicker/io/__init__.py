@@ -27,14 +27,14 @@ import av
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.io.common import (DEFAULT_CRF, atomic_npy, write_png, DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, X264_PRESET,
+from unflicker.io.common import (DEFAULT_CRF, write_png, DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, X264_PRESET,
                                  from_float, natural_key, replace, to_float, write_file_atomically)
 from unflicker.io.encoders import CODECS, OutputPlan, check_output, held_depths, is_folder_output, plan_output
 from unflicker.io.images import folder_timing, image_size, read_image
 from unflicker.io.media import SWS_MATRIX, SWS_READ, Frame, scale_u16, sws_white, VideoInfo, stream_facts
 from unflicker.io.writer import VideoWriter
 
-__all__ = ["atomic_npy", "write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
+__all__ = ["write_png", "CODECS", "DEFAULT_CRF", "DEFAULT_FOLDER_FPS", "IMAGE_EXTENSIONS", "VIDEO_FORMATS", "X264_PRESET",
            "Frame", "OutputPlan", "VideoInfo", "VideoWriter", "check_output", "frame_files", "frame_name", "from_float",
            "frame_estimate", "held_depths", "image_size", "is_folder_output", "natural_key", "os", "plan_output", "probe", "read_frames", "replace",
            "to_float", "write_file_atomically"]

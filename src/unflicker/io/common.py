@@ -37,6 +37,22 @@ DEFAULT_FOLDER_FPS = Fraction(25)
 _BAND_VALUES = 1 << 16  # float32 values of from_float's row bands (256 KB)
 
 
+def size_text(n: int) -> str:
+    """A byte count for people: 1.2 GB, 340.0 MB, 12.5 kB, 80 bytes."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def free_text(folder: Path) -> str:
+    """'N free': what the disk of `folder` has free now (for a full disk's error)."""
+    try:
+        return f"{size_text(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        return "free space unknown"
+
+
 def natural_key(name: str) -> list:
     """Sort key that puts 2.png before 10.png."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
@@ -315,19 +331,6 @@ def _replace(temp: Path, final: Path, overwrite: bool) -> None:
                 shutil.rmtree(backup, ignore_errors=True)
             return
     os.replace(temp, final)
-
-
-def atomic_npy(path: Path, array: np.ndarray) -> Path:
-    """Save an array as .npy under a temporary name, then rename it into place (replacing)."""
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with open(temp, "wb") as f:
-            np.save(f, array)
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
-    return path
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

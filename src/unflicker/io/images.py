@@ -225,7 +225,7 @@ def _read_pyav_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFa
 def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, depth: int, grey: bool,
                 source_format: str = "", source_file: Path | None = None) -> None:
     """Write one frame: PNG/TIFF through OpenCV at `depth` (8/16), DPX at the source's layout (with
-    `source_file`'s header fields, see `carry_dpx_header`), OpenEXR linear."""
+    `source_file`'s header fields, see `carry_dpx_header`), OpenEXR linear. A failed write raises its OSError."""
     suffix = path.suffix.lower()
     if suffix == ".exr":
         return _write_exr(path, image, alpha, grey, half="f16" in source_format or not source_format)
@@ -242,8 +242,12 @@ def write_image(path: Path, image: np.ndarray, alpha: np.ndarray | None, depth: 
         data = cv2.cvtColor(data, cv2.COLOR_RGB2BGR)
     if alpha is not None:
         data = np.dstack([data, to_depth(alpha, depth)])
-    if not cv2.imwrite(str(path), data):
-        raise OutputError(f"cannot write frame {path.name} into {path.parent}")
+    # Encoded here, written by Python: a failed write is an OSError that says why (a full disk), where
+    # imwrite only returns False (and libpng prints its own line).
+    done, encoded = cv2.imencode(suffix, data)
+    if not done:
+        raise OutputError(f"cannot encode frame {path.name} as {suffix}")
+    path.write_bytes(encoded)
 
 
 def _write_grey_alpha_png(path: Path, grey: np.ndarray, alpha: np.ndarray) -> None:
@@ -264,9 +268,9 @@ def _encode_file(path: Path, codec_name: str, frame: av.VideoFrame, options: dic
     frame.pts = 0
     try:
         data = b"".join(bytes(p) for p in codec.encode(frame) + codec.encode(None))
-        path.write_bytes(data)
-    except (av.error.FFmpegError, OSError) as exc:
-        raise OutputError(f"cannot write frame {path.name} into {path.parent}: {exc}") from None
+    except av.error.FFmpegError as exc:
+        raise OutputError(f"cannot encode frame {path.name}: {exc}") from None
+    path.write_bytes(data)  # an OSError: the writer's to say (VideoWriter._failed)
 
 
 def _write_exr(path: Path, image: np.ndarray, alpha, grey: bool, half: bool) -> None:

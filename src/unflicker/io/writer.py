@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +11,8 @@ import av
 import numpy as np
 
 from unflicker.errors import OutputError
-from unflicker.io.common import DEFAULT_CRF, X264_PRESET, from_float, make_held, replace, sweep_partials, to_depth
+from unflicker.io.common import (DEFAULT_CRF, X264_PRESET, free_text, from_float, make_held, replace, size_text,
+                                 sweep_partials, to_depth)
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
 from unflicker.io.images import PYAV_IMAGES, write_image
 from unflicker.io.media import VideoInfo, scale_u16, sws_white
@@ -137,9 +139,12 @@ class VideoWriter:
         if suffix not in (".png", ".tif", ".tiff") and not (suffix in PYAV_IMAGES and self.source.is_folder):
             suffix = ".png"  # never re-encode a lossy format
         folder = self.source.is_folder
-        write_image(self._temp / f"{stem}{suffix}", image, alpha if self.plan.keeps_alpha else None,
-                    self.plan.bits, self.source.grayscale, self.source.pixel_format if folder else "",
-                    self.source.path / name if folder and name else None)
+        try:
+            write_image(self._temp / f"{stem}{suffix}", image, alpha if self.plan.keeps_alpha else None,
+                        self.plan.bits, self.source.grayscale, self.source.pixel_format if folder else "",
+                        self.source.path / name if folder and name else None)
+        except OSError as exc:
+            raise self._failed(exc) from None
 
     def _video_frame(self, image: np.ndarray, alpha: np.ndarray | None) -> av.VideoFrame:
         plan = self.plan
@@ -183,8 +188,16 @@ class VideoWriter:
         for packet in packets:
             self._mux(packet)
 
-    def _failed(self, exc: av.error.FFmpegError, doing: str = "writing") -> OutputError:
-        """The one-line error of a failed encode or write (the disk full, the folder gone)."""
+    def _failed(self, exc: av.error.FFmpegError | OSError, doing: str = "writing") -> OutputError:
+        """The one-line error of a failed encode or write (the disk full: where, and how far the output got)."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            try:
+                files = self._temp.iterdir() if self._temp.is_dir() else [self._temp]
+                size = f"{size_text(sum(path.stat().st_size for path in files))} of it written, "
+            except OSError:
+                size = ""
+            return OutputError(f"{doing} {self.path.name} failed: no space left on device in {self.path.parent} "
+                               f"({size}{free_text(self.path.parent)})")
         return OutputError(f"{doing} {self.path.name} failed: {exc.strerror or exc}")
 
     def _mux(self, packet) -> None:

@@ -203,7 +203,7 @@ def failure_message(job: Job, result: dict, returncode: int | None, roots: tuple
     if returncode == -9 or result.get("type") in OUT_OF_MEMORY or "out of memory" in error.lower():
         return (f"the {what} was stopped: the machine ran out of memory or the process was killed. Try a shorter "
                 f"video or one with smaller frames, or the classical method")
-    if "No space left on device" in error:
+    if "no space left on device" in error.lower():
         return (f"the {what} stopped: the server's disk is full. Try again later, or ask whoever runs the server "
                 f"to free space on its disk")
     if returncode == 1 and error:  # the library's own message, written for people: without the server's paths
