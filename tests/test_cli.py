@@ -543,12 +543,16 @@ def test_a_stopped_run_with_keep_work_says_its_segments_stay(tmp_path, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_" + command, interrupted)
+    # A batch's finished outputs stay too, listed in its summary (it said nothing of them).
+    outputs = f"finished outputs stay, listed in {tmp_path / 'out.mp4' / 'unflicker-batch.csv'}; " \
+        if command == "batch" else ""
     code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4",
                            "--keep-work", tmp_path / "work")
-    assert code == 130 and err.strip() == (f"unflicker: interrupted; no partial output was left; finished segments "
-                                           f"stay in {tmp_path / 'work'}: the same command runs only the rest")
+    assert code == 130 and err.strip() == (f"unflicker: interrupted; no partial output was left; {outputs}finished "
+                                           f"segments stay in {tmp_path / 'work'}: the same command runs only the rest")
     code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4")
-    assert code == 130 and err.strip() == "unflicker: interrupted; no partial output was left"
+    assert code == 130 and err.strip() == ("unflicker: interrupted; no partial output was left" +
+                                           (f"; {outputs[:-2]}: the same command runs only the rest" if outputs else ""))
 
 
 def test_a_finished_run_says_its_kept_work_folder_stays_and_can_go(tmp_path, clips, capsys):
@@ -587,6 +591,9 @@ def test_the_stopped_message_takes_the_work_folder_not_the_args():
     assert cli._stopped(Path("work")) == ("no partial output was left; finished segments stay in work: the same "
                                           "command runs only the rest")
     assert cli._stopped(None) == "no partial output was left"
+    assert cli._stopped(None, Path("out/unflicker-batch.csv")) == ("no partial output was left; finished outputs stay, "
+                                                                 "listed in out/unflicker-batch.csv: the same command "
+                                                                 "runs only the rest")
 
 
 def test_the_batch_csv_names_the_flicker_index_it_holds(tmp_path):

@@ -916,6 +916,36 @@ def test_batch_list_file_mirrors_paths_and_refuses_two_inputs_with_one_output(tm
     assert (tmp_path / "out" / "x" / "clip").is_dir() and (tmp_path / "out" / "y" / "clip").is_dir()
 
 
+def test_a_batch_stopped_midway_lists_what_it_finished_and_a_rerun_keeps_their_figures(tmp_path, monkeypatch):
+    """Ctrl-C (or kill) of a batch wrote no summary: the outputs it had finished were skipped by the rerun
+    with zeros and no flicker figures. Now the summary lists them done (the rest 'interrupted'), and the
+    rerun keeps their figures as for any finished output."""
+    import unflicker.engine
+    from unflicker.batch import run_batch
+
+    for name, seed in (("a", 1), ("b", 2)):
+        clean = synth.camera_move_clip(photo(seed), 8, (24, 32), motion="pan", seed=seed)
+        write_folder(tmp_path / "in" / name, synth.add_flicker(clean, "global", 1.5, seed=seed))
+    real = unflicker.engine.run_jobs
+
+    def stopped_after_the_first(jobs, engine, finished):
+        real(jobs[:1], engine, finished)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unflicker.engine, "run_jobs", stopped_after_the_first)
+    config = RunConfig(method="classical", progress=False, engine=EngineConfig(workers=1))
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(tmp_path / "in", out, config)
+    rows = json.loads((out / "unflicker-batch.json").read_text())
+    assert [(r["status"], r["frames"]) for r in rows] == [("done", 8), ("interrupted", 0)]
+    assert (out / "a").is_dir() and not (out / "b").exists()
+    monkeypatch.undo()
+    again = run_batch(tmp_path / "in", out, config)
+    assert [(r.status, r.frames) for r in again] == [("skipped", 8), ("done", 8)]
+    assert again[0].flicker_after == rows[0]["flicker_after"] is not None
+
+
 def test_a_killed_runs_temporary_work_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
     """SIGKILL leaves no chance to clean up: the next run removes temporary work folders that no live
     process holds (their owner file's lock), on this host, and only those: a live run's (even one that

@@ -8,6 +8,7 @@ one-line error in the summary and does not stop the others.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io as _io
@@ -35,7 +36,7 @@ class BatchItem:
     input: str
     output: str
     status: str
-    """'done', 'skipped' (output already there) or 'failed'."""
+    """'done', 'skipped' (output already there), 'failed' or 'interrupted' (the batch was stopped first)."""
     frames: int = 0
     seconds: float = 0.0
     flicker_before: float | None = None
@@ -212,6 +213,13 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
 
     try:
         run_jobs(jobs, config.engine, finished)
+    except KeyboardInterrupt:  # Ctrl-C, kill: the summary lists what finished, so a rerun keeps its figures
+        for item in items.values():
+            if item.status == "pending":
+                item.status = "interrupted"
+        with contextlib.suppress(OSError):  # the interrupt, not a full disk, is what the user sees
+            write_summary(out_dir, [items[i] for i in sorted(items)])
+        raise
     finally:
         bar.close()
     rows = [items[i] for i in sorted(items)]

@@ -299,12 +299,17 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     if argv and argv[0] in DELEGATES:
         # Not through argparse: it would claim options such as --help meant for the script.
-        handler, args, keep_work = (lambda rest: _delegate(argv[0], rest)), argv[1:], None
+        handler, args, keep_work, listed = (lambda rest: _delegate(argv[0], rest)), argv[1:], None, None
     else:
         args = build_parser().parse_args(argv)
         handler = {"run": _run, "batch": _batch, "eval": _eval, "info": _info, "demo": _demo,
                    "serve": _serve}[args.command]
         keep_work = args.keep_work
+        listed = None
+        if args.command == "batch":
+            from unflicker.batch import SUMMARY_NAME
+
+            listed = args.output / f"{SUMMARY_NAME}.csv"
         if args.command in ("run", "batch", "demo"):
             from unflicker.segments import keep_freed_memory
 
@@ -323,10 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unflicker: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
-        print(f"unflicker: terminated; {_stopped(keep_work)}", file=sys.stderr)
+        print(f"unflicker: terminated; {_stopped(keep_work, listed)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print(f"unflicker: interrupted; {_stopped(keep_work)}", file=sys.stderr)
+        print(f"unflicker: interrupted; {_stopped(keep_work, listed)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         if not _stdout_gone():
@@ -336,10 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
-def _stopped(keep_work: Path | None) -> str:
-    """What a stopped command left: no partial output, and with --keep-work DIR the segments a rerun reuses."""
-    resume = f"; finished segments stay in {keep_work}: the same command runs only the rest" if keep_work else ""
-    return "no partial output was left" + resume
+def _stopped(keep_work: Path | None, listed: Path | None = None) -> str:
+    """What a stopped command left: no partial output; a batch's finished outputs, listed in its summary
+    `listed`; with --keep-work DIR the segments a rerun reuses."""
+    kept = [f"finished outputs stay, listed in {listed}"] if listed is not None else []
+    if keep_work:
+        kept.append(f"finished segments stay in {keep_work}")
+    return "; ".join(["no partial output was left", *kept]) + (": the same command runs only the rest" if kept else "")
 
 
 def _stdout_gone() -> bool:
