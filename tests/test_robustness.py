@@ -635,6 +635,13 @@ def test_batch_never_takes_its_own_outputs_or_a_video_for_a_list(tmp_path, capsy
         assert_clean(code, err)
         assert ("0 done, 1 skipped" if rerun else "1 done, 0 skipped") in out
     assert not (tmp_path / "in" / "out" / "out").exists()
+    # Nor another batch's output folder (its summary beside them): a second batch with other settings into
+    # in/classical deflickered in/out's outputs again, as inputs of their own.
+    code, out, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "in" / "classical",
+                             "--method", "classical", "--quiet")
+    assert code == 0 and "1 done, 0 skipped" in out and not (tmp_path / "in" / "classical" / "out").exists()
+    assert err.strip() == (f"unflicker: warning: left out {tmp_path / 'in' / 'out'}: another batch's outputs "
+                           "(its unflicker-batch.json is there); give it as the input to take them")
     code, _, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "in", "--quiet")
     assert_clean(code, err, 3)
     assert "is the input folder" in err

@@ -15,6 +15,7 @@ import io as _io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,8 @@ def _is_frame_folder(path: Path) -> bool:
 
 def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
     """(input, its path relative to the batch root) for every video and frame folder in `source`
-    (a folder, searched recursively, leaving out the folder `skip` (the outputs) if it lies inside;
+    (a folder, searched recursively, leaving out the folder `skip` (the outputs) if it lies inside and any
+    folder holding another batch's summary;
     or a text file with one path per line)."""
     source = Path(source)
     if source.is_file():
@@ -84,6 +86,10 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
             if path.is_dir():
                 if skip is not None and path.resolve() == skip:
                     continue  # the batch's own outputs: never inputs of a rerun
+                if (path / f"{SUMMARY_NAME}.json").is_file():  # nor another batch's (other settings, same inputs)
+                    warnings.warn(f"left out {path}: another batch's outputs (its {SUMMARY_NAME}.json is there); "
+                                  "give it as the input to take them", stacklevel=2)
+                    continue
                 if _is_frame_folder(path):
                     yield path
                 else:
