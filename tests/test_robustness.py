@@ -695,6 +695,19 @@ def test_a_batch_list_maps_no_output_onto_its_input_and_reads_a_bom_and_latin1_n
     assert "2 done" in out and (tmp_path / "out" / "a.mp4").exists() and (tmp_path / "out" / latin.name).exists()
 
 
+def test_a_batch_input_that_fails_leaves_no_empty_output_folder(tmp_path, capsys):
+    """An input in a subfolder that fails (not found, unreadable) left its empty mirror folder in the outputs,
+    the only trace of a run that wrote nothing for it; a folder that was there before stays."""
+    write_video(tmp_path / "a.mp4", list(clip(n=4, h=24, w=32)))
+    (tmp_path / "out" / "kept").mkdir(parents=True)
+    (tmp_path / "list.txt").write_text("a.mp4\nsub dir/deeper/missing.mp4\nkept/missing.mp4\n")
+    code, out, _ = run_cli(capsys, "batch", tmp_path / "list.txt", "-o", tmp_path / "out", "--method", "classical",
+                           "--quiet")
+    assert code == 1 and "1 done, 0 skipped, 2 failed" in out
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.mp4", "kept", "unflicker-batch.csv",
+                                                                    "unflicker-batch.json"]
+
+
 def test_eval_of_frames_too_small_for_ssim_gives_the_other_scores(tmp_path, capsys):
     """Frames under SSIM's 11-pixel window failed the whole report with SSIM's error; SSIM is now left out,
     said once, and every other score is given."""

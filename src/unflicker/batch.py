@@ -170,6 +170,7 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
     earlier = _earlier_rows(out_dir)
     jobs = []
     taken: dict[Path, Path] = {}
+    made: list[Path] = []  # the outputs' folders this batch creates: those left empty go again
     for i, (path, relative) in enumerate(inputs):
         output = out_dir / relative
         item = BatchItem(str(path), str(output), "pending")
@@ -189,6 +190,7 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
             item.status = "skipped"
             _keep_earlier(item, earlier.get((item.input, item.output)))
             continue
+        made += [folder for folder in (output.parent, *output.parent.parents) if not folder.exists()]
         output.parent.mkdir(parents=True, exist_ok=True)
         job = Job(path, output, dataclasses.replace(config, progress=False), watch=lambda frames: bar.update(frames))
         job.batch_index = i
@@ -228,6 +230,9 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
         raise
     finally:
         bar.close()
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):  # not empty: an output (or another's file) is in it
+                folder.rmdir()
     rows = [items[i] for i in sorted(items)]
     write_summary(out_dir, rows, config.overwrite)
     return rows
