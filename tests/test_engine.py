@@ -526,6 +526,86 @@ def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_l
     assert code != 0 and "cannot reach Ray at 127.0.0.1:1" in err and time.time() - started < 30
 
 
+HEAD = """import sys, ray
+ray.init(_node_ip_address="127.0.0.1", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1],
+         configure_logging=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, ray._private.worker._global_node.node_manager_port, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_cluster_with_ray_s_token_authentication_is_reached_with_its_token_and_refused_in_one_line(tmp_path,
+                                                                                                     flickering):
+    """`ray start` turns Ray's token authentication on and writes the token to ~/.ray/auth_token, but a run
+    naming the cluster's address did not take it up without RAY_AUTH_MODE=token: it waited 20 s and printed 21
+    lines (Ray's log line a second, then ours). Now it takes the token where one is here; without one it is
+    refused in one line at once, and RAY_AUTH_MODE=token without a token was a traceback."""
+    pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    home, stranger = tmp_path / "home", tmp_path / "stranger"
+    home.mkdir()
+    stranger.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    temp = tempfile.mkdtemp(prefix="uf-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    head = subprocess.Popen([sys.executable, "-c", HEAD, temp], env={**env, "HOME": str(home)}, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        address, raylet = head.stdout.readline().split()
+        assert (home / ".ray" / "auth_token").is_file()  # the head's token, as `ray start` writes
+
+        def run(home, *extra, address=address):
+            started = time.time()
+            done = subprocess.run([sys.executable, "-m", "unflicker", "run", str(flickering), "-o",
+                                   str(tmp_path / "out.mkv"), "--method", "classical", "--engine", "ray",
+                                   "--ray-address", address, "--quiet", "--overwrite"],
+                                  env={**env, "HOME": str(home), **dict(extra)}, capture_output=True, text=True,
+                                  timeout=120)
+            return done.returncode, done.stderr, time.time() - started
+
+        code, err, _ = run(home)
+        assert code == 0 and err == "", err
+        for extra in ((), (("RAY_AUTH_MODE", "token"),)):
+            code, err, seconds = run(stranger, *extra)
+            assert code == 1 and len(err.splitlines()) == 1 and err.startswith("unflicker: error:"), err
+            assert "token" in err and seconds < 15
+        # A raylet's port (Ray's gRPC, but not the head's service) asked 20 times, too.
+        code, err, seconds = run(home, address=f"{address.rpartition(':')[0]}:{raylet}")
+        assert code == 1 and len(err.splitlines()) == 1 and "is not a Ray cluster's head" in err and seconds < 15, err
+    finally:
+        head.stdin.close()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_an_address_that_is_not_ray_is_one_line_at_once(tmp_path, flickering):
+    """The dashboard's address (an HTTP server) given for the cluster's: ray.init waited 40 s on each of its
+    20 tries (over 5 min seen, with a line of Ray's log each). Ray's servers speak HTTP/2 (gRPC): what does not
+    answer the HTTP/2 greeting is refused at once, in one line."""
+    pytest.importorskip("ray")
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.time()
+        done = subprocess.run([sys.executable, "-m", "unflicker", "run", str(flickering), "-o", str(tmp_path / "o.mkv"),
+                               "--method", "classical", "--engine", "ray", "--ray-address", address, "--quiet"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+        assert f"nothing at {address} answers as Ray" in done.stderr and time.time() - started < 30
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def live_processes() -> dict[int, tuple[int, int, str]]:
     """pid -> (parent pid, start time, command line) of every process but zombies (Linux)."""
     table = {}

@@ -330,18 +330,90 @@ def _ray_segment(task: SegmentTask, board, key: int) -> SegmentResult:
     return run_segment(task, None if board is None else (lambda fraction: board.report.remote(key, fraction)))
 
 
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """One line at once where a cluster's HOST:PORT takes no connection (ray.init waits on it for good)."""
+TOKEN_HINT = "a cluster started with Ray's token authentication (its default) needs its token here: the head's " \
+    "~/.ray/auth_token, or RAY_AUTH_TOKEN"
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """A cluster's HOST:PORT, or None for what ray.init finds or refuses itself (auto, ray://, a bare host)."""
     if address == "auto" or "://" in address or ":" not in address:
-        return  # ray.init finds or refuses these itself
+        return None
     host, _, port = address.rpartition(":")
-    if not port.isdigit():
+    return (host, int(port)) if port.isdigit() else None
+
+
+HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""The client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with a SETTINGS frame."""
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """One line at once where a cluster's HOST:PORT takes no connection (ray.init waits on it for good), or
+    answers but not in HTTP/2 as Ray's servers do (the dashboard's address: ray.init waited 40 s on each of its
+    20 tries)."""
+    if (host_port := _host_port(address)) is None:
         return
+    host, port = host_port
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
         raise UnflickerError(f"cannot reach Ray at {address}: {exc.strerror or exc} (is `ray start --head` "
                              f"running there?)") from None
+    reply = b""
+    with connection:
+        try:
+            connection.sendall(HTTP2_GREETING)
+            while len(reply) < 9 and (more := connection.recv(9 - len(reply))):
+                reply += more
+        except OSError:
+            pass
+    if len(reply) < 9 or reply[3] != 4:  # a frame header: 3 bytes of length, then the type (4: SETTINGS)
+        raise UnflickerError(f"nothing at {address} answers as Ray: give the address `ray start --head` "
+                             "printed (HOST:6379 by default; not the dashboard's)")
+
+
+GRPC_UNIMPLEMENTED = 12
+"""gRPC's status code for a service the server does not have."""
+
+
+def _check_token(ray, address: str) -> None:
+    """Ray's token authentication for a cluster named by its address, and one line at once where it refuses.
+
+    `ray start` turns it on by default and writes the token (~/.ray/auth_token), but ray.init takes a token up
+    by itself only for address 'auto': a run on the head node without RAY_AUTH_MODE=token asked 20 times, a
+    second apart, each with a line of Ray's log, before it gave up; with RAY_AUTH_MODE=token and no token it was
+    a traceback. So, where RAY_AUTH_MODE is unset and a token is here, it is used (a cluster without
+    authentication takes such a client too); then the cluster is asked once whether it takes this client (a
+    gRPC server without Ray's service, such as a raylet's port, is refused here too, not after 20 s)."""
+    if _host_port(address) is None:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            ensure_token_if_auth_enabled,
+            maybe_enable_token_auth_if_token_available,
+        )
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray version: RAY_AUTH_MODE=token as Ray's documentation says
+        return
+    if "RAY_AUTH_MODE" not in os.environ:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    ensure_token_if_auth_enabled(None, create_token_if_missing=False)  # else the client below aborts the process
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:  # Ray's log line of the refusal: the error below says it
+            os.dup2(null.fileno(), 2)
+        GcsClient(address=address)
+    except ray.exceptions.AuthenticationError as exc:
+        raise UnflickerError(f"Ray at {address} refused this client: {exc}") from None
+    except ray.exceptions.RpcError as exc:
+        if exc.rpc_code == GRPC_UNIMPLEMENTED:  # another of Ray's servers (a raylet's port), not the head's
+            raise UnflickerError(f"{address} is not a Ray cluster's head: give the address `ray start --head` "
+                                 "printed (HOST:6379 by default)") from None
+    except Exception:  # noqa: BLE001 - anything else: ray.init retries it and says what it is
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _watch_local_ray(ray) -> tuple[subprocess.Popen, int] | None:
@@ -432,19 +504,19 @@ class RayEngine:
             else:
                 _check_reachable(engine.ray_address)
                 options.update(address=engine.ray_address)
-            # A local Ray of the run's own lives and goes with it: Ray's notice that its token authentication is
-            # on is for the operators of a cluster (it printed under --quiet too).
+            # Ray's notice that its token authentication is on is for the operators of a cluster (a local Ray of
+            # the run's own lives and goes with it; it printed under --quiet too).
             notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
             level = notice.level
-            if self.local:
-                notice.setLevel(logging.ERROR)
+            notice.setLevel(logging.ERROR)
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
                 try:
+                    if not self.local:
+                        _check_token(ray, engine.ray_address)
                     ray.init(**options)
-                except (ConnectionError, RuntimeError, ValueError) as exc:
+                except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                     # Ray's own message names no cause where its token authentication refused (it logs that)
-                    hint = "; a cluster started with Ray's token authentication (its default) needs RAY_AUTH_MODE=token " \
-                        "here too" if not self.local and "RAY_AUTH_MODE" not in os.environ else ""
+                    hint = f"; {TOKEN_HINT}" if not self.local and "RAY_AUTH_MODE" not in os.environ else ""
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
                                          f"{exc}{hint}") from None
                 finally:
