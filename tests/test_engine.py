@@ -1,6 +1,7 @@
 """Segments on engines: the plan, the same output everywhere (workers, load, Ray, a dead worker),
 resume after kill -9, no seams, batch folders."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -19,7 +20,7 @@ import pytest
 from unflicker import io, metrics, synth
 from unflicker.cli import main
 from unflicker.config import EngineConfig
-from unflicker.errors import InputError
+from unflicker.errors import InputError, UnflickerError
 from unflicker.flow import flow_pair
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.segments import Segment, SegmentConfig, blend_weight, plan
@@ -653,6 +654,51 @@ def test_the_ray_watchdog_finds_an_agent_of_a_session_named_through_a_symlink(tm
         agent.wait()
 
 
+def test_a_run_on_a_cluster_that_goes_away_ends_in_one_line_leaving_no_partial_output(tmp_path, flickering):
+    """The cluster's head killed mid-run: the run waited on its tasks until Ray's own client gave up after
+    60 s and ended the process (exit 1, three lines of Ray's log, a partial output left beside the output).
+    It now sees the head gone within about 10 s and fails as any run does: one line of its own, nothing left."""
+    pytest.importorskip("ray")
+    import shutil
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env["HOME"] = str(tmp_path)
+    temp = tempfile.mkdtemp(prefix="uf-ray-", dir="/tmp")
+    head = subprocess.Popen([sys.executable, "-c", HEAD, temp], env=env, text=True, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    out = tmp_path / "out" / "o.mkv"
+    out.parent.mkdir()
+    try:
+        address, _ = head.stdout.readline().split()
+        run = subprocess.Popen([sys.executable, "-m", "unflicker", "run", str(flickering), "-o", str(out),
+                                "--atlas-steps", "100000", "--engine", "ray", "--ray-address", address, "--quiet"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while not any(table[pid][2].startswith("ray::_ray_segment")
+                      for table in [live_processes()] for pid in descendants(head.pid, table)):
+            assert run.poll() is None and time.time() < deadline, "no segment started on the cluster"
+            time.sleep(0.2)
+        ray_processes = descendants(head.pid, live_processes())
+        os.killpg(head.pid, signal.SIGKILL)
+        for pid in ray_processes:  # a raylet's own children (its workers, agents) too
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        started = time.time()
+        _, err = run.communicate(timeout=120)
+        # Ray's client may log the tasks it lost as the head goes (its own lines, before ours).
+        lines = [line for line in err.splitlines() if "task_manager.cc" not in line]
+        assert run.returncode == 1 and len(lines) == 1 and lines[0].startswith("unflicker: error: lost the Ray "
+                                                                                "cluster at"), err
+        assert time.time() - started < 30
+        assert list(out.parent.iterdir()) == []
+    finally:
+        with contextlib.suppress(OSError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_run_killed_outright_takes_its_own_ray_with_it(flickering, tmp_path):
     """kill -9 of a run with a local Ray of its own: every process under it is gone within 15 s (zombies aside)
@@ -996,10 +1042,11 @@ def test_batch_list_file_mirrors_paths_and_refuses_two_inputs_with_one_output(tm
     assert (tmp_path / "out" / "x" / "clip").is_dir() and (tmp_path / "out" / "y" / "clip").is_dir()
 
 
-def test_a_batch_stopped_midway_lists_what_it_finished_and_a_rerun_keeps_their_figures(tmp_path, monkeypatch):
-    """Ctrl-C (or kill) of a batch wrote no summary: the outputs it had finished were skipped by the rerun
-    with zeros and no flicker figures. Now the summary lists them done (the rest 'interrupted'), and the
-    rerun keeps their figures as for any finished output."""
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, UnflickerError("lost the Ray cluster")])
+def test_a_batch_stopped_midway_lists_what_it_finished_and_a_rerun_keeps_their_figures(tmp_path, monkeypatch, stop):
+    """Ctrl-C (or kill) of a batch, or an error that ends all of it (its Ray cluster lost), wrote no summary:
+    the outputs it had finished were skipped by the rerun with zeros and no flicker figures. Now the summary
+    lists them done (the rest 'interrupted', or 'failed' with the error), and the rerun keeps their figures."""
     import unflicker.engine
     from unflicker.batch import run_batch
 
@@ -1010,15 +1057,16 @@ def test_a_batch_stopped_midway_lists_what_it_finished_and_a_rerun_keeps_their_f
 
     def stopped_after_the_first(jobs, engine, finished):
         real(jobs[:1], engine, finished)
-        raise KeyboardInterrupt
+        raise stop
 
     monkeypatch.setattr(unflicker.engine, "run_jobs", stopped_after_the_first)
     config = RunConfig(method="classical", progress=False, engine=EngineConfig(workers=1))
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(type(stop) if isinstance(stop, Exception) else stop):
         run_batch(tmp_path / "in", out, config)
     rows = json.loads((out / "unflicker-batch.json").read_text())
-    assert [(r["status"], r["frames"]) for r in rows] == [("done", 8), ("interrupted", 0)]
+    stopped = ("interrupted", "") if stop is KeyboardInterrupt else ("failed", "lost the Ray cluster")
+    assert [(r["status"], r["frames"], r["error"]) for r in rows] == [("done", 8, ""), (*stopped[:1], 0, stopped[1])]
     assert (out / "a").is_dir() and not (out / "b").exists()
     monkeypatch.undo()
     again = run_batch(tmp_path / "in", out, config)

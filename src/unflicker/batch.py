@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from unflicker import io
 from unflicker.config import RunConfig
-from unflicker.errors import InputError, OutputError
+from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.io.common import holding
 from unflicker.pipeline import Job
 
@@ -221,10 +221,11 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
 
     try:
         run_jobs(jobs, config.engine, finished)
-    except KeyboardInterrupt:  # Ctrl-C, kill: the summary lists what finished, so a rerun keeps its figures
-        for item in items.values():
+    except (KeyboardInterrupt, UnflickerError) as exc:  # Ctrl-C, kill, a lost Ray cluster: the summary lists
+        for item in items.values():                      # what finished, so a rerun keeps its figures
             if item.status == "pending":
-                item.status = "interrupted"
+                item.status, item.error = ("interrupted", "") if isinstance(exc, KeyboardInterrupt) else \
+                    ("failed", str(exc))
         with contextlib.suppress(OSError):  # the interrupt, not a full disk, is what the user sees
             write_summary(out_dir, [items[i] for i in sorted(items)])
         raise

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -457,6 +458,9 @@ class RayEngine:
 
     POLL_S = 0.5
     """While tasks run, the driver reads their progress from the board this often."""
+    LOST_S = 10.0
+    """A cluster's head that takes no connection this long is gone: the run fails (Ray's own client waited 60 s
+    on it, then ended the process, the run's partial output left behind)."""
 
     def __init__(self, engine: EngineConfig, frame: tuple[int, int] | None = None, spec: MethodSpec | None = None):
         """frame, spec: the (width, height) and method of the run's video so far whose worker needs the most
@@ -480,11 +484,14 @@ class RayEngine:
             # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
             self._remote = ray.remote(num_cpus=engine.threads, max_retries=engine.retries)(_ray_segment)
             self._board = ray.remote(num_cpus=0)(_Board).remote()
+            self._head = None if self.local else _host_port(ray.get_runtime_context().gcs_address)
         except BaseException:
             self.close()  # a Ray it started goes with it
             raise
         self._keys: dict[object, int] = {}  # a running task's ref -> the key its reports carry
         self._next = 0
+        self._head_lost: float | None = None  # since when the cluster's head has taken no connection
+        self._head_checked = 0.0
 
     def _start(self, engine: EngineConfig, frame: tuple[int, int] | None, spec: MethodSpec | None) -> None:
         """Start or reach Ray unless this process is connected already (_RAY_LOCK held)."""
@@ -540,7 +547,10 @@ class RayEngine:
         handles = list(handles)
         while True:
             polling = progress is not None and self._board is not None
-            ready, _ = self.ray.wait(handles, num_returns=1, timeout=self.POLL_S if polling else None)
+            watching = self._head is not None
+            ready, _ = self.ray.wait(handles, num_returns=1, timeout=self.POLL_S if polling or watching else None)
+            if watching and not ready:
+                self._check_head()
             if polling:
                 try:
                     latest = self.ray.get(self._board.take.remote())
@@ -561,6 +571,23 @@ class RayEngine:
             except self.ray.exceptions.RayError as exc:
                 out.append((ref, WorkerDied(f"a Ray task failed: {str(exc).splitlines()[0]}")))
         return out
+
+    def _check_head(self) -> None:
+        """An UnflickerError once the cluster's head has taken no connection for LOST_S seconds (asked every 2 s)."""
+        now = time.monotonic()
+        if now - self._head_checked < 2.0:
+            return
+        self._head_checked = now
+        host, port = self._head
+        try:
+            socket.create_connection((host.strip("[]"), port), timeout=self.POLL_S).close()
+            self._head_lost = None
+        except OSError as exc:
+            self._head_lost = self._head_lost or now
+            if now - self._head_lost >= self.LOST_S:
+                self._board = None  # its actor went with the cluster
+                raise UnflickerError(f"lost the Ray cluster at {host}:{port}: {exc.strerror or exc} for "
+                                     f"{self.LOST_S:.0f} s") from None
 
     def close(self) -> None:
         try:
