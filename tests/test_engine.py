@@ -585,6 +585,20 @@ def test_a_cluster_with_ray_s_token_authentication_is_reached_with_its_token_and
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def test_ray_address_auto_pointing_at_a_cluster_gone_is_one_line_at_once(tmp_path, flickering):
+    """--ray-address auto takes RAY_ADDRESS or the last `ray start --head` of this machine
+    (/tmp/ray/ray_current_cluster, left behind when the head died): where nothing listens there any more,
+    ray.init waited over 40 s on each of its 20 tries. It is checked as an address given outright now."""
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "unflicker", "run", str(flickering), "-o", str(tmp_path / "o.mkv"),
+                           "--method", "classical", "--engine", "ray", "--ray-address", "auto", "--quiet"],
+                          env={**env, "RAY_ADDRESS": "127.0.0.1:1"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "cannot reach Ray at 127.0.0.1:1 (auto" in done.stderr and time.time() - started < 30
+
+
 def test_an_address_that_is_not_ray_is_one_line_at_once(tmp_path, flickering):
     """The dashboard's address (an HTTP server) given for the cluster's: ray.init waited 40 s on each of its
     20 tries (over 5 min seen, with a line of Ray's log each). Ray's servers speak HTTP/2 (gRPC): what does not

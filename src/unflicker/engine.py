@@ -347,7 +347,24 @@ HTTP2_GREETING = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 
 """The client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS) answers with a SETTINGS frame."""
 
 
-def _check_reachable(address: str, timeout: float = 10.0) -> None:
+def _resolve_auto(address: str) -> tuple[str, str]:
+    """(the address to connect to, how it was found): `auto` is RAY_ADDRESS or the last `ray start --head` of
+    this machine (/tmp/ray/ray_current_cluster, which a head that died leaves behind), as Ray finds it."""
+    if address != "auto":
+        return address, ""
+    try:
+        from ray._private.services import get_ray_address_from_environment
+    except ImportError:  # another Ray version: ray.init finds it
+        return address, ""
+    try:
+        found = get_ray_address_from_environment("auto", None)
+    except ConnectionError as exc:
+        raise UnflickerError(f"--ray-address auto: {exc}") from None
+    return found, " (auto: from RAY_ADDRESS)" if os.environ.get("RAY_ADDRESS") else \
+        " (auto: the last `ray start --head` on this machine)"
+
+
+def _check_reachable(address: str, timeout: float = 10.0, found: str = "") -> None:
     """One line at once where a cluster's HOST:PORT takes no connection (ray.init waits on it for good), or
     answers but not in HTTP/2 as Ray's servers do (the dashboard's address: ray.init waited 40 s on each of its
     20 tries)."""
@@ -357,7 +374,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     try:
         connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
-        raise UnflickerError(f"cannot reach Ray at {address}: {exc.strerror or exc} (is `ray start --head` "
+        raise UnflickerError(f"cannot reach Ray at {address}{found}: {exc.strerror or exc} (is `ray start --head` "
                              f"running there?)") from None
     reply = b""
     with connection:
@@ -509,8 +526,9 @@ class RayEngine:
                 options.update(address="local", num_cpus=workers * engine.threads,
                                _node_ip_address="127.0.0.1")
             else:
-                _check_reachable(engine.ray_address)
-                options.update(address=engine.ray_address)
+                address, found = _resolve_auto(engine.ray_address)
+                _check_reachable(address, found=found)
+                options.update(address=address)
             # Ray's notice that its token authentication is on is for the operators of a cluster (a local Ray of
             # the run's own lives and goes with it; it printed under --quiet too).
             notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
@@ -519,7 +537,7 @@ class RayEngine:
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
                 try:
                     if not self.local:
-                        _check_token(ray, engine.ray_address)
+                        _check_token(ray, address)
                     ray.init(**options)
                 except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                     # Ray's own message names no cause where its token authentication refused (it logs that)
