@@ -570,8 +570,10 @@ class RayEngine:
             if watching and not ready:
                 self._check_head()
             if polling:
-                try:
-                    latest = self.ray.get(self._board.take.remote())
+                try:  # bounded: with the cluster's head gone, a call to its actor waits for good
+                    latest = self.ray.get(self._board.take.remote(), timeout=5.0 if watching else None)
+                except self.ray.exceptions.GetTimeoutError:  # this round's reports come with the next
+                    latest = {}
                 except self.ray.exceptions.RayError:  # the board is gone: the run goes on without reports
                     latest, self._board = {}, None
                 for ref in handles:  # a report that came after its task ended has no ref left: dropped
