@@ -708,6 +708,44 @@ def test_a_batch_input_that_fails_leaves_no_empty_output_folder(tmp_path, capsys
                                                                     "unflicker-batch.json"]
 
 
+def test_a_batch_output_folder_that_cannot_be_made_fails_that_input_alone(tmp_path, capsys):
+    """A file where an input's mirror folder goes (out/sub, for sub/a.mp4) was a traceback (FileExistsError from
+    mkdir) that ended the batch; that input now fails alone, in one line, and the others run."""
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    write_video(tmp_path / "in" / "sub" / "a.mp4", list(clip(n=4, h=24, w=32)))
+    write_video(tmp_path / "in" / "b.mp4", list(clip(n=4, h=24, w=32)))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "sub").write_text("a file, not a folder")
+    code, out, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "out", "--method", "classical",
+                             "--quiet")
+    assert code == 1 and "1 done, 0 skipped, 1 failed" in out, err
+    assert err.strip() == (f"unflicker: failed: {tmp_path / 'in' / 'sub' / 'a.mp4'}: cannot make the folder "
+                           f"{tmp_path / 'out' / 'sub'}: File exists")
+
+
+def test_a_batch_stopped_before_its_first_job_writes_its_summary_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """Ctrl-C while the batch counted its inputs' frames (before any job ran: a second or more for hundreds of
+    videos) left their empty mirror folders and no summary, though the stop message points at it. Now every
+    input is listed 'interrupted' and the folders it made go."""
+    import json
+
+    from unflicker import batch
+
+    for name in ("x/a.mp4", "y/b.mp4"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True)
+        write_video(tmp_path / "in" / name, list(clip(n=4, h=24, w=32)))
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch.io, "frame_estimate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run_batch(tmp_path / "in", tmp_path / "out", RunConfig(method="classical", progress=True))
+    rows = json.loads((tmp_path / "out" / "unflicker-batch.json").read_text())
+    assert [(Path(r["input"]).name, r["status"]) for r in rows] == [("a.mp4", "interrupted"), ("b.mp4", "interrupted")]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unflicker-batch.csv", "unflicker-batch.json"]
+
+
 def test_eval_of_frames_too_small_for_ssim_gives_the_other_scores(tmp_path, capsys):
     """Frames under SSIM's 11-pixel window failed the whole report with SSIM's error; SSIM is now left out,
     said once, and every other score is given."""

@@ -166,60 +166,64 @@ def _changed_since(source: Path, output: Path) -> bool:
 def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem]:
     from unflicker.engine import run_jobs
 
-    items: dict[int, BatchItem] = {}
+    items = {i: BatchItem(str(path), str(out_dir / relative), "pending") for i, (path, relative) in enumerate(inputs)}
     earlier = _earlier_rows(out_dir)
     jobs = []
     taken: dict[Path, Path] = {}
     made: list[Path] = []  # the outputs' folders this batch creates: those left empty go again
-    for i, (path, relative) in enumerate(inputs):
-        output = out_dir / relative
-        item = BatchItem(str(path), str(output), "pending")
-        items[i] = item
-        if output in taken:
-            item.status, item.error = "failed", f"same output name as {taken[output]}"
-            continue
-        taken[output] = path
-        if output.resolve() == Path(path).resolve():
-            item.status, item.error = "failed", "the output would be the input: choose another output folder"
-            continue
-        if output.exists() and not config.overwrite:
-            if _changed_since(Path(path), output):
-                item.status, item.error = "failed", "the input changed after its output was written: pass " \
-                                                    "--overwrite to redo it"
+    bar = None
+    try:  # stopped anywhere from here (Ctrl-C, kill, a lost Ray cluster): the summary, no empty folder left
+        for i, (path, relative) in enumerate(inputs):
+            output, item = out_dir / relative, items[i]
+            if output in taken:
+                item.status, item.error = "failed", f"same output name as {taken[output]}"
                 continue
-            item.status = "skipped"
-            _keep_earlier(item, earlier.get((item.input, item.output)))
-            continue
-        made += [folder for folder in (output.parent, *output.parent.parents) if not folder.exists()]
-        output.parent.mkdir(parents=True, exist_ok=True)
-        job = Job(path, output, dataclasses.replace(config, progress=False), watch=lambda frames: bar.update(frames))
-        job.batch_index = i
-        jobs.append(job)
-    # One bar for the whole batch, in frames (each job's own bars are off): its total from every input's
-    # header now (io.frame_estimate: no demux; a job's own count corrects it when it ends; an input that
-    # cannot be read counts none: it fails when its turn comes).
-    expected = {job.batch_index: io.frame_estimate(job.input_path) for job in jobs} if config.progress else {}
-    bar = tqdm(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
-               dynamic_ncols=True)
+            taken[output] = path
+            if output.resolve() == Path(path).resolve():
+                item.status, item.error = "failed", "the output would be the input: choose another output folder"
+                continue
+            if output.exists() and not config.overwrite:
+                if _changed_since(Path(path), output):
+                    item.status, item.error = "failed", "the input changed after its output was written: pass " \
+                                                        "--overwrite to redo it"
+                    continue
+                item.status = "skipped"
+                _keep_earlier(item, earlier.get((item.input, item.output)))
+                continue
+            made += [folder for folder in (output.parent, *output.parent.parents) if not folder.exists()]
+            try:
+                output.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file of that name there (out/sub for sub/a.mp4), no permission
+                item.status, item.error = "failed", f"cannot make the folder {output.parent}: {exc.strerror or exc}"
+                continue
+            job = Job(path, output, dataclasses.replace(config, progress=False),
+                      watch=lambda frames: bar.update(frames))
+            job.batch_index = i
+            jobs.append(job)
+        # One bar for the whole batch, in frames (each job's own bars are off): its total from every input's
+        # header now (io.frame_estimate: no demux; a job's own count corrects it when it ends; an input that
+        # cannot be read counts none: it fails when its turn comes).
+        expected = {job.batch_index: io.frame_estimate(job.input_path) for job in jobs} if config.progress else {}
+        bar = tqdm(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
+                   dynamic_ncols=True)
 
-    def finished(job: Job) -> None:
-        item = items[job.batch_index]
-        missing = expected.get(job.batch_index, 0) - job.frames_done
-        if missing:  # the total takes the job's own count (an estimate that differed; a failed job's rest never comes)
-            bar.total -= missing
-            bar.refresh()
-        if job.error is not None:
-            item.status, item.error = "failed", str(job.error)
-            return
-        summary = job.summary
-        item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
-        item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
-        item.kind = summary.kind or ""
-        item.segments, item.reused = summary.segments, summary.reused
-        if config.progress:
-            bar.write(f"{job.name}: {summary.line()}", file=sys.stdout)  # above the bar, not through it
+        def finished(job: Job) -> None:
+            item = items[job.batch_index]
+            missing = expected.get(job.batch_index, 0) - job.frames_done
+            if missing:  # the total takes the job's own count (an estimate off; a failed job's rest never comes)
+                bar.total -= missing
+                bar.refresh()
+            if job.error is not None:
+                item.status, item.error = "failed", str(job.error)
+                return
+            summary = job.summary
+            item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
+            item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
+            item.kind = summary.kind or ""
+            item.segments, item.reused = summary.segments, summary.reused
+            if config.progress:
+                bar.write(f"{job.name}: {summary.line()}", file=sys.stdout)  # above the bar, not through it
 
-    try:
         run_jobs(jobs, config.engine, finished)
     except (KeyboardInterrupt, UnflickerError) as exc:  # Ctrl-C, kill, a lost Ray cluster: the summary lists
         for item in items.values():                      # what finished, so a rerun keeps its figures
@@ -230,7 +234,8 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
             write_summary(out_dir, [items[i] for i in sorted(items)])
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):  # deepest first
             with contextlib.suppress(OSError):  # not empty: an output (or another's file) is in it
                 folder.rmdir()
