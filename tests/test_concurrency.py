@@ -213,3 +213,14 @@ def test_library_leaves_the_host_programs_allocator_alone(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0 True"
+
+
+def test_ray_tasks_change_the_allocator_only_on_the_runs_own_ray():
+    """A Ray the host program started (or a cluster) runs the program's own tasks in its workers too: a segment
+    task leaves their allocator alone; on the run's own Ray, whose workers do nothing else, it keeps freed memory."""
+    code = ("from unflicker import engine, segments; engine.run_segment = lambda task, progress: None; "
+            "engine._ray_segment(None, None, 0); print(segments._MALLOC_KEPT); "
+            "engine._ray_segment(None, None, 0, True); print(segments._MALLOC_KEPT)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]

@@ -325,9 +325,12 @@ class _Board:
         return latest
 
 
-def _ray_segment(task: SegmentTask, board, key: int) -> SegmentResult:
-    """run_segment as a Ray task, its progress sent to the run's board (fire and forget: never waited for)."""
-    keep_freed_memory()  # a Ray worker process does nothing else
+def _ray_segment(task: SegmentTask, board, key: int, own: bool = False) -> SegmentResult:
+    """run_segment as a Ray task, its progress sent to the run's board (fire and forget: never waited for);
+    `own`: the Ray is the run's own, whose workers do nothing else (a cluster's or a host program's Ray keeps its
+    workers' allocator as it is: see keep_freed_memory)."""
+    if own:
+        keep_freed_memory()
     return run_segment(task, None if board is None else (lambda fraction: board.report.remote(key, fraction)))
 
 
@@ -557,7 +560,7 @@ class RayEngine:
 
     def submit(self, task: SegmentTask) -> object:
         self._next += 1
-        ref = self._remote.remote(task, self._board, self._next)  # a board of None: no reports
+        ref = self._remote.remote(task, self._board, self._next, self._started and self.local)  # board None: no reports
         self._keys[ref] = self._next
         return ref
 

@@ -455,7 +455,12 @@ class Job:
         info = self.source.info
         if self.config.stop_after is not None or info.frame_count < 2:  # stages (other sizes), or no segment
             return
-        held = sum(path.stat().st_size for path in folder.glob("segment-*.npy"))
+        held = 0
+        for path in folder.glob("segment-*.npy"):
+            try:
+                held += path.stat().st_size
+            except OSError:
+                pass  # removed meanwhile (another run's sweep)
         need = info.frame_count * info.width * info.height * 3 * 2 - held
         existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
         try:
