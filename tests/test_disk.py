@@ -118,3 +118,27 @@ def test_the_web_page_says_a_full_disk_in_its_words():
 
     message = failure_message(SimpleNamespace(kind="run"), {"error": no_space(tempfile.gettempdir())}, 1)
     assert message.startswith("the run stopped: the server's disk is full")
+
+
+def test_a_temporary_folder_too_small_for_the_segments_in_flight_is_warned_of_first(tmp_path, clip, monkeypatch):
+    """The temporary work folder holds the segments in flight (workers + 1: each frame's input and its 16-bit
+    result), about 100 GB at 4K with 16 workers: nothing said so before the disk filled. A disk that cannot hold
+    them is named first, with the numbers; a roomy one is not."""
+    from unflicker import pipeline
+    from unflicker.config import EngineConfig, RunConfig
+
+    real = shutil.disk_usage
+    free = {"bytes": 10_000}
+    monkeypatch.setattr(pipeline.shutil, "disk_usage",
+                        lambda path: real(path)._replace(free=free["bytes"]))
+    config = RunConfig(method="classical", progress=False, engine=EngineConfig(workers=2))
+    # 12 frames of 48x64 at 8 bits: one segment of 12 frames, 12 x 3072 x 9 = 331776 bytes.
+    with pytest.warns(UserWarning, match=r"the temporary work folder .* may need about 331.8 kB at once \(1 segment "
+                                         r"of 12 frames in flight, .*its disk has 10.0 kB free: set TMPDIR"):
+        pipeline.deflicker_file(clip, tmp_path / "a.mkv", config)
+    free["bytes"] = 10**12
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline.deflicker_file(clip, tmp_path / "b.mkv", config)

@@ -328,6 +328,8 @@ class Job:
         else:
             self._temp_work = TemporaryWork(config.engine.shared_dir)
             work = self._temp_work.path
+            if self._array is None:
+                self._check_temp_room(work)
         self.folder = JobFolder(work, key)
         self.folder.write_record(self.record)
         if ready is not None:
@@ -471,6 +473,30 @@ class Job:
             raise OutputError(f"--keep-work {self.config.keep_work} needs at least {size_text(need)} for this "
                               f"video's segments (every frame kept at 16 bits), its disk has {size_text(free)} free: "
                               f"free space there, or give --keep-work a folder on a larger disk")
+
+    def _check_temp_room(self, folder: Path) -> None:
+        """Warn, before any work, where the temporary work folder's disk cannot hold the segments the run has in
+        flight at once (workers + 1, as the engine keeps them: each frame's input and its 16-bit result; research
+        notes, session 27: 0.9-1.2 GB at 854x480 with 2 workers, about 100 GB at 4K with 16). A warning, not a
+        refusal: the need is an estimate (a method's own temporary files add to it)."""
+        info, config = self.source.info, self.config
+        if info.frame_count < 2 or (config.engine.engine == "ray" and not config.engine.shares_files()):
+            return  # no segment; a cluster's frames travel through its object store
+        segments = config.segments
+        span = min(info.frame_count, segments.frames + 2 * segments.margin)
+        tasks = math.ceil(info.frame_count / segments.frames)
+        workers = config.engine.workers or config.engine.local_workers((info.width, info.height), spec=self.spec)
+        in_flight = min(tasks, workers + 1)
+        need = in_flight * span * info.width * info.height * ((3 if info.bit_depth == 8 else 6) + 6)
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            return
+        if need > free:
+            warnings.warn(f"the temporary work folder {folder.parent} may need about {size_text(need)} at once "
+                          f"({in_flight} segment{'s' if in_flight != 1 else ''} of {span} frames in flight, each frame with its 16-bit result), "
+                          f"its disk has {size_text(free)} free: set TMPDIR to a folder on a larger disk, or run "
+                          f"fewer --workers", stacklevel=3)
 
     def _check_extras(self) -> None:
         config = self.config
