@@ -35,6 +35,10 @@ class Method(Protocol):
         moves while it runs (segments.SegmentProgress)."""
         ...
 
+    scratch_bytes: int
+    """Bytes a pixel of every frame of a running segment the method keeps in temporary files of its own (TMPDIR),
+    beside the work folder's spilled frames and result: part of a run's temporary disk (pipeline's check)."""
+
     def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1,
                 progress: Callable[[float], None] | None = None) -> None:
         """See every frame of the segment once, in order (e.g. fit the atlas). `lanes`: threads it
@@ -79,6 +83,7 @@ class ClassicalMethod:
 
     stages = ["classical"]
     analysis_share = 0.3  # a sweep of frame statistics against the pass's per-frame correction
+    scratch_bytes = 0  # in memory only
 
     def __init__(self, config: ClassicalConfig | None = None):
         self.config = config or ClassicalConfig()

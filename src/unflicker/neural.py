@@ -76,6 +76,8 @@ class NeuralDeflicker:
 
     analysis_share = 0.35
     """The atlas fit's share of a segment's work (one thread, 854x480, 55 frames: about 6 of 17 s)."""
+    scratch_bytes = 6
+    """The refined frames at 16 bits (a FrameStore, for `settle`); the low-resolution ones add little."""
 
     def __init__(self, config: NeuralConfig | None = None):
         self.config = config or NeuralConfig()

@@ -476,27 +476,29 @@ class Job:
 
     def _check_temp_room(self, folder: Path) -> None:
         """Warn, before any work, where the temporary work folder's disk cannot hold the segments the run has in
-        flight at once (workers + 1, as the engine keeps them: each frame's input and its 16-bit result; research
-        notes, session 27: 0.9-1.2 GB at 854x480 with 2 workers, about 100 GB at 4K with 16). A warning, not a
-        refusal: the need is an estimate (a method's own temporary files add to it)."""
+        flight at once: workers + 1 as the engine keeps them (each frame's input and its 16-bit result), and what
+        the running ones' method keeps of each frame in temporary files of its own (`Method.scratch_bytes`).
+        Measured (research notes, session 27): 0.9-1.2 GB at 854x480 with 2 workers; 4K, 2 segments of 60 frames,
+        2 workers: 14.96 GB, this count 14.93. A warning, not a refusal: cuts change the segments."""
         info, config = self.source.info, self.config
-        if info.frame_count < 2 or (config.engine.engine == "ray" and not config.engine.shares_files()):
+        if info.frame_count < 2 or not config.engine.shares_files():
             return  # no segment; a cluster's frames travel through its object store
-        segments = config.segments
-        span = min(info.frame_count, segments.frames + 2 * segments.margin)
-        tasks = math.ceil(info.frame_count / segments.frames)
         workers = config.engine.workers or config.engine.local_workers((info.width, info.height), spec=self.spec)
-        in_flight = min(tasks, workers + 1)
-        need = in_flight * span * info.width * info.height * ((3 if info.bit_depth == 8 else 6) + 6)
+        spans = sorted((len(s.span) for s in plan([range(info.frame_count)], config.segments)), reverse=True)
+        pixels = info.width * info.height
+        stored = (3 if info.bit_depth == 8 else 6) + 6  # the spilled input and the 16-bit result
+        scratch = METHODS[self.spec.name].scratch_bytes
+        need = pixels * (stored * sum(spans[:workers + 1]) + scratch * sum(spans[:workers]))
         try:
             free = shutil.disk_usage(folder).free
         except OSError:
             return
         if need > free:
+            n = min(len(spans), workers + 1)
             warnings.warn(f"the temporary work folder {folder.parent} may need about {size_text(need)} at once "
-                          f"({in_flight} segment{'s' if in_flight != 1 else ''} of {span} frames in flight, each frame with its 16-bit result), "
-                          f"its disk has {size_text(free)} free: set TMPDIR to a folder on a larger disk, or run "
-                          f"fewer --workers", stacklevel=3)
+                          f"({n} segment{'s' if n != 1 else ''} of up to {spans[0]} frames in flight), its disk has "
+                          f"{size_text(free)} free: set TMPDIR to a folder on a larger disk, or run fewer --workers",
+                          stacklevel=3)
 
     def _check_extras(self) -> None:
         config = self.config
