@@ -122,7 +122,7 @@ def test_the_web_page_says_a_full_disk_in_its_words():
 
 def test_a_temporary_folder_too_small_for_the_segments_in_flight_is_warned_of_first(tmp_path, clip, monkeypatch):
     """The temporary work folder holds the segments in flight (workers + 1: each frame's input and its 16-bit
-    result), about 100 GB at 4K with 16 workers: nothing said so before the disk filled. A disk that cannot hold
+    result), about 150 GB at 4K with 16 workers: nothing said so before the disk filled. A disk that cannot hold
     them is named first, with the numbers; a roomy one is not."""
     from unflicker import pipeline
     from unflicker.config import EngineConfig, RunConfig
