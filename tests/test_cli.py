@@ -239,6 +239,16 @@ def test_training_subcommands_hand_over_their_arguments(capsys, monkeypatch):
                                          "(unflicker.refine.training is missing)")
 
 
+
+@pytest.mark.parametrize("command", ["train-filter", "train-refine"])
+def test_training_help_and_errors_name_the_command_the_readme_gives(command, capsys):
+    """`unflicker train-refine --help` showed `usage: python -m unflicker.refine.training`, and its errors that name."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--steps", "x"])
+    _, err = capsys.readouterr()
+    assert exit_.value.code == 2 and err.startswith(f"usage: unflicker {command} ")
+    assert f"\nunflicker {command}: error: argument --steps" in err
+
 def test_weights_options_reach_the_method_and_missing_weights_fail_in_one_line(tmp_path, clips, capsys):
     from unflicker.config import RunConfig, method_spec
 
