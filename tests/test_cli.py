@@ -406,6 +406,36 @@ def test_output_read_by_a_pipe_that_closed_ends_quietly(tmp_path):
     assert process.wait() == 141 and err == ""
 
 
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_output_to_a_full_or_closed_standard_output_is_one_line_or_nothing(tmp_path, stdout):
+    """`unflicker info clip >/dev/full` was an OSError traceback; `... >&-` (stdout closed) an AttributeError one
+    (sys.stdout is None). Now a full one is one error line, exit 3; a closed one reads as /dev/null, so nothing
+    the command opens can take its number."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i}.png"), np.full((16, 16, 3), 40 * i, np.uint8))
+    command = [sys.executable, "-m", "unflicker", "info", str(folder)]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            process = subprocess.run(command, stdout=full, stderr=subprocess.PIPE)
+        assert process.returncode == 3
+        assert process.stderr.decode() == "unflicker: error: cannot write to standard output: No space left on device\n"
+    else:
+        process = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *command], stderr=subprocess.PIPE)
+        assert process.returncode == 0 and process.stderr.decode() == ""
+
+
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path, capsys):
+    """A path holding a line break made the error two lines; the break is now written as \\n."""
+    assert main(["info", str(tmp_path / "a\nb.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "a\\nb.mp4" in err, err
+
+
 @pytest.mark.parametrize("case", ["name_too_long", "file_not_permitted", "folder_not_permitted"])
 def test_info_of_an_input_that_cannot_be_read_is_one_line(tmp_path, clips, capsys, monkeypatch, case):
     """A name too long for the file system was a traceback (OSError from the existence check); a file or folder

@@ -15,8 +15,13 @@ from unflicker import __version__
 from unflicker.errors import OutputError, Terminated, UnflickerError, sigterm_as_interrupt
 
 
+def _one_line(text: object) -> str:
+    """A message on one line: a line break in it (a file name may hold one) is written as \\n."""
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"unflicker: warning: {message}", file=sys.stderr)
+    print(f"unflicker: warning: {_one_line(message)}", file=sys.stderr)
 
 
 # Subcommands that hand the rest of the command line to a training script's own parser.
@@ -225,7 +230,7 @@ def _batch(args) -> int:
     rows = run_batch(args.input, args.output, _config(args))
     failed = [row for row in rows if row.status == "failed"]
     for row in failed:
-        print(f"unflicker: failed: {row.input}: {row.error}", file=sys.stderr)
+        print(_one_line(f"unflicker: failed: {row.input}: {row.error}"), file=sys.stderr)
     counts = {status: sum(row.status == status for row in rows) for status in ("done", "skipped", "failed")}
     kept = ""
     if args.keep_work is not None and args.keep_work.is_dir():
@@ -291,8 +296,57 @@ def _serve(args) -> int:
     return 0
 
 
+class _StdoutFailed(OutputError):
+    """Standard output refused a write (a full disk, /dev/full): the command's lines cannot be given."""
+
+
+class _Stdout:
+    """sys.stdout while a command runs: a write or flush that fails (other than a reader gone, handled apart)
+    is one `_StdoutFailed` line, not a traceback from wherever the command printed."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutFailed(f"cannot write to standard output: {exc.strerror or exc}") from None
+
+    def write(self, text):
+        return self._guarded(self._stream.write, text)
+
+    def flush(self):
+        return self._guarded(self._stream.flush)
+
+    def __getattr__(self, name):  # fileno, isatty, encoding...: the stream's own
+        return getattr(self._stream, name)
+
+
+def _open_standard_streams() -> None:
+    """A standard stream closed by the caller (`>&-`) reads as /dev/null: else the next file opened takes its
+    number, and whatever writes to it (a library, a worker) writes into that file."""
+    for fd in (0, 1, 2):  # in order: os.open takes the lowest free number
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
+def _drop_stdout() -> None:
+    """Standard output from here to the exit goes to /dev/null, so the exit's flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    _open_standard_streams()
     warnings.showwarning = _show_warning
     for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash
         if hasattr(stream, "reconfigure"):
@@ -319,13 +373,19 @@ def main(argv: list[str] | None = None) -> int:
     # OpenCV's own log lines (a corrupt PNG's libpng complaint) would come before our one-line error,
     # which names the file.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)
     try:
         with sigterm_as_interrupt():
             code = handler(args)
         sys.stdout.flush()  # a reader gone (below) shows here rather than at the exit
         return code
-    except UnflickerError as exc:
+    except _StdoutFailed as exc:
+        _drop_stdout()
         print(f"unflicker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except UnflickerError as exc:
+        print(f"unflicker: error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except Terminated:
         print(f"unflicker: terminated; {_stopped(keep_work, listed)}", file=sys.stderr)
@@ -337,8 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         if not _stdout_gone():
             raise  # another pipe: a real error
         # What reads our output has gone (`| head`): stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        _drop_stdout()
         return 141
+    finally:
+        sys.stdout = stdout
 
 
 def _stopped(keep_work: Path | None, listed: Path | None = None) -> str:
