@@ -1031,7 +1031,7 @@ def test_a_frame_that_cannot_be_read_mid_batch_fails_that_input_alone(tmp_path, 
 
 @pytest.mark.parametrize("argv, message", [
     (["--workers", "0"], "--workers must be at least 1"),
-    (["--threads", "0"], "--threads must be at least 1"),
+    (["--threads", "0"], "--threads must be in 1..1024"),
     (["--ray-address", "127.0.0.1:1"], "apply to --engine ray only"),
     (["--segment-frames", "20"], "--segment-frames must be at least 40"),
 ])

@@ -885,3 +885,32 @@ def test_loading_the_networks_leaves_the_programs_torch_random_numbers_alone():
     state = torch.random.get_rng_state()
     NeuralFilter.load(device="cpu"), LocalRefiner.load(device="cpu")
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_threads_past_what_opencv_takes_is_one_line_before_any_work(tmp_path, capsys):
+    """--threads 99999999999 was a ValueError traceback from cv2.setNumThreads, after the decoding."""
+    source = write_pngs(tmp_path / "clip", clip(4))
+    code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out.mkv", "--method", "classical",
+                           "--threads", "99999999999")
+    assert_clean(code, err, 2)
+    assert "--threads must be in 1..1024" in err and not (tmp_path / "out.mkv").exists()
+
+
+def test_a_batch_list_line_too_long_for_an_output_name_fails_that_line_alone(tmp_path, capsys):
+    """A list line too long to name a file (a text file that is no list) was an OSError traceback from the
+    output's existence check that ended the batch; now that line fails, the next ones run."""
+    source = tmp_path / "clip.mkv"
+    write_video(source, clip(4), codec="ffv1", pix_fmt="bgr0")
+    listing = tmp_path / "list.txt"
+    listing.write_text("x" * 300 + "\n" + f"{source}\n")
+    code, out, err = run_cli(capsys, "batch", listing, "-o", tmp_path / "out", "--method", "classical", "--quiet")
+    assert_clean(code, err, 1)
+    assert "File name too long" in err and "1 done, 0 skipped, 1 failed" in out
+
+
+def test_a_demo_longer_than_the_memory_holds_is_one_line_before_any_file(tmp_path, capsys):
+    """demo --frames 99999999999 was a MemoryError traceback, after making --out-dir."""
+    code, _, err = run_cli(capsys, "demo", "--method", "classical", "--frames", "99999999999",
+                           "--out-dir", tmp_path / "demo")
+    assert_clean(code, err, 2)
+    assert "of memory" in err and not (tmp_path / "demo").exists()

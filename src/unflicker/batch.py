@@ -179,10 +179,15 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
                 item.status, item.error = "failed", f"same output name as {taken[output]}"
                 continue
             taken[output] = path
-            if output.resolve() == Path(path).resolve():
+            try:
+                same, exists = output.resolve() == Path(path).resolve(), output.exists()
+            except OSError as exc:  # a name too long for the disk (a list's line that is no path)
+                item.status, item.error = "failed", f"cannot use the output {output}: {exc.strerror or exc}"
+                continue
+            if same:
                 item.status, item.error = "failed", "the output would be the input: choose another output folder"
                 continue
-            if output.exists() and not config.overwrite:
+            if exists and not config.overwrite:
                 if _changed_since(Path(path), output):
                     item.status, item.error = "failed", "the input changed after its output was written: pass " \
                                                         "--overwrite to redo it"

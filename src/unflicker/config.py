@@ -25,6 +25,8 @@ from unflicker.errors import InputError, OutputError
 from unflicker.segments import MethodSpec, SegmentConfig
 
 ENGINES = ("local", "ray")
+MAX_THREADS = 1024
+"""--threads at most: OpenCV takes a C int, and more threads than this per worker is a typo."""
 KINDS = ("auto", "processed", "film", "timelapse", "mains")
 """--kind: what flickers. auto measures, per segment, whether the networks' fine correction removes
 flicker (unflicker.gate); processed takes all of it; the physical kinds take the smooth flicker model's
@@ -213,8 +215,8 @@ class EngineConfig:
             raise InputError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.workers is not None and self.workers < 1:
             raise InputError(f"--workers must be at least 1, got {self.workers}")
-        if self.threads < 1:
-            raise InputError(f"--threads must be at least 1, got {self.threads}")
+        if not 1 <= self.threads <= MAX_THREADS:
+            raise InputError(f"--threads must be in 1..{MAX_THREADS}, got {self.threads}")
         if self.lanes is not None and self.lanes < 1:
             raise InputError(f"lanes must be at least 1, got {self.lanes}")
         if self.engine != "ray" and (self.ray_address or self.shared_dir):

@@ -16,14 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from unflicker import io, metrics, synth
+from unflicker.config import available_memory
 from unflicker.errors import InputError, OutputError, UnflickerError
-from unflicker.io.common import make_held, sweep_partials
+from unflicker.io.common import make_held, size_text, sweep_partials
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.visualize import write_side_by_side
 
 DEMO_SIZE = (352, 512)  # (h, w)
 DEMO_FPS = Fraction(24)
 DEMO_FILES = ("input.mp4", "output.mp4", "compare.mp4")
+DEMO_HELD_BYTES_PER_FRAME = 4 * DEMO_SIZE[0] * DEMO_SIZE[1] * 3 * 4
+"""Memory the demo holds per frame: its clean and flickering clips, the output and the decoded input, as float32."""
 PARTIAL_NAME = "demo"
 """The demo's work folder is out_dir/.demo.partial-PID-..., made locked (io.common.make_held): a later demo
 removes what one killed outright left (sweep_partials), never a running one's."""
@@ -62,6 +65,10 @@ def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None,
     out_dir = Path(out_dir)
     if n_frames < 2:
         raise InputError(f"--frames must be at least 2 (flicker is a change from frame to frame), got {n_frames}")
+    need, free = n_frames * DEMO_HELD_BYTES_PER_FRAME, available_memory()
+    if free is not None and need > free:
+        raise InputError(f"--frames {n_frames} needs about {size_text(need)} of memory (the demo holds its clips "
+                         f"in memory), more than the {size_text(free)} free: give fewer frames")
     existing = [name for name in DEMO_FILES if (out_dir / name).exists()]
     if existing and not overwrite:
         raise OutputError(f"{out_dir / existing[0]} exists: pass --overwrite to replace the demo's files, or choose "
