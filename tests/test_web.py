@@ -568,6 +568,21 @@ def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["mine.txt"]
 
 
+def test_serve_refuses_a_port_out_of_range_and_a_work_dir_it_cannot_make_in_one_line(tmp_path, capsys):
+    """--port -1 or 70000 was an OverflowError traceback from bind(); --work-dir naming a file, or a folder
+    that cannot be made, a FileExistsError or FileNotFoundError one."""
+    for port in ("-1", "70000"):
+        assert main(["serve", "--port", port]) == 1
+        assert capsys.readouterr().err == f"unflicker: error: --port must be in 0..65535, got {port}\n"
+    (tmp_path / "file").write_text("keep me")
+    assert main(["serve", "--port", "0", "--work-dir", str(tmp_path / "file")]) == 3
+    assert capsys.readouterr().err == f"unflicker: error: --work-dir {tmp_path / 'file'} is a file: give a folder\n"
+    assert main(["serve", "--port", "0", "--work-dir", str(tmp_path / "file" / "sub")]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"unflicker: error: cannot make the work folder {tmp_path / 'file' / 'sub'}: ")
+    assert len(err.splitlines()) == 1 and (tmp_path / "file").read_text() == "keep me"
+
+
 def test_serve_sets_the_engines_workers_and_threads_of_its_jobs(tmp_path, clip, capsys):
     """`unflicker serve` had no --workers/--threads: every job took the machine's cores and one thread."""
     assert main(["serve", "--port", "0", "--workers", "0"]) == 2

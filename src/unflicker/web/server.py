@@ -44,6 +44,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
     from unflicker.web.jobs import JobQueue
     from unflicker.web.store import Store
 
+    if not 0 <= port <= 65535:
+        raise UnflickerError(f"--port must be in 0..65535, got {port}")
     if auth is not None and ":" not in auth:
         raise UnflickerError("--auth takes user:password")
     limits = limits or Limits()

@@ -138,7 +138,12 @@ class Store:
         self.limits = limits or Limits()
         self.temporary = work_dir is None
         root = Path(tempfile.mkdtemp(prefix="unflicker-serve-")) if work_dir is None else Path(work_dir)
-        root.mkdir(parents=True, exist_ok=True)
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"--work-dir {root} is a file: give a folder")
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot make the work folder {root}: {exc.strerror or exc}") from None
         if any(root.iterdir()) and not (root / MARKER).is_file():
             raise OutputError(f"{root} is not empty and is not a work folder of `unflicker serve`: give an empty "
                               f"or new folder")
