@@ -914,3 +914,20 @@ def test_a_demo_longer_than_the_memory_holds_is_one_line_before_any_file(tmp_pat
                            "--out-dir", tmp_path / "demo")
     assert_clean(code, err, 2)
     assert "of memory" in err and not (tmp_path / "demo").exists()
+
+
+def test_an_output_that_is_a_device_or_a_pipe_or_a_dash_is_refused(tmp_path, capsys, monkeypatch):
+    """-o NODE.mkv --overwrite, NODE a device or a FIFO, replaced the node with a regular file (as root: /dev
+    nodes); without --overwrite it said "pass --overwrite". -o - made a folder called -."""
+    import os
+
+    source = write_pngs(tmp_path / "clip", clip(4))
+    fifo = tmp_path / "pipe.mkv"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(capsys, "run", source, "-o", fifo, "--method", "classical", "--overwrite", "--quiet")
+    assert_clean(code, err, 3)
+    assert "is a device or a pipe" in err and fifo.is_fifo()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "run", source, "-o", "-", "--method", "classical", "--quiet")
+    assert_clean(code, err, 3)
+    assert "standard output" in err and not (tmp_path / "-").exists()

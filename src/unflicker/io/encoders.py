@@ -380,6 +380,9 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     request the format cannot hold raises OutputError, and what it cannot carry is warned about.
     """
     output = Path(output_path)
+    if os.fspath(output_path) == "-":
+        raise OutputError("- (standard output) cannot take a video: name an output file or folder (./- for one "
+                          "called -)")
     if output.name in ("", ".", ".."):
         raise OutputError(f"name the output file or folder ({output_path} names none)")
     try:
@@ -394,6 +397,10 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         if not output.is_dir():
             raise OutputError(f"unsupported output type {output.suffix!r}: use one of "
                               f"{', '.join(VIDEO_FORMATS)} or a folder name")
+    # A device or a pipe (/dev/null.mkv, a FIFO): --overwrite replaced the node itself with the new file.
+    if output.exists() and not (output.is_file() or output.is_dir()):
+        raise OutputError(f"output {output} is a device or a pipe, not a file: the output is a new file put in "
+                          f"place of the name; choose a file or folder name")
     if output.exists() and not overwrite:
         raise OutputError(f"output {output} exists: pass --overwrite to replace it")
     if output.is_symlink():
