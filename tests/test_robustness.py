@@ -931,3 +931,13 @@ def test_an_output_that_is_a_device_or_a_pipe_or_a_dash_is_refused(tmp_path, cap
     code, _, err = run_cli(capsys, "run", source, "-o", "-", "--method", "classical", "--quiet")
     assert_clean(code, err, 3)
     assert "standard output" in err and not (tmp_path / "-").exists()
+
+
+def test_an_hevc_run_prints_nothing_of_x265s_own(tmp_path, capfd):
+    """--codec hevc printed x265's [info] banner and "encoded 0 frames" on stderr: the check that the encoder
+    opens before any work opened it without the writer's log-level option."""
+    source = write_pngs(tmp_path / "clip", clip(4, 48, 64))
+    code = main(["run", str(source), "-o", str(tmp_path / "out.mp4"), "--method", "classical", "--codec", "hevc",
+                 "--quiet"])
+    err = capfd.readouterr().err
+    assert code == 0 and "x265" not in err and "encoded" not in err, err

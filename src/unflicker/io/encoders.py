@@ -447,6 +447,7 @@ def _check_encoder(plan: OutputPlan, info: VideoInfo, output: Path) -> None:
     ctx = av.CodecContext.create(plan.codec, "w")
     ctx.width, ctx.height, ctx.pix_fmt = info.width, info.height, plan.pix_fmt
     ctx.time_base = Fraction(1, 25)
+    ctx.options = dict(plan.options)  # the writer's: x265's log level among them (else its banner on stderr)
     try:
         ctx.open()
     except av.error.FFmpegError as exc:
