@@ -117,13 +117,13 @@ def test_single_frame_is_copied_with_a_warning(tmp_path, capsys):
 
 def test_unwritable_output_folder(tmp_path, clips, capsys, monkeypatch):
     # CI runs as root, which can write anywhere, so the folder's refusal is simulated.
-    from unflicker.io import encoders
+    from unflicker.io import common
 
     def refuse(**_):
         raise PermissionError(13, "Permission denied")
 
     _, flickering = clips
-    monkeypatch.setattr(encoders.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
     code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "out.mp4", "--quiet")
     assert code == 3 and "cannot write in output folder" in err and "Permission denied" in err
     assert not (tmp_path / "out.mp4").exists()

@@ -941,3 +941,44 @@ def test_an_hevc_run_prints_nothing_of_x265s_own(tmp_path, capfd):
                  "--quiet"])
     err = capfd.readouterr().err
     assert code == 0 and "x265" not in err and "encoded" not in err, err
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """An existing folder on a read-only mount (a bind mount made read-only: root ignores permission bits);
+    skipped where mounts cannot be made (not root, no CAP_SYS_ADMIN)."""
+    source, mount = tmp_path / "source", tmp_path / "mount"
+    (source / "sub").mkdir(parents=True)
+    mount.mkdir()
+    made = subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode == 0
+    if made and subprocess.run(["mount", "-o", "remount,ro,bind", str(mount)], capture_output=True).returncode:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+        made = False
+    if not made:
+        pytest.skip("cannot make a read-only mount here")
+    try:
+        yield mount / "sub"
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_outputs_in_an_existing_read_only_folder_are_one_line(tmp_path, capsys, read_only_folder):
+    """batch -o, demo --out-dir and serve --work-dir naming an existing folder on a read-only disk were OSError
+    tracebacks (the summary's, the demo's work folder's, the marker's first write); `run` already said so."""
+    from unflicker.errors import OutputError
+    from unflicker.web.store import Store
+
+    batch_input = tmp_path / "videos"
+    batch_input.mkdir()
+    write_video(batch_input / "a.mkv", clip(4), codec="ffv1", pix_fmt="bgr0")
+    code, _, err = run_cli(capsys, "batch", batch_input, "-o", read_only_folder, "--method", "classical", "--quiet")
+    assert_clean(code, err, 3)
+    assert f"cannot write in output folder {read_only_folder}: Read-only file system" in err
+    code, _, err = run_cli(capsys, "batch", batch_input, "-o", read_only_folder / "new", "--method", "classical")
+    assert_clean(code, err, 3)
+    assert f"cannot make the output folder {read_only_folder / 'new'}" in err
+    code, _, err = run_cli(capsys, "demo", "--method", "classical", "--frames", "4", "--out-dir", read_only_folder)
+    assert_clean(code, err, 3)
+    assert f"cannot write in --out-dir {read_only_folder}" in err
+    with pytest.raises(OutputError, match="cannot write in the work folder"):
+        Store(read_only_folder)

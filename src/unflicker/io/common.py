@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +36,17 @@ VIDEO_FORMATS = {
 }
 DEFAULT_FOLDER_FPS = Fraction(25)
 _BAND_VALUES = 1 << 16  # float32 values of from_float's row bands (256 KB)
+
+
+def check_writable(folder: Path, role: str = "output folder") -> None:
+    """Create and remove a file in `folder`: permissions, read-only mounts and pseudo file systems
+    (os.access says yes to root everywhere) fail here, before any work, not at the output's first write."""
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".unflicker-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {role} {folder}: {exc.strerror or exc}") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def size_text(n: int) -> str:

@@ -21,7 +21,6 @@ import importlib
 import io as pyio
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -30,7 +29,7 @@ from pathlib import Path
 import av
 
 from unflicker.errors import OutputError
-from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, other_entries
+from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, check_writable, other_entries
 from unflicker.io.media import SWS_MATRIX, VideoInfo
 
 CODECS = {"h264": "libx264", "hevc": "libx265", "prores": "prores_ks", "ffv1": "ffv1"}
@@ -346,17 +345,6 @@ def _common_drops(plan: OutputPlan, info: VideoInfo) -> None:
                             "values above 1.0 clipped")
 
 
-def _check_writable(folder: Path) -> None:
-    """Create and remove a file in `folder`: permissions, read-only mounts and pseudo file systems
-    (os.access says yes to root everywhere) fail here, before any work, not at the output's first write."""
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".unflicker-probe-", dir=folder)
-    except OSError as exc:
-        raise OutputError(f"cannot write in output folder {folder}: {exc.strerror or exc}") from None
-    os.close(handle)
-    os.unlink(probe)
-
-
 def _check_name_length(folder: Path, name: str) -> None:
     """The output is written under a longer temporary name first (io.writer: '.NAME.partial-PID.EXT', made as
     '....making'): a name that fits the file system but leaves no room for that one fails here, before any
@@ -413,7 +401,7 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
     parent = output.resolve().parent
     if not parent.is_dir():
         raise OutputError(f"output folder {parent} {'is a file' if parent.exists() else 'does not exist'}")
-    _check_writable(parent)
+    check_writable(parent)
     _check_name_length(parent, output.name)
     if info is not None:
         plan = plan_output(output, info, codec, bit_depth)

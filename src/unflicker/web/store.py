@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unflicker.errors import OutputError
+from unflicker.io.common import check_writable
 
 MARKER = ".unflicker-serve"
 """File that marks a folder as a work folder of `unflicker serve` (the only kind it empties)."""
@@ -144,6 +145,7 @@ class Store:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot make the work folder {root}: {exc.strerror or exc}") from None
+        check_writable(root, "the work folder")  # an existing one on a read-only disk
         if any(root.iterdir()) and not (root / MARKER).is_file():
             raise OutputError(f"{root} is not empty and is not a work folder of `unflicker serve`: give an empty "
                               f"or new folder")
