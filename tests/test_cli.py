@@ -654,3 +654,16 @@ def test_the_batch_csv_names_the_flicker_index_it_holds(tmp_path):
     assert float(read[0]["flicker_index_before"]) == 3.5e-4 and float(read[0]["flicker_index_after"]) == 1.2e-4
     assert read[1]["flicker_index_before"] == "" and read[1]["error"] == "cannot read b.mp4"
     assert json.loads(json_path.read_text())[0]["flicker_before"] == 3.5e-4
+
+
+@pytest.mark.parametrize("argv", [["run", "in.mp4", "-o", "out.mp4", "--strength", "abc"], ["run"], ["nope"],
+                                  ["batch", "clips"], ["run", "in.mp4", "-o", "out.mp4", "--kind", "foo"]])
+def test_an_option_argparse_refuses_is_one_line_too(capsys, argv):
+    """argparse printed its usage (several lines) before its error; every other bad input is one line."""
+    from unflicker import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("unflicker") and ": error: " in err and err.rstrip().endswith("--help)")

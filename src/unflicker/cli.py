@@ -105,10 +105,17 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (argparse prints its usage first), as every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from unflicker.config import METHOD_NAMES
 
-    parser = argparse.ArgumentParser(prog="unflicker", description="Remove flicker from a video, blindly.")
+    parser = _Parser(prog="unflicker", description="Remove flicker from a video, blindly.")
     parser.add_argument("--version", action="version", version=f"unflicker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     parser.set_defaults(keep_work=None)  # every command's args have it: None where it takes no --keep-work
