@@ -557,8 +557,9 @@ def test_progress_is_read_from_whole_bars_as_they_come(tmp_path, cut):
 
 def test_serve_refuses_bad_options_in_one_line(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
-    assert main(["serve", "--port", "0", "--auth", "nocolon"]) == 1
-    assert capsys.readouterr().err == "unflicker: error: --auth takes user:password\n"
+    for auth in ("nocolon", ":", "ann:", ":s3cret"):  # an empty login or password was taken
+        assert main(["serve", "--port", "0", "--auth", auth]) == 1
+        assert capsys.readouterr().err == "unflicker: error: --auth takes user:password, neither empty\n"
     for option, value in (("--keep", "0"), ("--max-upload-mb", "0"), ("--max-seconds", "-1")):
         assert main(["serve", "--port", "0", option, value]) == 1
         assert "must be above 0, --keep at least 1" in capsys.readouterr().err

@@ -46,8 +46,8 @@ def serve(host: str = "127.0.0.1", port: int = 7860, auth: str | None = None, wo
 
     if not 0 <= port <= 65535:
         raise UnflickerError(f"--port must be in 0..65535, got {port}")
-    if auth is not None and ":" not in auth:
-        raise UnflickerError("--auth takes user:password")
+    if auth is not None and (":" not in auth or not all(auth.partition(":")[::2])):
+        raise UnflickerError("--auth takes user:password, neither empty")
     limits = limits or Limits()
     if not (limits.max_upload_mb > 0 and limits.max_seconds > 0 and limits.keep_items >= 1):
         raise UnflickerError("--max-upload-mb and --max-seconds must be above 0, --keep at least 1")
