@@ -973,12 +973,12 @@ def test_outputs_in_an_existing_read_only_folder_are_one_line(tmp_path, capsys, 
     write_video(batch_input / "a.mkv", clip(4), codec="ffv1", pix_fmt="bgr0")
     code, _, err = run_cli(capsys, "batch", batch_input, "-o", read_only_folder, "--method", "classical", "--quiet")
     assert_clean(code, err, 3)
-    assert f"cannot write in output folder {read_only_folder}: Read-only file system" in err
+    assert f"cannot write in the output folder {read_only_folder}: Read-only file system" in err
     code, _, err = run_cli(capsys, "batch", batch_input, "-o", read_only_folder / "new", "--method", "classical")
     assert_clean(code, err, 3)
     assert f"cannot make the output folder {read_only_folder / 'new'}" in err
     code, _, err = run_cli(capsys, "demo", "--method", "classical", "--frames", "4", "--out-dir", read_only_folder)
     assert_clean(code, err, 3)
     assert f"cannot write in --out-dir {read_only_folder}" in err
-    with pytest.raises(OutputError, match="cannot write in the work folder"):
+    with pytest.raises(OutputError, match="cannot write in --work-dir"):
         Store(read_only_folder)

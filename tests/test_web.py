@@ -580,7 +580,7 @@ def test_serve_refuses_a_port_out_of_range_and_a_work_dir_it_cannot_make_in_one_
     assert capsys.readouterr().err == f"unflicker: error: --work-dir {tmp_path / 'file'} is a file: give a folder\n"
     assert main(["serve", "--port", "0", "--work-dir", str(tmp_path / "file" / "sub")]) == 3
     err = capsys.readouterr().err
-    assert err.startswith(f"unflicker: error: cannot make the work folder {tmp_path / 'file' / 'sub'}: ")
+    assert err.startswith(f"unflicker: error: cannot make --work-dir {tmp_path / 'file' / 'sub'}: ")
     assert len(err.splitlines()) == 1 and (tmp_path / "file").read_text() == "keep me"
 
 

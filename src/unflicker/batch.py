@@ -25,7 +25,7 @@ from tqdm import tqdm
 from unflicker import io
 from unflicker.config import RunConfig
 from unflicker.errors import InputError, OutputError, UnflickerError
-from unflicker.io.common import check_writable, holding
+from unflicker.io.common import holding, writable_folder
 from unflicker.pipeline import Job
 
 SUMMARY_NAME = "unflicker-batch"
@@ -143,11 +143,7 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
     inputs = find_inputs(source, skip=out_dir.resolve())
     if not inputs:
         raise InputError(f"no videos or frame folders in {source}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a read-only disk, no permission
-        raise OutputError(f"cannot make the output folder {out_dir}: {exc.strerror or exc}") from None
-    check_writable(out_dir)  # an existing read-only one: its summary could not be written either
+    writable_folder(out_dir, "the output folder")  # its summary is written there too
     # One batch per output folder: two would each redo the other's inputs and report its outputs as failed.
     with holding(out_dir, f"another batch is writing into {out_dir}: wait for it to end, or choose another "
                           f"output folder"):

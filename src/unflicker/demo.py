@@ -18,7 +18,7 @@ import numpy as np
 from unflicker import io, metrics, synth
 from unflicker.config import available_memory
 from unflicker.errors import InputError, OutputError, UnflickerError
-from unflicker.io.common import check_writable, make_held, size_text, sweep_partials
+from unflicker.io.common import make_held, size_text, sweep_partials, writable_folder
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.visualize import write_side_by_side
 
@@ -73,13 +73,7 @@ def run_demo(out_dir: str | Path, n_frames: int = 48, method: str | None = None,
     if existing and not overwrite:
         raise OutputError(f"{out_dir / existing[0]} exists: pass --overwrite to replace the demo's files, or choose "
                           f"another --out-dir")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"--out-dir {out_dir} is a file")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write in --out-dir {out_dir}: {exc.strerror or exc}") from None
-    check_writable(out_dir, "--out-dir")  # an existing one on a read-only disk
+    writable_folder(out_dir, "--out-dir")
     sweep_partials(out_dir / PARTIAL_NAME)
     work = out_dir / f".{PARTIAL_NAME}.partial-{os.getpid()}-{os.urandom(4).hex()}"
     lock = make_held(work, folder=True)

@@ -49,6 +49,18 @@ def check_writable(folder: Path, role: str = "output folder") -> None:
     os.unlink(probe)
 
 
+def writable_folder(folder: Path, role: str) -> None:
+    """Make `folder` (and its parents) where it is missing, and check that files can be written in it: a file in
+    its place, a folder that cannot be made and a read-only disk are each one line naming `role`."""
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{role} {folder} is a file: give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only disk, no permission, a file on the way
+        raise OutputError(f"cannot make {role} {folder}: {exc.strerror or exc}") from None
+    check_writable(folder, role)  # an existing one on a read-only disk
+
+
 def size_text(n: int) -> str:
     """A byte count for people: 1.2 GB, 340.0 MB, 12.5 kB, 80 bytes."""
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

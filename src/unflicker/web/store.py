@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unflicker.errors import OutputError
-from unflicker.io.common import check_writable
+from unflicker.io.common import writable_folder
 
 MARKER = ".unflicker-serve"
 """File that marks a folder as a work folder of `unflicker serve` (the only kind it empties)."""
@@ -139,13 +139,7 @@ class Store:
         self.limits = limits or Limits()
         self.temporary = work_dir is None
         root = Path(tempfile.mkdtemp(prefix="unflicker-serve-")) if work_dir is None else Path(work_dir)
-        if root.exists() and not root.is_dir():
-            raise OutputError(f"--work-dir {root} is a file: give a folder")
-        try:
-            root.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot make the work folder {root}: {exc.strerror or exc}") from None
-        check_writable(root, "the work folder")  # an existing one on a read-only disk
+        writable_folder(root, "--work-dir")
         if any(root.iterdir()) and not (root / MARKER).is_file():
             raise OutputError(f"{root} is not empty and is not a work folder of `unflicker serve`: give an empty "
                               f"or new folder")
