@@ -667,3 +667,16 @@ def test_an_option_argparse_refuses_is_one_line_too(capsys, argv):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("unflicker") and ": error: " in err and err.rstrip().endswith("--help)")
+
+
+def test_crf_for_an_output_that_takes_none_is_said(tmp_path, capsys):
+    """--crf with a lossless FFV1 or a folder output was ignored without a word."""
+    frames = [np.full((32, 48, 3), 0.3 + 0.1 * i, np.float32) for i in range(4)]
+    clip = write_folder(tmp_path / "in", frames)
+    for output, what in (("o.mkv", "ffv1 (.mkv)"), ("frames", "a folder of frames")):
+        code, _, err = run_cli(capsys, "run", clip, "-o", tmp_path / output, "--method", "classical", "--crf", "20",
+                               "--quiet")
+        assert code == 0 and f"--crf 20 is for H.264 and H.265 outputs; {what} takes none: ignored" in err, err
+    code, _, err = run_cli(capsys, "run", clip, "-o", tmp_path / "o.mp4", "--method", "classical", "--crf", "20",
+                           "--quiet")
+    assert code == 0 and "--crf" not in err

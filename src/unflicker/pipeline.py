@@ -307,7 +307,8 @@ class Job:
             # With info, check_output also decides the output's codec and depth and warns about what it
             # cannot carry.
             self.output = io.check_output(self.input_path, self.output_path, config.overwrite, info=info,
-                                          codec=config.codec, bit_depth=config.bit_depth) \
+                                          codec=config.codec, bit_depth=config.bit_depth,
+                                          crf=None if config.crf == io.DEFAULT_CRF else config.crf) \
                 if self.write_output else None
             if self.output is not None and self.output.suffix.lower() in io.IMAGE_EXTENSIONS and \
                     not self.output.is_dir():

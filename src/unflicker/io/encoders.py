@@ -361,11 +361,13 @@ def _check_name_length(folder: Path, name: str) -> None:
 
 
 def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, overwrite: bool = False, *,
-                 info: VideoInfo | None = None, codec: str | None = None, bit_depth: int | None = None) -> Path:
+                 info: VideoInfo | None = None, codec: str | None = None, bit_depth: int | None = None,
+                 crf: int | None = None) -> Path:
     """Refuse outputs that would lose something, before any work starts.
 
     With `info` (the input's probe), also decide the codec and layout (see `plan_output`): a
-    request the format cannot hold raises OutputError, and what it cannot carry is warned about.
+    request the format cannot hold raises OutputError, and what it cannot carry is warned about, as is a
+    `crf` asked of an output whose codec takes none (only H.264 and H.265 do).
     """
     output = Path(output_path)
     if os.fspath(output_path) == "-":
@@ -409,6 +411,9 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
             _check_encoder(plan, info, output)
         for line in plan.dropped:
             warnings.warn(line, stacklevel=2)
+        if crf is not None and plan.codec not in ("libx264", "libx265"):
+            what = "a folder of frames" if plan.codec is None else f"{plan.codec} ({output.suffix or 'no extension'})"
+            warnings.warn(f"--crf {crf} is for H.264 and H.265 outputs; {what} takes none: ignored", stacklevel=2)
     return output
 
 
