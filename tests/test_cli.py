@@ -680,3 +680,9 @@ def test_crf_for_an_output_that_takes_none_is_said(tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", clip, "-o", tmp_path / "o.mp4", "--method", "classical", "--crf", "20",
                            "--quiet")
     assert code == 0 and "--crf" not in err
+
+
+def test_a_plot_named_dot_is_named_in_the_refusal(tmp_path, capsys):
+    """`--plot .` was refused with 'name it *.png, not ' (the path's name is empty)."""
+    code, _, err = run_cli(capsys, "run", tmp_path / "in.mp4", "-o", tmp_path / "o.mkv", "--plot", ".")
+    assert code == 3 and err.strip().endswith("--plot writes a PNG: name it *.png, not ."), err

@@ -355,7 +355,8 @@ class RunConfig:
         if self.stop_after and (self.compare or self.plot):
             raise OutputError("--compare and --plot need the output: drop --stop-after")
         if self.plot is not None and Path(self.plot).suffix.lower() != ".png":
-            raise OutputError(f"--plot writes a PNG: name it *.png, not {Path(self.plot).name}")
+            given = Path(self.plot).name or os.fspath(self.plot)  # '.' and '..' have no name
+            raise OutputError(f"--plot writes a PNG: name it *.png, not {given}")
         self.segments.check()
         self.engine.check()
 
