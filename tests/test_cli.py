@@ -586,6 +586,11 @@ def test_a_stopped_run_with_keep_work_says_its_segments_stay(tmp_path, capsys, m
     # A batch's finished outputs stay too, listed in its summary (it said nothing of them).
     outputs = f"finished outputs stay, listed in {tmp_path / 'out.mp4' / 'unflicker-batch.csv'}; " \
         if command == "batch" else ""
+    if command == "batch":  # as a batch stopped midway leaves it (one stopped before it has none: not named)
+        code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4")
+        assert code == 130 and err.strip() == "unflicker: interrupted; no partial output was left"
+        (tmp_path / "out.mp4").mkdir()
+        (tmp_path / "out.mp4" / "unflicker-batch.csv").write_text("input,output,status\n")
     code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4",
                            "--keep-work", tmp_path / "work")
     assert code == 130 and err.strip() == (f"unflicker: interrupted; no partial output was left; {outputs}finished "
@@ -623,7 +628,7 @@ def test_a_finished_run_says_its_kept_work_folder_stays_and_can_go(tmp_path, cli
     assert size_text(999) == "999 bytes" and size_text(28_364_709) == "28.4 MB" and size_text(1.5e12) == "1500.0 GB"
 
 
-def test_the_stopped_message_takes_the_work_folder_not_the_args():
+def test_the_stopped_message_takes_the_work_folder_not_the_args(tmp_path, monkeypatch):
     """_stopped read --keep-work off whatever main had as args (getattr: a Namespace, or a delegated command's
     argv list); main now passes the folder itself (None for commands without --keep-work)."""
     from unflicker import cli
@@ -631,6 +636,9 @@ def test_the_stopped_message_takes_the_work_folder_not_the_args():
     assert cli._stopped(Path("work")) == ("no partial output was left; finished segments stay in work: the same "
                                           "command runs only the rest")
     assert cli._stopped(None) == "no partial output was left"
+    monkeypatch.chdir(tmp_path)
+    Path("out").mkdir()
+    Path("out/unflicker-batch.csv").write_text("input\n")
     assert cli._stopped(None, Path("out/unflicker-batch.csv")) == ("no partial output was left; finished outputs stay, "
                                                                  "listed in out/unflicker-batch.csv: the same command "
                                                                  "runs only the rest")
