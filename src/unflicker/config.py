@@ -171,13 +171,16 @@ def workers_that_fit(width: int, height: int, free: int | None = None, spec: Met
 
 def memory_needs(width: int, height: int, spec: MethodSpec | None = None) -> tuple[float, float]:
     """(bytes, bytes): the peak memory of a run's main process and of one of its workers for frames of this
-    size and this resolved method (None: the default, neural with a grid atlas): MAIN_MEMORY, and
-    WORKER_MEMORY, CLASSICAL_WORKER_MEMORY, or WORKER_MEMORY with MLP_ATLAS_MEMORY for the MLP atlas. The
+    size and this resolved method (None: the default, neural with a grid atlas): MAIN_MEMORY, and the method's
+    `worker_memory` (WORKER_MEMORY, with MLP_ATLAS_MEMORY for the MLP atlas; CLASSICAL_WORKER_MEMORY). The
     other settings (threads, preset fast, segment length) change a worker's peak by 10 % or less."""
     pixels = width * height
-    base, per_pixel = CLASSICAL_WORKER_MEMORY if spec is not None and spec.name == "classical" else WORKER_MEMORY
-    if spec is not None and spec.name == "neural" and spec.config.atlas.backend == "mlp":
-        base += MLP_ATLAS_MEMORY
+    if spec is None:
+        base, per_pixel = WORKER_MEMORY
+    else:
+        from unflicker.methods import METHODS  # imports config: not at the top
+
+        base, per_pixel = METHODS[spec.name].worker_memory(spec.config)
     return MAIN_MEMORY[0] + MAIN_MEMORY[1] * pixels, base + per_pixel * pixels
 
 

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from unflicker.anchor import AnchorConfig
+from unflicker.config import CLASSICAL_WORKER_MEMORY
 from unflicker.classical import ClassicalConfig, ClassicalDeflicker
 from unflicker.neural import NeuralDeflicker
 
@@ -77,6 +78,12 @@ class Method(Protocol):
         without building the method (the main process of a run records it; workers build)."""
         ...
 
+    @staticmethod
+    def worker_memory(config) -> tuple[float, float]:
+        """(bytes, bytes a pixel of a frame): the peak memory of a local worker running a segment of the method
+        with `config` at one thread, with margin (config.memory_needs; measured as config.py says)."""
+        ...
+
 
 class ClassicalMethod:
     """The classical deflicker (classical.py) as a pipeline method: one stage, no anchor."""
@@ -113,6 +120,10 @@ class ClassicalMethod:
     @staticmethod
     def fingerprint(config: ClassicalConfig) -> dict:
         return {}
+
+    @staticmethod
+    def worker_memory(config: ClassicalConfig) -> tuple[float, float]:
+        return CLASSICAL_WORKER_MEMORY
 
 
 METHODS: dict[str, type[Method]] = {

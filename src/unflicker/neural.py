@@ -19,7 +19,7 @@ import numpy as np
 from unflicker import netfiles
 from unflicker.anchor import AnchorConfig
 from unflicker.atlas import AtlasConfig, atlas_size
-from unflicker.config import NEURAL_STAGES
+from unflicker.config import MLP_ATLAS_MEMORY, NEURAL_STAGES, WORKER_MEMORY
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
 from unflicker.gate import FineGate, GateConfig
@@ -135,6 +135,12 @@ class NeuralDeflicker:
         when a worker loads them)."""
         return {name: netfiles.weights_digest(netfiles.weights_path(name, path), name, *netfiles.FORMATS[name])
                 for name, path in _networks(config).items()}
+
+    @staticmethod
+    def worker_memory(config: NeuralConfig) -> tuple[float, float]:
+        """The grid atlas's worker; the MLP atlas adds its fit's steps, about the same at any frame size."""
+        base, per_pixel = WORKER_MEMORY
+        return base + (MLP_ATLAS_MEMORY if config.atlas.backend == "mlp" else 0.0), per_pixel
 
     def analyze(self, frames: Iterable[np.ndarray], lanes: int = 1,
                 progress: Callable[[float], None] | None = None) -> None:
