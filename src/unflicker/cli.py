@@ -230,7 +230,7 @@ def _run(args) -> int:
 
 def _batch(args) -> int:
     from unflicker.batch import SUMMARY_NAME, check_out_dir, run_batch
-    from unflicker.io.common import size_text
+    from unflicker.pipeline import kept_note
     from unflicker.resume import folder_bytes
 
     check_out_dir(args.output)
@@ -239,10 +239,8 @@ def _batch(args) -> int:
     for row in failed:
         print(_one_line(f"unflicker: failed: {row.input}: {row.error}"), file=sys.stderr)
     counts = {status: sum(row.status == status for row in rows) for status in ("done", "skipped", "failed")}
-    kept = ""
-    if args.keep_work is not None and args.keep_work.is_dir():
-        kept = (f"; work kept: {size_text(folder_bytes(args.keep_work))} in {args.keep_work} (reruns reuse it; "
-                f"delete it when done)")
+    kept = kept_note(args.keep_work, folder_bytes(args.keep_work)) \
+        if args.keep_work is not None and args.keep_work.is_dir() else ""
     print(f"batch: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed; summary in "
           f"{args.output / SUMMARY_NAME}.csv and .json{kept}")
     return 1 if failed else 0

@@ -375,7 +375,7 @@ def _check_reachable(address: str, timeout: float = 10.0, found: str = "") -> No
         return
     host, port = host_port
     try:
-        connection = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        connection = socket.create_connection((host.strip("[]"), port), timeout=timeout)
     except OSError as exc:
         raise UnflickerError(f"cannot reach Ray at {address}{found}: {exc.strerror or exc} (is `ray start --head` "
                              f"running there?)") from None

@@ -69,8 +69,8 @@ class KindConfig:
     def check(self) -> None:
         if self.rows < 2 or self.side < 16:
             raise InputError(f"kind probe needs rows >= 2 and side >= 16, got {self.rows}, {self.side}")
-        if not (self.bands > 0 and self.clear_bands >= self.bands and 0 < self.jumps <= 1 and -1 <= self.pumping <= 1 and self.monochrome >= 0
-                and self.grey >= 0):
+        if not (self.bands > 0 and self.clear_bands >= self.bands and 0 < self.jumps <= 1 and -1 <= self.pumping <= 1
+                and self.monochrome >= 0 and self.grey >= 0):
             raise InputError("kind probe needs bands > 0, clear_bands >= bands, jumps in (0, 1], pumping in [-1, 1], "
                              "monochrome and grey >= 0")
 

@@ -119,10 +119,13 @@ class RunSummary:
             # The gate cannot always tell a per-frame process with little texture flicker (a colorization)
             # from smooth physical flicker: say so where the user can tell (research notes, session 23),
             # unless every flickering segment shows what only physical flicker did (old film, mains; session 27).
-            clear = physical and all(unmistakable({k[5:]: v for k, v in info.items() if k.startswith("kind_")})
-                                     for info in self.segment_info if info.get("strength", 1.0) > 0)
-            found = "" if not physical else "found, treated as physical flicker; " if clear else \
-                "found, treated as physical flicker; frames processed one by one? try --kind processed; "
+            clear = physical and all(
+                unmistakable({k.removeprefix("kind_"): v for k, v in info.items() if k.startswith("kind_")})
+                for info in self.segment_info if info.get("strength", 1.0) > 0)
+            found = ""
+            if physical:
+                found = "found, treated as physical flicker; " + \
+                    ("" if clear else "frames processed one by one? try --kind processed; ")
             kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
                     + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
         return (f"wrote {self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
@@ -133,9 +136,12 @@ class RunSummary:
 
     def work_note(self) -> str:
         """'; work kept: SIZE in FOLDER (...)' where --keep-work kept the job's segments, else ''."""
-        if self.work is None:
-            return ""
-        return f"; work kept: {size_text(self.work_bytes)} in {self.work} (reruns reuse it; delete it when done)"
+        return "" if self.work is None else kept_note(self.work, self.work_bytes)
+
+
+def kept_note(folder: Path, size: int) -> str:
+    """What a run's or a batch's last line says of the --keep-work folder (or the job's in it) it leaves."""
+    return f"; work kept: {size_text(size)} in {folder} (reruns reuse it; delete it when done)"
 
 
 # --- sources and sinks ----------------------------------------------------------------------------
@@ -484,7 +490,7 @@ class Job:
         info, config = self.source.info, self.config
         if info.frame_count < 2 or not config.engine.shares_files():
             return  # no segment; a cluster's frames travel through its object store
-        workers = config.engine.workers or config.engine.local_workers((info.width, info.height), spec=self.spec)
+        workers = config.engine.local_workers((info.width, info.height), spec=self.spec)
         spans = sorted((len(s.span) for s in plan([range(info.frame_count)], config.segments)), reverse=True)
         pixels = info.width * info.height
         stored = (3 if info.bit_depth == 8 else 6) + 6  # the spilled input and the 16-bit result

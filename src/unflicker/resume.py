@@ -16,7 +16,6 @@ are not in the key: changing them reruns no segment.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from unflicker import io
-from unflicker.io.common import free_text, hold_lock, locked_by_another, size_text, try_lock
+from unflicker.io.common import FULL, free_text, hold_lock, locked_by_another, size_text, try_lock
 
 
 def input_fingerprint(info: io.VideoInfo) -> dict:
@@ -56,10 +55,6 @@ def folder_bytes(folder: Path) -> int:
             blocks = getattr(stat, "st_blocks", None)  # not on every system (Windows)
             total += stat.st_size if blocks is None else min(stat.st_size, blocks * 512)
     return total
-
-
-FULL = (errno.ENOSPC, errno.EDQUOT)
-"""The errors of a full disk (or a user's quota used up)."""
 
 
 def no_space(path: str | os.PathLike, what: str = "temporary files") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -36,6 +37,10 @@ VIDEO_FORMATS = {
 }
 DEFAULT_FOLDER_FPS = Fraction(25)
 _BAND_VALUES = 1 << 16  # float32 values of from_float's row bands (256 KB)
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The errors of a full disk (or a user's quota used up)."""
 
 
 def check_writable(folder: Path, role: str = "output folder") -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import av
 import numpy as np
 
 from unflicker.errors import OutputError
-from unflicker.io.common import (DEFAULT_CRF, X264_PRESET, free_text, from_float, make_held, replace, size_text,
+from unflicker.io.common import (DEFAULT_CRF, FULL, X264_PRESET, free_text, from_float, make_held, replace, size_text,
                                  sweep_partials, to_depth)
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
 from unflicker.io.images import PYAV_IMAGES, write_image
@@ -190,7 +189,7 @@ class VideoWriter:
 
     def _failed(self, exc: av.error.FFmpegError | OSError, doing: str = "writing") -> OutputError:
         """The one-line error of a failed encode or write (the disk full: where, and how far the output got)."""
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in FULL:
             try:
                 files = self._temp.iterdir() if self._temp.is_dir() else [self._temp]
                 size = f"{size_text(sum(path.stat().st_size for path in files))} of it written, "
