@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -527,7 +528,68 @@ def test_ray_with_a_shared_dir_works_there_and_an_address_nobody_serves_is_one_l
     assert code != 0 and "cannot reach Ray at 127.0.0.1:1" in err and time.time() - started < 30
 
 
-HEAD = """import sys, ray
+def listening_addresses(pids: set[int]) -> list[str]:
+    """The local addresses (hex, as /proc/net/tcp and tcp6 write them) of the TCP sockets that processes pids
+    listen on (Linux)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+        except OSError:
+            continue
+        inodes |= {link[8:-1] for link in links if link.startswith("socket:[")}
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                found.append(fields[1].rsplit(":", 1)[0])
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_runs_own_ray_listens_on_the_loopback_interface_alone():
+    """A local Ray of the run's own was advertised on 127.0.0.1, but Ray turns that into the machine's network
+    address on Linux: its GCS, raylet, workers and the driver's own server listened on every interface, its
+    runtime-env agent on the network address."""
+    pytest.importorskip("ray")
+    from unflicker.engine import RayEngine
+
+    engine = RayEngine(EngineConfig(engine="ray", workers=1))
+    try:
+        assert engine.ray.get(engine._board.take.remote()) == {}  # the run's actor, a worker process, is up
+        addresses = listening_addresses({os.getpid(), *descendants(os.getpid(), live_processes())})
+    finally:
+        engine.close()
+    loopback = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+    assert len(addresses) >= 4 and set(addresses) <= loopback, addresses
+
+
+def test_a_head_on_the_loopback_interface_alone_is_told_from_one_on_every_interface(monkeypatch):
+    """Ray reaches a loopback address at the machine's network address: a head on 127.0.0.1 alone (as the tests'
+    own) is then reached with Ray's cluster mode off, a head on every interface as before."""
+    from unflicker import engine
+
+    with socket.socket() as alone:
+        alone.bind(("127.0.0.1", 0))
+        alone.listen()
+        port = alone.getsockname()[1]
+        assert engine._loopback_head(f"127.0.0.1:{port}") and engine._loopback_head(f"localhost:{port}")
+        assert not engine._loopback_head(f"192.0.2.1:{port}") and not engine._loopback_head("auto")
+    tried = []  # a head on every interface (not opened here: the tests' servers stay on 127.0.0.1) takes it
+    monkeypatch.setattr(engine.socket, "create_connection", lambda address, timeout: tried.append(address) or alone)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 53))
+    except OSError:
+        pytest.skip("no network address here: every head is reached on the loopback interface")
+    assert not engine._loopback_head(f"127.0.0.1:{port}") and tried[0][1] == port and tried[0][0] != "127.0.0.1"
+
+
+# A test cluster's head on 127.0.0.1 alone (Ray's cluster mode off: see engine._on_loopback).
+HEAD = """import os, sys
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+import ray
 ray.init(_node_ip_address="127.0.0.1", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1],
          configure_logging=False, log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, ray._private.worker._global_node.node_manager_port, flush=True)

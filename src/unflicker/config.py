@@ -205,7 +205,7 @@ class EngineConfig:
     second lane of every worker running (a short clip's one segment), else 1."""
     ray_address: str | None = None
     """ray: address of an existing cluster ('HOST:6379' or 'auto'); None starts a local Ray
-    for the run (advertised on 127.0.0.1; its servers listen on every interface, token-authenticated)."""
+    for the run (its servers listen on 127.0.0.1 alone)."""
     shared_dir: Path | None = None
     """ray: a folder every node can read and write at the same path (NFS...): the run's temporary work folder
     is made there, and frames and results go through it (with --keep-work, that folder is used: it must be

@@ -28,7 +28,8 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -392,6 +393,25 @@ def _check_reachable(address: str, timeout: float = 10.0, found: str = "") -> No
                              "printed (HOST:6379 by default; not the dashboard's)")
 
 
+def _loopback_head(address: str) -> bool:
+    """Whether the cluster named by a loopback HOST:PORT has its head on 127.0.0.1 alone (started with Ray's
+    cluster mode off, as a run's own Ray is: see `_on_loopback`). Ray reaches a loopback address at the
+    machine's network address instead, where such a head takes no connection: it then waited for good."""
+    if (host_port := _host_port(address)) is None:
+        return False
+    host, port = host_port
+    if not (host.startswith("127.") or host.strip("[]") in ("::1", "localhost")):
+        return False
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("8.8.8.8", 53))  # sends nothing: the address of the route out, as Ray takes it
+            own = probe.getsockname()[0]
+        socket.create_connection((own, port), timeout=2).close()
+    except OSError:
+        return True
+    return own.startswith("127.")
+
+
 GRPC_UNIMPLEMENTED = 12
 """gRPC's status code for a service the server does not have."""
 
@@ -465,6 +485,26 @@ def _watch_local_ray(ray) -> tuple[subprocess.Popen, int] | None:
     return process, write
 
 
+@contextmanager
+def _on_loopback() -> Iterator[None]:
+    """A local Ray started in the body listens on 127.0.0.1 alone. Ray turns the node address 127.0.0.1 into the
+    machine's network address wherever it runs clusters (Linux), and then its GCS, raylet, runtime-env agent and
+    workers listened on every interface (token-authenticated, but open to the network). Ray's own switch for
+    that (cluster mode off, what it does on macOS and Windows) is a module constant read when the node starts:
+    set for the start only, so a later run in this process can still reach a cluster."""
+    try:
+        from ray._private import ray_constants
+    except ImportError:  # pragma: no cover - another Ray version: as Ray starts it
+        yield
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
 _RAY_LOCK = threading.Lock()
 _ray_owner: RayEngine | None = None
 """The run of this process that started (ray.init) the Ray it runs on, until it shuts it down: Ray is one per
@@ -522,6 +562,7 @@ class RayEngine:
                              "one at a time, or call ray.init() first and they share that Ray")
         if not ray.is_initialized():
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            loopback = self.local
             if self.local:
                 # address "local": a Ray of its own, even where one runs on this machine or RAY_ADDRESS is set
                 workers = (engine.local_workers() if frame is None else
@@ -531,6 +572,7 @@ class RayEngine:
             else:
                 address, found = _resolve_auto(engine.ray_address)
                 _check_reachable(address, found=found)
+                loopback = _loopback_head(address)
                 options.update(address=address)
             # Ray's notice that its token authentication is on is for the operators of a cluster (a local Ray of
             # the run's own lives and goes with it; it printed under --quiet too).
@@ -541,7 +583,8 @@ class RayEngine:
                 try:
                     if not self.local:
                         _check_token(ray, address)
-                    ray.init(**options)
+                    with _on_loopback() if loopback else nullcontext():
+                        ray.init(**options)
                 except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
                     # Ray's own message names no cause where its token authentication refused (it logs that)
                     hint = f"; {TOKEN_HINT}" if not self.local and "RAY_AUTH_MODE" not in os.environ else ""
