@@ -584,13 +584,15 @@ def test_a_stopped_run_with_keep_work_says_its_segments_stay(tmp_path, capsys, m
 
     monkeypatch.setattr(cli, "_" + command, interrupted)
     # A batch's finished outputs stay too, listed in its summary (it said nothing of them).
-    outputs = f"finished outputs stay, listed in {tmp_path / 'out.mp4' / 'unflicker-batch.csv'}; " \
+    outputs = f"1 finished output stays, listed in {tmp_path / 'out.mp4' / 'unflicker-batch.csv'}; " \
         if command == "batch" else ""
     if command == "batch":  # as a batch stopped midway leaves it (one stopped before it has none: not named)
         code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4")
         assert code == 130 and err.strip() == "unflicker: interrupted; no partial output was left"
+        from unflicker.batch import BatchItem, write_summary
+
         (tmp_path / "out.mp4").mkdir()
-        (tmp_path / "out.mp4" / "unflicker-batch.csv").write_text("input,output,status\n")
+        write_summary(tmp_path / "out.mp4", [BatchItem("a.mp4", "a.mp4", "done", 3), BatchItem("b", "b", "interrupted")])
     code, _, err = run_cli(capsys, command, tmp_path / "in.mp4", "-o", tmp_path / "out.mp4",
                            "--keep-work", tmp_path / "work")
     assert code == 130 and err.strip() == (f"unflicker: interrupted; no partial output was left; {outputs}finished "
@@ -637,17 +639,24 @@ def test_the_stopped_message_takes_the_work_folder_not_the_args(tmp_path, monkey
                                           "command runs only the rest")
     assert cli._stopped(None) == "no partial output was left"
     monkeypatch.chdir(tmp_path)
+    from unflicker.batch import BatchItem, write_summary
+
     Path("out").mkdir()
-    Path("out/unflicker-batch.csv").write_text("input\n")
-    assert cli._stopped(None, Path("out/unflicker-batch.csv")) == ("no partial output was left; finished outputs stay, "
-                                                                 "listed in out/unflicker-batch.csv: the same command "
-                                                                 "runs only the rest")
+    # A batch stopped before any input finished said "finished outputs stay" too; now it counts them.
+    write_summary(Path("out"), [BatchItem("a.mp4", "out/a.mp4", "interrupted"), BatchItem("b.mp4", "out/b.mp4", "failed")])
+    assert cli._stopped(None, Path("out/unflicker-batch.csv")) == "no partial output was left"
+    write_summary(Path("out"), [BatchItem("a.mp4", "out/a.mp4", "done", 12), BatchItem("b.mp4", "out/b.mp4", "skipped"),
+                                BatchItem("c.mp4", "out/c.mp4", "interrupted")])
+    assert cli._stopped(None, Path("out/unflicker-batch.csv")) == ("no partial output was left; 2 finished outputs "
+                                                                 "stay, listed in out/unflicker-batch.csv: the same "
+                                                                 "command runs only the rest")
 
 
 def test_the_batch_csv_names_the_flicker_index_it_holds(tmp_path):
     """The terminal shows the flicker index x1e-3 (0.35), the batch CSV held the raw value (0.00035) under
     'flicker_before': nothing said which. Its columns are now flicker_index_before/after, raw as `eval --json`'s
-    flicker_index (README says so); the JSON keeps its keys."""
+    flicker_index (README says so); the JSON names them alike (it kept the field names: two names for one
+    figure), and a rerun still takes the figures of a JSON written before."""
     import csv
 
     from unflicker.batch import BatchItem, write_summary
@@ -661,7 +670,15 @@ def test_the_batch_csv_names_the_flicker_index_it_holds(tmp_path):
                              "flicker_index_after", "kind", "segments", "reused", "error"]
     assert float(read[0]["flicker_index_before"]) == 3.5e-4 and float(read[0]["flicker_index_after"]) == 1.2e-4
     assert read[1]["flicker_index_before"] == "" and read[1]["error"] == "cannot read b.mp4"
-    assert json.loads(json_path.read_text())[0]["flicker_before"] == 3.5e-4
+    assert list(json.loads(json_path.read_text())[0]) == list(read[0])
+    assert json.loads(json_path.read_text())[0]["flicker_index_before"] == 3.5e-4
+    from unflicker.batch import _keep_earlier
+
+    (tmp_path / "a.mp4").write_bytes(b"")
+    for key in ("flicker_index_before", "flicker_before"):  # this JSON's name, an earlier one's
+        item = BatchItem("a.mp4", str(tmp_path / "a.mp4"), "skipped")
+        _keep_earlier(item, {"status": "done", key: 3.5e-4, "summary_time": (tmp_path / "a.mp4").stat().st_mtime})
+        assert item.flicker_before == 3.5e-4, key
 
 
 @pytest.mark.parametrize("argv", [["run", "in.mp4", "-o", "out.mp4", "--strength", "abc"], ["run"], ["nope"],

@@ -1017,7 +1017,7 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
     rows = json.loads((out / "unflicker-batch.json").read_text())
     status = {Path(r["input"]).name: r for r in rows}
     assert status["a"]["status"] == "done" and status["a"]["frames"] == 10
-    assert status["a"]["flicker_after"] < status["a"]["flicker_before"]
+    assert status["a"]["flicker_index_after"] < status["a"]["flicker_index_before"]
     assert status["broken.mp4"]["status"] == "failed" and status["broken.mp4"]["error"]
     assert (out / "unflicker-batch.csv").read_text().count("\n") == 4
     code = main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
@@ -1036,7 +1036,7 @@ def test_batch_runs_a_folder_skips_finished_outputs_and_reports_a_bad_file(tmp_p
                  "--overwrite", "--quiet"]) == 0
     main(["batch", str(inputs), "-o", str(out), "--method", "classical", "--workers", "1", "--quiet"])
     fourth = {Path(r["input"]).name: r for r in json.loads((out / "unflicker-batch.json").read_text())}
-    assert fourth["a"]["status"] == "skipped" and fourth["a"]["frames"] == 0 and fourth["a"]["flicker_after"] is None
+    assert fourth["a"]["status"] == "skipped" and fourth["a"]["frames"] == 0 and fourth["a"]["flicker_index_after"] is None
     assert fourth["b"]["frames"] == 10
 
 
@@ -1147,7 +1147,7 @@ def test_a_batch_stopped_midway_lists_what_it_finished_and_a_rerun_keeps_their_f
     monkeypatch.undo()
     again = run_batch(tmp_path / "in", out, config)
     assert [(r.status, r.frames) for r in again] == [("skipped", 8), ("done", 8)]
-    assert again[0].flicker_after == rows[0]["flicker_after"] is not None
+    assert again[0].flicker_after == rows[0]["flicker_index_after"] is not None
 
 
 def test_a_killed_runs_temporary_work_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):

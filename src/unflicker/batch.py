@@ -115,6 +115,11 @@ def _earlier_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
         return {}
 
 
+def finished_outputs(out_dir: Path) -> int:
+    """How many outputs the last summary in out_dir lists as finished (done, or skipped as done before)."""
+    return sum(row.get("status") in ("done", "skipped") for row in _earlier_rows(out_dir).values())
+
+
 def _keep_earlier(item: BatchItem, row: dict | None) -> None:
     """A skipped item takes the figures of the run that made its output (the last summary's row, done there
     or skipped with them already), not zeros; not if the output is newer than that summary (replaced since,
@@ -127,8 +132,11 @@ def _keep_earlier(item: BatchItem, row: dict | None) -> None:
     except OSError:
         return
     for name in ("frames", "seconds", "flicker_before", "flicker_after", "kind", "segments", "reused"):
-        if name in row:
-            setattr(item, name, row[name])
+        # (a summary written before the JSON took the CSV's names has the field's own)
+        for key in (SUMMARY_KEYS.get(name, name), name):
+            if key in row:
+                setattr(item, name, row[key])
+                break
 
 
 def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> list[BatchItem]:
@@ -249,16 +257,17 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
     return rows
 
 
-CSV_HEADERS = {"flicker_before": "flicker_index_before", "flicker_after": "flicker_index_after"}
-"""The CSV's names of BatchItem fields that differ: the flicker index as `unflicker eval --json` gives it (raw,
-not the x1e-3 figures the terminal shows); the JSON keeps the field names."""
+SUMMARY_KEYS = {"flicker_before": "flicker_index_before", "flicker_after": "flicker_index_after"}
+"""The summary's names (CSV columns and JSON keys alike) of BatchItem fields that differ: the flicker index as
+`unflicker eval --json` gives it (raw, not the x1e-3 figures the terminal shows)."""
 
 
 def write_summary(out_dir: Path, rows: list[BatchItem], overwrite: bool = True) -> tuple[Path, Path]:
-    records = [dataclasses.asdict(row) for row in rows]
+    records = [{SUMMARY_KEYS.get(name, name): value for name, value in dataclasses.asdict(row).items()}
+               for row in rows]
     text = _io.StringIO()
     writer = csv.writer(text)
-    writer.writerow([CSV_HEADERS.get(name, name) for name in records[0]])
+    writer.writerow(records[0])
     writer.writerows(record.values() for record in records)
     # Names that are not UTF-8 go back as the bytes they were (surrogateescape, as os.fsencode).
     csv_path = io.write_file_atomically(out_dir / f"{SUMMARY_NAME}.csv", text.getvalue().encode("utf-8", "surrogateescape"),

@@ -411,8 +411,15 @@ def main(argv: list[str] | None = None) -> int:
 def _stopped(keep_work: Path | None, listed: Path | None = None) -> str:
     """What a stopped command left: no partial output; a batch's finished outputs, listed in its summary
     `listed`; with --keep-work DIR the segments a rerun reuses."""
-    # A batch stopped before it wrote its summary (while it looked for its inputs) has none to point to.
-    kept = [f"finished outputs stay, listed in {listed}"] if listed is not None and listed.is_file() else []
+    # A batch stopped before it wrote its summary (while it looked for its inputs), or before any input
+    # finished, has none to point to.
+    finished = 0
+    if listed is not None and listed.is_file():
+        from unflicker.batch import finished_outputs
+
+        finished = finished_outputs(listed.parent)
+    kept = [f"{finished} finished output{'s' if finished > 1 else ''} stay{'s' if finished == 1 else ''}, "
+            f"listed in {listed}"] if finished else []
     if keep_work:
         kept.append(f"finished segments stay in {keep_work}")
     return "; ".join(["no partial output was left", *kept]) + (": the same command runs only the rest" if kept else "")
