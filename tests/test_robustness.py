@@ -908,6 +908,18 @@ def test_a_batch_list_line_too_long_for_an_output_name_fails_that_line_alone(tmp
     assert "File name too long" in err and "1 done, 0 skipped, 1 failed" in out
 
 
+def test_a_text_file_that_lists_nothing_here_is_refused_in_one_line(tmp_path, capsys):
+    """A text file that is no list (prose, a log) ran as one: each line an input failing alone, exit 1 after a
+    summary of failures and an output folder made. It is refused at once where none of its lines is here; a
+    list with some missing inputs still runs the others (above)."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("# my clips\nShot on the 4th, the flicker is from the lamps.\n" + "x" * 300 + "\n")
+    code, out, err = run_cli(capsys, "batch", notes, "-o", tmp_path / "out", "--method", "classical", "--quiet")
+    assert_clean(code, err, 2)
+    assert "lists no file or folder that is here" in err and "'Shot on the 4th" in err and out == ""
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_demo_longer_than_the_memory_holds_is_one_line_before_any_file(tmp_path, capsys):
     """demo --frames 99999999999 was a MemoryError traceback, after making --out-dir."""
     code, _, err = run_cli(capsys, "demo", "--method", "classical", "--frames", "99999999999",

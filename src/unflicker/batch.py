@@ -54,6 +54,13 @@ def _is_frame_folder(path: Path) -> bool:
     return path.is_dir() and any(p.suffix.lower() in io.IMAGE_EXTENSIONS for p in path.iterdir() if p.is_file())
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):  # a name too long for the disk, a NUL
+        return False
+
+
 def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
     """(input, its path relative to the batch root) for every video and frame folder in `source`
     (a folder, searched recursively, leaving out the folder `skip` (the outputs) if it lies inside and any
@@ -72,6 +79,10 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
         lines = [line.strip() for line in text.splitlines()]
         paths = [Path(line) if Path(line).is_absolute() else source.parent / line
                  for line in lines if line and not line.startswith("#")]
+        if paths and not any(map(_exists, paths)):  # prose, a log, a list written on another machine
+            first = next(line for line in lines if line and not line.startswith("#"))
+            raise InputError(f"{source} lists no file or folder that is here (its first input line: "
+                             f"{first[:80]!r}): give a folder, or a text file with one input path per line")
         root = source.parent.resolve()
         return [(p, p.resolve().relative_to(root) if p.resolve().is_relative_to(root) else Path(p.name))
                 for p in paths]
