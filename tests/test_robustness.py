@@ -241,6 +241,7 @@ def test_default_neural_method_on_extreme_inputs(tmp_path, capsys, name):
 @pytest.mark.parametrize("argv, message", [
     (["--crf", "99"], "crf"),
     (["--stop-after", "atlas", "--keep-work", "w"], "neural only"),
+    (["--preset", "fast"], "--preset, "),  # it was warned of and ignored, where --kind and --atlas are refused
     (["--plot", "plot.jpg"], "PNG"),
 ])
 def test_bad_option_combinations_are_one_line(tmp_path, capsys, argv, message):

@@ -327,7 +327,7 @@ class RunConfig:
     @property
     def neural_options_set(self) -> bool:
         """Whether any option that only the neural method takes is given."""
-        return bool(self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
+        return bool(self.preset or self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
                     or not self.projection or self.kind != "auto" or self.filter_weights or self.refine_weights)
 
     def check(self) -> None:
@@ -346,8 +346,8 @@ class RunConfig:
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
         if self.method not in (None, "neural") and self.neural_options_set:
-            raise InputError("--stop-after, --atlas, --atlas-steps, --keep-slow, --kind, --no-projection and the "
-                             "weights options apply to --method neural only")
+            raise InputError("--preset, --stop-after, --atlas, --atlas-steps, --keep-slow, --kind, --no-projection "
+                             "and the weights options apply to --method neural only")
         if self.kind not in KINDS:
             raise InputError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.stop_after is not None and self.stop_after not in NEURAL_STAGES:

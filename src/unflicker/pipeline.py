@@ -449,8 +449,6 @@ class Job:
 
     def _check_input(self, info: io.VideoInfo) -> None:
         """Say what will be lost, before any work starts."""
-        if self.config.preset is not None and self.config.method != "neural":
-            warnings.warn("--preset only affects --method neural; ignored", stacklevel=4)
         if info.frame_count == 1:
             warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
                           stacklevel=4)
