@@ -429,6 +429,19 @@ def test_output_to_a_full_or_closed_standard_output_is_one_line_or_nothing(tmp_p
         assert process.returncode == 0 and process.stderr.decode() == ""
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["--version"]])
+def test_help_to_a_full_standard_output_is_one_line(argv):
+    """argparse drops a failed write: `unflicker --help >/dev/full` said nothing and exited 0."""
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        process = subprocess.run([sys.executable, "-m", "unflicker", *argv], stdout=full, stderr=subprocess.PIPE)
+    prog = "unflicker run" if argv[0] == "run" else "unflicker"
+    assert process.returncode == 3
+    assert process.stderr.decode() == f"{prog}: error: cannot write to standard output: No space left on device\n"
+
+
 def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path, capsys):
     """A path holding a line break made the error two lines; the break is now written as \\n."""
     assert main(["info", str(tmp_path / "a\nb.mp4")]) == 2

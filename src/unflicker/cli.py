@@ -111,6 +111,23 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def _print_message(self, message: str, file=None) -> None:
+        """argparse's, which drops a failed write: `--help` to a full disk said nothing and exited 0."""
+        if not message:
+            return
+        file = file or sys.stderr
+        try:
+            file.write(message)
+            file.flush()
+        except BrokenPipeError:  # `--help | head -1`: quietly, as Unix tools do
+            _drop_stdout()
+            raise SystemExit(141) from None
+        except OSError as exc:
+            if file is not sys.stdout:
+                return  # standard error itself: nowhere left to say it
+            _drop_stdout()
+            self.exit(3, f"{self.prog}: error: cannot write to standard output: {exc.strerror or exc}\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from unflicker.config import METHOD_NAMES
