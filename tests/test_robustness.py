@@ -651,6 +651,19 @@ def test_batch_never_takes_its_own_outputs_or_a_video_for_a_list(tmp_path, capsy
     assert "not a folder or a text file" in err and not (tmp_path / "new").exists()
 
 
+def test_a_batch_work_folder_inside_the_input_folder_is_no_input(tmp_path, capsys):
+    """--keep-work in/work (inside the input folder): the work files a batch kept there (segments, markers)
+    were taken as inputs by its rerun, each failing as not a video."""
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "a.mp4", list(clip(n=4, h=24, w=32)))
+    for rerun in (False, True):
+        code, out, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "out", "--method", "classical",
+                                 "--keep-work", tmp_path / "in" / "work", "--quiet")
+        assert_clean(code, err)
+        assert ("0 done, 1 skipped, 0 failed" if rerun else "1 done, 0 skipped, 0 failed") in out, out
+    assert any(path.is_file() for path in (tmp_path / "in" / "work").rglob("*"))  # work was kept there
+
+
 @pytest.mark.parametrize("argv, message", [(("--max-side", "0"), "--max-side must be at least 16"),
                                            (("--long-term", "-1"), "--long-term must be 0"),
                                            (("--ground-truth", "big"), "the ground truth is 48x40, the reference 32x24")])

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,9 +61,10 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path]]:
+def find_inputs(source: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, Path]]:
     """(input, its path relative to the batch root) for every video and frame folder in `source`
-    (a folder, searched recursively, leaving out the folder `skip` (the outputs) if it lies inside and any
+    (a folder, searched recursively, leaving out the folders `skip` (resolved: the outputs, the work folder)
+    that lie inside and any
     folder holding another batch's summary;
     or a text file with one path per line)."""
     source = Path(source)
@@ -95,8 +96,8 @@ def find_inputs(source: Path, skip: Path | None = None) -> list[tuple[Path, Path
             if path.name.startswith("."):
                 continue
             if path.is_dir():
-                if skip is not None and path.resolve() == skip:
-                    continue  # the batch's own outputs: never inputs of a rerun
+                if path.resolve() in skip:
+                    continue  # the batch's own outputs and work files: never inputs of a rerun
                 if (path / f"{SUMMARY_NAME}.json").is_file():  # nor another batch's (other settings, same inputs)
                     warnings.warn(f"left out {path}: another batch's outputs (its {SUMMARY_NAME}.json is there); "
                                   "give it as the input to take them", stacklevel=2)
@@ -159,7 +160,8 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
     out_dir = Path(out_dir)
     if Path(source).is_dir() and Path(source).resolve() == out_dir.resolve():
         raise OutputError(f"the output folder {out_dir} is the input folder: choose another")
-    inputs = find_inputs(source, skip=out_dir.resolve())
+    own = [out_dir] if config.keep_work is None else [out_dir, Path(config.keep_work)]
+    inputs = find_inputs(source, skip={folder.resolve() for folder in own})
     if not inputs:
         raise InputError(f"no videos or frame folders in {source}")
     writable_folder(out_dir, "the output folder")  # its summary is written there too
