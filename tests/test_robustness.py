@@ -664,6 +664,19 @@ def test_a_batch_work_folder_inside_the_input_folder_is_no_input(tmp_path, capsy
     assert any(path.is_file() for path in (tmp_path / "in" / "work").rglob("*"))  # work was kept there
 
 
+def test_a_batch_work_folder_that_is_the_input_folder_is_refused_in_one_line(tmp_path, capsys):
+    """--keep-work in (the input folder itself): the batch made in/jobs/ and its rerun took the work files there
+    (segments, lock files) as inputs, each failing as not a video. Refused at once, as -o in is."""
+    (tmp_path / "in").mkdir()
+    write_video(tmp_path / "in" / "a.mp4", list(clip(n=4, h=24, w=32)))
+    for work in (tmp_path / "in", tmp_path / "in" / "."):
+        code, out, err = run_cli(capsys, "batch", tmp_path / "in", "-o", tmp_path / "out", "--method", "classical",
+                                 "--keep-work", work, "--quiet")
+        assert_clean(code, err, 3)
+        assert "is the input folder" in err and out == ""
+    assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "jobs").exists()
+
+
 @pytest.mark.parametrize("argv, message", [(("--max-side", "0"), "--max-side must be at least 16"),
                                            (("--long-term", "-1"), "--long-term must be 0"),
                                            (("--ground-truth", "big"), "the ground truth is 48x40, the reference 32x24")])

@@ -160,6 +160,10 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
     out_dir = Path(out_dir)
     if Path(source).is_dir() and Path(source).resolve() == out_dir.resolve():
         raise OutputError(f"the output folder {out_dir} is the input folder: choose another")
+    # Its jobs/ would be scanned as inputs by a rerun (a work folder inside the input folder is left out below).
+    if config.keep_work is not None and Path(source).is_dir() and \
+            Path(source).resolve() == Path(config.keep_work).resolve():
+        raise OutputError(f"the work folder {config.keep_work} is the input folder: choose another")
     own = [out_dir] if config.keep_work is None else [out_dir, Path(config.keep_work)]
     inputs = find_inputs(source, skip={folder.resolve() for folder in own})
     if not inputs:
