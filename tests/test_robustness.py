@@ -264,6 +264,14 @@ def test_neural_rejects_frames_too_small_for_its_flow(tmp_path, capsys, h, w):
     code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet")
     assert_clean(code, err)
     assert "using the classical one" in err
+    # So it does with a preset (--preset balanced is the default's own): a preset chooses the neural method's
+    # speed, it does not ask for that method (as --kind does); it became an error when --method classical
+    # --preset was refused. Said once, with the preset named as not applying.
+    for preset in ("balanced", "fast"):
+        code, _, err = run_cli(capsys, "run", source, "-o", tmp_path / "out", "--quiet", "--overwrite",
+                               "--preset", preset)
+        assert_clean(code, err)
+        assert "using the classical one" in err and "--preset" in err and len(err.splitlines()) == 1, err
 
 
 def test_neural_odd_tiny_clip_through_the_filter(tmp_path):

@@ -404,13 +404,17 @@ def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) ->
     small for the neural method's flow (with a warning); an explicit neural method is checked."""
     if config.method != "classical" and n_frames >= 2:
         fits, low_h, low_w = _neural_fits(height, width, config)
-        if not fits and (config.method is not None or config.neural_options_set):
+        # A preset alone (the neural method's speed) does not ask for the neural method, as --kind and the
+        # other neural-only options do: without them such frames take the classical one, preset or not.
+        asked = config.method is not None or dataclasses.replace(config, preset=None).neural_options_set
+        if not fits and asked:
             raise InputError(f"{width}x{height} frames are too small or too thin for the neural method (its "
                              f"optical flow needs {NEURAL_MIN_SIDE} pixels a side at the atlas resolution, "
                              f"{low_w}x{low_h} here): use the classical method")
         if not fits:
-            warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical one",
-                          stacklevel=3)
+            ignored = f" (--preset {config.preset} is the neural method's: ignored)" if config.preset else ""
+            warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical "
+                          f"one{ignored}", stacklevel=3)
             return dataclasses.replace(config, method="classical", preset=None)
     return config if config.method else dataclasses.replace(config, method="neural")
 
