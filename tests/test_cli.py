@@ -442,6 +442,20 @@ def test_help_to_a_full_standard_output_is_one_line(argv):
     assert process.stderr.decode() == f"{prog}: error: cannot write to standard output: No space left on device\n"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["--version"]])
+def test_help_read_by_a_pipe_that_closed_ends_quietly(argv):
+    """`unflicker --help | head -0`: as any other output to a reader gone, a quiet exit 141 (argparse dropped the
+    failed write: exit 0, as if the help had been read)."""
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "unflicker", *argv], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()  # before the child prints: its write fails
+    err = process.stderr.read().decode()
+    assert process.wait() == 141 and err == ""
+
+
 def test_an_error_naming_a_path_with_a_line_break_stays_one_line(tmp_path, capsys):
     """A path holding a line break made the error two lines; the break is now written as \\n."""
     assert main(["info", str(tmp_path / "a\nb.mp4")]) == 2
