@@ -955,6 +955,21 @@ def test_a_text_file_that_lists_nothing_here_is_refused_in_one_line(tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
+def test_a_list_whose_lines_are_relative_to_another_folder_is_told_where_they_are_read(tmp_path, capsys,
+                                                                                        monkeypatch):
+    """`find clips -name '*.mp4' > lists/todo.txt`: its lines are relative to the working folder, a list's are
+    read from the list's folder. The refusal said the list named nothing 'that is here', where clips/a.mp4 is."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clips").mkdir()
+    write_video(tmp_path / "clips" / "a.mp4", list(clip(n=4, h=24, w=32)))
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "todo.txt").write_text("clips/a.mp4\n")
+    code, out, err = run_cli(capsys, "batch", Path("lists/todo.txt"), "-o", tmp_path / "out", "--method",
+                             "classical", "--quiet")
+    assert_clean(code, err, 2)
+    assert "'clips/a.mp4'" in err and "read from the list's folder lists" in err, err
+
+
 def test_a_demo_longer_than_the_memory_holds_is_one_line_before_any_file(tmp_path, capsys):
     """demo --frames 99999999999 was a MemoryError traceback, after making --out-dir."""
     code, _, err = run_cli(capsys, "demo", "--method", "classical", "--frames", "99999999999",

@@ -82,8 +82,11 @@ def find_inputs(source: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, Pat
                  for line in lines if line and not line.startswith("#")]
         if paths and not any(map(_exists, paths)):  # prose, a log, a list written on another machine
             first = next(line for line in lines if line and not line.startswith("#"))
+            # (lines relative to the working folder, as `find clips > lists/todo.txt` writes, are not read so)
+            where = f", read from the list's folder {source.parent}" if not Path(first).is_absolute() and \
+                source.parent.resolve() != Path.cwd().resolve() else ""
             raise InputError(f"{source} lists no file or folder that is here (its first input line: "
-                             f"{first[:80]!r}): give a folder, or a text file with one input path per line")
+                             f"{first[:80]!r}{where}): give a folder, or a text file with one input path per line")
         root = source.parent.resolve()
         return [(p, p.resolve().relative_to(root) if p.resolve().is_relative_to(root) else Path(p.name))
                 for p in paths]
