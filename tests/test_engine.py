@@ -576,6 +576,7 @@ def test_a_head_on_the_loopback_interface_alone_is_told_from_one_on_every_interf
         port = alone.getsockname()[1]
         assert engine._loopback_head(f"127.0.0.1:{port}") and engine._loopback_head(f"localhost:{port}")
         assert not engine._loopback_head(f"192.0.2.1:{port}") and not engine._loopback_head("auto")
+        assert not engine._loopback_head(f"127.example.com:{port}")  # a name, which Ray does not rewrite
     tried = []  # a head on every interface (not opened here: the tests' servers stay on 127.0.0.1) takes it
     monkeypatch.setattr(engine.socket, "create_connection", lambda address, timeout: tried.append(address) or alone)
     try:

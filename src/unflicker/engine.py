@@ -17,6 +17,7 @@ reads while it waits.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import pickle
@@ -400,7 +401,10 @@ def _loopback_head(address: str) -> bool:
     if (host_port := _host_port(address)) is None:
         return False
     host, port = host_port
-    if not (host.startswith("127.") or host.strip("[]") in ("::1", "localhost")):
+    try:
+        if host != "localhost" and not ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return False
+    except ValueError:  # a host name (127.example.com too): Ray does not rewrite it
         return False
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
