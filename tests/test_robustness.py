@@ -807,6 +807,28 @@ def test_api_options_for_files_are_refused_for_arrays():
             unflicker.deflicker(clip(4), method="classical", progress=False, **option)
 
 
+class BytesPath:
+    def __fspath__(self):
+        return b"out.mkv"
+
+
+@pytest.mark.parametrize("output", [b"out.mkv", 3, BytesPath()])
+def test_api_an_output_that_is_no_path_is_an_output_error(tmp_path, output):
+    """An output of bytes, a number or a bytes os.PathLike was a TypeError traceback from pathlib."""
+    source = write_pngs(tmp_path / "clip", list(clip(4)))
+    with pytest.raises(unflicker.OutputError, match=r"^output must be a path \(str or os\.PathLike\), got .+ \("):
+        unflicker.deflicker(source, output, method="classical", progress=False)
+
+
+def test_api_an_input_path_as_bytes_is_an_input_error_that_says_so(tmp_path):
+    """A bytes path with an output was 'output= applies to a path input; an in-memory clip is returned as an array'."""
+    source = write_pngs(tmp_path / "clip", list(clip(4)))
+    for output in (tmp_path / "out.mkv", None):
+        with pytest.raises(InputError, match=r"^the input must be a path \(str or os\.PathLike\), an array or a "
+                                             r"list of frames, got b'.+' \(bytes\)$"):
+            unflicker.deflicker(bytes(source), output, method="classical", progress=False)
+
+
 # --- the library inside another program ----------------------------------------------------------
 
 def call_in_threads(calls):

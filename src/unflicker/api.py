@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import reprlib
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,19 @@ def _config(method: str | None, options: dict) -> RunConfig:
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     return RunConfig(method=method, **options)
+
+
+def _path(value, what: str, error: type[Exception], other: str = "") -> Path:
+    """`value` as a Path where it is a str or an os.PathLike of a str (what pathlib takes), else `error`; bytes
+    (a bytes path, an os.PathLike of bytes) are refused as the options' paths are (config.check_types)."""
+    try:
+        text = os.fspath(value)
+    except TypeError:
+        text = None
+    if not isinstance(text, str):
+        raise error(f"{what} must be a path (str or os.PathLike){other}, got {reprlib.repr(value)} "
+                    f"({type(value).__name__})")
+    return Path(text)
 
 
 class _FloatFrames(Sequence):
@@ -112,10 +126,11 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     is one at a time, a second at once an InputError; runs share a Ray the program started first.
     """
     config = _config(method, options)
-    if isinstance(frames_or_path, (str, os.PathLike)):
+    if isinstance(frames_or_path, (str, bytes, os.PathLike)):
+        path = _path(frames_or_path, "the input", InputError, ", an array or a list of frames")
         if output is None and config.stop_after is None:
             raise OutputError("give an output path (only stop_after runs without one)")
-        return deflicker_file(Path(frames_or_path), output, config)
+        return deflicker_file(path, None if output is None else _path(output, "output", OutputError), config)
     if output is not None:
         raise OutputError("output= applies to a path input; an in-memory clip is returned as an array")
     defaults = RunConfig()
