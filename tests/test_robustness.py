@@ -852,6 +852,23 @@ def call_in_threads(calls):
     return results
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_call_leaves_the_programs_multiprocessing_start_method_unset(tmp_path, progress):
+    """tqdm's first bar (made with progress off too) made its lock from multiprocessing's default context, which
+    fixed the program's start method: its own `multiprocessing.set_start_method('spawn')` after a call raised
+    RuntimeError 'context has already been set'."""
+    program = ("import multiprocessing, sys, numpy as np, unflicker, tqdm; "
+               "frames = np.full((4, 16, 16, 3), 0.5, np.float32); "
+               "unflicker.deflicker(frames, method='classical', progress=sys.argv[1] == 'True'); "
+               "print(multiprocessing.get_start_method(allow_none=True)); "
+               "multiprocessing.set_start_method('spawn'); "
+               "print(multiprocessing.get_start_method()); "
+               "bar = tqdm.tqdm(total=1, disable=True); bar.close()")  # the program's own bars still work
+    out = subprocess.run([sys.executable, "-c", program, str(progress)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["None", "spawn"]
+
+
 def test_api_called_from_two_threads_at_once_gives_each_its_own_clip(monkeypatch):
     """The segments of one process shared the cached method, which holds its segment's analysis: two calls at
     once (threads of a program embedding the library) corrected one clip with the other's flicker."""

@@ -20,9 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 
-from unflicker import io
+from unflicker import bars, io
 from unflicker.config import RunConfig
 from unflicker.errors import InputError, OutputError, UnflickerError
 from unflicker.io.common import holding, writable_folder
@@ -237,7 +236,7 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
         # header now (io.frame_estimate: no demux; a job's own count corrects it when it ends; an input that
         # cannot be read counts none: it fails when its turn comes).
         expected = {job.batch_index: io.frame_estimate(job.input_path) for job in jobs} if config.progress else {}
-        bar = tqdm(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
+        bar = bars.bar(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
                    dynamic_ncols=True)
 
         def finished(job: Job) -> None:

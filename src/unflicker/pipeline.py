@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from unflicker import cuts, io
+from unflicker import bars, cuts, io
 from unflicker.config import (
     PRESETS,
     RunConfig,
@@ -375,7 +375,7 @@ class Job:
         return max(0, least - len(self.folder.finished(least)))
 
     def _bar(self, total: int, desc: str) -> tqdm:
-        bar = tqdm(total=total, desc=desc, unit="frame", disable=not self.config.progress, leave=False,
+        bar = bars.bar(total=total, desc=desc, unit="frame", disable=not self.config.progress, leave=False,
                    dynamic_ncols=True)
         self._bars.append(bar)
         return bar

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from unflicker import io
+from unflicker import bars, io
 from unflicker.errors import OutputError
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -52,7 +51,7 @@ def write_side_by_side(left: str | Path, right: str | Path, output: str | Path, 
     canvas = io.VideoInfo(Path(output), False, 2 * width, height + pad, count, info_left.fps,
                           "rgb24", 8, False, info_left.time_base)
     with io.VideoWriter(output, canvas, overwrite=overwrite) as writer, \
-            tqdm(total=count, desc="compare", unit="frame", disable=not progress, leave=False) as bar:
+            bars.bar(total=count, desc="compare", unit="frame", disable=not progress, leave=False) as bar:
         for a, b in zip(io.read_frames(left, info_left), io.read_frames(right, info_right)):
             pair = [_label(io.from_float(io.to_float(np.rot90(f.image, turns))), text)
                     for f, text in ((a, labels[0]), (b, labels[1]))]
