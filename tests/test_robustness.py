@@ -560,6 +560,22 @@ def test_api_clips_float_frames_outside_0_1_with_a_warning():
     assert np.array_equal(out[..., :3], expected) and np.array_equal(out[..., 3:], alpha, equal_nan=True)
 
 
+def test_api_warnings_are_the_callers_once_a_call():
+    """The clipping warning came twice a call, from two lines of pipeline.py (the default filter shows each
+    place once: two lines printed), and the small-frames one from engine.py: none named the program's call."""
+    frames = clip(6, h=12, w=12).astype(np.float32) / 255
+    frames[:, 0, 0] = 1.5
+    calls = [lambda: unflicker.deflicker(frames, progress=False),
+             lambda: unflicker.deflicker(list(frames), method="classical", progress=False)]
+    for call, count in zip(calls, (2, 1)):  # the default method on 12x12 frames also says it takes the classical
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        assert len(caught) == count and {Path(w.filename) for w in caught} == {Path(__file__)}, \
+            [(str(w.message), w.filename, w.lineno) for w in caught]
+        assert sum("they are clipped" in str(w.message) for w in caught) == 1
+
+
 def test_api_clips_finite_float64_values_past_float32s_range():
     """1e300 is finite: clipped with the warning as any value outside [0, 1], not 'NaN or infinite' (it is
     infinite only once cast to float32)."""

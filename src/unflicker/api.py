@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import reprlib
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from unflicker import io
-from unflicker.errors import InputError, OutputError
+from unflicker.errors import InputError, OutputError, warn
 from unflicker.pipeline import RunConfig, RunSummary, deflicker_file, deflicker_frames
 
 # RunConfig fields that only mean something when files are written.
@@ -63,6 +62,8 @@ class _FloatFrames(Sequence):
         if not (np.issubdtype(self.native, np.floating) or self.native in (np.uint8, np.uint16)):
             raise InputError(f"frames must be uint8, uint16 or float in [0, 1], got {first.dtype}")
         self.shape, self.dtype = np.shape(frames[0]), first.dtype
+        self.clipped = False
+        """Whether values outside [0, 1] were clipped (and warned about)."""
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -80,7 +81,9 @@ class _FloatFrames(Sequence):
             if not (np.isfinite(low) and np.isfinite(high)) and not np.isfinite(colour).all():
                 raise InputError(f"frame {t} holds NaN or infinite values")
             if low < 0.0 or high > 1.0:  # as OpenEXR frames are (io.images)
-                warnings.warn("float frames hold values outside [0, 1]: they are clipped", stacklevel=2)
+                if not self.clipped:  # once a call (its frames are read more than once)
+                    warn("float frames hold values outside [0, 1]: they are clipped")
+                self.clipped = True
                 frame = np.clip(frame, 0.0, 1.0)
         if frame.shape[2] == 1:
             return np.repeat(frame, 3, axis=2)

@@ -14,14 +14,13 @@ import os
 import reprlib
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from unflicker import __version__, io
-from unflicker.errors import InputError, OutputError
+from unflicker.errors import InputError, OutputError, warn
 from unflicker.segments import MethodSpec, SegmentConfig
 
 ENGINES = ("local", "ray")
@@ -413,8 +412,7 @@ def resolve_method(config: RunConfig, height: int, width: int, n_frames: int) ->
                              f"{low_w}x{low_h} here): use the classical method")
         if not fits:
             ignored = f" (--preset {config.preset} is the neural method's: ignored)" if config.preset else ""
-            warnings.warn(f"{width}x{height} frames are too small for the neural method; using the classical "
-                          f"one{ignored}", stacklevel=3)
+            warn(f"{width}x{height} frames are too small for the neural method; using the classical one{ignored}")
             return dataclasses.replace(config, method="classical", preset=None)
     return config if config.method else dataclasses.replace(config, method="neural")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +33,18 @@ class WeightsError(UnflickerError):
     """Shipped or given network weights are missing or do not match the network."""
 
     exit_code = 4
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn, attributed to the first caller outside this package (a program's call of the library, the
+    CLI's): what a warning filter or the shown file and line name, whichever path inside led to it."""
+    level, frame = 2, sys._getframe(1)  # 2: warn's caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)
 
 
 class Terminated(KeyboardInterrupt):
