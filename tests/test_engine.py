@@ -565,6 +565,25 @@ def test_a_runs_own_ray_listens_on_the_loopback_interface_alone():
     assert len(addresses) >= 4 and set(addresses) <= loopback, addresses
 
 
+def test_a_runs_own_ray_leaves_the_programs_environment_and_faulthandler_as_they_were():
+    """ray.init sets PYTHONBREAKPOINT (Ray's remote debugger), RAY_AUTH_MODE and RAY_USAGE_STATS_ENABLED and turns
+    faulthandler on, and ray.shutdown leaves them: after a call with engine ray, the program's breakpoint() went to
+    Ray's debugger. A variable the program sets meanwhile stays as it set it."""
+    pytest.importorskip("ray")
+    program = ("import faulthandler, json, os, ray; from unflicker.config import EngineConfig; "
+               "from unflicker.engine import RayEngine; "
+               "changed = lambda: sorted(k for k in {*os.environ, *before} if os.environ.get(k) != before.get(k)); "
+               "before = dict(os.environ); engine = RayEngine(EngineConfig(engine='ray', workers=1)); "
+               "started = changed(); os.environ['RAY_USAGE_STATS_ENABLED'] = 'mine'; engine.close(); "
+               "print(json.dumps([started, changed(), faulthandler.is_enabled()]))")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_") and key != "PYTHONBREAKPOINT"}
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    started, after, faults = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "PYTHONBREAKPOINT" in started, started  # what this test is about (another Ray may set others)
+    assert after == ["RAY_USAGE_STATS_ENABLED"] and faults is False, (started, after, faults)
+
+
 def test_a_head_on_the_loopback_interface_alone_is_told_from_one_on_every_interface(monkeypatch):
     """Ray reaches a loopback address at the machine's network address: a head on 127.0.0.1 alone (as the tests'
     own) is then reached with Ray's cluster mode off, a head on every interface as before."""

@@ -17,6 +17,7 @@ reads while it waits.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import ipaddress
 import logging
 import os
@@ -536,6 +537,7 @@ class RayEngine:
             raise UnflickerError("--engine ray needs Ray: pip install 'ray==2.60.0'") from None
         self.ray = ray
         self._started = False
+        self._host: _HostState | None = None
         self._watchdog = self._board = None
         self.local = engine.ray_address is None
         with _RAY_LOCK:  # held through ray.init: a second run waits for it, then finds the first's Ray
@@ -565,6 +567,7 @@ class RayEngine:
             raise InputError("another engine='ray' run of this program is running on the Ray it started: run them "
                              "one at a time, or call ray.init() first and they share that Ray")
         if not ray.is_initialized():
+            host = _HostState()
             options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             loopback = self.local
             if self.local:
@@ -589,13 +592,19 @@ class RayEngine:
                         _check_token(ray, address)
                     with _on_loopback() if loopback else nullcontext():
                         ray.init(**options)
-                except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
+                except BaseException as exc:
                     # Ray's own message names no cause where its token authentication refused (it logs that)
                     hint = f"; {TOKEN_HINT}" if not self.local and "RAY_AUTH_MODE" not in os.environ else ""
+                    host.ray_started()
+                    host.restore()
+                    if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError)):
+                        raise
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
                                          f"{exc}{hint}") from None
                 finally:
                     notice.setLevel(level)
+            host.ray_started()
+            self._host = host
             self._started = True
             _ray_owner = self
 
@@ -680,6 +689,9 @@ class RayEngine:
                 clean = True
             finally:
                 self._started = False
+                if self._host is not None:
+                    self._host.restore()
+                    self._host = None
                 _release_ray(self)
                 if self._watchdog is not None:  # without its byte the watchdog kills what is left
                     process, write = self._watchdog
@@ -694,6 +706,36 @@ class RayEngine:
                             process.wait(timeout=5)
                         except subprocess.TimeoutExpired:  # pragma: no cover - it only reads a byte and exits
                             pass
+
+
+class _HostState:
+    """What ray.init changes in the calling program and ray.shutdown leaves so (Ray 2.60): environment variables
+    (PYTHONBREAKPOINT, which sent the program's breakpoint() to Ray's remote debugger after the run; RAY_AUTH_MODE,
+    RAY_USAGE_STATS_ENABLED) and faulthandler turned on. Taken before a run starts its Ray (or reaches a cluster),
+    restored once that Ray is shut down; what `import ray` changes stays (a later run imports it no more)."""
+
+    def __init__(self):
+        self.environ = dict(os.environ)
+        self.faulthandler = faulthandler.is_enabled()
+        self.changed: dict[str, str | None] = {}
+
+    def ray_started(self) -> None:
+        """Note the variables Ray changed, as it set them."""
+        self.changed = {key: os.environ.get(key) for key in {*os.environ, *self.environ}
+                        if os.environ.get(key) != self.environ.get(key)}
+
+    def restore(self) -> None:
+        """Ray's variables as they were before it (each that the program has not set since), faulthandler off
+        where it was."""
+        for key, value in self.changed.items():
+            if os.environ.get(key) != value:
+                continue
+            if key in self.environ:
+                os.environ[key] = self.environ[key]
+            else:
+                os.environ.pop(key, None)
+        if not self.faulthandler:
+            faulthandler.disable()
 
 
 def _release_ray(engine: RayEngine) -> None:
