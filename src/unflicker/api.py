@@ -118,8 +118,8 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     options: RunConfig fields: preset, atlas, atlas_steps, projection, keep_slow, kind, strength, filter_weights,
     refine_weights, progress, segments, engine; for files also crf, codec, bit_depth, overwrite, keep_work,
     stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
-    Returns the RunSummary for a path, else the deflickered clip as an array with the input's
-    shape ((T, ...) for a list) and dtype.
+    Returns the RunSummary (unflicker.pipeline.RunSummary: its fields say what each holds) for a path, else
+    the deflickered clip as an array with the input's shape ((T, ...) for a list) and dtype.
     Raises (all `unflicker.UnflickerError`): InputError for a bad input or option, OutputError where the
     output cannot be written, WeightsError for missing or mismatched network weights, UnflickerError for
     the rest (a worker that kept dying, Ray unreachable). What cannot be checked ahead is warned about

@@ -56,11 +56,20 @@ __all__ = ["PRESETS", "Job", "RunConfig", "RunSummary", "deflicker_file", "defli
 
 @dataclass
 class RunSummary:
+    """What a run on a file did (`unflicker.deflicker` with a path, `deflicker_file`); `line()` says it in words."""
+
     output: Path | None
+    """The output written, as given (a video file or a folder of frames); with stop_after, the keep_work folder."""
     frames: int
+    """Frames written (with stop_after: the input's frame count)."""
     seconds: float
+    """Wall time of the run, from its checks to the output complete (compare and plot included)."""
     flicker_before: float
+    """Flicker index of the input (`metrics.flicker_index`, luma): the mean frame-to-frame jump of the global
+    brightness left once its slow trend is taken out, in [0, 1] units (0.01 = 1 % of full scale); 0.0 with stop_after
+    (nothing is measured) and for one frame."""
     flicker_after: float
+    """The flicker index of the output frames as handed to the encoder (see `lossy`)."""
     segments: int = 0
     """Segments the video was cut into."""
     reused: int = 0
