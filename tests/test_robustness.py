@@ -543,6 +543,21 @@ def test_api_rejects_nan_and_inf_frames(tmp_path, monkeypatch, value):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_api_frames_numpy_cannot_take_are_an_input_error():
+    """A list of torch tensors that require grad (or live on a GPU) was a RuntimeError traceback from NumPy's
+    conversion, a ragged frame a ValueError; a list of plain CPU tensors runs as arrays do."""
+    import torch
+
+    frames = clip(4).astype(np.float32) / 255
+    expected = unflicker.deflicker(frames, method="classical", progress=False)
+    assert np.array_equal(unflicker.deflicker([torch.from_numpy(f) for f in frames], method="classical",
+                                              progress=False), expected)
+    for bad, t in (([torch.from_numpy(f).requires_grad_() for f in frames], 0),
+                   ([frames[0], [[0.5, 0.5], [0.5]]], 1)):
+        with pytest.raises(InputError, match=rf"^frame {t} cannot be read as an array: "):
+            unflicker.deflicker(bad, method="classical", progress=False)
+
+
 def test_api_clips_float_frames_outside_0_1_with_a_warning():
     frames = clip(6).astype(np.float32) / 255
     frames[:, 0, 0] = -0.5

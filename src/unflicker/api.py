@@ -49,27 +49,35 @@ class _FloatFrames(Sequence):
 
     def __init__(self, frames):
         self.frames = frames
-        first = np.asarray(frames[0])
+        first = self.array(0)
+        shape = first.shape
         if first.ndim == 2:
             first = first[:, :, None]
         if first.ndim != 3 or first.shape[2] not in (1, 3, 4):
-            raise InputError(f"expected frames of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), "
-                             f"got {np.shape(frames[0])}")
+            raise InputError(f"expected frames of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {shape}")
         if 0 in first.shape[:2]:
             raise InputError(f"frames of {first.shape[1]}x{first.shape[0]} pixels hold no picture")
         # Computed in the machine's byte order (big-endian frames: FITS files); returned in the input's.
         self.native = first.dtype.newbyteorder("=")
         if not (np.issubdtype(self.native, np.floating) or self.native in (np.uint8, np.uint16)):
             raise InputError(f"frames must be uint8, uint16 or float in [0, 1], got {first.dtype}")
-        self.shape, self.dtype = np.shape(frames[0]), first.dtype
+        self.shape, self.dtype = shape, first.dtype
         self.clipped = False
         """Whether values outside [0, 1] were clipped (and warned about)."""
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    def array(self, t: int) -> np.ndarray:
+        """Input frame t as it is, as an array; what NumPy cannot take (a torch tensor that requires grad or
+        lives on a GPU, a ragged list) an InputError."""
+        try:
+            return np.asarray(self.frames[t])
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"frame {t} cannot be read as an array: {exc}") from None
+
     def __getitem__(self, t: int) -> np.ndarray:
-        frame = np.asarray(self.frames[t])
+        frame = self.array(t)
         if frame.shape != self.shape or frame.dtype != self.dtype:
             raise InputError(f"frame {t} is {frame.dtype} {frame.shape}, frame 0 is {self.dtype} {self.shape}")
         colour = frame[:, :, :3] if frame.ndim == 3 else frame[:, :, None]  # alpha passes through (restore)
@@ -101,7 +109,7 @@ class _FloatFrames(Sequence):
         else:
             out = out.astype(self.dtype)
         if channels == 4:  # the alpha is copied bit for bit, not through a float round trip
-            out = np.concatenate([out, np.asarray(self.frames[t])[:, :, 3:]], axis=2)
+            out = np.concatenate([out, self.array(t)[:, :, 3:]], axis=2)
         return out.reshape(self.shape)
 
 
