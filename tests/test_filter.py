@@ -386,6 +386,20 @@ def test_ctrl_c_in_training_says_it_resumes_from_the_checkpoint(tiny_data, tmp_p
     assert "resumed from" in capsys.readouterr().out
 
 
+def test_a_diverging_run_stops_in_one_line_and_saves_no_nan_weights(tiny_data, tmp_path, capsys):
+    """A learning rate far too high made the loss NaN by the second step; the run went on to its end, wrote
+    NaN weights (which `unflicker run --filter-weights` took) and a NaN checkpoint, and exited 0."""
+    from unflicker import cli
+
+    out = tmp_path / "run"
+    assert cli.main([*train_filter_args(tiny_data, out, 6), "--lr", "1e8"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unflicker: error: training diverged at step ") and err.count("\n") == 1
+    assert not (out / "filter.safetensors").exists() and not (out / "filter.json").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # the last one before it diverged
+    assert 1 <= state["step"] < 6 and all(torch.isfinite(v).all() for v in state["net"].values())
+
+
 def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(tiny_data, tmp_path):
     # With no checkpoint to resume (a folder of weights, or a run's whose checkpoint was removed) a run
     # overwrote the filter.safetensors and .json there at its end, unasked.

@@ -188,6 +188,18 @@ def test_training_smoke_run_writes_loadable_weights_and_resumes(tmp_path, capsys
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_diverging_run_stops_in_one_line_and_saves_no_nan_weights(tmp_path, capsys):
+    """A learning rate far too high made the loss NaN; the run went on to its end, wrote NaN weights and a
+    NaN checkpoint, and exited 0."""
+    data, out, args = tiny_run(tmp_path)
+    assert train_main([*args, "--steps", "6", "--lr", "1e8", "--no-full-validation"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("unflicker: error: training diverged at step ") and err.count("\n") == 1
+    assert not (out / "refine.safetensors").exists() and not (out / "refine.json").exists()
+    state = torch.load(out / "checkpoint.pt", weights_only=True)  # the last one before it diverged
+    assert 1 <= state["step"] < 6 and all(torch.isfinite(v).all() for v in state["net"].values())
+
+
 def test_a_resume_under_other_settings_is_refused_before_the_clips_are_cached(tmp_path, capsys):
     """The refusal came only after every training clip was decoded, its flows computed and cached."""
     data, out, args = tiny_run(tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from unflicker.errors import InputError, OutputError, Terminated
+from unflicker.errors import InputError, OutputError, Terminated, UnflickerError
 from unflicker.io.common import file_sha256, holding
 from unflicker.netfiles import TENSORS_DIGEST
 
@@ -71,6 +71,20 @@ def interrupted(exc: KeyboardInterrupt, output: Path, resume: bool = True) -> in
         then = f"the same command without --no-resume resumes from {checkpoint}"
     print(f"unflicker: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}; {then}", file=sys.stderr)
     return 143 if isinstance(exc, Terminated) else 130
+
+
+def check_finite(step: int, loss: float | None = None, net: torch.nn.Module | None = None) -> None:
+    """UnflickerError in one line where a run has diverged: its `loss` at `step` (checked before the
+    update it would drive) or `net`'s weights (checked before they are saved) are not finite. Without
+    it a diverged run went on to its end, wrote NaN weights and their checkpoint, and exited 0."""
+    if loss is not None and not math.isfinite(loss):
+        what = f"the loss is {loss}"
+    elif net is not None and not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+        what = "the weights are not finite"
+    else:
+        return
+    raise UnflickerError(f"training diverged at step {step} ({what}); nothing of it was saved: try a lower --lr, "
+                         "with --no-resume or another output folder")
 
 
 def cosine_lr(step: int, steps: int, lr: float, final_fraction: float) -> float:

@@ -27,7 +27,7 @@ from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
-                                checkpoint_to_resume, config_record, cosine_lr, interrupted, nothing_to_do,
+                                check_finite, checkpoint_to_resume, config_record, cosine_lr, interrupted, nothing_to_do,
                                 open_log, report_step, run_control, run_folder, save_checkpoint, shared_data)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -309,11 +309,13 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
                     with torch.no_grad():
                         taught = filter_batch(teacher, frame, atlas, config.net_scale)
                     loss = config.teacher_weight * _loss(out, taught, config.grad_weight) + (1 - config.teacher_weight) * loss
+                value = loss.item()
+                check_finite(step + 1, loss=value)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 step += 1
-                running.append(loss.item())
+                running.append(value)
                 record = None
                 if step % config.log_every == 0 or step == end:
                     record = {"step": step, "loss": float(np.mean(running)), "lr": cosine_lr(step, config.steps, config.lr, config.final_lr_fraction),
@@ -324,6 +326,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
                     record = {**(record or {"step": step}), "val_psnr": last_val}
                 report_step(log, record)
                 if step % config.checkpoint_every == 0 or step == end:
+                    check_finite(step, net=net)
                     save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
                                     seconds + time.time() - start, config)
         finally:
@@ -337,6 +340,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
             plain = replace(config.distortion, texture_prob=0.0)
             extra_val["val_psnr_appearance_only"] = validate(net, validation_set(val_images, config.val_seed, plain),
                                                              config.net_scale)
+        check_finite(step, net=net)
         weights = save_weights(net, weights, config.inference, extra={
             "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
                          **extra_val, "train_images": len(images), "val_images": len(val),

@@ -30,7 +30,7 @@ from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferen
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
-                                checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder,
+                                check_finite, checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder,
                                 nothing_to_do, open_log, report_step, run_control, run_folder, save_checkpoint,
                                 shared_data)
 
@@ -303,12 +303,14 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                 next_state = json.dumps(rng.bit_generator.state)
                 pending = pool.submit(make_batch, clips, config, rng)
                 losses = unroll(net, batch, config)
+                values = {k: v.item() for k, v in losses.items()}
+                check_finite(step + 1, loss=values["total"])
                 opt.zero_grad(set_to_none=True)
                 losses["total"].backward()
                 opt.step()
                 step += 1
-                for k, v in losses.items():
-                    running.setdefault(k, []).append(v.item())
+                for k, v in values.items():
+                    running.setdefault(k, []).append(v)
                 record = None
                 if config.max_seconds and seconds + time.time() - start >= config.max_seconds:
                     end, timed_out = step, True  # out of time: this step is the last one
@@ -321,6 +323,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                     record = {**(record or {"step": step}), "val": last_val}
                 report_step(log, record)
                 if step % config.checkpoint_every == 0 or step == end:
+                    check_finite(step, net=net)
                     save_checkpoint(ckpt_path, net, opt, step, next_state, asdict(config.network),
                                     seconds + time.time() - start, config)
         finally:
@@ -338,6 +341,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
             full = validate(net, full_clean, validation_set(full_clean, config.val_draws, config.val_seed),
                             config.inference, str(device))
             summary["val_full"] = {"size": list(full_clean.shape[1:3]), **full}
+        check_finite(step, net=net)
         weights = save_weights(net, weights, config.inference, extra={
             "training": {"config": config_record(config), **summary,
                          "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
