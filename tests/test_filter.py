@@ -481,6 +481,21 @@ def test_a_save_cut_short_between_weights_and_json_is_told_at_load(tmp_path, mon
     assert load_network(path)[1]["training"] == {"run": 2}
 
 
+def test_load_rejects_weights_that_are_not_finite(tmp_path):
+    """NaN weights (a diverged training run's, saved before training stopped on them) were loaded and used."""
+    net = random_net(4, 2, seed=1)
+    path = save_weights(net, tmp_path / "w.safetensors")
+    load_network(path)
+    for value in (float("nan"), float("inf")):
+        with torch.no_grad():
+            net.head.weight[0, 0, 0, 0] = value
+        save_weights(net, path)
+        with pytest.raises(WeightsError, match="head.weight holds NaN or infinite values"):
+            load_network(path)
+        with pytest.raises(WeightsError):
+            NeuralFilter.load(path)
+
+
 def test_load_rejects_missing_and_mismatched_weights(tmp_path):
     with pytest.raises(WeightsError):
         load_network(tmp_path / "nothing.safetensors")

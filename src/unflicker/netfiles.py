@@ -87,6 +87,10 @@ def load_network(path: Path, what: str, fmt: str, version: int,
         if tuple(tensors[k].shape) != tuple(v.shape):
             raise WeightsError(f"{path.name}: tensor {k} has shape {tuple(tensors[k].shape)}, "
                                f"network needs {tuple(v.shape)}")
+    bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # a diverged training run's: the network would put NaN into every frame
+        raise WeightsError(f"{path.name}: tensor {bad} holds NaN or infinite values (saved by a training run "
+                           "that diverged?); train them again")
     net.load_state_dict(tensors)
     return net.eval(), meta
 
