@@ -224,6 +224,19 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tmp_path, capsy
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, value", [
+    ("--fidelity-weight", "-1"), ("--short-term-weight", "nan"), ("--long-term-weight", "-0.5"), ("--max-frames", "-1"),
+])
+def test_training_rejects_bad_loss_weights_and_frame_counts_before_writing(tmp_path, capsys, option, value):
+    """A NaN loss weight trained NaN weights and a negative one rewarded errors, exit 0; a negative
+    --max-frames was "no frames decoded from CLIP" once the output folder and cache were made."""
+    data, out, args = tiny_run(tmp_path)
+    assert train_main([*args, "--steps", "1", "--no-full-validation", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"unflicker: error: {option[2:].replace('-', '_')} must be ") and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_a_clip_cache_is_rebuilt_for_another_file_of_the_same_name(tmp_path):
     # The cache was found by the clip's name alone: a replaced clip, or another --data folder's clip of
     # the same name under a shared --cache-dir (as README's command has), was trained on as the old one.

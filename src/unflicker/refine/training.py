@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -218,6 +219,11 @@ def _check(config: RefineTrainConfig) -> None:
     for name in ("crop", "batch", "val_frames", "val_draws", "cache_side"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in ("fidelity_weight", "short_term_weight", "long_term_weight"):  # NaN made NaN weights, < 0 rewards errors
+        if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
+            raise InputError(f"{name} must be a number >= 0, got {getattr(config, name)}")
+    if config.max_frames < 0:  # was "no frames decoded from CLIP" once the folders were made
+        raise InputError(f"max_frames must be >= 0 (0: all of each clip), got {config.max_frames}")
     if config.length < 2:
         raise InputError(f"length must be >= 2, got {config.length}")
     if config.inference.flow_preset not in FLOW_PRESETS:
