@@ -242,6 +242,20 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tiny_data, tmp_
     assert not out.exists()
 
 
+def test_a_crop_larger_than_every_training_photo_is_refused_before_writing(tiny_data, tmp_path, capsys):
+    """Every crop was upscaled from a smaller photo (a blur), and a crop of thousands of pixels ran the machine
+    out of memory (the process killed, exit 137), with the output folder made."""
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+            "--batch", "1", "--base-width", "4", "--depth", "2", "--steps", "1"]
+    side = max(min(cv2.imread(str(p)).shape[:2]) for p in (tiny_data / "train").iterdir())
+    assert train_main([*args, "--crop", str(side + 1)]) == 2
+    assert capsys.readouterr().err == (f"unflicker: error: crop {side + 1} is larger than every training photo (shorter "
+                                       f"sides at most {side} px); give --crop {side} or less\n")
+    assert not out.exists()
+    assert train_main([*args, "--crop", str(side)]) == 0  # as large as the photos is fine
+
+
 def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
     # It used to continue the checkpoint silently (a finished run: no step at all) and rewrite its
     # weights with a record stating the new settings, e.g. lr 0.1 for weights never trained at it.
@@ -250,8 +264,8 @@ def test_resuming_under_other_settings_is_refused(tiny_data, tmp_path):
     before = (out / "filter.safetensors").read_bytes(), (out / "filter.json").read_text()
     with pytest.raises(InputError, match="other settings.*lr 0.0005 -> 0.1"):
         train(dataclasses.replace(tiny_config(tiny_data, out, steps=2), lr=0.1))
-    with pytest.raises(InputError, match="crop 32 -> 48"):
-        train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), crop=48))
+    with pytest.raises(InputError, match="crop 32 -> 40"):
+        train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), crop=40))
     with pytest.raises(InputError, match="seed 0 -> 7"):  # the run's start and data came from seed 0
         train(dataclasses.replace(tiny_config(tiny_data, out, steps=3), seed=7))
     assert ((out / "filter.safetensors").read_bytes(), (out / "filter.json").read_text()) == before
@@ -279,10 +293,10 @@ def test_a_refused_resume_names_only_the_settings_that_differ(tiny_data, tmp_pat
     assert train_main([*args, "--base-width", "8"]) == 2  # the network's own check
     err = capsys.readouterr().err
     assert "network.base_width 4 -> 8" in err and "{" not in err and err.count("\n") == 1
-    many = ["--crop", "48", "--batch", "3", "--lr", "0.1", "--grad-weight", "1", "--net-scale", "1", "--val-crop", "8"]
+    many = ["--crop", "40", "--batch", "3", "--lr", "0.1", "--grad-weight", "1", "--net-scale", "1", "--val-crop", "8"]
     assert train_main([*args, *many]) == 2
     err = capsys.readouterr().err
-    assert "(batch 2 -> 3; crop 32 -> 48; grad_weight 0 -> 1; lr 0.0005 -> 0.1; net_scale 0.5 -> 1; and 1 more)" in err
+    assert "(batch 2 -> 3; crop 32 -> 40; grad_weight 0 -> 1; lr 0.0005 -> 0.1; net_scale 0.5 -> 1; and 1 more)" in err
 
 
 def test_rerunning_a_finished_run_takes_no_step_and_writes_nothing(tiny_data, tmp_path, capsys, monkeypatch):

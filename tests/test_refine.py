@@ -237,6 +237,21 @@ def test_training_rejects_bad_loss_weights_and_frame_counts_before_writing(tmp_p
     assert not out.exists()
 
 
+def test_a_crop_larger_than_the_cached_clips_is_refused(tmp_path, capsys):
+    """Every window was upscaled from a smaller cached clip (a blur), and the run trained on, exit 0."""
+    data, out, args = tiny_run(tmp_path)  # a 48 x 64 clip cached at --cache-side 64: 48 x 64
+    args = [*args, "--steps", "1", "--no-full-validation"]
+    assert train_main([*args, "--crop", "65"]) == 2  # larger than any clip cached at --cache-side 64
+    assert capsys.readouterr().err.startswith("unflicker: error: crop 65 is larger than the cached clips (--cache-side 64)")
+    assert not out.exists()
+    assert train_main([*args, "--crop", "49"]) == 2
+    assert capsys.readouterr().err == ("unflicker: error: crop 49 is larger than every cached training clip (shorter "
+                                       "sides at most 48 px at --cache-side 64); give --crop 48 or less, or a larger "
+                                       "--cache-side\n")
+    assert not (out / "checkpoint.pt").exists() and not (out / "refine.safetensors").exists()
+    assert train_main([*args, "--crop", "48"]) == 0
+
+
 def test_a_clip_cache_is_rebuilt_for_another_file_of_the_same_name(tmp_path):
     # The cache was found by the clip's name alone: a replaced clip, or another --data folder's clip of
     # the same name under a shared --cache-dir (as README's command has), was trained on as the old one.

@@ -253,6 +253,10 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
         raise InputError(f"teacher_weight must be in 0..1, got {config.teacher_weight}")
     root = Path(config.data_root)
     images = [img for folder in config.train_folders for img in load_images(root / folder)]
+    largest = max(min(img.shape[:2]) for img in images)
+    if config.crop > largest:  # every crop an upscaled blur; a crop of thousands ran out of memory
+        raise InputError(f"crop {config.crop} is larger than every training photo (shorter sides at most {largest} px); "
+                         f"give --crop {largest} or less")
     val_images = [center_crop(img, config.val_crop) for img in load_images(root / config.val_folder)[: config.val_images]]
     val = validation_set(val_images, config.val_seed, config.distortion)
 

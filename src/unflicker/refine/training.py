@@ -224,6 +224,9 @@ def _check(config: RefineTrainConfig) -> None:
             raise InputError(f"{name} must be a number >= 0, got {getattr(config, name)}")
     if config.max_frames < 0:  # was "no frames decoded from CLIP" once the folders were made
         raise InputError(f"max_frames must be >= 0 (0: all of each clip), got {config.max_frames}")
+    if config.crop > config.cache_side:  # no cached clip can hold it (refused before any is decoded)
+        raise InputError(f"crop {config.crop} is larger than the cached clips (--cache-side {config.cache_side}); "
+                         f"give a smaller --crop or a larger --cache-side")
     if config.length < 2:
         raise InputError(f"length must be >= 2, got {config.length}")
     if config.inference.flow_preset not in FLOW_PRESETS:
@@ -272,6 +275,11 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
         clips = [c for c in clips if len(c) >= config.length]
         if not clips:
             raise InputError(f"no training clip has {config.length} frames")
+        largest = max(min(c.frames.shape[1:3]) for c in clips)
+        if config.crop > largest:  # every window an upscaled blur
+            raise InputError(f"crop {config.crop} is larger than every cached training clip (shorter sides at most "
+                             f"{largest} px at --cache-side {config.cache_side}); give --crop {largest} or less, "
+                             "or a larger --cache-side")
         val_clean = decode_clip(val_path, config.cache_side, config.val_frames)
         val = validation_set(val_clean, config.val_draws, config.val_seed)
 
