@@ -495,6 +495,15 @@ def test_a_save_cut_short_between_weights_and_json_is_told_at_load(tmp_path, mon
     assert load_network(path)[1]["training"] == {"run": 2}
 
 
+def test_saved_weights_are_as_readable_as_their_json(tmp_path):
+    """safetensors' save_file wrote the tensors owner-only (0600) whatever the umask, beside a JSON readable
+    by all: weights trained by one user (or in a container as root) could not be loaded by another."""
+    path = save_weights(random_net(4, 2, seed=1), tmp_path / "w.safetensors")
+    mode = lambda p: p.stat().st_mode & 0o777
+    assert mode(path) == mode(path.with_suffix(".json"))
+    load_network(path)
+
+
 def test_load_rejects_weights_that_are_not_finite(tmp_path):
     """NaN weights (a diverged training run's, saved before training stopped on them) were loaded and used."""
     net = random_net(4, 2, seed=1)

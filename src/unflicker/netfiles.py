@@ -26,7 +26,7 @@ FORMATS = {"filter": ("unflicker.filter", 1), "refine": ("unflicker.refine", 1)}
 
 def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
     """Write net's tensors to `path` (.safetensors) and `meta` to the .json beside it; returns path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +35,7 @@ def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
     # tensors file's SHA-256: a kill between the two renames (the new JSON beside the old tensors) is told
     # at load rather than the old tensors taken for the new record's.
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp))
+    tmp.write_bytes(save(tensors))  # save_file made it owner-only (0600), unreadable by anyone else, the JSON not
     meta = {**meta, TENSORS_DIGEST: file_sha256(tmp)}
     json_tmp = path.with_suffix(".json.tmp")
     json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
