@@ -242,6 +242,23 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tiny_data, tmp_
     assert not out.exists()
 
 
+def test_an_existing_output_folder_that_cannot_be_written_is_one_line(tiny_data, tmp_path, capsys, monkeypatch):
+    """An existing read-only --output folder was a PermissionError traceback from the log's first write."""
+    from unflicker.io import common
+
+    def refuse(**_):  # root writes anywhere: the folder's refusal is simulated
+        raise PermissionError(13, "Permission denied")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+            "--crop", "32", "--batch", "1", "--base-width", "4", "--depth", "2", "--steps", "1"]
+    assert train_main(args) == 3
+    assert capsys.readouterr().err == f"unflicker: error: cannot write in the folder {out}: Permission denied\n"
+    assert not list(out.iterdir())
+
+
 def test_a_crop_larger_than_every_training_photo_is_refused_before_writing(tiny_data, tmp_path, capsys):
     """Every crop was upscaled from a smaller photo (a blur), and a crop of thousands of pixels ran the machine
     out of memory (the process killed, exit 137), with the output folder made."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from unflicker.errors import InputError, OutputError, Terminated, UnflickerError
-from unflicker.io.common import file_sha256, holding
+from unflicker.io.common import check_writable, file_sha256, holding
 from unflicker.netfiles import TENSORS_DIGEST
 
 
@@ -160,12 +160,14 @@ def check_resumable(state: dict, config, path: Path) -> None:
 
 def make_folder(path: Path) -> Path:
     """Create a run's output (or cache) folder; OutputError in one line if it cannot be (a file there,
-    no permission, a missing or read-only place)."""
+    no permission, a missing or read-only place) or files cannot be written in it (an existing read-only
+    folder: the log's first write was a traceback)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot make the folder {path}: {exc.strerror or exc}") from None
+    check_writable(path, "the folder")
     return path
 
 
