@@ -259,6 +259,21 @@ def test_an_existing_output_folder_that_cannot_be_written_is_one_line(tiny_data,
     assert not list(out.iterdir())
 
 
+@pytest.mark.parametrize("name", ["checkpoint.pt", "filter.safetensors", "filter.json", "log.jsonl"])
+def test_a_folder_where_the_run_writes_a_file_is_one_line(tiny_data, tmp_path, capsys, name):
+    """A folder named checkpoint.pt (or as the weights, their JSON, the log) was an IsADirectoryError traceback at
+    the first checkpoint or the final save, after training; with --no-resume at once."""
+    out = tmp_path / "run"
+    (out / name).mkdir(parents=True)
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output", str(out),
+            "--crop", "32", "--batch", "1", "--base-width", "4", "--depth", "2", "--steps", "1"]
+    for extra in ([], ["--no-resume"]):
+        assert train_main([*args, *extra]) == 3
+        assert capsys.readouterr().err == (f"unflicker: error: {out / name} is not a file, and the run writes one "
+                                           "there; move it or use another output folder\n")
+    assert [p.name for p in out.iterdir()] == [name]
+
+
 def test_a_crop_larger_than_every_training_photo_is_refused_before_writing(tiny_data, tmp_path, capsys):
     """Every crop was upscaled from a smaller photo (a blur), and a crop of thousands of pixels ran the machine
     out of memory (the process killed, exit 137), with the output folder made."""

@@ -183,9 +183,12 @@ def run_folder(path: Path) -> Iterator[Path]:
 def check_fresh_output(config, weights_name: str) -> None:
     """InputError if a run that starts afresh only because no checkpoint is there (it would resume one)
     would replace weights already in its output folder (another run's, or copied there): --no-resume
-    asks for that."""
+    asks for that. OutputError if something other than a file (a folder) is where the run writes one."""
     out_dir = Path(config.output)
     weights = out_dir / weights_name
+    for path in (out_dir / "checkpoint.pt", out_dir / "log.jsonl", weights, weights.with_suffix(".json")):
+        if path.exists() and not path.is_file():  # a folder there: a traceback at its first write, after training
+            raise OutputError(f"{path} is not a file, and the run writes one there; move it or use another output folder")
     if config.resume and not (out_dir / "checkpoint.pt").is_file() and (weights.exists() or
                                                                         weights.with_suffix(".json").exists()):
         raise InputError(f"{weights} exists and there is no checkpoint in {out_dir} to resume; use another output "
