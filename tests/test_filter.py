@@ -2,7 +2,9 @@
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
 
 import cv2
 import numpy as np
@@ -272,6 +274,54 @@ def test_a_folder_where_the_run_writes_a_file_is_one_line(tiny_data, tmp_path, c
         assert capsys.readouterr().err == (f"unflicker: error: {out / name} is not a file, and the run writes one "
                                            "there; move it or use another output folder\n")
     assert [p.name for p in out.iterdir()] == [name]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a small disk of its own (tmpfs); skipped where one cannot be mounted (not root)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small disk here")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_file(tiny_data, small_disk, capsys):
+    """A full disk at a checkpoint was a RuntimeError traceback from torch ("unexpected pos") that left the
+    partial checkpoint.pt.tmp filling the disk; at the final save, an OSError traceback and filter.safetensors.tmp."""
+    out = small_disk / "run"
+    args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--val-every", "100",
+            "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--checkpoint-every", "1"]
+    assert train_main([*args, "--output", str(small_disk / "sizes"), "--steps", "1"]) == 0
+    sizes = {p.name: p.stat().st_size for p in (small_disk / "sizes").iterdir()}
+    shutil.rmtree(small_disk / "sizes")
+    filler = small_disk / "filler"
+    fill = lambda leave: filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - leave))
+    capsys.readouterr()
+
+    block = os.statvfs(small_disk).f_bsize
+    blocks = lambda size: -(-size // block) * block
+    assert blocks(sizes["filter.safetensors"]) > block
+    fill(blocks(sizes["checkpoint.pt"]) + 2 * block)  # room for the log and the checkpoint, not the weights
+    assert train_main([*args, "--output", str(out), "--steps", "1"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"unflicker: error: cannot write {out / 'filter.safetensors'}: the disk is full (")
+    assert err.endswith("the weights were not saved: the same command resumes from the last checkpoint\n")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "log.jsonl"]
+    filler.unlink()
+    assert train_main([*args, "--output", str(out), "--steps", "1"]) == 0  # saved now, from the checkpoint
+    load_network(out / "filter.safetensors")
+
+    fill(sizes["checkpoint.pt"] // 2)  # no room for the next checkpoint
+    assert train_main([*args, "--output", str(out), "--steps", "2"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"unflicker: error: cannot write {out / 'checkpoint.pt'}: the disk is full (") and \
+        err.endswith("checkpoint.pt of step 2 was not written: the same command resumes from the last checkpoint\n")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "filter.json", "filter.safetensors", "log.jsonl"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
 
 
 def test_a_crop_larger_than_every_training_photo_is_refused_before_writing(tiny_data, tmp_path, capsys):

@@ -35,12 +35,17 @@ def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
     # tensors file's SHA-256: a kill between the two renames (the new JSON beside the old tensors) is told
     # at load rather than the old tensors taken for the new record's.
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(save(tensors))  # save_file made it owner-only (0600), unreadable by anyone else, the JSON not
-    meta = {**meta, TENSORS_DIGEST: file_sha256(tmp)}
     json_tmp = path.with_suffix(".json.tmp")
-    json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    json_tmp.replace(path.with_suffix(".json"))
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(save(tensors))  # save_file made it owner-only (0600), unreadable by anyone else, the JSON not
+        meta = {**meta, TENSORS_DIGEST: file_sha256(tmp)}
+        json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        json_tmp.replace(path.with_suffix(".json"))
+        tmp.replace(path)
+    except OSError:  # a full disk, say: no partial file left filling it
+        tmp.unlink(missing_ok=True)
+        json_tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

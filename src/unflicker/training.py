@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from unflicker.errors import InputError, OutputError, Terminated, UnflickerError
-from unflicker.io.common import check_writable, file_sha256, holding
+from unflicker.io.common import FULL, check_writable, file_sha256, free_text, holding
 from unflicker.netfiles import TENSORS_DIGEST
 
 
@@ -274,8 +275,11 @@ def report_step(log, record: dict | None) -> None:
     """A step's record (loss, validation...) printed and appended to the run's log; nothing without one."""
     if record:
         print(json.dumps(record), flush=True)
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        try:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        except OSError as exc:
+            raise write_error(Path(log.name), exc, f"step {record['step']} was not logged") from None
 
 
 def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer, step: int, rng_state: str,
@@ -285,6 +289,21 @@ def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer
     state = {"step": step, "net": net.state_dict(), "opt": opt.state_dict(), "rng": rng_state,
              "torch_rng": torch.get_rng_state(), "network": network, "seconds": seconds,
              "config": None if config is None else config_record(config)}
+    data = io.BytesIO()
+    torch.save(state, data)  # in memory: torch's own file writer told a full disk as "unexpected pos" (RuntimeError)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data.getbuffer())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)  # not left filling the disk
+        raise write_error(path, exc, f"{path.name} of step {step} was not written") from None
+
+
+def write_error(path: Path, exc: OSError, then: str) -> OutputError:
+    """The one line for a training run's file that could not be written (a full disk named with what it has
+    free); then: what that means for the run."""
+    reason = f"the disk is full ({free_text(path.parent)})" if exc.errno in FULL else (exc.strerror or str(exc))
+    rerun = ("resumes from the last checkpoint" if (path.parent / "checkpoint.pt").is_file()
+             else "starts afresh (no checkpoint was written)")
+    return OutputError(f"cannot write {path}: {reason}; {then}: the same command {rerun}")

@@ -28,7 +28,7 @@ from unflicker.filter.inference import FilterInferenceConfig, load_network, save
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
                                 check_finite, checkpoint_to_resume, config_record, cosine_lr, interrupted, nothing_to_do,
-                                open_log, report_step, run_control, run_folder, save_checkpoint, shared_data)
+                                open_log, report_step, run_control, run_folder, save_checkpoint, shared_data, write_error)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -347,11 +347,14 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
             extra_val["val_psnr_appearance_only"] = validate(net, validation_set(val_images, config.val_seed, plain),
                                                              config.net_scale)
         check_finite(step, net=net)
-        weights = save_weights(net, weights, config.inference, extra={
-            "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
-                         **extra_val, "train_images": len(images), "val_images": len(val),
-                         "seconds": round(seconds + time.time() - start, 1), "command": command},
-        })
+        try:
+            weights = save_weights(net, weights, config.inference, extra={
+                "training": {"config": config_record(config), "steps": step, "val_psnr": last_val,
+                             **extra_val, "train_images": len(images), "val_images": len(val),
+                             "seconds": round(seconds + time.time() - start, 1), "command": command},
+            })
+        except OSError as exc:
+            raise write_error(weights, exc, "the weights were not saved") from None
         return {"steps": step, "seconds": round(seconds + time.time() - start, 1), "val_psnr": last_val,
                 "weights": str(weights)}
 

@@ -33,7 +33,7 @@ from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
                                 check_finite, checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder,
                                 nothing_to_do, open_log, report_step, run_control, run_folder, save_checkpoint,
-                                shared_data)
+                                shared_data, write_error)
 
 
 @dataclass
@@ -356,10 +356,13 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                             config.inference, str(device))
             summary["val_full"] = {"size": list(full_clean.shape[1:3]), **full}
         check_finite(step, net=net)
-        weights = save_weights(net, weights, config.inference, extra={
-            "training": {"config": config_record(config), **summary,
-                         "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
-        })
+        try:
+            weights = save_weights(net, weights, config.inference, extra={
+                "training": {"config": config_record(config), **summary,
+                             "train_clips": [c.name for c in clips], "val_clip": val_path.stem, "command": command},
+            })
+        except OSError as exc:
+            raise write_error(weights, exc, "the weights were not saved") from None
         return {**summary, "weights": str(weights)}
 
 
