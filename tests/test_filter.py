@@ -322,6 +322,11 @@ def test_a_full_disk_while_training_is_one_line_and_leaves_no_partial_file(tiny_
         err.endswith("checkpoint.pt of step 2 was not written: the same command resumes from the last checkpoint\n")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "filter.json", "filter.safetensors", "log.jsonl"]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
+    filler.unlink()
+    fill(0)  # no room even for the log's records up to the checkpoint, rewritten as a run resumes
+    assert train_main([*args, "--output", str(out), "--steps", "2"]) == 3
+    assert capsys.readouterr().err.startswith(f"unflicker: error: cannot write {out / 'log.jsonl'}: the disk is full (")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "filter.json", "filter.safetensors", "log.jsonl"]
 
 
 def test_a_crop_larger_than_every_training_photo_is_refused_before_writing(tiny_data, tmp_path, capsys):

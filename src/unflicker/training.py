@@ -266,9 +266,13 @@ def open_log(path: Path, step: int):
             except (ValueError, KeyError, TypeError):
                 pass  # a line torn by a kill
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
-    return path.open("a")
+    try:
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
+        return path.open("a")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc, "no step was taken") from None
 
 
 def report_step(log, record: dict | None) -> None:
