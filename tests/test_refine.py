@@ -266,6 +266,26 @@ def test_a_clip_cache_is_rebuilt_for_another_file_of_the_same_name(tmp_path):
     assert np.array_equal(again.frames, second.frames) and np.array_equal(again.flows, second.flows)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "pickle"])
+def test_a_damaged_clip_cache_is_built_again(tmp_path, damage):
+    """A cache file cut short or not a cache at all (a copy cut short, another file of that name) was a
+    BadZipFile, ValueError or pickle traceback at every later run that used the --cache-dir."""
+    from unflicker.refine.data import load_clip
+
+    make_video(tmp_path / "a.mp4", translating_clip(3, 24, 32, seed=1))
+    first = load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+    cache = next((tmp_path / "cache").glob("*.npz"))
+    if damage == "truncate":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "garbage":
+        cache.write_bytes(bytes(range(256)) * 8)
+    else:
+        np.savez(cache, frames=np.array([object()], dtype=object))
+    again = load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0)
+    assert np.array_equal(again.frames, first.frames) and np.array_equal(again.flows, first.flows)
+    assert np.array_equal(load_clip(tmp_path / "a.mp4", tmp_path / "cache", 32, 0).frames, first.frames)
+
+
 def test_runs_sharing_a_cache_folder_can_build_the_same_clip_at_once(tmp_path, monkeypatch):
     # Both wrote NAME.tmp.npz: the one that finished first renamed the other's half-written file into
     # the cache, and the other's rename then failed (a FileNotFoundError traceback).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +104,13 @@ def load_clip(path: str | Path, cache_dir: str | Path, side: int, max_frames: in
     source = _file_digest(path)
     _sweep_temporaries(cache.parent)
     if cache.is_file():
-        with np.load(cache) as data:
-            # A cache from before the digest was kept in it is taken as it is.
-            if "source" not in data or str(data["source"]) == source:
-                return CachedClip(path.stem, data["frames"], data["flows"], data["masks"])
+        try:
+            with np.load(cache) as data:
+                # A cache from before the digest was kept in it is taken as it is.
+                if "source" not in data or str(data["source"]) == source:
+                    return CachedClip(path.stem, data["frames"], data["flows"], data["masks"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # damaged (cut short by a copy, or not a cache at all; saves here are atomic): built again
     frames = decode_clip(path, side, max_frames)
     flows, masks = clean_flows(frames)
     clip = CachedClip(path.stem, np.round(frames * 255).astype(np.uint8), flows.astype(np.float16), masks)
