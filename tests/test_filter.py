@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -518,11 +519,12 @@ def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(
 def test_the_weights_record_the_command_that_trained_them(tiny_data, tmp_path):
     # The refinement's JSON had its command, the filter's not (README: "each weight file has a JSON with
     # its config, command, scores"; the shipped filter's was added by hand).
+    # Unquoted, a path with a space in it (or a shell character) made a command that does something else.
     args = ["--data", str(tiny_data), "--train-folders", "train", "--val-folder", "val", "--output",
-            str(tmp_path / "run"), "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1"]
+            str(tmp_path / "my run"), "--crop", "32", "--batch", "2", "--base-width", "4", "--depth", "2", "--steps", "1"]
     assert train_main(args) == 0
-    _, meta = load_network(tmp_path / "run" / "filter.safetensors")
-    assert meta["training"]["command"] == " ".join(["python -m unflicker.filter.training", *args])
+    _, meta = load_network(tmp_path / "my run" / "filter.safetensors")
+    assert shlex.split(meta["training"]["command"]) == ["python", "-m", "unflicker.filter.training", *args]
 
 
 def test_an_output_that_cannot_be_a_folder_is_a_one_line_error(tiny_data, tmp_path, capsys):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         **run_control(a),
     )
     try:
-        summary = train(config, " ".join(["python -m unflicker.filter.training", *argv]))
+        summary = train(config, shlex.join(["python", "-m", "unflicker.filter.training", *argv]))  # quoted: a path with a space
         print(summary.get("nothing_to_do") or json.dumps(summary))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)

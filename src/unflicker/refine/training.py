@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         full_validation=not a.no_full_validation, device=a.device, max_seconds=a.max_seconds, **run_control(a),
     )
     try:
-        summary = train(config, " ".join(["python -m unflicker.refine.training", *argv]))
+        summary = train(config, shlex.join(["python", "-m", "unflicker.refine.training", *argv]))  # quoted: a path with a space
         print(summary.get("nothing_to_do") or json.dumps(summary))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
