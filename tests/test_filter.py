@@ -502,6 +502,30 @@ def test_a_diverging_run_stops_in_one_line_and_saves_no_nan_weights(tiny_data, t
     assert 1 <= state["step"] < 6 and all(torch.isfinite(v).all() for v in state["net"].values())
 
 
+@pytest.mark.parametrize("name", ["checkpoint.pt", "filter.safetensors"])
+def test_ctrl_c_while_a_checkpoint_or_the_weights_are_written_leaves_no_partial_file(tiny_data, tmp_path, capsys,
+                                                                                     monkeypatch, name):
+    """Ctrl-C (or SIGTERM) between writing checkpoint.pt.tmp or filter.safetensors.tmp and its rename left the
+    partial file beside the run's (a checkpoint's size each)."""
+    from pathlib import Path
+
+    from unflicker import cli
+
+    real = Path.replace
+
+    def ctrl_c_at_the_rename(self, target):
+        if Path(target).name == name and (name != "checkpoint.pt" or (Path(target).parent / name).exists()):
+            raise KeyboardInterrupt
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", ctrl_c_at_the_rename)
+    out = tmp_path / "run"
+    assert cli.main(train_filter_args(tiny_data, out, 2)) == 130
+    capsys.readouterr()
+    assert not list(out.glob("*.tmp")) and torch.load(out / "checkpoint.pt", weights_only=True)["step"] >= 1
+    assert not (out / "filter.safetensors").exists()
+
+
 def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(tiny_data, tmp_path):
     # With no checkpoint to resume (a folder of weights, or a run's whose checkpoint was removed) a run
     # overwrote the filter.safetensors and .json there at its end, unasked.

@@ -42,7 +42,7 @@ def save_network(net: torch.nn.Module, path: str | Path, meta: dict) -> Path:
         json_tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
         json_tmp.replace(path.with_suffix(".json"))
         tmp.replace(path)
-    except OSError:  # a full disk, say: no partial file left filling it
+    except BaseException:  # a full disk, or Ctrl-C / SIGTERM while writing: no partial file left
         tmp.unlink(missing_ok=True)
         json_tmp.unlink(missing_ok=True)
         raise

@@ -299,9 +299,11 @@ def save_checkpoint(path: Path, net: torch.nn.Module, opt: torch.optim.Optimizer
     try:
         tmp.write_bytes(data.getbuffer())
         tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)  # not left filling the disk
-        raise write_error(path, exc, f"{path.name} of step {step} was not written") from None
+    except BaseException as exc:  # a full disk, or Ctrl-C / SIGTERM while writing: no partial file left
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc, f"{path.name} of step {step} was not written") from None
+        raise
 
 
 def write_error(path: Path, exc: OSError, then: str) -> OutputError:
