@@ -232,6 +232,7 @@ def test_training_smoke_writes_loadable_weights_and_resumes(tiny_data, tmp_path)
     ("--lr", "-1"), ("--lr", "0"), ("--lr", "nan"), ("--checkpoint-every", "0"), ("--val-every", "0"),
     ("--log-every", "0"), ("--threads", "-1"), ("--stop-at", "-1"), ("--val-images", "0"), ("--net-scale", "0"),
     ("--prior-sigma", "0"), ("--working-side", "0"), ("--steps", "0"), ("--grad-weight", "-1"), ("--grad-weight", "nan"),
+    ("--net-scale", "2"),
 ])
 def test_training_rejects_bad_numbers_in_one_line_before_writing(tiny_data, tmp_path, capsys, option, value):
     # Each used to be a traceback (Adam, a modulo by zero, torch threads), NaN weights, weights that

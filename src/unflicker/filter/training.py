@@ -240,8 +240,8 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
     if not (math.isfinite(config.grad_weight) and config.grad_weight >= 0):  # NaN was taken as 0, < 0 rewards edges' errors
         raise InputError(f"grad_weight must be a number >= 0, got {config.grad_weight}")
-    if not (math.isfinite(config.net_scale) and config.net_scale > 0):
-        raise InputError(f"net_scale must be a number > 0, got {config.net_scale}")
+    if not (math.isfinite(config.net_scale) and 0 < config.net_scale <= 1):  # > 1: upscaled, as inference never
+        raise InputError(f"net_scale must be a number in (0, 1], got {config.net_scale}")  # runs it (and memory ran out)
     if not (math.isfinite(config.network.prior_sigma) and config.network.prior_sigma > 0):
         raise InputError(f"prior_sigma must be a number > 0, got {config.network.prior_sigma}")
     if config.inference.working_side < 8:  # as NeuralFilter, which loads the weights, needs
