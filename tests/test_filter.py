@@ -527,6 +527,20 @@ def test_ctrl_c_while_a_checkpoint_or_the_weights_are_written_leaves_no_partial_
     assert not (out / "filter.safetensors").exists()
 
 
+def test_a_fine_tuning_run_resumes_without_its_init_file(tiny_data, tmp_path):
+    """A fine-tuning run's resume loaded --init again, only for the checkpoint to replace it: with that file
+    moved or removed since the run began, the run could not be resumed ("filter weights not found")."""
+    init = save_weights(random_net(4, 2, seed=3), tmp_path / "start" / "filter.safetensors")
+    config = dataclasses.replace(tiny_config(tiny_data, tmp_path / "straight", steps=3), init=init)
+    train(config)
+    train(dataclasses.replace(config, output=tmp_path / "run", stop_at=2))
+    shutil.rmtree(tmp_path / "start")
+    assert train(dataclasses.replace(config, output=tmp_path / "run"))["steps"] == 3
+    assert (tmp_path / "run" / "filter.safetensors").read_bytes() == (tmp_path / "straight" / "filter.safetensors").read_bytes()
+    with pytest.raises(WeightsError, match="not found"):  # a run that starts afresh still needs it
+        train(dataclasses.replace(config, output=tmp_path / "new"))
+
+
 def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(tiny_data, tmp_path):
     # With no checkpoint to resume (a folder of weights, or a run's whose checkpoint was removed) a run
     # overwrote the filter.safetensors and .json there at its end, unasked.

@@ -268,7 +268,8 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
         teacher, _ = load_network(config.teacher)
         teacher.requires_grad_(False)
         slice_weights(net, teacher)
-    if config.init is not None:
+    # The start of a fine-tuning run that resumes is in its checkpoint: --init's file is not needed (it may be gone).
+    if config.init is not None and not (config.resume and (out_dir / "checkpoint.pt").is_file()):
         start_net, _ = load_network(config.init)
         if start_net.config != net.config:
             raise InputError(f"--init weights are a {start_net.config.to_dict()} network, not the {net.config.to_dict()} "
