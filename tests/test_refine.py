@@ -226,15 +226,27 @@ def test_training_rejects_bad_numbers_in_one_line_before_writing(tmp_path, capsy
 
 @pytest.mark.parametrize("option, value", [
     ("--fidelity-weight", "-1"), ("--short-term-weight", "nan"), ("--long-term-weight", "-0.5"), ("--max-frames", "-1"),
+    ("--val-frames", "1"),
 ])
 def test_training_rejects_bad_loss_weights_and_frame_counts_before_writing(tmp_path, capsys, option, value):
     """A NaN loss weight trained NaN weights and a negative one rewarded errors, exit 0; a negative
-    --max-frames was "no frames decoded from CLIP" once the output folder and cache were made."""
+    --max-frames was "no frames decoded from CLIP" once the output folder and cache were made; --val-frames 1
+    validated on one frame (E_warp 0, the output the input), exit 0."""
     data, out, args = tiny_run(tmp_path)
     assert train_main([*args, "--steps", "1", "--no-full-validation", option, value]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"unflicker: error: {option[2:].replace('-', '_')} must be ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_one_frame_validation_clip_is_refused(tmp_path, capsys):
+    """Validation on a one-frame held-out clip measured nothing (E_warp 0, the output its input), exit 0."""
+    data, out, args = tiny_run(tmp_path)
+    make_video(data / "held.mp4", translating_clip(1, 48, 64, seed=2))
+    assert train_main([*args, "--steps", "1", "--no-full-validation"]) == 2
+    assert capsys.readouterr().err == (f"unflicker: error: validation clip {data / 'held.mp4'} has 1 frame; "
+                                       "validation needs 2 or more\n")
+    assert not (out / "refine.safetensors").exists()
 
 
 def test_a_crop_larger_than_the_cached_clips_is_refused(tmp_path, capsys):

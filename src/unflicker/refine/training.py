@@ -217,7 +217,7 @@ def validate(net: RefineNet, clean: np.ndarray, flickered: list[np.ndarray], inf
 
 def _check(config: RefineTrainConfig) -> None:
     check_run_numbers(config)
-    for name in ("crop", "batch", "val_frames", "val_draws", "cache_side"):
+    for name in ("crop", "batch", "val_draws", "cache_side"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
     for name in ("fidelity_weight", "short_term_weight", "long_term_weight"):  # NaN made NaN weights, < 0 rewards errors
@@ -228,6 +228,8 @@ def _check(config: RefineTrainConfig) -> None:
     if config.crop > config.cache_side:  # no cached clip can hold it (refused before any is decoded)
         raise InputError(f"crop {config.crop} is larger than the cached clips (--cache-side {config.cache_side}); "
                          f"give a smaller --crop or a larger --cache-side")
+    if config.val_frames < 2:  # one frame: E_warp 0 and O = P, a validation that measured nothing
+        raise InputError(f"val_frames must be >= 2, got {config.val_frames}")
     if config.length < 2:
         raise InputError(f"length must be >= 2, got {config.length}")
     if config.inference.flow_preset not in FLOW_PRESETS:
@@ -282,6 +284,8 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
                              f"{largest} px at --cache-side {config.cache_side}); give --crop {largest} or less, "
                              "or a larger --cache-side")
         val_clean = decode_clip(val_path, config.cache_side, config.val_frames)
+        if len(val_clean) < 2:
+            raise InputError(f"validation clip {val_path} has {len(val_clean)} frame; validation needs 2 or more")
         val = validation_set(val_clean, config.val_draws, config.val_seed)
 
         torch.manual_seed(config.seed)
