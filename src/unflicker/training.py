@@ -189,7 +189,8 @@ def check_fresh_output(config, weights_name: str) -> None:
     weights = out_dir / weights_name
     for path in (out_dir / "checkpoint.pt", out_dir / "log.jsonl", weights, weights.with_suffix(".json")):
         if path.exists() and not path.is_file():  # a folder there: a traceback at its first write, after training
-            raise OutputError(f"{path} is not a file, and the run writes one there; move it or use another output folder")
+            raise OutputError(f"{path} is not a file, and the run writes one there; move it or use another "
+                              "output folder")
     if config.resume and not (out_dir / "checkpoint.pt").is_file() and (weights.exists() or
                                                                         weights.with_suffix(".json").exists()):
         raise InputError(f"{weights} exists and there is no checkpoint in {out_dir} to resume; use another output "

@@ -238,10 +238,12 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     for name in ("crop", "batch", "val_images"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
-    if not (math.isfinite(config.grad_weight) and config.grad_weight >= 0):  # NaN was taken as 0, < 0 rewards edges' errors
+    # NaN was taken as 0; a negative weight rewards errors in the edges.
+    if not (math.isfinite(config.grad_weight) and config.grad_weight >= 0):
         raise InputError(f"grad_weight must be a number >= 0, got {config.grad_weight}")
-    if not (math.isfinite(config.net_scale) and 0 < config.net_scale <= 1):  # > 1: upscaled, as inference never
-        raise InputError(f"net_scale must be a number in (0, 1], got {config.net_scale}")  # runs it (and memory ran out)
+    # Above 1 the net trains on upscaled crops, as inference never runs it (and a large value runs out of memory).
+    if not (math.isfinite(config.net_scale) and 0 < config.net_scale <= 1):
+        raise InputError(f"net_scale must be a number in (0, 1], got {config.net_scale}")
     if not (math.isfinite(config.network.prior_sigma) and config.network.prior_sigma > 0):
         raise InputError(f"prior_sigma must be a number > 0, got {config.network.prior_sigma}")
     if config.inference.working_side < 8:  # as NeuralFilter, which loads the weights, needs
@@ -256,8 +258,8 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     images = [img for folder in config.train_folders for img in load_images(root / folder)]
     largest = max(min(img.shape[:2]) for img in images)
     if config.crop > largest:  # every crop an upscaled blur; a crop of thousands ran out of memory
-        raise InputError(f"crop {config.crop} is larger than every training photo (shorter sides at most {largest} px); "
-                         f"give --crop {largest} or less")
+        raise InputError(f"crop {config.crop} is larger than every training photo (shorter sides at most "
+                         f"{largest} px); give --crop {largest} or less")
     val_images = [center_crop(img, config.val_crop) for img in load_images(root / config.val_folder)[: config.val_images]]
     val = validation_set(val_images, config.val_seed, config.distortion)
 
@@ -408,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         **run_control(a),
     )
     try:
-        summary = train(config, shlex.join(["python", "-m", "unflicker.filter.training", *argv]))  # quoted: a path with a space
+        # Quoted: an unquoted path with a space in it makes another command.
+        summary = train(config, shlex.join(["python", "-m", "unflicker.filter.training", *argv]))
         print(summary.get("nothing_to_do") or json.dumps(summary))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)

@@ -220,7 +220,7 @@ def _check(config: RefineTrainConfig) -> None:
     for name in ("crop", "batch", "val_draws", "cache_side"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
-    for name in ("fidelity_weight", "short_term_weight", "long_term_weight"):  # NaN made NaN weights, < 0 rewards errors
+    for name in ("fidelity_weight", "short_term_weight", "long_term_weight"):  # NaN trains NaN, < 0 rewards errors
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
             raise InputError(f"{name} must be a number >= 0, got {getattr(config, name)}")
     if config.max_frames < 0:  # was "no frames decoded from CLIP" once the folders were made
@@ -417,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         full_validation=not a.no_full_validation, device=a.device, max_seconds=a.max_seconds, **run_control(a),
     )
     try:
-        summary = train(config, shlex.join(["python", "-m", "unflicker.refine.training", *argv]))  # quoted: a path with a space
+        # Quoted: an unquoted path with a space in it makes another command.
+        summary = train(config, shlex.join(["python", "-m", "unflicker.refine.training", *argv]))
         print(summary.get("nothing_to_do") or json.dumps(summary))
     except UnflickerError as exc:
         print(f"unflicker: error: {exc}", file=sys.stderr)
