@@ -634,6 +634,31 @@ def test_import_is_cheap():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_settings_classes_come_from_the_package_and_a_config_is_taken_whole():
+    """RunConfig, EngineConfig, SegmentConfig and RunSummary were importable from their modules alone, and a
+    RunConfig could not be passed: `deflicker(..., **dataclasses.asdict(cfg))` failed on its nested settings."""
+    from unflicker import config as config_module
+    from unflicker import pipeline
+
+    assert unflicker.RunConfig is config_module.RunConfig and unflicker.EngineConfig is config_module.EngineConfig
+    assert unflicker.SegmentConfig is config_module.SegmentConfig and unflicker.RunSummary is pipeline.RunSummary
+    assert {"RunConfig", "RunSummary"} <= set(dir(unflicker)) and "RunConfig" in unflicker.__all__
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        unflicker.Nope  # noqa: B018
+    frames = clip(8).astype(np.float32) / 255
+    settings = unflicker.RunConfig(method="classical", strength=0.5, progress=False,
+                                   engine=unflicker.EngineConfig(workers=1))
+    half = unflicker.deflicker(frames, config=settings)
+    np.testing.assert_array_equal(half, unflicker.deflicker(frames, method="classical", strength=0.5, progress=False))
+    # method= and the options replace the config's fields; the config itself is left as it was
+    np.testing.assert_array_equal(unflicker.deflicker(frames, config=settings, strength=0.0), frames)
+    assert settings.strength == 0.5
+    with pytest.raises(InputError, match="config must be a unflicker.RunConfig, got dict"):
+        unflicker.deflicker(frames, config={"strength": 0.5})
+    with pytest.raises(InputError, match="unknown option"):
+        unflicker.deflicker(frames, config=settings, strenght=0.5)
+
+
 def test_strength_blends_the_correction_with_the_input():
     frames = clip(8).astype(np.float32) / 255
     full = unflicker.deflicker(frames, method="classical", progress=False)

@@ -18,12 +18,17 @@ from unflicker.pipeline import RunConfig, RunSummary, deflicker_file, deflicker_
 _FILE_OPTIONS = ("stop_after", "crf", "codec", "bit_depth", "overwrite", "keep_work", "compare", "plot", "plot_label")
 
 
-def _config(method: str | None, options: dict) -> RunConfig:
+def _config(method: str | None, options: dict, config: RunConfig | None = None) -> RunConfig:
+    """The run's settings: `config` (a RunConfig; None: the defaults) with `method` (where given) and `options`."""
     names = {f.name for f in dataclasses.fields(RunConfig)} - {"method"}
     unknown = sorted(set(options) - names)
     if unknown:
         raise InputError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return RunConfig(method=method, **options)
+    if config is None:
+        return RunConfig(method=method, **options)
+    if not isinstance(config, RunConfig):
+        raise InputError(f"config must be a unflicker.RunConfig, got {type(config).__name__}")
+    return dataclasses.replace(config, **options, **({} if method is None else {"method": method}))
 
 
 def _path(value, what: str, error: type[Exception], other: str = "") -> Path:
@@ -114,7 +119,7 @@ class _FloatFrames(Sequence):
 
 
 def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: str | None = None,
-              **options) -> RunSummary | np.ndarray:
+              config: RunConfig | None = None, **options) -> RunSummary | np.ndarray:
     """Remove flicker from a video file, a frame folder, or an in-memory clip.
 
     frames_or_path: a path (video file or folder of frames), or a clip: a (T, H, W, 3) array or
@@ -126,7 +131,9 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     options: RunConfig fields: preset, atlas, atlas_steps, projection, keep_slow, kind, strength, filter_weights,
     refine_weights, progress, segments, engine; for files also crf, codec, bit_depth, overwrite, keep_work,
     stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
-    Returns the RunSummary (unflicker.pipeline.RunSummary: its fields say what each holds) for a path, else
+    config: a `unflicker.RunConfig` to start from (settings kept for several calls); `method` and `options`
+    replace its fields. The nested settings are `unflicker.EngineConfig` and `unflicker.SegmentConfig`.
+    Returns the `unflicker.RunSummary` (its fields say what each holds) for a path, else
     the deflickered clip as an array with the input's shape ((T, ...) for a list) and dtype.
     Raises (all `unflicker.UnflickerError`): InputError for a bad input or option, OutputError where the
     output cannot be written, WeightsError for missing or mismatched network weights, UnflickerError for
@@ -136,7 +143,7 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     Safe to call from any thread, and from several at once; engine ray: a run that starts Ray itself (ray.init)
     is one at a time, a second at once an InputError; runs share a Ray the program started first.
     """
-    config = _config(method, options)
+    config = _config(method, options, config)
     if isinstance(frames_or_path, (str, bytes, os.PathLike)):
         path = _path(frames_or_path, "the input", InputError, ", an array or a list of frames")
         if output is None and config.stop_after is None:
