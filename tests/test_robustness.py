@@ -591,6 +591,18 @@ def test_api_warnings_are_the_callers_once_a_call():
         assert sum("they are clipped" in str(w.message) for w in caught) == 1
 
 
+def test_api_warnings_of_a_file_run_are_the_callers_too(tmp_path):
+    """The warnings of the file path (the encoder's --crf, a single-frame input; io and pipeline) named lines
+    inside the package through fixed stack levels, which also differ by the path that led there."""
+    source = write_pngs(tmp_path / "one", list(clip(1)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unflicker.deflicker(source, tmp_path / "out.mkv", method="classical", crf=20, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("takes none: ignored" in m for m in messages) and any("single frame" in m for m in messages), messages
+    assert {Path(w.filename) for w in caught} == {Path(__file__)}, [(str(w.message), w.filename) for w in caught]
+
+
 def test_api_clips_finite_float64_values_past_float32s_range():
     """1e300 is finite: clipped with the warning as any value outside [0, 1], not 'NaN or infinite' (it is
     infinite only once cast to float32)."""

@@ -15,7 +15,6 @@ import io as _io
 import json
 import os
 import sys
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from unflicker import bars, io
 from unflicker.config import RunConfig
-from unflicker.errors import InputError, OutputError, UnflickerError
+from unflicker.errors import InputError, OutputError, UnflickerError, warn
 from unflicker.io.common import holding, writable_folder
 from unflicker.pipeline import Job
 
@@ -101,8 +100,8 @@ def find_inputs(source: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, Pat
                 if path.resolve() in skip:
                     continue  # the batch's own outputs and work files: never inputs of a rerun
                 if (path / f"{SUMMARY_NAME}.json").is_file():  # nor another batch's (other settings, same inputs)
-                    warnings.warn(f"left out {path}: another batch's outputs (its {SUMMARY_NAME}.json is there); "
-                                  "give it as the input to take them", stacklevel=2)
+                    warn(f"left out {path}: another batch's outputs (its {SUMMARY_NAME}.json is there); "
+                         "give it as the input to take them")
                     continue
                 if _is_frame_folder(path):
                     yield path

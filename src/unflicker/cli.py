@@ -398,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     stdout = sys.stdout
     sys.stdout = _Stdout(stdout)
     try:
-        with sigterm_as_interrupt():
+        # Each command shows each of its warnings: the library's are the caller's (errors.warn), so a second
+        # command in one process (a test, a script calling main) would find them shown already at that line.
+        with sigterm_as_interrupt(), warnings.catch_warnings():
             code = handler(args)
         sys.stdout.flush()  # a reader gone (below) shows here rather than at the exit
         return code

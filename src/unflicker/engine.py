@@ -29,14 +29,13 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
 from unflicker.config import EngineConfig
-from unflicker.errors import InputError, UnflickerError, keep_sigterm_handler
+from unflicker.errors import InputError, UnflickerError, keep_sigterm_handler, warn
 from unflicker.ray_watchdog import remove_session
 from unflicker.segments import (MethodSpec, SegmentResult, SegmentTask, file_error, keep_freed_memory, preload_method,
                                 run_segment)
@@ -88,9 +87,9 @@ def workers_for(engine: EngineConfig, frame: tuple[int, int], limit: int, free: 
     fits = min(limit, engine.local_workers(frame, free, spec))
     if fits < limit:
         main, worker = memory_needs(*frame, spec)
-        warnings.warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {limit}: at {frame[0]}x{frame[1]} each "
-                      f"takes up to about {worker / 2**30:.1f} GB and the run itself {main / 2**30:.1f} GB, with "
-                      f"{(free or 0) / 2**30:.1f} GB free (--workers N sets the number)", stacklevel=3)
+        warn(f"{fits} worker{'s' if fits > 1 else ''} at once, not {limit}: at {frame[0]}x{frame[1]} each "
+             f"takes up to about {worker / 2**30:.1f} GB and the run itself {main / 2**30:.1f} GB, with "
+             f"{(free or 0) / 2**30:.1f} GB free (--workers N sets the number)")
     return fits
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from unflicker import io, metrics
+from unflicker import errors, io, metrics
 from unflicker.errors import InputError
 
 
@@ -38,8 +37,8 @@ def aligned_infos(*infos: io.VideoInfo | None, warn: bool = True) -> list[io.Vid
         if not common:
             raise InputError("the frame folders share no frame names")
         if warn and any(len(names) != len(common) for names in stems):
-            warnings.warn(f"the frame folders hold different frames; comparing the {len(common)} whose names they "
-                          f"all share", stacklevel=2)
+            errors.warn(f"the frame folders hold different frames; comparing the {len(common)} whose names they "
+                        f"all share")
         return [None if i is None else _subset(i, common) for i in infos]
     shortest = min(i.frame_count for i in present)
     for other in folders[1:]:  # a video among them: paired by position, which must be by name too
@@ -50,7 +49,7 @@ def aligned_infos(*infos: io.VideoInfo | None, warn: bool = True) -> list[io.Vid
                                  f"frame folders holding the same frames under the same names (frame folders alone "
                                  f"are paired by name)")
     if warn and any(i.frame_count != shortest for i in present):
-        warnings.warn(f"sequences differ in length; comparing the first {shortest} frames", stacklevel=2)
+        errors.warn(f"sequences differ in length; comparing the first {shortest} frames")
     return [None if i is None else dataclasses.replace(i, frame_count=shortest,
                                                        frame_names=i.frame_names[:shortest]) for i in infos]
 
@@ -107,8 +106,8 @@ class Evaluator:
         if long_term > 1 and self._reference.frame_count > long_term:
             self._long = metrics.ReferenceFlows.compute(reference(), step=long_term, max_side=max_side)
         elif long_term > 1:
-            warnings.warn(f"the clip has {self._reference.frame_count} frames: no long-term error at "
-                          f"{long_term} frames", stacklevel=2)
+            errors.warn(f"the clip has {self._reference.frame_count} frames: no long-term error at "
+                        f"{long_term} frames")
         self.max_side = max_side
         # Pairs (first frame, t) for the long-term half of the paper's E_warp.
         self._first = metrics.ReferenceFlows.compute(reference(), against_first=True, max_side=max_side)
@@ -148,8 +147,8 @@ class Evaluator:
                 report["ssim"] = None
                 if not self._ssim_left_out:  # said once: the reference's own column has the same size
                     self._ssim_left_out = True
-                    warnings.warn(f"SSIM needs frames of at least {metrics.SSIM_MIN_SIDE} x {metrics.SSIM_MIN_SIDE} "
-                                  f"pixels: left out for {result_info.width}x{result_info.height}", stacklevel=2)
+                    errors.warn(f"SSIM needs frames of at least {metrics.SSIM_MIN_SIDE} x {metrics.SSIM_MIN_SIDE} "
+                                f"pixels: left out for {result_info.width}x{result_info.height}")
         # The paper's E_warp: masked L1, short-term (t, t+1) plus long-term (first frame, t).
         report["paper_warp_error"] = (short_l1 + self._first.scores(frames())[1]) * scale
         # Sharpness against the ground truth (the look to keep) or, without one, the reference.

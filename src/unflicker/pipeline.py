@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from unflicker.config import (
     record,
     resolve_method,
 )
-from unflicker.errors import InputError, OutputError, UnflickerError
+from unflicker.errors import InputError, OutputError, UnflickerError, warn
 from unflicker.framestore import FrameFile
 from unflicker.kinds import PHYSICAL_KINDS, unmistakable
 from unflicker.lanes import Behind
@@ -327,8 +326,8 @@ class Job:
                 if self.write_output else None
             if self.output is not None and self.output.suffix.lower() in io.IMAGE_EXTENSIONS and \
                     not self.output.is_dir():
-                warnings.warn(f"{self.output.name} is made a folder: the frames are written into it as image "
-                              f"files", stacklevel=2)
+                warn(f"{self.output.name} is made a folder: the frames are written into it as image "
+                     f"files")
             self._check_extras()
             self._check_input(info)
         self.spec = method_spec(config)
@@ -447,9 +446,9 @@ class Job:
         steps = np.diff([pts for pts, _ in self._stamps if pts is not None])
         # A tick of slack for fine time bases (29.97 fps in milliseconds: 33 and 34), none for coarse ones (1/fps).
         if len(steps) > 1 and steps.min() > 0 and steps.max() > 1.01 * steps.min() + (steps.min() >= 10):
-            warnings.warn(f"{self.name} has variable frame timing ({float(steps.min() * info.time_base) * 1e3:.0f}-"
-                          f"{float(steps.max() * info.time_base) * 1e3:.0f} ms between frames): a folder of frames "
-                          f"holds none; it reads back at {float(io.DEFAULT_FOLDER_FPS):g} fps")
+            warn(f"{self.name} has variable frame timing ({float(steps.min() * info.time_base) * 1e3:.0f}-"
+                 f"{float(steps.max() * info.time_base) * 1e3:.0f} ms between frames): a folder of frames "
+                 f"holds none; it reads back at {float(io.DEFAULT_FOLDER_FPS):g} fps")
 
     def _spill_while_planning(self, n: int) -> bool:
         """Whether the plan's pass spills the clip as segment 0's frames: it fits one segment (unless
@@ -459,10 +458,9 @@ class Job:
     def _check_input(self, info: io.VideoInfo) -> None:
         """Say what will be lost, before any work starts."""
         if info.frame_count == 1:
-            warnings.warn("the input has a single frame: there is no flicker to remove, copying it through",
-                          stacklevel=4)
+            warn("the input has a single frame: there is no flicker to remove, copying it through")
         elif self.config.method == "neural" and mlp_atlas(self.config):
-            warnings.warn(mlp_atlas_note(self.config), stacklevel=4)
+            warn(mlp_atlas_note(self.config))
 
     def _check_room(self, folder: Path) -> None:
         """--keep-work keeps every segment's result, each frame at 16 bits: refuse, before any work, a run whose
@@ -509,10 +507,9 @@ class Job:
             return
         if need > free:
             n = min(len(spans), workers + 1)
-            warnings.warn(f"the temporary work folder {folder.parent} may need about {size_text(need)} at once "
-                          f"({n} segment{'s' if n != 1 else ''} of up to {spans[0]} frames in flight), its disk has "
-                          f"{size_text(free)} free: set TMPDIR to a folder on a larger disk, or run fewer --workers",
-                          stacklevel=3)
+            warn(f"the temporary work folder {folder.parent} may need about {size_text(need)} at once "
+                 f"({n} segment{'s' if n != 1 else ''} of up to {spans[0]} frames in flight), its disk has "
+                 f"{size_text(free)} free: set TMPDIR to a folder on a larger disk, or run fewer --workers")
 
     def _check_extras(self) -> None:
         config = self.config

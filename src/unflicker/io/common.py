@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unflicker.errors import OutputError
+from unflicker.errors import OutputError, warn
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dpx", ".exr")
 SYSTEM_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
@@ -354,8 +353,8 @@ def _replace(temp: Path, final: Path, overwrite: bool) -> None:
             if others:
                 kept = final.with_name(f"{final.name}.old-{os.getpid()}")
                 backup.rename(kept)
-                warnings.warn(f"the old {final} came to hold more than frames while this run wrote ({others[0]}): "
-                              f"kept as {kept}", stacklevel=2)
+                warn(f"the old {final} came to hold more than frames while this run wrote ({others[0]}): "
+                     f"kept as {kept}")
             else:
                 shutil.rmtree(backup, ignore_errors=True)
             return

@@ -21,14 +21,13 @@ import importlib
 import io as pyio
 import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import av
 
-from unflicker.errors import OutputError
+from unflicker.errors import OutputError, warn
 from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, check_writable, other_entries
 from unflicker.io.media import SWS_MATRIX, VideoInfo
 
@@ -410,10 +409,10 @@ def check_output(input_path: str | os.PathLike, output_path: str | os.PathLike, 
         if plan.codec is not None and not is_folder_output(output):
             _check_encoder(plan, info, output)
         for line in plan.dropped:
-            warnings.warn(line, stacklevel=2)
+            warn(line)
         if crf is not None and plan.codec not in ("libx264", "libx265"):
             what = "a folder of frames" if plan.codec is None else f"{plan.codec} ({output.suffix or 'no extension'})"
-            warnings.warn(f"--crf {crf} is for H.264 and H.265 outputs; {what} takes none: ignored", stacklevel=2)
+            warn(f"--crf {crf} is for H.264 and H.265 outputs; {what} takes none: ignored")
     return output
 
 

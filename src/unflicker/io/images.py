@@ -14,7 +14,6 @@ OpenEXR support needs OPENCV_IO_ENABLE_OPENEXR set before cv2 is imported (a pro
 from __future__ import annotations
 
 import struct
-import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import av
 import cv2
 import numpy as np
 
-from unflicker.errors import InputError, OutputError
+from unflicker.errors import InputError, OutputError, warn
 from unflicker.io.common import from_float, narrow, to_depth, widen
 from unflicker.io.media import format_facts
 
@@ -203,8 +202,8 @@ def _read_pyav_image(path: Path) -> tuple[np.ndarray, np.ndarray | None, ImageFa
         if np.isnan(linear).any():  # clipping keeps NaN, which crashes the methods
             raise InputError(f"OpenEXR frame {path} holds NaN values")
         if linear.max(initial=0.0) > 1.0 or linear.min(initial=0.0) < 0.0:
-            warnings.warn(f"{path.parent.name}: OpenEXR values outside 0..1 (highlights above 1.0 or negatives) "
-                          f"are clipped: the deflicker works on display-referred values", stacklevel=4)
+            warn(f"{path.parent.name}: OpenEXR values outside 0..1 (highlights above 1.0 or negatives) "
+                 f"are clipped: the deflicker works on display-referred values")
         alpha = np.clip(planes[-1], 0.0, 1.0) if has_alpha else None
         return srgb_encode(linear), alpha, ImageFacts(name, bits, grey, has_alpha, linear=True)
     if bits in (10, 12) and name.endswith("le") and (name.startswith("gbr") or name.startswith("gray")):

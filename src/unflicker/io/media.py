@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import warnings
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+
+from unflicker.errors import warn
 
 UNSPECIFIED = 2  # AVCOL_PRI/TRC/SPC_UNSPECIFIED
 PRIMARIES = {1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film", 9: "bt2020",
@@ -309,7 +310,7 @@ def stream_facts(path: Path, container, stream) -> dict:
                 timecode=timecode, uncarried_side_data=tuple(dict.fromkeys(first.get("uncarried_side_data", []))),
                 **tags)
     if order in ("tt", "bb", "tb", "bt"):
-        warnings.warn(f"{path.name} is interlaced ({order} field first): each frame is deflickered as one "
-                      f"picture, fields together, and written progressive; deinterlace it first for the best "
-                      f"result", stacklevel=3)
+        warn(f"{path.name} is interlaced ({order} field first): each frame is deflickered as one "
+             f"picture, fields together, and written progressive; deinterlace it first for the best "
+             f"result")
     return info
