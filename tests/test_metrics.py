@@ -271,3 +271,23 @@ def test_evaluator_reports_the_new_metrics_held_or_streamed(tmp_path, clip, flic
     assert same["paper_warp_error"] < 0.2 * held["paper_warp_error"]
     text = evaluation.format_report(held)
     assert "paper_warp_error" in text and "x1e-3" in text.split("paper_warp_error")[1].splitlines()[0]
+
+
+def test_uint8_uint16_and_float_frames_of_one_picture_score_the_same(clip, flickering):
+    """uint16 frames are scaled by 65535 (as io.to_float), not taken as values up to 65535: every
+    metric gives a picture the same score at 8 bits, 16 bits and as float."""
+    def at(depth, x):
+        return x.astype(np.float32) if depth is None else np.round(x * np.iinfo(depth).max).astype(depth)
+
+    # Pictures exact at 8 bits are exact at 16 (65535 = 257 x 255), so the three scores are equal.
+    ref, res = (np.round(x[:5] * 255) / 255 for x in (clip, flickering))
+    scores = {}
+    for depth in (None, np.uint8, np.uint16):
+        r, o = at(depth, ref), at(depth, res)
+        scores[depth] = [warp_error(o, r), warp_error(o, r, against_first=True), paper_warp_error(o, r),
+                         *ReferenceFlows.compute(r).scores(o), flicker_index(o)["luma"], detail_ratio(o, r),
+                         laplacian_energy(o[0], like=r[0]), sequence_psnr(o, r), sequence_ssim(o, r),
+                         psnr(o[0], r[0]), ssim(o[0], r[0])]
+    assert 0 < scores[None][0] < 0.1 and 0 < scores[None][-2] < 60
+    for depth in (np.uint8, np.uint16):
+        assert scores[depth] == pytest.approx(scores[None], rel=1e-4), depth

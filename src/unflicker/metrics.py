@@ -1,7 +1,8 @@
 """Evaluation metrics: warping error (Lai et al. ECCV 2018), the All-In-One deflicker paper's
 warping error (Lei et al. CVPR 2023), flicker index, a detail (sharpness) ratio, PSNR and SSIM.
 
-A frame is (H, W, 3) RGB float32 in [0, 1] (uint8 accepted); a sequence is any iterable of
+A frame is (H, W, 3) RGB float32 in [0, 1] (uint8 and uint16 accepted, scaled by 255 and 65535 as
+io.to_float does, so a picture scores the same at any depth); a sequence is any iterable of
 frames (a generator streams: only a few frames are held) or a (T, H, W, 3) array.
 """
 
@@ -31,12 +32,25 @@ SSIM_MIN_SIDE = 11
 FLICKER_TREND_RADIUS = 3
 
 
+def _unit(x) -> np.ndarray:
+    """uint16 -> float32 in [0, 1] (by 65535, as io.to_float); any other array as it is."""
+    x = np.asarray(x)
+    if x.dtype == np.uint16:
+        return np.multiply(x, np.float32(1.0 / 65535.0), dtype=np.float32)
+    return x
+
+
+def _rgb(frame, what: str) -> np.ndarray:
+    """float_rgb that also scales uint16 frames to [0, 1] (float_rgb takes their values as they are)."""
+    return float_rgb(_unit(frame), what, allow_empty=True)
+
+
 def _image(x: np.ndarray) -> np.ndarray:
-    """(H, W) or (H, W, C) uint8 or float in [0, 1] -> float64 (H, W, C) in [0, 1]."""
+    """(H, W) or (H, W, C) uint8, uint16 or float in [0, 1] -> float64 (H, W, C) in [0, 1]."""
     x = np.asarray(x)
     if x.ndim not in (2, 3):
         raise InputError(f"expected an image of shape (H, W) or (H, W, C), got {x.shape}")
-    x = x.astype(np.float64) / 255.0 if x.dtype == np.uint8 else x.astype(np.float64)
+    x = x.astype(np.float64) / {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(x.dtype, 1.0)
     return x[..., None] if x.ndim == 2 else x
 
 
@@ -140,7 +154,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for x in reference:
-                x = float_rgb(x, "a reference frame", allow_empty=True)
+                x = _rgb(x, "a reference frame")
                 if shapes and x.shape != shapes[0]:
                     raise InputError(f"reference frames differ in size: {shapes[0]} vs {x.shape}")
                 shapes.append(x.shape)
@@ -169,7 +183,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for _, x in _zip_equal(range(self.n_frames), result, "result and reference"):
-                x = float_rgb(x, "a result frame", allow_empty=True)
+                x = _rgb(x, "a result frame")
                 if x.shape != self.full_shape:
                     raise InputError(f"result frame {x.shape} does not match reference {self.full_shape}")
                 yield _resize(x, self.size)
@@ -204,7 +218,7 @@ def warp_error(
     def both() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         nonlocal size
         for r, o in _zip_equal(reference, result, "result and reference"):
-            r, o = float_rgb(r, "a reference frame", allow_empty=True), float_rgb(o, "a result frame", allow_empty=True)
+            r, o = _rgb(r, "a reference frame"), _rgb(o, "a result frame")
             if r.shape != o.shape:
                 raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
             size = size or _work_size(r.shape, max_side)
@@ -236,7 +250,7 @@ def paper_warp_error(
     result, reference: sequences of (H, W, 3) frames in [0, 1]; both are read into memory.
     Returns: the raw value (multiply by WARP_ERROR_SCALE to report in units of 1e-3); 0.0 for one frame.
     """
-    reference = [float_rgb(x, "a reference frame", allow_empty=True) for x in reference]
+    reference = [_rgb(x, "a reference frame") for x in reference]
     result = list(result)
     if not reference:
         raise InputError("the sequences are empty")
@@ -255,9 +269,9 @@ def laplacian_energy(frame: np.ndarray, like: np.ndarray | None = None) -> float
     like: when given, the luma is first contrast matched to it (an affine map giving it `like`'s
     luma mean and standard deviation), so a global gain or contrast change does not count as detail.
     """
-    y = _luma(float_rgb(frame, "a frame", allow_empty=True))
+    y = _luma(_rgb(frame, "a frame"))
     if like is not None:
-        ref = _luma(float_rgb(like, "a frame", allow_empty=True))
+        ref = _luma(_rgb(like, "a frame"))
         if ref.shape != y.shape:
             raise InputError(f"frames differ in size: {y.shape} vs {ref.shape}")
         sd = float(y.std())
@@ -279,7 +293,7 @@ def detail_ratio(result: Iterable[np.ndarray], reference: Iterable[np.ndarray], 
     num = den = 0.0
     size = None
     for o, r in _zip_equal(result, reference, "result and reference"):
-        o, r = float_rgb(o, "a result frame", allow_empty=True), float_rgb(r, "a reference frame", allow_empty=True)
+        o, r = _rgb(o, "a result frame"), _rgb(r, "a reference frame")
         if o.shape != r.shape:
             raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
         size = size or _work_size(r.shape, max_side)
@@ -302,7 +316,7 @@ def flicker_index(frames: Iterable[np.ndarray]) -> dict[str, float]:
     Note: a strict period-2 alternation has its median at the opposite level, so its index is
     twice the raw jump. Returns: {"luma", "r", "g", "b"} -> float.
     """
-    means = [float_rgb(x, "frame", allow_empty=True).reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
+    means = [_rgb(x, "frame").reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
     if not means:
         raise InputError("the sequence is empty")
     rgb = np.array(means)  # (T, 3)
