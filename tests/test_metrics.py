@@ -291,3 +291,13 @@ def test_uint8_uint16_and_float_frames_of_one_picture_score_the_same(clip, flick
     assert 0 < scores[None][0] < 0.1 and 0 < scores[None][-2] < 60
     for depth in (np.uint8, np.uint16):
         assert scores[depth] == pytest.approx(scores[None], rel=1e-4), depth
+
+
+def test_frames_of_different_sizes_within_a_sequence_are_refused(clip):
+    """warp_error and detail_ratio resized a frame of another size to the first frame's and scored it; the
+    reference flows (and paper_warp_error) refuse such a sequence, and so do they now."""
+    mixed = [clip[0], clip[1][:48], clip[2]]  # the second frame is cut to 48 rows, in result and reference alike
+    for score in (warp_error, detail_ratio, paper_warp_error, lambda o, r: ReferenceFlows.compute(r),
+                  lambda o, r: warp_error(o, r, max_side=32), lambda o, r: detail_ratio(o, r, max_side=32)):
+        with pytest.raises(InputError, match="differ in size"):
+            score(mixed, mixed)

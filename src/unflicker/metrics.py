@@ -214,13 +214,17 @@ def warp_error(
     Returns: the raw value (multiply by WARP_ERROR_SCALE to report in units of 1e-3).
     """
     size: tuple[int, int] | None = None
+    first: tuple[int, ...] | None = None
 
     def both() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        nonlocal size
+        nonlocal size, first
         for r, o in _zip_equal(reference, result, "result and reference"):
             r, o = _rgb(r, "a reference frame"), _rgb(o, "a result frame")
             if r.shape != o.shape:
                 raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
+            first = first or r.shape
+            if r.shape != first:  # a frame of another size would be resized to the first's and scored
+                raise InputError(f"reference frames differ in size: {first} vs {r.shape}")
             size = size or _work_size(r.shape, max_side)
             yield _resize(r, size), _resize(o, size)
 
@@ -291,11 +295,14 @@ def detail_ratio(result: Iterable[np.ndarray], reference: Iterable[np.ndarray], 
     max_side: downsample both (area) first, as the other metrics do.
     """
     num = den = 0.0
-    size = None
+    size = first = None
     for o, r in _zip_equal(result, reference, "result and reference"):
         o, r = _rgb(o, "a result frame"), _rgb(r, "a reference frame")
         if o.shape != r.shape:
             raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
+        first = first or r.shape
+        if r.shape != first:  # a frame of another size would be resized to the first's and scored
+            raise InputError(f"reference frames differ in size: {first} vs {r.shape}")
         size = size or _work_size(r.shape, max_side)
         o, r = _resize(o, size), _resize(r, size)
         num += laplacian_energy(o, like=r)
