@@ -244,3 +244,16 @@ def test_consistency_mask_terms_are_lai_et_al_s_formula_bit_for_bit():
     bw = -fw + rng.normal(0, 0.1, fw.shape)
     mask = consistency_mask(fw, bw)
     assert 0.2 < mask.mean() < 0.8 and np.array_equal(mask, consistency_mask(fw.astype(np.float32), bw.astype(np.float32)))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_uint16_frames_give_the_flow_of_their_float_values(normalize):
+    """uint16 frames are scaled by 65535 like uint8 ones by 255: plain luma clipped them to white (no flow at
+    all) and the normalised image lost its near-black floor."""
+    a, b = shifted_pair(2.5, -1.25)
+    a, b = (np.round(x * 255) / 255 for x in (a, b))  # exact at 8 and 16 bits
+    as_float = compute_flow(a, b, normalize=normalize)
+    assert np.median(np.abs(interior(as_float) - np.float32([2.5, -1.25]))) < 0.1
+    for depth in (np.uint8, np.uint16):
+        ints = (np.round(x * np.iinfo(depth).max).astype(depth) for x in (a, b))
+        assert np.abs(compute_flow(*ints, normalize=normalize) - as_float).max() < 1e-3, depth

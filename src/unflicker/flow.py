@@ -1,7 +1,7 @@
 """Optical flow (OpenCV DIS) on flicker-normalised frames, backward warping, occlusion masks.
 
 Layouts used throughout:
-  frame: (H, W, 3) RGB float32 in [0, 1] (uint8 accepted), or (H, W) gray;
+  frame: (H, W, 3) RGB float32 in [0, 1] (uint8 and uint16 accepted), or (H, W) gray;
   flow:  (H, W, 2) float32 in pixels, x first; flow_fw(a->b)[y, x] = (dx, dy) means pixel
          (x, y) of frame a moves to (x + dx, y + dy) in frame b.
 """
@@ -37,13 +37,13 @@ def _dis(preset: str) -> cv2.DISOpticalFlow:
 
 
 def _luma(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) or (H, W), uint8 or float in [0, 1] -> (H, W) float32 luma in [0, 1]."""
+    """(H, W, 3) or (H, W), uint8, uint16 or float in [0, 1] -> (H, W) float32 luma in [0, 1]."""
     frame = np.asarray(frame)
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[..., 0]
     if not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)):
         raise InputError(f"expected a frame of shape (H, W, 3) or (H, W), got {frame.shape}")
-    scale = 1.0 / 255.0 if frame.dtype == np.uint8 else 1.0
+    scale = {np.dtype(np.uint8): 1.0 / 255.0, np.dtype(np.uint16): 1.0 / 65535.0}.get(frame.dtype, 1.0)
     frame = frame.astype(np.float32) * np.float32(scale)
     return frame @ LUMA_WEIGHTS if frame.ndim == 3 else frame
 
