@@ -164,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="sequence the optical flow is computed on (the clean original if any, else the input)")
     evaluate.add_argument("--ground-truth", type=Path, help="flicker-free ground truth for PSNR/SSIM")
     evaluate.add_argument("--long-term", type=int, default=5, metavar="K", help="also compare frame t with t+K")
-    evaluate.add_argument("--max-side", type=int, default=480, help="score at this longer side (default 480)")
+    evaluate.add_argument("--max-side", type=int, default=480,
+                          help="compute the warping errors and detail at this longer side (default 480; PSNR, SSIM "
+                               "and the flicker index at full size)")
     evaluate.add_argument("--json", action="store_true",
                           help="print JSON instead of text (an infinite score, the PSNR of identical frames, is null)")
 
