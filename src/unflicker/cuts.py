@@ -53,8 +53,6 @@ def thumbnail(frame: np.ndarray, max_side: int = 64) -> np.ndarray:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             source = frame if frame.dtype in (np.uint8, np.uint16, np.float32) else frame.astype(np.float32)
             frame = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
-    if frame.dtype == np.uint16:
-        return frame.astype(np.float32) * np.float32(1 / 65535)
     return float_rgb(frame)
 
 

@@ -12,7 +12,8 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def float_rgb(frame, what: str = "a frame", *, array_like: bool = True, allow_empty: bool = False) -> np.ndarray:
-    """(H, W, 3) uint8 or float in [0, 1] -> (H, W, 3) float32 in [0, 1] (no copy if already float32).
+    """(H, W, 3) uint8, uint16 or float in [0, 1] -> (H, W, 3) float32 in [0, 1] (no copy if already float32;
+    uint16 scaled by 65535 as io.to_float does).
 
     what: how the error message names the argument ("a frame", "an image", ...).
     array_like: accept anything np.asarray turns into such an array; False accepts only ndarrays.
@@ -26,6 +27,8 @@ def float_rgb(frame, what: str = "a frame", *, array_like: bool = True, allow_em
         raise InputError(f"expected {what} of shape (H, W, 3), got {getattr(frame, 'shape', type(frame))}")
     if frame.dtype == np.uint8:
         return frame.astype(np.float32) / np.float32(255.0)
+    if frame.dtype == np.uint16:
+        return np.multiply(frame, np.float32(1.0 / 65535.0), dtype=np.float32)
     return frame.astype(np.float32, copy=False)
 
 

@@ -32,19 +32,6 @@ SSIM_MIN_SIDE = 11
 FLICKER_TREND_RADIUS = 3
 
 
-def _unit(x) -> np.ndarray:
-    """uint16 -> float32 in [0, 1] (by 65535, as io.to_float); any other array as it is."""
-    x = np.asarray(x)
-    if x.dtype == np.uint16:
-        return np.multiply(x, np.float32(1.0 / 65535.0), dtype=np.float32)
-    return x
-
-
-def _rgb(frame, what: str) -> np.ndarray:
-    """float_rgb that also scales uint16 frames to [0, 1] (float_rgb takes their values as they are)."""
-    return float_rgb(_unit(frame), what, allow_empty=True)
-
-
 def _image(x: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, C) uint8, uint16 or float in [0, 1] -> float64 (H, W, C) in [0, 1]."""
     x = np.asarray(x)
@@ -154,7 +141,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for x in reference:
-                x = _rgb(x, "a reference frame")
+                x = float_rgb(x, "a reference frame", allow_empty=True)
                 if shapes and x.shape != shapes[0]:
                     raise InputError(f"reference frames differ in size: {shapes[0]} vs {x.shape}")
                 shapes.append(x.shape)
@@ -183,7 +170,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for _, x in _zip_equal(range(self.n_frames), result, "result and reference"):
-                x = _rgb(x, "a result frame")
+                x = float_rgb(x, "a result frame", allow_empty=True)
                 if x.shape != self.full_shape:
                     raise InputError(f"result frame {x.shape} does not match reference {self.full_shape}")
                 yield _resize(x, self.size)
@@ -219,7 +206,7 @@ def warp_error(
     def both() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         nonlocal size, first
         for r, o in _zip_equal(reference, result, "result and reference"):
-            r, o = _rgb(r, "a reference frame"), _rgb(o, "a result frame")
+            r, o = float_rgb(r, "a reference frame", allow_empty=True), float_rgb(o, "a result frame", allow_empty=True)
             if r.shape != o.shape:
                 raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
             first = first or r.shape
@@ -254,7 +241,7 @@ def paper_warp_error(
     result, reference: sequences of (H, W, 3) frames in [0, 1]; both are read into memory.
     Returns: the raw value (multiply by WARP_ERROR_SCALE to report in units of 1e-3); 0.0 for one frame.
     """
-    reference = [_rgb(x, "a reference frame") for x in reference]
+    reference = [float_rgb(x, "a reference frame", allow_empty=True) for x in reference]
     result = list(result)
     if not reference:
         raise InputError("the sequences are empty")
@@ -273,9 +260,9 @@ def laplacian_energy(frame: np.ndarray, like: np.ndarray | None = None) -> float
     like: when given, the luma is first contrast matched to it (an affine map giving it `like`'s
     luma mean and standard deviation), so a global gain or contrast change does not count as detail.
     """
-    y = _luma(_rgb(frame, "a frame"))
+    y = _luma(float_rgb(frame, "a frame", allow_empty=True))
     if like is not None:
-        ref = _luma(_rgb(like, "a frame"))
+        ref = _luma(float_rgb(like, "a frame", allow_empty=True))
         if ref.shape != y.shape:
             raise InputError(f"frames differ in size: {y.shape} vs {ref.shape}")
         sd = float(y.std())
@@ -297,7 +284,7 @@ def detail_ratio(result: Iterable[np.ndarray], reference: Iterable[np.ndarray], 
     num = den = 0.0
     size = first = None
     for o, r in _zip_equal(result, reference, "result and reference"):
-        o, r = _rgb(o, "a result frame"), _rgb(r, "a reference frame")
+        o, r = float_rgb(o, "a result frame", allow_empty=True), float_rgb(r, "a reference frame", allow_empty=True)
         if o.shape != r.shape:
             raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
         first = first or r.shape
@@ -322,9 +309,10 @@ def flicker_index(frames: Iterable[np.ndarray]) -> dict[str, float]:
     (0.01 = 1 % of full scale, about 2.55 grey levels in 8 bit); 0.0 for a single frame.
     Note: a strict period-2 alternation has its median at the opposite level, so its index tends to
     twice the raw jump; the ends' padding lowers it on short clips (0.057 for jumps of 0.05 over 8 frames,
-    0.097 over 100). Two frames always score 0 (the padding continues them as a line). Returns: {"luma", "r", "g", "b"} -> float.
+    0.097 over 100). Two frames always score 0 (the padding continues them as a line).
+    Returns: {"luma", "r", "g", "b"} -> float.
     """
-    means = [_rgb(x, "frame").reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
+    means = [float_rgb(x, "frame", allow_empty=True).reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
     if not means:
         raise InputError("the sequence is empty")
     rgb = np.array(means)  # (T, 3)
