@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from unflicker import bars, io
 from unflicker.config import RunConfig
 from unflicker.errors import InputError, OutputError, UnflickerError, warn
@@ -159,14 +158,13 @@ def run_batch(source: Path, out_dir: Path, config: RunConfig | None = None) -> l
         raise InputError("--compare, --plot and --stop-after apply to `unflicker run` only")
     config.check()
     out_dir = Path(out_dir)
-    if Path(source).is_dir() and Path(source).resolve() == out_dir.resolve():
-        raise OutputError(f"the output folder {out_dir} is the input folder: choose another")
-    # Its jobs/ would be scanned as inputs by a rerun (a work folder inside the input folder is left out below).
-    if config.keep_work is not None and Path(source).is_dir() and \
-            Path(source).resolve() == Path(config.keep_work).resolve():
-        raise OutputError(f"the work folder {config.keep_work} is the input folder: choose another")
-    own = [out_dir] if config.keep_work is None else [out_dir, Path(config.keep_work)]
-    inputs = find_inputs(source, skip={folder.resolve() for folder in own})
+    # The batch's own folders: the input folder itself is refused (a work folder's jobs/ would be scanned as
+    # inputs by a rerun); inside it they are left out of the scan.
+    own = {"output": out_dir} if config.keep_work is None else {"output": out_dir, "work": Path(config.keep_work)}
+    for what, folder in own.items():
+        if Path(source).is_dir() and Path(source).resolve() == folder.resolve():
+            raise OutputError(f"the {what} folder {folder} is the input folder: choose another")
+    inputs = find_inputs(source, skip={folder.resolve() for folder in own.values()})
     if not inputs:
         raise InputError(f"no videos or frame folders in {source}")
     writable_folder(out_dir, "the output folder")  # its summary is written there too
@@ -235,8 +233,8 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
         # header now (io.frame_estimate: no demux; a job's own count corrects it when it ends; an input that
         # cannot be read counts none: it fails when its turn comes).
         expected = {job.batch_index: io.frame_estimate(job.input_path) for job in jobs} if config.progress else {}
-        bar = bars.bar(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress, leave=False,
-                   dynamic_ncols=True)
+        bar = bars.bar(total=sum(expected.values()), desc="batch", unit="frame", disable=not config.progress,
+                       leave=False, dynamic_ncols=True)
 
         def finished(job: Job) -> None:
             item = items[job.batch_index]

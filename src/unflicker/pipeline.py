@@ -326,8 +326,7 @@ class Job:
                 if self.write_output else None
             if self.output is not None and self.output.suffix.lower() in io.IMAGE_EXTENSIONS and \
                     not self.output.is_dir():
-                warn(f"{self.output.name} is made a folder: the frames are written into it as image "
-                     f"files")
+                warn(f"{self.output.name} is made a folder: the frames are written into it as image files")
             self._check_extras()
             self._check_input(info)
         self.spec = method_spec(config)
@@ -384,7 +383,7 @@ class Job:
 
     def _bar(self, total: int, desc: str) -> tqdm:
         bar = bars.bar(total=total, desc=desc, unit="frame", disable=not self.config.progress, leave=False,
-                   dynamic_ncols=True)
+                       dynamic_ncols=True)
         self._bars.append(bar)
         return bar
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from unflicker import io
+from unflicker import bars, io
 from unflicker.config import EngineConfig
 from unflicker.errors import Terminated, UnflickerError, sigterm_as_interrupt
 from unflicker.pipeline import RunConfig, deflicker_file
@@ -52,7 +51,7 @@ def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Pat
     start = min(max(centre - count // 2, 0), info.frame_count - count)
     folder.mkdir()
     name = None
-    with closing(io.read_frames(input_path, info)) as frames, tqdm(total=count, desc="cut", unit="frame") as bar:
+    with closing(io.read_frames(input_path, info)) as frames, bars.bar(total=count, desc="cut", unit="frame") as bar:
         for frame in frames:
             if frame.index >= start + count:
                 break
