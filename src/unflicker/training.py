@@ -53,6 +53,15 @@ def check_run_numbers(config) -> None:
             raise InputError(f"{name} must be >= 0, got {getattr(config, name)}")
 
 
+def check_loss_weights(config, *names: str) -> None:
+    """InputError unless each of the config's loss weights `names` is a number >= 0 (NaN trains NaN weights or
+    counts as 0; a negative weight rewards the error it weighs)."""
+    for name in names:
+        value = getattr(config, name)
+        if not (math.isfinite(value) and value >= 0):
+            raise InputError(f"{name} must be a number >= 0, got {value}")
+
+
 def run_control(args: argparse.Namespace) -> dict:
     """The shared run options parsed by `add_run_control_args`, as config fields."""
     return {**{name: getattr(args, name) for name in _RUN_CONTROL}, "resume": not args.no_resume}

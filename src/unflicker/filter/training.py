@@ -27,9 +27,10 @@ from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
 from unflicker.filter.network import PRIORS, FilterNetConfig, FilterUNet, apply_coefficients
-from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
-                                check_finite, checkpoint_to_resume, config_record, cosine_lr, interrupted, nothing_to_do,
-                                open_log, report_step, run_control, run_folder, save_checkpoint, shared_data, write_error)
+from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers, check_finite,
+                                check_loss_weights, checkpoint_to_resume, config_record, cosine_lr, interrupted,
+                                nothing_to_do, open_log, report_step, run_control, run_folder, save_checkpoint,
+                                shared_data, write_error)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -238,9 +239,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
     for name in ("crop", "batch", "val_images"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
-    # NaN was taken as 0; a negative weight rewards errors in the edges.
-    if not (math.isfinite(config.grad_weight) and config.grad_weight >= 0):
-        raise InputError(f"grad_weight must be a number >= 0, got {config.grad_weight}")
+    check_loss_weights(config, "grad_weight")
     # Above 1 the net trains on upscaled crops, as inference never runs it (and a large value runs out of memory).
     if not (math.isfinite(config.net_scale) and 0 < config.net_scale <= 1):
         raise InputError(f"net_scale must be a number in (0, 1], got {config.net_scale}")

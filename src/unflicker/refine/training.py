@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -31,10 +30,10 @@ from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, loa
 from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
-from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers,
-                                check_finite, checkpoint_to_resume, config_record, cosine_lr, interrupted, make_folder,
-                                nothing_to_do, open_log, report_step, run_control, run_folder, save_checkpoint,
-                                shared_data, write_error)
+from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers, check_finite,
+                                check_loss_weights, checkpoint_to_resume, config_record, cosine_lr, interrupted,
+                                make_folder, nothing_to_do, open_log, report_step, run_control, run_folder,
+                                save_checkpoint, shared_data, write_error)
 
 
 @dataclass
@@ -220,9 +219,7 @@ def _check(config: RefineTrainConfig) -> None:
     for name in ("crop", "batch", "val_draws", "cache_side"):
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(config, name)}")
-    for name in ("fidelity_weight", "short_term_weight", "long_term_weight"):  # NaN trains NaN, < 0 rewards errors
-        if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
-            raise InputError(f"{name} must be a number >= 0, got {getattr(config, name)}")
+    check_loss_weights(config, "fidelity_weight", "short_term_weight", "long_term_weight")
     if config.max_frames < 0:  # was "no frames decoded from CLIP" once the folders were made
         raise InputError(f"max_frames must be >= 0 (0: all of each clip), got {config.max_frames}")
     if config.crop > config.cache_side:  # no cached clip can hold it (refused before any is decoded)
