@@ -22,6 +22,7 @@ import corpus
 import heldout
 from refined import cache_path, read_video
 from unflicker.anchor import AnchorConfig, SlowAppearanceAnchor
+from unflicker.carry import CarryConfig, DetailCarry
 from unflicker.gate import FineGate, GateConfig
 from unflicker.kinds import KindProbe
 from unflicker.metrics import PSNR_CAP
@@ -44,8 +45,18 @@ def v_previous(I, O, **_):
     return anchored(I, [model.project(I[t], O[t]) for t in range(len(I))])
 
 
+def carried(frames: np.ndarray, outputs: list[np.ndarray], config: CarryConfig, stats: dict) -> list[np.ndarray]:
+    """As a run's sweep after the anchor (segments._carried): carried in full, then taken the measured share."""
+    carry = DetailCarry(config)
+    if not config.on:
+        return outputs
+    full = [carry.apply(outputs[t], carry.motion(frames[t - 1], frames[t]) if t else None) for t in range(len(frames))]
+    stats.update(carry=carry.amount(), carry_efficiency=carry.efficiency)
+    return [carry.blend(o, c, carry.amount()) for o, c in zip(outputs, full)]
+
+
 def gated(config: GateConfig | None = None, projection: ProjectionConfig | None = None,
-          anchor: AnchorConfig | None = None):
+          anchor: AnchorConfig | None = None, carry: CarryConfig | None = None):
     """What a neural run computes after the refinement: projection, gate (unflicker.gate), anchor."""
     def run(I, O, stats, **_):
         model, gate, probe = FlickerModel(projection or ProjectionConfig()), FineGate(config), KindProbe()
@@ -63,12 +74,18 @@ def gated(config: GateConfig | None = None, projection: ProjectionConfig | None 
                      pumping=pumping)
         # as NeuralDeflicker.anchor_config
         segment_anchor = (anchor or AnchorConfig()).for_segment(gate.smoothness(), gate.strength(), pumping)
-        return anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
-                            for t in range(len(I))], segment_anchor)
+        outputs = anchored(I, [gate.apply(I[t], P[t], M[t].apply(I[t]) if gate.remainder_smoothness() > 0 else None, O[t])
+                               for t in range(len(I))], segment_anchor)
+        if carry is None:  # as NeuralDeflicker.carry_config
+            return outputs
+        return carried(I, outputs, carry.for_segment(gate.smoothness(), gate.strength()), stats)
     return run
 
 
 VARIANTS = {"paper": v_paper, "previous": v_previous, "default": gated(), "processed": gated(GateConfig(weight=1.0)),
+            # session 29: --carry-texture (session 18's fifth detail carry, opt-in), with auto and with --kind processed
+            "carry-texture": gated(carry=CarryConfig()),
+            "processed-carry-texture": gated(GateConfig(weight=1.0), carry=CarryConfig()),
             "physical": gated(GateConfig(weight=0.0)),
             "pixelwise": gated(GateConfig(smooth_blur=0.0)),
             "finegate": gated(GateConfig(fine_side=480, fine_every=4)),  # one pair in four (session 9, not taken: cost)
@@ -195,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                                                **evaluator.score(path), **stats}, base, floor)
                 with args.out.open("a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(heldout.format_row(row), {k: round(v, 4) for k, v in stats.items()}, flush=True)
+                print(heldout.format_row(row), {k: None if v is None else round(v, 4) for k, v in stats.items()}, flush=True)
     return 0
 
 

@@ -633,13 +633,18 @@ def test_what_flickers_is_a_setting_of_the_neural_method():
     assert "kind" not in run_options(parse_settings({"method": "classical", "kind": "film"}))
     with pytest.raises(InputError, match="what flickers"):
         parse_settings({"kind": "sunset"})
+    assert run_options(parse_settings({"carry_texture": True}))["carry_texture"] is True
+    assert "carry_texture" not in run_options(parse_settings({}))
+    assert "carry_texture" not in run_options(parse_settings({"method": "classical", "carry_texture": True}))
+    with pytest.raises(InputError, match="carry texture"):
+        parse_settings({"carry_texture": "yes"})
 
 
 @pytest.mark.parametrize("value", [{}, [], ["mp4"]])
 def test_a_setting_of_the_wrong_json_type_is_a_message_not_a_server_error(value):
     from unflicker.web.jobs import parse_settings
 
-    for name in ("method", "preset", "kind", "format", "strength", "keep_slow", "bit_depth"):
+    for name in ("method", "preset", "kind", "carry_texture", "format", "strength", "keep_slow", "bit_depth"):
         with pytest.raises(InputError):
             parse_settings({name: value})
 

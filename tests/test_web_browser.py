@@ -294,10 +294,14 @@ def test_a_job_the_server_no_longer_keeps_leaves_the_page(browser, tmp_path, cli
 def test_neural_fast_run_and_cancel(browser, server, clip):
     context, page = open_page(browser, server)
     upload(page, clip)
+    choose(page, "classical")
+    assert page.locator("#carrytexture").is_disabled()  # the neural method's, as --carry-texture
     choose(page, "neural", "fast")
+    page.check("#carrytexture")
     start = time.monotonic()
     card = run_and_wait(page, 90)
     print(f"\nneural fast run {time.monotonic() - start:.1f} s in the page")
+    assert "texture carried" in card.text_content()  # the run's settings, as the server took them
     stages = [s.text_content() for s in card.locator(".stage > span:first-child").all()]
     assert len(stages) >= 2 and stages[-1] == "Making the comparison", stages
     bars = card.locator(".stage progress").all()

@@ -82,6 +82,10 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "stylized, enhanced, AI) takes all of it; film, timelapse, mains take only the "
                              "smooth flicker model's correction (film: also the atlas's look across a segment, "
                              "so slow pumping goes too)")
+    parser.add_argument("--carry-texture", action="store_true",
+                        help="neural: also carry the finest texture along the motion, for frames processed one by "
+                             "one that draw their texture afresh (img2img, stylization); it also evens out sensor "
+                             "noise and film grain")
     parser.add_argument("--filter-weights", type=Path, metavar="FILE",
                         help="neural: the filter's weights (.safetensors with its .json beside it, e.g. from "
                              "`unflicker train-filter`); default: the shipped ones")
@@ -226,7 +230,8 @@ def _config(args, **extra):
     engine = EngineConfig(engine=args.engine, workers=args.workers, threads=args.threads,
                           ray_address=args.ray_address, shared_dir=args.shared_dir)
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
-                     projection=args.projection, keep_slow=args.keep_slow, kind=args.kind, strength=args.strength,
+                     projection=args.projection, keep_slow=args.keep_slow, kind=args.kind,
+                     carry_texture=args.carry_texture, strength=args.strength,
                      filter_weights=args.filter_weights, refine_weights=args.refine_weights,
                      overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
                      codec=args.codec, bit_depth=args.bit_depth,

@@ -292,6 +292,11 @@ class RunConfig:
     """neural: what flickers, one of KINDS: 'auto' (measured per segment), 'processed' (frames processed
     one by one: trust the networks' texture-level correction), 'film', 'timelapse' or 'mains'
     (physical flicker: only the smooth flicker model's correction; film also without the slow-look anchor)."""
+    carry_texture: bool = False
+    """neural: carry the finest texture along the motion after the anchor (unflicker.carry), for frames
+    processed one by one that draw their texture afresh (img2img, stylization); it also evens out sensor
+    noise and film grain, so no run does it unasked. Scaled per segment by the gate (none where a
+    segment is left as it is or its flicker is smooth physical light)."""
     filter_weights: Path | None = None
     """neural: the neural filter's weights file (e.g. from `unflicker train-filter`); None: the shipped ones."""
     refine_weights: Path | None = None
@@ -327,7 +332,8 @@ class RunConfig:
     def neural_options_set(self) -> bool:
         """Whether any option that only the neural method takes is given."""
         return bool(self.preset or self.stop_after or self.atlas or self.atlas_steps or self.keep_slow is not None
-                    or not self.projection or self.kind != "auto" or self.filter_weights or self.refine_weights)
+                    or not self.projection or self.kind != "auto" or self.carry_texture or self.filter_weights
+                    or self.refine_weights)
 
     def check(self) -> None:
         """Raise InputError / OutputError on options of the wrong type or that cannot work together."""
@@ -345,8 +351,8 @@ class RunConfig:
         if self.keep_slow is not None and not (0.0 <= self.keep_slow <= 50.0 or self.keep_slow == math.inf):
             raise InputError(f"--keep-slow must be in 0..50 frames or off, got {self.keep_slow}")
         if self.method not in (None, "neural") and self.neural_options_set:
-            raise InputError("--preset, --stop-after, --atlas, --atlas-steps, --keep-slow, --kind, --no-projection "
-                             "and the weights options apply to --method neural only")
+            raise InputError("--preset, --stop-after, --atlas, --atlas-steps, --keep-slow, --kind, --no-projection, "
+                             "--carry-texture and the weights options apply to --method neural only")
         if self.kind not in KINDS:
             raise InputError(f"unknown kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.stop_after is not None and self.stop_after not in NEURAL_STAGES:
@@ -456,6 +462,13 @@ def gate_config(config: RunConfig):
     return GateConfig(weight=1.0 if config.kind == "processed" else 0.0)
 
 
+def carry_config(config: RunConfig):
+    """The texture carry (unflicker.carry): only where asked for (--carry-texture)."""
+    from unflicker.carry import CarryConfig
+
+    return CarryConfig() if config.carry_texture else None
+
+
 def method_spec(config: RunConfig) -> MethodSpec:
     """The resolved method (config.method must be named, see resolve_method) and its config."""
     if config.method == "classical":
@@ -465,7 +478,7 @@ def method_spec(config: RunConfig) -> MethodSpec:
     from unflicker.neural import NeuralConfig
 
     neural = NeuralConfig(atlas=atlas_config(config), stop_after=config.stop_after, anchor=anchor_config(config),
-                          projection=projection_config(config), gate=gate_config(config),
+                          projection=projection_config(config), gate=gate_config(config), carry=carry_config(config),
                           filter_weights=None if config.filter_weights is None else str(config.filter_weights),
                           refine_weights=None if config.refine_weights is None else str(config.refine_weights))
     if not config.projection:

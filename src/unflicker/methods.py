@@ -4,7 +4,8 @@ A method sees one segment at a time (segments.run_segment): `analyze` once over 
 then `prepare(t, frame)` and `process(t, frame, prepared)` for t = 0, 1, ... in order (prepare may
 run one frame ahead on a second thread), then `settle(t, frame, output)` once for every t in a
 second sweep (possibly several frames at once, on threads of their own); the slow-look anchor it
-asks for with `anchor_config` runs on the settled frames, in order. Frames are (H, W, 3) float32 RGB
+asks for with `anchor_config` runs on the settled frames, in order, and the texture carry it asks for
+with `carry_config` on the anchored ones (a third sweep, in order). Frames are (H, W, 3) float32 RGB
 in [0, 1].
 """
 
@@ -17,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from unflicker.anchor import AnchorConfig
+from unflicker.carry import CarryConfig
 from unflicker.config import CLASSICAL_WORKER_MEMORY
 from unflicker.classical import ClassicalConfig, ClassicalDeflicker
 from unflicker.neural import NeuralDeflicker
@@ -72,6 +74,11 @@ class Method(Protocol):
         none); asked after the pass, so it may depend on what the method measured there."""
         ...
 
+    def carry_config(self, n_frames: int) -> CarryConfig:
+        """How much of the anchored outputs' finest texture is carried along the motion (unflicker.carry;
+        CarryConfig.off(): none); asked after the pass, like `anchor_config`."""
+        ...
+
     @staticmethod
     def fingerprint(config) -> dict:
         """JSON-able record of everything the output depends on beyond `config` (weights' digests),
@@ -116,6 +123,9 @@ class ClassicalMethod:
 
     def anchor_config(self, n_frames: int) -> AnchorConfig:
         return AnchorConfig.off()
+
+    def carry_config(self, n_frames: int) -> CarryConfig:
+        return CarryConfig.off()
 
     @staticmethod
     def fingerprint(config: ClassicalConfig) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 from unflicker import netfiles
 from unflicker.anchor import AnchorConfig
 from unflicker.atlas import AtlasConfig, atlas_size
+from unflicker.carry import CarryConfig
 from unflicker.config import MLP_ATLAS_MEMORY, NEURAL_STAGES, WORKER_MEMORY
 from unflicker.errors import InputError
 from unflicker.framestore import FrameStore
@@ -55,6 +56,9 @@ class NeuralConfig:
     (unflicker.gate); None: the projection alone. Needs the projection."""
     anchor: AnchorConfig | None = field(default_factory=AnchorConfig)
     """How much of the input's slow look is kept (unflicker.anchor); None: none, as in the paper."""
+    carry: CarryConfig | None = None
+    """How the finest texture is carried along the motion after the anchor (unflicker.carry;
+    `--carry-texture`); None: not at all (the default: it also evens out sensor noise and film grain)."""
     stop_after: str | None = None
     """Last stage to run: 'atlas', 'filter', 'refine' or 'project' (None: all)."""
     device: str = "cpu"
@@ -126,6 +130,17 @@ class NeuralDeflicker:
             return self.config.anchor.for_segment(0.0)
         features = self._kinds.features() or {}
         return self.config.anchor.for_segment(self._gate.smoothness(), self._gate.strength(), features.get("pumping"))
+
+    def carry_config(self, n_frames: int) -> CarryConfig:
+        """The texture carry after the anchor: off for runs stopped early and without a carry config; else
+        scaled for the segment as the anchor's detail part (the gate's strength and smoothness,
+        CarryConfig.for_segment)."""
+        if self.config.carry is None or self.config.stop_after is not None or n_frames < 2:
+            return CarryConfig.off()
+        self._measured()
+        if self._gate is None:
+            return self.config.carry.for_segment(0.0)
+        return self.config.carry.for_segment(self._gate.smoothness(), self._gate.strength())
 
     @staticmethod
     def fingerprint(config: NeuralConfig) -> dict:

@@ -134,8 +134,9 @@ class RunSummary:
             if physical:
                 found = "found, treated as physical flicker; " + \
                     ("" if clear else "frames processed one by one? try --kind processed; ")
-            kind = (f", kind {self.kind} ({found}fine correction weight {min(weights):.2f}"
-                    + (f"-{max(weights):.2f}" if max(weights) > min(weights) else "") + ")")
+            carried = [info["carry"] for info in self.segment_info if "carry" in info]
+            kind = (f", kind {self.kind} ({found}fine correction weight {_span(weights)}"
+                    + (f", texture carried {_span(carried)}" if carried else "") + ")")
         return (f"wrote {self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3"
@@ -145,6 +146,11 @@ class RunSummary:
     def work_note(self) -> str:
         """'; work kept: SIZE in FOLDER (...)' where --keep-work kept the job's segments, else ''."""
         return "" if self.work is None else kept_note(self.work, self.work_bytes)
+
+
+def _span(values: list[float]) -> str:
+    """'0.25' or '0.25-0.80': the range of per-segment values in a summary line."""
+    return f"{min(values):.2f}" + (f"-{max(values):.2f}" if max(values) > min(values) else "")
 
 
 def kept_note(folder: Path, size: int) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from unflicker.errors import InputError, OutputError
-from unflicker.framestore import FrameFile
+from unflicker.framestore import FrameFile, FrameStore
 from unflicker.lanes import Behind, ahead, each
 
 
@@ -322,6 +322,7 @@ class SegmentProgress:
         self._analysis = min(1.0, max(0.0, analysis_share))
         self._frames = max(1, frames)
         self._settled = 0
+        self._sweeps = 2
         self._lock = threading.Lock()
         self._last, self._last_time = 0.0, -math.inf
 
@@ -333,13 +334,19 @@ class SegmentProgress:
         """The pass has processed `frames` frames."""
         self._set(self._analysis + (1 - self._analysis) * self.PASS_SHARE * frames / self._frames)
 
+    def sweeps(self, count: int) -> None:
+        """The sweeps after the pass take `count` steps a frame (two: settled, then anchored; four with the
+        texture carry: carried, then blended); said before the first step."""
+        self._sweeps = max(1, count)
+
     def swept(self) -> None:
-        """One more step of the settling sweep: each frame takes two (settled, then anchored)."""
+        """One more step of the sweeps after the pass."""
         with self._lock:
             self._settled += 1
             steps = self._settled
         rest = 1 - self._analysis
-        self._set(self._analysis + rest * (self.PASS_SHARE + (1 - self.PASS_SHARE) * steps / (2 * self._frames)))
+        self._set(self._analysis + rest * (self.PASS_SHARE + (1 - self.PASS_SHARE) * steps
+                                           / (self._sweeps * self._frames)))
 
     def _set(self, fraction: float) -> None:
         if self._report is None:
@@ -350,6 +357,38 @@ class SegmentProgress:
                 return
             self._last, self._last_time = fraction, now
             self._report(min(1.0, fraction))
+
+
+def _carried(carry, frames, out, lanes: int, done: SegmentProgress) -> dict:
+    """The sweep after the anchor, where asked (`Method.carry_config`): each frame's output with its finest
+    texture carried from the one before along the motion, in order (a recursion) into a store of its own; then
+    every frame takes the share the segment's measurement gives (unflicker.carry). Returns the report's part."""
+    from unflicker.io import from_float
+
+    n = len(out)
+
+    def moving(i):  # frame i's flow from the inputs and its anchored output: one lane ahead
+        motion = carry.motion(_float(frames[i - 1]), _float(frames[i])) if i else None
+        return motion, _float(out[i])
+
+    carried = FrameStore(out.shape[1:], np.uint16)  # on disk, as the pass's own stores
+    try:
+        with closing(ahead(moving, n, lanes)) as carrying:
+            for i, (motion, output) in carrying:
+                carried.append(from_float(carry.apply(output, motion), 16))
+                done.swept()
+        amount = carry.amount()
+
+        def blended(i):
+            if amount > 0.0:
+                _store(out, i, carry.blend(_float(out[i]), _float(carried[i]), amount))
+            done.swept()
+
+        each(blended, ((i,) for i in range(n)), min(lanes, 2))
+    finally:
+        carried.close()
+    efficiency = carry.efficiency
+    return {"carry": round(amount, 4), "carry_efficiency": None if efficiency is None else round(efficiency, 4)}
 
 
 def file_error(task: SegmentTask, exc: OSError) -> OutputError:
@@ -369,6 +408,7 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
     """The one pass loop: analyse the span, process it frame by frame, settle, anchor, quantise.
     `progress(fraction)`: how much of the segment's work is done, as it goes (`SegmentProgress`)."""
     from unflicker.anchor import SlowAppearanceAnchor
+    from unflicker.carry import DetailCarry
     from unflicker.io import write_png
 
     start = time.perf_counter()
@@ -432,6 +472,8 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
                 done.swept()
 
             anchor = SlowAppearanceAnchor(method.anchor_config(n), [0])
+            carry = DetailCarry(method.carry_config(n))
+            done.sweeps(4 if carry.config.on else 2)
             # Settling needs no other frame's: with two lanes, two frames settle at once while this
             # thread measures them for the anchor (it was the sweep's slower side at 1080p); never
             # more than two (memory). The anchor's corrections come a window or a shot late (fades:
@@ -440,6 +482,8 @@ def run_segment(task: SegmentTask, progress: Callable[[float], None] | None = No
                 each(anchored, anchor.corrections((i, image, final) for i, (image, final) in settling),
                       min(task.lanes, 2))
             info = method.report()
+            if carry.config.on:
+                info = {**info, **_carried(carry, frames, out, task.lanes, done)}
         result: np.ndarray | Path = out
         if temp is not None:
             out.close()

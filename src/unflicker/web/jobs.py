@@ -55,8 +55,8 @@ FORMATS = {"mp4": OutputFormat(".mp4", "h264", "MP4 (H.264)"), "mkv": OutputForm
 BIT_DEPTHS = (8, 10, 16)
 """Output bits per sample the page offers; the setting "" (the default) keeps the input's, as far as the format
 holds it (`unflicker run` without --bit-depth)."""
-DEFAULTS = {"method": "neural", "preset": "balanced", "kind": "auto", "strength": 1.0, "keep_slow": "", "format": "mp4",
-            "bit_depth": ""}
+DEFAULTS = {"method": "neural", "preset": "balanced", "kind": "auto", "carry_texture": False, "strength": 1.0,
+            "keep_slow": "", "format": "mp4", "bit_depth": ""}
 """The CLI's defaults (`unflicker run` with no options), as the page shows them."""
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".mts", ".mxf",
                   ".gif", ".wmv", ".flv", ".3gp", ".y4m", ".zip"}
@@ -76,6 +76,8 @@ def parse_settings(form: dict) -> dict:
         raise InputError(f"preset must be one of {', '.join(PRESETS)}")
     if settings["kind"] not in KINDS:
         raise InputError(f"'what flickers' must be one of {', '.join(KINDS)}")
+    if not isinstance(settings["carry_texture"], bool):
+        raise InputError("'carry texture' must be true or false")
     if not isinstance(settings["format"], str) or settings["format"] not in FORMATS:  # a JSON list is unhashable
         raise InputError(f"output format must be one of {', '.join(FORMATS)}")
     try:
@@ -127,6 +129,8 @@ def run_options(settings: dict) -> dict:
     if settings["method"] == "neural":
         options["preset"] = settings["preset"]
         options["kind"] = settings["kind"]
+        if settings["carry_texture"]:
+            options["carry_texture"] = True
         if settings["keep_slow"]:
             options["keep_slow"] = math.inf if settings["keep_slow"] == "off" else float(settings["keep_slow"])
     return options
