@@ -134,9 +134,11 @@ class RunSummary:
             if physical:
                 found = "found, treated as physical flicker; " + \
                     ("" if clear else "frames processed one by one? try --kind processed; ")
-            carried = [info["carry"] for info in self.segment_info if "carry" in info]
+            # --carry-texture: how much each segment took (none where its gate found no flicker or smooth light)
+            asked = ((self.config or {}).get("neural") or {}).get("carry") is not None
+            carried = [info.get("carry", 0.0) for info in self.segment_info if "fine_weight" in info]
             kind = (f", kind {self.kind} ({found}fine correction weight {_span(weights)}"
-                    + (f", texture carried {_span(carried)}" if carried else "") + ")")
+                    + (f", texture carried {_span(carried)}" if asked else "") + ")")
         return (f"wrote {self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3"
