@@ -635,7 +635,7 @@ def test_api_takes_big_endian_frames():
 
 def test_api_unknown_stop_after_stage_fails_before_making_the_work_folder(tmp_path):
     source = write_pngs(tmp_path / "clip", list(clip(4)))
-    with pytest.raises(InputError, match="unknown stage 'atals' for --stop-after"):
+    with pytest.raises(InputError, match="unknown stage 'atals' for stop_after"):  # the keyword, not the CLI's flag
         unflicker.deflicker(source, stop_after="atals", keep_work=tmp_path / "work", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
 
@@ -1151,3 +1151,19 @@ def test_outputs_in_an_existing_read_only_folder_are_one_line(tmp_path, capsys, 
     assert f"cannot write in --out-dir {read_only_folder}" in err
     with pytest.raises(OutputError, match="cannot write in --work-dir"):
         Store(read_only_folder)
+
+
+def test_api_errors_name_the_keywords_the_cli_its_flags(tmp_path, capsys):
+    from unflicker.cli import main
+    from unflicker.config import EngineConfig
+
+    frames = clip(3)
+    with pytest.raises(InputError, match=r"^strength must be in 0\.\.1, got 2$"):
+        unflicker.deflicker(frames, strength=2, progress=False)
+    with pytest.raises(InputError, match=r"^engine\.workers must be at least 1"):
+        unflicker.deflicker(frames, engine=EngineConfig(workers=0), progress=False)
+    with pytest.raises(InputError, match=r"kind, projection=False, carry_texture .* apply to method='neural' only"):
+        unflicker.deflicker(frames, method="classical", kind="film", progress=False)
+    source = write_pngs(tmp_path / "clip", list(frames))
+    assert main(["run", str(source), "-o", str(tmp_path / "o.mkv"), "--strength", "2"]) != 0
+    assert "--strength must be in 0..1" in capsys.readouterr().err

@@ -128,8 +128,8 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     last axis is 1, 3 or 4 is taken for one frame and refused (pass frame[None]).
     output: for a path, where to write (video by extension, else a folder of PNG frames).
     method: 'neural' or 'classical' (None: neural, or classical for frames too small for it).
-    options: RunConfig fields: preset, atlas, atlas_steps, projection, keep_slow, kind, strength, filter_weights,
-    refine_weights, progress, segments, engine; for files also crf, codec, bit_depth, overwrite, keep_work,
+    options: RunConfig fields: preset, atlas, atlas_steps, projection, keep_slow, kind, carry_texture, strength,
+    filter_weights, refine_weights, progress, segments, engine; for files also crf, codec, bit_depth, overwrite, keep_work,
     stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
     config: a `unflicker.RunConfig` to start from (settings kept for several calls); `method` and `options`
     replace its fields. The nested settings are `unflicker.EngineConfig` and `unflicker.SegmentConfig`.
@@ -143,6 +143,39 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     Safe to call from any thread, and from several at once; engine ray: a run that starts Ray itself (ray.init)
     is one at a time, a second at once an InputError; runs share a Ray the program started first.
     """
+    try:
+        return _deflicker(frames_or_path, output, method, config, options)
+    except (InputError, OutputError) as exc:
+        raise type(exc)(_keyword_names(str(exc))) from None
+
+
+def _keyword_names(message: str) -> str:
+    """A settings error as the caller wrote the settings: the library's checks name the CLI's flags
+    (`--strength must be in 0..1`), a call names the keyword (`strength must be in 0..1`)."""
+    import re
+
+    def name(match: re.Match) -> str:
+        return _FLAG_KEYWORDS.get(match.group(0), match.group(0))
+
+    for flag, keyword in (("--method neural", "method='neural'"), ("--engine ray", "engine.engine='ray'")):
+        message = message.replace(flag, keyword)
+    return re.sub(r"(?<![\w/.-])--[a-z][a-z-]*", name, message)
+
+
+def _flag_keywords() -> dict[str, str]:
+    from unflicker.config import EngineConfig
+
+    flags = {f"--{f.name.replace('_', '-')}": f.name for f in dataclasses.fields(RunConfig)}
+    flags.update({f"--{f.name.replace('_', '-')}": f"engine.{f.name}" for f in dataclasses.fields(EngineConfig)})
+    flags.update({"--no-projection": "projection=False", "--segment-frames": "segments.frames",
+                  "--quiet": "progress=False"})
+    return flags
+
+
+_FLAG_KEYWORDS = _flag_keywords()
+
+
+def _deflicker(frames_or_path, output, method, config, options) -> RunSummary | np.ndarray:
     config = _config(method, options, config)
     if isinstance(frames_or_path, (str, bytes, os.PathLike)):
         path = _path(frames_or_path, "the input", InputError, ", an array or a list of frames")
