@@ -15,8 +15,8 @@ W the bicubic warp from frame t to t - 1 (DIS flow between consecutive *input* f
 flicker, as the anchor's), m_t the trust in the flow: Lai et al.'s consistency mask, inside the frame,
 and where the warped base G(O_{t-1}) matches G(O_t) (a Gaussian of their mean absolute difference,
 `tolerance`), times how fresh the region's detail is (`fresh_low`/`fresh_high`: where the band agrees
-with its predecessor's along the motion, carrying would only add the flow's errors). Averaging and resampling lower the band's finest energy, so D'_t is then scaled region
-by region (a gain in [1, `gain_limit`]) until the local energy of its Laplacian is D_t's again: the
+with its predecessor's along the motion, carrying would only add the flow's errors). Averaging and
+resampling lower the band's finest energy, so D'_t is then scaled region by region (a gain in [1, `gain_limit`]) until the local energy of its Laplacian is D_t's again: the
 amount of detail stays the frame's, its pattern follows the motion. The output is
 O_t + amount (D'_t - D_t).
 
@@ -240,7 +240,8 @@ class DetailCarry:
             if previous_base.shape != base.shape or flow.shape[:2] != base.shape[:2]:
                 raise InputError(f"carry: frame {output.shape}, its predecessor {previous_base.shape} and the flow "
                                  f"{flow.shape} differ in size")
-            mismatch = _channel_sum(np.abs(base - _warp_cubic(previous_base, flow))) * np.float32(1 / (3 * cfg.tolerance))
+            mismatch = _channel_sum(np.abs(base - _warp_cubic(previous_base, flow)))
+            mismatch *= np.float32(1 / (3 * cfg.tolerance))
             sigma = cfg.energy * side
             own = _warp_cubic(previous_band, flow)  # the predecessor's own band, along the motion
             trust = valid * np.exp(-np.square(mismatch)) * np.float32(cfg.factor) * self._freshness(band, own, sigma)
