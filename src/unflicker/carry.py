@@ -16,8 +16,9 @@ flicker, as the anchor's), m_t the trust in the flow: Lai et al.'s consistency m
 and where the warped base G(O_{t-1}) matches G(O_t) (a Gaussian of their mean absolute difference,
 `tolerance`), times how fresh the region's detail is (`fresh_low`/`fresh_high`: where the band agrees
 with its predecessor's along the motion, carrying would only add the flow's errors). Averaging and
-resampling lower the band's finest energy, so D'_t is then scaled region by region (a gain in [1, `gain_limit`]) until the local energy of its Laplacian is D_t's again: the
-amount of detail stays the frame's, its pattern follows the motion. The output is
+resampling lower the band's finest energy, so D'_t is then scaled region by region (a gain in
+[1, `gain_limit`]) until the local energy of its Laplacian is D_t's again: the amount of detail stays
+the frame's, its pattern follows the motion. The output is
 O_t + amount (D'_t - D_t).
 
 Where the detail already agreed along the motion, carrying it only adds the flow's errors (edges
