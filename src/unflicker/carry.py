@@ -32,7 +32,7 @@ detail was steady, and the carried frames are taken `amount` x ramp(r) of the wa
 Fresh texture from a per-frame process, a camera's sensor noise and film grain are the same signal
 here: the carry cannot tell them apart (session 29 tried a noise floor: they do not part by level or by
 spread), and grain is the film's own look. So no run carries by default: `--carry-texture` asks for it
-(videos processed frame by frame that draw their texture afresh: img2img, stylization), and the user
+(videos processed frame by frame that draw their texture afresh, as img2img does), and the user
 accepts that it also evens out sensor noise and grain. The gate still scales it per segment
 (`for_segment`): none where a segment is left as it is, none where its flicker is smooth physical
 light. The recursion restarts at a segment's first frame; segments are cross-faded.

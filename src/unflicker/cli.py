@@ -84,7 +84,7 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "so slow pumping goes too)")
     parser.add_argument("--carry-texture", action="store_true",
                         help="neural: also carry the finest texture along the motion, for frames processed one by "
-                             "one that draw their texture afresh (img2img, stylization); it also evens out sensor "
+                             "one that draw their texture afresh (img2img and the like); it also evens out sensor "
                              "noise and film grain")
     parser.add_argument("--filter-weights", type=Path, metavar="FILE",
                         help="neural: the filter's weights (.safetensors with its .json beside it, e.g. from "

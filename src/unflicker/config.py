@@ -294,7 +294,7 @@ class RunConfig:
     (physical flicker: only the smooth flicker model's correction; film also without the slow-look anchor)."""
     carry_texture: bool = False
     """neural: carry the finest texture along the motion after the anchor (unflicker.carry), for frames
-    processed one by one that draw their texture afresh (img2img, stylization); it also evens out sensor
+    processed one by one that draw their texture afresh (img2img and the like); it also evens out sensor
     noise and film grain, so no run does it unasked. Scaled per segment by the gate (none where a
     segment is left as it is or its flicker is smooth physical light)."""
     filter_weights: Path | None = None
