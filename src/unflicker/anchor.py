@@ -51,7 +51,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.frames import LUMA, luma as luma_of
+from unflicker.frames import LUMA, blur, luma as luma_of
 from unflicker.gate import ramp
 
 Tag = TypeVar("Tag")
@@ -242,22 +242,6 @@ def _shrunk(image: np.ndarray, limit: int, side=max) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _blur(image: np.ndarray, sigma: float, exact: float = 3.0) -> np.ndarray:
-    """Gaussian blur of sigma pixels (reflected borders). Above `exact` pixels it runs on a copy shrunk
-    by the largest power of two f that leaves at least 1.5 pixels of sigma there (area averaged), with
-    the rest of the blur, then enlarged bilinearly: a wide blur of a large frame costs a small one's."""
-    factor = 1
-    while sigma / (2 * factor) >= 1.5:
-        factor *= 2
-    if sigma <= exact or factor == 1:
-        return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-    h, w = image.shape[:2]
-    small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
-    rest = math.sqrt(max(sigma**2 - (factor**2 - 1) / 12, 0.25)) / factor  # area averaging blurred by about (f^2 - 1) / 12
-    small = cv2.GaussianBlur(small, (0, 0), rest, borderType=cv2.BORDER_REFLECT)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
-
-
 def _coarse(image: np.ndarray, rows: int) -> np.ndarray:
     h, w = image.shape[:2]
     if rows >= h:
@@ -338,15 +322,15 @@ class SlowAppearanceAnchor:
         cfg = self.config
         luma = luma_of(_shrunk(output, cfg.detail_side, min))
         side = min(luma.shape)
-        blurs = [luma] + [_blur(luma, band * side) for band in cfg.detail_bands]
+        blurs = [luma] + [blur(luma, band * side) for band in cfg.detail_bands]
         cell = cfg.detail_cell * side
-        level = _blur(luma, cell) + np.float32(cfg.detail_dark)
+        level = blur(luma, cell) + np.float32(cfg.detail_dark)
         level *= level
         size = (grid[1], grid[0])
         energies = []
         for k in range(len(cfg.detail_bands)):
             band = blurs[k] - blurs[k + 1]
-            energy = _blur(band * band, cell) + np.float32(cfg.detail_floor)
+            energy = blur(band * band, cell) + np.float32(cfg.detail_floor)
             energies.append(cv2.resize(energy / level, size, interpolation=cv2.INTER_AREA))
         small = np.nan_to_num(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), nan=0.0, posinf=1.0, neginf=0.0)
         return _DetailFrame(np.stack(energies, -1).reshape(grid[0], grid[1], -1), small)
@@ -404,7 +388,7 @@ class SlowAppearanceAnchor:
         detail = None
         previous = luma
         for k in range(max(k for k, c in enumerate(changing) if c) + 1):  # no blur past the last band scaled
-            blurred = _blur(luma, bands[k] * side)
+            blurred = blur(luma, bands[k] * side)
             if changing[k]:
                 # OpenCV's float32 arithmetic in place: the same sums as NumPy's without its temporaries.
                 scaled = cv2.subtract(_upsample(np.ascontiguousarray(gains[..., k]), luma.shape), 1.0)

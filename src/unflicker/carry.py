@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.frames import blur
 
 
 @dataclass
@@ -138,9 +139,10 @@ def _channel_sum(x: np.ndarray) -> np.ndarray:
 
 
 def _local_energy(band: np.ndarray, sigma: float) -> np.ndarray:
-    """The local mean of the band's squared Laplacian, summed over channels: (H, W) float32."""
+    """The local mean of the band's squared Laplacian, summed over channels: (H, W) float32 (a Gaussian window,
+    wide ones blurred on shrunk copies: `frames.blur`)."""
     laplacian = cv2.Laplacian(band, cv2.CV_32F)
-    return cv2.GaussianBlur(_channel_sum(laplacian * laplacian), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return blur(_channel_sum(laplacian * laplacian), sigma)
 
 
 class DetailCarry:
@@ -180,7 +182,7 @@ class DetailCarry:
         band and P its predecessor's along the motion: about 1 where the texture is drawn afresh, 0 where the
         detail is steady (carrying it would only add the flow's errors)."""
         def local(x):
-            return cv2.GaussianBlur(_channel_sum(np.square(x)), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+            return blur(_channel_sum(np.square(x)), sigma)
 
         c = local(band - previous) / (local(band) + local(previous) + np.float32(1e-6))
         low, high = self.config.fresh_low, self.config.fresh_high

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -61,3 +63,21 @@ def row_bands(height: int, width: int, channels: int = 1) -> list[slice]:
     each: elementwise work done band by band gives the same values as on the whole image, faster."""
     rows = max(1, _BAND_VALUES // max(1, width * channels))
     return [slice(y, min(y + rows, height)) for y in range(0, height, rows)]
+
+
+def blur(image: np.ndarray, sigma: float, exact: float = 3.0) -> np.ndarray:
+    """Gaussian blur of sigma pixels (reflected borders) of an (H, W) or (H, W, C) float32 image. Above `exact`
+    pixels it runs on a copy shrunk by the largest power of two f that leaves at least 1.5 pixels of sigma there
+    (area averaged), with the rest of the blur, then enlarged bilinearly: a wide blur of a large frame costs a
+    small one's (the anchor's detail part, the texture carry's local energies)."""
+    factor = 1
+    while sigma / (2 * factor) >= 1.5:
+        factor *= 2
+    if sigma <= exact or factor == 1:
+        return cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    h, w = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    # area averaging blurred by about (f^2 - 1) / 12
+    rest = math.sqrt(max(sigma**2 - (factor**2 - 1) / 12, 0.25)) / factor
+    small = cv2.GaussianBlur(small, (0, 0), rest, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
