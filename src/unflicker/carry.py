@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
+from unflicker.flow import warp
 from unflicker.frames import blur
 
 
@@ -120,15 +121,6 @@ class CarryConfig:
         return self if share == 1.0 else dataclasses.replace(self, amount=self.amount * share)
 
 
-def _warp_cubic(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """out[y, x] = image[y + flow_y, x + flow_x], bicubic, borders replicated (unflicker.flow.warp's
-    mapping; bicubic keeps more of the finest detail than bilinear)."""
-    h, w = flow.shape[:2]
-    map_x = flow[..., 0] + np.arange(w, dtype=np.float32)[None, :]
-    map_y = flow[..., 1] + np.arange(h, dtype=np.float32)[:, None]
-    return cv2.remap(image, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE).reshape(image.shape)
-
-
 _ONES = np.ones((1, 3), np.float32)
 
 
@@ -143,6 +135,15 @@ def _local_energy(band: np.ndarray, sigma: float) -> np.ndarray:
     wide ones blurred on shrunk copies: `frames.blur`)."""
     laplacian = cv2.Laplacian(band, cv2.CV_32F)
     return blur(_channel_sum(laplacian * laplacian), sigma)
+
+
+def _restore_energy(detail: np.ndarray, band: np.ndarray, sigma: float, limit: float) -> np.ndarray:
+    """`detail` scaled, in place, region by region until its Laplacian's local energy is `band`'s again (a gain
+    within [1, limit]): averaging and resampling, and two unrelated patterns mixed, have less energy than either."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.sqrt((_local_energy(band, sigma) + 1e-6) / (_local_energy(detail, sigma) + 1e-6))
+    detail *= np.clip(np.nan_to_num(gain, nan=1.0), 1.0, limit).astype(np.float32)[..., None]
+    return detail
 
 
 class DetailCarry:
@@ -196,19 +197,18 @@ class DetailCarry:
             return output
         if amount >= 1.0:
             return carried
-        cfg = self.config
-        side = min(output.shape[:2])
-        base = cv2.GaussianBlur(output, (0, 0), cfg.band * side, borderType=cv2.BORDER_REFLECT)
-        band = output - base
+        base, band = self._split(output)
         mixed = carried - output  # the carried band less the frame's own (the same base)
         mixed *= np.float32(amount)
         mixed += band
-        sigma = cfg.energy * side
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gain = np.sqrt((_local_energy(band, sigma) + 1e-6) / (_local_energy(mixed, sigma) + 1e-6))
-        mixed *= np.clip(np.nan_to_num(gain, nan=1.0), 1.0, cfg.gain_limit).astype(np.float32)[..., None]
+        _restore_energy(mixed, band, self.config.energy * min(output.shape[:2]), self.config.gain_limit)
         result = np.add(base, mixed, out=mixed)
         return np.clip(result, 0.0, 1.0, out=result)
+
+    def _split(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(base, band): the output's Gaussian blur of `band` times its shorter side, and the finest band left."""
+        base = cv2.GaussianBlur(output, (0, 0), self.config.band * min(output.shape[:2]), borderType=cv2.BORDER_REFLECT)
+        return base, output - base
 
     def motion(self, previous: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Flow from input frame t to t - 1 at the frame's size (pixels, x first) and where it is trusted
@@ -233,9 +233,7 @@ class DetailCarry:
         cfg = self.config
         if not cfg.on:
             return output
-        side = min(output.shape[:2])
-        base = cv2.GaussianBlur(output, (0, 0), cfg.band * side, borderType=cv2.BORDER_REFLECT)
-        band = output - base
+        base, band = self._split(output)
         carried = band
         if self._previous is not None and motion is not None:
             flow, valid = motion
@@ -243,16 +241,13 @@ class DetailCarry:
             if previous_base.shape != base.shape or flow.shape[:2] != base.shape[:2]:
                 raise InputError(f"carry: frame {output.shape}, its predecessor {previous_base.shape} and the flow "
                                  f"{flow.shape} differ in size")
-            mismatch = _channel_sum(np.abs(base - _warp_cubic(previous_base, flow)))
+            mismatch = _channel_sum(np.abs(base - warp(previous_base, flow, cv2.INTER_CUBIC)))
             mismatch *= np.float32(1 / (3 * cfg.tolerance))
-            sigma = cfg.energy * side
-            own = _warp_cubic(previous_band, flow)  # the predecessor's own band, along the motion
+            sigma = cfg.energy * min(output.shape[:2])
+            own = warp(previous_band, flow, cv2.INTER_CUBIC)  # the predecessor's own band, along the motion
             trust = valid * np.exp(-np.square(mismatch)) * np.float32(cfg.factor) * self._freshness(band, own, sigma)
-            warped = _warp_cubic(previous_carried, flow)
-            carried = band + trust[..., None] * (warped - band)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gain = np.sqrt((_local_energy(band, sigma) + 1e-6) / (_local_energy(carried, sigma) + 1e-6))
-            carried *= np.clip(np.nan_to_num(gain, nan=1.0), 1.0, cfg.gain_limit).astype(np.float32)[..., None]
+            warped = warp(previous_carried, flow, cv2.INTER_CUBIC)
+            carried = _restore_energy(band + trust[..., None] * (warped - band), band, sigma, cfg.gain_limit)
             seen = valid > 0
             if seen.any():  # the band's temporal error along the motion, before and after, and the change
                 before = _channel_sum(np.abs(band - own))[seen].mean() / 3
