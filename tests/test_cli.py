@@ -264,6 +264,41 @@ def test_weights_options_reach_the_method_and_missing_weights_fail_in_one_line(t
         assert ("weights" in err) and not output.exists()
 
 
+def test_precision_auto_follows_the_cpu_flags_and_is_recorded_resolved(tmp_path, monkeypatch, capsys, clips):
+    """--precision auto takes bf16 where the CPU has bf16 dot products (flags of /proc/cpuinfo; an ISA cap
+    for oneDNN below them counts as none), else fp32; the method's config (recorded) holds the choice."""
+    from unflicker import config as cfg
+
+    def cpu(flags):
+        path = tmp_path / f"cpuinfo-{len(flags)}"
+        path.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu " + " ".join(flags) + "\n\n")
+        return str(path)
+
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    assert cfg.native_bf16(cpu(["avx2", "avx512f", "avx512_bf16"])) and cfg.native_bf16(cpu(["amx_tile", "amx_bf16"]))
+    assert not cfg.native_bf16(cpu(["avx2", "avx512f", "avx512_vnni"])) and not cfg.native_bf16(str(tmp_path / "none"))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cfg.native_bf16(cpu(["avx512_bf16"]))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert cfg.native_bf16(cpu(["avx512_bf16"]))
+    for native in (True, False):
+        monkeypatch.setattr(cfg, "native_bf16", lambda native=native: native)
+        spec = cfg.method_spec(cfg.RunConfig(method="neural"))
+        assert spec.config.precision == ("bf16" if native else "fp32")
+        assert cfg.record(spec, cfg.RunConfig(), {})["neural"]["precision"] == spec.config.precision
+        for given in ("fp32", "bf16"):
+            assert cfg.method_spec(cfg.RunConfig(method="neural", precision=given)).config.precision == given
+    _, flickering = clips
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(flickering), "-o", str(tmp_path / "o.mp4"), "--precision", "fp16"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "--precision" in err, err
+    code, _, err = run_cli(capsys, "run", flickering, "-o", tmp_path / "o.mp4", "--quiet", "--method", "classical",
+                           "--precision", "bf16")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "--precision" in err, err
+
+
 def test_eval_json_is_strict_json(tmp_path, capsys):
     """A result identical to its ground truth has an infinite PSNR: JSON has no Infinity, so it is null there
     (Python's json wrote the non-standard `Infinity`, which strict parsers reject)."""

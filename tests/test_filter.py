@@ -703,6 +703,24 @@ def test_apply_keeps_odd_sizes(shipped, size, upsample):
     assert np.abs(out_u8 - out).mean() < 0.01
 
 
+def test_bf16_runs_the_body_in_bfloat16_and_stays_within_a_fraction_of_an_8_bit_level(shipped):
+    """precision='bf16': the convolutions between inputs and head in bfloat16, the prior and head in
+    float32; the filtered frame differs from fp32's by far less than one 8-bit level on average."""
+    fast = NeuralFilter.load(device="cpu", precision="bf16")
+    assert fast.net.down[0][0].weight.dtype == torch.bfloat16 and fast.net.merge[-1][0].weight.dtype == torch.bfloat16
+    assert fast.net.head.weight.dtype == torch.float32
+    assert shipped.net.down[0][0].weight.dtype == torch.float32  # the fp32 filter's net is its own
+    given = random_net(4, 2, seed=1)
+    NeuralFilter(given, shipped.config.__class__(precision="bf16"), device="cpu")
+    assert {p.dtype for p in given.parameters()} == {torch.float32} and given.down[0][0].weight.is_contiguous()
+    frame, atlas = texture(96, 160, seed=3), texture(48, 80, seed=4)
+    exact, approx = shipped.apply(frame, atlas), fast.apply(frame, atlas)
+    assert approx.dtype == np.float32 and approx.shape == exact.shape
+    diff = np.abs(approx - exact)
+    assert 0 < diff.mean() < 0.1 / 255 and diff.max() < 2 / 255  # not the same computation, but close
+    assert fast.coefficients(cv2.resize(frame, (80, 48)), atlas).dtype == np.float32
+
+
 def test_apply_rejects_bad_frames(shipped):
     with pytest.raises(InputError):
         shipped.apply(np.zeros((10, 10), np.float32), np.zeros((10, 10, 3), np.float32))

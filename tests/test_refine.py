@@ -448,6 +448,29 @@ def test_shape_is_preserved_at_odd_sizes(size, side):
     np.testing.assert_array_equal(out[0], frames[0])  # no history: the first frame passes through
 
 
+def test_bf16_refines_as_fp32_within_a_fraction_of_an_8_bit_level(refiner):
+    """precision='bf16': the encoder and decoder in bfloat16, features and head in float32; over a
+    recurrent run the outputs stay far within one 8-bit level of fp32's."""
+    fast = LocalRefiner.load(device="cpu", precision="bf16")
+    assert fast.net.enc1[0][0].weight.dtype == torch.bfloat16 and fast.net.dec2[-1][0].weight.dtype == torch.bfloat16
+    assert fast.net.head.weight.dtype == torch.float32 and refiner.net.enc1[0][0].weight.dtype == torch.float32
+    frames = synth.add_flicker(translating_clip(10, 96, 128, dx=2, seed=3), kind="local", strength=1.0, seed=5)
+    exact, approx = refine_all(refiner, frames), refine_all(fast, frames)
+    diff = np.abs(np.stack(approx) - np.stack(exact))
+    assert 0 < diff.mean() < 0.05 / 255 and diff.max() < 2 / 255
+    with pytest.raises(InputError, match="precision"):
+        LocalRefiner.load(device="cpu", precision="fp16")
+
+
+def test_the_method_runs_both_networks_at_its_precision():
+    from unflicker.neural import NeuralConfig, NeuralDeflicker
+
+    method = NeuralDeflicker(NeuralConfig(precision="bf16"))
+    assert method._filter.config.precision == method._refine.config.precision == "bf16"
+    assert method._filter.net.down[0][0].weight.dtype == method._refine.net.enc1[0][0].weight.dtype == torch.bfloat16
+    assert NeuralDeflicker(NeuralConfig())._refine.net.enc1[0][0].weight.dtype == torch.float32
+
+
 def test_refiner_rejects_bad_frames(refiner):
     with pytest.raises(InputError):
         refiner.apply(np.zeros((10, 10), np.float32))

@@ -91,6 +91,10 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "`unflicker train-filter`); default: the shipped ones")
     parser.add_argument("--refine-weights", type=Path, metavar="FILE",
                         help="neural: the local refinement's weights; default: the shipped ones")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="neural: the networks' convolutions in float32 or bfloat16 (outputs within a fraction of "
+                             "an 8-bit level); auto (default): bf16 where the CPU has bf16 instructions "
+                             "(AVX512-BF16, AMX), where it is faster, else fp32")
     parser.add_argument("--strength", type=float, default=1.0, metavar="S",
                         help="apply this fraction (0..1) of the correction; lower keeps more of each frame's own "
                              "look")
@@ -232,7 +236,7 @@ def _config(args, **extra):
     return RunConfig(method=args.method, preset=args.preset, atlas=args.atlas, atlas_steps=args.atlas_steps,
                      projection=args.projection, keep_slow=args.keep_slow, kind=args.kind,
                      carry_texture=args.carry_texture, strength=args.strength,
-                     filter_weights=args.filter_weights, refine_weights=args.refine_weights,
+                     filter_weights=args.filter_weights, refine_weights=args.refine_weights, precision=args.precision,
                      overwrite=args.overwrite, keep_work=args.keep_work, progress=not args.quiet,
                      codec=args.codec, bit_depth=args.bit_depth,
                      segments=SegmentConfig(frames=args.segment_frames), engine=engine,

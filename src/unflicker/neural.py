@@ -61,6 +61,9 @@ class NeuralConfig:
     `--carry-texture`); None: not at all (the default: it also evens out sensor noise and film grain)."""
     stop_after: str | None = None
     """Last stage to run: 'atlas', 'filter', 'refine' or 'project' (None: all)."""
+    precision: str = "fp32"
+    """The networks' convolutions (filter and refinement): 'fp32' or 'bf16' (FilterInferenceConfig.precision;
+    a run's --precision auto chooses by the CPU, config.network_precision)."""
     device: str = "cpu"
     """Torch device of the filter and the refinement. The CPU, also where a GPU is present: on an H200 a
     default run was no faster with them there and each worker took 0.7 GB more memory
@@ -94,13 +97,15 @@ class NeuralDeflicker:
             from unflicker.filter import NeuralFilter
 
             # Loaded up front so missing or mismatched weights fail before any long work.
-            self._filter = NeuralFilter.load(networks["filter"], device=self.config.device)
+            self._filter = NeuralFilter.load(networks["filter"], device=self.config.device,
+                                             precision=self.config.precision)
         self._refine = None
         self._next_t: int | None = None
         if "refine" in networks:
             from unflicker.refine import LocalRefiner
 
-            self._refine = LocalRefiner.load(networks["refine"], device=self.config.device)
+            self._refine = LocalRefiner.load(networks["refine"], device=self.config.device,
+                                             precision=self.config.precision)
         self._projection = FlickerModel(self.config.projection) if "project" in self.stages else None
         self._gate = FineGate(self.config.gate) if self._projection is not None and self.config.gate else None
         self._kinds = KindProbe() if self._gate is not None else None  # names physical flicker for the summary

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unflicker.errors import InputError
-from unflicker.filter.network import gaussian_blur
+from unflicker.filter.network import gaussian_blur, is_channels_last
 
 N_COEFFS = 6
 """Per-channel log gain g (channels 0-2) then offset b (channels 3-5)."""
@@ -123,6 +123,13 @@ class RefineNet(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
+    def body_in(self, dtype: torch.dtype) -> RefineNet:
+        """Run the convolutions between the inputs and the head in `dtype` (torch.bfloat16 for inference
+        where the CPU has bf16 dot products); the local features and the 1x1 head stay float32."""
+        for part in (self.enc1, self.enc2, self.enc3, self.dec2):
+            part.to(dtype)
+        return self
+
     def coefficients(self, frame: torch.Tensor, prev_out: torch.Tensor, prev_in: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
         """Coefficients (B, 6, ceil(H/4), ceil(W/4)) for P_t = frame.
@@ -138,11 +145,13 @@ class RefineNet(nn.Module):
                              f"got {tuple(mask.shape)}")
         feats = local_features(frame, prev_out, prev_in, mask, self.config.prior_sigma)
         x = torch.cat([frame - 0.5, prev_out - 0.5, prev_in - 0.5, mask - 0.5, feats], 1)
-        e1 = self.enc1(x)
+        weight = self.enc1[0][0].weight  # the body's dtype (body_in) and layout (channels_last at inference)
+        e1 = self.enc1(x.to(weight.dtype).contiguous(memory_format=torch.channels_last if is_channels_last(weight)
+                                                     else torch.contiguous_format))
         e2 = self.enc2(e1)
         e3 = self.enc3(e2)
         up = F.interpolate(e3, size=e2.shape[-2:], mode="bilinear", align_corners=False)
-        return self.head(self.dec2(torch.cat([up, e2], 1)))
+        return self.head(self.dec2(torch.cat([up, e2], 1)).float())
 
     def forward(self, frame: torch.Tensor, prev_out: torch.Tensor, prev_in: torch.Tensor, flow: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
