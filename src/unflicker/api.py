@@ -129,8 +129,8 @@ def deflicker(frames_or_path, output: str | os.PathLike | None = None, method: s
     output: for a path, where to write (video by extension, else a folder of PNG frames).
     method: 'neural' or 'classical' (None: neural, or classical for frames too small for it).
     options: RunConfig fields: preset, atlas, atlas_steps, projection, keep_slow, kind, carry_texture, strength,
-    filter_weights, refine_weights, precision, progress, segments, engine; for files also crf, codec, bit_depth, overwrite,
-    keep_work, stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
+    filter_weights, refine_weights, precision, progress, segments, engine; for files also crf, codec, bit_depth,
+    overwrite, keep_work, stop_after, compare, plot, plot_label. An unknown option, or one of the wrong type, is an InputError.
     config: a `unflicker.RunConfig` to start from (settings kept for several calls); `method` and `options`
     replace its fields. The nested settings are `unflicker.EngineConfig` and `unflicker.SegmentConfig`.
     Returns the `unflicker.RunSummary` (its fields say what each holds) for a path, else
