@@ -1162,7 +1162,7 @@ def test_api_errors_name_the_keywords_the_cli_its_flags(tmp_path, capsys):
         unflicker.deflicker(frames, strength=2, progress=False)
     with pytest.raises(InputError, match=r"^engine\.workers must be at least 1"):
         unflicker.deflicker(frames, engine=EngineConfig(workers=0), progress=False)
-    with pytest.raises(InputError, match=r"kind, projection=False, carry_texture .* apply to method='neural' only"):
+    with pytest.raises(InputError, match=r"kind, projection=False, carry_texture, precision .* apply to method='neural' only"):
         unflicker.deflicker(frames, method="classical", kind="film", progress=False)
     source = write_pngs(tmp_path / "clip", list(frames))
     assert main(["run", str(source), "-o", str(tmp_path / "o.mkv"), "--strength", "2"]) != 0
