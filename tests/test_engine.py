@@ -857,6 +857,63 @@ def test_a_run_killed_outright_takes_its_own_ray_with_it(flickering, tmp_path):
             driver.wait()
 
 
+# A run whose ray.init stops once its Ray's processes are up, before the driver connects to them (Ray 2.60's
+# ray.init starts the node, then calls worker.connect): says so on stdout, then sleeps there.
+STALLED_INIT = """import sys, time
+import ray._private.worker as worker
+from unflicker.cli import main
+connect = worker.connect
+def stalled(*args, **kwargs):
+    print("up", flush=True)
+    time.sleep(60)
+    return connect(*args, **kwargs)
+worker.connect = stalled
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_while_ray_starts_takes_its_own_ray_with_it(flickering, tmp_path, how):
+    """kill -9 or kill of a run in its ray.init, its Ray's processes up: every one of them is gone within 15 s
+    and so is the session folder. The watchdog started only once ray.init returned: the raylet's agents
+    lived on for 60-70 s and the session folder for good."""
+    pytest.importorskip("ray")
+    driver = subprocess.Popen([sys.executable, "-c", STALLED_INIT, "run", str(flickering), "-o",
+                               str(tmp_path / "x.mkv"), "--engine", "ray", "--workers", "1", "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert driver.stdout.readline().strip() == "up", "the run ended before its Ray was up"
+        deadline = time.time() + 60
+        while True:  # until the raylet's agents run: what outlived the driver
+            table = live_processes()
+            ray = {pid: table[pid] for pid in descendants(driver.pid, table)}
+            if sum(command.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))
+                   for _, _, command in ray.values()) == 2:
+                break
+            assert driver.poll() is None and time.time() < deadline, "no agents of the run's Ray"
+            time.sleep(0.1)
+        raylet = next(command for _, _, command in ray.values() if "/raylet " in command)
+        session = Path(re.search(r"/[^\s=]*/session_[\d_-]+\d", raylet).group(0))
+        assert session.is_dir() and session.name.endswith(f"_{driver.pid}")
+        driver.send_signal(how)
+        driver.wait(timeout=60)
+        killed = time.time()
+        while True:
+            table = live_processes()
+            left = [command[:40].strip() for pid, (_, start, command) in ray.items()
+                    if pid in table and table[pid][1] == start]
+            if not left and not session.exists() or time.time() - killed > 15:
+                break
+            time.sleep(0.2)
+        assert not left, f"alive {time.time() - killed:.0f} s after the run's {how.name}: {left}"
+        assert not session.exists(), f"{session} left {time.time() - killed:.0f} s after the run's {how.name}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
 # --- resume after kill -9 -----------------------------------------------------------------------
 
 def test_kill_9_then_the_same_command_runs_only_the_unfinished_segments(tmp_path):
