@@ -773,6 +773,43 @@ def test_the_ray_watchdog_finds_an_agent_of_a_session_named_through_a_symlink(tm
         agent.wait()
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_ray_watchdog_of_a_driver_killed_in_ray_init_takes_only_its_own_session(tmp_path):
+    """A driver killed inside ray.init has told its watchdog nothing: the session is the folder named with the
+    driver's pid that was not there before, its processes those started since the watchdog that run a file of
+    Ray's package and name that folder. Another session's folder (one of the same pid left before, or another
+    pid's) and processes are left alone."""
+    from unflicker import ray_watchdog
+
+    package, temp = tmp_path / "ray", tmp_path / "temp"
+    ours, older, other = (temp / f"session_2026-01-01_00-00-0{n}_000000_{pid}" for n, pid in ((1, 4242), (0, 4242),
+                                                                                               (2, 4243)))
+    for folder in (ours, older, other):
+        (folder / "logs").mkdir(parents=True)
+    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"{package}/raylet", str(ours)])
+    time.sleep(0.05)  # a clock tick or more: the watchdog starts after it
+    watchdog = subprocess.Popen([sys.executable, "-I", "-S", ray_watchdog.__file__, str(temp), "4242", str(package),
+                                 older.name], stdin=subprocess.PIPE)
+    time.sleep(0.5)
+    script = "import time; print(1, flush=True); time.sleep(60)"
+    fakes = {name: subprocess.Popen([sys.executable, "-c", script, f"{package}/core/raylet", *args],
+                                    stdout=subprocess.PIPE)
+             for name, args in (("ours", [f"--log_dir={ours}/logs"]), ("other", [f"--log_dir={other}/logs"]),
+                                ("not ray", []))}
+    try:
+        for fake in fakes.values():
+            assert fake.stdout.readline().strip() == b"1"
+        watchdog.stdin.close()  # the driver's end of file before its line
+        watchdog.wait(timeout=30)
+        assert fakes["ours"].wait(timeout=5) == -signal.SIGKILL and not ours.exists()
+        assert all(fake.poll() is None for name, fake in fakes.items() if name != "ours") and old.poll() is None
+        assert older.is_dir() and other.is_dir()
+    finally:
+        for process in (old, *fakes.values()):
+            process.kill()
+            process.wait()
+
+
 def test_a_run_on_a_cluster_that_goes_away_ends_in_one_line_leaving_no_partial_output(tmp_path, flickering):
     """The cluster's head killed mid-run: the run waited on its tasks until Ray's own client gave up after
     60 s and ended the process (exit 1, three lines of Ray's log, a partial output left beside the output).

@@ -462,31 +462,70 @@ def _check_token(ray, address: str) -> None:
 
 
 def _watch_local_ray(ray) -> tuple[subprocess.Popen, int] | None:
-    """The watchdog of this process's own local Ray and the write end of its pipe, or None where there is none
-    (not Linux, or a Ray whose private node info differs)."""
+    """The watchdog of the local Ray this process is about to start (ray_watchdog.py) and the write end of its
+    pipe, or None where there is none (not Linux, or a Ray whose private helpers differ). Started before ray.init:
+    a driver killed inside it (its first seconds) left the raylet's agents a minute and the session folder for
+    good; the watchdog then finds the session by this process's pid, which Ray puts at the end of its folder's
+    name (folders of that name already there are named to it: never this run's)."""
     if not sys.platform.startswith("linux") or not sys.executable or not os.path.isdir("/proc/self"):
         return None
     try:
-        node = ray._private.worker._global_node
-        session = node.get_session_dir_path()
-        pids = [str(info.process.pid) for info in node.all_processes.get("raylet", [])]
-        pids += [str(info.process.pid) for kind, infos in node.all_processes.items() if kind != "raylet"
-                 for info in infos]
+        from ray._common.utils import get_default_ray_temp_dir
+
+        temp = get_default_ray_temp_dir()
     except Exception:  # noqa: BLE001 - a private API: another Ray version goes without the watchdog
         return None
-    if not pids or not Path(session).name.startswith("session_"):
-        return None
+    pid = os.getpid()
+    try:
+        before = [name for name in os.listdir(temp) if name.startswith("session_") and name.endswith(f"_{pid}")]
+    except OSError:  # no such folder yet: ray.init makes it
+        before = []
     read, write = os.pipe()
     try:
         process = subprocess.Popen([sys.executable, "-I", "-S", str(Path(__file__).with_name("ray_watchdog.py")),
-                                    session, *pids], stdin=read,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                    temp, str(pid), os.path.dirname(os.path.abspath(ray.__file__)), *before],
+                                   stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
     except OSError:
         os.close(write)
         return None
     finally:
         os.close(read)
     return process, write
+
+
+def _tell_watchdog(ray, watchdog: tuple[subprocess.Popen, int]) -> tuple[subprocess.Popen, int] | None:
+    """Once ray.init has returned: the watchdog told this Ray's session folder and its processes as the driver
+    started them (what it then kills is theirs for sure), or sent away where Ray's private node info differs."""
+    try:
+        node = ray._private.worker._global_node
+        session = node.get_session_dir_path()
+        pids = [str(info.process.pid) for info in node.all_processes.get("raylet", [])]
+        pids += [str(info.process.pid) for kind, infos in node.all_processes.items() if kind != "raylet"
+                 for info in infos]
+        line = os.fsencode("\0".join([session, *pids])) + b"\n"
+        if pids and Path(session).name.startswith("session_") and line.count(b"\n") == 1:
+            os.write(watchdog[1], line)  # a driver killed halfway through: end of file before the line's end
+            return watchdog
+    except Exception:  # noqa: BLE001 - a private API: another Ray version goes without the watchdog
+        pass
+    _end_watchdog(watchdog, b".")
+    return None
+
+
+def _end_watchdog(watchdog: tuple[subprocess.Popen, int], byte: bytes) -> None:
+    """Send the watchdog away (b"."), or have it clean up what a failed ray.init left (b"!"), and wait for it."""
+    process, write = watchdog
+    try:
+        os.write(write, byte)
+    except OSError:  # pragma: no cover - it is gone: nothing to wait for
+        pass
+    finally:
+        os.close(write)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # pragma: no cover - it kills and removes in a few seconds
+        pass
 
 
 @contextmanager
@@ -542,8 +581,6 @@ class RayEngine:
         with _RAY_LOCK:  # held through ray.init: a second run waits for it, then finds the first's Ray
             self._start(engine, frame, spec)
         try:
-            # A local Ray of the run's own goes also when the run is killed outright (kill -9).
-            self._watchdog = _watch_local_ray(ray) if self._started and self.local else None
             cpus = int(ray.cluster_resources().get("CPU", 1))
             self.capacity = (engine.workers or max(1, cpus // engine.threads)) + 1
             # run_segment fixes its own threads (Ray's workers keep torch's default otherwise).
@@ -586,6 +623,8 @@ class RayEngine:
             level = notice.level
             notice.setLevel(logging.ERROR)
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
+                # A local Ray of the run's own goes also when the run is killed outright (kill -9), in ray.init too.
+                watchdog = _watch_local_ray(ray) if self.local else None
                 try:
                     if not self.local:
                         _check_token(ray, address)
@@ -594,6 +633,12 @@ class RayEngine:
                 except BaseException as exc:
                     # Ray's own message names no cause where its token authentication refused (it logs that)
                     hint = f"; {TOKEN_HINT}" if not self.local and "RAY_AUTH_MODE" not in os.environ else ""
+                    if watchdog is not None:  # what a failed or stopped (kill) ray.init started: its exit left
+                        try:  # the raylet's agents a minute, the session folder for good
+                            ray.shutdown()
+                        except Exception:  # noqa: BLE001 - nothing of Ray's up to shut down
+                            pass
+                        _end_watchdog(watchdog, b"!")
                     host.ray_started()
                     host.restore()
                     if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError)):
@@ -605,6 +650,7 @@ class RayEngine:
             host.ray_started()
             self._host = host
             self._started = True
+            self._watchdog = None if watchdog is None else _tell_watchdog(ray, watchdog)
             _ray_owner = self
 
     def warm(self, spec: MethodSpec) -> None:
