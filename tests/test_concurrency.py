@@ -215,6 +215,21 @@ def test_library_leaves_the_host_programs_allocator_alone(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "0 True"
 
 
+def test_the_tool_s_own_processes_build_the_method_without_the_cyclic_collector():
+    """In the tool's own processes a method's build (torch's imports, the weights) runs with the cyclic garbage
+    collector off and freezes what it made; the library inside another program leaves its collector alone."""
+    code = ("import gc, sys; from unflicker import segments; from unflicker.config import RunConfig, method_spec; "
+            "seen = []; from unflicker import methods; real = methods.METHODS['neural']; "
+            "methods.METHODS['neural'] = lambda config: (seen.append(gc.isenabled()), real(config))[1]; "
+            "own = sys.argv[1] == 'own'; own and segments.own_process(); "
+            "segments.build_method(method_spec(RunConfig(method='neural'))); "
+            "print(seen, gc.isenabled(), gc.get_freeze_count() > 0)")
+    for role, expected in (("host", "[True] True False"), ("own", "[False] True True")):
+        out = subprocess.run([sys.executable, "-c", code, role], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == expected, (role, out.stdout)
+
+
 def test_ray_tasks_change_the_allocator_only_on_the_runs_own_ray():
     """A Ray the host program started (or a cluster) runs the program's own tasks in its workers too: a segment
     task leaves their allocator alone; on the run's own Ray, whose workers do nothing else, it keeps freed memory."""

@@ -398,9 +398,9 @@ def main(argv: list[str] | None = None) -> int:
 
             listed = args.output / f"{SUMMARY_NAME}.csv"
         if args.command in ("run", "batch", "demo"):
-            from unflicker.segments import keep_freed_memory
+            from unflicker.segments import own_process
 
-            keep_freed_memory()  # before the first frame is decoded: this process decodes, stitches and encodes
+            own_process()  # before the first frame is decoded: this process decodes, stitches and encodes
     import cv2
 
     # OpenCV's own log lines (a corrupt PNG's libpng complaint) would come before our one-line error,

@@ -37,7 +37,7 @@ from typing import Protocol
 from unflicker.config import EngineConfig
 from unflicker.errors import InputError, UnflickerError, keep_sigterm_handler, warn
 from unflicker.ray_watchdog import remove_session
-from unflicker.segments import (MethodSpec, SegmentResult, SegmentTask, file_error, keep_freed_memory, preload_method,
+from unflicker.segments import (MethodSpec, SegmentResult, SegmentTask, file_error, own_process, preload_method,
                                 run_segment)
 
 
@@ -330,9 +330,9 @@ class _Board:
 def _ray_segment(task: SegmentTask, board, key: int, own: bool = False) -> SegmentResult:
     """run_segment as a Ray task, its progress sent to the run's board (fire and forget: never waited for);
     `own`: the Ray is the run's own, whose workers do nothing else (a cluster's or a host program's Ray keeps its
-    workers' allocator as it is: see keep_freed_memory)."""
+    workers' allocator and collector as they are: see own_process)."""
     if own:
-        keep_freed_memory()
+        own_process()
     return run_segment(task, None if board is None else (lambda fraction: board.report.remote(key, fraction)))
 
 

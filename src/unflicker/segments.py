@@ -18,6 +18,7 @@ Layouts: span frames (T, H, W, 3) uint8, uint16 or float32 in [0, 1]; results (T
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import socket
@@ -153,7 +154,18 @@ def _method_key(spec: MethodSpec) -> str:
 def _build(spec: MethodSpec):
     from unflicker.methods import METHODS
 
-    method = METHODS[spec.name](spec.config)
+    # In the tool's own processes (own_process) the build, which imports torch and loads the weights, runs without
+    # Python's cyclic garbage collector: the imports' allocations set it off over and over (a worker's build
+    # 1.5 -> 1.2 s, session 30); what they made lives as long as the process, so later collections pass it by.
+    quiet = _OWN_PROCESS and gc.isenabled()
+    if quiet:
+        gc.disable()
+    try:
+        method = METHODS[spec.name](spec.config)
+    finally:
+        if quiet:
+            gc.enable()
+            gc.freeze()
     _METHOD_CACHE.clear()  # one method per worker at a time: weights are not kept for old specs
     _METHOD_CACHE[_method_key(spec)] = method
     return method
@@ -204,6 +216,16 @@ def release_method(method) -> None:
 
 
 _MALLOC_KEPT = False
+_OWN_PROCESS = False
+
+
+def own_process() -> None:
+    """This process is the tool's own (the CLI's run, batch and demo, pool workers, the run's own Ray's tasks, the web
+    page's job process): freed frames stay in it (keep_freed_memory) and a method is built without the cyclic garbage
+    collector (`_build`). The library inside another program leaves that program's allocator and collector alone."""
+    global _OWN_PROCESS
+    _OWN_PROCESS = True
+    keep_freed_memory()
 
 
 def keep_freed_memory() -> None:

@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sys.stdin.buffer
 
     from unflicker.errors import UnflickerError
-    from unflicker.segments import MethodSpec, build_method, file_error, keep_freed_memory, run_segment
+    from unflicker.segments import MethodSpec, build_method, file_error, own_process, run_segment
 
-    keep_freed_memory()
+    own_process()
 
     while True:
         try:

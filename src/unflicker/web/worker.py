@@ -28,7 +28,7 @@ from unflicker import bars, io
 from unflicker.config import EngineConfig
 from unflicker.errors import Terminated, UnflickerError, sigterm_as_interrupt
 from unflicker.pipeline import RunConfig, deflicker_file
-from unflicker.segments import keep_freed_memory
+from unflicker.segments import own_process
 from unflicker.worker import watch_parent
 
 
@@ -117,7 +117,7 @@ def main(argv: list[str]) -> int:
     code = 0
     # A server killed outright (SIGKILL) cannot stop its job: the job stops itself as on Cancel.
     watch_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))
-    keep_freed_memory()  # this process only runs the job
+    own_process()  # this process only runs the job
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
