@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -625,6 +626,7 @@ class RayEngine:
             with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
                 # A local Ray of the run's own goes also when the run is killed outright (kill -9), in ray.init too.
                 watchdog = _watch_local_ray(ray) if self.local else None
+                caller = signal.getsignal(signal.SIGTERM)  # the run's: Ray's own replaces it inside ray.init
                 try:
                     if not self.local:
                         _check_token(ray, address)
@@ -641,6 +643,10 @@ class RayEngine:
                         _end_watchdog(watchdog, b"!")
                     host.ray_started()
                     host.restore()
+                    if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and callable(caller):
+                        # A SIGTERM inside ray.init met Ray's handler (sys.exit(15), no word): the run's takes it
+                        # (the CLI's: Terminated, its message and exit 143).
+                        caller(signal.SIGTERM, None)
                     if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError)):
                         raise
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
