@@ -56,7 +56,7 @@ def _engine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _method_options(parser: argparse.ArgumentParser) -> None:
-    from unflicker.config import KINDS, METHOD_NAMES, PRESETS
+    from unflicker.config import KINDS, METHOD_NAMES, PRECISIONS, PRESETS
 
     parser.add_argument("--method", choices=METHOD_NAMES, default=None,
                         help="neural (default: the paper's atlas, filter and refinement) or classical (fast "
@@ -91,7 +91,7 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
                              "`unflicker train-filter`); default: the shipped ones")
     parser.add_argument("--refine-weights", type=Path, metavar="FILE",
                         help="neural: the local refinement's weights; default: the shipped ones")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="neural: the networks' convolutions in float32 or bfloat16 (outputs within a fraction of "
                              "an 8-bit level); auto (default): bf16 where the CPU has bf16 instructions "
                              "(AVX512-BF16, AMX), where it is faster, else fp32")
