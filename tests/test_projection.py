@@ -215,3 +215,53 @@ def test_luma_is_the_weighted_sum_of_the_channels_of_any_layout():
         out = luma(view)
         assert out.shape == view.shape[:2] and out.dtype == np.float32
         np.testing.assert_allclose(out, view @ LUMA.astype(view.dtype), atol=1e-6)
+
+
+def _dense_fit(model: FlickerModel, frame: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The fit written out with the whole (pixels x parameters) design in float64: per channel, robust
+    (Huber, the lower median's scale) least squares with the ridge pulling towards the identity."""
+    cfg = model.config
+    small, small_target = model._small(frame), model._small(target)
+    h, w = small.shape[:2]
+    by, bx = hat_basis((np.arange(h) + 0.5) / h, cfg.grid[0]), hat_basis((np.arange(w) + 0.5) / w, cfg.grid[1])
+    grid = (by[:, None, :, None] * bx[None, :, None, :]).reshape(h * w, -1).astype(np.float64)
+    rows = np.repeat(hat_basis((np.arange(h) + 0.5) / h, cfg.rows), w, axis=0).astype(np.float64) if cfg.rows \
+        else np.zeros((h * w, 0))
+    n_grid = cfg.grid[0] * cfg.grid[1]
+    mean = np.full((n_grid, n_grid), 1.0 / n_grid)
+    ridge = np.zeros((n_grid + cfg.rows + cfg.tone_knots,) * 2)
+    ridge[:n_grid, :n_grid] = cfg.ridge * (np.eye(n_grid) - mean) + cfg.global_ridge * mean
+    ridge[n_grid:, n_grid:] = np.diag([cfg.ridge] * cfg.rows + [cfg.global_ridge] * cfg.tone_knots)
+    identity = np.concatenate([np.ones(n_grid), np.zeros(cfg.rows + cfg.tone_knots)])
+    thetas = []
+    for c in range(3):
+        x32 = np.ascontiguousarray(small[..., c]).reshape(-1)
+        x, y = x32.astype(np.float64), small_target[..., c].reshape(-1).astype(np.float64)
+        design = np.concatenate([x[:, None] * grid, x[:, None] * rows, hat_basis(x32, cfg.tone_knots)], 1)
+        penalty = ridge * max(float(np.mean(x32 * x32)), 1e-4) * len(x)
+        weights = np.ones_like(x)
+        for iteration in range(cfg.iterations):
+            weighted = design * weights[:, None]
+            theta = np.linalg.solve(weighted.T @ design + penalty, weighted.T @ y + penalty @ identity)
+            residual = np.abs(design @ theta - y)
+            scale = 2.0 * 1.4826 * np.sort(residual)[(len(residual) - 1) // 2] + 1e-4
+            weights = np.minimum(scale / np.maximum(residual, 1e-12), 1.0)
+        thetas.append(theta)
+    return np.stack(thetas)
+
+
+@pytest.mark.parametrize("config", [ProjectionConfig(), ProjectionConfig(grid=(1, 1), iterations=1),
+                                    ProjectionConfig(grid=(3, 2), rows=0, tone_knots=3)])
+def test_the_fit_is_the_dense_least_squares_to_float32_precision(config):
+    # The normal equations are summed along the bases' separable structure; they must be the dense
+    # design's sums (a fit through float32 products of the design missed them by up to 2e-3).
+    rng = np.random.default_rng(3)
+    frame = cv2.resize(rng.uniform(0.05, 0.95, (12, 16, 3)).astype(np.float32), (170, 96))
+    frame = np.clip(frame + rng.normal(0, 0.05, frame.shape), 0, 1).astype(np.float32)
+    gain = cv2.resize(rng.uniform(0.8, 1.2, (2, 3, 3)).astype(np.float32), (170, 96))
+    target = np.clip(frame ** 0.9 * gain + 0.02, 0, 1).astype(np.float32)
+    target[30:50, 40:90] = 0.9  # a flaw: the robust weights must matter
+    model = FlickerModel(config)
+    correction = model.fit(frame, target)
+    fitted = np.concatenate([correction.gain.reshape(3, -1), correction.row_gain, correction.tone], 1)
+    np.testing.assert_allclose(fitted, _dense_fit(model, frame, target), rtol=0, atol=2e-6)
