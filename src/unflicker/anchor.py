@@ -477,9 +477,13 @@ class SlowAppearanceAnchor:
         share = ramp(explained, *self.config.fade_share)  # of the shot's line that goes back
         line_share = share if self.config.lines_fade_share is None else ramp(explained, *self.config.lines_fade_share)
 
+        stacked: dict[int, np.ndarray] = {}  # per part, its grids of the shot's frames held in `coarse`
+
         def window_mean(part: int, w: np.ndarray) -> np.ndarray:
             """The window mean of a part at the frame being emitted; w: its weights cut to [lo, hi)."""
-            return sum(wk * coarse[k][part] for wk, k in zip(w, range(lo, hi))) / w.sum()
+            if part not in stacked:  # once per call: a whole shot's frames are often emitted at once
+                stacked[part] = np.stack([c[part] for c in coarse])
+            return np.tensordot(w, stacked[part][lo:hi], axes=(0, 0)) / w.sum()
 
         for _ in range(count):
             i = len(coarse) - len(pending)  # the oldest pending frame's place in `coarse`
