@@ -123,6 +123,17 @@ def test_bad_settings_are_refused(bad):
         DetailCarry(CarryConfig(**bad))
 
 
+def test_the_three_warps_of_a_frame_share_one_set_of_maps(monkeypatch):
+    import unflicker.carry as carry_module
+
+    frames = [shifted(scene((60, 80), seed=2), t) for t in range(3)]
+    built = []
+    made = carry_module.remap_maps
+    monkeypatch.setattr(carry_module, "remap_maps", lambda flow: built.append(1) or made(flow))
+    run(DetailCarry(), frames)
+    assert len(built) == 2  # frames 1 and 2 (its base, own band and carried band warped along them), once each
+
+
 def test_flows_on_a_smaller_copy_come_back_at_the_frames_size():
     frames = [shifted(scene((200, 260), seed=6), t) for t in range(2)]
     flow, valid = DetailCarry(CarryConfig(flow_side=100)).motion(*frames)

@@ -78,6 +78,30 @@ def test_warp_exact_integer_shift_and_layouts():
         warp(img, flow[:-1])
 
 
+def test_warp_along_prepared_maps_is_warp_bit_for_bit(monkeypatch):
+    from unflicker import flow as flow_module
+    from unflicker.flow import remap_maps, warp_mapped
+
+    rng = np.random.default_rng(5)
+    flow = (3 * rng.standard_normal((20, 24, 2))).astype(np.float32)  # sub-pixel, some targets off the frame
+    maps = remap_maps(flow)
+    grid_x, grid_y = np.meshgrid(np.arange(24, dtype=np.float32), np.arange(20, dtype=np.float32))
+    assert np.array_equal(maps[0], flow[..., 0] + grid_x) and np.array_equal(maps[1], flow[..., 1] + grid_y)
+    images = [rng.random((20, 24, c), dtype=np.float32) for c in (1, 2, 3, 4, 7, 9)]  # 7, 9: remapped in chunks
+    images += [rng.random((20, 24), dtype=np.float32), (255 * rng.random((20, 24, 3))).astype(np.uint8)]
+    for image in images:
+        for interpolation in (cv2.INTER_LINEAR, cv2.INTER_CUBIC):
+            expected = warp(image, flow, interpolation)
+            got = warp_mapped(image, maps, interpolation)
+            assert got.shape == image.shape and got.dtype == image.dtype and np.array_equal(got, expected)
+    built = []
+    monkeypatch.setattr(flow_module, "remap_maps", lambda f: built.append(1) or remap_maps(f))
+    warp(images[5], flow)  # nine channels, three chunks: the maps made once
+    assert len(built) == 1
+    with pytest.raises(InputError):
+        warp_mapped(images[2][:-1], maps)
+
+
 def test_consistency_mask_formula():
     fw = np.zeros((20, 30, 2), np.float32)
     fw[...] = (2.0, 1.0)

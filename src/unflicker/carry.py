@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.flow import warp
+from unflicker.flow import remap_maps, warp_mapped
 from unflicker.frames import blur
 
 
@@ -241,12 +241,13 @@ class DetailCarry:
             if previous_base.shape != base.shape or flow.shape[:2] != base.shape[:2]:
                 raise InputError(f"carry: frame {output.shape}, its predecessor {previous_base.shape} and the flow "
                                  f"{flow.shape} differ in size")
-            mismatch = _channel_sum(np.abs(base - warp(previous_base, flow, cv2.INTER_CUBIC)))
+            maps = remap_maps(flow)  # the three warps along the same flow
+            mismatch = _channel_sum(np.abs(base - warp_mapped(previous_base, maps, cv2.INTER_CUBIC)))
             mismatch *= np.float32(1 / (3 * cfg.tolerance))
             sigma = cfg.energy * min(output.shape[:2])
-            own = warp(previous_band, flow, cv2.INTER_CUBIC)  # the predecessor's own band, along the motion
+            own = warp_mapped(previous_band, maps, cv2.INTER_CUBIC)  # the predecessor's own band, along the motion
             trust = valid * np.exp(-np.square(mismatch)) * np.float32(cfg.factor) * self._freshness(band, own, sigma)
-            warped = warp(previous_carried, flow, cv2.INTER_CUBIC)
+            warped = warp_mapped(previous_carried, maps, cv2.INTER_CUBIC)
             carried = _restore_energy(band + trust[..., None] * (warped - band), band, sigma, cfg.gain_limit)
             seen = valid > 0
             if seen.any():  # the band's temporal error along the motion, before and after, and the change

@@ -110,6 +110,23 @@ def _check_flow(flow: np.ndarray, shape: tuple[int, ...] | None = None) -> np.nd
     return flow
 
 
+def remap_maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where `warp` along this flow reads each output pixel: (map_x, map_y), each (H, W) float32, the flow plus
+    the pixel grid (x + flow[..., 0], y + flow[..., 1]). Made once, they warp several images along the same flow
+    (`warp_mapped`) bit for bit as `warp` does. flow: (H, W, 2) float32 pixels, x first."""
+    flow = _check_flow(flow)
+    h, w = flow.shape[:2]
+    return (flow[..., 0] + np.arange(w, dtype=np.float32)[None, :],
+            flow[..., 1] + np.arange(h, dtype=np.float32)[:, None])
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise InputError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
+    return image
+
+
 def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
     """Backward warp: out[y, x] = image[y + flow[y, x, 1], x + flow[y, x, 0]].
 
@@ -119,17 +136,23 @@ def warp(image: np.ndarray, flow: np.ndarray, interpolation: int = cv2.INTER_LIN
     flow: (H, W, 2) float32 pixels, x first.
     Returns: array of the same shape and dtype as image.
     """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3):
-        raise InputError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
-    flow = _check_flow(flow, image.shape)
-    h, w = flow.shape[:2]
-    map_x = flow[..., 0] + np.arange(w, dtype=np.float32)[None, :]
-    map_y = flow[..., 1] + np.arange(h, dtype=np.float32)[:, None]
-    # cv2.remap handles at most 4 channels at a time.
+    image = _check_image(image)
+    return warp_mapped(image, remap_maps(_check_flow(flow, image.shape)), interpolation)
+
+
+def warp_mapped(
+    image: np.ndarray, maps: tuple[np.ndarray, np.ndarray], interpolation: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """`warp` along the flow whose `remap_maps` these are (the same bits): several images warped along one flow
+    build the maps once. image: (H, W) or (H, W, C); maps: (map_x, map_y), each (H, W) float32."""
+    image = _check_image(image)
+    map_x, map_y = maps
+    if map_x.shape != image.shape[:2] or map_y.shape != image.shape[:2]:
+        raise InputError(f"maps of size {map_x.shape}, {map_y.shape} do not match image size {image.shape[:2]}")
+    # cv2.remap handles at most 4 channels at a time: more are warped in chunks, all with these maps.
     if image.ndim == 3 and image.shape[2] > 4:
-        parts = [warp(image[..., i : i + 4], flow, interpolation) for i in range(0, image.shape[2], 4)]
-        return np.concatenate([p.reshape(h, w, -1) for p in parts], axis=2)
+        parts = [warp_mapped(image[..., i : i + 4], maps, interpolation) for i in range(0, image.shape[2], 4)]
+        return np.concatenate([p.reshape(*image.shape[:2], -1) for p in parts], axis=2)
     out = cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(image.shape)
 
@@ -174,10 +197,8 @@ def in_frame_mask(flow: np.ndarray) -> np.ndarray:
     Not part of Lai et al.'s mask (their warping clamps at the border); useful where
     border-replicated values must not be trusted. flow: (H, W, 2) pixels, x first.
     """
-    flow = _check_flow(flow)
-    h, w = flow.shape[:2]
-    tx = flow[..., 0] + np.arange(w, dtype=np.float32)[None, :]
-    ty = flow[..., 1] + np.arange(h, dtype=np.float32)[:, None]
+    tx, ty = remap_maps(flow)
+    h, w = tx.shape
     return (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
 
 
