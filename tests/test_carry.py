@@ -123,6 +123,26 @@ def test_bad_settings_are_refused(bad):
         DetailCarry(CarryConfig(**bad))
 
 
+def test_the_carry_and_the_refinement_take_the_flow_modules_presets():
+    from unflicker import flow
+    from unflicker.refine import inference, training
+    from unflicker.refine.network import RefineNet, RefineNetConfig
+
+    assert inference.FLOW_PRESETS is training.FLOW_PRESETS is flow.FLOW_PRESETS  # one list, no copies
+    assert set(flow.FLOW_PRESETS) == set(flow._PRESETS)
+    net = RefineNet(RefineNetConfig(width=4))
+    for preset in flow.FLOW_PRESETS:  # every preset DIS knows is accepted by each ...
+        CarryConfig(flow_preset=preset).check()
+        training._check(training.RefineTrainConfig(inference=inference.RefineInferenceConfig(flow_preset=preset)))
+    for refused in ("slow", "Fast", ""):  # ... and the same unknown ones refused by each
+        with pytest.raises(InputError, match="flow preset"):
+            CarryConfig(flow_preset=refused).check()
+        with pytest.raises(InputError, match="flow preset"):
+            inference.LocalRefiner(net, inference.RefineInferenceConfig(flow_preset=refused), device="cpu")
+        with pytest.raises(InputError, match="flow preset"):
+            training._check(training.RefineTrainConfig(inference=inference.RefineInferenceConfig(flow_preset=refused)))
+
+
 def test_the_three_warps_of_a_frame_share_one_set_of_maps(monkeypatch):
     import unflicker.carry as carry_module
 

@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from unflicker.errors import InputError
-from unflicker.flow import remap_maps, warp_mapped
+from unflicker.flow import FLOW_PRESETS, remap_maps, warp_mapped
 from unflicker.frames import blur
 
 
@@ -96,8 +96,6 @@ class CarryConfig:
         return self.amount > 0.0 and self.factor > 0.0
 
     def check(self) -> None:
-        from unflicker.flow import _PRESETS
-
         if not (0.0 <= self.factor <= 1.0 and 0.0 <= self.amount <= 1.0):
             raise InputError(f"carry factor and amount must be in [0, 1], got {self.factor}, {self.amount}")
         if not (0.0 < self.band < 1.0 and 0.0 < self.energy < 1.0):
@@ -110,8 +108,8 @@ class CarryConfig:
         if not 0.0 <= self.efficient_low < self.efficient_high:
             raise InputError(f"carry needs 0 <= efficient_low < efficient_high, got {self.efficient_low}, "
                              f"{self.efficient_high}")
-        if self.flow_preset not in _PRESETS or self.flow_side < 16:
-            raise InputError(f"carry needs a flow preset of {sorted(_PRESETS)} and flow_side >= 16, got "
+        if self.flow_preset not in FLOW_PRESETS or self.flow_side < 16:
+            raise InputError(f"carry needs a flow preset of {sorted(FLOW_PRESETS)} and flow_side >= 16, got "
                              f"{self.flow_preset!r}, {self.flow_side}")
 
     def for_segment(self, smoothness: float, strength: float = 1.0) -> CarryConfig:

@@ -23,6 +23,9 @@ _PRESETS = {
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
+# The DIS presets' names, fastest first: what every config that names a flow preset (the carry's, the
+# refinement's) accepts.
+FLOW_PRESETS: tuple[str, ...] = tuple(_PRESETS)
 
 # Frames are padded to at least this many pixels per side before DIS.
 _MIN_FLOW_SIDE = 32

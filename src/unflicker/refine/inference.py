@@ -19,11 +19,11 @@ from unflicker.errors import InputError
 from unflicker.frames import float_rgb, planes as frame_planes
 from unflicker.filter.inference import PRECISIONS
 from unflicker.filter.upsampling import resized_plane
+from unflicker.flow import FLOW_PRESETS
 from unflicker.refine.align import align_previous
 from unflicker.refine.network import RefineNet, RefineNetConfig
 
 FORMAT, FORMAT_VERSION = netfiles.FORMATS["refine"]
-FLOW_PRESETS = ("ultrafast", "fast", "medium")
 
 
 def default_weights_path() -> Path:

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from unflicker.errors import InputError, UnflickerError
+from unflicker.flow import FLOW_PRESETS
 from unflicker.refine.align import align_previous
 from unflicker.refine.data import CachedClip, compose_to_first, decode_clip, load_clip, sample_window
-from unflicker.refine.inference import FLOW_PRESETS, LocalRefiner, RefineInferenceConfig, save_weights
+from unflicker.refine.inference import LocalRefiner, RefineInferenceConfig, save_weights
 from unflicker.refine.network import RefineNet, RefineNetConfig, warp_tensor
 from unflicker.refine.residual import ResidualFlicker, ResidualFlickerConfig
 from unflicker.training import (add_run_control_args, check_fresh_output, check_run_numbers, check_finite,
