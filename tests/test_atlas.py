@@ -257,6 +257,51 @@ def test_our_adam_matches_torchs():
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_our_adam_steps_a_group_of_parameters_with_different_step_counts_as_one_at_a_time():
+    # Parameters of one group step together (torch's _foreach ops) when they share a step count; a level
+    # unlocked later has fewer steps. The result must be the bits of stepping each one alone, and torch's.
+    from unflicker.atlas.grid_fit import Adam
+
+    torch.manual_seed(1)
+    start = [torch.randn(6, 2), torch.randn(3, 4, 5), torch.randn(7)]
+    ours = [p.clone().requires_grad_() for p in start]
+    theirs = [p.clone().requires_grad_() for p in start]
+    alone = [p.clone() for p in start]
+    moments = [[torch.zeros_like(p), torch.zeros_like(p), 0] for p in start]
+    opt_ours = Adam([{"params": ours[:2], "lr": 0.05}, {"params": ours[2:], "lr": 0.02}])
+    opt_theirs = torch.optim.Adam([{"params": theirs[:2], "lr": 0.05}, {"params": theirs[2:], "lr": 0.02}])
+    lrs = [0.05, 0.05, 0.02]
+
+    def loss_of(params, step):
+        return (params[0] ** 3).sum() + (params[1].sin() * (step >= 4)).sum() + ((params[2] - 1) ** 2).sum()
+
+    for step in range(10):
+        for params, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            loss_of(params, step).backward()
+            if step < 4:
+                params[1].grad = None  # not unlocked yet: no step, its count falls behind
+        opt_ours.step()
+        opt_theirs.step()
+        # The formula one parameter at a time, as Adam.step computed it before the _foreach ops.
+        leaves = [p.clone().requires_grad_() for p in alone]
+        loss_of(leaves, step).backward()
+        with torch.no_grad():
+            for k, (p, leaf) in enumerate(zip(alone, leaves)):
+                if k == 1 and step < 4:
+                    continue
+                m, v, n = moments[k]
+                n += 1
+                moments[k][2] = n
+                m.lerp_(leaf.grad, 1 - 0.9)
+                v.mul_(0.999).addcmul_(leaf.grad, leaf.grad, value=1 - 0.999)
+                denom = (v.sqrt() / (1 - 0.999**n) ** 0.5).add_(1e-8)
+                p.addcdiv_(m, denom, value=-lrs[k] / (1 - 0.9**n))
+    for a, b, c in zip(ours, alone, theirs):
+        assert torch.equal(a.detach(), b)
+        assert torch.allclose(a, c, atol=1e-6)
+
+
 def test_default_steps_visit_each_frame_of_a_short_span_at_most_max_visits_times():
     from unflicker.atlas.grid_fit import DEFAULT_STEPS, default_steps
 

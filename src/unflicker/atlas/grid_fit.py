@@ -172,17 +172,30 @@ class Adam:
     def step(self) -> None:
         beta1, beta2 = self.betas
         for group in self.param_groups:
+            # The parameters of a group that share a step count (a level unlocked later has fewer) step
+            # together through torch's _foreach ops: the same arithmetic per element, a few calls instead
+            # of seven per parameter (the same bits as one parameter at a time).
+            by_step: dict[int, list[tuple[torch.Tensor, dict]]] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = self.state.setdefault(p, {"step": 0, "exp_avg": torch.zeros_like(p),
                                                   "exp_avg_sq": torch.zeros_like(p)})
                 state["step"] += 1
-                correction1, correction2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
-                state["exp_avg"].lerp_(p.grad, 1 - beta1)
-                state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                denom = (state["exp_avg_sq"].sqrt() / correction2**0.5).add_(self.eps)
-                p.addcdiv_(state["exp_avg"], denom, value=-group["lr"] / correction1)
+                by_step.setdefault(state["step"], []).append((p, state))
+            for step, members in by_step.items():
+                params = [p for p, _ in members]
+                grads = [p.grad for p in params]
+                exp_avgs = [state["exp_avg"] for _, state in members]
+                exp_avg_sqs = [state["exp_avg_sq"] for _, state in members]
+                correction1, correction2 = 1 - beta1 ** step, 1 - beta2 ** step
+                torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+                torch._foreach_mul_(exp_avg_sqs, beta2)
+                torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+                denom = torch._foreach_sqrt(exp_avg_sqs)
+                torch._foreach_div_(denom, correction2**0.5)
+                torch._foreach_add_(denom, self.eps)
+                torch._foreach_addcdiv_(params, exp_avgs, denom, value=-group["lr"] / correction1)
 
 
 @contextmanager
