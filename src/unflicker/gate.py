@@ -123,10 +123,11 @@ def _warped_errors(previous: tuple[np.ndarray, ...], current: tuple[np.ndarray, 
     """Copies of two consecutive frames, the input first in each: DIS flow previous -> current on the
     inputs, then for each index in `planes` the sum over the pixels seen in both (Lai et al.'s mask)
     of the mean absolute difference of previous[k] and current[k] warped back; and that pixel count."""
-    from unflicker.flow import flow_pair, warp
+    from unflicker.flow import flow_pair, remap_maps, warp_mapped
 
     pair = flow_pair(previous[0], current[0])
-    sums = [float(np.abs(previous[k] - warp(current[k], pair.forward)).mean(2)[pair.valid].sum()) for k in planes]
+    maps = remap_maps(pair.forward)  # every plane along the same flow
+    sums = [float(np.abs(previous[k] - warp_mapped(current[k], maps)).mean(2)[pair.valid].sum()) for k in planes]
     return sums, int(pair.valid.sum())
 
 
