@@ -629,6 +629,25 @@ def test_ray_s_cluster_mode_is_off_for_the_start_alone_even_where_it_fails(monke
     assert seen == [("127.0.0.1", False)] and ray_constants.ENABLE_RAY_CLUSTER is True
 
 
+def test_a_sigterm_inside_ray_init_leaves_a_second_one_ignored_for_the_clean_up(monkeypatch):
+    """A SIGTERM inside ray.init (Ray's handler there: sys.exit(15)) is the run's: Terminated, and as anywhere
+    else in a run a second one is ignored while it cleans up. The run's handler was put back on the way out of
+    ray.init's start, so a second SIGTERM raised Terminated again in the middle of the clean-up."""
+    ray = pytest.importorskip("ray")
+    from unflicker.engine import RayEngine
+    from unflicker.errors import Terminated, sigterm_as_interrupt
+
+    def init_killed(**options):
+        raise SystemExit(signal.SIGTERM)  # Ray's own handler, on a SIGTERM in ray.init
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init_killed)
+    with sigterm_as_interrupt():
+        with pytest.raises(Terminated):
+            RayEngine(EngineConfig(engine="ray", workers=1))
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
 # A test cluster's head on 127.0.0.1 alone (Ray's cluster mode off: see engine._on_loopback).
 HEAD = """import os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -549,6 +549,22 @@ def _on_loopback() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
+@contextmanager
+def _sigterm_in_ray_init() -> Iterator[None]:
+    """The caller's SIGTERM handler again on leaving (ray.init installs Ray's own); a SIGTERM that met Ray's handler
+    in the body (sys.exit(15), no word) is handed to the caller's once that is back (the CLI's: Terminated, its
+    message and exit 143). Handed over only then: the CLI's ignores further SIGTERMs while the run cleans up, which
+    putting it back after it took the signal undid."""
+    caller = signal.getsignal(signal.SIGTERM)
+    try:
+        with keep_sigterm_handler():
+            yield
+    except SystemExit as exc:
+        if exc.code == signal.SIGTERM and callable(caller):
+            caller(signal.SIGTERM, None)
+        raise
+
+
 _RAY_LOCK = threading.Lock()
 _ray_owner: RayEngine | None = None
 """The run of this process that started (ray.init) the Ray it runs on, until it shuts it down: Ray is one per
@@ -623,10 +639,9 @@ class RayEngine:
             notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
             level = notice.level
             notice.setLevel(logging.ERROR)
-            with keep_sigterm_handler():  # ray.init installs its own (sys.exit): a run keeps the CLI's
+            with _sigterm_in_ray_init():  # ray.init installs its own handler (sys.exit): a run keeps the CLI's
                 # A local Ray of the run's own goes also when the run is killed outright (kill -9), in ray.init too.
                 watchdog = _watch_local_ray(ray) if self.local else None
-                caller = signal.getsignal(signal.SIGTERM)  # the run's: Ray's own replaces it inside ray.init
                 try:
                     if not self.local:
                         _check_token(ray, address)
@@ -643,10 +658,6 @@ class RayEngine:
                         _end_watchdog(watchdog, b"!")
                     host.ray_started()
                     host.restore()
-                    if isinstance(exc, SystemExit) and exc.code == signal.SIGTERM and callable(caller):
-                        # A SIGTERM inside ray.init met Ray's handler (sys.exit(15), no word): the run's takes it
-                        # (the CLI's: Terminated, its message and exit 143).
-                        caller(signal.SIGTERM, None)
                     if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError)):
                         raise
                     raise UnflickerError(f"cannot start or reach Ray ({engine.ray_address or 'local'}): "
