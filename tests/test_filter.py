@@ -721,6 +721,15 @@ def test_bf16_runs_the_body_in_bfloat16_and_stays_within_a_fraction_of_an_8_bit_
     assert fast.coefficients(cv2.resize(frame, (80, 48)), atlas).dtype == np.float32
 
 
+def test_the_filter_runs_at_its_own_precision_whatever_the_net_it_is_given():
+    """A filter's precision is its config's, also for a net that another filter runs in bfloat16: an 'fp32'
+    filter made from a bf16 filter's net ran its convolutions in bfloat16 (the copy kept the given dtype)."""
+    fast = NeuralFilter.load(device="cpu", precision="bf16")
+    again = NeuralFilter(fast.net, dataclasses.replace(fast.config, precision="fp32"), device="cpu")
+    assert {p.dtype for p in again.net.parameters()} == {torch.float32}
+    assert fast.net.down[0][0].weight.dtype == torch.bfloat16  # the given net as it was
+
+
 def test_apply_rejects_bad_frames(shipped):
     with pytest.raises(InputError):
         shipped.apply(np.zeros((10, 10), np.float32), np.zeros((10, 10, 3), np.float32))

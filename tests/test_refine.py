@@ -1,5 +1,6 @@
 """Tests for unflicker.refine: the net, weights I/O, the training script, inference and stage 3 of the method."""
 
+import dataclasses
 import json
 import shutil
 
@@ -460,6 +461,14 @@ def test_bf16_refines_as_fp32_within_a_fraction_of_an_8_bit_level(refiner):
     assert 0 < diff.mean() < 0.05 / 255 and diff.max() < 2 / 255
     with pytest.raises(InputError, match="precision"):
         LocalRefiner.load(device="cpu", precision="fp16")
+
+
+def test_the_refiner_runs_at_its_own_precision_whatever_the_net_it_is_given():
+    """As the filter's: an 'fp32' refiner made from a bf16 refiner's net ran its convolutions in bfloat16."""
+    fast = LocalRefiner.load(device="cpu", precision="bf16")
+    again = LocalRefiner(fast.net, dataclasses.replace(fast.config, precision="fp32"), device="cpu")
+    assert {p.dtype for p in again.net.parameters()} == {torch.float32}
+    assert fast.net.enc1[0][0].weight.dtype == torch.bfloat16
 
 
 def test_the_method_runs_both_networks_at_its_precision():

@@ -84,8 +84,8 @@ class NeuralFilter:
         # 212-235 ms at 512x288), with coefficients equal to 1.3e-6.
         # On a copy: a net being trained keeps its own layout and dtype.
         self.net = copy.deepcopy(net).eval().to(self.device).to(memory_format=torch.channels_last)
-        if self.config.precision == "bf16":
-            self.net.body_in(torch.bfloat16)
+        # The body in this config's precision, also where the given net's runs in another (another's copy).
+        self.net.body_in(torch.bfloat16 if self.config.precision == "bf16" else torch.float32)
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str | None = None, **overrides) -> NeuralFilter:

@@ -87,8 +87,8 @@ class LocalRefiner:
         # channels_last: the net's convolutions ran 2.5x faster on this CPU (5.4 against 13.6 ms at 320x180).
         # On a copy: a net being trained (its validation runs here) keeps its own layout and dtype.
         self.net = copy.deepcopy(net).eval().to(self.device).to(memory_format=torch.channels_last)
-        if self.config.precision == "bf16":
-            self.net.body_in(torch.bfloat16)
+        # The body in this config's precision, also where the given net's runs in another (another's copy).
+        self.net.body_in(torch.bfloat16 if self.config.precision == "bf16" else torch.float32)
         self._prev_in: np.ndarray | None = None
         self._prev_out: np.ndarray | None = None
 
