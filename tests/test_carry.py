@@ -219,3 +219,18 @@ def test_carry_texture_is_the_neural_methods_and_recorded(tmp_path, capsys):
         cv2.imwrite(str(frames / f"f{i}.png"), np.full((40, 40, 3), 100 + i, np.uint8))
     assert main(["run", str(frames), "-o", str(tmp_path / "out.mkv"), "--method", "classical", "--carry-texture"]) != 0
     assert "--carry-texture" in capsys.readouterr().err and not (tmp_path / "out.mkv").exists()
+
+
+def test_the_summary_says_how_much_was_carried_without_a_gate_too():
+    """--no-projection runs no gate (no kind in the summary), but the carry still runs: the line says how much."""
+    from pathlib import Path
+
+    from unflicker.pipeline import RunSummary
+
+    def line(carry, *infos):
+        config = {"kind": "auto", "neural": {"carry": carry, "projection": None, "gate": None}}
+        return RunSummary(Path("out.mkv"), 16, 1.0, 0.03, 0.001, len(infos), config=config, segment_info=infos).line()
+
+    carried = line({"factor": 0.8}, {"carry": 0.815, "carry_efficiency": 0.55}, {"carry": 0.3, "carry_efficiency": 0.4})
+    assert carried.endswith("2 segments, texture carried 0.30-0.81"), carried
+    assert "texture carried" not in line(None, {})  # not asked: not said

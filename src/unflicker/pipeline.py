@@ -119,6 +119,8 @@ class RunSummary:
     def line(self) -> str:
         reused = f", {self.reused} of them reused from the work folder" if self.reused else ""
         weights = [info["fine_weight"] for info in self.segment_info if "fine_weight" in info]
+        # --carry-texture: how much each segment took (none where its gate found no flicker or smooth light)
+        asked = ((self.config or {}).get("neural") or {}).get("carry") is not None
         kind = ""
         if self.kind == "none":
             kind = ", no flicker found: left as it is"
@@ -134,11 +136,11 @@ class RunSummary:
             if physical:
                 found = "found, treated as physical flicker; " + \
                     ("" if clear else "frames processed one by one? try --kind processed; ")
-            # --carry-texture: how much each segment took (none where its gate found no flicker or smooth light)
-            asked = ((self.config or {}).get("neural") or {}).get("carry") is not None
             carried = [info.get("carry", 0.0) for info in self.segment_info if "fine_weight" in info]
             kind = (f", kind {self.kind} ({found}fine correction weight {_span(weights)}"
                     + (f", texture carried {_span(carried)}" if asked else "") + ")")
+        elif asked and any("carry" in info for info in self.segment_info):  # no gate ran (--no-projection)
+            kind = f", texture carried {_span([info.get('carry', 0.0) for info in self.segment_info])}"
         return (f"wrote {self.output}: {self.frames} frame{'s' if self.frames != 1 else ''} in {self.seconds:.1f} s "
                 f"({self.frames / max(self.seconds, 1e-9):.1f} fps), flicker index "
                 f"{self.flicker_before * 1e3:.2f} -> {self.flicker_after * 1e3:.2f} (x1e-3"
