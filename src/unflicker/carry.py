@@ -34,8 +34,9 @@ here: the carry cannot tell them apart (session 29 tried a noise floor: they do 
 spread), and grain is the film's own look. So no run carries by default: `--carry-texture` asks for it
 (videos processed frame by frame that draw their texture afresh, as img2img does), and the user
 accepts that it also evens out sensor noise and grain. The gate still scales it per segment
-(`for_segment`): none where a segment is left as it is, none where its flicker is smooth physical
-light. The recursion restarts at a segment's first frame; segments are cross-faded.
+(`for_segment`): none where a segment is left as it is, none where the gate measured its flicker as smooth
+physical light (`--kind auto`); with a kind the user names, the gate measures no smoothness and the carry is
+whole (a video processed frame by frame can also flicker under mains light). The recursion restarts at a segment's first frame; segments are cross-faded.
 """
 
 from __future__ import annotations

@@ -321,7 +321,8 @@ class RunConfig:
     """neural: carry the finest texture along the motion after the anchor (unflicker.carry), for frames
     processed one by one that draw their texture afresh (img2img and the like); it also evens out sensor
     noise and film grain, so no run does it unasked. Scaled per segment by the gate (none where a
-    segment is left as it is or its flicker is smooth physical light)."""
+    segment is left as it is or, with kind 'auto', its flicker is measured smooth physical light; whole
+    with a kind named)."""
     filter_weights: Path | None = None
     """neural: the neural filter's weights file (e.g. from `unflicker train-filter`); None: the shipped ones."""
     refine_weights: Path | None = None
