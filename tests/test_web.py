@@ -234,6 +234,44 @@ def test_a_zip_of_huge_frames_is_refused_from_their_headers_before_any_is_decode
     assert decoded == []
     store.close()
 
+def damaged_zip(path: Path, compression: int, encrypted: bool = False) -> Path:
+    """A zip of 3 PNG frames whose second frame's compressed data is damaged (or, encrypted: every entry
+    flagged as protected by a password, as `zip -e` writes them)."""
+    png = cv2.imencode(".png", np.full((24, 32, 3), 100, np.uint8))[1].tobytes()
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for t in range(3):
+            archive.writestr(f"f{t}.png", png)
+    data = bytearray(path.read_bytes())
+    if encrypted:
+        for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the flag bits of each header
+            start = 0
+            while (start := data.find(signature, start)) >= 0:
+                data[start + at] |= 1
+                start += 4
+    else:
+        start = data.find(b"f1.png") + len("f1.png") + 10
+        data[start:start + 20] = b"\x13" * 20
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("compression, encrypted, expected", [
+    (zipfile.ZIP_DEFLATED, False, "the zip cannot be read"), (zipfile.ZIP_BZIP2, False, "the zip cannot be read"),
+    (zipfile.ZIP_LZMA, False, "the zip cannot be read"), (zipfile.ZIP_STORED, True, "protected by a password")],
+    ids=["deflate", "bzip2", "lzma", "password"])
+def test_a_damaged_or_password_protected_zip_is_refused_in_one_line(tmp_path, compression, encrypted, expected):
+    """A zip whose frames' data was damaged (deflate, LZMA) or that was protected by a password was a server error
+    (the page said "the server answered 500"); a damaged bzip2 one said the server's disk could not store it (507)."""
+    with app_with_an_upload(tmp_path) as (store, app, token, upload):
+        data = damaged_zip(tmp_path / "frames.zip", compression, encrypted).read_bytes()
+        status, body = asgi_get(app, "/api/upload", cookie=token, method="POST", body=data,
+                                headers={"x-filename": "frames.zip"})
+        assert status == 400, body
+        error = json.loads(body)["error"]
+        assert error.startswith("frames.zip cannot be used: ") and expected in error, error
+        assert list(store.items.iterdir()) == [upload.folder]  # nothing left behind
+
+
 def test_file_names_in_requests_cannot_reach_other_files(server, clip, finished, tmp_path):
     client, upload_id, job = finished
     job_id, job_folder = job["id"], server.work / "items" / job["id"]
@@ -650,13 +688,14 @@ def test_a_setting_of_the_wrong_json_type_is_a_message_not_a_server_error(value)
 
 
 def asgi_get(app, path: str, query: str = "", cookie: str = "", method: str = "GET",
-             body: bytes = b"") -> tuple[int, bytes]:
+             body: bytes = b"", headers: dict | None = None) -> tuple[int, bytes]:
     """(status, body) of a GET (or another method) through the app in this process (a server error
     is a 500, as uvicorn sends it)."""
     scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "1.1",
              "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
              "query_string": query.encode(), "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-             "headers": [(b"host", b"127.0.0.1"), (b"cookie", f"unflicker_session={cookie}".encode())]}
+             "headers": [(b"host", b"127.0.0.1"), (b"cookie", f"unflicker_session={cookie}".encode()),
+                         *((name.encode(), value.encode()) for name, value in (headers or {}).items())]}
     sent = []
 
     async def receive():

@@ -9,6 +9,7 @@ so moving to another engine with the same entry point changes only worker.py.
 from __future__ import annotations
 
 import json
+import lzma
 import math
 import re
 import signal
@@ -18,6 +19,7 @@ import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,11 +152,18 @@ def _extract_frames(archive: Path, folder: Path, max_bytes: int) -> Path:
             names = [Path(e.filename).name for e in entries]
             if len(set(names)) != len(names):
                 raise InputError("the zip holds two images with the same name in different folders")
+            if any(e.flag_bits & 0x1 for e in entries):  # zipfile cannot open them without it
+                raise InputError("it is protected by a password: zip the frames again without one")
             folder.mkdir()
             for entry, name in zip(entries, names):
+                with zipped.open(entry) as source:
+                    try:
+                        data = source.read(max_bytes + 1)[:max_bytes]
+                    except (zlib.error, lzma.LZMAError, OSError) as exc:  # damaged data (bzip2's is an OSError)
+                        raise InputError(f"the zip cannot be read ({exc.__class__.__name__})") from None
                 # Written under its checked base name: no path from the archive is ever used.
-                with zipped.open(entry) as source, open(folder / name, "wb") as target:
-                    target.write(source.read(max_bytes + 1)[:max_bytes])
+                with open(folder / name, "wb") as target:
+                    target.write(data)
     except (zipfile.BadZipFile, EOFError, NotImplementedError, ValueError) as exc:
         raise InputError(f"the zip cannot be read ({exc.__class__.__name__})") from None
     return folder
