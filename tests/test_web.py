@@ -789,6 +789,18 @@ def app_with_an_upload(tmp_path):
         store.close()
 
 
+@pytest.mark.parametrize("body", [b'{"upload": "ID", "settings": {"strength": 1%s}}' % (b"0" * 400),
+                                  b"[" * 100_000 + b"]" * 100_000], ids=["huge-strength", "deeply-nested"])
+def test_a_request_json_cannot_overflow_into_a_server_error(tmp_path, body):
+    """A strength of 400 digits (an int too large for a float) and a request nested 100 000 deep (JSON's
+    recursion limit) were server errors (500), not one line saying what is wrong."""
+    with app_with_an_upload(tmp_path) as (store, app, token, upload):
+        status, answer = asgi_get(app, "/api/run", cookie=token, method="POST",
+                                  body=body.replace(b"ID", upload.id.encode()))
+        assert status == 400 and list(json.loads(answer)) == ["error"], answer
+        assert store.all_jobs() == []
+
+
 @pytest.mark.parametrize("kind", ["preview", "run"])
 def test_an_upload_swept_while_a_job_of_it_is_asked_for_is_gone_and_no_job_is_queued(tmp_path, monkeypatch, kind):
     with app_with_an_upload(tmp_path) as (store, app, token, upload):

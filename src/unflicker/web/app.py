@@ -129,6 +129,8 @@ def create_app(store: Store, queue: JobQueue, auth: str | None = None, loopback:
             data = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             raise InputError("the request is not JSON") from None
+        except RecursionError:  # nested deeper than the JSON decoder goes
+            raise InputError("the request is nested too deeply") from None
         if not isinstance(data, dict):
             raise InputError("the request must be a JSON object")
         return data

@@ -84,7 +84,7 @@ def parse_settings(form: dict) -> dict:
         raise InputError(f"output format must be one of {', '.join(FORMATS)}")
     try:
         strength = float(settings["strength"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise InputError("strength must be a number from 0 to 1") from None
     if not 0.0 <= strength <= 1.0:
         raise InputError("strength must be a number from 0 to 1")
