@@ -213,6 +213,29 @@ def test_the_upload_check_reads_the_size_of_every_frame_but_the_first_from_its_h
     store.close()
 
 
+def test_a_zip_of_too_many_frames_is_refused_before_they_are_unpacked(tmp_path):
+    """The frame count (the length at the folder's frame rate) was checked after every image was unpacked: a
+    3.4 MB zip of 20 000 tiny PNGs wrote 20 000 files (a 2 GB upload, millions) to refuse it as too long."""
+    from unflicker.web.jobs import check_upload
+    from unflicker.web.store import Limits, Upload
+
+    store = Store(tmp_path / "work", Limits(max_seconds=2))
+    png = cv2.imencode(".png", np.full((2, 2, 3), 100, np.uint8))[1].tobytes()
+    for count, accepted in ((50, True), (51, False)):  # 25 fps: 2 s is 50 frames
+        upload = Upload(*store.new_folder(), "many.zip")
+        with zipfile.ZipFile(upload.folder / "input.zip", "w") as archive:
+            for t in range(count):
+                archive.writestr(f"f{t}.png", png)
+        if accepted:
+            check_upload(store, upload, upload.folder / "input.zip")
+            assert upload.frames == 50
+            continue
+        with pytest.raises(InputError, match=r"^it is 2\.0 s long; this server takes videos up to 2 s"):
+            check_upload(store, upload, upload.folder / "input.zip")
+        assert len(list((upload.folder / "frames").iterdir())) <= 1  # the first frame's header gives the rate
+    store.close()
+
+
 def test_a_zip_of_huge_frames_is_refused_from_their_headers_before_any_is_decoded(tmp_path, monkeypatch):
     """A 2 KB zip held two 8000x8000 PNGs: the upload check decoded one (190 MB; a 30000x30000 one, GBs)
     before it refused the size."""

@@ -138,8 +138,15 @@ def run_options(settings: dict) -> dict:
     return options
 
 
-def _extract_frames(archive: Path, folder: Path, max_bytes: int) -> Path:
-    """Unpack the images of a zip (flat, by their base names) into folder; InputError if unusable."""
+def _too_long(seconds: float, max_seconds: float) -> InputError:
+    return InputError(f"it is {seconds:.1f} s long; this server takes videos up to "
+                      f"{max_seconds:g} s (unflicker serve --max-seconds)")
+
+
+def _extract_frames(archive: Path, folder: Path, max_bytes: int, max_seconds: float = math.inf) -> Path:
+    """Unpack the images of a zip (flat, by their base names) into folder; InputError if unusable, or longer
+    than max_seconds at the frame rate of its first frame (a DPX header's, else the default), found once
+    that frame is unpacked: a small zip can hold a great many tiny images."""
     try:
         with zipfile.ZipFile(archive) as zipped:
             entries = [e for e in zipped.infolist() if not e.is_dir()
@@ -155,7 +162,12 @@ def _extract_frames(archive: Path, folder: Path, max_bytes: int) -> Path:
             if any(e.flag_bits & 0x1 for e in entries):  # zipfile cannot open them without it
                 raise InputError("it is protected by a password: zip the frames again without one")
             folder.mkdir()
-            for entry, name in zip(entries, names):
+            first = min(range(len(names)), key=lambda index: io.natural_key(names[index]))  # probe's first frame
+            for count, (entry, name) in enumerate(sorted(zip(entries, names), key=lambda e: e[1] != names[first])):
+                if count == 1:
+                    rate = io.folder_timing(folder / names[first])[1] or io.DEFAULT_FOLDER_FPS
+                    if len(names) / float(rate) > max_seconds:
+                        raise _too_long(len(names) / float(rate), max_seconds)
                 with zipped.open(entry) as source:
                     try:
                         data = source.read(max_bytes + 1)[:max_bytes]
@@ -238,7 +250,7 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
                           f"pixels a side")
 
     try:
-        path = _extract_frames(received, upload.folder / "frames", limits.max_upload_bytes) \
+        path = _extract_frames(received, upload.folder / "frames", limits.max_upload_bytes, limits.max_seconds) \
             if received.suffix == ".zip" else received
         if path.is_dir():  # from the headers, before probe decodes a frame: a few KB of zip can hold gigapixels
             for frame in path.iterdir():
@@ -253,8 +265,7 @@ def check_upload(store: Store, upload: Upload, received: Path) -> None:
         raise InputError(public_message(str(exc), upload, received)) from None
     seconds = info.frame_count / float(info.fps or 25)
     if seconds > limits.max_seconds:
-        raise InputError(f"it is {seconds:.1f} s long; this server takes videos up to "
-                         f"{limits.max_seconds:g} s (unflicker serve --max-seconds)")
+        raise _too_long(seconds, limits.max_seconds)
     if max(info.width, info.height) > limits.max_side:
         raise too_large(info.width, info.height)
     upload.path, upload.frames, upload.fps = path, info.frame_count, float(info.fps)
