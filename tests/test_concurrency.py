@@ -239,3 +239,30 @@ def test_ray_tasks_change_the_allocator_only_on_the_runs_own_ray():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_a_segment_file_cut_short_or_unreadable_in_the_work_folder_is_run_again(tmp_path):
+    """A segment's result in a --keep-work folder that a power loss (renamed, never flushed), a disk error or a copy
+    cut short left incomplete: the rerun computes that segment again, with the same output as an uninterrupted
+    run, rather than a traceback from the stitch."""
+    from unflicker.config import EngineConfig
+    from unflicker.segments import SegmentConfig
+
+    source, work = clip(tmp_path / "clip", 16), tmp_path / "work"
+
+    def config(**kw):
+        return RunConfig(method="classical", progress=False, engine=EngineConfig(workers=1),
+                         segments=SegmentConfig(frames=4, margin=1), **kw)
+
+    deflicker_file(source, tmp_path / "reference.mkv", config())
+    assert deflicker_file(source, tmp_path / "first.mkv", config(keep_work=work)).segments == 4
+    results = sorted(work.glob("jobs/*/segment-*.npy"))
+    with open(results[1], "r+b") as file:
+        file.truncate(results[1].stat().st_size - 100)  # its last frame cut short
+    results[2].write_bytes(b"")  # renamed into place, its data never reached the disk
+    with open(results[3], "r+b") as file:
+        file.write(b"\0" * 64)  # its header gone
+    with pytest.warns(UserWarning, match="segment-0000[123].npy is incomplete or unreadable") as caught:
+        summary = deflicker_file(source, tmp_path / "again.mkv", config(keep_work=work))
+    assert summary.reused == 1 and len(caught) == 3
+    assert (tmp_path / "again.mkv").read_bytes() == (tmp_path / "reference.mkv").read_bytes()

@@ -146,6 +146,19 @@ class TemporaryWork:
             self._fd = None
 
 
+def _whole_array(path: Path) -> bool:
+    """Whether `path` is a readable .npy file holding all the bytes its header promises."""
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(file)
+            need = file.tell() + int(np.prod(shape)) * dtype.itemsize
+            return os.fstat(file.fileno()).st_size == need
+    except (OSError, ValueError, TypeError, SyntaxError):
+        return False
+
+
 class JobFolder:
     """One job's part of a work folder, held by one run at a time.
 
@@ -200,8 +213,24 @@ class JobFolder:
         return self.path / f"segment-{index:05d}.json"
 
     def finished(self, count: int) -> set[int]:
-        """Indices of the segments whose result is in place."""
-        return {k for k in range(count) if self.result(k).is_file()}
+        """Indices of the segments whose result is in place and whole. One that is not (renamed into place but
+        never flushed before a power loss, a disk error, a copy cut short) is removed, with its report: it runs
+        again."""
+        from unflicker.errors import warn
+
+        done = set()
+        for k in range(count):
+            path = self.result(k)
+            if not path.is_file():
+                continue
+            if _whole_array(path):
+                done.add(k)
+                continue
+            warn(f"work folder {self.path}: {path.name} is incomplete or unreadable (a power loss, a disk error?): "
+                 f"that segment runs again")
+            for stale in (path, self.info(k)):
+                stale.unlink(missing_ok=True)
+        return done
 
     def spill(self, index: int) -> Path:
         return self.frames / f"segment-{index:05d}.npy"
