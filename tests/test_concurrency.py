@@ -266,3 +266,32 @@ def test_a_segment_file_cut_short_or_unreadable_in_the_work_folder_is_run_again(
         summary = deflicker_file(source, tmp_path / "again.mkv", config(keep_work=work))
     assert summary.reused == 1 and len(caught) == 3
     assert (tmp_path / "again.mkv").read_bytes() == (tmp_path / "reference.mkv").read_bytes()
+
+
+def test_a_batch_killed_outright_keeps_the_figures_of_the_outputs_it_finished(tmp_path):
+    """kill -9 (no clean-up runs) after a batch's first output: the rerun skips that output with its figures
+    (frames, flicker index), as after Ctrl-C, not with zeros."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    clip(inputs / "a", 8)
+    clip(inputs / "b", 24, seed=5)
+    # The batch dies as kill -9 would make it (os._exit: no handler, no finally) once the first output is there.
+    script = f"""
+import os
+from pathlib import Path
+from unflicker.batch import run_batch
+from unflicker.config import EngineConfig
+from unflicker.pipeline import Job, RunConfig
+advance = Job.advance
+def dying(self):
+    if self.batch_index == 1 and Path({str(out / "a")!r}).exists():
+        os._exit(137)
+    return advance(self)
+Job.advance = dying
+run_batch(Path({str(inputs)!r}), Path({str(out)!r}), RunConfig(method="classical", progress=False,
+          engine=EngineConfig(workers=1)))
+"""
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137 and (out / "a").is_dir() and not (out / "b").exists(), killed.stderr
+    rows = run_batch(inputs, out, RunConfig(method="classical", progress=False))
+    assert [row.status for row in rows] == ["skipped", "done"]
+    assert rows[0].frames == 8 and rows[0].flicker_before > rows[0].flicker_after > 0

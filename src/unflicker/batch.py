@@ -34,7 +34,8 @@ class BatchItem:
     input: str
     output: str
     status: str
-    """'done', 'skipped' (output already there), 'failed' or 'interrupted' (the batch was stopped first)."""
+    """'done', 'skipped' (output already there), 'failed' or 'interrupted' (the batch was stopped first); 'pending'
+    in the summary written after each input while the batch runs (and left so by a batch killed outright)."""
     frames: int = 0
     seconds: float = 0.0
     flicker_before: float | None = None
@@ -244,7 +245,15 @@ def _run_batch(inputs: list, out_dir: Path, config: RunConfig) -> list[BatchItem
                 bar.refresh()
             if job.error is not None:
                 item.status, item.error = "failed", str(job.error)
-                return
+            else:
+                done(job, item)
+            # The summary so far, after each input: a batch killed outright (kill -9, power loss) writes none at
+            # its end, and a rerun skips the outputs it finished with the figures listed here. The rest are
+            # 'pending' in it until the end; a full disk here is the final summary's to report.
+            with contextlib.suppress(OutputError):
+                write_summary(out_dir, [items[i] for i in sorted(items)])
+
+        def done(job: Job, item: BatchItem) -> None:
             summary = job.summary
             item.status, item.frames, item.seconds = "done", summary.frames, round(summary.seconds, 3)
             item.flicker_before, item.flicker_after = summary.flicker_before, summary.flicker_after
