@@ -1343,3 +1343,24 @@ def test_a_killed_runs_temporary_work_folder_is_removed_by_the_next_run(tmp_path
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_batch_list_mirrors_the_names_it_lists_not_those_its_links_point_to(tmp_path):
+    """Inputs listed through symbolic links (a media library of links, git-annex) keep the listed names, as
+    the same links found in a folder do: not the target's (out/store/SHA256-...mkv), nor 'same output name'
+    for a second link to one file."""
+    from unflicker.batch import find_inputs
+
+    real = tmp_path / "real"
+    (real / "store").mkdir(parents=True)
+    (real / "clips").mkdir()
+    (real / "store" / "SHA256E-1f2e.mkv").write_bytes(b"x")
+    for name in ("shot1.mkv", "shot2.mkv"):
+        (real / "clips" / name).symlink_to(real / "store" / "SHA256E-1f2e.mkv")
+    (tmp_path / "linked").symlink_to(real)  # the list reached through a link to its folder
+    listing = real / "list.txt"
+    listing.write_text(f"clips/shot1.mkv\n{real / 'clips' / 'shot2.mkv'}\n")
+    expected = [Path("clips/shot1.mkv"), Path("clips/shot2.mkv")]
+    assert [relative for _, relative in find_inputs(listing)] == expected
+    assert [relative for _, relative in find_inputs(tmp_path / "linked" / "list.txt")] == expected
+    assert [relative for _, relative in find_inputs(real / "clips")] == [Path("shot1.mkv"), Path("shot2.mkv")]

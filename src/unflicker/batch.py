@@ -85,9 +85,7 @@ def find_inputs(source: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, Pat
                 source.parent.resolve() != Path.cwd().resolve() else ""
             raise InputError(f"{source} lists no file or folder that is here (its first input line: "
                              f"{first[:80]!r}{where}): give a folder, or a text file with one input path per line")
-        root = source.parent.resolve()
-        return [(p, p.resolve().relative_to(root) if p.resolve().is_relative_to(root) else Path(p.name))
-                for p in paths]
+        return [(p, _listed_name(p, source.parent)) for p in paths]
     if not source.is_dir():
         raise InputError(f"{source} is neither a folder nor a list file")
     found = []
@@ -113,6 +111,17 @@ def find_inputs(source: Path, skip: Iterable[Path] = ()) -> list[tuple[Path, Pat
     for path in walk(source):
         found.append((path, path.relative_to(source)))
     return found
+
+
+def _listed_name(path: Path, root: Path) -> Path:
+    """A listed input's output name: its path relative to the list's folder `root` as listed (a link keeps its own
+    name, as in a folder; not its target's), else as resolved (the folder reached through another path), else
+    its name alone."""
+    listed, folder = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if listed.is_relative_to(folder):
+        return listed.relative_to(folder)
+    resolved, folder = Path(os.path.realpath(listed.parent)) / listed.name, root.resolve()
+    return resolved.relative_to(folder) if resolved.is_relative_to(folder) else Path(path.name)
 
 
 def _earlier_rows(out_dir: Path) -> dict[tuple[str, str], dict]:
