@@ -1060,7 +1060,9 @@ def test_kill_9_during_a_batch_then_the_same_command_resumes_every_input(tmp_pat
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     finished = len(list(work.glob("jobs/*/segment-*.npy")))
-    assert 0 < finished < 6 and not (out / "unflicker-batch.json").exists()
+    assert 0 < finished < 6
+    if (out / "unflicker-batch.json").exists():  # written after each input: none may be done this early, but one could
+        assert {r["status"] for r in json.loads((out / "unflicker-batch.json").read_text())} <= {"pending", "done"}
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     rows = json.loads((out / "unflicker-batch.json").read_text())
