@@ -1167,3 +1167,12 @@ def test_api_errors_name_the_keywords_the_cli_its_flags(tmp_path, capsys):
     source = write_pngs(tmp_path / "clip", list(frames))
     assert main(["run", str(source), "-o", str(tmp_path / "o.mkv"), "--strength", "2"]) != 0
     assert "--strength must be in 0..1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine, keyword", [(EngineConfig(lanes=0), "engine.lanes"),
+                                             (EngineConfig(retries=-1), "engine.retries")])
+def test_api_errors_of_engine_settings_without_a_flag_name_the_keyword(engine, keyword):
+    """engine.lanes and engine.retries (no CLI flags) were named 'lanes' and 'retries' alone, where every other
+    engine setting's error names it as the call wrote it (engine.workers)."""
+    with pytest.raises(InputError, match=rf"^{re.escape(keyword)} must be"):
+        unflicker.deflicker(clip(3), method="classical", engine=engine, progress=False)

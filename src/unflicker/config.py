@@ -245,13 +245,13 @@ class EngineConfig:
         if not 1 <= self.threads <= MAX_THREADS:
             raise InputError(f"--threads must be in 1..{MAX_THREADS}, got {self.threads}")
         if self.lanes is not None and self.lanes < 1:
-            raise InputError(f"lanes must be at least 1, got {self.lanes}")
+            raise InputError(f"engine.lanes must be at least 1, got {self.lanes}")  # no CLI flag: the keyword
         if self.engine != "ray" and (self.ray_address or self.shared_dir):
             raise InputError("--ray-address and --shared-dir apply to --engine ray only")
         if self.shared_dir is not None and not Path(self.shared_dir).is_dir():
             raise InputError(f"--shared-dir {self.shared_dir} is not a folder")
         if self.retries < 0:
-            raise InputError(f"retries must be >= 0, got {self.retries}")
+            raise InputError(f"engine.retries must be >= 0, got {self.retries}")  # no CLI flag: the keyword
 
     def local_workers(self, frame: tuple[int, int] | None = None, free: int | None = None,
                       spec: MethodSpec | None = None) -> int:
