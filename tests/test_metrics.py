@@ -301,3 +301,15 @@ def test_frames_of_different_sizes_within_a_sequence_are_refused(clip):
                   lambda o, r: warp_error(o, r, max_side=32), lambda o, r: detail_ratio(o, r, max_side=32)):
         with pytest.raises(InputError, match="differ in size"):
             score(mixed, mixed)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0, 3), (0, 0, 3)])
+def test_frames_of_no_pixels_are_an_input_error(shape):
+    """Frames of no pixels raised OpenCV's error (warping errors, detail) or scored NaN with NumPy's warnings
+    (flicker index, PSNR) instead of the library's InputError."""
+    empty = [np.zeros(shape, np.float32)] * 3
+    for score in (warp_error, paper_warp_error, detail_ratio, sequence_psnr, sequence_ssim,
+                  lambda o, r: ReferenceFlows.compute(r), lambda o, r: flicker_index(o),
+                  lambda o, r: laplacian_energy(o[0]), lambda o, r: psnr(o[0], r[0]), lambda o, r: ssim(o[0], r[0])):
+        with pytest.raises(InputError):
+            score(empty, empty)

@@ -35,7 +35,7 @@ FLICKER_TREND_RADIUS = 3
 def _image(x: np.ndarray) -> np.ndarray:
     """(H, W) or (H, W, C) uint8, uint16 or float in [0, 1] -> float64 (H, W, C) in [0, 1]."""
     x = np.asarray(x)
-    if x.ndim not in (2, 3):
+    if x.ndim not in (2, 3) or x.size == 0:
         raise InputError(f"expected an image of shape (H, W) or (H, W, C), got {x.shape}")
     x = x.astype(np.float64) / {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(x.dtype, 1.0)
     return x[..., None] if x.ndim == 2 else x
@@ -141,7 +141,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for x in reference:
-                x = float_rgb(x, "a reference frame", allow_empty=True)
+                x = float_rgb(x, "a reference frame")
                 if shapes and x.shape != shapes[0]:
                     raise InputError(f"reference frames differ in size: {shapes[0]} vs {x.shape}")
                 shapes.append(x.shape)
@@ -170,7 +170,7 @@ class ReferenceFlows:
 
         def frames() -> Iterator[np.ndarray]:
             for _, x in _zip_equal(range(self.n_frames), result, "result and reference"):
-                x = float_rgb(x, "a result frame", allow_empty=True)
+                x = float_rgb(x, "a result frame")
                 if x.shape != self.full_shape:
                     raise InputError(f"result frame {x.shape} does not match reference {self.full_shape}")
                 yield _resize(x, self.size)
@@ -206,7 +206,7 @@ def warp_error(
     def both() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         nonlocal size, first
         for r, o in _zip_equal(reference, result, "result and reference"):
-            r, o = float_rgb(r, "a reference frame", allow_empty=True), float_rgb(o, "a result frame", allow_empty=True)
+            r, o = float_rgb(r, "a reference frame"), float_rgb(o, "a result frame")
             if r.shape != o.shape:
                 raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
             first = first or r.shape
@@ -241,7 +241,7 @@ def paper_warp_error(
     result, reference: sequences of (H, W, 3) frames in [0, 1]; both are read into memory.
     Returns: the raw value (multiply by WARP_ERROR_SCALE to report in units of 1e-3); 0.0 for one frame.
     """
-    reference = [float_rgb(x, "a reference frame", allow_empty=True) for x in reference]
+    reference = [float_rgb(x, "a reference frame") for x in reference]
     result = list(result)
     if not reference:
         raise InputError("the sequences are empty")
@@ -260,9 +260,9 @@ def laplacian_energy(frame: np.ndarray, like: np.ndarray | None = None) -> float
     like: when given, the luma is first contrast matched to it (an affine map giving it `like`'s
     luma mean and standard deviation), so a global gain or contrast change does not count as detail.
     """
-    y = _luma(float_rgb(frame, "a frame", allow_empty=True))
+    y = _luma(float_rgb(frame, "a frame"))
     if like is not None:
-        ref = _luma(float_rgb(like, "a frame", allow_empty=True))
+        ref = _luma(float_rgb(like, "a frame"))
         if ref.shape != y.shape:
             raise InputError(f"frames differ in size: {y.shape} vs {ref.shape}")
         sd = float(y.std())
@@ -284,7 +284,7 @@ def detail_ratio(result: Iterable[np.ndarray], reference: Iterable[np.ndarray], 
     num = den = 0.0
     size = first = None
     for o, r in _zip_equal(result, reference, "result and reference"):
-        o, r = float_rgb(o, "a result frame", allow_empty=True), float_rgb(r, "a reference frame", allow_empty=True)
+        o, r = float_rgb(o, "a result frame"), float_rgb(r, "a reference frame")
         if o.shape != r.shape:
             raise InputError(f"result frame {o.shape} does not match reference {r.shape}")
         first = first or r.shape
@@ -312,7 +312,7 @@ def flicker_index(frames: Iterable[np.ndarray]) -> dict[str, float]:
     0.097 over 100). Two frames always score 0 (the padding continues them as a line).
     Returns: {"luma", "r", "g", "b"} -> float.
     """
-    means = [float_rgb(x, "frame", allow_empty=True).reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
+    means = [float_rgb(x, "frame").reshape(-1, 3).mean(axis=0, dtype=np.float64) for x in frames]
     if not means:
         raise InputError("the sequence is empty")
     rgb = np.array(means)  # (T, 3)
