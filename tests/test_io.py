@@ -330,3 +330,20 @@ def test_h264_output_is_the_same_bytes_on_every_encode(tmp_path):
                 writer.write(frame.astype(np.float32) / 255)
         files.add(out.read_bytes())
     assert len(files) == 1
+
+
+def test_an_mp4_whose_edit_list_trims_its_start_is_read_as_it_plays(tmp_path):
+    """A cut made without re-encoding (ffmpeg -ss ... -c copy, a phone's trim) keeps the frames before the cut
+    that the first shown frame needs, and an edit list that hides them: the header counts them, decoding
+    does not give them (the run failed with '6 frames decoded, 8 expected')."""
+    from unflicker.pipeline import RunConfig, deflicker_file
+
+    src = tmp_path / "trimmed.mp4"
+    make_video(src, gradient_frames(8), audio=True, pts=[-167, -83, 0, 83, 167, 250, 333, 417])
+    info = io.probe(src)
+    assert info.frame_count == len(list(io.read_frames(src, info))) == 6
+    out = tmp_path / "out.mp4"
+    deflicker_file(src, out, RunConfig(method="classical", progress=False))
+    with av.open(str(out)) as container:
+        assert [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)] == \
+            [0.0, 0.083, 0.167, 0.25, 0.333, 0.417]

@@ -150,6 +150,10 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         stream = container.streams.video[0]
         # AVI's count includes the empty chunks that stand for dropped frames (its variable frame rate).
         count, end = (0 if container.format.name == "avi" else stream.frames), None
+        if count and "mp4" in container.format.name.split(","):
+            # MP4/MOV's count includes the frames an edit list hides (a cut made without re-encoding keeps those
+            # the first shown frame needs): decoding gives only the others.
+            count = sum(1 for packet in container.demux(stream) if packet.size and not packet.is_discard)
         if not count:  # no count in the header (Matroska, WebM): the packets are counted, and where they end
             for packet in container.demux(stream):
                 if packet.size:
