@@ -347,3 +347,28 @@ def test_an_mp4_whose_edit_list_trims_its_start_is_read_as_it_plays(tmp_path):
     with av.open(str(out)) as container:
         assert [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)] == \
             [0.0, 0.083, 0.167, 0.25, 0.333, 0.417]
+
+
+def test_repeated_timestamps_go_into_mp4_and_mov_a_tick_apart(tmp_path):
+    """Matroska holds two frames at one time (a recorder's repeated frame); the MP4/MOV muxer refused the
+    encoder's equal timestamps at the end of the run ('writing out.mp4 failed: Invalid argument')."""
+    pts = [0, 83, 83, 167, 250, 250, 333, 417]
+    src = tmp_path / "repeats.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for image, t in zip(gradient_frames(len(pts)), pts):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    for suffix in (".mp4", ".mov"):
+        with pytest.warns(UserWarning, match="2 frames of repeats.mkv repeat the timestamp"):
+            copy_through(src, tmp_path / f"out{suffix}")
+        with av.open(str(tmp_path / f"out{suffix}")) as container:
+            times = [round(float(f.pts * f.time_base), 3) for f in container.decode(video=0)]
+        assert times == [0.0, 0.083, 0.084, 0.167, 0.25, 0.251, 0.333, 0.417]
+    copy_through(src, tmp_path / "out.mkv")  # Matroska keeps them as they are
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        assert [f.pts for f in container.decode(video=0)] == pts

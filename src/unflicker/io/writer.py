@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from unflicker.errors import OutputError
+from unflicker.errors import OutputError, warn
 from unflicker.io.common import (DEFAULT_CRF, FULL, X264_PRESET, free_text, from_float, make_held, replace, size_text,
                                  sweep_partials, to_depth)
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
@@ -43,6 +43,8 @@ class VideoWriter:
         self.overwrite = overwrite
         self.plan = plan_output(self.path, source, codec, bit_depth)
         self.count = 0
+        self._last_pts: int | None = None
+        self._moved = 0  # frames whose timestamp repeated (or went back before) the one before: moved on a tick
         self._temp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}{self.path.suffix}")
         self._container = None
         self._copier = None
@@ -175,7 +177,10 @@ class VideoWriter:
 
     def _encode(self, frame: av.VideoFrame, pts: int | None) -> None:
         if pts is not None and self.source.time_base is not None:
-            frame.pts = pts
+            if self._last_pts is not None and pts <= self._last_pts and self.plan.container != "matroska":
+                # MP4/MOV take increasing timestamps only (a repeat failed the muxer at the end, after the work).
+                pts, self._moved = self._last_pts + 1, self._moved + 1
+            frame.pts = self._last_pts = pts
             frame.time_base = self.source.time_base
         else:
             frame.pts = self.count
@@ -219,6 +224,11 @@ class VideoWriter:
                     self._copier = None
                 self._container.close()
                 self._container = None
+                if self._moved:
+                    tick = self.source.time_base
+                    warn(f"{self._moved} frame{'s' if self._moved > 1 else ''} of {self.source.path.name} repeat the "
+                         f"timestamp of the one before (or go back): written {float(tick) * 1e3:.3g} ms (a tick) "
+                         f"after it, as {self.path.suffix} holds increasing timestamps only; .mkv keeps them")
             except OutputError:  # from _mux
                 self.abort()
                 raise
