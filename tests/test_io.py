@@ -372,3 +372,28 @@ def test_repeated_timestamps_go_into_mp4_and_mov_a_tick_apart(tmp_path):
     copy_through(src, tmp_path / "out.mkv")  # Matroska keeps them as they are
     with av.open(str(tmp_path / "out.mkv")) as container:
         assert [f.pts for f in container.decode(video=0)] == pts
+
+
+def test_a_folder_output_of_jpeg_or_mixed_frames_keeps_every_frame_and_can_be_replaced(tmp_path):
+    """JPEG and BMP frames are written as PNG: a frame named like another's PNG (f0.jpg beside f0.png) was
+    written over it (6 frames in, 3 files out), and a rerun with --overwrite refused the folder it had written
+    itself ('holds more than frames written for it (f0.png)')."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    frames = gradient_frames(6)
+    for t, image in enumerate(frames):
+        cv2.imwrite(str(folder / f"f{t // 2}.{['jpg', 'png'][t % 2]}"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    for t, image in enumerate(frames[:3]):
+        cv2.imwrite(str(jpegs / f"{t}.JPG"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    for source, count in ((folder, 6), (jpegs, 3)):
+        out = tmp_path / f"{source.name}_out"
+        copy_through(source, out)
+        assert len(list(out.iterdir())) == count
+        back = io.probe(out)
+        assert back.frame_count == count
+        assert all(np.abs(a.image.astype(int) - b.image.astype(int)).mean() < 4
+                   for a, b in zip(io.read_frames(source), io.read_frames(out, back)))  # in the input's order
+        io.check_output(source, out, overwrite=True, info=io.probe(source))
+        copy_through(source, out, overwrite=True)

@@ -29,6 +29,7 @@ import av
 
 from unflicker.errors import OutputError, warn
 from unflicker.io.common import DEFAULT_FOLDER_FPS, IMAGE_EXTENSIONS, VIDEO_FORMATS, check_writable, other_entries
+from unflicker.io.images import frame_file_names
 from unflicker.io.media import SWS_MATRIX, VideoInfo
 
 CODECS = {"h264": "libx264", "hevc": "libx265", "prores": "prores_ks", "ffv1": "ffv1"}
@@ -426,7 +427,8 @@ def _check_replaceable_folder(input_path: Path, folder: Path, info: VideoInfo | 
     holds the input or anything else (a project or photo folder given as the output by mistake)."""
     if input_path.resolve().is_relative_to(folder.resolve()):
         raise OutputError(f"output folder {folder} holds the input: choose another output")
-    names = set(info.frame_names) if info is not None and info.is_folder else set()
+    names = {*info.frame_names, *frame_file_names(info.frame_names).values()} if info is not None and \
+        info.is_folder else set()
     others = other_entries(folder, lambda name: bool(_WRITTEN_FRAME.fullmatch(name)) or name in names)
     if others:
         raise OutputError(f"output folder {folder} holds more than frames written for it ({others[0]}); "

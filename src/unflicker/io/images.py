@@ -26,6 +26,31 @@ from unflicker.io.common import from_float, narrow, to_depth, widen
 from unflicker.io.media import format_facts
 
 PYAV_IMAGES = {".dpx": "dpx", ".exr": "exr"}
+
+
+def frame_file_names(names, from_folder: bool = True) -> dict[str, str]:
+    """The file name each frame name is written under in a folder output: PNG and TIFF keep theirs (suffix in
+    lower case), DPX and OpenEXR too from a frame folder, other formats (JPEG, BMP: never re-encoded lossy)
+    become .png; a name another frame's file already takes (f0.jpg beside f0.png) keeps its own suffix before
+    .png (f0.jpg.png), so no frame is written over another."""
+    def target(name: str) -> str:
+        suffix = Path(name).suffix.lower()
+        if suffix not in (".png", ".tif", ".tiff") and not (suffix in PYAV_IMAGES and from_folder):
+            suffix = ".png"
+        return f"{Path(name).stem}{suffix}"
+
+    written = {name: target(name) for name in names if target(name) == name}  # unchanged names first
+    taken = set(written.values())
+    for name in names:
+        if name not in written:
+            file, k = target(name), 1
+            while file in taken:
+                file, k = (f"{name}{Path(file).suffix}" if k == 1 else f"{name}-{k}{Path(file).suffix}"), k + 1
+            written[name] = file
+            taken.add(file)
+    return written
+
+
 # (grey, alpha, bit depth) of an OpenCV-read frame -> the FFmpeg name of that layout.
 CV_FORMATS = {
     (False, False, 8): "rgb24", (False, False, 16): "rgb48", (False, True, 8): "rgba", (False, True, 16): "rgba64",

@@ -13,7 +13,7 @@ from unflicker.errors import OutputError, warn
 from unflicker.io.common import (DEFAULT_CRF, FULL, X264_PRESET, free_text, from_float, make_held, replace, size_text,
                                  sweep_partials, to_depth)
 from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
-from unflicker.io.images import PYAV_IMAGES, write_image
+from unflicker.io.images import frame_file_names, write_image
 from unflicker.io.media import VideoInfo, scale_u16, sws_white
 
 
@@ -48,6 +48,7 @@ class VideoWriter:
         self._temp = self.path.with_name(f".{self.path.name}.partial-{os.getpid()}{self.path.suffix}")
         self._container = None
         self._copier = None
+        self._files: dict[str, str] | None = None  # a frame folder's names -> the files written (see frame_file_names)
         sweep_partials(self.path)  # a killed run's partial output of the same name
         self._lock = make_held(self._temp, folder=self.to_folder)  # a video's file: the muxer writes it later
         if not self.to_folder:
@@ -135,13 +136,13 @@ class VideoWriter:
         self.count += 1
 
     def _write_image(self, image: np.ndarray, name: str | None, alpha: np.ndarray | None) -> None:
-        stem = Path(name).stem if name else f"frame_{self.count:06d}"
-        suffix = Path(name).suffix.lower() if name else ".png"
-        if suffix not in (".png", ".tif", ".tiff") and not (suffix in PYAV_IMAGES and self.source.is_folder):
-            suffix = ".png"  # never re-encode a lossy format
+        if self._files is None:
+            self._files = frame_file_names(self.source.frame_names, self.source.is_folder)
+        file = (self._files.get(name) or frame_file_names([name], self.source.is_folder)[name]) if name else \
+            f"frame_{self.count:06d}.png"
         folder = self.source.is_folder
         try:
-            write_image(self._temp / f"{stem}{suffix}", image, alpha if self.plan.keeps_alpha else None,
+            write_image(self._temp / file, image, alpha if self.plan.keeps_alpha else None,
                         self.plan.bits, self.source.grayscale, self.source.pixel_format if folder else "",
                         self.source.path / name if folder and name else None)
         except OSError as exc:
