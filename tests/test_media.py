@@ -915,3 +915,24 @@ def test_a_grey_and_alpha_png_folder_stays_grey(tmp_path):
     out = run(folder, tmp_path / "out")
     image, alpha, facts = io.images.read_image(next(iter(sorted(out.iterdir()))))
     assert facts.grey and (alpha == 200).all()
+
+
+def test_audio_languages_are_kept_in_mov(tmp_path):
+    """QuickTime (.mov) stores a language as one of its own codes, which take some ISO 639-2 codes in one of
+    their two forms only ('fra' and 'ger', not 'fre' and 'deu'): 'deu' audio came out of .mov untagged. The
+    other form is written where it holds; a language .mov has no code for is named in a warning."""
+    src = tmp_path / "dub.mkv"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("ffv1", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
+        audio = add_audio(out, 4, N / 12)
+        for a, language in zip(audio, ["deu", "fre", "eng", "zul"]):
+            a.metadata["language"] = language
+        for t in range(N):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(gradient(t), format="rgb48le").reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+        encode_audio(out, audio, N / 12)
+    with pytest.warns(UserWarning, match=r"language zul of audio stream 4 .*\.mov"):
+        output = run(src, tmp_path / "out.mov")
+    with av.open(str(output)) as container:
+        assert [s.metadata.get("language") for s in container.streams.audio] == ["ger", "fra", "eng", None]

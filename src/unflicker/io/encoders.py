@@ -17,6 +17,7 @@ Defaults (the source's depth is kept):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io as pyio
 import os
@@ -307,6 +308,12 @@ def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: 
             if name not in supported:
                 plan.dropped.append(f"subtitle stream {stream.index} ({name}) cannot go into {path.suffix}: "
                                     f"dropped; write .mkv to keep it")
+        for stream in [*container.streams.audio, *container.streams.subtitles] if plan.container == "mov" else []:
+            language = stream.metadata.get("language")
+            if language and language != "und" and stream.codec.canonical_name in supported and \
+                    mov_language(language) is None:
+                plan.dropped.append(f"the language {language} of {stream.type} stream {stream.index} has no code in "
+                                    f".mov (QuickTime's own): not written; .mp4 or .mkv keep it")
         for stream in container.streams:
             if stream.type not in ("data", "attachment") or "timecode" in stream.metadata:
                 continue  # a timecode track is carried as the video stream's timecode
@@ -316,6 +323,37 @@ def _plan_streams(plan: OutputPlan, info: VideoInfo, supported: set[str], path: 
             if stream.type == "attachment" and plan.container == "matroska":
                 continue  # copied (fonts for subtitles, cover art)
             plan.dropped.append(f"{stream.type} stream {stream.index} ({name}) is not copied")
+
+
+_ISO639_FORMS = ("alb sqi arm hye baq eus bur mya chi zho cze ces dut nld fre fra geo kat ger deu gre ell ice isl "
+                 "mac mkd mao mri may msa per fas rum ron slo slk tib bod wel cym").split()
+_OTHER_FORM = {**dict(zip(_ISO639_FORMS[::2], _ISO639_FORMS[1::2])),
+               **dict(zip(_ISO639_FORMS[1::2], _ISO639_FORMS[::2]))}
+"""The two forms (bibliographic, terminology) of the ISO 639-2 codes that have two."""
+
+
+@functools.lru_cache(maxsize=None)
+def _mov_holds(language: str) -> bool:
+    """Whether FFmpeg's .mov muxer writes this language tag (as one of QuickTime's own codes) and reads it back."""
+    data = pyio.BytesIO()
+    with av.open(data, "w", format="mov") as trial:
+        stream = trial.add_stream("pcm_s16le", rate=8000)
+        stream.metadata["language"] = language
+        packet = av.Packet(bytes(16))
+        packet.stream, packet.pts, packet.dts, packet.time_base = stream, 0, 0, Fraction(1, 8000)
+        trial.mux(packet)
+    data.seek(0)
+    with av.open(data) as back:
+        return back.streams[0].metadata.get("language") == language
+
+
+def mov_language(language: str) -> str | None:
+    """The form of an ISO 639-2 language code that .mov holds (QuickTime's codes take some in one form only:
+    'fra' and 'ger', not 'fre' and 'deu'), None where it holds neither."""
+    for code in (language, _OTHER_FORM.get(language.lower())):
+        if code and _mov_holds(code):
+            return code
+    return None
 
 
 def _muxer_takes(container: str, stream) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 from unflicker.errors import OutputError, warn
 from unflicker.io.common import (DEFAULT_CRF, FULL, X264_PRESET, free_text, from_float, make_held, replace, size_text,
                                  sweep_partials, to_depth)
-from unflicker.io.encoders import encoder_refused, is_folder_output, plan_output
+from unflicker.io.encoders import encoder_refused, is_folder_output, mov_language, plan_output
 from unflicker.io.images import frame_file_names, write_image
 from unflicker.io.media import VideoInfo, scale_u16, sws_white
 
@@ -294,6 +294,8 @@ class _StreamCopier:
                 raise OutputError(f"cannot copy the {in_stream.codec_context.name} {in_stream.type} into "
                                   f"{output_container.format.name}: {exc}; choose .mkv to keep it") from None
             for key, value in in_stream.metadata.items():
+                if key.lower() == "language" and output_container.format.name == "mov":
+                    value = mov_language(value) or value  # the form QuickTime's codes hold ('deu' was dropped)
                 if key.lower() not in ("duration", "encoder", "creation_time"):
                     out.metadata[key] = value
             out.disposition = in_stream.disposition
