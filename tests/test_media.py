@@ -936,3 +936,33 @@ def test_audio_languages_are_kept_in_mov(tmp_path):
         output = run(src, tmp_path / "out.mov")
     with av.open(str(output)) as container:
         assert [s.metadata.get("language") for s in container.streams.audio] == ["ger", "fra", "eng", None]
+
+
+def test_full_range_8_bit_420_keeps_grey_neutral(tmp_path):
+    """swscale's default RGB -> full-range 4:2:0 conversion puts neutral grey at chroma 127, not 128: a full-range
+    source (MJPEG, a phone's yuvj420p) came out with a green cast (grey 200 read back as 199, 201, 198)."""
+    src = tmp_path / "webcam.avi"
+    luma = np.repeat(np.linspace(20, 235, W).round().astype(np.uint8)[None], H, 0)
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("mjpeg", rate=12)
+        stream.width, stream.height, stream.pix_fmt = W, H, "yuvj420p"
+        stream.codec_context.color_range = 2
+        for t in range(N):
+            frame = av.VideoFrame(W, H, "yuvj420p")  # grey: chroma 128
+            for plane, values in zip(frame.planes, (luma, 128, 128)):
+                np.frombuffer(plane, np.uint8).reshape(plane.height, -1)[:, :plane.width] = values
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    info = io.probe(src)
+    assert info.color_range == 2
+    for suffix in (".mp4", ".mov"):
+        output = tmp_path / f"out{suffix}"
+        with io.VideoWriter(output, info) as writer:
+            for frame in io.read_frames(src, info):
+                writer.write(frame.image, frame.pts)
+        with av.open(str(output)) as container:
+            frame = next(container.decode(video=0))
+        assert frame.color_range == 2
+        for plane in frame.planes[1:]:
+            chroma = np.frombuffer(plane, np.uint8).reshape(plane.height, -1)[:, :plane.width]
+            assert abs(float(chroma.mean()) - 128) < 0.25

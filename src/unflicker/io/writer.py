@@ -17,6 +17,10 @@ from unflicker.io.images import frame_file_names, write_image
 from unflicker.io.media import VideoInfo, scale_u16, sws_white
 
 
+WRITE_FULL_RANGE = av.video.reformatter.Interpolation.BILINEAR | av.video.reformatter.Interpolation.ACCURATE_RND
+"""swscale's scaler for RGB -> full-range YUV on writing (see VideoWriter._video_frame)."""
+
+
 class VideoWriter:
     """Write frames to a video or folder under a temporary name; `close()` renames it into place.
 
@@ -170,8 +174,11 @@ class VideoWriter:
             return frame if plan.pix_fmt == "gray16le" else frame.reformat(format=plan.pix_fmt)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(data), format=plan.frame_layout)
         if plan.is_yuv:
+            # Full range: swscale's default path puts 8-bit 4:2:0 grey at chroma 127 (a green cast); accurate
+            # rounding puts it at 128.
+            exact = {"interpolation": WRITE_FULL_RANGE} if plan.color_range == 2 else {}
             frame = frame.reformat(format=plan.pix_fmt, dst_colorspace=plan.matrix,
-                                   dst_color_range=plan.color_range or 1)  # untagged: limited, as read
+                                   dst_color_range=plan.color_range or 1, **exact)  # untagged: limited, as read
         elif plan.pix_fmt != plan.frame_layout:
             frame = frame.reformat(format=plan.pix_fmt)
         return frame
