@@ -441,6 +441,49 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_output_is_the_same(flicker
     assert np.array_equal(frames_of(tmp_path / "out.mkv"), reference)
 
 
+def _pool_task(index=0, frames=6):
+    from unflicker.classical import ClassicalConfig
+    from unflicker.segments import MethodSpec, SegmentTask
+
+    clip = np.stack(synth.add_flicker(synth.camera_move_clip(photo(), frames, (24, 32), seed=3), "global", 1.5, seed=4))
+    return SegmentTask("pool", Segment(index, range(frames), range(frames), 0),
+                       MethodSpec("classical", ClassicalConfig()), clip.astype(np.float32))
+
+
+def _waited(pool, handles, timeout=30.0):
+    """pool.wait(handles) on a thread: its outcome, or None where it has not returned in `timeout` s (a hang)."""
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(pool.wait(handles)), daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    return outcome[0] if outcome else None
+
+
+def test_a_task_sent_to_workers_that_died_idle_runs_on_fresh_ones_or_fails_never_hangs():
+    """Workers killed between tasks (the OOM killer while the run decodes) are found dead when a task is sent to
+    them: the task went back to the queue, but nothing sent it on to the fresh worker, and the one whose
+    retries were spent there was dropped without its error: the run waited for it for good."""
+    from unflicker.engine import LocalPool, WorkerDied
+
+    for retries, workers in ((2, 2), (2, 3), (0, 1)):
+        pool = LocalPool(EngineConfig(workers=workers, retries=retries), tasks=workers)
+        try:
+            for worker in pool._pool:  # every worker dies while idle
+                worker.process.kill()
+                worker.process.wait()
+            handle = pool.submit(_pool_task())
+            done = _waited(pool, [handle])
+            assert done is not None, f"{workers} dead workers, {retries} retries: the task was lost"
+            [(got, outcome)] = done
+            assert got == handle
+            if retries:
+                assert outcome.frames.shape == (6, 24, 32, 3)  # run on a fresh worker
+            else:  # the one try it had
+                assert isinstance(outcome, WorkerDied) and "segment 0 of pool" in str(outcome)
+        finally:
+            pool.close()
+
+
 def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, reference, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     from unflicker import pipeline

@@ -217,6 +217,8 @@ class LocalPool:
         self._lanes = engine.lanes_for(len(self._pool))
         self._queue: list[int] = []
         self._tasks: dict[int, tuple[SegmentTask, int]] = {}
+        self._failed: list[tuple[int, WorkerDied]] = []
+        """Tasks whose retries ran out when they were sent (their workers found dead), for `wait` to hand back."""
         self._next = 0
 
     def _limit_to(self, frame: tuple[int, int], spec: MethodSpec | None) -> None:
@@ -260,13 +262,16 @@ class LocalPool:
         idle = sum(worker.handle is None for worker in self._pool)
         for _ in range(min(len(self._queue) - idle, self.limit - len(self._pool))):
             self._pool.append(_Worker())
-        for worker in self._pool:
-            if worker.handle is None and self._queue:
+        for i in range(len(self._pool)):
+            # A worker found dead here (it died idle) is replaced in its place: the fresh one takes the task next.
+            while self._pool[i].handle is None and self._queue:
                 handle = self._queue.pop(0)
                 try:
-                    worker.send(handle, self._tasks[handle][0])
+                    self._pool[i].send(handle, self._tasks[handle][0])
                 except (BrokenPipeError, OSError):
-                    self._replace(worker, handle)
+                    failed = self._replace(self._pool[i], handle)
+                    if failed is not None:
+                        self._failed.append(failed)
 
     def _replace(self, worker: _Worker, handle: int) -> tuple[int, WorkerDied] | None:
         """The worker died running `handle`: a fresh worker, and the task queued again (or failed)."""
@@ -283,6 +288,10 @@ class LocalPool:
     def wait(self, handles, progress: Progress | None = None):
         wanted = set(handles)
         while True:
+            failed = [item for item in self._failed if item[0] in wanted]
+            if failed:  # no worker is running these: nothing to select on
+                self._failed = [item for item in self._failed if item[0] not in wanted]
+                return failed
             busy = {w.process.stdout: w for w in self._pool if w.handle is not None}
             reporting = {w.progress_fd: w for w in busy.values() if progress is not None and w.progress_fd is not None}
             ready, _, _ = select.select([*busy, *reporting], [], [])
