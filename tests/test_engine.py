@@ -484,7 +484,9 @@ def test_a_task_sent_to_workers_that_died_idle_runs_on_fresh_ones_or_fails_never
             pool.close()
 
 
-def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, reference, tmp_path, monkeypatch):
+def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, reference, tmp_path, monkeypatch, capsys):
+    """... and says nothing of it: Ray's driver printed its raylet's messages (the worker that died, each retry of
+    its task; colour codes and all) on stdout, under --quiet too, before the run's own line."""
     pytest.importorskip("ray")
     from unflicker import pipeline
 
@@ -496,6 +498,7 @@ def test_ray_engine_survives_a_killed_worker_with_the_same_output(flickering, re
     assert killed and summary.frames == 36
     assert np.array_equal(frames_of(tmp_path / "ray.mkv"), reference)
     assert seen and all(index in (0, 1, 2) and 0 < f <= 1 for index, f in seen)
+    assert capsys.readouterr().out == ""
 
 
 def test_a_runs_own_ray_gets_no_more_cpus_than_the_memory_holds_workers_for(monkeypatch):

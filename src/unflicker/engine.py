@@ -603,6 +603,7 @@ class RayEngine:
         self._started = False
         self._host: _HostState | None = None
         self._watchdog = self._board = None
+        self._quiet: Callable[[], None] | None = None  # puts Ray's printing of its raylet's messages back
         self.local = engine.ray_address is None
         with _RAY_LOCK:  # held through ray.init: a second run waits for it, then finds the first's Ray
             self._start(engine, frame, spec)
@@ -677,6 +678,7 @@ class RayEngine:
             self._host = host
             self._started = True
             self._watchdog = None if watchdog is None else _tell_watchdog(ray, watchdog)
+            self._quiet = _quiet_raylet(ray)
             _ray_owner = self
 
     def warm(self, spec: MethodSpec) -> None:
@@ -763,6 +765,9 @@ class RayEngine:
                 if self._host is not None:
                     self._host.restore()
                     self._host = None
+                if self._quiet is not None:
+                    self._quiet()
+                    self._quiet = None
                 _release_ray(self)
                 if self._watchdog is not None:  # without its byte the watchdog kills what is left
                     process, write = self._watchdog
@@ -807,6 +812,33 @@ class _HostState:
                 os.environ.pop(key, None)
         if not self.faulthandler:
             faulthandler.disable()
+
+
+def _quiet_raylet(ray) -> Callable[[], None] | None:
+    """Send the messages Ray's driver prints from its raylet (Ray 2.60: a worker that died, each retry of its task,
+    several lines with colour codes, on stdout whatever log_to_driver says) to this module's debug log instead, while
+    the run's Ray is up: the run retries a task whose worker died itself and says in one line what failed. Returns
+    what puts Ray's printing back (None where this Ray version prints them otherwise)."""
+    try:
+        module = ray._private.worker
+        original = module.print_to_stdstream
+    except AttributeError:  # a private API: another Ray version prints them its own way
+        return None
+    log = logging.getLogger(__name__)
+
+    def to_log(data, ignore_prefix):
+        if data.get("pid") != "raylet":
+            return original(data, ignore_prefix)
+        for line in data.get("lines", ()):
+            log.debug("raylet: %s", line)
+
+    module.print_to_stdstream = to_log
+
+    def restore() -> None:
+        if module.print_to_stdstream is to_log:
+            module.print_to_stdstream = original
+
+    return restore
 
 
 def _release_ray(engine: RayEngine) -> None:
