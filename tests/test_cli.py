@@ -773,3 +773,17 @@ def test_a_plot_named_dot_is_named_in_the_refusal(tmp_path, capsys):
     """`--plot .` was refused with 'name it *.png, not ' (the path's name is empty)."""
     code, _, err = run_cli(capsys, "run", tmp_path / "in.mp4", "-o", tmp_path / "o.mkv", "--plot", ".")
     assert code == 3 and err.strip().endswith("--plot writes a PNG: name it *.png, not ."), err
+
+
+@pytest.mark.parametrize("command", ["run", "batch"])
+def test_a_mistyped_option_name_is_named_by_its_command(capsys, command):
+    """README: `unflicker run: error:` for a mistyped option. `--strenght` was reported by the top-level parser
+    ('unflicker: error: unrecognized arguments ... (see unflicker --help)'), whose help lists no run options."""
+    from unflicker import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "in.mp4", "-o", "out", "--strenght", "0.5"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"unflicker {command}: error: ") and "--strenght" in err, err
+    assert err.rstrip().endswith(f"(see unflicker {command} --help)"), err

@@ -119,6 +119,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but an unknown option after a command (`run --strenght`) is named by that command's
+        parser, whose --help lists its options, rather than by the top-level one."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            commands = [action for action in self._actions if isinstance(action, argparse._SubParsersAction)]
+            command = getattr(parsed, "command", None)
+            parser = commands[0].choices.get(command, self) if commands and command else self
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
     def _print_message(self, message: str, file=None) -> None:
         """argparse's, which drops a failed write: `--help` to a full disk said nothing and exited 0."""
         if not message:
