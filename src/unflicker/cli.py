@@ -113,7 +113,7 @@ def _method_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line (argparse prints its usage first), as every other error."""
 
     def error(self, message: str):
@@ -151,7 +151,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from unflicker.config import METHOD_NAMES
 
-    parser = _Parser(prog="unflicker", description="Remove flicker from a video, blindly.")
+    parser = OneLineParser(prog="unflicker", description="Remove flicker from a video, blindly.")
     parser.add_argument("--version", action="version", version=f"unflicker {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     parser.set_defaults(keep_work=None)  # every command's args have it: None where it takes no --keep-work

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unflicker.cli import OneLineParser
 from unflicker.errors import InputError, UnflickerError
 from unflicker.filter.distortions import DistortionConfig, make_pair
 from unflicker.filter.inference import FilterInferenceConfig, load_network, save_weights
@@ -364,7 +365,7 @@ def train(config: FilterTrainConfig, command: str | None = None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     d = FilterTrainConfig()
-    p = argparse.ArgumentParser(prog="unflicker train-filter", description="Train the neural filter on photographs.")
+    p = OneLineParser(prog="unflicker train-filter", description="Train the neural filter on photographs.")
     p.add_argument("--data", type=Path, default=d.data_root, help="folder holding the image folders (default %(default)s)")
     p.add_argument("--train-folders", nargs="+", default=list(d.train_folders), help="training folders under --data")
     p.add_argument("--val-folder", default=d.val_folder, help="held-out folder under --data")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unflicker.cli import OneLineParser
 from unflicker.errors import InputError, UnflickerError
 from unflicker.flow import FLOW_PRESETS
 from unflicker.refine.align import align_previous
@@ -371,7 +372,7 @@ def train(config: RefineTrainConfig, command: str | None = None) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     d = RefineTrainConfig()
-    p = argparse.ArgumentParser(prog="unflicker train-refine",
+    p = OneLineParser(prog="unflicker train-refine",
                                 description="Train the local refinement net L on clean clips with synthetic flicker.")
     p.add_argument("--data", type=Path, default=d.data_root, help="folder of clean .mp4 clips (default %(default)s)")
     p.add_argument("--val-clip", default=d.val_clip, help="stem of the held-out clip (default %(default)s)")
