@@ -656,6 +656,10 @@ def test_load_rejects_missing_and_mismatched_weights(tmp_path):
         load_network(tmp_path / "run")
     path = save_weights(FilterUNet(FilterNetConfig(4, 2)), tmp_path / "w.safetensors")
     load_network(path)
+    # The JSON given for the weights was "w.json is not the file w.json was saved with (a save cut short
+    # between the two?); save or train them again": good weights called damaged.
+    with pytest.raises(WeightsError, match=r"w.json is the weights' JSON: give .*w.safetensors, the file beside it$"):
+        load_network(path.with_suffix(".json"))
     meta = json.loads(path.with_suffix(".json").read_text())
     for key, value in (("network", {"base_width": 8, "depth": 2}), ("version", 99)):
         bad = tmp_path / f"bad_{key}.safetensors"

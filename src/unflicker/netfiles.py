@@ -113,6 +113,8 @@ def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
         inside = path / f"{fmt.rsplit('.', 1)[-1]}.safetensors"
         hint = f" ({inside} is there)" if inside.is_file() else ""
         raise WeightsError(f"{what} weights {path} is a folder: give the .safetensors file in it{hint}")
+    if path.suffix.lower() == ".json":  # read as its own tensors file, it failed the digest: "a save cut short"
+        raise WeightsError(f"{path} is the weights' JSON: give {path.with_suffix('.safetensors')}, the file beside it")
     if not path.is_file() or not meta_path.is_file():
         raise WeightsError(f"{what} weights not found: need {path} and {meta_path.name} beside it")
     try:
