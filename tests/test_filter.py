@@ -623,6 +623,20 @@ def test_a_save_cut_short_between_weights_and_json_is_told_at_load(tmp_path, mon
     assert load_network(path)[1]["training"] == {"run": 2}
 
 
+def test_tensors_not_saved_with_their_json_fail_before_any_work(tmp_path):
+    """Another run's filter.safetensors beside a filter.json (copied in, or a save cut short) passed the
+    check a run makes before any work and failed only when a worker loaded it, after the analysis pass."""
+    from unflicker.neural import NeuralConfig, NeuralDeflicker
+
+    path = save_weights(random_net(4, 2, seed=1), tmp_path / "w.safetensors")
+    config = NeuralConfig(filter_weights=str(path), stop_after="filter")
+    NeuralDeflicker.fingerprint(config)
+    save_weights(random_net(4, 2, seed=2), tmp_path / "other.safetensors")
+    shutil.copy(tmp_path / "other.safetensors", path)
+    with pytest.raises(WeightsError, match="w.safetensors is not the file w.json was saved with"):
+        NeuralDeflicker.fingerprint(config)
+
+
 def test_saved_weights_are_as_readable_as_their_json(tmp_path):
     """safetensors' save_file wrote the tensors owner-only (0600) whatever the umask, beside a JSON readable
     by all: weights trained by one user (or in a container as root) could not be loaded by another."""

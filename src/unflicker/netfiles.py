@@ -76,9 +76,7 @@ def load_network(path: Path, what: str, fmt: str, version: int,
     except (KeyError, TypeError, UnflickerError) as exc:
         raise WeightsError(f"bad network config in {meta_path}: {exc}") from exc
     try:
-        if TENSORS_DIGEST in meta and file_sha256(path) != meta[TENSORS_DIGEST]:
-            raise WeightsError(f"{path.name} is not the file {meta_path.name} was saved with (a save cut short "
-                               "between the two?); save or train them again")
+        check_saved_together(path, meta)
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"cannot read {what} weights {path}: {exc}") from exc
@@ -127,11 +125,22 @@ def read_meta(path: Path, what: str, fmt: str, version: int) -> dict:
     return meta
 
 
+def check_saved_together(path: Path, meta: dict) -> None:
+    """WeightsError unless the tensors file `path` is the one its JSON `meta` was saved with (the digest it
+    names; a JSON without one passes); OSError as reading the file raises it."""
+    if TENSORS_DIGEST in meta and file_sha256(path) != meta[TENSORS_DIGEST]:
+        raise WeightsError(f"{path.name} is not the file {path.with_suffix('.json').name} was saved with (a save "
+                           "cut short between the two?); save or train them again")
+
+
 def weights_digest(path: Path, what: str, fmt: str, version: int) -> str:
     """SHA-256 of a weights file and its JSON (network, inference settings), read without torch:
-    what an output depends on beyond the run's config. Checks the JSON as `read_meta` does."""
-    read_meta(path, what, fmt, version)
+    what an output depends on beyond the run's config. Checks the JSON as `read_meta` does, and that the
+    tensors are the ones it was saved with (else they failed only when a worker loaded them, after the
+    analysis pass)."""
+    meta = read_meta(path, what, fmt, version)
     try:
+        check_saved_together(path, meta)
         return file_sha256(path, path.with_suffix(".json"))
     except OSError as exc:
         raise WeightsError(f"cannot read {what} weights {exc.filename or path}: {exc}") from exc

@@ -151,8 +151,8 @@ class NeuralDeflicker:
     def fingerprint(config: NeuralConfig) -> dict:
         """What the frames depend on beyond the config: a digest of each network's weight file and its
         JSON (network, inference settings), so a --keep-work resume notices new weights; read without
-        torch. A missing or wrong-format file fails here, before any work (its tensors are checked
-        when a worker loads them)."""
+        torch. A missing or wrong-format file, or tensors not saved with their JSON, fail here, before any
+        work (their shapes are checked when a worker loads them)."""
         return {name: netfiles.weights_digest(netfiles.weights_path(name, path), name, *netfiles.FORMATS[name])
                 for name, path in _networks(config).items()}
 
