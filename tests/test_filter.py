@@ -553,6 +553,12 @@ def test_a_fresh_run_does_not_replace_weights_in_its_output_folder_unless_asked(
     assert not (out / "log.jsonl").exists()
     assert train(dataclasses.replace(tiny_config(tiny_data, out, steps=1), resume=False))["steps"] == 1
     assert path.read_bytes() != before[0]
+    # A JSON alone (its weights moved away) was refused as "OUT/filter.safetensors exists", a file not there.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(path.with_suffix(".json"), lone / "filter.json")
+    with pytest.raises(InputError, match=r"^\S*lone/filter.json exists and there is no checkpoint"):
+        train(tiny_config(tiny_data, lone, steps=1))
 
 
 def test_the_weights_record_the_command_that_trained_them(tiny_data, tmp_path):

@@ -200,9 +200,9 @@ def check_fresh_output(config, weights_name: str) -> None:
         if path.exists() and not path.is_file():  # a folder there: a traceback at its first write, after training
             raise OutputError(f"{path} is not a file, and the run writes one there; move it or use another "
                               "output folder")
-    if config.resume and not (out_dir / "checkpoint.pt").is_file() and (weights.exists() or
-                                                                        weights.with_suffix(".json").exists()):
-        raise InputError(f"{weights} exists and there is no checkpoint in {out_dir} to resume; use another output "
+    there = next((path for path in (weights, weights.with_suffix(".json")) if path.exists()), None)
+    if config.resume and not (out_dir / "checkpoint.pt").is_file() and there is not None:
+        raise InputError(f"{there} exists and there is no checkpoint in {out_dir} to resume; use another output "
                          "folder, or --no-resume to replace it")
 
 
