@@ -402,11 +402,22 @@ FAILING_WORKERS = {  # what a job's process does instead of the worker (in the j
 @pytest.mark.parametrize("failure", list(FAILING_WORKERS))
 def test_a_failed_job_says_in_words_what_went_wrong_and_the_console_keeps_the_details(tmp_path, monkeypatch, capsys,
                                                                                      failure):
-    """The page said "the job stopped unexpectedly (exit code -9)" and showed the server's temp folder."""
+    """The page said "the job stopped unexpectedly (exit code -9)" and showed the server's temp folder. The console's
+    line is written before the job shows as failed (a slow console write below: it was after, and the test read an
+    empty console on a loaded machine)."""
     import subprocess
     import sys
     import tempfile
 
+    from unflicker.web.jobs import JobQueue
+
+    log_failure = JobQueue._log_failure
+
+    def slow_log(*args, **kwargs):
+        time.sleep(0.3)
+        log_failure(*args, **kwargs)
+
+    monkeypatch.setattr(JobQueue, "_log_failure", staticmethod(slow_log))
     popen = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda args, **kwargs: popen(
         [sys.executable, "-c", FAILING_WORKERS[failure]], **kwargs))

@@ -434,21 +434,23 @@ class JobQueue:
             progress.update(job.stages)
         result_file = job.folder / "result.json"
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        complete = process.returncode == 0 and "files" in result  # it ended before a cancel could stop it
+        cancelled = (job.cancel.is_set() or self.stopping.is_set()) and not complete
+        failed = not cancelled and ("error" in result or not complete)
+        if failed:  # on the console before the page (or anything watching the job) sees it failed
+            code = process.returncode
+            ended = f" (ended by {signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
+            self._log_failure(job, f"{result.get('error') or 'no result'}; exit code {code}{ended}", log)
         with self.store.lock:
             job.finished = time.time()
-            complete = process.returncode == 0 and "files" in result  # it ended before a cancel could stop it
-            if (job.cancel.is_set() or self.stopping.is_set()) and not complete:
+            if cancelled:
                 job.state, job.message = "cancelled", "cancelled"
-            elif "error" in result or not complete:
+            elif failed:
                 job.state, job.message = "failed", failure_message(job, result, process.returncode, self.roots)
             else:
                 for stage in job.stages:
                     stage.update(done=stage["total"], eta=0)
                 job.state, job.result, job.files = "done", result["summary"], result["files"]
-        if job.state == "failed":
-            code = process.returncode
-            ended = f" (ended by {signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
-            self._log_failure(job, f"{result.get('error') or 'no result'}; exit code {code}{ended}", log)
 
     @staticmethod
     def _log_failure(job: Job, technical: str, log: Path | None = None) -> None:
