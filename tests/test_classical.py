@@ -171,3 +171,19 @@ def test_static_tiny_clip_is_left_alone():
     clip = np.stack([frame] * 6)
     out = np.stack(list(ClassicalDeflicker().run(clip)))
     assert np.abs(out - clip).max() < 0.02
+
+
+@pytest.mark.parametrize("level", [0.0, 0.4, 1.0])
+def test_a_constant_clip_is_left_as_it_is(level):
+    # Spreading tied percentiles apart must not shift the map: an all-white clip came out 0.9994 (65496 in 16 bits).
+    clip = np.full((6, 24, 32, 3), level, np.float32)
+    for grid in [(3, 4), None]:
+        out = np.stack(list(ClassicalDeflicker(ClassicalConfig(grid=grid)).run(clip)))
+        assert np.abs(out - clip).max() <= 1 / 8190 + 1e-6, (level, grid)
+
+
+def test_tone_lut_of_a_pair_onto_itself_is_the_identity():
+    levels = np.linspace(0, 1, 4096)
+    for src in ([0.1, 0.2, 0.3, 0.5, 0.6, 0.7, 0.9], [0.1, 0.2, 0.3, 0.5, 1.0, 1.0, 1.0], [0.4] * 7):
+        src = np.array(src)
+        np.testing.assert_allclose(tone_lut(src, src, max_slope=4.0), levels, atol=1e-6)

@@ -126,7 +126,9 @@ def tone_lut(src: np.ndarray, dst: np.ndarray, max_slope: float, levels: int = _
         # Ties (saturated or flat channels) would make infinite slopes: spread them minimally.
         x = np.maximum.accumulate(x)
         tied = np.diff(x) < eps
-        x = x + eps * np.arange(x.size)
+        # Only tied pairs move apart, around the middle one: the anchor below maps src[mid] itself onto dst[mid].
+        spread = eps * np.concatenate([[0], np.cumsum(tied)])
+        x = x + spread - spread[mid]
         dx = np.diff(x)
         slopes = np.clip(np.diff(y) / dx, 1.0 / max_slope, max_slope)
         slopes[tied] = 1.0  # a tie says nothing about the slope: keep the input's
