@@ -799,3 +799,14 @@ def test_a_training_command_refuses_an_option_in_one_line(capsys, argv):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"unflicker {argv[0]}: error: ") and err.rstrip().endswith(f"(see unflicker {argv[0]} --help)")
+
+
+def test_a_plot_is_never_written_among_the_input_frames(tmp_path, clips, capsys):
+    """`--plot FRAMES/p.png` put a 960x600 PNG among the input's frames: the folder then failed to read ("mixed frame
+    sizes"). Refused before any work, as a plot inside the output folder is."""
+    _, flickering = clips
+    before = sorted(os.listdir(flickering))
+    code, _, err = run_cli(capsys, "run", "--method", "classical", flickering, "-o", tmp_path / "out.mkv",
+                           "--plot", flickering / "p.png", "--quiet")
+    assert code == 3 and "input folder" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(flickering)) == before and not (tmp_path / "out.mkv").exists()

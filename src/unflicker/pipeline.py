@@ -527,6 +527,10 @@ class Job:
             # The output replaces its folder whole when complete: nothing else may be written inside it.
             if extra is not None and folder_output and Path(extra).resolve().is_relative_to(self.output.resolve()):
                 raise OutputError(f"{what} {extra} is inside the output folder {self.output}: choose another path")
+        if config.plot is not None and self.input_path is not None and Path(self.input_path).is_dir() and \
+                Path(config.plot).resolve().parent == Path(self.input_path).resolve():
+            # A PNG among the input's frames: the folder would no longer read (a frame of another size).
+            raise OutputError(f"--plot {config.plot} is inside the input folder {self.input_path}: choose another path")
         for extra in (config.compare, config.plot):
             if extra is None:
                 continue
