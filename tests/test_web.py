@@ -477,6 +477,22 @@ def test_a_failing_preview_leaves_only_its_log_and_result(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["result.json", "spec.json"]
 
 
+def test_a_preview_plays_at_the_videos_frame_rate(tmp_path):
+    """The preview's before | after video came from its cut, a folder of frames, which holds no frame rate: a
+    12 fps stretch played at 25 fps, twice as fast (its flicker too), and its 2 s showed as 0:00 in the page."""
+    from unflicker.web import worker
+
+    clip = write_clip(tmp_path / "clip.mp4", n=24, width=32, height=24, fps=12)
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "spec.json").write_text(json.dumps({"kind": "preview", "input": str(clip), "frame": 12,
+                                                  "options": {"method": "classical", "progress": False},
+                                                  "preview_seconds": 2.0}))
+    assert worker.main([str(folder)]) == 0, (folder / "result.json").read_text()
+    info = io.probe(folder / "preview.mp4")
+    assert (info.fps, info.frame_count) == (12, 24)
+
+
 def test_a_png_zip_that_fails_while_zipping_leaves_no_part_nor_frames(tmp_path, monkeypatch):
     import zipfile
 

@@ -27,12 +27,14 @@ def _label(image: np.ndarray, text: str) -> np.ndarray:
 
 
 def write_side_by_side(left: str | Path, right: str | Path, output: str | Path, labels=("input", "output"),
-                       overwrite: bool = False, progress: bool = False) -> Path:
+                       overwrite: bool = False, progress: bool = False, fps=None) -> Path:
     """Write a video of `left | right` frames (same size and count), keeping the left one's timing.
 
     left, right: videos or frame folders of the same frame size. The output is written atomically
     (a video by extension, else a folder of PNG frames), 8-bit and of even height (an odd one gets its
     last row twice: 4:2:0 H.264 plays in browsers, 4:4:4 does not); progress shows a bar on stderr.
+    fps: the frame rate of a `left` folder of frames cut from a video (a folder holds none; default: the
+    left one's own rate).
     """
     info_left, info_right = io.probe(left), io.probe(right)
     if (info_left.width, info_left.height) != (info_right.width, info_right.height):
@@ -48,7 +50,7 @@ def write_side_by_side(left: str | Path, right: str | Path, output: str | Path, 
     # players play (H.264 keeps an odd size only as 4:4:4, which most of them do not).
     count = min(info_left.frame_count, info_right.frame_count)
     pad = height % 2
-    canvas = io.VideoInfo(Path(output), False, 2 * width, height + pad, count, info_left.fps,
+    canvas = io.VideoInfo(Path(output), False, 2 * width, height + pad, count, fps or info_left.fps,
                           "rgb24", 8, False, info_left.time_base)
     with io.VideoWriter(output, canvas, overwrite=overwrite) as writer, \
             bars.bar(total=count, desc="compare", unit="frame", disable=not progress, leave=False) as bar:

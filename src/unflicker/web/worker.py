@@ -19,6 +19,7 @@ import traceback
 import warnings
 import zipfile
 from contextlib import closing
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -29,6 +30,7 @@ from unflicker.config import EngineConfig
 from unflicker.errors import Terminated, UnflickerError, sigterm_as_interrupt
 from unflicker.pipeline import RunConfig, deflicker_file
 from unflicker.segments import own_process
+from unflicker.visualize import write_side_by_side
 from unflicker.worker import watch_parent
 
 
@@ -39,12 +41,12 @@ def _summary(summary, notes: list[str]) -> dict:
             "notes": notes}
 
 
-def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Path, str]:
+def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Path, str, Fraction]:
     """Write the stretch of about `seconds` around frame `centre` as PNG frames into folder.
 
     The frames are turned upright (the video's display rotation is not kept by PNG files): the preview's
     before and after pictures and its video show them as a player shows the video.
-    Returns (the folder, the file name of the centre frame)."""
+    Returns (the folder, the file name of the centre frame, the video's frame rate, which a folder does not hold)."""
     info = io.probe(input_path)
     count = min(info.frame_count, max(2, round(seconds * float(info.fps))))
     centre = min(max(int(centre), 0), info.frame_count - 1)
@@ -61,7 +63,7 @@ def cut(input_path: str, folder: Path, centre: int, seconds: float) -> tuple[Pat
                 cv2.imwrite(str(folder / file), cv2.cvtColor(upright, cv2.COLOR_RGB2BGR))
                 name = file if frame.index == centre else name
                 bar.update()
-    return folder, name or file
+    return folder, name or file, info.fps
 
 
 def _engine(spec: dict) -> EngineConfig:
@@ -72,9 +74,12 @@ def _engine(spec: dict) -> EngineConfig:
 def preview(spec: dict, folder: Path, notes: list[str]) -> dict:
     clip, out = folder / "preview-in", folder / "preview-out"
     try:
-        clip, centre = cut(spec["input"], clip, spec["frame"], spec["preview_seconds"])
-        summary = deflicker_file(clip, out, RunConfig(**spec["options"], compare=folder / "preview.mp4",
-                                                      engine=_engine(spec)))
+        clip, centre, rate = cut(spec["input"], clip, spec["frame"], spec["preview_seconds"])
+        summary = deflicker_file(clip, out, RunConfig(**spec["options"], engine=_engine(spec)))
+        # Written here, not by the run: the cut's folder of frames holds no frame rate, and the stretch played at
+        # a folder's 25 fps ran twice as fast for a 12 fps video (its flicker too).
+        write_side_by_side(clip, out, folder / "preview.mp4", progress=spec["options"].get("progress", True),
+                           fps=rate)
         shutil.copyfile(clip / centre, folder / "before.png")
         shutil.copyfile(out / centre, folder / "after.png")
     finally:  # failed or cancelled too: the cut and the deflickered frames go
