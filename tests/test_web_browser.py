@@ -390,3 +390,26 @@ def test_a_double_click_on_run_is_one_run(browser, server, clip):
                            timeout=60_000)
     assert page.locator("#jobs .job").count() == 1
     context.close()
+
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_job_card_keeps_its_name_and_its_cancel_button_readable(browser, server, width):
+    """A waiting preview's card broke its Cancel button into "Canc" and "el" (1280 px window), and in a phone's
+    390 px one into a letter a line, its long name squeezed beside it into a column a few letters wide."""
+    context, page = open_page(browser, server, width)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    sizes = page.evaluate("""() => {
+        renderJob({id: "0123456789abcdef", kind: "preview", upload_name: "A001_C003_20261204_R1PX_TAKE_07.mp4",
+                   frame: 14, settings: {method: "neural", preset: "paper", kind: "film", carry_texture: true,
+                   keep_slow: "", strength: 1, format: "mp4", bit_depth: ""}, state: "running", ahead: null,
+                   seconds: 95, stages: [], message: "", result: {}, files: {}});
+        const card = document.querySelector('#previews .job');  // measured before the next poll removes it
+        const size = (node) => node.getBoundingClientRect();
+        return {cancel: size(card.querySelector(".cancel")).height, card: size(card).width,
+                name: size(card.querySelector(".head > span")).width,
+                button: size(document.getElementById("preview")).height}; }""")
+    assert sizes["cancel"] <= sizes["button"] + 1, f"Cancel is {sizes['cancel']} px high, a one-line button " \
+                                                   f"{sizes['button']} px"
+    assert sizes["name"] >= 0.4 * sizes["card"], f"the name has {sizes['name']} px of a {sizes['card']} px card"
+    context.close()
