@@ -413,3 +413,16 @@ def test_a_job_card_keeps_its_name_and_its_cancel_button_readable(browser, serve
                                                    f"{sizes['button']} px"
     assert sizes["name"] >= 0.4 * sizes["card"], f"the name has {sizes['name']} px of a {sizes['card']} px card"
     context.close()
+
+
+def test_the_page_loads_without_an_error_in_the_browsers_console(browser, server):
+    """Every load of the page logged "Failed to load resource: ... 404" for the browser's /favicon.ico."""
+    context = browser.new_context()
+    page = context.new_page()
+    errors = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.goto(server.url)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    page.wait_for_timeout(500)  # the icon is asked for after the page's load
+    assert errors == []
+    context.close()
