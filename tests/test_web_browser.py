@@ -426,3 +426,16 @@ def test_the_page_loads_without_an_error_in_the_browsers_console(browser, server
     page.wait_for_timeout(500)  # the icon is asked for after the page's load
     assert errors == []
     context.close()
+
+
+def test_several_videos_chosen_in_a_new_browser_session_are_all_kept(browser, server, clip, tmp_path):
+    """A new browser's first files, chosen several at once, were sent at once: each upload started a session of
+    its own, and the page kept only the one whose session cookie came last, the others gone without a word."""
+    context, page = open_page(browser, server)
+    page.wait_for_function("() => document.querySelector('#limits').textContent !== ''")
+    others = [write_clip(tmp_path / f"clip{n}.mp4", n=n) for n in (4, 5)]
+    page.set_input_files("#file", [str(clip), *map(str, others)])
+    page.wait_for_function("() => document.querySelectorAll('#uploads option').length === 3", timeout=20_000)
+    assert sorted(page.eval_on_selector_all("#uploads option", "os => os.map(o => o.textContent)")) == \
+        ["clip4.mp4", "clip5.mp4", "flickering.mp4"]
+    context.close()
