@@ -36,7 +36,8 @@ spread), and grain is the film's own look. So no run carries by default: `--carr
 accepts that it also evens out sensor noise and grain. The gate still scales it per segment
 (`for_segment`): none where a segment is left as it is, none where the gate measured its flicker as smooth
 physical light (`--kind auto`); with a kind the user names, the gate measures no smoothness and the carry is
-whole (a video processed frame by frame can also flicker under mains light). The recursion restarts at a segment's first frame; segments are cross-faded.
+whole (a video processed frame by frame can also flicker under mains light). The recursion restarts at a
+segment's first frame; segments are cross-faded.
 """
 
 from __future__ import annotations

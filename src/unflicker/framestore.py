@@ -222,6 +222,23 @@ class FrameStore:
             io.close()
 
 
+def _npy_header(file) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from the header of the .npy file `file` (open at its start; left at its data)."""
+    version = np.lib.format.read_magic(file)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read(file)
+
+
+def npy_whole(path: str | os.PathLike) -> bool:
+    """Whether `path` is a readable .npy file holding all the bytes its header promises (not cut short)."""
+    try:
+        with open(path, "rb") as file:
+            shape, _, dtype = _npy_header(file)
+            return os.fstat(file.fileno()).st_size == file.tell() + int(np.prod(shape)) * dtype.itemsize
+    except (OSError, ValueError, TypeError, SyntaxError):
+        return False
+
+
 class FrameFile:
     """A (T, *frame_shape) array in a named .npy file, read and written one frame at a time.
 
@@ -272,9 +289,7 @@ class FrameFile:
     def open(cls, path: str | os.PathLike) -> FrameFile:
         """An existing .npy file, for reading."""
         file = open(path, "rb")
-        version = np.lib.format.read_magic(file)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(file)
+        shape, fortran, dtype = _npy_header(file)
         if fortran or len(shape) < 1:
             file.close()
             raise InputError(f"{path}: not a C-order array of frames")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from unflicker import io
+from unflicker.framestore import npy_whole
 from unflicker.io.common import FULL, free_text, hold_lock, locked_by_another, size_text, try_lock
 
 
@@ -146,19 +147,6 @@ class TemporaryWork:
             self._fd = None
 
 
-def _whole_array(path: Path) -> bool:
-    """Whether `path` is a readable .npy file holding all the bytes its header promises."""
-    try:
-        with open(path, "rb") as file:
-            version = np.lib.format.read_magic(file)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(file)
-            need = file.tell() + int(np.prod(shape)) * dtype.itemsize
-            return os.fstat(file.fileno()).st_size == need
-    except (OSError, ValueError, TypeError, SyntaxError):
-        return False
-
-
 class JobFolder:
     """One job's part of a work folder, held by one run at a time.
 
@@ -223,7 +211,7 @@ class JobFolder:
             path = self.result(k)
             if not path.is_file():
                 continue
-            if _whole_array(path):
+            if npy_whole(path):
                 done.add(k)
                 continue
             warn(f"work folder {self.path}: {path.name} is incomplete or unreadable (a power loss, a disk error?): "
